@@ -1,0 +1,115 @@
+"""conv_ext.conv2d and Conv2dFunction: F.conv2d's interface over the conv_ext operators."""
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch.nn.modules.utils import _pair
+
+from ._ops import conv2d_grads, ops
+
+
+def _as_pair(value):
+    """An int or a sequence of 1 or 2 ints as a pair; longer sequences pass through for the
+    operator to reject with a message naming them."""
+    value = tuple(_pair(value))
+    return value * 2 if len(value) == 1 else value
+
+
+class Conv2dArgs(NamedTuple):
+    """F.conv2d's arguments normalised for the operators.
+
+    conv: (stride, padding, dilation, groups) with symmetric padding, as the ops take it.
+    unbatched: the input was (C, H, W).
+    extra_pad: (bottom, right) zero padding beyond the symmetric part, which padding='same' needs
+    for even kernels; like torch, we pad the input explicitly in that case.
+    """
+
+    conv: tuple
+    unbatched: bool
+    extra_pad: tuple
+
+    @classmethod
+    def parse(cls, input, weight, stride, padding, dilation, groups):
+        if input.dim() not in (3, 4):
+            raise RuntimeError(
+                "Expected 3D (unbatched) or 4D (batched) input to conv2d, "
+                f"but got input of size: {list(input.shape)}"
+            )
+        stride, dilation = _as_pair(stride), _as_pair(dilation)
+        extra_pad = (0, 0)
+        if isinstance(padding, str):
+            padding, extra_pad = _padding_for_mode(padding, weight, stride, dilation)
+        return cls((stride, _as_pair(padding), dilation, groups), input.dim() == 3, extra_pad)
+
+    def batched(self, tensor):
+        return tensor.unsqueeze(0) if self.unbatched else tensor
+
+    def unbatched_like_input(self, tensor):
+        return tensor.squeeze(0) if self.unbatched else tensor
+
+    def prepare_input(self, input):
+        """The 4-D input the operators see: batched, with any extra 'same' padding applied."""
+        x = self.batched(input)
+        if any(self.extra_pad):
+            x = F.pad(x, (0, self.extra_pad[1], 0, self.extra_pad[0]))
+        return x
+
+    def input_grad(self, grad):
+        """The adjoint of prepare_input: crop the extra padding, drop the batch dimension."""
+        if any(self.extra_pad):
+            grad = grad[..., : grad.shape[-2] - self.extra_pad[0], : grad.shape[-1] - self.extra_pad[1]]
+        return self.unbatched_like_input(grad)
+
+
+def _padding_for_mode(mode, weight, stride, dilation):
+    """(symmetric padding, extra bottom/right padding) for padding='valid' or 'same'."""
+    if mode == "valid":
+        return (0, 0), (0, 0)
+    if mode != "same":
+        raise RuntimeError(f"Invalid padding string: '{mode}'")
+    if any(s != 1 for s in stride):
+        raise RuntimeError("padding='same' is not supported for strided convolutions")
+    if weight.dim() != 4:
+        raise RuntimeError(
+            "expected weight to be 4-D (out_channels, in_channels / groups, kH, kW), "
+            f"but got weight of size {list(weight.shape)}"
+        )
+    total = [d * (k - 1) for d, k in zip(dilation, weight.shape[2:])]
+    return tuple(t // 2 for t in total), tuple(t % 2 for t in total)
+
+
+class Conv2dFunction(torch.autograd.Function):
+    """conv2d as an autograd.Function taking F.conv2d's positional arguments:
+    ``Conv2dFunction.apply(input, weight, bias, stride, padding, dilation, groups)``.
+
+    backward is written with the differentiable conv_ext operators, so gradgradcheck and higher
+    derivatives work.
+    """
+
+    @staticmethod
+    def forward(ctx, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+        args = Conv2dArgs.parse(input, weight, stride, padding, dilation, groups)
+        x = args.prepare_input(input)
+        ctx.save_for_backward(x, weight)
+        ctx.args = args
+        return args.unbatched_like_input(ops.conv2d(x, weight, bias, *args.conv))
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x, weight = ctx.saved_tensors
+        args = ctx.args
+        grad_input, grad_weight, grad_bias = conv2d_grads(
+            x, weight, args.batched(grad_output), args.conv, ctx.needs_input_grad[:3]
+        )
+        if grad_input is not None:
+            grad_input = args.input_grad(grad_input)
+        return grad_input, grad_weight, grad_bias, None, None, None, None
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """Drop-in for torch.nn.functional.conv2d, computed by the conv_ext kernels.
+
+    input (N, C, H, W) or unbatched (C, H, W); weight (K, C / groups, kH, kW); bias (K,) or None;
+    stride, padding, dilation an int or a pair; padding also 'valid' or 'same'.
+    """
+    return Conv2dFunction.apply(input, weight, bias, stride, padding, dilation, groups)

@@ -1,0 +1,40 @@
+// The three conv_ext operators, shared between ops.cpp (schemas, checks) and the backends.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+
+#include <optional>
+
+namespace conv_ext {
+
+// Every size and hyper-parameter of one grouped 2-D convolution, after validation.
+struct Conv2dGeometry {
+  int64_t batch, in_channels, in_h, in_w;
+  int64_t out_channels, kernel_h, kernel_w, out_h, out_w;
+  int64_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, groups;
+
+  int64_t in_channels_per_group() const { return in_channels / groups; }
+  int64_t out_channels_per_group() const { return out_channels / groups; }
+  // Rows of the im2col matrix of one group: (input channel, kernel row, kernel column).
+  int64_t patch_size() const { return in_channels_per_group() * kernel_h * kernel_w; }
+};
+
+// Each check raises c10::Error (a Python RuntimeError) naming the problem, so a direct
+// torch.ops caller gets the same protection as the Python layer.
+Conv2dGeometry check_conv2d(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
+
+Conv2dGeometry check_conv2d_grad_input(
+    const at::Tensor& grad_output, const at::Tensor& weight, at::IntArrayRef input_size,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
+
+Conv2dGeometry check_conv2d_grad_weight(
+    const at::Tensor& input, const at::Tensor& grad_output, at::IntArrayRef kernel_size,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
+
+// The layout F.conv2d gives its result: channels_last when the input or the weight is.
+at::MemoryFormat conv2d_memory_format(const at::Tensor& input, const at::Tensor& weight);
+
+}  // namespace conv_ext

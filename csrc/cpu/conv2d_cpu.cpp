@@ -1,0 +1,220 @@
+// CPU kernels of the three conv_ext operators: im2col in bounded tiles, a batched GEMM per tile
+// (at::bmm over groups), and col2im for the input gradient.
+//
+// float32 and float64 run natively; float16 and bfloat16 are computed in float32 and rounded
+// once at the end, so every sum accumulates in float32.
+#include "../conv2d.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+namespace conv_ext {
+namespace {
+
+using at::Tensor;
+
+// Upper bound on the elements of one im2col tile (16 MiB of float32), so the workspace stays
+// bounded however large the image is.
+constexpr int64_t kMaxTileElements = int64_t{1} << 22;
+
+// Output rows [row_begin, row_end) of one image form a tile.
+struct RowTile {
+  int64_t row_begin, row_end;
+  int64_t rows() const { return row_end - row_begin; }
+};
+
+template <typename Fn>
+void for_each_row_tile(const Conv2dGeometry& g, Fn&& fn) {
+  const int64_t row_elements = std::max<int64_t>(1, g.in_channels * g.kernel_h * g.kernel_w * g.out_w);
+  const int64_t rows_per_tile = std::clamp<int64_t>(kMaxTileElements / row_elements, 1, g.out_h);
+  for (int64_t row = 0; row < g.out_h; row += rows_per_tile) {
+    fn(RowTile{row, std::min(row + rows_per_tile, g.out_h)});
+  }
+}
+
+// A 1x1 kernel with stride 1 and no padding reads the image itself as its im2col matrix.
+bool is_pointwise(const Conv2dGeometry& g) {
+  return g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 && g.stride_w == 1 &&
+         g.pad_h == 0 && g.pad_w == 0;
+}
+
+// cols[(c, ki, kj), (oh, ow)] = image[c, oh*sh - ph + ki*dh, ow*sw - pw + kj*dw], zero outside.
+template <typename scalar_t>
+void im2col_tile(const scalar_t* image, const Conv2dGeometry& g, RowTile tile, scalar_t* cols) {
+  const int64_t kernel_area = g.kernel_h * g.kernel_w;
+  const int64_t tile_size = tile.rows() * g.out_w;
+  at::parallel_for(0, g.in_channels * kernel_area, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t c = row / kernel_area, ki = (row / g.kernel_w) % g.kernel_h,
+                    kj = row % g.kernel_w;
+      const scalar_t* plane = image + c * g.in_h * g.in_w;
+      scalar_t* out = cols + row * tile_size;
+      for (int64_t oh = tile.row_begin; oh < tile.row_end; ++oh) {
+        const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dilation_h;
+        const bool row_inside = ih >= 0 && ih < g.in_h;
+        for (int64_t ow = 0; ow < g.out_w; ++ow) {
+          const int64_t iw = ow * g.stride_w - g.pad_w + kj * g.dilation_w;
+          *out++ = (row_inside && iw >= 0 && iw < g.in_w) ? plane[ih * g.in_w + iw] : scalar_t(0);
+        }
+      }
+    }
+  });
+}
+
+// The adjoint of im2col_tile: image[c, ih, iw] += cols[(c, ki, kj), (oh, ow)]. Parallel over
+// channels, since the rows of one channel write only into that channel's plane.
+template <typename scalar_t>
+void col2im_tile_add(const scalar_t* cols, const Conv2dGeometry& g, RowTile tile, scalar_t* image) {
+  const int64_t kernel_area = g.kernel_h * g.kernel_w;
+  const int64_t tile_size = tile.rows() * g.out_w;
+  at::parallel_for(0, g.in_channels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      scalar_t* plane = image + c * g.in_h * g.in_w;
+      for (int64_t k = 0; k < kernel_area; ++k) {
+        const int64_t ki = k / g.kernel_w, kj = k % g.kernel_w;
+        const scalar_t* in = cols + (c * kernel_area + k) * tile_size;
+        for (int64_t oh = tile.row_begin; oh < tile.row_end; ++oh, in += g.out_w) {
+          const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dilation_h;
+          if (ih < 0 || ih >= g.in_h) continue;
+          for (int64_t ow = 0; ow < g.out_w; ++ow) {
+            const int64_t iw = ow * g.stride_w - g.pad_w + kj * g.dilation_w;
+            if (iw >= 0 && iw < g.in_w) plane[ih * g.in_w + iw] += in[ow];
+          }
+        }
+      }
+    }
+  });
+}
+
+// The im2col matrix of one image's tile as (groups, patch_size, tile pixels); for a pointwise
+// kernel, a view of the image itself.
+Tensor im2col(const Tensor& image, const Conv2dGeometry& g, RowTile tile) {
+  if (is_pointwise(g)) {
+    return image.view({g.groups, g.patch_size(), g.in_h * g.in_w})
+        .narrow(2, tile.row_begin * g.out_w, tile.rows() * g.out_w);
+  }
+  Tensor cols = at::empty({g.groups, g.patch_size(), tile.rows() * g.out_w}, image.options());
+  AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "conv_ext_im2col", [&] {
+    im2col_tile(image.const_data_ptr<scalar_t>(), g, tile, cols.mutable_data_ptr<scalar_t>());
+  });
+  return cols;
+}
+
+// One image's output (or grad_output) rows of a tile as (groups, channels per group, pixels).
+Tensor output_tile(const Tensor& image_out, const Conv2dGeometry& g, RowTile tile) {
+  return image_out.narrow(1, tile.row_begin, tile.rows())
+      .view({g.groups, g.out_channels_per_group(), tile.rows() * g.out_w});
+}
+
+Tensor weight_matrix(const Tensor& weight, const Conv2dGeometry& g) {
+  return weight.view({g.groups, g.out_channels_per_group(), g.patch_size()});
+}
+
+// A contiguous copy to compute with: float16 and bfloat16 are widened to float32 so that every
+// sum accumulates in float32; the result is rounded once by `finish`.
+Tensor compute_operand(const Tensor& t) {
+  if (!t.defined()) return t;
+  const bool reduced = t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
+  return reduced ? t.to(at::kFloat, false, false, at::MemoryFormat::Contiguous) : t.contiguous();
+}
+
+Tensor finish(const Tensor& result, at::ScalarType dtype, at::MemoryFormat format) {
+  return result.to(dtype, false, false, format);
+}
+
+Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
+                      const Conv2dGeometry& g) {
+  Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
+  const Tensor w = weight_matrix(weight, g);
+  for (int64_t n = 0; n < g.batch; ++n) {
+    for_each_row_tile(g, [&](RowTile tile) {
+      Tensor out = output_tile(output[n], g, tile);
+      Tensor cols = im2col(input[n], g, tile);
+      if (bias.defined()) {
+        at::baddbmm_out(out, bias.view({g.groups, g.out_channels_per_group(), 1}).expand_as(out),
+                        w, cols);
+      } else {
+        at::bmm_out(out, w, cols);
+      }
+    });
+  }
+  return output;
+}
+
+Tensor conv2d_grad_input_compute(const Tensor& grad_output, const Tensor& weight,
+                                 const Conv2dGeometry& g) {
+  Tensor grad_input = at::zeros({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output.options());
+  const Tensor w_t = weight_matrix(weight, g).transpose(1, 2);
+  for (int64_t n = 0; n < g.batch; ++n) {
+    for_each_row_tile(g, [&](RowTile tile) {
+      const Tensor grad_tile = output_tile(grad_output[n], g, tile);
+      if (is_pointwise(g)) {  // the im2col "matrix" is a view of grad_input: write it directly
+        Tensor out = im2col(grad_input[n], g, tile);
+        at::bmm_out(out, w_t, grad_tile);
+        return;
+      }
+      const Tensor cols = at::bmm(w_t, grad_tile);
+      AT_DISPATCH_FLOATING_TYPES(cols.scalar_type(), "conv_ext_col2im", [&] {
+        col2im_tile_add(cols.const_data_ptr<scalar_t>(), g, tile,
+                        grad_input[n].mutable_data_ptr<scalar_t>());
+      });
+    });
+  }
+  return grad_input;
+}
+
+Tensor conv2d_grad_weight_compute(const Tensor& input, const Tensor& grad_output,
+                                  const Conv2dGeometry& g) {
+  Tensor grad_weight = at::zeros({g.groups, g.out_channels_per_group(), g.patch_size()},
+                                 input.options());
+  for (int64_t n = 0; n < g.batch; ++n) {
+    for_each_row_tile(g, [&](RowTile tile) {
+      grad_weight.baddbmm_(output_tile(grad_output[n], g, tile),
+                           im2col(input[n], g, tile).transpose(1, 2));
+    });
+  }
+  return grad_weight.view({g.out_channels, g.in_channels_per_group(), g.kernel_h, g.kernel_w});
+}
+
+Tensor conv2d_cpu(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
+                  at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                  int64_t groups) {
+  const auto g = check_conv2d(input, weight, bias, stride, padding, dilation, groups);
+  const Tensor output = conv2d_forward(compute_operand(input), compute_operand(weight),
+                                       compute_operand(bias.value_or(Tensor())), g);
+  return finish(output, input.scalar_type(), conv2d_memory_format(input, weight));
+}
+
+Tensor conv2d_grad_input_cpu(const Tensor& grad_output, const Tensor& weight,
+                             at::IntArrayRef input_size, at::IntArrayRef stride,
+                             at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const auto g =
+      check_conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation, groups);
+  const Tensor grad_input =
+      conv2d_grad_input_compute(compute_operand(grad_output), compute_operand(weight), g);
+  return finish(grad_input, grad_output.scalar_type(), conv2d_memory_format(grad_output, weight));
+}
+
+Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
+                              at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const auto g =
+      check_conv2d_grad_weight(input, grad_output, kernel_size, stride, padding, dilation, groups);
+  const Tensor grad_weight =
+      conv2d_grad_weight_compute(compute_operand(input), compute_operand(grad_output), g);
+  return finish(grad_weight, input.scalar_type(), conv2d_memory_format(input, grad_output));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(conv_ext, CPU, m) {
+  m.impl("conv2d", &conv2d_cpu);
+  m.impl("conv2d_grad_input", &conv2d_grad_input_cpu);
+  m.impl("conv2d_grad_weight", &conv2d_grad_weight_cpu);
+}
+
+}  // namespace conv_ext
