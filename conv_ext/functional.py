@@ -30,6 +30,11 @@ class Conv2dArgs(NamedTuple):
 
     @classmethod
     def parse(cls, input, weight, stride, padding, dilation, groups):
+        if not (isinstance(input, torch.Tensor) and isinstance(weight, torch.Tensor)):
+            raise TypeError(
+                "conv2d(): input and weight must be Tensors, "
+                f"got {type(input).__name__} and {type(weight).__name__}"
+            )
         if input.dim() not in (3, 4):
             raise RuntimeError(
                 "Expected 3D (unbatched) or 4D (batched) input to conv2d, "
@@ -89,17 +94,19 @@ class Conv2dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         args = Conv2dArgs.parse(input, weight, stride, padding, dilation, groups)
-        x = args.prepare_input(input)
-        ctx.save_for_backward(x, weight)
+        ctx.save_for_backward(input, weight)
         ctx.args = args
-        return args.unbatched_like_input(ops.conv2d(x, weight, bias, *args.conv))
+        return args.unbatched_like_input(ops.conv2d(args.prepare_input(input), weight, bias, *args.conv))
 
     @staticmethod
     def backward(ctx, grad_output):
-        x, weight = ctx.saved_tensors
+        input, weight = ctx.saved_tensors
         args = ctx.args
+        # prepare_input again rather than saving its result: done here, it is recorded for
+        # double backward, which needs the path from input to the padded, batched tensor.
         grad_input, grad_weight, grad_bias = conv2d_grads(
-            x, weight, args.batched(grad_output), args.conv, ctx.needs_input_grad[:3]
+            args.prepare_input(input), weight, args.batched(grad_output), args.conv,
+            ctx.needs_input_grad[:3],
         )
         if grad_input is not None:
             grad_input = args.input_grad(grad_input)

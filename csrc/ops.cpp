@@ -106,6 +106,12 @@ Conv2dGeometry check_conv2d(const at::Tensor& input, const at::Tensor& weight,
   check_4d(weight, "weight", "(out_channels, in_channels / groups, kH, kW)");
   check_same_type(input, "Input", weight, "weight");
   const int64_t out_channels = weight.size(0);
+  TORCH_CHECK(out_channels > 0, "Given groups=", groups,
+              ", expected weight to be at least 1 at dimension 0, but got weight of size ",
+              weight.sizes(), " instead");
+  TORCH_CHECK(input.numel() > 0 || input.size(0) == 0 || input.size(1) == 0,
+              "Only zero batch or zero channel inputs are supported, but got input shape: ",
+              input.sizes());
   TORCH_CHECK(out_channels % groups == 0, "Given groups=", groups,
               ", expected weight to be divisible by ", groups,
               " at dimension 0, but got weight of size ", weight.sizes(), " instead");

@@ -1,0 +1,87 @@
+"""Convolution configurations for the tests: a hypothesis strategy over every argument, and
+helpers that build tensors in the requested layout."""
+from dataclasses import dataclass
+
+import torch
+from hypothesis import strategies as st
+
+LAYOUTS = ("contiguous", "channels_last", "strided", "unbatched")
+
+
+@dataclass(frozen=True)
+class Conv:
+    batch: int
+    in_channels: int
+    out_channels: int
+    size: tuple  # input (H, W)
+    kernel: tuple
+    stride: tuple
+    padding: object  # a pair, or 'same' / 'valid'
+    dilation: tuple
+    groups: int
+    bias: bool
+    layout: str = "contiguous"
+
+    def kwargs(self):
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
+
+    def tensors(self, dtype, device, requires_grad=False, seed=0):
+        """(input, weight, bias) with values in [-1, 1), the input in this config's layout."""
+        gen = torch.Generator().manual_seed(seed)
+
+        def rand(*shape):
+            return (torch.rand(*shape, generator=gen, dtype=torch.float64) * 2 - 1).to(dtype)
+
+        shape = (self.batch, self.in_channels, *self.size)
+        x = make_layout(rand(*shape), self.layout).to(device)
+        w = rand(self.out_channels, self.in_channels // self.groups, *self.kernel).to(device)
+        b = rand(self.out_channels).to(device) if self.bias else None
+        if requires_grad:
+            for t in (x, w, b):
+                if t is not None:
+                    t.requires_grad_()
+        return x, w, b
+
+
+def make_layout(x, layout):
+    """x (N, C, H, W) as the same values in another memory layout or rank."""
+    if layout == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":  # every other element of a larger tensor: no dense layout at all
+        big = torch.zeros(*x.shape[:-1], 2 * x.shape[-1], dtype=x.dtype)
+        big[..., ::2] = x
+        return big[..., ::2]
+    if layout == "unbatched":
+        return x[0]
+    return x
+
+
+@st.composite
+def convs(draw, max_batch=3, max_size=9, layouts=LAYOUTS):
+    groups = draw(st.integers(1, 3))
+    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    mode = draw(st.sampled_from(["ints", "ints", "ints", "same", "valid"]))
+    stride = (1, 1) if mode == "same" else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = mode if mode != "ints" else (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
+    pad = (0, 0) if isinstance(padding, str) else padding
+    # Smallest input the kernel fits in (after padding), plus some.
+    size = tuple(
+        max(1, d * (k - 1) + 1 - 2 * p) + draw(st.integers(0, max_size))
+        for d, k, p in zip(dilation, kernel, pad)
+    )
+    layout = draw(st.sampled_from(layouts))
+    batch = 1 if layout == "unbatched" else draw(st.integers(0, max_batch))
+    return Conv(
+        batch=batch,
+        in_channels=groups * draw(st.integers(1, 3)),
+        out_channels=groups * draw(st.integers(1, 3)),
+        size=size,
+        kernel=kernel,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        bias=draw(st.booleans()),
+        layout=layout,
+    )

@@ -1,0 +1,130 @@
+"""Forward and every gradient against F.conv2d and the reference, over randomized configurations
+(sizes, stride, padding incl. 'same'/'valid', dilation, groups, bias, batch 0..3, unbatched,
+channels_last and non-contiguous inputs)."""
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+
+import conv_ext
+from conv_ext import reference
+
+from configs import Conv, convs
+from conftest import DEVICES
+
+
+def forward_and_grads(fn, conv, x, w, b, grad_output=None):
+    """fn's output and the gradients of <output, grad_output> for x, w and (if any) b."""
+    y = fn(x, w, b, **conv.kwargs())
+    if grad_output is None:
+        gen = torch.Generator().manual_seed(1)
+        grad_output = (torch.rand(y.shape, generator=gen, dtype=torch.float64) * 2 - 1).to(y)
+    leaves = [t for t in (x, w, b) if t is not None]
+    return [y, *torch.autograd.grad(y, leaves, grad_output)], grad_output
+
+
+def assert_scaled_close(actual, expected, tol, what):
+    """|actual - expected| <= tol * max|expected| elementwise: an error bound relative to the
+    result's scale, so it does not depend on the magnitudes the configuration happens to give."""
+    scale = expected.abs().max().item() if expected.numel() else 0.0
+    torch.testing.assert_close(
+        actual.to(expected.dtype), expected, rtol=0, atol=tol * scale + 1e-300, msg=lambda m: f"{what}: {m}"
+    )
+
+
+NAMES = ("output", "grad_input", "grad_weight", "grad_bias")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@settings(max_examples=300)
+@given(conv=convs())
+def test_float64_matches_torch_and_reference(conv, device):
+    x, w, b = conv.tensors(torch.float64, device, requires_grad=True)
+    ours, gy = forward_and_grads(conv_ext.conv2d, conv, x, w, b)
+    theirs, _ = forward_and_grads(F.conv2d, conv, x, w, b, gy)
+    ref, _ = forward_and_grads(reference.conv2d, conv, x, w, b, gy)
+    for name, a, t, r in zip(NAMES, ours, theirs, ref):
+        assert a.shape == t.shape, name
+        assert_scaled_close(a, t, 1e-12, f"{name} vs F.conv2d")
+        assert_scaled_close(a, r, 1e-12, f"{name} vs reference")
+    # The output keeps F.conv2d's memory layout (channels_last in, channels_last out); an empty
+    # result has no layout to speak of.
+    y, y_torch = ours[0], theirs[0]
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        if y.dim() == 4 and y.numel() > 0:
+            assert y.is_contiguous(memory_format=fmt) == y_torch.is_contiguous(memory_format=fmt)
+
+
+# Scale-aware bounds against a float64 result on the same (rounded) inputs: the output and the
+# input gradient sum C*kH*kW products, the weight gradient N*H*W of them.
+TOLERANCES = {
+    torch.float32: (1e-5, 1e-5, 2e-5, 1e-5),
+    torch.bfloat16: (8e-3, 8e-3, 8e-3, 8e-3),
+    torch.float16: (1e-3, 1e-3, 1e-3, 1e-3),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", list(TOLERANCES), ids=str)
+@settings(max_examples=100)
+@given(conv=convs())
+def test_low_precision_against_float64(conv, dtype, device):
+    x, w, b = conv.tensors(dtype, device, requires_grad=True)
+    ours, gy = forward_and_grads(conv_ext.conv2d, conv, x, w, b)
+    assert ours[0].dtype == dtype
+    exact = [t.detach().double().requires_grad_() if t is not None else None for t in (x, w, b)]
+    expected, _ = forward_and_grads(F.conv2d, conv, *exact, gy.double())
+    for name, a, e, tol in zip(NAMES, ours, expected, TOLERANCES[dtype]):
+        assert a.dtype == dtype, name
+        assert_scaled_close(a, e, tol, f"{name} ({dtype})")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_large_reduction_float32(device):
+    """A ResNet-sized layer: long sums (576 terms per output, 8*28*28 per weight) stay in bound."""
+    conv = Conv(8, 64, 64, (28, 28), (3, 3), (1, 1), (1, 1), (1, 1), 1, True)
+    x, w, b = conv.tensors(torch.float32, device, requires_grad=True)
+    ours, gy = forward_and_grads(conv_ext.conv2d, conv, x, w, b)
+    exact = [t.detach().double().requires_grad_() for t in (x, w, b)]
+    expected, _ = forward_and_grads(F.conv2d, conv, *exact, gy.double())
+    for name, a, e, tol in zip(NAMES, ours, expected, TOLERANCES[torch.float32]):
+        assert_scaled_close(a, e, tol, name)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_workspace_tiles_cover_large_images(device):
+    """An image whose im2col matrix exceeds one tile is computed in several row tiles."""
+    conv = Conv(1, 16, 4, (300, 301), (5, 5), (1, 2), (2, 2), (1, 1), 1, True)
+    x, w, b = conv.tensors(torch.float64, device, requires_grad=True)
+    ours, gy = forward_and_grads(conv_ext.conv2d, conv, x, w, b)
+    theirs, _ = forward_and_grads(F.conv2d, conv, x, w, b, gy)
+    for name, a, t in zip(NAMES, ours, theirs):
+        assert_scaled_close(a, t, 1e-12, name)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_zero_input_channels_gives_bias(device):
+    """C = 0: every output is the bias (the empty sum). F.conv2d returns a tensor with 0 output
+    channels here, which we do not copy."""
+    x = torch.randn(2, 0, 5, 5, device=device)
+    w = torch.randn(4, 0, 3, 3, device=device)
+    b = torch.randn(4, device=device)
+    y = conv_ext.conv2d(x, w, b)
+    torch.testing.assert_close(y, reference.conv2d(x, w, b))
+    torch.testing.assert_close(y, b.view(1, 4, 1, 1).expand(2, 4, 3, 3))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_results_do_not_depend_on_thread_count(device):
+    conv = Conv(4, 12, 10, (17, 15), (3, 3), (2, 1), (1, 1), (1, 2), 2, True)
+    x, w, b = conv.tensors(torch.float32, device, requires_grad=True)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, threads):
+            torch.set_num_threads(n)
+            results.append(forward_and_grads(conv_ext.conv2d, conv, x, w, b)[0])
+    finally:
+        torch.set_num_threads(threads)
+    for name, serial, parallel in zip(NAMES, *results):
+        torch.testing.assert_close(parallel, serial, rtol=1e-6, atol=1e-6, msg=name)

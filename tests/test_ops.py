@@ -1,0 +1,61 @@
+"""The operators in the PyTorch ecosystem: registration, opcheck (schema, fake kernels, autograd
+registration, torch.compile), and torch.compile of the public function."""
+import pytest
+import torch
+
+import conv_ext
+
+from conftest import DEVICES
+
+ops = torch.ops.conv_ext
+
+
+def sample_calls(device, dtype=torch.float32):
+    """(op, args) covering strides, padding, dilation, groups, bias and channels_last."""
+    def t(*shape, cl=False):
+        x = torch.randn(*shape, dtype=dtype, device=device)
+        return x.contiguous(memory_format=torch.channels_last) if cl else x
+
+    calls = []
+    for cl in (False, True):
+        for conv in [([1, 1], [1, 1], [1, 1], 1), ([2, 1], [0, 2], [1, 2], 2)]:
+            x, w, b = t(2, 4, 9, 8, cl=cl), t(6, 4 // conv[3], 3, 3), t(6)
+            y = ops.conv2d(x, w, b, *conv)
+            gy = t(*y.shape, cl=cl)
+            calls += [
+                (ops.conv2d, (x, w, b, *conv)),
+                (ops.conv2d, (x, w, None, *conv)),
+                (ops.conv2d_grad_input, (gy, w, list(x.shape[2:]), *conv)),
+                (ops.conv2d_grad_weight, (x, gy, list(w.shape[2:]), *conv)),
+            ]
+    return calls
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    for op, args in sample_calls(device):
+        args = [a.requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
+        torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_op_has_a_kernel_for_the_device(device):
+    key = "CUDA" if device == "cuda" else "CPU"
+    for name in ("conv2d", "conv2d_grad_input", "conv2d_grad_weight"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"conv_ext::{name}", key), name
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_fullgraph_forward_and_backward(device):
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(
+        conv_ext.Conv2d(3, 8, 3, padding="same"), torch.nn.ReLU(), conv_ext.Conv2d(8, 4, 3, stride=2, groups=2)
+    ).to(device)
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.randn(2, 3, 12, 11, device=device, requires_grad=True)
+    y, y_eager = compiled(x), model(x)
+    torch.testing.assert_close(y, y_eager)
+    gy = torch.randn_like(y)
+    params = [x, *model.parameters()]
+    for g, g_eager in zip(torch.autograd.grad(y, params, gy), torch.autograd.grad(y_eager, params, gy)):
+        torch.testing.assert_close(g, g_eager)
