@@ -3,7 +3,7 @@
     h[i, j, k] = sum_{a, b} sum_c V[a, b, c, k] * x[i + a, j + b, c]
 """
 from . import reference
-from .functional import Conv2dFunction, conv2d
-from .modules import Conv2d
+from .functional import Conv2dFunction, conv1d, conv2d
+from .modules import Conv1d, Conv2d, convert
 
-__all__ = ["Conv2d", "Conv2dFunction", "conv2d", "reference"]
+__all__ = ["Conv1d", "Conv2d", "Conv2dFunction", "conv1d", "conv2d", "convert", "reference"]

@@ -3,7 +3,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch.nn.modules.utils import _pair
+from torch.nn.modules.utils import _pair, _single
 
 from ._ops import conv2d_grads, ops
 
@@ -102,11 +102,13 @@ class Conv2dFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         input, weight = ctx.saved_tensors
         args = ctx.args
-        # prepare_input again rather than saving its result: done here, it is recorded for
-        # double backward, which needs the path from input to the padded, batched tensor.
+        # Under autocast the operator computed in the autocast dtype, which is the output's and so
+        # grad_output's: cast the saved operands the same way (a no-op otherwise). prepare_input
+        # runs here rather than in forward so that double backward sees the path from input.
+        dtype = grad_output.dtype
         grad_input, grad_weight, grad_bias = conv2d_grads(
-            args.prepare_input(input), weight, args.batched(grad_output), args.conv,
-            ctx.needs_input_grad[:3],
+            args.prepare_input(input.to(dtype)), weight.to(dtype), args.batched(grad_output),
+            args.conv, ctx.needs_input_grad[:3],
         )
         if grad_input is not None:
             grad_input = args.input_grad(grad_input)
@@ -120,3 +122,33 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     stride, padding, dilation an int or a pair; padding also 'valid' or 'same'.
     """
     return Conv2dFunction.apply(input, weight, bias, stride, padding, dilation, groups)
+
+
+def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """Drop-in for torch.nn.functional.conv1d, computed by the 2-D kernels on a height-1 image.
+
+    input (N, C, L) or unbatched (C, L); weight (K, C / groups, kL); bias (K,) or None;
+    padding an int, a 1-tuple, 'valid' or 'same'.
+    """
+    if not (isinstance(input, torch.Tensor) and isinstance(weight, torch.Tensor)):
+        raise TypeError(
+            "conv1d(): input and weight must be Tensors, "
+            f"got {type(input).__name__} and {type(weight).__name__}"
+        )
+    if input.dim() not in (2, 3):
+        raise RuntimeError(
+            "Expected 2D (unbatched) or 3D (batched) input to conv1d, "
+            f"but got input of size: {list(input.shape)}"
+        )
+    if weight.dim() != 3:
+        raise RuntimeError(
+            "expected weight to be 3-D (out_channels, in_channels / groups, kL), "
+            f"but got weight of size {list(weight.shape)}"
+        )
+    if not isinstance(padding, str):
+        padding = (0, *_single(padding))
+    output = conv2d(
+        input.unsqueeze(-2), weight.unsqueeze(-2), bias,
+        (1, *_single(stride)), padding, (1, *_single(dilation)), groups,
+    )
+    return output.squeeze(-2)

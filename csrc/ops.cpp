@@ -9,7 +9,9 @@
 
 #include "conv2d.h"
 
+#include <ATen/autocast_mode.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
@@ -177,6 +179,27 @@ at::MemoryFormat conv2d_memory_format(const at::Tensor& input, const at::Tensor&
   return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
+namespace {
+
+// Under torch.autocast the forward runs in the autocast dtype, as F.conv2d does (it is on
+// autocast's lower-precision list): cast the floating operands, then redispatch below autocast.
+template <c10::DeviceType device>
+at::Tensor conv2d_autocast(const at::Tensor& input, const at::Tensor& weight,
+                           const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                           at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(
+      at::autocast::get_autocast_dispatch_key_from_device_type(device));
+  const auto dtype = at::autocast::get_lower_precision_fp_from_device_type(device);
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("conv_ext::conv2d", "")
+                             .typed<decltype(conv2d_autocast<device>)>();
+  return op.call(at::autocast::cached_cast(dtype, input, device),
+                 at::autocast::cached_cast(dtype, weight, device),
+                 at::autocast::cached_cast(dtype, bias, device), stride, padding, dilation, groups);
+}
+
+}  // namespace
+
 TORCH_LIBRARY(conv_ext, m) {
   m.def(
       "conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
@@ -187,6 +210,14 @@ TORCH_LIBRARY(conv_ext, m) {
   m.def(
       "conv2d_grad_weight(Tensor input, Tensor grad_output, SymInt[2] kernel_size, int[2] stride, "
       "int[2] padding, int[2] dilation, int groups) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(conv_ext, AutocastCPU, m) {
+  m.impl("conv2d", &conv2d_autocast<c10::DeviceType::CPU>);
+}
+
+TORCH_LIBRARY_IMPL(conv_ext, AutocastCUDA, m) {
+  m.impl("conv2d", &conv2d_autocast<c10::DeviceType::CUDA>);
 }
 
 }  // namespace conv_ext
