@@ -1,0 +1,32 @@
+"""The Waldo demo, the README's main job: its scenes, its scoring, and a full run."""
+import pytest
+import torch
+
+from conv_ext import demo
+
+
+def test_scenes_hide_waldo_where_they_say():
+    scenes, centres = demo.make_scenes(16, torch.Generator().manual_seed(7))
+    assert scenes.shape == (16, 3, demo.SIZE, demo.SIZE)
+    assert 0 <= scenes.min() and scenes.max() <= 1
+    for scene, (y, x) in zip(scenes, centres.tolist()):
+        top, left = y - demo.WALDO_H // 2, x - demo.WALDO_W // 2
+        patch = scene[:, top : top + demo.WALDO_H, left : left + demo.WALDO_W]
+        assert (patch - demo.WALDO).abs().max() < 0.2  # only the pixel noise differs
+
+
+def test_accuracy_counts_peaks_within_tolerance():
+    centres = torch.tensor([[10, 10], [20, 30], [40, 5]])
+    found = torch.tensor([[13, 7], [20, 34], [40, 5]])
+    assert demo.accuracy(found, centres, tolerance=3) == pytest.approx(2 / 3)
+    heat = torch.zeros(1, 1, demo.SIZE, demo.SIZE)
+    heat[0, 0, 17, 42] = 1
+    assert demo.find(heat).tolist() == [[17, 42]]
+
+
+def test_main_job_finds_waldo(tmp_path):
+    """The default run, as the README starts it: at least 95% of held-out scenes localised."""
+    picture = tmp_path / "waldo.png"
+    accuracy = demo.main(["--out", str(picture)])
+    assert accuracy >= 0.95
+    assert picture.stat().st_size > 10_000
