@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/macros/Macros.h>
 #include <c10/util/ArrayRef.h>
 
 #include <optional>
@@ -14,10 +15,10 @@ struct Conv2dGeometry {
   int64_t out_channels, kernel_h, kernel_w, out_h, out_w;
   int64_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, groups;
 
-  int64_t in_channels_per_group() const { return in_channels / groups; }
-  int64_t out_channels_per_group() const { return out_channels / groups; }
+  C10_HOST_DEVICE int64_t in_channels_per_group() const { return in_channels / groups; }
+  C10_HOST_DEVICE int64_t out_channels_per_group() const { return out_channels / groups; }
   // Rows of the im2col matrix of one group: (input channel, kernel row, kernel column).
-  int64_t patch_size() const { return in_channels_per_group() * kernel_h * kernel_w; }
+  C10_HOST_DEVICE int64_t patch_size() const { return in_channels_per_group() * kernel_h * kernel_w; }
 };
 
 // Each check raises c10::Error (a Python RuntimeError) naming the problem, so a direct
@@ -36,5 +37,9 @@ Conv2dGeometry check_conv2d_grad_weight(
 
 // The layout F.conv2d gives its result: channels_last when the input or the weight is.
 at::MemoryFormat conv2d_memory_format(const at::Tensor& input, const at::Tensor& weight);
+
+// A contiguous result in the given layout. A fresh tensor rather than Tensor::contiguous(format),
+// which keeps contiguous strides for empty results that are "contiguous" in every format.
+at::Tensor in_memory_format(const at::Tensor& result, at::MemoryFormat format);
 
 }  // namespace conv_ext

@@ -9,6 +9,7 @@
 
 #include "conv2d.h"
 
+#include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -177,6 +178,11 @@ at::MemoryFormat conv2d_memory_format(const at::Tensor& input, const at::Tensor&
   const bool channels_last = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast ||
                              weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
   return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+at::Tensor in_memory_format(const at::Tensor& result, at::MemoryFormat format) {
+  if (format == at::MemoryFormat::Contiguous) return result;
+  return at::empty(result.sizes(), result.options().memory_format(format)).copy_(result);
 }
 
 namespace {

@@ -122,11 +122,9 @@ Tensor compute_operand(const Tensor& t) {
   return reduced ? t.to(at::kFloat, false, false, at::MemoryFormat::Contiguous) : t.contiguous();
 }
 
-// The result in the caller's dtype and layout. A fresh tensor rather than Tensor::to, which
-// would keep contiguous strides for empty results that are "contiguous" in every format.
+// The result in the caller's dtype and layout.
 Tensor finish(const Tensor& result, at::ScalarType dtype, at::MemoryFormat format) {
-  if (result.scalar_type() == dtype && format == at::MemoryFormat::Contiguous) return result;
-  return at::empty(result.sizes(), result.options().dtype(dtype).memory_format(format)).copy_(result);
+  return in_memory_format(result.to(dtype), format);
 }
 
 Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const Tensor& bias,

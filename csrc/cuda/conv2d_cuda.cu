@@ -1,0 +1,200 @@
+// CUDA kernels of the three conv_ext operators: the simple, always-correct stage. One thread per
+// element of the result, each summing its terms in a fixed order (deterministic, no atomics),
+// in the accumulation type (float for float16/bfloat16). Indices are 64-bit throughout.
+#include "../conv2d.h"
+
+#include <ATen/AccumulateType.h>
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+namespace conv_ext {
+namespace {
+
+using at::Tensor;
+
+constexpr int kThreads = 256;
+
+// Enough blocks to cover n elements with a grid-stride loop, capped so the grid stays legal.
+int64_t blocks_for(int64_t n) {
+  return std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t{1} << 20);
+}
+
+#define GRID_STRIDE_LOOP(i, n)                                                   \
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < (n);     \
+       i += int64_t{blockDim.x} * gridDim.x)
+
+// y[n, k, oh, ow] = bias[k] + sum_{c, ki, kj} w[k, c, ki, kj] * x[n, g*Cg + c, ih, iw]
+template <typename scalar_t>
+__global__ void conv2d_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w,
+                                      const scalar_t* __restrict__ bias, scalar_t* __restrict__ y,
+                                      Conv2dGeometry g) {
+  using acc_t = at::acc_type<scalar_t, true>;
+  const int64_t total = g.batch * g.out_channels * g.out_h * g.out_w;
+  const int64_t cg = g.in_channels_per_group(), kg = g.out_channels_per_group();
+  GRID_STRIDE_LOOP(index, total) {
+    const int64_t ow = index % g.out_w, oh = index / g.out_w % g.out_h;
+    const int64_t k = index / (g.out_w * g.out_h) % g.out_channels;
+    const int64_t n = index / (g.out_w * g.out_h * g.out_channels);
+    const scalar_t* x_group = x + (n * g.in_channels + k / kg * cg) * g.in_h * g.in_w;
+    const scalar_t* w_k = w + k * cg * g.kernel_h * g.kernel_w;
+    acc_t sum = bias != nullptr ? static_cast<acc_t>(bias[k]) : acc_t(0);
+    for (int64_t c = 0; c < cg; ++c) {
+      for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
+        const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dilation_h;
+        if (ih < 0 || ih >= g.in_h) continue;
+        for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
+          const int64_t iw = ow * g.stride_w - g.pad_w + kj * g.dilation_w;
+          if (iw < 0 || iw >= g.in_w) continue;
+          sum += static_cast<acc_t>(x_group[(c * g.in_h + ih) * g.in_w + iw]) *
+                 static_cast<acc_t>(w_k[(c * g.kernel_h + ki) * g.kernel_w + kj]);
+        }
+      }
+    }
+    y[index] = static_cast<scalar_t>(sum);
+  }
+}
+
+// gx[n, c, ih, iw] = sum over the outputs (k, oh, ow) whose window reads (ih, iw) at kernel
+// offset (ki, kj): oh * sh - ph + ki * dh == ih, likewise for the width.
+template <typename scalar_t>
+__global__ void conv2d_grad_input_kernel(const scalar_t* __restrict__ gy,
+                                         const scalar_t* __restrict__ w, scalar_t* __restrict__ gx,
+                                         Conv2dGeometry g) {
+  using acc_t = at::acc_type<scalar_t, true>;
+  const int64_t total = g.batch * g.in_channels * g.in_h * g.in_w;
+  const int64_t cg = g.in_channels_per_group(), kg = g.out_channels_per_group();
+  GRID_STRIDE_LOOP(index, total) {
+    const int64_t iw = index % g.in_w, ih = index / g.in_w % g.in_h;
+    const int64_t c = index / (g.in_w * g.in_h) % g.in_channels;
+    const int64_t n = index / (g.in_w * g.in_h * g.in_channels);
+    const int64_t group = c / cg, c_in_group = c % cg;
+    acc_t sum = 0;
+    for (int64_t k = group * kg; k < (group + 1) * kg; ++k) {
+      const scalar_t* gy_k = gy + (n * g.out_channels + k) * g.out_h * g.out_w;
+      const scalar_t* w_kc = w + (k * cg + c_in_group) * g.kernel_h * g.kernel_w;
+      for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
+        const int64_t h = ih + g.pad_h - ki * g.dilation_h;
+        if (h < 0 || h % g.stride_h != 0 || h / g.stride_h >= g.out_h) continue;
+        for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
+          const int64_t v = iw + g.pad_w - kj * g.dilation_w;
+          if (v < 0 || v % g.stride_w != 0 || v / g.stride_w >= g.out_w) continue;
+          sum += static_cast<acc_t>(gy_k[h / g.stride_h * g.out_w + v / g.stride_w]) *
+                 static_cast<acc_t>(w_kc[ki * g.kernel_w + kj]);
+        }
+      }
+    }
+    gx[index] = static_cast<scalar_t>(sum);
+  }
+}
+
+// gw[k, c, ki, kj] = sum_{n, oh, ow} gy[n, k, oh, ow] * x[n, g*Cg + c, ih, iw]
+template <typename scalar_t>
+__global__ void conv2d_grad_weight_kernel(const scalar_t* __restrict__ x,
+                                          const scalar_t* __restrict__ gy,
+                                          scalar_t* __restrict__ gw, Conv2dGeometry g) {
+  using acc_t = at::acc_type<scalar_t, true>;
+  const int64_t cg = g.in_channels_per_group(), kg = g.out_channels_per_group();
+  const int64_t total = g.out_channels * cg * g.kernel_h * g.kernel_w;
+  GRID_STRIDE_LOOP(index, total) {
+    const int64_t kj = index % g.kernel_w, ki = index / g.kernel_w % g.kernel_h;
+    const int64_t c = index / (g.kernel_w * g.kernel_h) % cg;
+    const int64_t k = index / (g.kernel_w * g.kernel_h * cg);
+    const int64_t channel = k / kg * cg + c;
+    acc_t sum = 0;
+    for (int64_t n = 0; n < g.batch; ++n) {
+      const scalar_t* x_plane = x + (n * g.in_channels + channel) * g.in_h * g.in_w;
+      const scalar_t* gy_plane = gy + (n * g.out_channels + k) * g.out_h * g.out_w;
+      for (int64_t oh = 0; oh < g.out_h; ++oh) {
+        const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dilation_h;
+        if (ih < 0 || ih >= g.in_h) continue;
+        for (int64_t ow = 0; ow < g.out_w; ++ow) {
+          const int64_t iw = ow * g.stride_w - g.pad_w + kj * g.dilation_w;
+          if (iw < 0 || iw >= g.in_w) continue;
+          sum += static_cast<acc_t>(gy_plane[oh * g.out_w + ow]) *
+                 static_cast<acc_t>(x_plane[ih * g.in_w + iw]);
+        }
+      }
+    }
+    gw[index] = static_cast<scalar_t>(sum);
+  }
+}
+
+// Calls launch(scalar_t{}) for like's dtype, any floating type, then checks the launch.
+template <typename Launch>
+void launch_floating(const Tensor& like, Launch&& launch) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, like.scalar_type(), "conv_ext_cuda", [&] {
+    launch(scalar_t{});
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+Tensor conv2d_cuda(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
+                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                   int64_t groups) {
+  const auto g = check_conv2d(input, weight, bias, stride, padding, dilation, groups);
+  const c10::cuda::CUDAGuard device_guard(input.device());
+  const Tensor x = input.contiguous(), w = weight.contiguous();
+  const Tensor b = bias.has_value() ? bias->contiguous() : Tensor();
+  Tensor y = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
+  const int64_t n = y.numel();
+  if (n > 0) {
+    launch_floating(x, [&](auto zero) {
+      using scalar_t = decltype(zero);
+      conv2d_forward_kernel<scalar_t><<<blocks_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+          b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>(), g);
+    });
+  }
+  return in_memory_format(y, conv2d_memory_format(input, weight));
+}
+
+Tensor conv2d_grad_input_cuda(const Tensor& grad_output, const Tensor& weight,
+                              at::IntArrayRef input_size, at::IntArrayRef stride,
+                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const auto g =
+      check_conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation, groups);
+  const c10::cuda::CUDAGuard device_guard(grad_output.device());
+  const Tensor gy = grad_output.contiguous(), w = weight.contiguous();
+  Tensor gx = at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, gy.options());
+  const int64_t n = gx.numel();
+  if (n > 0) {
+    launch_floating(gy, [&](auto zero) {
+      using scalar_t = decltype(zero);
+      conv2d_grad_input_kernel<scalar_t><<<blocks_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          gy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(), g);
+    });
+  }
+  return in_memory_format(gx, conv2d_memory_format(grad_output, weight));
+}
+
+Tensor conv2d_grad_weight_cuda(const Tensor& input, const Tensor& grad_output,
+                               at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const auto g =
+      check_conv2d_grad_weight(input, grad_output, kernel_size, stride, padding, dilation, groups);
+  const c10::cuda::CUDAGuard device_guard(input.device());
+  const Tensor x = input.contiguous(), gy = grad_output.contiguous();
+  Tensor gw = at::empty({g.out_channels, g.in_channels_per_group(), g.kernel_h, g.kernel_w}, x.options());
+  const int64_t n = gw.numel();
+  if (n > 0) {
+    launch_floating(x, [&](auto zero) {
+      using scalar_t = decltype(zero);
+      conv2d_grad_weight_kernel<scalar_t><<<blocks_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          x.const_data_ptr<scalar_t>(), gy.const_data_ptr<scalar_t>(), gw.mutable_data_ptr<scalar_t>(), g);
+    });
+  }
+  return in_memory_format(gw, conv2d_memory_format(input, grad_output));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(conv_ext, CUDA, m) {
+  m.impl("conv2d", &conv2d_cuda);
+  m.impl("conv2d_grad_input", &conv2d_grad_input_cuda);
+  m.impl("conv2d_grad_weight", &conv2d_grad_weight_cuda);
+}
+
+}  // namespace conv_ext
