@@ -15,6 +15,20 @@ def _as_pair(value):
     return value * 2 if len(value) == 1 else value
 
 
+def _check_operands(name, input, weight, spatial_dims):
+    """Tensors, and an input of rank spatial_dims + 1 (unbatched) or + 2, as F.conv*d demand."""
+    if not (isinstance(input, torch.Tensor) and isinstance(weight, torch.Tensor)):
+        raise TypeError(
+            f"{name}(): input and weight must be Tensors, "
+            f"got {type(input).__name__} and {type(weight).__name__}"
+        )
+    if input.dim() not in (spatial_dims + 1, spatial_dims + 2):
+        raise RuntimeError(
+            f"Expected {spatial_dims + 1}D (unbatched) or {spatial_dims + 2}D (batched) input to "
+            f"{name}, but got input of size: {list(input.shape)}"
+        )
+
+
 class Conv2dArgs(NamedTuple):
     """F.conv2d's arguments normalised for the operators.
 
@@ -30,16 +44,7 @@ class Conv2dArgs(NamedTuple):
 
     @classmethod
     def parse(cls, input, weight, stride, padding, dilation, groups):
-        if not (isinstance(input, torch.Tensor) and isinstance(weight, torch.Tensor)):
-            raise TypeError(
-                "conv2d(): input and weight must be Tensors, "
-                f"got {type(input).__name__} and {type(weight).__name__}"
-            )
-        if input.dim() not in (3, 4):
-            raise RuntimeError(
-                "Expected 3D (unbatched) or 4D (batched) input to conv2d, "
-                f"but got input of size: {list(input.shape)}"
-            )
+        _check_operands("conv2d", input, weight, 2)
         stride, dilation = _as_pair(stride), _as_pair(dilation)
         extra_pad = (0, 0)
         if isinstance(padding, str):
@@ -130,16 +135,7 @@ def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     input (N, C, L) or unbatched (C, L); weight (K, C / groups, kL); bias (K,) or None;
     padding an int, a 1-tuple, 'valid' or 'same'.
     """
-    if not (isinstance(input, torch.Tensor) and isinstance(weight, torch.Tensor)):
-        raise TypeError(
-            "conv1d(): input and weight must be Tensors, "
-            f"got {type(input).__name__} and {type(weight).__name__}"
-        )
-    if input.dim() not in (2, 3):
-        raise RuntimeError(
-            "Expected 2D (unbatched) or 3D (batched) input to conv1d, "
-            f"but got input of size: {list(input.shape)}"
-        )
+    _check_operands("conv1d", input, weight, 1)
     if weight.dim() != 3:
         raise RuntimeError(
             "expected weight to be 3-D (out_channels, in_channels / groups, kL), "

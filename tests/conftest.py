@@ -1,4 +1,5 @@
 import os
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -20,3 +21,30 @@ DEVICES = [
 @pytest.fixture(params=DEVICES)
 def device(request):
     return request.param
+
+
+# The CPU algorithms, forced by environment variables the kernels read on every call. "auto"
+# lets the kernels choose by shape; the tests run each path on every configuration.
+CPU_PATHS = {
+    "auto": {},
+    "gemm": {"CONV_EXT_CPU_ALGORITHM": "gemm"},
+    "direct": {"CONV_EXT_CPU_ALGORITHM": "direct"},
+    "direct-generic-isa": {"CONV_EXT_CPU_ALGORITHM": "direct", "CONV_EXT_CPU_ISA": "generic"},
+}
+FORCED_CPU_PATHS = ["gemm", "direct", "direct-generic-isa"]
+
+
+@contextmanager
+def cpu_path(name):
+    saved = {key: os.environ.get(key) for key in ("CONV_EXT_CPU_ALGORITHM", "CONV_EXT_CPU_ISA")}
+    for key in saved:
+        os.environ.pop(key, None)
+    os.environ.update(CPU_PATHS[name])
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

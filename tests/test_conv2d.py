@@ -10,7 +10,7 @@ import conv_ext
 from conv_ext import reference
 
 from configs import Conv, convs
-from conftest import DEVICES
+from conftest import DEVICES, FORCED_CPU_PATHS, cpu_path
 
 
 def forward_and_grads(fn, conv, x, w, b, grad_output=None):
@@ -23,10 +23,12 @@ def forward_and_grads(fn, conv, x, w, b, grad_output=None):
     return [y, *torch.autograd.grad(y, leaves, grad_output)], grad_output
 
 
-def assert_scaled_close(actual, expected, tol, what):
-    """|actual - expected| <= tol * max|expected| elementwise: an error bound relative to the
-    result's scale, so it does not depend on the magnitudes the configuration happens to give."""
-    scale = expected.abs().max().item() if expected.numel() else 0.0
+def assert_scaled_close(actual, expected, tol, what, scale=None):
+    """|actual - expected| <= tol * scale elementwise, scale being max|expected| unless given: an
+    error bound relative to the result's scale, independent of the magnitudes a configuration
+    happens to give."""
+    if scale is None:
+        scale = expected.abs().max().item() if expected.numel() else 0.0
     torch.testing.assert_close(
         actual.to(expected.dtype), expected, rtol=0, atol=tol * scale + 1e-300, msg=lambda m: f"{what}: {m}"
     )
@@ -35,12 +37,14 @@ def assert_scaled_close(actual, expected, tol, what):
 NAMES = ("output", "grad_input", "grad_weight", "grad_bias")
 
 
+@pytest.mark.parametrize("path", FORCED_CPU_PATHS)
 @pytest.mark.parametrize("device", DEVICES)
 @settings(max_examples=300)
 @given(conv=convs())
-def test_float64_matches_torch_and_reference(conv, device):
+def test_float64_matches_torch_and_reference(conv, device, path):
     x, w, b = conv.tensors(torch.float64, device, requires_grad=True)
-    ours, gy = forward_and_grads(conv_ext.conv2d, conv, x, w, b)
+    with cpu_path(path):
+        ours, gy = forward_and_grads(conv_ext.conv2d, conv, x, w, b)
     theirs, _ = forward_and_grads(F.conv2d, conv, x, w, b, gy)
     ref, _ = forward_and_grads(reference.conv2d, conv, x, w, b, gy)
     for name, a, t, r in zip(NAMES, ours, theirs, ref):
@@ -55,8 +59,9 @@ def test_float64_matches_torch_and_reference(conv, device):
             assert y.is_contiguous(memory_format=fmt) == y_torch.is_contiguous(memory_format=fmt)
 
 
-# Scale-aware bounds against a float64 result on the same (rounded) inputs: the output and the
-# input gradient sum C*kH*kW products, the weight gradient N*H*W of them.
+# Scale-aware bounds against a float64 result on the same (rounded) inputs, relative to the
+# magnitude of the terms summed (see float64_results): the output and the input gradient sum
+# C*kH*kW products, the weight gradient N*H*W of them.
 TOLERANCES = {
     torch.float32: (1e-5, 1e-5, 2e-5, 1e-5),
     torch.bfloat16: (8e-3, 8e-3, 8e-3, 8e-3),
@@ -64,31 +69,43 @@ TOLERANCES = {
 }
 
 
+@pytest.mark.parametrize("path", FORCED_CPU_PATHS)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", list(TOLERANCES), ids=str)
 @settings(max_examples=100)
 @given(conv=convs())
-def test_low_precision_against_float64(conv, dtype, device):
+def test_low_precision_against_float64(conv, dtype, device, path):
     x, w, b = conv.tensors(dtype, device, requires_grad=True)
-    ours, gy = forward_and_grads(conv_ext.conv2d, conv, x, w, b)
+    with cpu_path(path):
+        ours, gy = forward_and_grads(conv_ext.conv2d, conv, x, w, b)
     assert ours[0].dtype == dtype
-    exact = [t.detach().double().requires_grad_() if t is not None else None for t in (x, w, b)]
-    expected, _ = forward_and_grads(F.conv2d, conv, *exact, gy.double())
-    for name, a, e, tol in zip(NAMES, ours, expected, TOLERANCES[dtype]):
+    for name, a, e, scale, tol in zip(NAMES, ours, *float64_results(conv, x, w, b, gy), TOLERANCES[dtype]):
         assert a.dtype == dtype, name
-        assert_scaled_close(a, e, tol, f"{name} ({dtype})")
+        assert_scaled_close(a, e, tol, f"{name} ({dtype})", scale)
 
 
+def float64_results(conv, x, w, b, gy):
+    """The float64 output and gradients for the same (rounded) inputs, and the scale of each:
+    the largest element of the same computation on absolute values, which bounds the terms of
+    every sum, so a result that cancels to near zero is not held to its own tiny magnitude."""
+    def run(transform):
+        leaves = [None if t is None else transform(t.detach().double()).requires_grad_() for t in (x, w, b)]
+        return forward_and_grads(F.conv2d, conv, *leaves, transform(gy.double()))[0]
+
+    scales = [t.max().item() if t.numel() else 0.0 for t in run(torch.abs)]
+    return run(lambda t: t), scales
+
+
+@pytest.mark.parametrize("path", FORCED_CPU_PATHS)
 @pytest.mark.parametrize("device", DEVICES)
-def test_large_reduction_float32(device):
+def test_large_reduction_float32(device, path):
     """A ResNet-sized layer: long sums (576 terms per output, 8*28*28 per weight) stay in bound."""
     conv = Conv(8, 64, 64, (28, 28), (3, 3), (1, 1), (1, 1), (1, 1), 1, True)
     x, w, b = conv.tensors(torch.float32, device, requires_grad=True)
-    ours, gy = forward_and_grads(conv_ext.conv2d, conv, x, w, b)
-    exact = [t.detach().double().requires_grad_() for t in (x, w, b)]
-    expected, _ = forward_and_grads(F.conv2d, conv, *exact, gy.double())
-    for name, a, e, tol in zip(NAMES, ours, expected, TOLERANCES[torch.float32]):
-        assert_scaled_close(a, e, tol, name)
+    with cpu_path(path):
+        ours, gy = forward_and_grads(conv_ext.conv2d, conv, x, w, b)
+    for name, a, e, scale, tol in zip(NAMES, ours, *float64_results(conv, x, w, b, gy), TOLERANCES[torch.float32]):
+        assert_scaled_close(a, e, tol, name, scale)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -96,7 +113,8 @@ def test_workspace_tiles_cover_large_images(device):
     """An image whose im2col matrix exceeds one tile is computed in several row tiles."""
     conv = Conv(1, 16, 4, (300, 301), (5, 5), (1, 2), (2, 2), (1, 1), 1, True)
     x, w, b = conv.tensors(torch.float64, device, requires_grad=True)
-    ours, gy = forward_and_grads(conv_ext.conv2d, conv, x, w, b)
+    with cpu_path("gemm"):
+        ours, gy = forward_and_grads(conv_ext.conv2d, conv, x, w, b)
     theirs, _ = forward_and_grads(F.conv2d, conv, x, w, b, gy)
     for name, a, t in zip(NAMES, ours, theirs):
         assert_scaled_close(a, t, 1e-12, name)

@@ -8,7 +8,7 @@ import conv_ext
 from conv_ext import reference
 
 from configs import Conv
-from conftest import DEVICES
+from conftest import DEVICES, FORCED_CPU_PATHS, cpu_path
 
 ops = torch.ops.conv_ext
 
@@ -33,16 +33,19 @@ def ids(conv):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("conv", CONFIGS, ids=ids)
-@pytest.mark.parametrize("fn", [conv_ext.conv2d, reference.conv2d], ids=["conv_ext", "reference"])
-def test_gradcheck_and_gradgradcheck(fn, conv, device):
+@pytest.mark.parametrize("fn, path", [
+    *((conv_ext.conv2d, path) for path in FORCED_CPU_PATHS[:2]), (reference.conv2d, "auto"),
+], ids=["conv_ext-gemm", "conv_ext-direct", "reference"])
+def test_gradcheck_and_gradgradcheck(fn, path, conv, device):
     x, w, b = conv.tensors(torch.float64, device, requires_grad=True)
     kw = conv.kwargs()
 
     def f(x, w, b):
         return fn(x, w, b, **kw)
 
-    assert gradcheck(f, (x, w, b))
-    assert gradgradcheck(f, (x, w, b))
+    with cpu_path(path):
+        assert gradcheck(f, (x, w, b))
+        assert gradgradcheck(f, (x, w, b))
 
 
 def op_tensors(device, batch=2, c=4, k=6, size=(7, 6), kernel=(3, 2), groups=2):

@@ -159,3 +159,35 @@ def test_convert_leaves_subclasses_alone():
     model = nn.Sequential(Custom(2, 2, 1), nn.Conv2d(2, 2, 1))
     conv_ext.convert(model)
     assert type(model[0]) is Custom and type(model[1]) is conv_ext.Conv2d
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kwargs", [
+    dict(), dict(stride=2, padding=1, dilation=2, groups=2), dict(padding="same", groups=2),
+    dict(padding="valid", stride=(3,)), dict(padding=(2,), dilation=(3,)),
+], ids=str)
+@pytest.mark.parametrize("unbatched", [False, True], ids=["batched", "unbatched"])
+def test_conv1d_matches_f_conv1d(kwargs, unbatched, device):
+    groups = kwargs.get("groups", 1)
+    x = torch.randn(2, 4, 17, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(6, 4 // groups, 4, dtype=torch.float64, device=device, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, device=device, requires_grad=True)
+    xs = x[0] if unbatched else x
+    y, y_ref = conv_ext.conv1d(xs, w, b, **kwargs), F.conv1d(xs, w, b, **kwargs)
+    torch.testing.assert_close(y, y_ref)
+    gy = torch.randn_like(y)
+    for g, g_ref in zip(torch.autograd.grad(y, (x, w, b), gy), torch.autograd.grad(y_ref, (x, w, b), gy)):
+        torch.testing.assert_close(g, g_ref)
+
+
+@pytest.mark.parametrize("input, weight, pattern", [
+    (torch.randn(4), torch.randn(2, 4, 3), r"Expected 2D \(unbatched\) or 3D \(batched\) input to conv1d"),
+    (torch.randn(1, 2, 4, 5), torch.randn(2, 4, 3), r"Expected 2D \(unbatched\) or 3D"),
+    (torch.randn(2, 4, 9), torch.randn(2, 4, 3, 3), r"expected weight to be 3-D"),
+    (torch.randn(2, 3, 9), torch.randn(2, 4, 3), r"to have 4 channels"),
+])
+def test_conv1d_rejects_like_f_conv1d(input, weight, pattern):
+    with pytest.raises(RuntimeError):
+        F.conv1d(input, weight)
+    with pytest.raises(RuntimeError, match=pattern):
+        conv_ext.conv1d(input, weight)

@@ -1,9 +1,11 @@
-// CPU kernels of the three conv_ext operators: im2col in bounded tiles, a batched GEMM per tile
-// (at::bmm over groups), and col2im for the input gradient.
+// CPU kernels of the three conv_ext operators. Two algorithms, chosen by shape:
+// - GEMM: im2col in bounded tiles, a batched GEMM per tile (at::bmm over groups), and col2im
+//   for the input gradient;
+// - direct (direct_conv2d.cpp), for few channels per group (depthwise, narrow groups).
 //
 // float32 and float64 run natively; float16 and bfloat16 are computed in float32 and rounded
 // once at the end, so every sum accumulates in float32.
-#include "../conv2d.h"
+#include "direct_conv2d.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -127,8 +129,8 @@ Tensor finish(const Tensor& result, at::ScalarType dtype, at::MemoryFormat forma
   return in_memory_format(result.to(dtype), format);
 }
 
-Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
-                      const Conv2dGeometry& g) {
+Tensor gemm_conv2d_forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
+                           const Conv2dGeometry& g) {
   Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
   const Tensor w = weight_matrix(weight, g);
   for (int64_t n = 0; n < g.batch; ++n) {
@@ -146,8 +148,8 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const Tensor& b
   return output;
 }
 
-Tensor conv2d_grad_input_compute(const Tensor& grad_output, const Tensor& weight,
-                                 const Conv2dGeometry& g) {
+Tensor gemm_conv2d_grad_input(const Tensor& grad_output, const Tensor& weight,
+                              const Conv2dGeometry& g) {
   Tensor grad_input = at::zeros({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output.options());
   const Tensor w_t = weight_matrix(weight, g).transpose(1, 2);
   for (int64_t n = 0; n < g.batch; ++n) {
@@ -168,8 +170,8 @@ Tensor conv2d_grad_input_compute(const Tensor& grad_output, const Tensor& weight
   return grad_input;
 }
 
-Tensor conv2d_grad_weight_compute(const Tensor& input, const Tensor& grad_output,
-                                  const Conv2dGeometry& g) {
+Tensor gemm_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
+                               const Conv2dGeometry& g) {
   Tensor grad_weight = at::zeros({g.groups, g.out_channels_per_group(), g.patch_size()},
                                  input.options());
   for (int64_t n = 0; n < g.batch; ++n) {
@@ -185,8 +187,10 @@ Tensor conv2d_cpu(const Tensor& input, const Tensor& weight, const std::optional
                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                   int64_t groups) {
   const auto g = check_conv2d(input, weight, bias, stride, padding, dilation, groups);
-  const Tensor output = conv2d_forward(compute_operand(input), compute_operand(weight),
-                                       compute_operand(bias.value_or(Tensor())), g);
+  const Tensor x = compute_operand(input), w = compute_operand(weight),
+               b = compute_operand(bias.value_or(Tensor()));
+  const Tensor output =
+      use_direct_conv2d(g) ? direct_conv2d_forward(x, w, b, g) : gemm_conv2d_forward(x, w, b, g);
   return finish(output, input.scalar_type(), conv2d_memory_format(input, weight));
 }
 
@@ -195,8 +199,9 @@ Tensor conv2d_grad_input_cpu(const Tensor& grad_output, const Tensor& weight,
                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const auto g =
       check_conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation, groups);
-  const Tensor grad_input =
-      conv2d_grad_input_compute(compute_operand(grad_output), compute_operand(weight), g);
+  const Tensor gy = compute_operand(grad_output), w = compute_operand(weight);
+  const Tensor grad_input = use_direct_conv2d(g) ? direct_conv2d_grad_input(gy, w, g)
+                                                 : gemm_conv2d_grad_input(gy, w, g);
   return finish(grad_input, grad_output.scalar_type(), conv2d_memory_format(grad_output, weight));
 }
 
@@ -205,8 +210,9 @@ Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const auto g =
       check_conv2d_grad_weight(input, grad_output, kernel_size, stride, padding, dilation, groups);
-  const Tensor grad_weight =
-      conv2d_grad_weight_compute(compute_operand(input), compute_operand(grad_output), g);
+  const Tensor x = compute_operand(input), gy = compute_operand(grad_output);
+  const Tensor grad_weight = use_direct_conv2d(g) ? direct_conv2d_grad_weight(x, gy, g)
+                                                  : gemm_conv2d_grad_weight(x, gy, g);
   return finish(grad_weight, input.scalar_type(), conv2d_memory_format(input, grad_output));
 }
 

@@ -122,11 +122,22 @@ __global__ void conv2d_grad_weight_kernel(const scalar_t* __restrict__ x,
   }
 }
 
-// Calls launch(scalar_t{}) for like's dtype, any floating type, then checks the launch.
-template <typename Launch>
-void launch_floating(const Tensor& like, Launch&& launch) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, like.scalar_type(), "conv_ext_cuda", [&] {
-    launch(scalar_t{});
+template <typename scalar_t>
+const scalar_t* data_or_null(const Tensor& t) {
+  return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr;
+}
+
+// Fills out with kernel_for(scalar_t{}), launched with one thread per element of out on the
+// current stream, as kernel(inputs' data..., out's data, g). Inputs must be contiguous.
+template <typename KernelFor, typename... Inputs>
+void launch_per_element(const Tensor& out, const Conv2dGeometry& g, KernelFor kernel_for,
+                        const Inputs&... inputs) {
+  const int64_t n = out.numel();
+  if (n == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "conv_ext_cuda", [&] {
+    const auto kernel = kernel_for(scalar_t{});
+    kernel<<<blocks_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        data_or_null<scalar_t>(inputs)..., out.mutable_data_ptr<scalar_t>(), g);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -136,18 +147,10 @@ Tensor conv2d_cuda(const Tensor& input, const Tensor& weight, const std::optiona
                    int64_t groups) {
   const auto g = check_conv2d(input, weight, bias, stride, padding, dilation, groups);
   const c10::cuda::CUDAGuard device_guard(input.device());
-  const Tensor x = input.contiguous(), w = weight.contiguous();
-  const Tensor b = bias.has_value() ? bias->contiguous() : Tensor();
   Tensor y = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
-  const int64_t n = y.numel();
-  if (n > 0) {
-    launch_floating(x, [&](auto zero) {
-      using scalar_t = decltype(zero);
-      conv2d_forward_kernel<scalar_t><<<blocks_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-          b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>(), g);
-    });
-  }
+  launch_per_element(
+      y, g, [](auto zero) { return conv2d_forward_kernel<decltype(zero)>; }, input.contiguous(),
+      weight.contiguous(), bias.has_value() ? bias->contiguous() : Tensor());
   return in_memory_format(y, conv2d_memory_format(input, weight));
 }
 
@@ -157,16 +160,10 @@ Tensor conv2d_grad_input_cuda(const Tensor& grad_output, const Tensor& weight,
   const auto g =
       check_conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation, groups);
   const c10::cuda::CUDAGuard device_guard(grad_output.device());
-  const Tensor gy = grad_output.contiguous(), w = weight.contiguous();
-  Tensor gx = at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, gy.options());
-  const int64_t n = gx.numel();
-  if (n > 0) {
-    launch_floating(gy, [&](auto zero) {
-      using scalar_t = decltype(zero);
-      conv2d_grad_input_kernel<scalar_t><<<blocks_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          gy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(), g);
-    });
-  }
+  Tensor gx = at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output.options());
+  launch_per_element(
+      gx, g, [](auto zero) { return conv2d_grad_input_kernel<decltype(zero)>; },
+      grad_output.contiguous(), weight.contiguous());
   return in_memory_format(gx, conv2d_memory_format(grad_output, weight));
 }
 
@@ -176,16 +173,11 @@ Tensor conv2d_grad_weight_cuda(const Tensor& input, const Tensor& grad_output,
   const auto g =
       check_conv2d_grad_weight(input, grad_output, kernel_size, stride, padding, dilation, groups);
   const c10::cuda::CUDAGuard device_guard(input.device());
-  const Tensor x = input.contiguous(), gy = grad_output.contiguous();
-  Tensor gw = at::empty({g.out_channels, g.in_channels_per_group(), g.kernel_h, g.kernel_w}, x.options());
-  const int64_t n = gw.numel();
-  if (n > 0) {
-    launch_floating(x, [&](auto zero) {
-      using scalar_t = decltype(zero);
-      conv2d_grad_weight_kernel<scalar_t><<<blocks_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          x.const_data_ptr<scalar_t>(), gy.const_data_ptr<scalar_t>(), gw.mutable_data_ptr<scalar_t>(), g);
-    });
-  }
+  Tensor gw = at::empty({g.out_channels, g.in_channels_per_group(), g.kernel_h, g.kernel_w},
+                        input.options());
+  launch_per_element(
+      gw, g, [](auto zero) { return conv2d_grad_weight_kernel<decltype(zero)>; },
+      input.contiguous(), grad_output.contiguous());
   return in_memory_format(gw, conv2d_memory_format(input, grad_output));
 }
 
