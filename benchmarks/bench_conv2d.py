@@ -1,11 +1,16 @@
-"""conv_ext against torch's own convolution (F.conv2d) on a handful of common layers.
+"""conv_ext against torch's own convolution (F.conv2d) over a fixed suite of common layers.
 
-For each layer: check our result against F.conv2d, then time forward and forward+backward of
-both, interleaved round by round on the same inputs with torch.utils.benchmark; report medians,
-GFLOP/s and the ratio torch-time / our-time (> 1: we are faster). Writes JSON and a PNG chart to
-benchmarks/results/ and prints a Markdown table.
+The suite: ResNet-18/50 layers (the 7x7/2 stem, 3x3 at 56, 28, 14 and 7 with 64-512 channels, a
+3x3 stride 2, 1x1 reductions and expansions), ResNeXt's grouped 3x3, MobileNet's depthwise 3x3 and
+a 5x5 layer, at batch 8 and 1, in float32; and a few of them in float64 and bfloat16.
 
-    python benchmarks/bench_conv2d.py [--device cpu|cuda] [--batch 8] [--rounds 5]
+For each row: the error of both sides' forward against a float64 result (max |error| / max |exact|),
+the peak memory one forward call allocates, then forward and forward+backward of both sides timed
+with torch.utils.benchmark, interleaved round by round on the same inputs; medians, GFLOP/s and
+the ratio torch-time / our-time (> 1: we are faster). Writes JSON and a PNG chart to
+benchmarks/results/, prints a Markdown table and, with --readme, puts it into README.md.
+
+    python benchmarks/bench_conv2d.py [--device cpu|cuda] [--batches 8,1] [--rounds 3] [--readme]
 """
 import argparse
 import json
@@ -13,6 +18,7 @@ import platform
 import statistics
 import subprocess
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,14 +49,21 @@ class Layer:
 
 
 LAYERS = [
-    Layer("ResNet stem 7x7/2, 3->64", 3, 64, 112, 7, 2, 3),
-    Layer("ResNet 3x3, 64 ch @56", 64, 64, 56, 3, 1, 1),
-    Layer("ResNet 3x3, 256 ch @14", 256, 256, 14, 3, 1, 1),
+    Layer("ResNet stem 7x7/2, 3->64 @224", 3, 64, 224, 7, 2, 3),
+    Layer("3x3, 64 ch @56", 64, 64, 56, 3, 1, 1),
+    Layer("3x3, 128 ch @28", 128, 128, 28, 3, 1, 1),
+    Layer("3x3, 256 ch @14", 256, 256, 14, 3, 1, 1),
+    Layer("3x3, 512 ch @7", 512, 512, 7, 3, 1, 1),
     Layer("3x3/2, 128->256 @28", 128, 256, 28, 3, 2, 1),
     Layer("1x1, 256->64 @56", 256, 64, 56, 1),
+    Layer("1x1, 64->256 @56", 64, 256, 56, 1),
+    Layer("1x1, 1024->256 @14", 1024, 256, 14, 1),
     Layer("grouped 3x3 g=32, 256 ch @28", 256, 256, 28, 3, 1, 1, 32),
     Layer("depthwise 3x3, 256 ch @28", 256, 256, 28, 3, 1, 1, 256),
+    Layer("5x5, 48->64 @28", 48, 64, 28, 5, 1, 2),
 ]
+# The layers also measured in float64 and bfloat16 (batch 8).
+OTHER_DTYPE_LAYERS = ["3x3, 64 ch @56", "3x3, 256 ch @14", "1x1, 256->64 @56", "depthwise 3x3, 256 ch @28"]
 
 
 def make_inputs(layer, batch, device, dtype):
@@ -62,13 +75,37 @@ def make_inputs(layer, batch, device, dtype):
     return [t.to(device, dtype).requires_grad_() for t in (x, w, b)]
 
 
-def relative_error(layer, x, w, b):
-    """max |ours - float64 result| / max |float64 result| for the forward output."""
+def relative_errors(layer, x, w, b):
+    """max |result - float64 result| / max |float64 result| of both sides' forward."""
     kw = dict(stride=layer.stride, padding=layer.padding, groups=layer.groups)
     with torch.no_grad():
         exact = F.conv2d(x.double(), w.double(), b.double(), **kw)
-        ours = conv_ext.conv2d(x, w, b, **kw).double()
-    return ((ours - exact).abs().max() / exact.abs().max()).item()
+        scale = exact.abs().max()
+        return [((fn(x, w, b, **kw).double() - exact).abs().max() / scale).item()
+                for fn in (conv_ext.conv2d, F.conv2d)]
+
+
+def peak_memory_mib(fn, layer, x, w, b):
+    """Peak memory allocated while one forward call runs (its output included), as the profiler's
+    memory timeline counts it; None where the profiler cannot say."""
+    kw = dict(stride=layer.stride, padding=layer.padding, groups=layer.groups)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if x.is_cuda:
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.profiler.profile(activities=activities, profile_memory=True,
+                                        record_shapes=True, with_stack=True) as prof:
+                with torch.no_grad():
+                    fn(x, w, b, **kw)
+            path = RESULTS / ".memory_timeline.json"
+            prof.export_memory_timeline(str(path), device=str(x.device))
+        _, sizes = json.loads(path.read_text())
+        path.unlink()
+        return max((sum(row) for row in sizes), default=0) / 2**20
+    except Exception:  # the memory timeline is a profiler feature that may change
+        return None
 
 
 def timers(layer, x, w, b):
@@ -95,9 +132,10 @@ def sync(device):
 
 def measure(layer, batch, device, dtype, rounds, min_run_time):
     x, w, b = make_inputs(layer, batch, device, dtype)
-    error = relative_error(layer, x, w, b)
-    times = {key: [] for key in timers(layer, x, w, b)}
+    ours_error, torch_error = relative_errors(layer, x, w, b)
+    memory = [peak_memory_mib(fn, layer, x, w, b) for fn in (conv_ext.conv2d, F.conv2d)]
     ts = timers(layer, x, w, b)
+    times = {key: [] for key in ts}
     for _ in range(rounds):  # interleave the two sides so drifts in machine load hit both
         for key, timer in ts.items():
             sync(device)
@@ -111,7 +149,10 @@ def measure(layer, batch, device, dtype, rounds, min_run_time):
             layer=layer.name, **asdict(layer), batch=batch, mode=mode, dtype=str(dtype).split(".")[-1],
             ours_ms=ours * 1e3, torch_ms=theirs * 1e3, ratio=theirs / ours,
             ours_gflops=flops / ours / 1e9, torch_gflops=flops / theirs / 1e9,
-            max_rel_error=error,
+            ours_error=ours_error, torch_error=torch_error,
+            ours_peak_mib=memory[0], torch_peak_mib=memory[1],
+            ours_all_ms=[t * 1e3 for t in times[mode, "ours"]],
+            torch_all_ms=[t * 1e3 for t in times[mode, "torch"]],
         ))
     return rows
 
@@ -140,19 +181,40 @@ def geomean(values):
     return statistics.geometric_mean(values) if values else float("nan")
 
 
+def row_label(r):
+    return f"{r['layer']}, {r['dtype']}, batch {r['batch']}"
+
+
+def summary(rows):
+    """Geometric mean and minimum of the ratio per (dtype, batch, mode)."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["dtype"], r["batch"], r["mode"]), []).append(r["ratio"])
+    return [dict(dtype=d, batch=n, mode=m, geomean=geomean(v), min=min(v), layers=len(v))
+            for (d, n, m), v in groups.items()]
+
+
 def markdown_table(rows):
+    def mib(v):
+        return "" if v is None else f"{v:.0f}"
+
     lines = [
-        "| layer | mode | ours ms | torch ms | ours GFLOP/s | torch GFLOP/s | torch/ours | max rel. error |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| layer | dtype | batch | mode | ours ms | torch ms | ours GFLOP/s | torch GFLOP/s | torch/ours "
+        "| error ours | error torch | peak MiB ours / torch |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['layer']} | {r['mode']} | {r['ours_ms']:.2f} | {r['torch_ms']:.2f} | "
-            f"{r['ours_gflops']:.1f} | {r['torch_gflops']:.1f} | {r['ratio']:.2f}x | {r['max_rel_error']:.1e} |"
+            f"| {r['layer']} | {r['dtype']} | {r['batch']} | {r['mode']} | {r['ours_ms']:.2f} | "
+            f"{r['torch_ms']:.2f} | {r['ours_gflops']:.1f} | {r['torch_gflops']:.1f} | {r['ratio']:.2f}x | "
+            f"{r['ours_error']:.1e} | {r['torch_error']:.1e} | "
+            f"{mib(r['ours_peak_mib'])} / {mib(r['torch_peak_mib'])} |"
         )
-    for mode in ("forward", "forward+backward"):
-        ratios = [r["ratio"] for r in rows if r["mode"] == mode]
-        lines.append(f"| **geometric mean** | {mode} | | | | | **{geomean(ratios):.2f}x** | |")
+    lines += ["", "| dtype | batch | mode | layers | geometric mean torch/ours | lowest |",
+              "|---|---:|---|---:|---:|---:|"]
+    for s in summary(rows):
+        lines.append(f"| {s['dtype']} | {s['batch']} | {s['mode']} | {s['layers']} | "
+                     f"**{s['geomean']:.2f}x** | {s['min']:.2f}x |")
     return "\n".join(lines)
 
 
@@ -165,15 +227,15 @@ def chart(rows, path, title):
     except ImportError:
         print("matplotlib is not installed (pip install 'conv_ext[bench]'): no chart written")
         return
-    layers = list(dict.fromkeys(r["layer"] for r in rows))
-    fig, ax = plt.subplots(figsize=(9, 0.6 * len(layers) + 1.5))
-    height = 0.38
+    labels = list(dict.fromkeys(row_label(r) for r in rows))
+    fig, ax = plt.subplots(figsize=(10, 0.42 * len(labels) + 1.5))
+    height = 0.4
     for i, mode in enumerate(("forward", "forward+backward")):
-        ratios = {r["layer"]: r["ratio"] for r in rows if r["mode"] == mode}
-        ys = [j + (i - 0.5) * height for j in range(len(layers))]
-        ax.barh(ys, [ratios[name] for name in layers], height, label=mode)
+        ratios = {row_label(r): r["ratio"] for r in rows if r["mode"] == mode}
+        ys = [j + (i - 0.5) * height for j in range(len(labels))]
+        ax.barh(ys, [ratios[label] for label in labels], height, label=mode)
     ax.axvline(1.0, color="black", linewidth=1)
-    ax.set_yticks(range(len(layers)), layers)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("speed-up over F.conv2d (torch time / conv_ext time; > 1 is faster)")
     ax.set_title(title, fontsize=10)
@@ -183,40 +245,71 @@ def chart(rows, path, title):
     print(f"wrote {path}")
 
 
+def update_readme(kind, text):
+    """Replace the README section between <!-- bench:KIND --> and <!-- /bench:KIND -->."""
+    readme = RESULTS.parent.parent / "README.md"
+    begin, end = f"<!-- bench:{kind} -->", f"<!-- /bench:{kind} -->"
+    content = readme.read_text()
+    if begin not in content or end not in content:
+        print(f"README.md has no {begin} section: not updated")
+        return
+    head, rest = content.split(begin, 1)
+    readme.write_text(f"{head}{begin}\n{text}\n{end}{rest.split(end, 1)[1]}")
+    print(f"updated {readme}")
+
+
+def suite(args):
+    """(layer, batch, dtype) to measure: every layer and batch in float32, a few layers in the
+    other dtypes at the first batch size."""
+    chosen = [l for l in LAYERS if not args.layers or any(s in l.name for s in args.layers.split(","))]
+    batches = [int(b) for b in args.batches.split(",")]
+    runs = []
+    for dtype in args.dtypes.split(","):
+        if dtype == "float32":
+            runs += [(layer, batch, dtype) for batch in batches for layer in chosen]
+        else:
+            runs += [(layer, batches[0], dtype) for layer in chosen if layer.name in OTHER_DTYPE_LAYERS]
+    return runs
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (median taken)")
-    parser.add_argument("--min-run-time", type=float, default=0.2, help="seconds per measurement")
+    parser.add_argument("--dtypes", default="float32,float64,bfloat16",
+                        help="float32 runs the whole suite, the others a few layers")
+    parser.add_argument("--batches", default="8,1")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median taken)")
+    parser.add_argument("--min-run-time", type=float, default=0.15, help="seconds per measurement")
     parser.add_argument("--layers", default="", help="comma-separated substrings selecting layers")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--readme", action="store_true", help="put the table into README.md")
     args = parser.parse_args()
 
-    dtype = getattr(torch, args.dtype)
-    layers = [l for l in LAYERS if not args.layers or any(s in l.name for s in args.layers.split(","))]
     started = time.time()
     rows = []
-    for layer in layers:
-        rows += measure(layer, args.batch, args.device, dtype, args.rounds, args.min_run_time)
-        print(f"  {layer.name}: " + ", ".join(f"{r['mode']} {r['ratio']:.2f}x" for r in rows[-2:]), flush=True)
+    for layer, batch, dtype in suite(args):
+        rows += measure(layer, batch, args.device, getattr(torch, dtype), args.rounds, args.min_run_time)
+        print(f"  {row_label(rows[-1])}: " + ", ".join(f"{r['mode']} {r['ratio']:.2f}x" for r in rows[-2:]),
+              flush=True)
 
     kind = args.device.split(":")[0]
     meta = dict(
         device=device_name(args.device), device_type=kind, threads=torch.get_num_threads(),
-        torch=torch.__version__, commit=commit(), dtype=args.dtype, batch=args.batch,
-        rounds=args.rounds, date=time.strftime("%Y-%m-%d %H:%M:%S"), seconds=round(time.time() - started),
+        torch=torch.__version__, commit=commit(), rounds=args.rounds, min_run_time=args.min_run_time,
+        date=time.strftime("%Y-%m-%d %H:%M:%S"), seconds=round(time.time() - started),
     )
+    heading = (f"{meta['device']}, {meta['threads']} threads, torch {meta['torch']}, commit {meta['commit']}, "
+               f"{meta['date']}; medians of {args.rounds} interleaved rounds")
     table = markdown_table(rows)
-    print(f"\n{meta['device']}, {meta['threads']} threads, torch {meta['torch']}, {args.dtype}, "
-          f"batch {args.batch}, commit {meta['commit']}\n\n{table}")
+    print(f"\n{heading}\n\n{table}")
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"bench_conv2d_{kind}_{args.dtype}"
-    (args.out / f"{stem}.json").write_text(json.dumps(dict(**meta, rows=rows), indent=1) + "\n")
+    stem = f"bench_conv2d_{kind}"
+    (args.out / f"{stem}.json").write_text(
+        json.dumps(dict(**meta, summary=summary(rows), rows=rows), indent=1) + "\n")
     print(f"wrote {args.out / (stem + '.json')}")
-    chart(rows, args.out / f"{stem}.png",
-          f"conv_ext vs F.conv2d: {meta['device']}, {meta['threads']} threads, {args.dtype}, batch {args.batch}")
+    chart(rows, args.out / f"{stem}.png", f"conv_ext vs F.conv2d: {meta['device']}, {meta['threads']} threads")
+    if args.readme:
+        update_readme(kind, f"{heading}:\n\n{table}")
 
 
 if __name__ == "__main__":

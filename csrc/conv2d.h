@@ -38,8 +38,9 @@ Conv2dGeometry check_conv2d_grad_weight(
 // The layout F.conv2d gives its result: channels_last when the input or the weight is.
 at::MemoryFormat conv2d_memory_format(const at::Tensor& input, const at::Tensor& weight);
 
-// A contiguous result in the given layout. A fresh tensor rather than Tensor::contiguous(format),
-// which keeps contiguous strides for empty results that are "contiguous" in every format.
+// The result with exactly the strides of a fresh tensor in the given layout (itself when it has
+// them). Not Tensor::contiguous(format), which keeps the strides of a tensor that is "contiguous"
+// in both layouts (size-1 or empty dimensions), where the fake kernels promise the fresh ones.
 at::Tensor in_memory_format(const at::Tensor& result, at::MemoryFormat format);
 
 }  // namespace conv_ext

@@ -14,6 +14,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
+#include <c10/util/strides.h>
 #include <torch/library.h>
 
 // A Python extension module named conv_ext._C with no functions: importing it runs the static
@@ -181,7 +182,10 @@ at::MemoryFormat conv2d_memory_format(const at::Tensor& input, const at::Tensor&
 }
 
 at::Tensor in_memory_format(const at::Tensor& result, at::MemoryFormat format) {
-  if (format == at::MemoryFormat::Contiguous) return result;
+  const bool fresh_strides = format == at::MemoryFormat::ChannelsLast
+      ? result.strides() == at::IntArrayRef(c10::get_channels_last_strides_2d(result.sizes()))
+      : result.strides() == at::IntArrayRef(c10::contiguous_strides(result.sizes()));
+  if (fresh_strides) return result;
   return at::empty(result.sizes(), result.options().memory_format(format)).copy_(result);
 }
 

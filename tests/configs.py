@@ -58,11 +58,15 @@ def make_layout(x, layout):
 
 @st.composite
 def convs(draw, max_batch=3, max_size=9, layouts=LAYOUTS):
-    groups = draw(st.integers(1, 3))
-    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
-    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    # A third of the draws are the 3x3 stride-1 layers Winograd computes, with channel counts
+    # that cover its blocks of 64 channels and their remainders.
+    winograd = draw(st.integers(0, 2)) == 0
+    groups = 1 if winograd else draw(st.integers(1, 3))
+    kernel = (3, 3) if winograd else (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    dilation = (1, 1) if winograd else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     mode = draw(st.sampled_from(["ints", "ints", "ints", "same", "valid"]))
-    stride = (1, 1) if mode == "same" else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    unit_stride = mode == "same" or winograd
+    stride = (1, 1) if unit_stride else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     padding = mode if mode != "ints" else (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
     pad = (0, 0) if isinstance(padding, str) else padding
     # Smallest input the kernel fits in (after padding), plus some.
@@ -71,11 +75,12 @@ def convs(draw, max_batch=3, max_size=9, layouts=LAYOUTS):
         for d, k, p in zip(dilation, kernel, pad)
     )
     layout = draw(st.sampled_from(layouts))
+    channels = st.sampled_from([1, 2, 5, 17, 67]) if winograd else st.integers(1, 3)
     batch = 1 if layout == "unbatched" else draw(st.integers(0, max_batch))
     return Conv(
         batch=batch,
-        in_channels=groups * draw(st.integers(1, 3)),
-        out_channels=groups * draw(st.integers(1, 3)),
+        in_channels=groups * draw(channels),
+        out_channels=groups * draw(channels),
         size=size,
         kernel=kernel,
         stride=stride,

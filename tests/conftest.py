@@ -30,8 +30,11 @@ CPU_PATHS = {
     "gemm": {"CONV_EXT_CPU_ALGORITHM": "gemm"},
     "direct": {"CONV_EXT_CPU_ALGORITHM": "direct"},
     "direct-generic-isa": {"CONV_EXT_CPU_ALGORITHM": "direct", "CONV_EXT_CPU_ISA": "generic"},
+    # Winograd where it applies (3x3, stride 1, dilation 1, one group), the choice by shape elsewhere.
+    "winograd": {"CONV_EXT_CPU_ALGORITHM": "winograd"},
+    "winograd-generic-isa": {"CONV_EXT_CPU_ALGORITHM": "winograd", "CONV_EXT_CPU_ISA": "generic"},
 }
-FORCED_CPU_PATHS = ["gemm", "direct", "direct-generic-isa"]
+FORCED_CPU_PATHS = ["gemm", "direct", "winograd", "direct-generic-isa", "winograd-generic-isa"]
 
 
 @contextmanager

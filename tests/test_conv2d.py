@@ -96,11 +96,18 @@ def float64_results(conv, x, w, b, gy):
     return run(lambda t: t), scales
 
 
+LARGE_LAYERS = [
+    Conv(8, 64, 64, (28, 28), (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
+    Conv(3, 130, 70, (13, 11), (3, 3), (1, 1), (2, 0), (1, 1), 1, True, "channels_last"),
+]
+
+
 @pytest.mark.parametrize("path", FORCED_CPU_PATHS)
 @pytest.mark.parametrize("device", DEVICES)
-def test_large_reduction_float32(device, path):
-    """A ResNet-sized layer: long sums (576 terms per output, 8*28*28 per weight) stay in bound."""
-    conv = Conv(8, 64, 64, (28, 28), (3, 3), (1, 1), (1, 1), (1, 1), 1, True)
+@pytest.mark.parametrize("conv", LARGE_LAYERS, ids=["64ch", "130-70ch"])
+def test_large_reduction_float32(conv, device, path):
+    """ResNet-sized layers: long sums (576 or 1170 terms per output, 8*28*28 per weight) stay in
+    bound on every path."""
     x, w, b = conv.tensors(torch.float32, device, requires_grad=True)
     with cpu_path(path):
         ours, gy = forward_and_grads(conv_ext.conv2d, conv, x, w, b)
@@ -146,3 +153,17 @@ def test_results_do_not_depend_on_thread_count(device):
         torch.set_num_threads(threads)
     for name, serial, parallel in zip(NAMES, *results):
         torch.testing.assert_close(parallel, serial, rtol=1e-6, atol=1e-6, msg=name)
+
+
+def test_forced_cpu_paths_take_effect():
+    """Each forced algorithm really runs: on a layer all of them compute, their float32 roundings
+    differ from one another (the accuracy tests above then cover each one)."""
+    conv = Conv(2, 8, 8, (12, 12), (3, 3), (1, 1), (1, 1), (1, 1), 1, True)
+    x, w, b = conv.tensors(torch.float32, "cpu")
+    outputs = {}
+    for path in ("gemm", "direct", "winograd"):
+        with cpu_path(path):
+            outputs[path] = conv_ext.conv2d(x, w, b, **conv.kwargs())
+    assert not torch.equal(outputs["gemm"], outputs["direct"])
+    assert not torch.equal(outputs["gemm"], outputs["winograd"])
+    assert not torch.equal(outputs["direct"], outputs["winograd"])

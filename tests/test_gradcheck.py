@@ -14,6 +14,7 @@ ops = torch.ops.conv_ext
 
 CONFIGS = [
     Conv(2, 3, 4, (6, 5), (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
+    Conv(1, 5, 3, (9, 6), (3, 3), (1, 1), (2, 0), (1, 1), 1, True, "channels_last"),  # 2 x 1 tiles
     Conv(2, 4, 6, (7, 7), (3, 2), (2, 1), (0, 1), (1, 1), 2, True),
     Conv(1, 3, 3, (7, 8), (3, 3), (2, 2), (2, 1), (2, 2), 3, False),  # depthwise
     Conv(2, 2, 3, (5, 6), (1, 1), (1, 1), (0, 0), (1, 1), 1, True),  # pointwise
@@ -34,8 +35,8 @@ def ids(conv):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("conv", CONFIGS, ids=ids)
 @pytest.mark.parametrize("fn, path", [
-    *((conv_ext.conv2d, path) for path in FORCED_CPU_PATHS[:2]), (reference.conv2d, "auto"),
-], ids=["conv_ext-gemm", "conv_ext-direct", "reference"])
+    *((conv_ext.conv2d, path) for path in FORCED_CPU_PATHS[:3]), (reference.conv2d, "auto"),
+], ids=["conv_ext-gemm", "conv_ext-direct", "conv_ext-winograd", "reference"])
 def test_gradcheck_and_gradgradcheck(fn, path, conv, device):
     x, w, b = conv.tensors(torch.float64, device, requires_grad=True)
     kw = conv.kwargs()

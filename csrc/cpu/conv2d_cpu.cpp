@@ -1,11 +1,16 @@
-// CPU kernels of the three conv_ext operators. Two algorithms, chosen by shape:
+// CPU kernels of the three conv_ext operators. Three algorithms, chosen by shape:
 // - GEMM: im2col in bounded tiles, a batched GEMM per tile (at::bmm over groups), and col2im
 //   for the input gradient;
-// - direct (direct_conv2d.cpp), for few channels per group (depthwise, narrow groups).
+// - direct (direct_conv2d.cpp), for few channels per group (depthwise, narrow groups);
+// - Winograd F(4x4, 3x3) (winograd_conv2d.cpp), for 3x3 stride-1 layers.
+// With stride 1 the input gradient is a forward convolution (see grad_input_as_forward), so it
+// runs on whichever algorithm suits that convolution.
 //
 // float32 and float64 run natively; float16 and bfloat16 are computed in float32 and rounded
 // once at the end, so every sum accumulates in float32.
+#include "cpu_features.h"
 #include "direct_conv2d.h"
+#include "winograd_conv2d.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -116,17 +121,38 @@ Tensor weight_matrix(const Tensor& weight, const Conv2dGeometry& g) {
   return weight.view({g.groups, g.out_channels_per_group(), g.patch_size()});
 }
 
-// A contiguous copy to compute with: float16 and bfloat16 are widened to float32 so that every
-// sum accumulates in float32; the result is rounded once by `finish`.
-Tensor compute_operand(const Tensor& t) {
-  if (!t.defined()) return t;
-  const bool reduced = t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
-  return reduced ? t.to(at::kFloat, false, false, at::MemoryFormat::Contiguous) : t.contiguous();
+enum class Algorithm { gemm, direct, winograd };
+
+// CONV_EXT_CPU_ALGORITHM (gemm, direct, winograd; default: by shape) forces a path, so the tests
+// can run each one; Winograd only where it applies.
+Algorithm choose_algorithm(const Conv2dGeometry& g) {
+  if (env_is("CONV_EXT_CPU_ALGORITHM", "gemm")) return Algorithm::gemm;
+  if (env_is("CONV_EXT_CPU_ALGORITHM", "direct")) return Algorithm::direct;
+  if (winograd_applies(g) &&
+      (env_is("CONV_EXT_CPU_ALGORITHM", "winograd") || winograd_pays_off(g))) {
+    return Algorithm::winograd;
+  }
+  return direct_pays_off(g) ? Algorithm::direct : Algorithm::gemm;
 }
 
-// The result in the caller's dtype and layout.
+// The layout an algorithm reads and writes: Winograd vectorises across channels.
+at::MemoryFormat working_format(Algorithm algorithm) {
+  return algorithm == Algorithm::winograd ? at::MemoryFormat::ChannelsLast
+                                          : at::MemoryFormat::Contiguous;
+}
+
+// A dense copy to compute with (in the algorithm's layout): float16 and bfloat16 are widened to
+// float32 so that every sum accumulates in float32; the result is rounded once by `finish`.
+Tensor compute_operand(const Tensor& t, at::MemoryFormat format = at::MemoryFormat::Contiguous) {
+  if (!t.defined()) return t;
+  const bool reduced = t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
+  return reduced ? t.to(at::kFloat, false, false, format) : t.contiguous(format);
+}
+
+// The result in the caller's dtype and layout, with at most one copy.
 Tensor finish(const Tensor& result, at::ScalarType dtype, at::MemoryFormat format) {
-  return in_memory_format(result.to(dtype), format);
+  if (result.scalar_type() == dtype) return in_memory_format(result, format);
+  return at::empty(result.sizes(), result.options().dtype(dtype).memory_format(format)).copy_(result);
 }
 
 Tensor gemm_conv2d_forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
@@ -183,15 +209,46 @@ Tensor gemm_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
   return grad_weight.view({g.out_channels, g.in_channels_per_group(), g.kernel_h, g.kernel_w});
 }
 
+Tensor forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
+               const Conv2dGeometry& g, at::MemoryFormat result_format) {
+  const Algorithm algorithm = choose_algorithm(g);
+  const at::MemoryFormat format = working_format(algorithm);
+  const Tensor x = compute_operand(input, format), w = compute_operand(weight),
+               b = compute_operand(bias);
+  const Tensor output = algorithm == Algorithm::winograd ? winograd_conv2d_forward(x, w, b, g)
+                        : algorithm == Algorithm::direct ? direct_conv2d_forward(x, w, b, g)
+                                                         : gemm_conv2d_forward(x, w, b, g);
+  return finish(output, input.scalar_type(), result_format);
+}
+
+// With stride 1 the input gradient is itself a convolution: of grad_output with the flipped
+// filters, input and output channels swapped within each group, and padding d * (k - 1) - p
+// (when that is not negative). The geometry of that convolution:
+Conv2dGeometry transposed_geometry(const Conv2dGeometry& g) {
+  Conv2dGeometry t = g;
+  t.in_channels = g.out_channels, t.in_h = g.out_h, t.in_w = g.out_w;
+  t.out_channels = g.in_channels, t.out_h = g.in_h, t.out_w = g.in_w;
+  t.pad_h = g.dilation_h * (g.kernel_h - 1) - g.pad_h;
+  t.pad_w = g.dilation_w * (g.kernel_w - 1) - g.pad_w;
+  return t;
+}
+
+bool grad_input_is_forward(const Conv2dGeometry& g, const Conv2dGeometry& t) {
+  return g.stride_h == 1 && g.stride_w == 1 && t.pad_h >= 0 && t.pad_w >= 0;
+}
+
+Tensor flipped_transposed_filters(const Tensor& weight, const Conv2dGeometry& g) {
+  return weight
+      .view({g.groups, g.out_channels_per_group(), g.in_channels_per_group(), g.kernel_h, g.kernel_w})
+      .transpose(1, 2).flip({3, 4})
+      .reshape({g.in_channels, g.out_channels_per_group(), g.kernel_h, g.kernel_w});
+}
+
 Tensor conv2d_cpu(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                   int64_t groups) {
   const auto g = check_conv2d(input, weight, bias, stride, padding, dilation, groups);
-  const Tensor x = compute_operand(input), w = compute_operand(weight),
-               b = compute_operand(bias.value_or(Tensor()));
-  const Tensor output =
-      use_direct_conv2d(g) ? direct_conv2d_forward(x, w, b, g) : gemm_conv2d_forward(x, w, b, g);
-  return finish(output, input.scalar_type(), conv2d_memory_format(input, weight));
+  return forward(input, weight, bias.value_or(Tensor()), g, conv2d_memory_format(input, weight));
 }
 
 Tensor conv2d_grad_input_cpu(const Tensor& grad_output, const Tensor& weight,
@@ -199,10 +256,16 @@ Tensor conv2d_grad_input_cpu(const Tensor& grad_output, const Tensor& weight,
                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const auto g =
       check_conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation, groups);
+  const at::MemoryFormat result_format = conv2d_memory_format(grad_output, weight);
+  const Conv2dGeometry t = transposed_geometry(g);
+  if (grad_input_is_forward(g, t) && choose_algorithm(t) != Algorithm::gemm) {
+    return forward(grad_output, flipped_transposed_filters(weight, g), Tensor(), t, result_format);
+  }
   const Tensor gy = compute_operand(grad_output), w = compute_operand(weight);
-  const Tensor grad_input = use_direct_conv2d(g) ? direct_conv2d_grad_input(gy, w, g)
-                                                 : gemm_conv2d_grad_input(gy, w, g);
-  return finish(grad_input, grad_output.scalar_type(), conv2d_memory_format(grad_output, weight));
+  const Tensor grad_input = choose_algorithm(g) == Algorithm::direct
+                                ? direct_conv2d_grad_input(gy, w, g)
+                                : gemm_conv2d_grad_input(gy, w, g);
+  return finish(grad_input, grad_output.scalar_type(), result_format);
 }
 
 Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
@@ -211,8 +274,9 @@ Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
   const auto g =
       check_conv2d_grad_weight(input, grad_output, kernel_size, stride, padding, dilation, groups);
   const Tensor x = compute_operand(input), gy = compute_operand(grad_output);
-  const Tensor grad_weight = use_direct_conv2d(g) ? direct_conv2d_grad_weight(x, gy, g)
-                                                  : gemm_conv2d_grad_weight(x, gy, g);
+  const Tensor grad_weight = choose_algorithm(g) == Algorithm::direct
+                                 ? direct_conv2d_grad_weight(x, gy, g)
+                                 : gemm_conv2d_grad_weight(x, gy, g);
   return finish(grad_weight, input.scalar_type(), conv2d_memory_format(input, grad_output));
 }
 

@@ -4,13 +4,13 @@
 // CONV_EXT_CPU_ISA=generic forces the baseline (the tests cover both).
 #include "direct_conv2d.h"
 
+#include "cpu_features.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <vector>
 
 namespace conv_ext {
@@ -30,11 +30,6 @@ namespace {
 
 using at::Tensor;
 
-bool env_is(const char* name, const char* value) {
-  const char* set = std::getenv(name);
-  return set != nullptr && std::strcmp(set, value) == 0;
-}
-
 template <typename scalar_t>
 struct PlaneKernels {
   decltype(&generic::forward_plane<scalar_t>) forward;
@@ -45,8 +40,7 @@ struct PlaneKernels {
 
 template <typename scalar_t>
 PlaneKernels<scalar_t> plane_kernels() {
-  static const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (has_avx2 && !env_is("CONV_EXT_CPU_ISA", "generic")) {
+  if (use_avx2()) {
     return {&avx2::forward_plane<scalar_t>, &avx2::forward_plane_unit_stride<scalar_t>,
             &avx2::grad_input_plane<scalar_t>, &avx2::grad_weight_planes<scalar_t>};
   }
@@ -56,9 +50,7 @@ PlaneKernels<scalar_t> plane_kernels() {
 
 }  // namespace
 
-bool use_direct_conv2d(const Conv2dGeometry& g) {
-  if (env_is("CONV_EXT_CPU_ALGORITHM", "gemm")) return false;
-  if (env_is("CONV_EXT_CPU_ALGORITHM", "direct")) return true;
+bool direct_pays_off(const Conv2dGeometry& g) {
   // Measured on AVX2/AVX-512 machines: direct wins clearly for depthwise layers, modestly up to 8
   // channels per group, and loses to GEMM once a group has 16 input or output channels.
   return g.in_channels_per_group() <= 8 && g.out_channels_per_group() <= 8;
@@ -95,29 +87,8 @@ Tensor direct_conv2d_forward(const Tensor& input, const Tensor& weight, const Te
   return output;
 }
 
-// With stride 1 the input gradient is itself a convolution: of grad_output with the flipped
-// filters, input and output channels swapped within each group, and padding d * (k - 1) - p
-// (when that is not negative). The geometry of that convolution:
-Conv2dGeometry transposed_geometry(const Conv2dGeometry& g) {
-  Conv2dGeometry t = g;
-  t.in_channels = g.out_channels, t.in_h = g.out_h, t.in_w = g.out_w;
-  t.out_channels = g.in_channels, t.out_h = g.in_h, t.out_w = g.in_w;
-  t.pad_h = g.dilation_h * (g.kernel_h - 1) - g.pad_h;
-  t.pad_w = g.dilation_w * (g.kernel_w - 1) - g.pad_w;
-  return t;
-}
-
 Tensor direct_conv2d_grad_input(const Tensor& grad_output, const Tensor& weight,
                                 const Conv2dGeometry& g) {
-  const Conv2dGeometry t = transposed_geometry(g);
-  if (g.stride_h == 1 && g.stride_w == 1 && t.pad_h >= 0 && t.pad_w >= 0) {
-    const Tensor flipped = weight
-        .view({g.groups, g.out_channels_per_group(), g.in_channels_per_group(), g.kernel_h, g.kernel_w})
-        .transpose(1, 2).flip({3, 4})
-        .reshape({g.in_channels, g.out_channels_per_group(), g.kernel_h, g.kernel_w})
-        .contiguous();
-    return direct_conv2d_forward(grad_output, flipped, Tensor(), t);
-  }
   Tensor grad_input = at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output.options());
   AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "conv_ext_direct_grad_input", [&] {
     const auto kernels = plane_kernels<scalar_t>();

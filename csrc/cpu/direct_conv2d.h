@@ -6,13 +6,13 @@
 
 namespace conv_ext {
 
-// Whether the direct kernels are the better choice for this geometry. CONV_EXT_CPU_ALGORITHM
-// (gemm, direct; default auto) overrides the choice, so tests can force each path.
-bool use_direct_conv2d(const Conv2dGeometry& g);
+// Whether the direct kernels beat a GEMM for this geometry.
+bool direct_pays_off(const Conv2dGeometry& g);
 
 // The three operators' results (contiguous; float32 or float64 operands, contiguous).
 at::Tensor direct_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
                                  const at::Tensor& bias, const Conv2dGeometry& g);
+// Any stride; conv2d_cpu.cpp sends stride 1 through the forward kernel instead.
 at::Tensor direct_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
                                     const Conv2dGeometry& g);
 at::Tensor direct_conv2d_grad_weight(const at::Tensor& input, const at::Tensor& grad_output,
