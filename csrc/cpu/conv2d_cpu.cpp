@@ -25,8 +25,9 @@ namespace {
 using at::Tensor;
 
 // Upper bound on the elements of one im2col tile (16 MiB of float32), so the workspace stays
-// bounded however large the image is.
+// bounded however large the image is; the forward's per-thread tiles aim at 1 MiB, a core's L2.
 constexpr int64_t kMaxTileElements = int64_t{1} << 22;
+constexpr int64_t kCacheTileElements = int64_t{1} << 18;
 
 // Output rows [row_begin, row_end) of one image form a tile.
 struct RowTile {
@@ -135,12 +136,6 @@ Algorithm choose_algorithm(const Conv2dGeometry& g) {
   return direct_pays_off(g) ? Algorithm::direct : Algorithm::gemm;
 }
 
-// The layout an algorithm reads and writes: Winograd vectorises across channels.
-at::MemoryFormat working_format(Algorithm algorithm) {
-  return algorithm == Algorithm::winograd ? at::MemoryFormat::ChannelsLast
-                                          : at::MemoryFormat::Contiguous;
-}
-
 // A dense copy to compute with (in the algorithm's layout): float16 and bfloat16 are widened to
 // float32 so that every sum accumulates in float32; the result is rounded once by `finish`.
 Tensor compute_operand(const Tensor& t, at::MemoryFormat format = at::MemoryFormat::Contiguous) {
@@ -155,22 +150,34 @@ Tensor finish(const Tensor& result, at::ScalarType dtype, at::MemoryFormat forma
   return at::empty(result.sizes(), result.options().dtype(dtype).memory_format(format)).copy_(result);
 }
 
+// Each task builds the im2col matrix of a few output rows of one image, small enough to stay in
+// the core's cache, and runs their GEMM single-threaded (inside the parallel region); the rows
+// are split finely enough that every thread gets work.
 Tensor gemm_conv2d_forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
                            const Conv2dGeometry& g) {
   Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
   const Tensor w = weight_matrix(weight, g);
-  for (int64_t n = 0; n < g.batch; ++n) {
-    for_each_row_tile(g, [&](RowTile tile) {
+  const int64_t row_elements = std::max<int64_t>(1, g.in_channels * g.kernel_h * g.kernel_w * g.out_w);
+  const int64_t rows_per_thread = (g.batch * g.out_h + at::get_num_threads() - 1) / at::get_num_threads();
+  const int64_t rows_per_tile =
+      std::clamp<int64_t>(std::min(kCacheTileElements / row_elements, rows_per_thread), 1, std::max<int64_t>(1, g.out_h));
+  const int64_t tiles_per_image = (g.out_h + rows_per_tile - 1) / rows_per_tile;
+  at::parallel_for(0, g.batch * tiles_per_image, 1, [&](int64_t begin, int64_t end) {
+    // Worker threads do not inherit the caller's dispatch state: stay below autograd here too.
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / tiles_per_image, row = task % tiles_per_image * rows_per_tile;
+      const RowTile tile{row, std::min(row + rows_per_tile, g.out_h)};
       Tensor out = output_tile(output[n], g, tile);
-      Tensor cols = im2col(input[n], g, tile);
+      const Tensor cols = im2col(input[n], g, tile);
       if (bias.defined()) {
         at::baddbmm_out(out, bias.view({g.groups, g.out_channels_per_group(), 1}).expand_as(out),
                         w, cols);
       } else {
         at::bmm_out(out, w, cols);
       }
-    });
-  }
+    }
+  });
   return output;
 }
 
@@ -212,10 +219,13 @@ Tensor gemm_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
 Tensor forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
                const Conv2dGeometry& g, at::MemoryFormat result_format) {
   const Algorithm algorithm = choose_algorithm(g);
-  const at::MemoryFormat format = working_format(algorithm);
-  const Tensor x = compute_operand(input, format), w = compute_operand(weight),
-               b = compute_operand(bias);
-  const Tensor output = algorithm == Algorithm::winograd ? winograd_conv2d_forward(x, w, b, g)
+  // Winograd reads NCHW and NHWC alike; the others want NCHW.
+  const Tensor x = compute_operand(input, algorithm == Algorithm::winograd
+                                              ? input.suggest_memory_format()
+                                              : at::MemoryFormat::Contiguous);
+  const Tensor w = compute_operand(weight), b = compute_operand(bias);
+  const Tensor output = algorithm == Algorithm::winograd
+                            ? winograd_conv2d_forward(x, w, b, g, result_format)
                         : algorithm == Algorithm::direct ? direct_conv2d_forward(x, w, b, g)
                                                          : gemm_conv2d_forward(x, w, b, g);
   return finish(output, input.scalar_type(), result_format);

@@ -3,7 +3,8 @@
 //   V[e] = B^T d B     the 6x6 input block of each tile, per input channel   (e = 36 elements)
 //   M[e] = V[e] U[e]   36 GEMMs (tiles x C) (C x K), U = G w G^T per filter, transformed once
 //   y    = A^T M A     the 4x4 output block, per output channel, plus bias
-// Everything runs channels_last, so the transforms vectorise across channels.
+// The transforms run channels-innermost, so they vectorise across channels; rows of the input
+// and output are moved between the tensors' layout (NCHW or NHWC) and that order in cache.
 //
 // Interpolation points 0, +-sqrt(2)/2, +-sqrt(2) (and infinity) rather than the usual 0, +-1,
 // +-2: the smaller spread of the transform entries keeps the float32 error at ~1-2e-6 of the
@@ -108,21 +109,70 @@ void transform_filters(const Transforms<scalar_t>& transforms, const scalar_t* w
 
 struct TileGrid {
   int64_t rows, cols;  // tiles per image
-  int64_t count() const { return rows * cols; }
 };
 
+// Strides of a dense 4-D tensor, NCHW or NHWC.
+struct Strides {
+  int64_t n, c, h, w;
+  explicit Strides(const Tensor& t) : n(t.stride(0)), c(t.stride(1)), h(t.stride(2)), w(t.stride(3)) {}
+};
+
+// band[a][col][c] = x[n, c, ih0 + a, col - pad_w] for the 6 input rows of one row of tiles,
+// zero outside the image: the tiles' 6x6 blocks read it channels-innermost, whatever x's layout.
+template <typename scalar_t>
+void fill_input_band(const scalar_t* x, Strides s, const Conv2dGeometry& g, int64_t n, int64_t ih0,
+                     int64_t band_w, scalar_t* band) {
+  const int64_t C = g.in_channels;
+  std::fill(band, band + kBlock * band_w * C, scalar_t(0));
+  const int64_t columns = std::min(g.in_w, band_w - g.pad_w);  // input columns the band holds
+  for (int64_t a = 0; a < kBlock; ++a) {
+    const int64_t ih = ih0 + a;
+    if (ih < 0 || ih >= g.in_h) continue;
+    const scalar_t* src = x + n * s.n + ih * s.h;
+    scalar_t* dst = band + (a * band_w + g.pad_w) * C;
+    if (s.c == 1) {
+      for (int64_t iw = 0; iw < columns; ++iw) std::copy(src + iw * s.w, src + iw * s.w + C, dst + iw * C);
+    } else {
+      for (int64_t c = 0; c < C; ++c) {
+        for (int64_t iw = 0; iw < columns; ++iw) dst[iw * C + c] = src[c * s.c + iw * s.w];
+      }
+    }
+  }
+}
+
+// y[n, k, oh0 + i, ow] = band[i][ow][k] for the output rows and columns that exist.
+template <typename scalar_t>
+void store_output_band(const scalar_t* band, int64_t band_w, const Conv2dGeometry& g, int64_t n,
+                       int64_t oh0, scalar_t* y, Strides s) {
+  const int64_t K = g.out_channels;
+  for (int64_t i = 0; i < kTile && oh0 + i < g.out_h; ++i) {
+    const scalar_t* src = band + i * band_w * K;
+    scalar_t* dst = y + n * s.n + (oh0 + i) * s.h;
+    if (s.c == 1) {
+      for (int64_t ow = 0; ow < g.out_w; ++ow) std::copy(src + ow * K, src + (ow + 1) * K, dst + ow * s.w);
+    } else {
+      for (int64_t k = 0; k < K; ++k) {
+        for (int64_t ow = 0; ow < g.out_w; ++ow) dst[k * s.c + ow * s.w] = src[ow * K + k];
+      }
+    }
+  }
+}
+
+// Work is split into chunks of whole rows of tiles; per row, the input is first gathered into a
+// band and the output collected in one, so that the layout changes happen in cache.
 template <typename scalar_t>
 void winograd_forward_kernel(const Tensor& input, const Tensor& weight, const Tensor& bias,
                              Tensor& output, const Conv2dGeometry& g) {
   const TileGrid grid{(g.out_h + kTile - 1) / kTile, (g.out_w + kTile - 1) / kTile};
-  const int64_t tiles = g.batch * grid.count();
   const int64_t C = g.in_channels, K = g.out_channels;
-  // Tiles per chunk: V and M in cache, but enough tiles that the GEMMs repay packing U, and at
-  // least one chunk per thread.
-  const int64_t per_thread = (tiles + at::get_num_threads() - 1) / at::get_num_threads();
-  const int64_t chunk = std::max<int64_t>(
-      1, std::min(std::max(kMinChunk, kChunkElements / (kElements * (C + K))), per_thread));
-  const int64_t chunks = (tiles + chunk - 1) / chunk;
+  const int64_t in_band_w = grid.cols * kTile + 2, out_band_w = grid.cols * kTile;
+  // Rows of tiles per chunk: V and M in cache, but enough tiles that the GEMMs repay packing
+  // U, and at least one chunk per thread.
+  const int64_t tile_rows = g.batch * grid.rows;
+  const int64_t wanted_tiles = std::max(kMinChunk, kChunkElements / (kElements * (C + K)));
+  const int64_t per_thread = (tile_rows + at::get_num_threads() - 1) / at::get_num_threads();
+  const int64_t rows_per_chunk = std::max<int64_t>(1, std::min(wanted_tiles / grid.cols, per_thread));
+  const int64_t chunks = (tile_rows + rows_per_chunk - 1) / rows_per_chunk;
 
   const auto transforms = transforms_for_this_cpu<scalar_t>();
   Tensor u = at::empty({kElements, K, C}, weight.options());
@@ -131,59 +181,61 @@ void winograd_forward_kernel(const Tensor& input, const Tensor& weight, const Te
   const scalar_t* x = input.const_data_ptr<scalar_t>();
   const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* y = output.mutable_data_ptr<scalar_t>();
-  const std::vector<scalar_t> zeros(C, scalar_t(0));  // the input outside the image
+  const Strides x_strides(input), y_strides(output);
 
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    Tensor v_buffer = at::empty({kElements * chunk * C}, input.options());
-    Tensor m_buffer = at::empty({kElements * chunk * K}, input.options());
-    std::vector<scalar_t> tmp(kElements * kLanes), discard(K);
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;  // not inherited by workers
+    const int64_t max_tiles = rows_per_chunk * grid.cols;
+    Tensor v_buffer = at::empty({kElements * max_tiles * C}, input.options());
+    Tensor m_buffer = at::empty({kElements * max_tiles * K}, input.options());
+    std::vector<scalar_t> tmp(kElements * kLanes), in_band(kBlock * in_band_w * C),
+        out_band(kTile * out_band_w * K);
     for (int64_t chunk_index = begin; chunk_index < end; ++chunk_index) {
-      const int64_t first = chunk_index * chunk, count = std::min(chunk, tiles - first);
+      const int64_t first_row = chunk_index * rows_per_chunk;
+      const int64_t rows = std::min(rows_per_chunk, tile_rows - first_row), count = rows * grid.cols;
       Tensor v = v_buffer.narrow(0, 0, kElements * count * C).view({kElements, count, C});
       Tensor m = m_buffer.narrow(0, 0, kElements * count * K).view({kElements, count, K});
       scalar_t* v_data = v.mutable_data_ptr<scalar_t>();
       scalar_t* m_data = m.mutable_data_ptr<scalar_t>();
 
-      for (int64_t t = 0; t < count; ++t) {
-        const int64_t n = (first + t) / grid.count(), tile = (first + t) % grid.count();
-        const int64_t ih0 = tile / grid.cols * kTile - g.pad_h, iw0 = tile % grid.cols * kTile - g.pad_w;
-        for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
-          const int64_t lanes = std::min(kLanes, C - c0);
-          const scalar_t* d[6][6];
-          for (int64_t a = 0; a < kBlock; ++a) {
-            const int64_t ih = ih0 + a;
-            for (int64_t bb = 0; bb < kBlock; ++bb) {
-              const int64_t iw = iw0 + bb;
-              const bool inside = ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w;
-              d[a][bb] = inside ? x + ((n * g.in_h + ih) * g.in_w + iw) * C + c0 : zeros.data();
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t n = (first_row + r) / grid.rows, row = (first_row + r) % grid.rows;
+        fill_input_band(x, x_strides, g, n, row * kTile - g.pad_h, in_band_w, in_band.data());
+        for (int64_t col = 0; col < grid.cols; ++col) {
+          const int64_t t = r * grid.cols + col;
+          for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
+            const scalar_t* d[6][6];
+            for (int64_t a = 0; a < kBlock; ++a) {
+              for (int64_t bb = 0; bb < kBlock; ++bb) {
+                d[a][bb] = in_band.data() + (a * in_band_w + col * kTile + bb) * C + c0;
+              }
             }
+            scalar_t* vt[36];
+            for (int64_t e = 0; e < kElements; ++e) vt[e] = v_data + (e * count + t) * C + c0;
+            transforms.input(d, vt, tmp.data(), std::min(kLanes, C - c0));
           }
-          scalar_t* vt[36];
-          for (int64_t e = 0; e < kElements; ++e) vt[e] = v_data + (e * count + t) * C + c0;
-          transforms.input(d, vt, tmp.data(), lanes);
         }
       }
 
       at::bmm_out(m, v, u_t);
 
-      for (int64_t t = 0; t < count; ++t) {
-        const int64_t n = (first + t) / grid.count(), tile = (first + t) % grid.count();
-        const int64_t oh0 = tile / grid.cols * kTile, ow0 = tile % grid.cols * kTile;
-        for (int64_t k0 = 0; k0 < K; k0 += kLanes) {
-          const int64_t lanes = std::min(kLanes, K - k0);
-          const scalar_t* mt[36];
-          for (int64_t e = 0; e < kElements; ++e) mt[e] = m_data + (e * count + t) * K + k0;
-          scalar_t* yt[4][4];
-          for (int64_t i = 0; i < kTile; ++i) {
-            for (int64_t j = 0; j < kTile; ++j) {
-              const int64_t oh = oh0 + i, ow = ow0 + j;
-              yt[i][j] = oh < g.out_h && ow < g.out_w
-                             ? y + ((n * g.out_h + oh) * g.out_w + ow) * K + k0
-                             : discard.data();
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t n = (first_row + r) / grid.rows, row = (first_row + r) % grid.rows;
+        for (int64_t col = 0; col < grid.cols; ++col) {
+          const int64_t t = r * grid.cols + col;
+          for (int64_t k0 = 0; k0 < K; k0 += kLanes) {
+            const scalar_t* mt[36];
+            for (int64_t e = 0; e < kElements; ++e) mt[e] = m_data + (e * count + t) * K + k0;
+            scalar_t* yt[4][4];
+            for (int64_t i = 0; i < kTile; ++i) {
+              for (int64_t j = 0; j < kTile; ++j) {
+                yt[i][j] = out_band.data() + (i * out_band_w + col * kTile + j) * K + k0;
+              }
             }
+            transforms.output(mt, b != nullptr ? b + k0 : nullptr, yt, tmp.data(), std::min(kLanes, K - k0));
           }
-          transforms.output(mt, b != nullptr ? b + k0 : nullptr, yt, tmp.data(), lanes);
         }
+        store_output_band(out_band.data(), out_band_w, g, n, row * kTile, y, y_strides);
       }
     }
   });
@@ -208,12 +260,11 @@ bool winograd_pays_off(const Conv2dGeometry& g) {
 }
 
 Tensor winograd_conv2d_forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
-                               const Conv2dGeometry& g) {
-  const Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
+                               const Conv2dGeometry& g, at::MemoryFormat output_format) {
   Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w},
-                            input.options().memory_format(at::MemoryFormat::ChannelsLast));
+                            input.options().memory_format(output_format));
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_winograd_forward", [&] {
-    winograd_forward_kernel<scalar_t>(x, weight, bias, output, g);
+    winograd_forward_kernel<scalar_t>(input, weight, bias, output, g);
   });
   return output;
 }

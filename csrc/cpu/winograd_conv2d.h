@@ -13,8 +13,10 @@ bool winograd_applies(const Conv2dGeometry& g);
 // Whether it is the fastest CPU algorithm for a geometry it applies to.
 bool winograd_pays_off(const Conv2dGeometry& g);
 
-// The forward result in channels_last layout (float32 or float64 operands, any layout).
+// The forward result in the given layout (float32 or float64 operands; the input dense in NCHW
+// or NHWC order, the weight contiguous).
 at::Tensor winograd_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
-                                   const at::Tensor& bias, const Conv2dGeometry& g);
+                                   const at::Tensor& bias, const Conv2dGeometry& g,
+                                   at::MemoryFormat output_format);
 
 }  // namespace conv_ext
