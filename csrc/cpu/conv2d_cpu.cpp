@@ -28,6 +28,7 @@ using at::Tensor;
 // bounded however large the image is; the forward's per-thread tiles aim at 1 MiB, a core's L2.
 constexpr int64_t kMaxTileElements = int64_t{1} << 22;
 constexpr int64_t kCacheTileElements = int64_t{1} << 18;
+constexpr int64_t kOneGemmColumns = 1024;
 
 // Output rows [row_begin, row_end) of one image form a tile.
 struct RowTile {
@@ -51,23 +52,37 @@ bool is_pointwise(const Conv2dGeometry& g) {
 }
 
 // cols[(c, ki, kj), (oh, ow)] = image[c, oh*sh - ph + ki*dh, ow*sw - pw + kj*dw], zero outside.
+// Per kernel column kj, the output columns whose input column exists form one range
+// [ow_begin, ow_end): zeros around it, a copy (stride 1) or a strided gather inside.
+// Rows of cols are row_stride apart (the tile's size, or more when several images share cols).
 template <typename scalar_t>
-void im2col_tile(const scalar_t* image, const Conv2dGeometry& g, RowTile tile, scalar_t* cols) {
+void im2col_tile(const scalar_t* image, const Conv2dGeometry& g, RowTile tile, scalar_t* cols,
+                 int64_t row_stride) {
   const int64_t kernel_area = g.kernel_h * g.kernel_w;
-  const int64_t tile_size = tile.rows() * g.out_w;
   at::parallel_for(0, g.in_channels * kernel_area, 1, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t c = row / kernel_area, ki = (row / g.kernel_w) % g.kernel_h,
                     kj = row % g.kernel_w;
+      const int64_t shift = g.pad_w - kj * g.dilation_w;  // iw = ow * sw - shift
+      const int64_t ow_begin = std::clamp<int64_t>(shift > 0 ? (shift + g.stride_w - 1) / g.stride_w : 0, 0, g.out_w);
+      const int64_t last = g.in_w - 1 + shift;  // the last ow has ow * sw <= last
+      const int64_t ow_end = last < 0 ? ow_begin : std::clamp<int64_t>(last / g.stride_w + 1, ow_begin, g.out_w);
       const scalar_t* plane = image + c * g.in_h * g.in_w;
-      scalar_t* out = cols + row * tile_size;
-      for (int64_t oh = tile.row_begin; oh < tile.row_end; ++oh) {
+      scalar_t* out = cols + row * row_stride;
+      for (int64_t oh = tile.row_begin; oh < tile.row_end; ++oh, out += g.out_w) {
         const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dilation_h;
-        const bool row_inside = ih >= 0 && ih < g.in_h;
-        for (int64_t ow = 0; ow < g.out_w; ++ow) {
-          const int64_t iw = ow * g.stride_w - g.pad_w + kj * g.dilation_w;
-          *out++ = (row_inside && iw >= 0 && iw < g.in_w) ? plane[ih * g.in_w + iw] : scalar_t(0);
+        if (ih < 0 || ih >= g.in_h) {
+          std::fill(out, out + g.out_w, scalar_t(0));
+          continue;
         }
+        const scalar_t* in = plane + ih * g.in_w - shift;
+        std::fill(out, out + ow_begin, scalar_t(0));
+        if (g.stride_w == 1) {
+          std::copy(in + ow_begin, in + ow_end, out + ow_begin);
+        } else {
+          for (int64_t ow = ow_begin; ow < ow_end; ++ow) out[ow] = in[ow * g.stride_w];
+        }
+        std::fill(out + ow_end, out + g.out_w, scalar_t(0));
       }
     }
   });
@@ -107,7 +122,8 @@ Tensor im2col(const Tensor& image, const Conv2dGeometry& g, RowTile tile) {
   }
   Tensor cols = at::empty({g.groups, g.patch_size(), tile.rows() * g.out_w}, image.options());
   AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "conv_ext_im2col", [&] {
-    im2col_tile(image.const_data_ptr<scalar_t>(), g, tile, cols.mutable_data_ptr<scalar_t>());
+    im2col_tile(image.const_data_ptr<scalar_t>(), g, tile, cols.mutable_data_ptr<scalar_t>(),
+                tile.rows() * g.out_w);
   });
   return cols;
 }
@@ -153,8 +169,36 @@ Tensor finish(const Tensor& result, at::ScalarType dtype, at::MemoryFormat forma
 // Each task builds the im2col matrix of a few output rows of one image, small enough to stay in
 // the core's cache, and runs their GEMM single-threaded (inside the parallel region); the rows
 // are split finely enough that every thread gets work.
+// Few output pixels in the whole batch (the last stages of a network) with large filters: one
+// multi-threaded GEMM over all images' columns reads the filters once instead of per image.
+bool batch_in_one_gemm(const Conv2dGeometry& g) {
+  const int64_t columns = g.batch * g.out_h * g.out_w;
+  return columns <= kOneGemmColumns && columns * g.in_channels * g.kernel_h * g.kernel_w <= kMaxTileElements;
+}
+
+Tensor gemm_conv2d_forward_batch_in_one_gemm(const Tensor& input, const Tensor& weight,
+                                             const Tensor& bias, const Conv2dGeometry& g) {
+  const int64_t pixels = g.out_h * g.out_w;
+  Tensor cols = at::empty({g.groups, g.patch_size(), g.batch * pixels}, input.options());
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_im2col", [&] {
+    for (int64_t n = 0; n < g.batch; ++n) {
+      im2col_tile(input[n].const_data_ptr<scalar_t>(), g, RowTile{0, g.out_h},
+                  cols.mutable_data_ptr<scalar_t>() + n * pixels, g.batch * pixels);
+    }
+  });
+  const Tensor w = weight_matrix(weight, g);
+  const Tensor result = bias.defined()
+      ? at::baddbmm(bias.view({g.groups, g.out_channels_per_group(), 1}), w, cols)
+      : at::bmm(w, cols);
+  Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
+  output.view({g.batch, g.groups, g.out_channels_per_group(), pixels})
+      .copy_(result.view({g.groups, g.out_channels_per_group(), g.batch, pixels}).permute({2, 0, 1, 3}));
+  return output;
+}
+
 Tensor gemm_conv2d_forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
                            const Conv2dGeometry& g) {
+  if (batch_in_one_gemm(g)) return gemm_conv2d_forward_batch_in_one_gemm(input, weight, bias, g);
   Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
   const Tensor w = weight_matrix(weight, g);
   const int64_t row_elements = std::max<int64_t>(1, g.in_channels * g.kernel_h * g.kernel_w * g.out_w);
