@@ -30,10 +30,13 @@ namespace {
 
 using at::Tensor;
 
+constexpr int64_t kMaxBlockChannels = 8;  // the largest group forward_group_unit_stride_for has
+
 template <typename scalar_t>
 struct PlaneKernels {
   decltype(&generic::forward_plane<scalar_t>) forward;
   decltype(&generic::forward_plane_unit_stride<scalar_t>) forward_unit_stride;
+  decltype(&generic::forward_group_unit_stride_for<scalar_t>) forward_group_unit_stride_for;
   decltype(&generic::grad_input_plane<scalar_t>) grad_input;
   decltype(&generic::grad_weight_planes<scalar_t>) grad_weight;
 };
@@ -42,9 +45,11 @@ template <typename scalar_t>
 PlaneKernels<scalar_t> plane_kernels() {
   if (use_avx2()) {
     return {&avx2::forward_plane<scalar_t>, &avx2::forward_plane_unit_stride<scalar_t>,
+            &avx2::forward_group_unit_stride_for<scalar_t>,
             &avx2::grad_input_plane<scalar_t>, &avx2::grad_weight_planes<scalar_t>};
   }
   return {&generic::forward_plane<scalar_t>, &generic::forward_plane_unit_stride<scalar_t>,
+          &generic::forward_group_unit_stride_for<scalar_t>,
           &generic::grad_input_plane<scalar_t>, &generic::grad_weight_planes<scalar_t>};
 }
 
@@ -60,26 +65,55 @@ Tensor direct_conv2d_forward(const Tensor& input, const Tensor& weight, const Te
                              const Conv2dGeometry& g) {
   Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_direct_forward", [&] {
+    const int64_t cg = g.in_channels_per_group(), kg = g.out_channels_per_group();
     const auto kernels = plane_kernels<scalar_t>();
     const scalar_t* x = input.const_data_ptr<scalar_t>();
     const scalar_t* w = weight.const_data_ptr<scalar_t>();
     const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* y = output.mutable_data_ptr<scalar_t>();
-    const int64_t cg = g.in_channels_per_group(), kg = g.out_channels_per_group();
     const bool unit_stride = g.stride_h == 1 && g.stride_w == 1;
-    const int64_t padded_w = g.in_w + 2 * g.pad_w;
-    const int64_t work_size = unit_stride ? (g.in_h + 2 * g.pad_h + g.out_h) * padded_w : 0;
-    at::parallel_for(0, g.batch * g.out_channels, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> work(work_size, scalar_t(0));  // per task: the padded plane's border
-      for (int64_t plane = begin; plane < end; ++plane) {
-        const int64_t n = plane / g.out_channels, k = plane % g.out_channels;
-        const scalar_t* x_group = x + (n * g.in_channels + k / kg * cg) * g.in_h * g.in_w;
-        const scalar_t bias_k = b != nullptr ? b[k] : scalar_t(0);
-        scalar_t* y_plane = y + plane * g.out_h * g.out_w;
-        if (unit_stride) {
-          kernels.forward_unit_stride(x_group, w + k * g.patch_size(), bias_k, y_plane, g, work.data());
-        } else {
-          kernels.forward(x_group, w + k * g.patch_size(), bias_k, y_plane, g);
+    if (!unit_stride || kg == 1) {
+      // One task per output plane. With stride 1 and one output channel per group (depthwise),
+      // long multiply-adds over a padded plane beat blocks of accumulators (measured).
+      const int64_t padded_w = g.in_w + 2 * g.pad_w;
+      const int64_t work_size = unit_stride ? (g.in_h + 2 * g.pad_h + g.out_h) * padded_w : 0;
+      at::parallel_for(0, g.batch * g.out_channels, 1, [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> work(work_size, scalar_t(0));  // per task: the padded plane's border
+        for (int64_t plane = begin; plane < end; ++plane) {
+          const int64_t n = plane / g.out_channels, k = plane % g.out_channels;
+          const scalar_t* x_group = x + (n * g.in_channels + k / kg * cg) * g.in_h * g.in_w;
+          const scalar_t bias_k = b != nullptr ? b[k] : scalar_t(0);
+          scalar_t* y_plane = y + plane * g.out_h * g.out_w;
+          if (unit_stride) {
+            kernels.forward_unit_stride(x_group, w + k * g.patch_size(), bias_k, y_plane, g, work.data());
+          } else {
+            kernels.forward(x_group, w + k * g.patch_size(), bias_k, y_plane, g);
+          }
+        }
+      });
+      return;
+    }
+    // Stride 1: one task per (image, group), on a zero-padded copy of the group's input whose
+    // rows reach past the last block of output columns; up to 8 output channels at a time.
+    const int64_t padded_h = g.in_h + 2 * g.pad_h;
+    const int64_t blocks = (g.out_w + generic::kBlockColumns - 1) / generic::kBlockColumns;
+    const int64_t row_length = std::max(g.in_w + 2 * g.pad_w,
+                                        blocks * generic::kBlockColumns + (g.kernel_w - 1) * g.dilation_w);
+    at::parallel_for(0, g.batch * g.groups, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> padded(cg * padded_h * row_length, scalar_t(0));  // borders stay zero
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t n = task / g.groups, group = task % g.groups;
+        const scalar_t* x_group = x + (n * g.in_channels + group * cg) * g.in_h * g.in_w;
+        for (int64_t c = 0; c < cg; ++c) {
+          for (int64_t ih = 0; ih < g.in_h; ++ih) {
+            std::copy_n(x_group + (c * g.in_h + ih) * g.in_w, g.in_w,
+                        padded.data() + (c * padded_h + ih + g.pad_h) * row_length + g.pad_w);
+          }
+        }
+        for (int64_t k0 = group * kg; k0 < (group + 1) * kg; k0 += kMaxBlockChannels) {
+          const auto kernel = kernels.forward_group_unit_stride_for(std::min(kMaxBlockChannels, (group + 1) * kg - k0));
+          kernel(padded.data(), padded_h, row_length, w + k0 * g.patch_size(), b != nullptr ? b + k0 : nullptr,
+                 y + (n * g.out_channels + k0) * g.out_h * g.out_w, g);
         }
       }
     });

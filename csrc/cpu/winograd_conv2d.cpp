@@ -71,7 +71,8 @@ constexpr int64_t kLanes = 64;       // channels transformed together
 constexpr int64_t kChunkElements = int64_t{1} << 18;
 constexpr int64_t kMinChunk = 64;
 // Transformed filters beyond this many elements (16 MiB of float32) cost more to allocate and
-// write on every call than the algorithm saves at common batch sizes (measured: 512x512).
+// write on every call than the algorithm saves at common batch sizes (measured: 512x512). The
+// same bound keeps a task's V and M small: a chunk holds at least one whole row of tiles.
 constexpr int64_t kMaxFilterElements = int64_t{1} << 22;
 
 template <typename scalar_t>
@@ -96,7 +97,7 @@ template <typename scalar_t>
 void transform_filters(const Transforms<scalar_t>& transforms, const scalar_t* w, scalar_t* u,
                        int64_t channels, int64_t filters) {
   at::parallel_for(0, filters, 1, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> tmp(27 * kLanes);
+    std::vector<scalar_t> tmp((9 + 18) * kLanes);  // the filters and G w, per channel
     for (int64_t k = begin; k < end; ++k) {
       for (int64_t c0 = 0; c0 < channels; c0 += kLanes) {
         scalar_t* uk[36];
@@ -254,8 +255,11 @@ bool winograd_pays_off(const Conv2dGeometry& g) {
   // small images waste work (ask for at most half the multiplications of a direct 3x3); and the
   // filter transform needs enough tiles in the batch to pay for itself (measured).
   const int64_t tiles = ((g.out_h + kTile - 1) / kTile) * ((g.out_w + kTile - 1) / kTile);
+  // V and M of one row of tiles, the smallest chunk.
+  const int64_t row_workspace = (g.out_w + kTile - 1) / kTile * kElements * (g.in_channels + g.out_channels);
   return g.in_channels >= 16 && g.out_channels >= 16 &&
          kElements * g.in_channels * g.out_channels <= kMaxFilterElements &&
+         row_workspace <= kMaxFilterElements &&
          2 * kElements * tiles <= 9 * g.out_h * g.out_w && g.batch * tiles >= 32;
 }
 
