@@ -152,6 +152,16 @@ Algorithm choose_algorithm(const Conv2dGeometry& g) {
   return direct_pays_off(g) ? Algorithm::direct : Algorithm::gemm;
 }
 
+// The weight gradient has no Winograd path, and its direct kernel (one filter tap's dot
+// product at a time) beats im2col+GEMM only with one or two channel pairs per group, as in
+// depthwise layers (measured).
+Algorithm choose_grad_weight_algorithm(const Conv2dGeometry& g) {
+  if (env_is("CONV_EXT_CPU_ALGORITHM", "gemm")) return Algorithm::gemm;
+  if (env_is("CONV_EXT_CPU_ALGORITHM", "direct")) return Algorithm::direct;
+  return g.in_channels_per_group() * g.out_channels_per_group() <= 2 ? Algorithm::direct
+                                                                     : Algorithm::gemm;
+}
+
 // A dense copy to compute with (in the algorithm's layout): float16 and bfloat16 are widened to
 // float32 so that every sum accumulates in float32; the result is rounded once by `finish`.
 Tensor compute_operand(const Tensor& t, at::MemoryFormat format = at::MemoryFormat::Contiguous) {
@@ -312,7 +322,7 @@ Tensor conv2d_grad_input_cpu(const Tensor& grad_output, const Tensor& weight,
       check_conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation, groups);
   const at::MemoryFormat result_format = conv2d_memory_format(grad_output, weight);
   const Conv2dGeometry t = transposed_geometry(g);
-  if (grad_input_is_forward(g, t) && choose_algorithm(t) != Algorithm::gemm) {
+  if (grad_input_is_forward(g, t)) {
     return forward(grad_output, flipped_transposed_filters(weight, g), Tensor(), t, result_format);
   }
   const Tensor gy = compute_operand(grad_output), w = compute_operand(weight);
@@ -328,7 +338,7 @@ Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
   const auto g =
       check_conv2d_grad_weight(input, grad_output, kernel_size, stride, padding, dilation, groups);
   const Tensor x = compute_operand(input), gy = compute_operand(grad_output);
-  const Tensor grad_weight = choose_algorithm(g) == Algorithm::direct
+  const Tensor grad_weight = choose_grad_weight_algorithm(g) == Algorithm::direct
                                  ? direct_conv2d_grad_weight(x, gy, g)
                                  : gemm_conv2d_grad_weight(x, gy, g);
   return finish(grad_weight, input.scalar_type(), conv2d_memory_format(input, grad_output));
