@@ -2,7 +2,11 @@
 
 The suite: ResNet-18/50 layers (the 7x7/2 stem, 3x3 at 56, 28, 14 and 7 with 64-512 channels, a
 3x3 stride 2, 1x1 reductions and expansions), ResNeXt's grouped 3x3, MobileNet's depthwise 3x3 and
-a 5x5 layer, at batch 8 and 1, in float32; and a few of them in float64 and bfloat16.
+a 5x5 layer, at batch 8 and 1, in float32; and a few of them in float64 and bfloat16. On a GPU
+(--device cuda): ResNet-50 layers and MobileNet depthwise layers at batch 32 and 256, in float32
+(TF32 off on both sides), TF32, bfloat16 and float16; torch's side is cuDNN on channels_last
+tensors with benchmark mode on (the fair anchor), and its NCHW forward times with benchmark mode
+off and on are recorded too.
 
 For each row: the error of both sides' forward against a float64 result (max |error| / max |exact|),
 the peak memory one forward call allocates, then forward and forward+backward of both sides timed
@@ -11,6 +15,7 @@ the ratio torch-time / our-time (> 1: we are faster). Writes JSON and a PNG char
 benchmarks/results/, prints a Markdown table and, with --readme, puts it into README.md.
 
     python benchmarks/bench_conv2d.py [--device cpu|cuda] [--batches 8,1] [--rounds 3] [--readme]
+    python benchmarks/bench_conv2d.py --device cuda [--precisions float32,tf32,bfloat16,float16]
 """
 import argparse
 import json
@@ -65,6 +70,32 @@ LAYERS = [
 # The layers also measured in float64 and bfloat16 (batch 8).
 OTHER_DTYPE_LAYERS = ["3x3, 64 ch @56", "3x3, 256 ch @14", "1x1, 256->64 @56", "depthwise 3x3, 256 ch @28"]
 
+# On a GPU: ResNet-50's distinct layer kinds (torchvision, 224x224 input) and MobileNet's depthwise.
+GPU_LAYERS = [
+    Layer("ResNet-50 stem 7x7/2, 3->64 @224", 3, 64, 224, 7, 2, 3),
+    Layer("ResNet-50 1x1, 64->64 @56", 64, 64, 56, 1),
+    Layer("ResNet-50 3x3, 64 ch @56", 64, 64, 56, 3, 1, 1),
+    Layer("ResNet-50 1x1, 64->256 @56", 64, 256, 56, 1),
+    Layer("ResNet-50 3x3/2, 128 ch @56", 128, 128, 56, 3, 2, 1),
+    Layer("ResNet-50 3x3, 128 ch @28", 128, 128, 28, 3, 1, 1),
+    Layer("ResNet-50 3x3, 256 ch @14", 256, 256, 14, 3, 1, 1),
+    Layer("ResNet-50 1x1, 1024->256 @14", 1024, 256, 14, 1),
+    Layer("ResNet-50 3x3, 512 ch @7", 512, 512, 7, 3, 1, 1),
+    Layer("ResNet-50 1x1, 512->2048 @7", 512, 2048, 7, 1),
+    Layer("depthwise 3x3, 256 ch @28", 256, 256, 28, 3, 1, 1, 256),
+    Layer("depthwise 3x3/2, 512 ch @14", 512, 512, 14, 3, 2, 1, 512),
+]
+
+# Precision names: a dtype, or "tf32" (float32 tensors, TF32 allowed on both sides).
+DTYPES = dict(float32=torch.float32, tf32=torch.float32, float64=torch.float64,
+              bfloat16=torch.bfloat16, float16=torch.float16)
+
+
+def allow_tf32(enabled):
+    """TF32 in cuDNN convolutions (which our CUDA kernels are to mirror) and in matmuls."""
+    torch.backends.cudnn.allow_tf32 = enabled
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+
 
 def make_inputs(layer, batch, device, dtype):
     gen = torch.Generator().manual_seed(0)
@@ -86,12 +117,19 @@ def relative_errors(layer, x, w, b):
 
 
 def peak_memory_mib(fn, layer, x, w, b):
-    """Peak memory allocated while one forward call runs (its output included), as the profiler's
-    memory timeline counts it; None where the profiler cannot say."""
+    """Peak memory allocated while one forward call runs (its output included): on a GPU from the
+    caching allocator's statistics, on the CPU as the profiler's memory timeline counts it; None
+    where the profiler cannot say."""
     kw = dict(stride=layer.stride, padding=layer.padding, groups=layer.groups)
-    activities = [torch.profiler.ProfilerActivity.CPU]
     if x.is_cuda:
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        with torch.no_grad():
+            fn(x, w, b, **kw)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    activities = [torch.profiler.ProfilerActivity.CPU]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -109,19 +147,30 @@ def peak_memory_mib(fn, layer, x, w, b):
 
 
 def timers(layer, x, w, b):
-    """{(mode, side): Timer} for forward and forward+backward of ours and torch's."""
+    """{(mode, side): Timer}: forward and forward+backward of ours and of torch's. On a GPU torch's
+    side runs cuDNN on channels_last tensors in benchmark mode (the fair anchor), and the forward
+    of NCHW tensors is timed too, with benchmark mode off and on."""
     kw = dict(stride=layer.stride, padding=layer.padding, groups=layer.groups)
     gy = torch.randn_like(F.conv2d(x, w, b, **kw))
+    sides = [("ours", conv_ext.conv2d, x, w, gy, False), ("torch", F.conv2d, x, w, gy, False)]
+    if x.is_cuda:
+        x_cl, w_cl, gy_cl = (t.detach().contiguous(memory_format=torch.channels_last) for t in (x, w, gy))
+        sides = [sides[0], ("torch", F.conv2d, x_cl.requires_grad_(), w_cl.requires_grad_(), gy_cl, True),
+                 ("torch NCHW", F.conv2d, x, w, gy, False), ("torch NCHW benchmark", F.conv2d, x, w, gy, True)]
     out = {}
-    for side, fn in (("ours", conv_ext.conv2d), ("torch", F.conv2d)):
-        env = dict(fn=fn, x=x, w=w, b=b, kw=kw, gy=gy, torch=torch)
+    for side, fn, xs, ws, gys, cudnn_benchmark in sides:
+        env = dict(fn=fn, x=xs, w=ws, b=b, kw=kw, gy=gys, torch=torch)
+        # Each timer sets its cuDNN mode, then calls once, so that autotuning is not timed.
+        setup = f"torch.backends.cudnn.benchmark = {cudnn_benchmark}\nwith torch.no_grad(): fn(x, w, b, **kw)"
         out["forward", side] = benchmark.Timer(
-            "with torch.no_grad(): fn(x, w, b, **kw)", globals=env, num_threads=torch.get_num_threads()
-        )
-        out["forward+backward", side] = benchmark.Timer(
-            "torch.autograd.grad(fn(x, w, b, **kw), (x, w, b), gy)", globals=env,
+            "with torch.no_grad(): fn(x, w, b, **kw)", setup=setup, globals=env,
             num_threads=torch.get_num_threads(),
         )
+        if not side.startswith("torch NCHW"):
+            out["forward+backward", side] = benchmark.Timer(
+                "torch.autograd.grad(fn(x, w, b, **kw), (x, w, b), gy)", setup=setup, globals=env,
+                num_threads=torch.get_num_threads(),
+            )
     return out
 
 
@@ -130,29 +179,33 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def measure(layer, batch, device, dtype, rounds, min_run_time):
-    x, w, b = make_inputs(layer, batch, device, dtype)
+def measure(layer, batch, device, precision, rounds, min_run_time):
+    allow_tf32(precision == "tf32")
+    x, w, b = make_inputs(layer, batch, device, DTYPES[precision])
     ours_error, torch_error = relative_errors(layer, x, w, b)
     memory = [peak_memory_mib(fn, layer, x, w, b) for fn in (conv_ext.conv2d, F.conv2d)]
     ts = timers(layer, x, w, b)
     times = {key: [] for key in ts}
-    for _ in range(rounds):  # interleave the two sides so drifts in machine load hit both
+    for _ in range(rounds):  # interleave the sides so drifts in machine load hit all of them
         for key, timer in ts.items():
             sync(device)
             times[key].append(timer.blocked_autorange(min_run_time=min_run_time).median)
+    allow_tf32(False)
     rows = []
     for mode in ("forward", "forward+backward"):
         ours = statistics.median(times[mode, "ours"])
         theirs = statistics.median(times[mode, "torch"])
         flops = layer.flops(batch) * (1 if mode == "forward" else 3)
+        nchw = {f"{side.replace(' ', '_')}_ms": statistics.median(v) * 1e3
+                for (m, side), v in times.items() if m == mode and side.startswith("torch NCHW")}
         rows.append(dict(
-            layer=layer.name, **asdict(layer), batch=batch, mode=mode, dtype=str(dtype).split(".")[-1],
+            layer=layer.name, **asdict(layer), batch=batch, mode=mode, dtype=precision,
             ours_ms=ours * 1e3, torch_ms=theirs * 1e3, ratio=theirs / ours,
             ours_gflops=flops / ours / 1e9, torch_gflops=flops / theirs / 1e9,
             ours_error=ours_error, torch_error=torch_error,
             ours_peak_mib=memory[0], torch_peak_mib=memory[1],
             ours_all_ms=[t * 1e3 for t in times[mode, "ours"]],
-            torch_all_ms=[t * 1e3 for t in times[mode, "torch"]],
+            torch_all_ms=[t * 1e3 for t in times[mode, "torch"]], **nchw,
         ))
     return rows
 
@@ -199,7 +252,7 @@ def markdown_table(rows):
         return "" if v is None else f"{v:.0f}"
 
     lines = [
-        "| layer | dtype | batch | mode | ours ms | torch ms | ours GFLOP/s | torch GFLOP/s | torch/ours "
+        "| layer | precision | batch | mode | ours ms | torch ms | ours GFLOP/s | torch GFLOP/s | torch/ours "
         "| error ours | error torch | peak MiB ours / torch |",
         "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -210,7 +263,7 @@ def markdown_table(rows):
             f"{r['ours_error']:.1e} | {r['torch_error']:.1e} | "
             f"{mib(r['ours_peak_mib'])} / {mib(r['torch_peak_mib'])} |"
         )
-    lines += ["", "| dtype | batch | mode | layers | geometric mean torch/ours | lowest |",
+    lines += ["", "| precision | batch | mode | layers | geometric mean torch/ours | lowest |",
               "|---|---:|---|---:|---:|---:|"]
     for s in summary(rows):
         lines.append(f"| {s['dtype']} | {s['batch']} | {s['mode']} | {s['layers']} | "
@@ -259,25 +312,32 @@ def update_readme(kind, text):
 
 
 def suite(args):
-    """(layer, batch, dtype) to measure: every layer and batch in float32, a few layers in the
-    other dtypes at the first batch size."""
-    chosen = [l for l in LAYERS if not args.layers or any(s in l.name for s in args.layers.split(","))]
-    batches = [int(b) for b in args.batches.split(",")]
+    """(layer, batch, precision) to measure. CPU: every layer and batch in float32, a few layers in
+    the other precisions at the first batch size. GPU: every layer, batch and precision."""
+    gpu = args.device.startswith("cuda")
+    chosen = [l for l in (GPU_LAYERS if gpu else LAYERS)
+              if not args.layers or any(s in l.name for s in args.layers.split(","))]
+    batches = [int(b) for b in (args.batches or ("32,256" if gpu else "8,1")).split(",")]
+    default = "float32,tf32,bfloat16,float16" if gpu else "float32,float64,bfloat16"
     runs = []
-    for dtype in args.dtypes.split(","):
-        if dtype == "float32":
-            runs += [(layer, batch, dtype) for batch in batches for layer in chosen]
+    for precision in (args.precisions or default).split(","):
+        if precision not in DTYPES:
+            raise SystemExit(f"unknown precision {precision!r}: choose from {', '.join(DTYPES)}")
+        if gpu or precision == "float32":
+            runs += [(layer, batch, precision) for batch in batches for layer in chosen]
         else:
-            runs += [(layer, batches[0], dtype) for layer in chosen if layer.name in OTHER_DTYPE_LAYERS]
+            runs += [(layer, batches[0], precision) for layer in chosen if layer.name in OTHER_DTYPE_LAYERS]
     return runs
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtypes", default="float32,float64,bfloat16",
-                        help="float32 runs the whole suite, the others a few layers")
-    parser.add_argument("--batches", default="8,1")
+    parser.add_argument("--precisions", default="",
+                        help=f"comma-separated, from {', '.join(DTYPES)} (default: on the CPU float32 for the "
+                             "whole suite, float64 and bfloat16 for a few layers; on a GPU float32, tf32, "
+                             "bfloat16 and float16)")
+    parser.add_argument("--batches", default="", help="default: 8,1 on the CPU, 32,256 on a GPU")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median taken)")
     parser.add_argument("--min-run-time", type=float, default=0.15, help="seconds per measurement")
     parser.add_argument("--layers", default="", help="comma-separated substrings selecting layers")
@@ -287,8 +347,8 @@ def main():
 
     started = time.time()
     rows = []
-    for layer, batch, dtype in suite(args):
-        rows += measure(layer, batch, args.device, getattr(torch, dtype), args.rounds, args.min_run_time)
+    for layer, batch, precision in suite(args):
+        rows += measure(layer, batch, args.device, precision, args.rounds, args.min_run_time)
         print(f"  {row_label(rows[-1])}: " + ", ".join(f"{r['mode']} {r['ratio']:.2f}x" for r in rows[-2:]),
               flush=True)
 
