@@ -3,8 +3,8 @@
 //   for the input gradient;
 // - direct (direct_conv2d.cpp), for few channels per group (depthwise, narrow groups);
 // - Winograd F(4x4, 3x3) (winograd_conv2d.cpp), for 3x3 stride-1 layers.
-// With stride 1 the input gradient is a forward convolution (see grad_input_as_forward), so it
-// runs on whichever algorithm suits that convolution.
+// With stride 1 the input gradient is a forward convolution (see transposed_geometry), so it
+// runs on whichever algorithm suits that convolution; col2im serves the other strides.
 //
 // float32 and float64 run natively; float16 and bfloat16 are computed in float32 and rounded
 // once at the end, so every sum accumulates in float32.
@@ -18,6 +18,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <optional>
 
 namespace conv_ext {
 namespace {
@@ -141,10 +142,15 @@ Tensor weight_matrix(const Tensor& weight, const Conv2dGeometry& g) {
 enum class Algorithm { gemm, direct, winograd };
 
 // CONV_EXT_CPU_ALGORITHM (gemm, direct, winograd; default: by shape) forces a path, so the tests
-// can run each one; Winograd only where it applies.
-Algorithm choose_algorithm(const Conv2dGeometry& g) {
+// can run each one; Winograd only where it applies. The forced GEMM or direct path, if any:
+std::optional<Algorithm> forced_algorithm() {
   if (env_is("CONV_EXT_CPU_ALGORITHM", "gemm")) return Algorithm::gemm;
   if (env_is("CONV_EXT_CPU_ALGORITHM", "direct")) return Algorithm::direct;
+  return std::nullopt;
+}
+
+Algorithm choose_algorithm(const Conv2dGeometry& g) {
+  if (const auto forced = forced_algorithm()) return *forced;
   if (winograd_applies(g) &&
       (env_is("CONV_EXT_CPU_ALGORITHM", "winograd") || winograd_pays_off(g))) {
     return Algorithm::winograd;
@@ -156,8 +162,7 @@ Algorithm choose_algorithm(const Conv2dGeometry& g) {
 // product at a time) beats im2col+GEMM only with one or two channel pairs per group, as in
 // depthwise layers (measured).
 Algorithm choose_grad_weight_algorithm(const Conv2dGeometry& g) {
-  if (env_is("CONV_EXT_CPU_ALGORITHM", "gemm")) return Algorithm::gemm;
-  if (env_is("CONV_EXT_CPU_ALGORITHM", "direct")) return Algorithm::direct;
+  if (const auto forced = forced_algorithm()) return *forced;
   return g.in_channels_per_group() * g.out_channels_per_group() <= 2 ? Algorithm::direct
                                                                      : Algorithm::gemm;
 }
@@ -176,9 +181,6 @@ Tensor finish(const Tensor& result, at::ScalarType dtype, at::MemoryFormat forma
   return at::empty(result.sizes(), result.options().dtype(dtype).memory_format(format)).copy_(result);
 }
 
-// Each task builds the im2col matrix of a few output rows of one image, small enough to stay in
-// the core's cache, and runs their GEMM single-threaded (inside the parallel region); the rows
-// are split finely enough that every thread gets work.
 // Few output pixels in a batch of images (the last stages of a network) with large filters: one
 // multi-threaded GEMM over all images' columns reads the filters once instead of per image. (A
 // single image runs faster split into per-thread row tiles: measured.)
@@ -207,6 +209,9 @@ Tensor gemm_conv2d_forward_batch_in_one_gemm(const Tensor& input, const Tensor& 
   return output;
 }
 
+// Otherwise each task builds the im2col matrix of a few output rows of one image, small enough
+// to stay in the core's cache, and runs their GEMM single-threaded (inside the parallel region);
+// the rows are split finely enough that every thread gets work.
 Tensor gemm_conv2d_forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
                            const Conv2dGeometry& g) {
   if (batch_in_one_gemm(g)) return gemm_conv2d_forward_batch_in_one_gemm(input, weight, bias, g);
@@ -236,19 +241,14 @@ Tensor gemm_conv2d_forward(const Tensor& input, const Tensor& weight, const Tens
   return output;
 }
 
+// Strides above 1 only: stride-1 input gradients run as forward convolutions.
 Tensor gemm_conv2d_grad_input(const Tensor& grad_output, const Tensor& weight,
                               const Conv2dGeometry& g) {
   Tensor grad_input = at::zeros({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output.options());
   const Tensor w_t = weight_matrix(weight, g).transpose(1, 2);
   for (int64_t n = 0; n < g.batch; ++n) {
     for_each_row_tile(g, [&](RowTile tile) {
-      const Tensor grad_tile = output_tile(grad_output[n], g, tile);
-      if (is_pointwise(g)) {  // the im2col "matrix" is a view of grad_input: write it directly
-        Tensor out = im2col(grad_input[n], g, tile);
-        at::bmm_out(out, w_t, grad_tile);
-        return;
-      }
-      const Tensor cols = at::bmm(w_t, grad_tile);
+      const Tensor cols = at::bmm(w_t, output_tile(grad_output[n], g, tile));
       AT_DISPATCH_FLOATING_TYPES(cols.scalar_type(), "conv_ext_col2im", [&] {
         col2im_tile_add(cols.const_data_ptr<scalar_t>(), g, tile,
                         grad_input[n].mutable_data_ptr<scalar_t>());

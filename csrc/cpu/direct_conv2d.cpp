@@ -1,5 +1,6 @@
 // Direct CPU kernels: one output (or input-gradient) plane per task, accumulated tap by tap in
-// rows that the compiler vectorises. The plane loops are compiled twice, for AVX2+FMA and for
+// rows that the compiler vectorises, or, for stride 1 and several output channels per group,
+// one group per task with those channels' accumulators kept in registers. The plane loops are compiled twice, for AVX2+FMA and for
 // the baseline instruction set, and picked at run time by the CPU's features;
 // CONV_EXT_CPU_ISA=generic forces the baseline (the tests cover both).
 #include "direct_conv2d.h"
@@ -29,8 +30,6 @@ namespace avx2 {
 namespace {
 
 using at::Tensor;
-
-constexpr int64_t kMaxBlockChannels = 8;  // the largest group forward_group_unit_stride_for has
 
 template <typename scalar_t>
 struct PlaneKernels {
@@ -110,8 +109,9 @@ Tensor direct_conv2d_forward(const Tensor& input, const Tensor& weight, const Te
                         padded.data() + (c * padded_h + ih + g.pad_h) * row_length + g.pad_w);
           }
         }
-        for (int64_t k0 = group * kg; k0 < (group + 1) * kg; k0 += kMaxBlockChannels) {
-          const auto kernel = kernels.forward_group_unit_stride_for(std::min(kMaxBlockChannels, (group + 1) * kg - k0));
+        for (int64_t k0 = group * kg; k0 < (group + 1) * kg; k0 += generic::kMaxBlockChannels) {
+          const auto kernel = kernels.forward_group_unit_stride_for(
+              std::min(generic::kMaxBlockChannels, (group + 1) * kg - k0));
           kernel(padded.data(), padded_h, row_length, w + k0 * g.patch_size(), b != nullptr ? b + k0 : nullptr,
                  y + (n * g.out_channels + k0) * g.out_h * g.out_w, g);
         }

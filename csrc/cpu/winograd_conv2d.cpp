@@ -110,6 +110,8 @@ void transform_filters(const Transforms<scalar_t>& transforms, const scalar_t* w
 
 struct TileGrid {
   int64_t rows, cols;  // tiles per image
+  explicit TileGrid(const Conv2dGeometry& g)
+      : rows((g.out_h + kTile - 1) / kTile), cols((g.out_w + kTile - 1) / kTile) {}
 };
 
 // Strides of a dense 4-D tensor, NCHW or NHWC.
@@ -164,7 +166,7 @@ void store_output_band(const scalar_t* band, int64_t band_w, const Conv2dGeometr
 template <typename scalar_t>
 void winograd_forward_kernel(const Tensor& input, const Tensor& weight, const Tensor& bias,
                              Tensor& output, const Conv2dGeometry& g) {
-  const TileGrid grid{(g.out_h + kTile - 1) / kTile, (g.out_w + kTile - 1) / kTile};
+  const TileGrid grid(g);
   const int64_t C = g.in_channels, K = g.out_channels;
   const int64_t in_band_w = grid.cols * kTile + 2, out_band_w = grid.cols * kTile;
   // Rows of tiles per chunk: V and M in cache, but enough tiles that the GEMMs repay packing
@@ -254,9 +256,10 @@ bool winograd_pays_off(const Conv2dGeometry& g) {
   // With few channels the transforms cost about as much as the GEMMs save; partial tiles on
   // small images waste work (ask for at most half the multiplications of a direct 3x3); and the
   // filter transform needs enough tiles in the batch to pay for itself (measured).
-  const int64_t tiles = ((g.out_h + kTile - 1) / kTile) * ((g.out_w + kTile - 1) / kTile);
+  const TileGrid grid(g);
+  const int64_t tiles = grid.rows * grid.cols;
   // V and M of one row of tiles, the smallest chunk.
-  const int64_t row_workspace = (g.out_w + kTile - 1) / kTile * kElements * (g.in_channels + g.out_channels);
+  const int64_t row_workspace = grid.cols * kElements * (g.in_channels + g.out_channels);
   return g.in_channels >= 16 && g.out_channels >= 16 &&
          kElements * g.in_channels * g.out_channels <= kMaxFilterElements &&
          row_workspace <= kMaxFilterElements &&
