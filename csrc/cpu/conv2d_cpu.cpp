@@ -2,7 +2,8 @@
 // - GEMM: im2col in bounded tiles, a batched GEMM per tile (at::bmm over groups), and col2im
 //   for the input gradient;
 // - direct (direct_conv2d.cpp), for few channels per group (depthwise, narrow groups);
-// - Winograd F(4x4, 3x3) (winograd_conv2d.cpp), for 3x3 stride-1 layers.
+// - Winograd F(4x4, 3x3) and F(2x2, 5x5) (winograd_conv2d.cpp), for 3x3 and 5x5 stride-1
+//   layers, forward and weight gradient.
 // With stride 1 the input gradient is a forward convolution (see transposed_geometry), so it
 // runs on whichever algorithm suits that convolution; col2im serves the other strides.
 //
@@ -149,20 +150,22 @@ std::optional<Algorithm> forced_algorithm() {
   return std::nullopt;
 }
 
+bool winograd_chosen(const Conv2dGeometry& g) {
+  return winograd_applies(g) &&
+         (env_is("CONV_EXT_CPU_ALGORITHM", "winograd") || winograd_pays_off(g));
+}
+
 Algorithm choose_algorithm(const Conv2dGeometry& g) {
   if (const auto forced = forced_algorithm()) return *forced;
-  if (winograd_applies(g) &&
-      (env_is("CONV_EXT_CPU_ALGORITHM", "winograd") || winograd_pays_off(g))) {
-    return Algorithm::winograd;
-  }
+  if (winograd_chosen(g)) return Algorithm::winograd;
   return direct_pays_off(g) ? Algorithm::direct : Algorithm::gemm;
 }
 
-// The weight gradient has no Winograd path, and its direct kernel (one filter tap's dot
-// product at a time) beats im2col+GEMM only with one or two channel pairs per group, as in
-// depthwise layers (measured).
+// The weight gradient's direct kernel (one filter tap's dot product at a time) beats
+// im2col+GEMM only with one or two channel pairs per group, as in depthwise layers (measured).
 Algorithm choose_grad_weight_algorithm(const Conv2dGeometry& g) {
   if (const auto forced = forced_algorithm()) return *forced;
+  if (winograd_chosen(g)) return Algorithm::winograd;
   return g.in_channels_per_group() * g.out_channels_per_group() <= 2 ? Algorithm::direct
                                                                      : Algorithm::gemm;
 }
@@ -173,6 +176,11 @@ Tensor compute_operand(const Tensor& t, at::MemoryFormat format = at::MemoryForm
   if (!t.defined()) return t;
   const bool reduced = t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
   return reduced ? t.to(at::kFloat, false, false, format) : t.contiguous(format);
+}
+
+// Winograd reads NCHW and NHWC alike; the others want NCHW.
+at::MemoryFormat operand_format(const Tensor& t, Algorithm algorithm) {
+  return algorithm == Algorithm::winograd ? t.suggest_memory_format() : at::MemoryFormat::Contiguous;
 }
 
 // The result in the caller's dtype and layout, with at most one copy.
@@ -274,10 +282,7 @@ Tensor gemm_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
 Tensor forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
                const Conv2dGeometry& g, at::MemoryFormat result_format) {
   const Algorithm algorithm = choose_algorithm(g);
-  // Winograd reads NCHW and NHWC alike; the others want NCHW.
-  const Tensor x = compute_operand(input, algorithm == Algorithm::winograd
-                                              ? input.suggest_memory_format()
-                                              : at::MemoryFormat::Contiguous);
+  const Tensor x = compute_operand(input, operand_format(input, algorithm));
   const Tensor w = compute_operand(weight), b = compute_operand(bias);
   const Tensor output = algorithm == Algorithm::winograd
                             ? winograd_conv2d_forward(x, w, b, g, result_format)
@@ -338,10 +343,12 @@ Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const auto g =
       check_conv2d_grad_weight(input, grad_output, kernel_size, stride, padding, dilation, groups);
-  const Tensor x = compute_operand(input), gy = compute_operand(grad_output);
-  const Tensor grad_weight = choose_grad_weight_algorithm(g) == Algorithm::direct
-                                 ? direct_conv2d_grad_weight(x, gy, g)
-                                 : gemm_conv2d_grad_weight(x, gy, g);
+  const Algorithm algorithm = choose_grad_weight_algorithm(g);
+  const Tensor x = compute_operand(input, operand_format(input, algorithm));
+  const Tensor gy = compute_operand(grad_output, operand_format(grad_output, algorithm));
+  const Tensor grad_weight = algorithm == Algorithm::winograd ? winograd_conv2d_grad_weight(x, gy, g)
+                             : algorithm == Algorithm::direct ? direct_conv2d_grad_weight(x, gy, g)
+                                                              : gemm_conv2d_grad_weight(x, gy, g);
   return finish(grad_weight, input.scalar_type(), conv2d_memory_format(input, grad_output));
 }
 

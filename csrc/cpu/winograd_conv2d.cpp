@@ -1,15 +1,22 @@
-// Winograd F(4x4, 3x3) on the CPU. The output is cut into 4x4 tiles; per chunk of tiles (one
-// chunk per task, sized to stay in the core's cache):
+// Winograd convolution on the CPU: F(4x4, 3x3) for 3x3 kernels and F(2x2, 5x5) for 5x5, both
+// over 6x6 blocks of input (M = 7 - R output pixels per tile side for an R x R kernel). The
+// output is cut into M x M tiles; per chunk of tiles (one chunk per task, sized to stay in the
+// core's cache):
 //   V[e] = B^T d B     the 6x6 input block of each tile, per input channel   (e = 36 elements)
-//   M[e] = V[e] U[e]   36 GEMMs (tiles x C) (C x K), U = G w G^T per filter, transformed once
-//   y    = A^T M A     the 4x4 output block, per output channel, plus bias
+//   P[e] = V[e] U[e]   36 GEMMs (tiles x C) (C x K), U = G w G^T per filter, transformed once
+//   y    = A^T P A     the M x M output block, per output channel, plus bias
+// The weight gradient is the adjoint: W[e] = A gy A^T per tile and output channel, the 36
+// products W[e]^T V[e] summed over tiles (per thread, then across threads), and
+// grad_w = G^T (sum) G.
 // The transforms run channels-innermost, so they vectorise across channels; rows of the input
 // and output are moved between the tensors' layout (NCHW or NHWC) and that order in cache.
 //
 // Interpolation points 0, +-sqrt(2)/2, +-sqrt(2) (and infinity) rather than the usual 0, +-1,
 // +-2: the smaller spread of the transform entries keeps the float32 error at ~1-2e-6 of the
 // result's scale instead of ~7e-6. B^T's rows are rescaled to entries of magnitude <= 2.5 and
-// G's rows divided by the same factors.
+// G's rows divided by the same factors. B^T depends only on the points, so both kernel sizes
+// share it; A^T[i][e] = p_e^i and G[e][k] = s_e p_e^k (with the infinite point's row and column
+// the unit vector at the end).
 #include "winograd_conv2d.h"
 
 #include "cpu_features.h"
@@ -19,6 +26,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <mutex>
 #include <vector>
 
 namespace conv_ext {
@@ -34,19 +42,53 @@ constexpr double kInputTransform[6][6] = {  // B^T
     {0, r, -0.5, -2 * r, 1, 0},
     {0, 1, 0, -2.5, 0, 1},
 };
-constexpr double kOutputTransform[4][6] = {  // A^T
-    {1, 1, 1, 1, 1, 0},
-    {0, r, -r, 2 * r, -2 * r, 0},
-    {0, 0.5, 0.5, 2, 2, 0},
-    {0, r / 2, -r / 2, 4 * r, -4 * r, 1},
+
+template <int R>
+struct Matrices;
+
+template <>
+struct Matrices<3> {
+  static constexpr double output[4][6] = {  // A^T
+      {1, 1, 1, 1, 1, 0},
+      {0, r, -r, 2 * r, -2 * r, 0},
+      {0, 0.5, 0.5, 2, 2, 0},
+      {0, r / 2, -r / 2, 4 * r, -4 * r, 1},
+  };
+  static constexpr double filter[6][3] = {  // G
+      {1, 0, 0},
+      {4.0 / 3, 4 * r / 3, 2.0 / 3},
+      {4.0 / 3, -4 * r / 3, 2.0 / 3},
+      {1.0 / 6, r / 3, 1.0 / 3},
+      {1.0 / 6, -r / 3, 1.0 / 3},
+      {0, 0, 1},
+  };
 };
-constexpr double kFilterTransform[6][3] = {  // G
-    {1, 0, 0},
-    {4.0 / 3, 4 * r / 3, 2.0 / 3},
-    {4.0 / 3, -4 * r / 3, 2.0 / 3},
-    {1.0 / 6, r / 3, 1.0 / 3},
-    {1.0 / 6, -r / 3, 1.0 / 3},
-    {0, 0, 1},
+
+template <>
+struct Matrices<5> {
+  static constexpr double output[2][6] = {  // A^T
+      {1, 1, 1, 1, 1, 0},
+      {0, r, -r, 2 * r, -2 * r, 1},
+  };
+  static constexpr double filter[6][5] = {  // G
+      {1, 0, 0, 0, 0},
+      {4.0 / 3, 4 * r / 3, 2.0 / 3, 2 * r / 3, 1.0 / 3},
+      {4.0 / 3, -4 * r / 3, 2.0 / 3, -2 * r / 3, 1.0 / 3},
+      {1.0 / 6, r / 3, 1.0 / 3, 2 * r / 3, 2.0 / 3},
+      {1.0 / 6, -r / 3, 1.0 / 3, -2 * r / 3, 2.0 / 3},
+      {0, 0, 0, 0, 1},
+  };
+};
+
+// Pointers to the transforms of one instruction set (the .inc fills them in).
+template <int R, typename scalar_t>
+struct Transforms {
+  static constexpr int M = 7 - R;
+  void (*filter)(const scalar_t*, scalar_t* const (&)[36], scalar_t*, int64_t);
+  void (*grad_filter)(const scalar_t* const (&)[36], scalar_t*, scalar_t*, int64_t);
+  void (*input)(const scalar_t* const (&)[6][6], scalar_t* const (&)[36], scalar_t*, int64_t);
+  void (*output)(const scalar_t* const (&)[36], const scalar_t*, scalar_t* const (&)[M][M], scalar_t*, int64_t);
+  void (*grad_output)(const scalar_t* const (&)[M][M], scalar_t* const (&)[36], scalar_t*, int64_t);
 };
 
 namespace generic {
@@ -60,185 +102,269 @@ namespace avx2 {
 }  // namespace avx2
 #pragma GCC pop_options
 
+template <int R, typename scalar_t>
+Transforms<R, scalar_t> transforms_for_this_cpu() {
+  return use_avx2() ? avx2::transforms<R, scalar_t>() : generic::transforms<R, scalar_t>();
+}
+
 using at::Tensor;
 
-constexpr int64_t kTile = 4;         // output pixels per tile side
 constexpr int64_t kBlock = 6;        // input pixels per tile side
 constexpr int64_t kElements = 36;    // kBlock * kBlock
 constexpr int64_t kLanes = 64;       // channels transformed together
-// Elements of V and M one task keeps: about a 1 MiB L2 cache of float32; at least kMinChunk
-// tiles, or packing U[e] for each GEMM costs more than the GEMM (measured).
+// Elements of V and P one task keeps: about a 1 MiB L2 cache of float32; at least kMinChunk
+// tiles, or packing the other operand of each GEMM costs more than the GEMM (measured).
 constexpr int64_t kChunkElements = int64_t{1} << 18;
 constexpr int64_t kMinChunk = 64;
 // Transformed filters beyond this many elements (16 MiB of float32) cost more to allocate and
 // write on every call than the algorithm saves at common batch sizes (measured: 512x512). The
-// same bound keeps a task's V and M small: a chunk holds at least one whole row of tiles.
+// same bound keeps a task's buffers small: a chunk holds at least one whole row of tiles, and
+// each weight-gradient task keeps one sum of this size.
 constexpr int64_t kMaxFilterElements = int64_t{1} << 22;
 
-template <typename scalar_t>
-struct Transforms {
-  decltype(&generic::filter_transform<scalar_t>) filter;
-  decltype(&generic::input_tile_transform<scalar_t>) input;
-  decltype(&generic::output_tile_transform<scalar_t>) output;
+// The M x M tiles of F(M x M, R x R) over a geometry's output.
+struct TileGrid {
+  int64_t size, rows, cols;  // output pixels per tile side; tiles per image
+  explicit TileGrid(const Conv2dGeometry& g)
+      : size(kBlock + 1 - g.kernel_h),
+        rows((g.out_h + size - 1) / size),
+        cols((g.out_w + size - 1) / size) {}
 };
 
-template <typename scalar_t>
-Transforms<scalar_t> transforms_for_this_cpu() {
-  if (use_avx2()) {
-    return {&avx2::filter_transform<scalar_t>, &avx2::input_tile_transform<scalar_t>,
-            &avx2::output_tile_transform<scalar_t>};
+// Work comes in chunks of whole rows of tiles, numbered across the batch: the chunk's
+// transformed blocks in cache, but enough tiles that the GEMMs repay packing their other
+// operand, and at least one chunk per thread.
+struct Chunks {
+  int64_t tile_rows, rows_per_chunk, count;
+  Chunks(const Conv2dGeometry& g, const TileGrid& grid) : tile_rows(g.batch * grid.rows) {
+    const int64_t channels = g.in_channels + g.out_channels;
+    const int64_t wanted_tiles = std::max(kMinChunk, kChunkElements / (kElements * channels));
+    const int64_t per_thread = (tile_rows + at::get_num_threads() - 1) / at::get_num_threads();
+    rows_per_chunk = std::max<int64_t>(1, std::min(wanted_tiles / grid.cols, per_thread));
+    count = (tile_rows + rows_per_chunk - 1) / rows_per_chunk;
   }
-  return {&generic::filter_transform<scalar_t>, &generic::input_tile_transform<scalar_t>,
-          &generic::output_tile_transform<scalar_t>};
+  int64_t first_row(int64_t chunk) const { return chunk * rows_per_chunk; }
+  int64_t rows(int64_t chunk) const { return std::min(rows_per_chunk, tile_rows - first_row(chunk)); }
+};
+
+// Strides and sizes of a dense 4-D tensor, NCHW or NHWC.
+struct Layout {
+  int64_t n, c, h, w;
+  int64_t channels, height, width;
+  explicit Layout(const Tensor& t)
+      : n(t.stride(0)), c(t.stride(1)), h(t.stride(2)), w(t.stride(3)),
+        channels(t.size(1)), height(t.size(2)), width(t.size(3)) {}
+};
+
+// band[a][b][c] = x[n, c, row0 + a, col0 + b] for a < rows and b < band_w, zero outside the
+// image: the tiles' blocks read it channels-innermost, whatever x's layout.
+template <typename scalar_t>
+void fill_band(const scalar_t* x, const Layout& l, int64_t n, int64_t row0, int64_t rows,
+               int64_t col0, int64_t band_w, scalar_t* band) {
+  const int64_t C = l.channels;
+  std::fill(band, band + rows * band_w * C, scalar_t(0));
+  const int64_t b_begin = std::max<int64_t>(0, -col0), b_end = std::min(band_w, l.width - col0);
+  for (int64_t a = 0; a < rows; ++a) {
+    const int64_t ih = row0 + a;
+    if (ih < 0 || ih >= l.height) continue;
+    const scalar_t* src = x + n * l.n + ih * l.h;
+    scalar_t* dst = band + a * band_w * C;
+    if (l.c == 1) {
+      for (int64_t b = b_begin; b < b_end; ++b) {
+        const scalar_t* pixel = src + (col0 + b) * l.w;
+        std::copy(pixel, pixel + C, dst + b * C);
+      }
+    } else {
+      for (int64_t c = 0; c < C; ++c) {
+        for (int64_t b = b_begin; b < b_end; ++b) dst[b * C + c] = src[c * l.c + (col0 + b) * l.w];
+      }
+    }
+  }
 }
 
-// U[e, k, c] = (G w[k, c] G^T)[e].
+// y[n, c, row0 + a, b] = band[a][b][c] for the rows and columns that exist.
 template <typename scalar_t>
-void transform_filters(const Transforms<scalar_t>& transforms, const scalar_t* w, scalar_t* u,
+void store_band(const scalar_t* band, int64_t rows, int64_t band_w, scalar_t* y, const Layout& l,
+                int64_t n, int64_t row0) {
+  const int64_t C = l.channels;
+  for (int64_t a = 0; a < rows && row0 + a < l.height; ++a) {
+    const scalar_t* src = band + a * band_w * C;
+    scalar_t* dst = y + n * l.n + (row0 + a) * l.h;
+    if (l.c == 1) {
+      for (int64_t b = 0; b < l.width; ++b) std::copy(src + b * C, src + (b + 1) * C, dst + b * l.w);
+    } else {
+      for (int64_t c = 0; c < C; ++c) {
+        for (int64_t b = 0; b < l.width; ++b) dst[c * l.c + b * l.w] = src[b * C + c];
+      }
+    }
+  }
+}
+
+// V[e][t][c] = (B^T d B)[e] for the tiles t = first, first + 1, ... of one row of tiles, from
+// the 6 input rows of its band; V holds `count` tiles per element.
+template <int R, typename scalar_t>
+void transform_input_row(const Transforms<R, scalar_t>& transforms, const scalar_t* band,
+                         int64_t band_w, int64_t cols, int64_t C, scalar_t* v, int64_t count,
+                         int64_t first, scalar_t* tmp) {
+  constexpr int M = 7 - R;
+  for (int64_t col = 0; col < cols; ++col) {
+    for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
+      const scalar_t* d[6][6];
+      for (int64_t a = 0; a < kBlock; ++a) {
+        for (int64_t b = 0; b < kBlock; ++b) d[a][b] = band + (a * band_w + col * M + b) * C + c0;
+      }
+      scalar_t* vt[36];
+      for (int64_t e = 0; e < kElements; ++e) vt[e] = v + (e * count + first + col) * C + c0;
+      transforms.input(d, vt, tmp, std::min(kLanes, C - c0));
+    }
+  }
+}
+
+// The filters' transforms for one output channel k: U[e, k, c] = (G w[k, c] G^T)[e].
+template <int R, typename scalar_t>
+void transform_filters(const Transforms<R, scalar_t>& transforms, const scalar_t* w, scalar_t* u,
                        int64_t channels, int64_t filters) {
   at::parallel_for(0, filters, 1, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> tmp((9 + 18) * kLanes);  // the filters and G w, per channel
+    std::vector<scalar_t> tmp((R * R + 6 * R) * kLanes);
     for (int64_t k = begin; k < end; ++k) {
       for (int64_t c0 = 0; c0 < channels; c0 += kLanes) {
         scalar_t* uk[36];
         for (int64_t e = 0; e < kElements; ++e) uk[e] = u + (e * filters + k) * channels + c0;
-        transforms.filter(w + (k * channels + c0) * 9, uk, tmp.data(), std::min(kLanes, channels - c0));
+        transforms.filter(w + (k * channels + c0) * R * R, uk, tmp.data(), std::min(kLanes, channels - c0));
       }
     }
   });
 }
 
-struct TileGrid {
-  int64_t rows, cols;  // tiles per image
-  explicit TileGrid(const Conv2dGeometry& g)
-      : rows((g.out_h + kTile - 1) / kTile), cols((g.out_w + kTile - 1) / kTile) {}
-};
-
-// Strides of a dense 4-D tensor, NCHW or NHWC.
-struct Strides {
-  int64_t n, c, h, w;
-  explicit Strides(const Tensor& t) : n(t.stride(0)), c(t.stride(1)), h(t.stride(2)), w(t.stride(3)) {}
-};
-
-// band[a][col][c] = x[n, c, ih0 + a, col - pad_w] for the 6 input rows of one row of tiles,
-// zero outside the image: the tiles' 6x6 blocks read it channels-innermost, whatever x's layout.
-template <typename scalar_t>
-void fill_input_band(const scalar_t* x, Strides s, const Conv2dGeometry& g, int64_t n, int64_t ih0,
-                     int64_t band_w, scalar_t* band) {
-  const int64_t C = g.in_channels;
-  std::fill(band, band + kBlock * band_w * C, scalar_t(0));
-  const int64_t columns = std::min(g.in_w, band_w - g.pad_w);  // input columns the band holds
-  for (int64_t a = 0; a < kBlock; ++a) {
-    const int64_t ih = ih0 + a;
-    if (ih < 0 || ih >= g.in_h) continue;
-    const scalar_t* src = x + n * s.n + ih * s.h;
-    scalar_t* dst = band + (a * band_w + g.pad_w) * C;
-    if (s.c == 1) {
-      for (int64_t iw = 0; iw < columns; ++iw) std::copy(src + iw * s.w, src + iw * s.w + C, dst + iw * C);
-    } else {
-      for (int64_t c = 0; c < C; ++c) {
-        for (int64_t iw = 0; iw < columns; ++iw) dst[iw * C + c] = src[c * s.c + iw * s.w];
-      }
-    }
-  }
-}
-
-// y[n, k, oh0 + i, ow] = band[i][ow][k] for the output rows and columns that exist.
-template <typename scalar_t>
-void store_output_band(const scalar_t* band, int64_t band_w, const Conv2dGeometry& g, int64_t n,
-                       int64_t oh0, scalar_t* y, Strides s) {
-  const int64_t K = g.out_channels;
-  for (int64_t i = 0; i < kTile && oh0 + i < g.out_h; ++i) {
-    const scalar_t* src = band + i * band_w * K;
-    scalar_t* dst = y + n * s.n + (oh0 + i) * s.h;
-    if (s.c == 1) {
-      for (int64_t ow = 0; ow < g.out_w; ++ow) std::copy(src + ow * K, src + (ow + 1) * K, dst + ow * s.w);
-    } else {
-      for (int64_t k = 0; k < K; ++k) {
-        for (int64_t ow = 0; ow < g.out_w; ++ow) dst[k * s.c + ow * s.w] = src[ow * K + k];
-      }
-    }
-  }
-}
-
-// Work is split into chunks of whole rows of tiles; per row, the input is first gathered into a
-// band and the output collected in one, so that the layout changes happen in cache.
-template <typename scalar_t>
+template <int R, typename scalar_t>
 void winograd_forward_kernel(const Tensor& input, const Tensor& weight, const Tensor& bias,
                              Tensor& output, const Conv2dGeometry& g) {
+  constexpr int M = 7 - R;
   const TileGrid grid(g);
+  const Chunks chunks(g, grid);
   const int64_t C = g.in_channels, K = g.out_channels;
-  const int64_t in_band_w = grid.cols * kTile + 2, out_band_w = grid.cols * kTile;
-  // Rows of tiles per chunk: V and M in cache, but enough tiles that the GEMMs repay packing
-  // U, and at least one chunk per thread.
-  const int64_t tile_rows = g.batch * grid.rows;
-  const int64_t wanted_tiles = std::max(kMinChunk, kChunkElements / (kElements * (C + K)));
-  const int64_t per_thread = (tile_rows + at::get_num_threads() - 1) / at::get_num_threads();
-  const int64_t rows_per_chunk = std::max<int64_t>(1, std::min(wanted_tiles / grid.cols, per_thread));
-  const int64_t chunks = (tile_rows + rows_per_chunk - 1) / rows_per_chunk;
+  const int64_t in_band_w = grid.cols * M + R - 1, out_band_w = grid.cols * M;
 
-  const auto transforms = transforms_for_this_cpu<scalar_t>();
+  const auto transforms = transforms_for_this_cpu<R, scalar_t>();
   Tensor u = at::empty({kElements, K, C}, weight.options());
   transform_filters(transforms, weight.const_data_ptr<scalar_t>(), u.mutable_data_ptr<scalar_t>(), C, K);
   const Tensor u_t = u.transpose(1, 2);  // (36, C, K)
   const scalar_t* x = input.const_data_ptr<scalar_t>();
   const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* y = output.mutable_data_ptr<scalar_t>();
-  const Strides x_strides(input), y_strides(output);
+  const Layout x_layout(input), y_layout(output);
 
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, chunks.count, 1, [&](int64_t begin, int64_t end) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;  // not inherited by workers
-    const int64_t max_tiles = rows_per_chunk * grid.cols;
+    const int64_t max_tiles = chunks.rows_per_chunk * grid.cols;
     Tensor v_buffer = at::empty({kElements * max_tiles * C}, input.options());
-    Tensor m_buffer = at::empty({kElements * max_tiles * K}, input.options());
+    Tensor p_buffer = at::empty({kElements * max_tiles * K}, input.options());
     std::vector<scalar_t> tmp(kElements * kLanes), in_band(kBlock * in_band_w * C),
-        out_band(kTile * out_band_w * K);
-    for (int64_t chunk_index = begin; chunk_index < end; ++chunk_index) {
-      const int64_t first_row = chunk_index * rows_per_chunk;
-      const int64_t rows = std::min(rows_per_chunk, tile_rows - first_row), count = rows * grid.cols;
+        out_band(M * out_band_w * K);
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      const int64_t first_row = chunks.first_row(chunk), rows = chunks.rows(chunk);
+      const int64_t count = rows * grid.cols;
       Tensor v = v_buffer.narrow(0, 0, kElements * count * C).view({kElements, count, C});
-      Tensor m = m_buffer.narrow(0, 0, kElements * count * K).view({kElements, count, K});
-      scalar_t* v_data = v.mutable_data_ptr<scalar_t>();
-      scalar_t* m_data = m.mutable_data_ptr<scalar_t>();
+      Tensor p = p_buffer.narrow(0, 0, kElements * count * K).view({kElements, count, K});
+      const scalar_t* p_data = p.const_data_ptr<scalar_t>();
 
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t n = (first_row + r) / grid.rows, row = (first_row + r) % grid.rows;
-        fill_input_band(x, x_strides, g, n, row * kTile - g.pad_h, in_band_w, in_band.data());
-        for (int64_t col = 0; col < grid.cols; ++col) {
-          const int64_t t = r * grid.cols + col;
-          for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
-            const scalar_t* d[6][6];
-            for (int64_t a = 0; a < kBlock; ++a) {
-              for (int64_t bb = 0; bb < kBlock; ++bb) {
-                d[a][bb] = in_band.data() + (a * in_band_w + col * kTile + bb) * C + c0;
-              }
-            }
-            scalar_t* vt[36];
-            for (int64_t e = 0; e < kElements; ++e) vt[e] = v_data + (e * count + t) * C + c0;
-            transforms.input(d, vt, tmp.data(), std::min(kLanes, C - c0));
-          }
-        }
+        fill_band(x, x_layout, n, row * M - g.pad_h, kBlock, -g.pad_w, in_band_w, in_band.data());
+        transform_input_row(transforms, in_band.data(), in_band_w, grid.cols, C,
+                            v.mutable_data_ptr<scalar_t>(), count, r * grid.cols, tmp.data());
       }
 
-      at::bmm_out(m, v, u_t);
+      at::bmm_out(p, v, u_t);
 
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t n = (first_row + r) / grid.rows, row = (first_row + r) % grid.rows;
         for (int64_t col = 0; col < grid.cols; ++col) {
           const int64_t t = r * grid.cols + col;
           for (int64_t k0 = 0; k0 < K; k0 += kLanes) {
-            const scalar_t* mt[36];
-            for (int64_t e = 0; e < kElements; ++e) mt[e] = m_data + (e * count + t) * K + k0;
-            scalar_t* yt[4][4];
-            for (int64_t i = 0; i < kTile; ++i) {
-              for (int64_t j = 0; j < kTile; ++j) {
-                yt[i][j] = out_band.data() + (i * out_band_w + col * kTile + j) * K + k0;
-              }
+            const scalar_t* pt[36];
+            for (int64_t e = 0; e < kElements; ++e) pt[e] = p_data + (e * count + t) * K + k0;
+            scalar_t* yt[M][M];
+            for (int64_t i = 0; i < M; ++i) {
+              for (int64_t j = 0; j < M; ++j) yt[i][j] = out_band.data() + (i * out_band_w + col * M + j) * K + k0;
             }
-            transforms.output(mt, b != nullptr ? b + k0 : nullptr, yt, tmp.data(), std::min(kLanes, K - k0));
+            transforms.output(pt, b != nullptr ? b + k0 : nullptr, yt, tmp.data(), std::min(kLanes, K - k0));
           }
         }
-        store_output_band(out_band.data(), out_band_w, g, n, row * kTile, y, y_strides);
+        store_band(out_band.data(), M, out_band_w, y, y_layout, n, row * M);
+      }
+    }
+  });
+}
+
+template <int R, typename scalar_t>
+void winograd_grad_weight_kernel(const Tensor& input, const Tensor& grad_output,
+                                 Tensor& grad_weight, const Conv2dGeometry& g) {
+  constexpr int M = 7 - R;
+  const TileGrid grid(g);
+  const Chunks chunks(g, grid);
+  const int64_t C = g.in_channels, K = g.out_channels;
+  const int64_t in_band_w = grid.cols * M + R - 1, gy_band_w = grid.cols * M;
+
+  const auto transforms = transforms_for_this_cpu<R, scalar_t>();
+  const scalar_t* x = input.const_data_ptr<scalar_t>();
+  const scalar_t* gy = grad_output.const_data_ptr<scalar_t>();
+  const Layout x_layout(input), gy_layout(grad_output);
+  std::mutex sums_mutex;
+  std::vector<Tensor> sums;  // per task: (36, K, C), the products summed over its tiles
+
+  at::parallel_for(0, chunks.count, 1, [&](int64_t begin, int64_t end) {
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    const int64_t max_tiles = chunks.rows_per_chunk * grid.cols;
+    Tensor sum = at::zeros({kElements, K, C}, input.options());
+    Tensor v_buffer = at::empty({kElements * max_tiles * C}, input.options());
+    Tensor w_buffer = at::empty({kElements * max_tiles * K}, input.options());
+    std::vector<scalar_t> tmp(kElements * kLanes), in_band(kBlock * in_band_w * C),
+        gy_band(M * gy_band_w * K);
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      const int64_t first_row = chunks.first_row(chunk), rows = chunks.rows(chunk);
+      const int64_t count = rows * grid.cols;
+      Tensor v = v_buffer.narrow(0, 0, kElements * count * C).view({kElements, count, C});
+      Tensor w = w_buffer.narrow(0, 0, kElements * count * K).view({kElements, count, K});
+      scalar_t* w_data = w.mutable_data_ptr<scalar_t>();
+
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t n = (first_row + r) / grid.rows, row = (first_row + r) % grid.rows;
+        fill_band(x, x_layout, n, row * M - g.pad_h, kBlock, -g.pad_w, in_band_w, in_band.data());
+        transform_input_row(transforms, in_band.data(), in_band_w, grid.cols, C,
+                            v.mutable_data_ptr<scalar_t>(), count, r * grid.cols, tmp.data());
+        fill_band(gy, gy_layout, n, row * M, M, 0, gy_band_w, gy_band.data());
+        for (int64_t col = 0; col < grid.cols; ++col) {
+          const int64_t t = r * grid.cols + col;
+          for (int64_t k0 = 0; k0 < K; k0 += kLanes) {
+            const scalar_t* gt[M][M];
+            for (int64_t i = 0; i < M; ++i) {
+              for (int64_t j = 0; j < M; ++j) gt[i][j] = gy_band.data() + (i * gy_band_w + col * M + j) * K + k0;
+            }
+            scalar_t* wt[36];
+            for (int64_t e = 0; e < kElements; ++e) wt[e] = w_data + (e * count + t) * K + k0;
+            transforms.grad_output(gt, wt, tmp.data(), std::min(kLanes, K - k0));
+          }
+        }
+      }
+
+      sum.baddbmm_(w.transpose(1, 2), v);
+    }
+    const std::lock_guard<std::mutex> lock(sums_mutex);
+    sums.push_back(sum);
+  });
+
+  Tensor total = sums.front();
+  for (size_t i = 1; i < sums.size(); ++i) total.add_(sums[i]);
+  const scalar_t* total_data = total.const_data_ptr<scalar_t>();
+  scalar_t* gw = grad_weight.mutable_data_ptr<scalar_t>();
+  at::parallel_for(0, K, 1, [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> tmp((R * R + 6 * R) * kLanes);
+    for (int64_t k = begin; k < end; ++k) {
+      for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
+        const scalar_t* sk[36];
+        for (int64_t e = 0; e < kElements; ++e) sk[e] = total_data + (e * K + k) * C + c0;
+        transforms.grad_filter(sk, gw + (k * C + c0) * R * R, tmp.data(), std::min(kLanes, C - c0));
       }
     }
   });
@@ -247,23 +373,25 @@ void winograd_forward_kernel(const Tensor& input, const Tensor& weight, const Te
 }  // namespace
 
 bool winograd_applies(const Conv2dGeometry& g) {
-  return g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == 1 && g.stride_w == 1 &&
-         g.dilation_h == 1 && g.dilation_w == 1 && g.groups == 1 && g.in_channels > 0 &&
-         g.batch * g.out_h * g.out_w * g.out_channels > 0;
+  return g.kernel_h == g.kernel_w && (g.kernel_h == 3 || g.kernel_h == 5) && g.stride_h == 1 &&
+         g.stride_w == 1 && g.dilation_h == 1 && g.dilation_w == 1 && g.groups == 1 &&
+         g.in_channels > 0 && g.batch * g.out_h * g.out_w * g.out_channels > 0;
 }
 
 bool winograd_pays_off(const Conv2dGeometry& g) {
   // With few channels the transforms cost about as much as the GEMMs save; partial tiles on
-  // small images waste work (ask for at most half the multiplications of a direct 3x3); and the
-  // filter transform needs enough tiles in the batch to pay for itself (measured).
+  // small images waste work (ask for at most half the multiplications of a direct
+  // convolution); and the filter transform needs enough tiles in the batch to pay for itself
+  // (measured).
   const TileGrid grid(g);
   const int64_t tiles = grid.rows * grid.cols;
-  // V and M of one row of tiles, the smallest chunk.
+  // The transformed blocks of one row of tiles, the smallest chunk.
   const int64_t row_workspace = grid.cols * kElements * (g.in_channels + g.out_channels);
   return g.in_channels >= 16 && g.out_channels >= 16 &&
          kElements * g.in_channels * g.out_channels <= kMaxFilterElements &&
          row_workspace <= kMaxFilterElements &&
-         2 * kElements * tiles <= 9 * g.out_h * g.out_w && g.batch * tiles >= 32;
+         2 * kElements * tiles <= g.kernel_h * g.kernel_w * g.out_h * g.out_w &&
+         g.batch * tiles >= 32;
 }
 
 Tensor winograd_conv2d_forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
@@ -271,9 +399,26 @@ Tensor winograd_conv2d_forward(const Tensor& input, const Tensor& weight, const 
   Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w},
                             input.options().memory_format(output_format));
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_winograd_forward", [&] {
-    winograd_forward_kernel<scalar_t>(input, weight, bias, output, g);
+    if (g.kernel_h == 3) {
+      winograd_forward_kernel<3, scalar_t>(input, weight, bias, output, g);
+    } else {
+      winograd_forward_kernel<5, scalar_t>(input, weight, bias, output, g);
+    }
   });
   return output;
+}
+
+Tensor winograd_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
+                                   const Conv2dGeometry& g) {
+  Tensor grad_weight = at::empty({g.out_channels, g.in_channels, g.kernel_h, g.kernel_w}, input.options());
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_winograd_grad_weight", [&] {
+    if (g.kernel_h == 3) {
+      winograd_grad_weight_kernel<3, scalar_t>(input, grad_output, grad_weight, g);
+    } else {
+      winograd_grad_weight_kernel<5, scalar_t>(input, grad_output, grad_weight, g);
+    }
+  });
+  return grad_weight;
 }
 
 }  // namespace conv_ext
