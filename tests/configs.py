@@ -58,11 +58,12 @@ def make_layout(x, layout):
 
 @st.composite
 def convs(draw, max_batch=3, max_size=9, layouts=LAYOUTS):
-    # A third of the draws are the 3x3 stride-1 layers Winograd computes, with channel counts
-    # that cover its blocks of 64 channels and their remainders.
+    # A third of the draws are the 3x3 and 5x5 stride-1 layers Winograd computes, with channel
+    # counts that cover its blocks of 64 channels and their remainders.
     winograd = draw(st.integers(0, 2)) == 0
     groups = 1 if winograd else draw(st.integers(1, 3))
-    kernel = (3, 3) if winograd else (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    square = draw(st.sampled_from([3, 5]))
+    kernel = (square, square) if winograd else (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
     dilation = (1, 1) if winograd else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     mode = draw(st.sampled_from(["ints", "ints", "ints", "same", "valid"]))
     unit_stride = mode == "same" or winograd

@@ -99,14 +99,15 @@ def float64_results(conv, x, w, b, gy):
 LARGE_LAYERS = [
     Conv(8, 64, 64, (28, 28), (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
     Conv(3, 130, 70, (13, 11), (3, 3), (1, 1), (2, 0), (1, 1), 1, True, "channels_last"),
+    Conv(8, 48, 64, (28, 27), (5, 5), (1, 1), (2, 2), (1, 1), 1, True),
 ]
 
 
 @pytest.mark.parametrize("path", FORCED_CPU_PATHS)
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("conv", LARGE_LAYERS, ids=["64ch", "130-70ch"])
+@pytest.mark.parametrize("conv", LARGE_LAYERS, ids=["64ch", "130-70ch", "5x5-48-64ch"])
 def test_large_reduction_float32(conv, device, path):
-    """ResNet-sized layers: long sums (576 or 1170 terms per output, 8*28*28 per weight) stay in
+    """ResNet-sized layers: long sums (576 to 1200 terms per output, 8*28*28 per weight) stay in
     bound on every path."""
     x, w, b = conv.tensors(torch.float32, device, requires_grad=True)
     with cpu_path(path):
@@ -155,15 +156,19 @@ def test_results_do_not_depend_on_thread_count(device):
         torch.testing.assert_close(parallel, serial, rtol=1e-6, atol=1e-6, msg=name)
 
 
-def test_forced_cpu_paths_take_effect():
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_forced_cpu_paths_take_effect(kernel):
     """Each forced algorithm really runs: on a layer all of them compute, their float32 roundings
-    differ from one another (the accuracy tests above then cover each one)."""
-    conv = Conv(2, 8, 8, (12, 12), (3, 3), (1, 1), (1, 1), (1, 1), 1, True)
-    x, w, b = conv.tensors(torch.float32, "cpu")
-    outputs = {}
+    of the forward and the weight gradient differ from one another (the accuracy tests above
+    then cover each one)."""
+    conv = Conv(2, 8, 8, (12, 12), (kernel, kernel), (1, 1), (1, 1), (1, 1), 1, True)
+    x, w, b = conv.tensors(torch.float32, "cpu", requires_grad=True)
+    results = {}
     for path in ("gemm", "direct", "winograd"):
         with cpu_path(path):
-            outputs[path] = conv_ext.conv2d(x, w, b, **conv.kwargs())
-    assert not torch.equal(outputs["gemm"], outputs["direct"])
-    assert not torch.equal(outputs["gemm"], outputs["winograd"])
-    assert not torch.equal(outputs["direct"], outputs["winograd"])
+            y = conv_ext.conv2d(x, w, b, **conv.kwargs())
+            (grad_w,) = torch.autograd.grad(y, w, torch.ones_like(y))
+        results[path] = (y, grad_w)
+    for one, other in (("gemm", "direct"), ("gemm", "winograd"), ("direct", "winograd")):
+        for a, c in zip(results[one], results[other]):
+            assert not torch.equal(a, c), (one, other)
