@@ -38,6 +38,7 @@ struct PlaneKernels {
   decltype(&generic::forward_group_unit_stride_for<scalar_t>) forward_group_unit_stride_for;
   decltype(&generic::grad_input_plane<scalar_t>) grad_input;
   decltype(&generic::grad_weight_planes<scalar_t>) grad_weight;
+  decltype(&generic::grad_weight_planes_unit_stride<scalar_t>) grad_weight_unit_stride;
 };
 
 template <typename scalar_t>
@@ -45,11 +46,13 @@ PlaneKernels<scalar_t> plane_kernels() {
   if (use_avx2()) {
     return {&avx2::forward_plane<scalar_t>, &avx2::forward_plane_unit_stride<scalar_t>,
             &avx2::forward_group_unit_stride_for<scalar_t>,
-            &avx2::grad_input_plane<scalar_t>, &avx2::grad_weight_planes<scalar_t>};
+            &avx2::grad_input_plane<scalar_t>, &avx2::grad_weight_planes<scalar_t>,
+            &avx2::grad_weight_planes_unit_stride<scalar_t>};
   }
   return {&generic::forward_plane<scalar_t>, &generic::forward_plane_unit_stride<scalar_t>,
           &generic::forward_group_unit_stride_for<scalar_t>,
-          &generic::grad_input_plane<scalar_t>, &generic::grad_weight_planes<scalar_t>};
+          &generic::grad_input_plane<scalar_t>, &generic::grad_weight_planes<scalar_t>,
+          &generic::grad_weight_planes_unit_stride<scalar_t>};
 }
 
 }  // namespace
@@ -73,7 +76,8 @@ Tensor direct_conv2d_forward(const Tensor& input, const Tensor& weight, const Te
     const bool unit_stride = g.stride_h == 1 && g.stride_w == 1;
     if (!unit_stride || kg == 1) {
       // One task per output plane. With stride 1 and one output channel per group (depthwise),
-      // long multiply-adds over a padded plane beat blocks of accumulators (measured).
+      // long multiply-adds over a padded plane (a 3x3 kernel's nine taps in one pass) beat
+      // blocks of accumulators (measured).
       const int64_t padded_w = g.in_w + 2 * g.pad_w;
       const int64_t work_size = unit_stride ? (g.in_h + 2 * g.pad_h + g.out_h) * padded_w : 0;
       at::parallel_for(0, g.batch * g.out_channels, 1, [&](int64_t begin, int64_t end) {
@@ -156,14 +160,23 @@ Tensor direct_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
     const int64_t cg = g.in_channels_per_group(), kg = g.out_channels_per_group();
     const int64_t kernel_area = g.kernel_h * g.kernel_w;
     // One task per (output channel, input channel) filter; images summed in order.
+    const bool unit_stride = g.stride_h == 1 && g.stride_w == 1;
+    const int64_t padded_w = g.in_w + 2 * g.pad_w;
+    const int64_t work_size = unit_stride ? (g.in_h + 2 * g.pad_h + g.out_h) * padded_w : 0;
     at::parallel_for(0, g.out_channels * cg, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> work(work_size, scalar_t(0));  // per task: the zero borders
       for (int64_t filter = begin; filter < end; ++filter) {
         const int64_t k = filter / cg, channel = k / kg * cg + filter % cg;
         scalar_t* out = gw + filter * kernel_area;
         std::fill(out, out + kernel_area, scalar_t(0));
         for (int64_t n = 0; n < g.batch; ++n) {
-          kernels.grad_weight(x + (n * g.in_channels + channel) * g.in_h * g.in_w,
-                              gy + (n * g.out_channels + k) * g.out_h * g.out_w, out, g);
+          const scalar_t* x_plane = x + (n * g.in_channels + channel) * g.in_h * g.in_w;
+          const scalar_t* gy_plane = gy + (n * g.out_channels + k) * g.out_h * g.out_w;
+          if (unit_stride) {
+            kernels.grad_weight_unit_stride(x_plane, gy_plane, out, g, work.data());
+          } else {
+            kernels.grad_weight(x_plane, gy_plane, out, g);
+          }
         }
       }
     });
