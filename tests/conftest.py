@@ -28,13 +28,18 @@ def device(request):
 CPU_PATHS = {
     "auto": {},
     "gemm": {"CONV_EXT_CPU_ALGORITHM": "gemm"},
+    # Without AVX2 the GEMM forward builds im2col tiles for at::bmm instead of the implicit GEMM.
+    "gemm-generic-isa": {"CONV_EXT_CPU_ALGORITHM": "gemm", "CONV_EXT_CPU_ISA": "generic"},
     "direct": {"CONV_EXT_CPU_ALGORITHM": "direct"},
     "direct-generic-isa": {"CONV_EXT_CPU_ALGORITHM": "direct", "CONV_EXT_CPU_ISA": "generic"},
-    # Winograd where it applies (3x3, stride 1, dilation 1, one group), the choice by shape elsewhere.
+    # Winograd where it applies (3x3 or 5x5, stride 1, dilation 1, one group), the choice by shape
+    # elsewhere.
     "winograd": {"CONV_EXT_CPU_ALGORITHM": "winograd"},
     "winograd-generic-isa": {"CONV_EXT_CPU_ALGORITHM": "winograd", "CONV_EXT_CPU_ISA": "generic"},
 }
-FORCED_CPU_PATHS = ["gemm", "direct", "winograd", "direct-generic-isa", "winograd-generic-isa"]
+FORCED_CPU_PATHS = [
+    "gemm", "direct", "winograd", "gemm-generic-isa", "direct-generic-isa", "winograd-generic-isa",
+]
 
 
 @contextmanager

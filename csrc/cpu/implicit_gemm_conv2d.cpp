@@ -1,0 +1,236 @@
+// The GEMM follows BLIS's design (Van Zee & van de Geijn): per block of the patch, a panel of
+// the im2col matrix kWidth pixels wide is packed contiguously, then every kRows output channels'
+// tile of output is accumulated in registers, one broadcast of a filter value and two FMAs per
+// channel and patch element. The filters are read in place (rows of the weight tensor).
+#include "implicit_gemm_conv2d.h"
+
+#include "cpu_features.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <memory>
+
+namespace conv_ext {
+namespace {
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+
+// A vector of kLanes elements and its operations; kRows x 2 vectors of output stay in registers
+// (12 of the 16).
+template <typename scalar_t>
+struct Vec;
+template <>
+struct Vec<float> {
+  using type = __m256;
+  static constexpr int kLanes = 8, kRows = 6;
+  static type zero() { return _mm256_setzero_ps(); }
+  static type load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, type v) { _mm256_storeu_ps(p, v); }
+  static type broadcast(float x) { return _mm256_set1_ps(x); }
+  static type fma(type a, type b, type c) { return _mm256_fmadd_ps(a, b, c); }
+  static type add(type a, type b) { return _mm256_add_ps(a, b); }
+  static type load_even(const float* p) {  // p[0], p[2], ..., p[14]: reads p[0, 16)
+    const __m256 s = _mm256_shuffle_ps(load(p), load(p + 8), _MM_SHUFFLE(2, 0, 2, 0));
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), _MM_SHUFFLE(3, 1, 2, 0)));
+  }
+};
+template <>
+struct Vec<double> {
+  using type = __m256d;
+  static constexpr int kLanes = 4, kRows = 6;
+  static type zero() { return _mm256_setzero_pd(); }
+  static type load(const double* p) { return _mm256_loadu_pd(p); }
+  static void store(double* p, type v) { _mm256_storeu_pd(p, v); }
+  static type broadcast(double x) { return _mm256_set1_pd(x); }
+  static type fma(type a, type b, type c) { return _mm256_fmadd_pd(a, b, c); }
+  static type add(type a, type b) { return _mm256_add_pd(a, b); }
+  static type load_even(const double* p) {  // p[0], p[2], p[4], p[6]: reads p[0, 8)
+    return _mm256_permute4x64_pd(_mm256_unpacklo_pd(load(p), load(p + 4)), _MM_SHUFFLE(3, 1, 2, 0));
+  }
+};
+
+// y's tile of Rows channels x 2 vectors of pixels: y (+)= a . panel over depth, both packed:
+// a holds depth rows of kRows filter values (the tile's channels), the panel depth rows of
+// 2 * kLanes pixels. Starting from the bias (or zero) unless accumulating.
+template <int Rows, typename scalar_t>
+inline void micro_kernel(int64_t depth, const scalar_t* a, int64_t a_row, const scalar_t* panel,
+                         const scalar_t* bias, bool accumulate, scalar_t* y, int64_t y_row) {
+  using V = Vec<scalar_t>;
+  constexpr int L = V::kLanes;
+  typename V::type acc[Rows][2];
+#pragma GCC unroll 8
+  for (int i = 0; i < Rows; ++i) {
+    acc[i][0] = acc[i][1] = (bias != nullptr && !accumulate) ? V::broadcast(bias[i]) : V::zero();
+  }
+  for (int64_t k = 0; k < depth; ++k) {
+    const auto b0 = V::load(panel + k * 2 * L), b1 = V::load(panel + k * 2 * L + L);
+#pragma GCC unroll 8
+    for (int i = 0; i < Rows; ++i) {
+      const auto ai = V::broadcast(a[i * a_row + k]);
+      acc[i][0] = V::fma(ai, b0, acc[i][0]);
+      acc[i][1] = V::fma(ai, b1, acc[i][1]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < Rows; ++i) {
+    scalar_t* yi = y + i * y_row;
+    V::store(yi, accumulate ? V::add(V::load(yi), acc[i][0]) : acc[i][0]);
+    V::store(yi + L, accumulate ? V::add(V::load(yi + L), acc[i][1]) : acc[i][1]);
+  }
+}
+
+// micro_kernel for the last channels of a group (fewer than kRows).
+template <typename scalar_t, int Rows = Vec<scalar_t>::kRows - 1>
+inline void edge_micro_kernel(int rows, int64_t depth, const scalar_t* a, int64_t a_row,
+                              const scalar_t* panel, const scalar_t* bias, bool accumulate,
+                              scalar_t* y, int64_t y_row) {
+  if constexpr (Rows > 0) {
+    if (rows == Rows) {
+      micro_kernel<Rows>(depth, a, a_row, panel, bias, accumulate, y, y_row);
+    } else {
+      edge_micro_kernel<scalar_t, Rows - 1>(rows, depth, a, a_row, panel, bias, accumulate, y, y_row);
+    }
+  }
+}
+
+// dst[j] = x's row ih at column first + j * sw for j < count, zero outside the image. A whole
+// panel's width at stride 1 or 2 moves as two vectors (no call to memcpy for a few elements).
+template <typename scalar_t>
+inline void copy_row_segment(const scalar_t* plane, const Conv2dGeometry& g, int64_t ih,
+                             int64_t first, int64_t count, scalar_t* dst) {
+  using V = Vec<scalar_t>;
+  constexpr int64_t L = V::kLanes;
+  if (ih < 0 || ih >= g.in_h) {
+    for (int64_t j = 0; j < count; ++j) dst[j] = 0;
+    return;
+  }
+  const scalar_t* row = plane + ih * g.in_w;
+  const int64_t sw = g.stride_w;
+  if (first >= 0 && first + (count - 1) * sw < g.in_w) {
+    if (count == 2 * L && sw == 1) {
+      V::store(dst, V::load(row + first));
+      V::store(dst + L, V::load(row + first + L));
+    } else if (count == 2 * L && sw == 2 && first + 4 * L <= g.in_w) {
+      V::store(dst, V::load_even(row + first));
+      V::store(dst + L, V::load_even(row + first + 2 * L));
+    } else {
+      for (int64_t j = 0; j < count; ++j) dst[j] = row[first + j * sw];
+    }
+    return;
+  }
+  for (int64_t j = 0; j < count; ++j) {
+    const int64_t iw = first + j * sw;
+    dst[j] = iw >= 0 && iw < g.in_w ? row[iw] : scalar_t(0);
+  }
+}
+
+// panel[r][j] = im2col[patch_begin + r][pixel + j] for r < depth and j < width (zero beyond):
+// for r = (c, ki, kj) the input value x[c, oh * sh - ph + ki * dh, ow * sw - pw + kj * dw] of
+// output pixel (oh, ow), zero in the padding. x points at the group's first input channel. The
+// pixels of one output row read one input row: the panel is copied in such segments.
+template <typename scalar_t>
+void pack_panel(const scalar_t* x, const Conv2dGeometry& g, int64_t patch_begin, int64_t depth,
+                int64_t pixel, int64_t width, scalar_t* panel) {
+  constexpr int64_t kWidth = 2 * Vec<scalar_t>::kLanes;
+  struct Segment {
+    int64_t j, count, ih, iw;  // first panel column, length, input row and column at tap 0
+  } segments[kWidth];
+  int64_t segment_count = 0;
+  for (int64_t j = 0; j < width;) {
+    const int64_t oh = (pixel + j) / g.out_w, ow = (pixel + j) % g.out_w;
+    const int64_t count = std::min(width - j, g.out_w - ow);
+    segments[segment_count++] = {j, count, oh * g.stride_h - g.pad_h, ow * g.stride_w - g.pad_w};
+    j += count;
+  }
+  int64_t c = patch_begin / (g.kernel_h * g.kernel_w);
+  int64_t ki = patch_begin / g.kernel_w % g.kernel_h, kj = patch_begin % g.kernel_w;
+  for (int64_t r = 0; r < depth; ++r) {
+    scalar_t* dst = panel + r * kWidth;
+    const scalar_t* plane = x + c * g.in_h * g.in_w;
+    for (int64_t s = 0; s < segment_count; ++s) {
+      const Segment& seg = segments[s];
+      copy_row_segment(plane, g, seg.ih + ki * g.dilation_h, seg.iw + kj * g.dilation_w, seg.count, dst + seg.j);
+    }
+    for (int64_t j = width; j < kWidth; ++j) dst[j] = 0;
+    if (++kj == g.kernel_w) {
+      kj = 0;
+      if (++ki == g.kernel_h) ki = 0, ++c;
+    }
+  }
+}
+
+template <typename scalar_t>
+void forward_pixels(const scalar_t* x, const scalar_t* weight, const scalar_t* bias, scalar_t* y,
+                    const Conv2dGeometry& g, int64_t pixel_begin, int64_t pixel_end) {
+  using V = Vec<scalar_t>;
+  constexpr int64_t kWidth = 2 * V::kLanes, kRows = V::kRows;
+  // Per block of the patch, the group's filters are packed into tiles of kRows channels (in
+  // L2), then each panel of pixels is packed (in L1) and multiplied by every tile in turn.
+  constexpr int64_t kDepth = 256;
+  const int64_t patch = g.patch_size(), pixels = g.out_h * g.out_w;
+  const int64_t cg = g.in_channels_per_group(), kg = g.out_channels_per_group();
+  const int64_t tiles = (kg + kRows - 1) / kRows;
+  const auto aligned = [](int64_t n) {  // no vector load then straddles two cache lines
+    return std::unique_ptr<scalar_t[], void (*)(scalar_t*)>(
+        static_cast<scalar_t*>(std::aligned_alloc(64, (n * sizeof(scalar_t) + 63) / 64 * 64)),
+        [](scalar_t* p) { std::free(p); });
+  };
+  const auto panel = aligned(kDepth * kWidth);
+  alignas(64) scalar_t edge[kRows * kWidth];  // output tiles narrower than kWidth
+  for (int64_t group = 0; group < g.groups; ++group) {
+    const scalar_t* x_group = x + group * cg * g.in_h * g.in_w;
+    const scalar_t* w_group = weight + group * kg * patch;
+    scalar_t* y_group = y + group * kg * pixels;
+    for (int64_t p0 = 0; p0 < patch; p0 += kDepth) {
+      const int64_t depth = std::min(kDepth, patch - p0);
+      const bool accumulate = p0 > 0;
+      for (int64_t pixel = pixel_begin; pixel < pixel_end; pixel += kWidth) {
+        const int64_t width = std::min(kWidth, pixel_end - pixel);
+        pack_panel(x_group, g, p0, depth, pixel, width, panel.get());
+        const bool narrow = width < kWidth;
+        for (int64_t tile = 0; tile < tiles; ++tile) {
+          const int rows = static_cast<int>(std::min(kRows, kg - tile * kRows));
+          const scalar_t* f = w_group + tile * kRows * patch + p0;
+          const scalar_t* b = bias != nullptr ? bias + group * kg + tile * kRows : nullptr;
+          scalar_t* yk = y_group + tile * kRows * pixels + pixel;
+          scalar_t* out = narrow ? edge : yk;
+          const int64_t out_row = narrow ? kWidth : pixels;
+          if (narrow && accumulate) {
+            for (int i = 0; i < rows; ++i) std::copy(yk + i * pixels, yk + i * pixels + width, edge + i * kWidth);
+          }
+          if (rows == kRows) {
+            micro_kernel<kRows>(depth, f, patch, panel.get(), b, accumulate, out, out_row);
+          } else {
+            edge_micro_kernel<scalar_t>(rows, depth, f, patch, panel.get(), b, accumulate, out, out_row);
+          }
+          if (narrow) {
+            for (int i = 0; i < rows; ++i) std::copy(edge + i * kWidth, edge + i * kWidth + width, yk + i * pixels);
+          }
+        }
+      }
+    }
+  }
+}
+
+#pragma GCC pop_options
+
+}  // namespace
+
+bool implicit_gemm_available() { return use_avx2(); }
+
+template <typename scalar_t>
+void implicit_gemm_forward_pixels(const scalar_t* x, const scalar_t* weight, const scalar_t* bias,
+                                  scalar_t* y, const Conv2dGeometry& g, int64_t pixel_begin,
+                                  int64_t pixel_end) {
+  forward_pixels(x, weight, bias, y, g, pixel_begin, pixel_end);
+}
+
+template void implicit_gemm_forward_pixels<float>(const float*, const float*, const float*, float*,
+                                                  const Conv2dGeometry&, int64_t, int64_t);
+template void implicit_gemm_forward_pixels<double>(const double*, const double*, const double*,
+                                                   double*, const Conv2dGeometry&, int64_t, int64_t);
+
+}  // namespace conv_ext
