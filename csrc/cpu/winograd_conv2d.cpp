@@ -200,6 +200,23 @@ void store_band(const scalar_t* band, int64_t rows, int64_t band_w, scalar_t* y,
   }
 }
 
+// Pointers to tile t's 36 elements in a transformed buffer (36, count, channels), from
+// channel c0 on.
+template <typename T>
+void element_pointers(T* data, int64_t count, int64_t t, int64_t channels, int64_t c0, T* (&out)[36]) {
+  for (int64_t e = 0; e < kElements; ++e) out[e] = data + (e * count + t) * channels + c0;
+}
+
+// Pointers to the Size x Size pixels of tile column col's block in a band of `channels` values
+// per pixel (blocks `step` pixels apart), from channel c0 on.
+template <int Size, typename T>
+void block_pointers(T* band, int64_t band_w, int64_t col, int64_t step, int64_t channels, int64_t c0,
+                    T* (&out)[Size][Size]) {
+  for (int64_t i = 0; i < Size; ++i) {
+    for (int64_t j = 0; j < Size; ++j) out[i][j] = band + (i * band_w + col * step + j) * channels + c0;
+  }
+}
+
 // V[e][t][c] = (B^T d B)[e] for the tiles t = first, first + 1, ... of one row of tiles, from
 // the 6 input rows of its band; V holds `count` tiles per element.
 template <int R, typename scalar_t>
@@ -210,11 +227,9 @@ void transform_input_row(const Transforms<R, scalar_t>& transforms, const scalar
   for (int64_t col = 0; col < cols; ++col) {
     for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
       const scalar_t* d[6][6];
-      for (int64_t a = 0; a < kBlock; ++a) {
-        for (int64_t b = 0; b < kBlock; ++b) d[a][b] = band + (a * band_w + col * M + b) * C + c0;
-      }
+      block_pointers<6>(band, band_w, col, M, C, c0, d);
       scalar_t* vt[36];
-      for (int64_t e = 0; e < kElements; ++e) vt[e] = v + (e * count + first + col) * C + c0;
+      element_pointers(v, count, first + col, C, c0, vt);
       transforms.input(d, vt, tmp, std::min(kLanes, C - c0));
     }
   }
@@ -229,11 +244,43 @@ void transform_filters(const Transforms<R, scalar_t>& transforms, const scalar_t
     for (int64_t k = begin; k < end; ++k) {
       for (int64_t c0 = 0; c0 < channels; c0 += kLanes) {
         scalar_t* uk[36];
-        for (int64_t e = 0; e < kElements; ++e) uk[e] = u + (e * filters + k) * channels + c0;
+        element_pointers(u, filters, k, channels, c0, uk);
         transforms.filter(w + (k * channels + c0) * R * R, uk, tmp.data(), std::min(kLanes, channels - c0));
       }
     }
   });
+}
+
+// The part of a task that the forward and the weight gradient share: for each chunk in
+// [begin, end), V (36, count, C) of its tiles, transformed from the input row by row, and a
+// (36, count, K) buffer for the output side. per_row(r, n, row, other) runs after row r's
+// input transform (tile row `row` of image n), per_chunk(v, other, first_row, rows) at the end.
+template <int R, typename scalar_t, typename PerRow, typename PerChunk>
+void for_each_chunk(const Transforms<R, scalar_t>& transforms, const Tensor& input,
+                    const Conv2dGeometry& g, const TileGrid& grid, const Chunks& chunks,
+                    int64_t begin, int64_t end, PerRow&& per_row, PerChunk&& per_chunk) {
+  constexpr int M = 7 - R;
+  const int64_t C = g.in_channels, K = g.out_channels, band_w = grid.cols * M + R - 1;
+  const int64_t max_tiles = chunks.rows_per_chunk * grid.cols;
+  const scalar_t* x = input.const_data_ptr<scalar_t>();
+  const Layout x_layout(input);
+  Tensor v_buffer = at::empty({kElements * max_tiles * C}, input.options());
+  Tensor other_buffer = at::empty({kElements * max_tiles * K}, input.options());
+  std::vector<scalar_t> tmp(kElements * kLanes), band(kBlock * band_w * C);
+  for (int64_t chunk = begin; chunk < end; ++chunk) {
+    const int64_t first_row = chunks.first_row(chunk), rows = chunks.rows(chunk);
+    const int64_t count = rows * grid.cols;
+    Tensor v = v_buffer.narrow(0, 0, kElements * count * C).view({kElements, count, C});
+    Tensor other = other_buffer.narrow(0, 0, kElements * count * K).view({kElements, count, K});
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t n = (first_row + r) / grid.rows, row = (first_row + r) % grid.rows;
+      fill_band(x, x_layout, n, row * M - g.pad_h, kBlock, -g.pad_w, band_w, band.data());
+      transform_input_row(transforms, band.data(), band_w, grid.cols, C, v.mutable_data_ptr<scalar_t>(),
+                          count, r * grid.cols, tmp.data());
+      per_row(r, n, row, other);
+    }
+    per_chunk(v, other, first_row, rows);
+  }
 }
 
 template <int R, typename scalar_t>
@@ -242,58 +289,41 @@ void winograd_forward_kernel(const Tensor& input, const Tensor& weight, const Te
   constexpr int M = 7 - R;
   const TileGrid grid(g);
   const Chunks chunks(g, grid);
-  const int64_t C = g.in_channels, K = g.out_channels;
-  const int64_t in_band_w = grid.cols * M + R - 1, out_band_w = grid.cols * M;
+  const int64_t C = g.in_channels, K = g.out_channels, band_w = grid.cols * M;
 
   const auto transforms = transforms_for_this_cpu<R, scalar_t>();
   Tensor u = at::empty({kElements, K, C}, weight.options());
   transform_filters(transforms, weight.const_data_ptr<scalar_t>(), u.mutable_data_ptr<scalar_t>(), C, K);
   const Tensor u_t = u.transpose(1, 2);  // (36, C, K)
-  const scalar_t* x = input.const_data_ptr<scalar_t>();
   const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* y = output.mutable_data_ptr<scalar_t>();
-  const Layout x_layout(input), y_layout(output);
+  const Layout y_layout(output);
 
   at::parallel_for(0, chunks.count, 1, [&](int64_t begin, int64_t end) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;  // not inherited by workers
-    const int64_t max_tiles = chunks.rows_per_chunk * grid.cols;
-    Tensor v_buffer = at::empty({kElements * max_tiles * C}, input.options());
-    Tensor p_buffer = at::empty({kElements * max_tiles * K}, input.options());
-    std::vector<scalar_t> tmp(kElements * kLanes), in_band(kBlock * in_band_w * C),
-        out_band(M * out_band_w * K);
-    for (int64_t chunk = begin; chunk < end; ++chunk) {
-      const int64_t first_row = chunks.first_row(chunk), rows = chunks.rows(chunk);
-      const int64_t count = rows * grid.cols;
-      Tensor v = v_buffer.narrow(0, 0, kElements * count * C).view({kElements, count, C});
-      Tensor p = p_buffer.narrow(0, 0, kElements * count * K).view({kElements, count, K});
-      const scalar_t* p_data = p.const_data_ptr<scalar_t>();
-
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t n = (first_row + r) / grid.rows, row = (first_row + r) % grid.rows;
-        fill_band(x, x_layout, n, row * M - g.pad_h, kBlock, -g.pad_w, in_band_w, in_band.data());
-        transform_input_row(transforms, in_band.data(), in_band_w, grid.cols, C,
-                            v.mutable_data_ptr<scalar_t>(), count, r * grid.cols, tmp.data());
-      }
-
+    std::vector<scalar_t> tmp(kElements * kLanes), band(M * band_w * K);
+    const auto no_row_work = [](int64_t, int64_t, int64_t, Tensor&) {};
+    // P = V U per element, then each row's output blocks y = A^T P A, stored a row at a time.
+    const auto multiply_and_store = [&](const Tensor& v, Tensor& p, int64_t first_row, int64_t rows) {
       at::bmm_out(p, v, u_t);
-
+      const int64_t count = rows * grid.cols;
+      const scalar_t* p_data = p.const_data_ptr<scalar_t>();
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t n = (first_row + r) / grid.rows, row = (first_row + r) % grid.rows;
         for (int64_t col = 0; col < grid.cols; ++col) {
           const int64_t t = r * grid.cols + col;
           for (int64_t k0 = 0; k0 < K; k0 += kLanes) {
             const scalar_t* pt[36];
-            for (int64_t e = 0; e < kElements; ++e) pt[e] = p_data + (e * count + t) * K + k0;
+            element_pointers(p_data, count, t, K, k0, pt);
             scalar_t* yt[M][M];
-            for (int64_t i = 0; i < M; ++i) {
-              for (int64_t j = 0; j < M; ++j) yt[i][j] = out_band.data() + (i * out_band_w + col * M + j) * K + k0;
-            }
+            block_pointers<M>(band.data(), band_w, col, M, K, k0, yt);
             transforms.output(pt, b != nullptr ? b + k0 : nullptr, yt, tmp.data(), std::min(kLanes, K - k0));
           }
         }
-        store_band(out_band.data(), M, out_band_w, y, y_layout, n, row * M);
+        store_band(band.data(), M, band_w, y, y_layout, n, row * M);
       }
-    }
+    };
+    for_each_chunk(transforms, input, g, grid, chunks, begin, end, no_row_work, multiply_and_store);
   });
 }
 
@@ -303,53 +333,38 @@ void winograd_grad_weight_kernel(const Tensor& input, const Tensor& grad_output,
   constexpr int M = 7 - R;
   const TileGrid grid(g);
   const Chunks chunks(g, grid);
-  const int64_t C = g.in_channels, K = g.out_channels;
-  const int64_t in_band_w = grid.cols * M + R - 1, gy_band_w = grid.cols * M;
+  const int64_t C = g.in_channels, K = g.out_channels, band_w = grid.cols * M;
 
   const auto transforms = transforms_for_this_cpu<R, scalar_t>();
-  const scalar_t* x = input.const_data_ptr<scalar_t>();
   const scalar_t* gy = grad_output.const_data_ptr<scalar_t>();
-  const Layout x_layout(input), gy_layout(grad_output);
+  const Layout gy_layout(grad_output);
   std::mutex sums_mutex;
   std::vector<Tensor> sums;  // per task: (36, K, C), the products summed over its tiles
 
   at::parallel_for(0, chunks.count, 1, [&](int64_t begin, int64_t end) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    const int64_t max_tiles = chunks.rows_per_chunk * grid.cols;
     Tensor sum = at::zeros({kElements, K, C}, input.options());
-    Tensor v_buffer = at::empty({kElements * max_tiles * C}, input.options());
-    Tensor w_buffer = at::empty({kElements * max_tiles * K}, input.options());
-    std::vector<scalar_t> tmp(kElements * kLanes), in_band(kBlock * in_band_w * C),
-        gy_band(M * gy_band_w * K);
-    for (int64_t chunk = begin; chunk < end; ++chunk) {
-      const int64_t first_row = chunks.first_row(chunk), rows = chunks.rows(chunk);
-      const int64_t count = rows * grid.cols;
-      Tensor v = v_buffer.narrow(0, 0, kElements * count * C).view({kElements, count, C});
-      Tensor w = w_buffer.narrow(0, 0, kElements * count * K).view({kElements, count, K});
+    std::vector<scalar_t> tmp(kElements * kLanes), band(M * band_w * K);
+    // W = A gy A^T for each tile of the row, from its rows of grad_output.
+    const auto transform_grad_output_row = [&](int64_t r, int64_t n, int64_t row, Tensor& w) {
+      const int64_t count = w.size(1);
       scalar_t* w_data = w.mutable_data_ptr<scalar_t>();
-
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t n = (first_row + r) / grid.rows, row = (first_row + r) % grid.rows;
-        fill_band(x, x_layout, n, row * M - g.pad_h, kBlock, -g.pad_w, in_band_w, in_band.data());
-        transform_input_row(transforms, in_band.data(), in_band_w, grid.cols, C,
-                            v.mutable_data_ptr<scalar_t>(), count, r * grid.cols, tmp.data());
-        fill_band(gy, gy_layout, n, row * M, M, 0, gy_band_w, gy_band.data());
-        for (int64_t col = 0; col < grid.cols; ++col) {
-          const int64_t t = r * grid.cols + col;
-          for (int64_t k0 = 0; k0 < K; k0 += kLanes) {
-            const scalar_t* gt[M][M];
-            for (int64_t i = 0; i < M; ++i) {
-              for (int64_t j = 0; j < M; ++j) gt[i][j] = gy_band.data() + (i * gy_band_w + col * M + j) * K + k0;
-            }
-            scalar_t* wt[36];
-            for (int64_t e = 0; e < kElements; ++e) wt[e] = w_data + (e * count + t) * K + k0;
-            transforms.grad_output(gt, wt, tmp.data(), std::min(kLanes, K - k0));
-          }
+      fill_band(gy, gy_layout, n, row * M, M, 0, band_w, band.data());
+      for (int64_t col = 0; col < grid.cols; ++col) {
+        const int64_t t = r * grid.cols + col;
+        for (int64_t k0 = 0; k0 < K; k0 += kLanes) {
+          const scalar_t* gt[M][M];
+          block_pointers<M>(static_cast<const scalar_t*>(band.data()), band_w, col, M, K, k0, gt);
+          scalar_t* wt[36];
+          element_pointers(w_data, count, t, K, k0, wt);
+          transforms.grad_output(gt, wt, tmp.data(), std::min(kLanes, K - k0));
         }
       }
-
+    };
+    const auto add_products = [&](const Tensor& v, Tensor& w, int64_t, int64_t) {
       sum.baddbmm_(w.transpose(1, 2), v);
-    }
+    };
+    for_each_chunk(transforms, input, g, grid, chunks, begin, end, transform_grad_output_row, add_products);
     const std::lock_guard<std::mutex> lock(sums_mutex);
     sums.push_back(sum);
   });
@@ -363,7 +378,7 @@ void winograd_grad_weight_kernel(const Tensor& input, const Tensor& grad_output,
     for (int64_t k = begin; k < end; ++k) {
       for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
         const scalar_t* sk[36];
-        for (int64_t e = 0; e < kElements; ++e) sk[e] = total_data + (e * K + k) * C + c0;
+        element_pointers(total_data, K, k, C, c0, sk);
         transforms.grad_filter(sk, gw + (k * C + c0) * R * R, tmp.data(), std::min(kLanes, C - c0));
       }
     }
