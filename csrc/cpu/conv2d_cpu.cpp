@@ -163,13 +163,15 @@ Algorithm choose_algorithm(const Conv2dGeometry& g) {
   return direct_pays_off(g) ? Algorithm::direct : Algorithm::gemm;
 }
 
-// The weight gradient's direct kernel (one filter tap's dot product at a time) beats
-// im2col+GEMM only with one or two channel pairs per group, as in depthwise layers (measured).
+// The weight gradient's direct kernel (one filter at a time) beats im2col+GEMM with up to 64
+// channel pairs per group at stride 1, where each tap's sum is one long dot product over a
+// padded plane, and with one or two pairs (depthwise) otherwise (measured).
 Algorithm choose_grad_weight_algorithm(const Conv2dGeometry& g) {
   if (const auto forced = forced_algorithm()) return *forced;
   if (winograd_chosen(g)) return Algorithm::winograd;
-  return g.in_channels_per_group() * g.out_channels_per_group() <= 2 ? Algorithm::direct
-                                                                     : Algorithm::gemm;
+  const bool unit_stride = g.stride_h == 1 && g.stride_w == 1;
+  const int64_t pairs = g.in_channels_per_group() * g.out_channels_per_group();
+  return pairs <= (unit_stride ? 64 : 2) ? Algorithm::direct : Algorithm::gemm;
 }
 
 // A dense copy to compute with (in the algorithm's layout): float16 and bfloat16 are widened to

@@ -159,21 +159,23 @@ Tensor direct_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
     scalar_t* gw = grad_weight.mutable_data_ptr<scalar_t>();
     const int64_t cg = g.in_channels_per_group(), kg = g.out_channels_per_group();
     const int64_t kernel_area = g.kernel_h * g.kernel_w;
-    // One task per (output channel, input channel) filter; images summed in order.
+    // Tasks over the (output channel, input channel) filters, images summed in order; a task's
+    // consecutive filters of one output channel share its gradient plane's copy (stride 1).
     const bool unit_stride = g.stride_h == 1 && g.stride_w == 1;
     const int64_t padded_w = g.in_w + 2 * g.pad_w;
     const int64_t work_size = unit_stride ? (g.in_h + 2 * g.pad_h + g.out_h) * padded_w : 0;
     at::parallel_for(0, g.out_channels * cg, 1, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> work(work_size, scalar_t(0));  // per task: the zero borders
-      for (int64_t filter = begin; filter < end; ++filter) {
-        const int64_t k = filter / cg, channel = k / kg * cg + filter % cg;
-        scalar_t* out = gw + filter * kernel_area;
-        std::fill(out, out + kernel_area, scalar_t(0));
-        for (int64_t n = 0; n < g.batch; ++n) {
+      std::fill(gw + begin * kernel_area, gw + end * kernel_area, scalar_t(0));
+      for (int64_t n = 0; n < g.batch; ++n) {
+        for (int64_t filter = begin; filter < end; ++filter) {
+          const int64_t k = filter / cg, channel = k / kg * cg + filter % cg;
           const scalar_t* x_plane = x + (n * g.in_channels + channel) * g.in_h * g.in_w;
           const scalar_t* gy_plane = gy + (n * g.out_channels + k) * g.out_h * g.out_w;
+          scalar_t* out = gw + filter * kernel_area;
           if (unit_stride) {
-            kernels.grad_weight_unit_stride(x_plane, gy_plane, out, g, work.data());
+            const bool same_k = filter > begin && (filter - 1) / cg == k;
+            kernels.grad_weight_unit_stride(x_plane, same_k ? nullptr : gy_plane, out, g, work.data());
           } else {
             kernels.grad_weight(x_plane, gy_plane, out, g);
           }
