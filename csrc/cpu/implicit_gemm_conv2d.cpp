@@ -9,8 +9,6 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <memory>
 
 namespace conv_ext {
 namespace {
@@ -52,9 +50,9 @@ struct Vec<double> {
   }
 };
 
-// y's tile of Rows channels x 2 vectors of pixels: y (+)= a . panel over depth, both packed:
-// a holds depth rows of kRows filter values (the tile's channels), the panel depth rows of
-// 2 * kLanes pixels. Starting from the bias (or zero) unless accumulating.
+// y's tile of Rows channels x 2 vectors of pixels: y (+)= a . panel over depth, where row i of
+// a (a_row apart) holds channel i's filter values and the panel depth rows of 2 * kLanes
+// pixels. Starting from the bias (or zero) unless accumulating.
 template <int Rows, typename scalar_t>
 inline void micro_kernel(int64_t depth, const scalar_t* a, int64_t a_row, const scalar_t* panel,
                          const scalar_t* bias, bool accumulate, scalar_t* y, int64_t y_row) {
@@ -167,19 +165,14 @@ void forward_pixels(const scalar_t* x, const scalar_t* weight, const scalar_t* b
                     const Conv2dGeometry& g, int64_t pixel_begin, int64_t pixel_end) {
   using V = Vec<scalar_t>;
   constexpr int64_t kWidth = 2 * V::kLanes, kRows = V::kRows;
-  // Per block of the patch, the group's filters are packed into tiles of kRows channels (in
-  // L2), then each panel of pixels is packed (in L1) and multiplied by every tile in turn.
+  // Per block of the patch, each panel of pixels is packed (in L1) and multiplied by every tile
+  // of kRows filters in turn, read in place (in L2).
   constexpr int64_t kDepth = 256;
   const int64_t patch = g.patch_size(), pixels = g.out_h * g.out_w;
   const int64_t cg = g.in_channels_per_group(), kg = g.out_channels_per_group();
   const int64_t tiles = (kg + kRows - 1) / kRows;
-  const auto aligned = [](int64_t n) {  // no vector load then straddles two cache lines
-    return std::unique_ptr<scalar_t[], void (*)(scalar_t*)>(
-        static_cast<scalar_t*>(std::aligned_alloc(64, (n * sizeof(scalar_t) + 63) / 64 * 64)),
-        [](scalar_t* p) { std::free(p); });
-  };
-  const auto panel = aligned(kDepth * kWidth);
-  alignas(64) scalar_t edge[kRows * kWidth];  // output tiles narrower than kWidth
+  alignas(64) scalar_t panel[kDepth * kWidth];  // aligned: no vector load straddles two lines
+  alignas(64) scalar_t edge[kRows * kWidth];     // output tiles narrower than kWidth
   for (int64_t group = 0; group < g.groups; ++group) {
     const scalar_t* x_group = x + group * cg * g.in_h * g.in_w;
     const scalar_t* w_group = weight + group * kg * patch;
@@ -189,7 +182,7 @@ void forward_pixels(const scalar_t* x, const scalar_t* weight, const scalar_t* b
       const bool accumulate = p0 > 0;
       for (int64_t pixel = pixel_begin; pixel < pixel_end; pixel += kWidth) {
         const int64_t width = std::min(kWidth, pixel_end - pixel);
-        pack_panel(x_group, g, p0, depth, pixel, width, panel.get());
+        pack_panel(x_group, g, p0, depth, pixel, width, panel);
         const bool narrow = width < kWidth;
         for (int64_t tile = 0; tile < tiles; ++tile) {
           const int rows = static_cast<int>(std::min(kRows, kg - tile * kRows));
@@ -202,9 +195,9 @@ void forward_pixels(const scalar_t* x, const scalar_t* weight, const scalar_t* b
             for (int i = 0; i < rows; ++i) std::copy(yk + i * pixels, yk + i * pixels + width, edge + i * kWidth);
           }
           if (rows == kRows) {
-            micro_kernel<kRows>(depth, f, patch, panel.get(), b, accumulate, out, out_row);
+            micro_kernel<kRows>(depth, f, patch, panel, b, accumulate, out, out_row);
           } else {
-            edge_micro_kernel<scalar_t>(rows, depth, f, patch, panel.get(), b, accumulate, out, out_row);
+            edge_micro_kernel<scalar_t>(rows, depth, f, patch, panel, b, accumulate, out, out_row);
           }
           if (narrow) {
             for (int i = 0; i < rows; ++i) std::copy(edge + i * kWidth, edge + i * kWidth + width, yk + i * pixels);
