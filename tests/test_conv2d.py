@@ -161,7 +161,9 @@ def test_forced_cpu_paths_take_effect(kernel):
     """Each forced algorithm really runs: on a layer all of them compute, their float32 roundings
     of the forward and the weight gradient differ from one another (the accuracy tests above
     then cover each one)."""
-    conv = Conv(2, 8, 8, (12, 12), (kernel, kernel), (1, 1), (1, 1), (1, 1), 1, True)
+    # 32 input channels: a patch longer than the GEMM's blocks of 256, whose partial sums then
+    # round differently from the direct kernel's single running sum.
+    conv = Conv(2, 32, 8, (12, 12), (kernel, kernel), (1, 1), (1, 1), (1, 1), 1, True)
     x, w, b = conv.tensors(torch.float32, "cpu", requires_grad=True)
     results = {}
     for path in ("gemm", "direct", "winograd"):

@@ -221,15 +221,15 @@ Tensor gemm_conv2d_forward_batch_in_one_gemm(const Tensor& input, const Tensor& 
   return output;
 }
 
-// Otherwise each task computes a few output rows of one image, single-threaded (inside the
-// parallel region): with AVX2 as an implicit GEMM (implicit_gemm_conv2d.cpp), else by building
-// their im2col matrix, small enough to stay in the core's cache, for at::bmm. The rows are split
-// finely enough that every thread gets work.
+// With AVX2 the forward is an implicit GEMM (implicit_gemm_conv2d.cpp). Otherwise each task
+// builds the im2col matrix of a few output rows of one image, small enough to stay in the
+// core's cache, and runs their GEMM single-threaded (inside the parallel region); the rows are
+// split finely enough that every thread gets work.
 Tensor gemm_conv2d_forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
                            const Conv2dGeometry& g) {
-  if (batch_in_one_gemm(g)) return gemm_conv2d_forward_batch_in_one_gemm(input, weight, bias, g);
   // A pointwise kernel's im2col matrix is the image itself: MKL multiplies it faster (measured).
-  const bool implicit = implicit_gemm_available() && !is_pointwise(g);
+  if (implicit_gemm_available() && !is_pointwise(g)) return implicit_gemm_conv2d_forward(input, weight, bias, g);
+  if (batch_in_one_gemm(g)) return gemm_conv2d_forward_batch_in_one_gemm(input, weight, bias, g);
   Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
   const Tensor w = weight_matrix(weight, g);
   const int64_t row_elements = std::max<int64_t>(1, g.in_channels * g.kernel_h * g.kernel_w * g.out_w);
@@ -243,15 +243,6 @@ Tensor gemm_conv2d_forward(const Tensor& input, const Tensor& weight, const Tens
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / tiles_per_image, row = task % tiles_per_image * rows_per_tile;
       const RowTile tile{row, std::min(row + rows_per_tile, g.out_h)};
-      if (implicit) {
-        AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_implicit_gemm", [&] {
-          implicit_gemm_forward_pixels(input[n].const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
-                                       bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr,
-                                       output[n].mutable_data_ptr<scalar_t>(), g,
-                                       tile.row_begin * g.out_w, tile.row_end * g.out_w);
-        });
-        continue;
-      }
       Tensor out = output_tile(output[n], g, tile);
       const Tensor cols = im2col(input[n], g, tile);
       if (bias.defined()) {

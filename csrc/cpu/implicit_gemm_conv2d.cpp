@@ -6,12 +6,20 @@
 
 #include "cpu_features.h"
 
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <immintrin.h>
 
 #include <algorithm>
 
 namespace conv_ext {
 namespace {
+
+// Output elements a chunk of pixels keeps (about half a 1 MiB L2 of float32), and the pixels of
+// a chunk at least: a few panels.
+constexpr int64_t kChunkElements = int64_t{1} << 17;
+constexpr int64_t kMinChunkPixels = 64;
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -125,34 +133,52 @@ inline void copy_row_segment(const scalar_t* plane, const Conv2dGeometry& g, int
   }
 }
 
-// panel[r][j] = im2col[patch_begin + r][pixel + j] for r < depth and j < width (zero beyond):
-// for r = (c, ki, kj) the input value x[c, oh * sh - ph + ki * dh, ow * sw - pw + kj * dw] of
-// output pixel (oh, ow), zero in the padding. x points at the group's first input channel. The
-// pixels of one output row read one input row: the panel is copied in such segments.
+// The output pixels q of the batch (q = n * OH * OW + oh * OW + ow) that one panel covers:
+// where each column's output lies (past its channel's offset), and the runs of columns within one
+// output row, which read one input row per patch element.
+template <typename scalar_t>
+struct PanelPixels {
+  static constexpr int64_t kWidth = 2 * Vec<scalar_t>::kLanes;
+  struct Segment {
+    int64_t j, count, image, ih, iw;  // first column, length, image, input row/column at tap 0
+  } segments[kWidth];
+  int64_t segment_count = 0, width;
+  int64_t out_offset[kWidth];  // n * K * OH * OW + oh * OW + ow
+  bool contiguous;             // one image's consecutive pixels, kWidth of them
+
+  PanelPixels(const Conv2dGeometry& g, int64_t first, int64_t width) : width(width) {
+    const int64_t pixels = g.out_h * g.out_w;
+    for (int64_t j = 0; j < width;) {
+      const int64_t n = (first + j) / pixels, p = (first + j) % pixels;
+      const int64_t oh = p / g.out_w, ow = p % g.out_w;
+      const int64_t count = std::min(width - j, g.out_w - ow);
+      segments[segment_count++] = {j, count, n, oh * g.stride_h - g.pad_h, ow * g.stride_w - g.pad_w};
+      for (int64_t i = 0; i < count; ++i) out_offset[j + i] = n * g.out_channels * pixels + p + i;
+      j += count;
+    }
+    contiguous = width == kWidth && out_offset[kWidth - 1] == out_offset[0] + kWidth - 1;
+  }
+};
+
+// panel[r][j] = im2col[patch_begin + r][pixel j] for r < depth and the panel's pixels (zero
+// beyond): for r = (c, ki, kj) the input value x[n, c, oh * sh - ph + ki * dh, ow * sw - pw +
+// kj * dw] of output pixel (n, oh, ow), zero in the padding. x points at the group's first
+// input channel of image 0; the panel is copied a run of one output row at a time.
 template <typename scalar_t>
 void pack_panel(const scalar_t* x, const Conv2dGeometry& g, int64_t patch_begin, int64_t depth,
-                int64_t pixel, int64_t width, scalar_t* panel) {
-  constexpr int64_t kWidth = 2 * Vec<scalar_t>::kLanes;
-  struct Segment {
-    int64_t j, count, ih, iw;  // first panel column, length, input row and column at tap 0
-  } segments[kWidth];
-  int64_t segment_count = 0;
-  for (int64_t j = 0; j < width;) {
-    const int64_t oh = (pixel + j) / g.out_w, ow = (pixel + j) % g.out_w;
-    const int64_t count = std::min(width - j, g.out_w - ow);
-    segments[segment_count++] = {j, count, oh * g.stride_h - g.pad_h, ow * g.stride_w - g.pad_w};
-    j += count;
-  }
+                const PanelPixels<scalar_t>& pixels, scalar_t* panel) {
+  constexpr int64_t kWidth = PanelPixels<scalar_t>::kWidth;
+  const int64_t plane = g.in_h * g.in_w, image = g.in_channels * plane;
   int64_t c = patch_begin / (g.kernel_h * g.kernel_w);
   int64_t ki = patch_begin / g.kernel_w % g.kernel_h, kj = patch_begin % g.kernel_w;
   for (int64_t r = 0; r < depth; ++r) {
     scalar_t* dst = panel + r * kWidth;
-    const scalar_t* plane = x + c * g.in_h * g.in_w;
-    for (int64_t s = 0; s < segment_count; ++s) {
-      const Segment& seg = segments[s];
-      copy_row_segment(plane, g, seg.ih + ki * g.dilation_h, seg.iw + kj * g.dilation_w, seg.count, dst + seg.j);
+    for (int64_t s = 0; s < pixels.segment_count; ++s) {
+      const auto& seg = pixels.segments[s];
+      copy_row_segment(x + seg.image * image + c * plane, g, seg.ih + ki * g.dilation_h,
+                       seg.iw + kj * g.dilation_w, seg.count, dst + seg.j);
     }
-    for (int64_t j = width; j < kWidth; ++j) dst[j] = 0;
+    for (int64_t j = pixels.width; j < kWidth; ++j) dst[j] = 0;
     if (++kj == g.kernel_w) {
       kj = 0;
       if (++ki == g.kernel_h) ki = 0, ++c;
@@ -160,9 +186,10 @@ void pack_panel(const scalar_t* x, const Conv2dGeometry& g, int64_t patch_begin,
   }
 }
 
+// Output pixels [first, end) of the batch, every output channel, single-threaded.
 template <typename scalar_t>
 void forward_pixels(const scalar_t* x, const scalar_t* weight, const scalar_t* bias, scalar_t* y,
-                    const Conv2dGeometry& g, int64_t pixel_begin, int64_t pixel_end) {
+                    const Conv2dGeometry& g, int64_t first, int64_t end) {
   using V = Vec<scalar_t>;
   constexpr int64_t kWidth = 2 * V::kLanes, kRows = V::kRows;
   // Per block of the patch, each panel of pixels is packed (in L1) and multiplied by every tile
@@ -172,35 +199,38 @@ void forward_pixels(const scalar_t* x, const scalar_t* weight, const scalar_t* b
   const int64_t cg = g.in_channels_per_group(), kg = g.out_channels_per_group();
   const int64_t tiles = (kg + kRows - 1) / kRows;
   alignas(64) scalar_t panel[kDepth * kWidth];  // aligned: no vector load straddles two lines
-  alignas(64) scalar_t edge[kRows * kWidth];     // output tiles narrower than kWidth
+  alignas(64) scalar_t edge[kRows * kWidth];     // tiles whose pixels are not contiguous in y
   for (int64_t group = 0; group < g.groups; ++group) {
     const scalar_t* x_group = x + group * cg * g.in_h * g.in_w;
     const scalar_t* w_group = weight + group * kg * patch;
     scalar_t* y_group = y + group * kg * pixels;
-    for (int64_t p0 = 0; p0 < patch; p0 += kDepth) {
+    for (int64_t p0 = 0; p0 == 0 || p0 < patch; p0 += kDepth) {  // once for an empty patch: bias
       const int64_t depth = std::min(kDepth, patch - p0);
       const bool accumulate = p0 > 0;
-      for (int64_t pixel = pixel_begin; pixel < pixel_end; pixel += kWidth) {
-        const int64_t width = std::min(kWidth, pixel_end - pixel);
-        pack_panel(x_group, g, p0, depth, pixel, width, panel);
-        const bool narrow = width < kWidth;
+      for (int64_t pixel = first; pixel < end; pixel += kWidth) {
+        const PanelPixels<scalar_t> columns(g, pixel, std::min(kWidth, end - pixel));
+        pack_panel(x_group, g, p0, depth, columns, panel);
         for (int64_t tile = 0; tile < tiles; ++tile) {
           const int rows = static_cast<int>(std::min(kRows, kg - tile * kRows));
           const scalar_t* f = w_group + tile * kRows * patch + p0;
           const scalar_t* b = bias != nullptr ? bias + group * kg + tile * kRows : nullptr;
-          scalar_t* yk = y_group + tile * kRows * pixels + pixel;
-          scalar_t* out = narrow ? edge : yk;
-          const int64_t out_row = narrow ? kWidth : pixels;
-          if (narrow && accumulate) {
-            for (int i = 0; i < rows; ++i) std::copy(yk + i * pixels, yk + i * pixels + width, edge + i * kWidth);
+          scalar_t* yk = y_group + tile * kRows * pixels;  // the tile's first channel, image 0
+          scalar_t* out = columns.contiguous ? yk + columns.out_offset[0] : edge;
+          const int64_t out_row = columns.contiguous ? pixels : kWidth;
+          if (!columns.contiguous && accumulate) {
+            for (int i = 0; i < rows; ++i) {
+              for (int64_t j = 0; j < columns.width; ++j) edge[i * kWidth + j] = yk[i * pixels + columns.out_offset[j]];
+            }
           }
           if (rows == kRows) {
             micro_kernel<kRows>(depth, f, patch, panel, b, accumulate, out, out_row);
           } else {
             edge_micro_kernel<scalar_t>(rows, depth, f, patch, panel, b, accumulate, out, out_row);
           }
-          if (narrow) {
-            for (int i = 0; i < rows; ++i) std::copy(edge + i * kWidth, edge + i * kWidth + width, yk + i * pixels);
+          if (!columns.contiguous) {
+            for (int i = 0; i < rows; ++i) {
+              for (int64_t j = 0; j < columns.width; ++j) yk[i * pixels + columns.out_offset[j]] = edge[i * kWidth + j];
+            }
           }
         }
       }
@@ -214,16 +244,27 @@ void forward_pixels(const scalar_t* x, const scalar_t* weight, const scalar_t* b
 
 bool implicit_gemm_available() { return use_avx2(); }
 
-template <typename scalar_t>
-void implicit_gemm_forward_pixels(const scalar_t* x, const scalar_t* weight, const scalar_t* bias,
-                                  scalar_t* y, const Conv2dGeometry& g, int64_t pixel_begin,
-                                  int64_t pixel_end) {
-  forward_pixels(x, weight, bias, y, g, pixel_begin, pixel_end);
+at::Tensor implicit_gemm_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
+                                        const at::Tensor& bias, const Conv2dGeometry& g) {
+  at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
+  // The batch's pixels in chunks whose output stays in L2 while the patch's blocks pass over it,
+  // at least a few panels each and at least one chunk per thread.
+  const int64_t total = g.batch * g.out_h * g.out_w;
+  const int64_t per_thread = (total + at::get_num_threads() - 1) / at::get_num_threads();
+  const int64_t cache_pixels = kChunkElements / std::max<int64_t>(1, g.out_channels);
+  const int64_t chunk = std::max<int64_t>(kMinChunkPixels, std::min(cache_pixels, per_thread)) / kMinChunkPixels * kMinChunkPixels;
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_implicit_gemm_forward", [&] {
+    const scalar_t* x = input.const_data_ptr<scalar_t>();
+    const scalar_t* w = weight.const_data_ptr<scalar_t>();
+    const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* y = output.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, (total + chunk - 1) / chunk, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        forward_pixels(x, w, b, y, g, c * chunk, std::min(total, (c + 1) * chunk));
+      }
+    });
+  });
+  return output;
 }
-
-template void implicit_gemm_forward_pixels<float>(const float*, const float*, const float*, float*,
-                                                  const Conv2dGeometry&, int64_t, int64_t);
-template void implicit_gemm_forward_pixels<double>(const double*, const double*, const double*,
-                                                   double*, const Conv2dGeometry&, int64_t, int64_t);
 
 }  // namespace conv_ext

@@ -12,12 +12,9 @@ namespace conv_ext {
 // path materialises im2col tiles and multiplies them with at::bmm.
 bool implicit_gemm_available();
 
-// Output pixels [pixel_begin, pixel_end) (row-major within the image) of every output channel
-// of one image, single-threaded: x points at the image (C x H x W), y at its output
-// (K x OH x OW), weight at the contiguous filters; bias may be null. float32 and float64.
-template <typename scalar_t>
-void implicit_gemm_forward_pixels(const scalar_t* x, const scalar_t* weight, const scalar_t* bias,
-                                  scalar_t* y, const Conv2dGeometry& g, int64_t pixel_begin,
-                                  int64_t pixel_end);
+// The forward in NCHW from contiguous NCHW operands (bias may be undefined), float32 or
+// float64.
+at::Tensor implicit_gemm_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
+                                        const at::Tensor& bias, const Conv2dGeometry& g);
 
 }  // namespace conv_ext
