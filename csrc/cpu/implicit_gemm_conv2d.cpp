@@ -17,9 +17,9 @@ namespace conv_ext {
 namespace {
 
 // Output elements a chunk of pixels keeps (about half a 1 MiB L2 of float32), and the pixels of
-// a chunk at least: a few panels.
+// a chunk at least: a few panels (of at most kPanelPixels, 16 float32 or 8 float64 lanes x 2).
 constexpr int64_t kChunkElements = int64_t{1} << 17;
-constexpr int64_t kMinChunkPixels = 64;
+constexpr int64_t kMinChunkPixels = 64, kPanelPixels = 16;
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -248,11 +248,11 @@ at::Tensor implicit_gemm_conv2d_forward(const at::Tensor& input, const at::Tenso
                                         const at::Tensor& bias, const Conv2dGeometry& g) {
   at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
   // The batch's pixels in chunks whose output stays in L2 while the patch's blocks pass over it,
-  // at least a few panels each and at least one chunk per thread.
-  const int64_t total = g.batch * g.out_h * g.out_w;
-  const int64_t per_thread = (total + at::get_num_threads() - 1) / at::get_num_threads();
-  const int64_t cache_pixels = kChunkElements / std::max<int64_t>(1, g.out_channels);
-  const int64_t chunk = std::max<int64_t>(kMinChunkPixels, std::min(cache_pixels, per_thread)) / kMinChunkPixels * kMinChunkPixels;
+  // the same number for every thread, whole panels each (but for the last).
+  const int64_t total = g.batch * g.out_h * g.out_w, threads = at::get_num_threads();
+  const int64_t cache_pixels = std::max<int64_t>(kMinChunkPixels, kChunkElements / std::max<int64_t>(1, g.out_channels));
+  const int64_t chunks = threads * ((total + threads * cache_pixels - 1) / (threads * cache_pixels));
+  const int64_t chunk = ((total + chunks - 1) / chunks + kPanelPixels - 1) / kPanelPixels * kPanelPixels;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_implicit_gemm_forward", [&] {
     const scalar_t* x = input.const_data_ptr<scalar_t>();
     const scalar_t* w = weight.const_data_ptr<scalar_t>();
