@@ -247,6 +247,7 @@ bool implicit_gemm_available() { return use_avx2(); }
 at::Tensor implicit_gemm_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
                                         const at::Tensor& bias, const Conv2dGeometry& g) {
   at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
+  if (output.numel() == 0) return output;
   // The batch's pixels in chunks whose output stays in L2 while the patch's blocks pass over it,
   // the same number for every thread, whole panels each (but for the last).
   const int64_t total = g.batch * g.out_h * g.out_w, threads = at::get_num_threads();
