@@ -1,7 +1,8 @@
 // Direct CPU kernels: one output (or input-gradient) plane per task, accumulated tap by tap in
 // rows that the compiler vectorises, or, for stride 1 and several output channels per group,
-// one group per task with those channels' accumulators kept in registers. The plane loops are compiled twice, for AVX2+FMA and for
-// the baseline instruction set, and picked at run time by the CPU's features;
+// one group per task with those channels' accumulators kept in registers. The plane loops are
+// compiled twice, for AVX2+FMA and for the baseline instruction set, and picked at run time by
+// the CPU's features;
 // CONV_EXT_CPU_ISA=generic forces the baseline (the tests cover both).
 #include "direct_conv2d.h"
 
@@ -78,8 +79,7 @@ Tensor direct_conv2d_forward(const Tensor& input, const Tensor& weight, const Te
       // One task per output plane. With stride 1 and one output channel per group (depthwise),
       // long multiply-adds over a padded plane (a 3x3 kernel's nine taps in one pass) beat
       // blocks of accumulators (measured).
-      const int64_t padded_w = g.in_w + 2 * g.pad_w;
-      const int64_t work_size = unit_stride ? (g.in_h + 2 * g.pad_h + g.out_h) * padded_w : 0;
+      const int64_t work_size = unit_stride ? generic::unit_stride_work_size(g) : 0;
       at::parallel_for(0, g.batch * g.out_channels, 1, [&](int64_t begin, int64_t end) {
         std::vector<scalar_t> work(work_size, scalar_t(0));  // per task: the padded plane's border
         for (int64_t plane = begin; plane < end; ++plane) {
@@ -108,10 +108,8 @@ Tensor direct_conv2d_forward(const Tensor& input, const Tensor& weight, const Te
         const int64_t n = task / g.groups, group = task % g.groups;
         const scalar_t* x_group = x + (n * g.in_channels + group * cg) * g.in_h * g.in_w;
         for (int64_t c = 0; c < cg; ++c) {
-          for (int64_t ih = 0; ih < g.in_h; ++ih) {
-            std::copy_n(x_group + (c * g.in_h + ih) * g.in_w, g.in_w,
-                        padded.data() + (c * padded_h + ih + g.pad_h) * row_length + g.pad_w);
-          }
+          generic::copy_into_padded(x_group + c * g.in_h * g.in_w, g, row_length,
+                                    padded.data() + c * padded_h * row_length);
         }
         for (int64_t k0 = group * kg; k0 < (group + 1) * kg; k0 += generic::kMaxBlockChannels) {
           const auto kernel = kernels.forward_group_unit_stride_for(
@@ -162,8 +160,7 @@ Tensor direct_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
     // Tasks over the (output channel, input channel) filters, images summed in order; a task's
     // consecutive filters of one output channel share its gradient plane's copy (stride 1).
     const bool unit_stride = g.stride_h == 1 && g.stride_w == 1;
-    const int64_t padded_w = g.in_w + 2 * g.pad_w;
-    const int64_t work_size = unit_stride ? (g.in_h + 2 * g.pad_h + g.out_h) * padded_w : 0;
+    const int64_t work_size = unit_stride ? generic::unit_stride_work_size(g) : 0;
     at::parallel_for(0, g.out_channels * cg, 1, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> work(work_size, scalar_t(0));  // per task: the zero borders
       std::fill(gw + begin * kernel_area, gw + end * kernel_area, scalar_t(0));
