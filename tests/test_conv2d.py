@@ -100,14 +100,17 @@ LARGE_LAYERS = [
     Conv(8, 64, 64, (28, 28), (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
     Conv(3, 130, 70, (13, 11), (3, 3), (1, 1), (2, 0), (1, 1), 1, True, "channels_last"),
     Conv(8, 48, 64, (28, 27), (5, 5), (1, 1), (2, 2), (1, 1), 1, True),
+    # 36 x 360 x 350 transformed filters exceed Winograd's bound: it runs in slices of output
+    # channels (176 + 174 here, 192 + 168 for the input gradient), the last not whole panels.
+    Conv(2, 360, 350, (9, 10), (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
 ]
 
 
 @pytest.mark.parametrize("path", FORCED_CPU_PATHS)
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("conv", LARGE_LAYERS, ids=["64ch", "130-70ch", "5x5-48-64ch"])
+@pytest.mark.parametrize("conv", LARGE_LAYERS, ids=["64ch", "130-70ch", "5x5-48-64ch", "360-350ch"])
 def test_large_reduction_float32(conv, device, path):
-    """ResNet-sized layers: long sums (576 to 1200 terms per output, 8*28*28 per weight) stay in
+    """ResNet-sized layers: long sums (576 to 3240 terms per output, 8*28*28 per weight) stay in
     bound on every path."""
     x, w, b = conv.tensors(torch.float32, device, requires_grad=True)
     with cpu_path(path):

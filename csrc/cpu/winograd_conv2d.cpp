@@ -20,6 +20,7 @@
 #include "winograd_conv2d.h"
 
 #include "cpu_features.h"
+#include "micro_kernel.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -84,7 +85,7 @@ struct Matrices<5> {
 template <int R, typename scalar_t>
 struct Transforms {
   static constexpr int M = 7 - R;
-  void (*filter)(const scalar_t*, scalar_t* const (&)[36], scalar_t*, int64_t);
+  void (*filter)(const scalar_t*, scalar_t* const (&)[36], scalar_t*);
   void (*grad_filter)(const scalar_t* const (&)[36], scalar_t*, scalar_t*, int64_t);
   void (*input)(const scalar_t* const (&)[6][6], scalar_t* const (&)[36], scalar_t*, int64_t);
   void (*output)(const scalar_t* const (&)[36], const scalar_t*, scalar_t* const (&)[M][M], scalar_t*, int64_t);
@@ -116,10 +117,11 @@ constexpr int64_t kLanes = 64;       // channels transformed together
 // tiles, or packing the other operand of each GEMM costs more than the GEMM (measured).
 constexpr int64_t kChunkElements = int64_t{1} << 18;
 constexpr int64_t kMinChunk = 64;
-// Transformed filters beyond this many elements (16 MiB of float32) cost more to allocate and
-// write on every call than the algorithm saves at common batch sizes (measured: 512x512). The
-// same bound keeps a task's buffers small: a chunk holds at least one whole row of tiles, and
-// each weight-gradient task keeps one sum of this size.
+// Bound on the transformed filters of one pass (16 MiB of float32), and on each weight-gradient
+// task's sum of products: larger layers run in slices of output channels. Beyond it a buffer
+// comes fresh from mmap on every call (glibc's largest threshold is 32 MiB) and its page faults
+// cost more than the algorithm saves (measured: 512x512). It also bounds the smallest chunk, one
+// whole row of tiles.
 constexpr int64_t kMaxFilterElements = int64_t{1} << 22;
 
 // The M x M tiles of F(M x M, R x R) over a geometry's output.
@@ -235,32 +237,89 @@ void transform_input_row(const Transforms<R, scalar_t>& transforms, const scalar
   }
 }
 
-// The filters' transforms for one output channel k: U[e, k, c] = (G w[k, c] G^T)[e].
+// The filters' transforms, packed as the B operand of the forward's GEMMs: u[e][panel][c][j] =
+// (G w[k, c] G^T)[e] for output channel k = panel * width + j, zero past the last channel.
+// A panel's filters are regrouped by input channel and tap first, so that each transform runs
+// across the panel's output channels and writes rows of u whole.
 template <int R, typename scalar_t>
 void transform_filters(const Transforms<R, scalar_t>& transforms, const scalar_t* w, scalar_t* u,
-                       int64_t channels, int64_t filters) {
-  at::parallel_for(0, filters, 1, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> tmp((R * R + 6 * R) * kLanes);
-    for (int64_t k = begin; k < end; ++k) {
-      for (int64_t c0 = 0; c0 < channels; c0 += kLanes) {
-        scalar_t* uk[36];
-        element_pointers(u, filters, k, channels, c0, uk);
-        transforms.filter(w + (k * channels + c0) * R * R, uk, tmp.data(), std::min(kLanes, channels - c0));
+                       int64_t C, int64_t K, int64_t width) {
+  const int64_t panels = (K + width - 1) / width;
+  at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> tmp(6 * R * width), grouped(C * R * R * width);
+    for (int64_t panel = begin; panel < end; ++panel) {
+      const int64_t filters = std::min(width, K - panel * width);
+      std::fill(grouped.begin(), grouped.end(), scalar_t(0));  // the channels past the last
+      for (int64_t j = 0; j < filters; ++j) {  // grouped[c][tap][j] = w[panel * width + j][c][tap]
+        const scalar_t* wk = w + (panel * width + j) * C * R * R;
+        for (int64_t i = 0; i < C * R * R; ++i) grouped[i * width + j] = wk[i];
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        scalar_t* uc[36];
+        for (int64_t e = 0; e < kElements; ++e) uc[e] = u + ((e * panels + panel) * C + c) * width;
+        transforms.filter(&grouped[c * width * R * R], uc, tmp.data());
       }
     }
   });
+}
+
+// y (+)= a . panel for `rows` rows of a (a_row apart) and the panel's Width columns: the
+// micro-kernel's job in portable code, for CPUs without AVX2.
+template <int64_t Width, typename scalar_t>
+void multiply_rows_portable(int64_t rows, int64_t depth, const scalar_t* a, int64_t a_row,
+                            const scalar_t* panel, bool accumulate, scalar_t* y, int64_t y_row) {
+  for (int64_t i = 0; i < rows; ++i) {
+    scalar_t acc[Width] = {};
+    for (int64_t d = 0; d < depth; ++d) {
+      const scalar_t ai = a[i * a_row + d];
+      for (int64_t j = 0; j < Width; ++j) acc[j] += ai * panel[d * Width + j];
+    }
+    scalar_t* yi = y + i * y_row;
+    for (int64_t j = 0; j < Width; ++j) yi[j] = (accumulate ? yi[j] : scalar_t(0)) + acc[j];
+  }
+}
+
+// P[e] = V[e] U[e] for the 36 elements of a chunk of `count` tiles: (count x C) times
+// (C x K), V's rows read in place, U in packed panels; P's rows are padded to whole panels.
+// Blocks of kDepth input channels keep a panel in L1 while the tiles pass over it.
+template <typename scalar_t>
+void multiply_by_filters(const scalar_t* v, const scalar_t* u, scalar_t* p, int64_t count, int64_t C,
+                         int64_t panels) {
+  constexpr int64_t W = kPanelWidth<scalar_t>, kRows = Vec<scalar_t>::kRows, kDepth = 256;
+  const bool avx2 = use_avx2();
+  for (int64_t e = 0; e < kElements; ++e) {
+    const scalar_t* ve = v + e * count * C;
+    scalar_t* pe = p + e * count * panels * W;
+    for (int64_t c0 = 0; c0 < C; c0 += kDepth) {
+      const int64_t depth = std::min(kDepth, C - c0);
+      for (int64_t panel = 0; panel < panels; ++panel) {
+        const scalar_t* b = u + ((e * panels + panel) * C + c0) * W;
+        for (int64_t t = 0; t < count; t += kRows) {
+          const int rows = static_cast<int>(std::min(kRows, count - t));
+          const scalar_t* a = ve + t * C + c0;
+          scalar_t* y = pe + t * panels * W + panel * W;
+          if (avx2) {
+            micro_kernel_rows<scalar_t>(rows, depth, a, C, b, nullptr, c0 > 0, y, panels * W);
+          } else {
+            multiply_rows_portable<W>(rows, depth, a, C, b, c0 > 0, y, panels * W);
+          }
+        }
+      }
+    }
+  }
 }
 
 // The part of a task that the forward and the weight gradient share: for each chunk in
 // [begin, end), V (36, count, C) of its tiles, transformed from the input row by row, and a
 // (36, count, K) buffer for the output side. per_row(r, n, row, other) runs after row r's
 // input transform (tile row `row` of image n), per_chunk(v, other, first_row, rows) at the end.
+// The output side has K values per tile and element.
 template <int R, typename scalar_t, typename PerRow, typename PerChunk>
 void for_each_chunk(const Transforms<R, scalar_t>& transforms, const Tensor& input,
                     const Conv2dGeometry& g, const TileGrid& grid, const Chunks& chunks,
-                    int64_t begin, int64_t end, PerRow&& per_row, PerChunk&& per_chunk) {
+                    int64_t begin, int64_t end, int64_t K, PerRow&& per_row, PerChunk&& per_chunk) {
   constexpr int M = 7 - R;
-  const int64_t C = g.in_channels, K = g.out_channels, band_w = grid.cols * M + R - 1;
+  const int64_t C = g.in_channels, band_w = grid.cols * M + R - 1;
   const int64_t max_tiles = chunks.rows_per_chunk * grid.cols;
   const scalar_t* x = input.const_data_ptr<scalar_t>();
   const Layout x_layout(input);
@@ -292,9 +351,12 @@ void winograd_forward_kernel(const Tensor& input, const Tensor& weight, const Te
   const int64_t C = g.in_channels, K = g.out_channels, band_w = grid.cols * M;
 
   const auto transforms = transforms_for_this_cpu<R, scalar_t>();
-  Tensor u = at::empty({kElements, K, C}, weight.options());
-  transform_filters(transforms, weight.const_data_ptr<scalar_t>(), u.mutable_data_ptr<scalar_t>(), C, K);
-  const Tensor u_t = u.transpose(1, 2);  // (36, C, K)
+  constexpr int64_t width = kPanelWidth<scalar_t>;
+  const int64_t panels = (K + width - 1) / width, padded_k = panels * width;
+  const int64_t u_size = kElements * panels * C * width;
+  Tensor u = at::empty({u_size}, weight.options());
+  transform_filters(transforms, weight.const_data_ptr<scalar_t>(), u.mutable_data_ptr<scalar_t>(), C, K, width);
+  const scalar_t* u_data = u.const_data_ptr<scalar_t>();
   const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* y = output.mutable_data_ptr<scalar_t>();
   const Layout y_layout(output);
@@ -305,8 +367,8 @@ void winograd_forward_kernel(const Tensor& input, const Tensor& weight, const Te
     const auto no_row_work = [](int64_t, int64_t, int64_t, Tensor&) {};
     // P = V U per element, then each row's output blocks y = A^T P A, stored a row at a time.
     const auto multiply_and_store = [&](const Tensor& v, Tensor& p, int64_t first_row, int64_t rows) {
-      at::bmm_out(p, v, u_t);
       const int64_t count = rows * grid.cols;
+      multiply_by_filters(v.const_data_ptr<scalar_t>(), u_data, p.mutable_data_ptr<scalar_t>(), count, C, panels);
       const scalar_t* p_data = p.const_data_ptr<scalar_t>();
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t n = (first_row + r) / grid.rows, row = (first_row + r) % grid.rows;
@@ -314,7 +376,7 @@ void winograd_forward_kernel(const Tensor& input, const Tensor& weight, const Te
           const int64_t t = r * grid.cols + col;
           for (int64_t k0 = 0; k0 < K; k0 += kLanes) {
             const scalar_t* pt[36];
-            element_pointers(p_data, count, t, K, k0, pt);
+            element_pointers(p_data, count, t, padded_k, k0, pt);
             scalar_t* yt[M][M];
             block_pointers<M>(band.data(), band_w, col, M, K, k0, yt);
             transforms.output(pt, b != nullptr ? b + k0 : nullptr, yt, tmp.data(), std::min(kLanes, K - k0));
@@ -323,7 +385,7 @@ void winograd_forward_kernel(const Tensor& input, const Tensor& weight, const Te
         store_band(band.data(), M, band_w, y, y_layout, n, row * M);
       }
     };
-    for_each_chunk(transforms, input, g, grid, chunks, begin, end, no_row_work, multiply_and_store);
+    for_each_chunk(transforms, input, g, grid, chunks, begin, end, padded_k, no_row_work, multiply_and_store);
   });
 }
 
@@ -364,7 +426,7 @@ void winograd_grad_weight_kernel(const Tensor& input, const Tensor& grad_output,
     const auto add_products = [&](const Tensor& v, Tensor& w, int64_t, int64_t) {
       sum.baddbmm_(w.transpose(1, 2), v);
     };
-    for_each_chunk(transforms, input, g, grid, chunks, begin, end, transform_grad_output_row, add_products);
+    for_each_chunk(transforms, input, g, grid, chunks, begin, end, K, transform_grad_output_row, add_products);
     const std::lock_guard<std::mutex> lock(sums_mutex);
     sums.push_back(sum);
   });
@@ -385,6 +447,22 @@ void winograd_grad_weight_kernel(const Tensor& input, const Tensor& grad_output,
   });
 }
 
+// Runs fn(first channel, geometry of the slice) over slices of the output channels, as few as
+// keep 36 x C x slice within kMaxFilterElements, whole panels each. Each slice redoes the input
+// transform, which costs far less than its GEMMs.
+template <typename Fn>
+void for_each_output_slice(const Conv2dGeometry& g, Fn&& fn) {
+  constexpr int64_t width = kPanelWidth<float>;
+  const int64_t K = g.out_channels;
+  const int64_t slices = (kElements * g.in_channels * K + kMaxFilterElements - 1) / kMaxFilterElements;
+  const int64_t size = ((K + slices - 1) / slices + width - 1) / width * width;
+  for (int64_t first = 0; first < K; first += size) {
+    Conv2dGeometry slice = g;
+    slice.out_channels = std::min(size, K - first);
+    fn(first, slice);
+  }
+}
+
 }  // namespace
 
 bool winograd_applies(const Conv2dGeometry& g) {
@@ -396,29 +474,35 @@ bool winograd_applies(const Conv2dGeometry& g) {
 bool winograd_pays_off(const Conv2dGeometry& g) {
   // With few channels the transforms cost about as much as the GEMMs save; partial tiles on
   // small images waste work (ask for at most half the multiplications of a direct
-  // convolution); and the filter transform needs enough tiles in the batch to pay for itself
-  // (measured).
+  // convolution); and the filter transform needs enough tiles in the batch to pay for itself,
+  // four times as many when the transformed filters outgrow the caches and every chunk reads
+  // them from memory (measured: 512x512 loses at 32 and 64 tiles, wins by 1.6x at 128).
   const TileGrid grid(g);
   const int64_t tiles = grid.rows * grid.cols;
   // The transformed blocks of one row of tiles, the smallest chunk.
   const int64_t row_workspace = grid.cols * kElements * (g.in_channels + g.out_channels);
+  const bool filters_fit = kElements * g.in_channels * g.out_channels <= kMaxFilterElements;
   return g.in_channels >= 16 && g.out_channels >= 16 &&
-         kElements * g.in_channels * g.out_channels <= kMaxFilterElements &&
          row_workspace <= kMaxFilterElements &&
          2 * kElements * tiles <= g.kernel_h * g.kernel_w * g.out_h * g.out_w &&
-         g.batch * tiles >= 32;
+         g.batch * tiles >= (filters_fit ? 32 : 128);
 }
 
 Tensor winograd_conv2d_forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
                                const Conv2dGeometry& g, at::MemoryFormat output_format) {
   Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w},
                             input.options().memory_format(output_format));
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_winograd_forward", [&] {
-    if (g.kernel_h == 3) {
-      winograd_forward_kernel<3, scalar_t>(input, weight, bias, output, g);
-    } else {
-      winograd_forward_kernel<5, scalar_t>(input, weight, bias, output, g);
-    }
+  for_each_output_slice(g, [&](int64_t first, const Conv2dGeometry& slice) {
+    const int64_t k = slice.out_channels;
+    const Tensor w = weight.narrow(0, first, k), b = bias.defined() ? bias.narrow(0, first, k) : bias;
+    Tensor y = output.narrow(1, first, k);
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_winograd_forward", [&] {
+      if (g.kernel_h == 3) {
+        winograd_forward_kernel<3, scalar_t>(input, w, b, y, slice);
+      } else {
+        winograd_forward_kernel<5, scalar_t>(input, w, b, y, slice);
+      }
+    });
   });
   return output;
 }
@@ -426,12 +510,16 @@ Tensor winograd_conv2d_forward(const Tensor& input, const Tensor& weight, const 
 Tensor winograd_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
                                    const Conv2dGeometry& g) {
   Tensor grad_weight = at::empty({g.out_channels, g.in_channels, g.kernel_h, g.kernel_w}, input.options());
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_winograd_grad_weight", [&] {
-    if (g.kernel_h == 3) {
-      winograd_grad_weight_kernel<3, scalar_t>(input, grad_output, grad_weight, g);
-    } else {
-      winograd_grad_weight_kernel<5, scalar_t>(input, grad_output, grad_weight, g);
-    }
+  for_each_output_slice(g, [&](int64_t first, const Conv2dGeometry& slice) {
+    const Tensor gy = grad_output.narrow(1, first, slice.out_channels);
+    Tensor gw = grad_weight.narrow(0, first, slice.out_channels);
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_winograd_grad_weight", [&] {
+      if (g.kernel_h == 3) {
+        winograd_grad_weight_kernel<3, scalar_t>(input, gy, gw, slice);
+      } else {
+        winograd_grad_weight_kernel<5, scalar_t>(input, gy, gw, slice);
+      }
+    });
   });
   return grad_weight;
 }
