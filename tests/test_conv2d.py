@@ -165,10 +165,10 @@ def test_forced_cpu_paths_take_effect(kernel):
     of the forward differ from one another, and Winograd's weight gradient from the others (the
     GEMM and direct weight gradients both sum each tap over the pixels in order, so they may
     agree bit for bit). The accuracy tests above then cover each path."""
-    # 32 input channels (a patch longer than the GEMM's blocks of 256), the first of them 1e6
+    # 128 input channels (a patch longer than the GEMM's blocks of 1024), the first of them 1e6
     # times larger than the rest: every change in the order of summation then changes which
     # small terms are rounded away, whatever the compiler makes of each kernel.
-    conv = Conv(2, 32, 8, (12, 12), (kernel, kernel), (1, 1), (1, 1), (1, 1), 1, True)
+    conv = Conv(2, 128, 8, (12, 12), (kernel, kernel), (1, 1), (1, 1), (1, 1), 1, True)
     x, w, b = conv.tensors(torch.float32, "cpu")
     x[:, 0] *= 1e6
     x.requires_grad_(), w.requires_grad_()

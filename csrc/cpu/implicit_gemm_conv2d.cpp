@@ -114,9 +114,10 @@ void forward_pixels(const scalar_t* x, const scalar_t* weight, const scalar_t* b
                     const Conv2dGeometry& g, int64_t first, int64_t end) {
   using V = Vec<scalar_t>;
   constexpr int64_t kWidth = kPanelWidth<scalar_t>, kRows = V::kRows;
-  // Per block of the patch, each panel of pixels is packed (in L1) and multiplied by every tile
-  // of kRows filters in turn, read in place (in L2).
-  constexpr int64_t kDepth = 256;
+  // Per block of the patch, each panel of pixels is packed (64 KiB, in L2) and multiplied by
+  // every tile of kRows filters in turn, read in place. Deep blocks mean fewer passes that load
+  // and store the output tiles: 1024 ran 5-10% faster than 256 (measured; no gain beyond).
+  constexpr int64_t kDepth = 1024;
   const int64_t patch = g.patch_size(), pixels = g.out_h * g.out_w;
   const int64_t cg = g.in_channels_per_group(), kg = g.out_channels_per_group();
   const int64_t tiles = (kg + kRows - 1) / kRows;
