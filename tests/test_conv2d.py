@@ -100,8 +100,8 @@ LARGE_LAYERS = [
     Conv(8, 64, 64, (28, 28), (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
     Conv(3, 130, 70, (13, 11), (3, 3), (1, 1), (2, 0), (1, 1), 1, True, "channels_last"),
     Conv(8, 48, 64, (28, 27), (5, 5), (1, 1), (2, 2), (1, 1), 1, True),
-    # 36 x 360 x 350 transformed filters exceed Winograd's bound: it runs in slices of output
-    # channels (176 + 174 here, 192 + 168 for the input gradient), the last not whole panels.
+    # Many channels, few tiles: Winograd's forward runs by panels of 16 output channels, the
+    # last one partial (350 = 21 x 16 + 14).
     Conv(2, 360, 350, (9, 10), (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
 ]
 
@@ -113,6 +113,19 @@ def test_large_reduction_float32(conv, device, path):
     """ResNet-sized layers: long sums (576 to 3240 terms per output, 8*28*28 per weight) stay in
     bound on every path."""
     x, w, b = conv.tensors(torch.float32, device, requires_grad=True)
+    with cpu_path(path):
+        ours, gy = forward_and_grads(conv_ext.conv2d, conv, x, w, b)
+    for name, a, e, scale, tol in zip(NAMES, ours, *float64_results(conv, x, w, b, gy), TOLERANCES[torch.float32]):
+        assert_scaled_close(a, e, tol, name, scale)
+
+
+@pytest.mark.parametrize("path", ["winograd", "winograd-generic-isa"])
+def test_winograd_output_channel_slices(path):
+    """36 x 360 x 350 transformed filters exceed Winograd's bound and 147 tiles are too many to
+    run by panels: the forward, the input gradient and the weight gradient run in slices of
+    output channels (176 + 174, 192 + 168 for the input gradient), the last not whole panels."""
+    conv = Conv(3, 360, 350, (27, 28), (3, 3), (1, 1), (1, 1), (1, 1), 1, True)
+    x, w, b = conv.tensors(torch.float32, "cpu", requires_grad=True)
     with cpu_path(path):
         ours, gy = forward_and_grads(conv_ext.conv2d, conv, x, w, b)
     for name, a, e, scale, tol in zip(NAMES, ours, *float64_results(conv, x, w, b, gy), TOLERANCES[torch.float32]):

@@ -240,28 +240,42 @@ void transform_input_row(const Transforms<R, scalar_t>& transforms, const scalar
   }
 }
 
-// The filters' transforms, packed as the B operand of the forward's GEMMs: u[e][panel][c][j] =
-// (G w[k, c] G^T)[e] for output channel k = panel * width + j, zero past the last channel.
-// A panel's filters are regrouped by input channel and tap first, so that each transform runs
-// across the panel's output channels and writes rows of u whole.
+// The transforms of one panel's filters (output channels panel * width + j, j < width), packed
+// as the B operand of the forward's GEMMs: u[e * e_stride + c * width + j] = (G w[k, c] G^T)[e],
+// zero past the last channel. The filters are regrouped by input channel and tap first, so that
+// each transform runs across the panel's output channels and writes rows of u whole.
+template <int R, typename scalar_t>
+void transform_filter_panel(const Transforms<R, scalar_t>& transforms, const scalar_t* w, int64_t C,
+                            int64_t K, int64_t panel, int64_t width, scalar_t* u, int64_t e_stride,
+                            std::vector<scalar_t>& grouped, std::vector<scalar_t>& tmp) {
+  const int64_t filters = std::min(width, K - panel * width), filter_size = C * R * R;
+  grouped.assign(filter_size * width, scalar_t(0));  // zero: the channels past the last
+  tmp.resize(6 * R * width);
+  // grouped[c][tap][j] = w[panel * width + j][c][tap], in blocks that stay in L1
+  const scalar_t* w_panel = w + panel * width * filter_size;
+  for (int64_t i0 = 0; i0 < filter_size; i0 += width) {
+    const int64_t i_end = std::min(i0 + width, filter_size);
+    for (int64_t j = 0; j < filters; ++j) {
+      for (int64_t i = i0; i < i_end; ++i) grouped[i * width + j] = w_panel[j * filter_size + i];
+    }
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    scalar_t* uc[36];
+    for (int64_t e = 0; e < kElements; ++e) uc[e] = u + e * e_stride + c * width;
+    transforms.filter(&grouped[c * width * R * R], uc, tmp.data());
+  }
+}
+
+// Every panel's filter transforms, in u (36, panels, C, width).
 template <int R, typename scalar_t>
 void transform_filters(const Transforms<R, scalar_t>& transforms, const scalar_t* w, scalar_t* u,
                        int64_t C, int64_t K, int64_t width) {
   const int64_t panels = (K + width - 1) / width;
   at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> tmp(6 * R * width), grouped(C * R * R * width);
+    std::vector<scalar_t> grouped, tmp;
     for (int64_t panel = begin; panel < end; ++panel) {
-      const int64_t filters = std::min(width, K - panel * width);
-      std::fill(grouped.begin(), grouped.end(), scalar_t(0));  // the channels past the last
-      for (int64_t j = 0; j < filters; ++j) {  // grouped[c][tap][j] = w[panel * width + j][c][tap]
-        const scalar_t* wk = w + (panel * width + j) * C * R * R;
-        for (int64_t i = 0; i < C * R * R; ++i) grouped[i * width + j] = wk[i];
-      }
-      for (int64_t c = 0; c < C; ++c) {
-        scalar_t* uc[36];
-        for (int64_t e = 0; e < kElements; ++e) uc[e] = u + ((e * panels + panel) * C + c) * width;
-        transforms.filter(&grouped[c * width * R * R], uc, tmp.data());
-      }
+      transform_filter_panel(transforms, w, C, K, panel, width, u + panel * C * width, panels * C * width,
+                             grouped, tmp);
     }
   });
 }
@@ -392,6 +406,62 @@ void winograd_forward_kernel(const Tensor& input, const Tensor& weight, const Te
   });
 }
 
+// The forward for few tiles (a small batch of small images, deep layers): chunks of tiles would
+// leave each thread one chunk too small for its GEMMs, and every chunk reads all the
+// transformed filters from memory. Here the input is transformed once, whole, and the threads
+// split the output channels a panel at a time: each panel's filters are transformed in cache,
+// multiplied by every tile and transformed back into the output.
+template <int R, typename scalar_t>
+void winograd_forward_by_panels(const Tensor& input, const Tensor& weight, const Tensor& bias,
+                                Tensor& output, const Conv2dGeometry& g) {
+  constexpr int M = 7 - R;
+  constexpr int64_t width = kPanelWidth<scalar_t>;
+  const TileGrid grid(g);
+  const int64_t C = g.in_channels, K = g.out_channels, band_w = grid.cols * M;
+  const int64_t tile_rows = g.batch * grid.rows, tiles = tile_rows * grid.cols;
+  const auto transforms = transforms_for_this_cpu<R, scalar_t>();
+
+  Tensor v = at::empty({kElements * tiles * C}, input.options());
+  scalar_t* v_data = v.mutable_data_ptr<scalar_t>();
+  const scalar_t* x = input.const_data_ptr<scalar_t>();
+  const Layout x_layout(input);
+  at::parallel_for(0, tile_rows, 1, [&](int64_t begin, int64_t end) {
+    const int64_t input_band_w = band_w + R - 1;
+    std::vector<scalar_t> tmp(kElements * kLanes), band(kBlock * input_band_w * C);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / grid.rows, row = r % grid.rows;
+      fill_band(x, x_layout, n, row * M - g.pad_h, kBlock, -g.pad_w, input_band_w, band.data());
+      transform_input_row(transforms, band.data(), input_band_w, grid.cols, C, v_data, tiles, r * grid.cols, tmp.data());
+    }
+  });
+
+  const scalar_t* w = weight.const_data_ptr<scalar_t>();
+  const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
+  scalar_t* y = output.mutable_data_ptr<scalar_t>();
+  const Layout y_layout(output);
+  at::parallel_for(0, (K + width - 1) / width, 1, [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> u(kElements * C * width), p(kElements * tiles * width), band(M * band_w * width);
+    std::vector<scalar_t> grouped, tmp, output_tmp(kElements * kLanes);
+    for (int64_t panel = begin; panel < end; ++panel) {
+      const int64_t k0 = panel * width, lanes = std::min(width, K - k0);
+      transform_filter_panel(transforms, w, C, K, panel, width, u.data(), C * width, grouped, tmp);
+      multiply_by_filters(static_cast<const scalar_t*>(v_data), u.data(), p.data(), tiles, C, 1);
+      Layout panel_layout = y_layout;  // the panel's output channels
+      panel_layout.channels = lanes;
+      for (int64_t r = 0; r < tile_rows; ++r) {
+        for (int64_t col = 0; col < grid.cols; ++col) {
+          const scalar_t* pt[36];
+          element_pointers(static_cast<const scalar_t*>(p.data()), tiles, r * grid.cols + col, width, 0, pt);
+          scalar_t* yt[M][M];
+          block_pointers<M>(band.data(), band_w, col, M, lanes, 0, yt);
+          transforms.output(pt, b != nullptr ? b + k0 : nullptr, yt, output_tmp.data(), lanes);
+        }
+        store_band(band.data(), M, band_w, y + k0 * y_layout.c, panel_layout, r / grid.rows, r % grid.rows * M);
+      }
+    }
+  });
+}
+
 template <int R, typename scalar_t>
 void winograd_grad_weight_kernel(const Tensor& input, const Tensor& grad_output,
                                  Tensor& grad_weight, const Conv2dGeometry& g) {
@@ -466,6 +536,36 @@ void for_each_output_slice(const Conv2dGeometry& g, Fn&& fn) {
   }
 }
 
+// The conditions both directions share: with few channels the transforms cost about as much
+// as the GEMMs save, and partial tiles on small images waste work (ask for at most half the
+// multiplications of a direct convolution).
+bool winograd_may_pay_off(const Conv2dGeometry& g) {
+  const TileGrid grid(g);
+  // The transformed blocks of one row of tiles, the smallest chunk.
+  const int64_t row_workspace = grid.cols * kElements * (g.in_channels + g.out_channels);
+  return g.in_channels >= 16 && g.out_channels >= 16 && row_workspace <= kMaxFilterElements &&
+         2 * kElements * grid.rows * grid.cols <= g.kernel_h * g.kernel_w * g.out_h * g.out_w;
+}
+
+int64_t batch_tiles(const Conv2dGeometry& g) {
+  const TileGrid grid(g);
+  return g.batch * grid.rows * grid.cols;
+}
+
+// Few tiles for the threads' chunks (each wants kMinChunk), and the whole batch's transformed
+// input within bounds: the forward runs by panels of output channels.
+bool forward_by_panels(const Conv2dGeometry& g) {
+  const int64_t tiles = batch_tiles(g);
+  return tiles <= at::get_num_threads() * kMinChunk && kElements * tiles * g.in_channels <= kMaxFilterElements;
+}
+
+// The tiles in the batch that repay the filter transform when the work runs in chunks of tiles
+// (measured): 32, and four times as many when the transformed filters outgrow the caches and
+// every chunk reads them from memory (512x512 loses at 32 and 64 tiles, wins by 1.6x at 128).
+int64_t tiles_repaying_chunks(const Conv2dGeometry& g) {
+  return kElements * g.in_channels * g.out_channels <= kMaxFilterElements ? 32 : 128;
+}
+
 }  // namespace
 
 bool winograd_applies(const Conv2dGeometry& g) {
@@ -474,27 +574,30 @@ bool winograd_applies(const Conv2dGeometry& g) {
          g.in_channels > 0 && g.batch * g.out_h * g.out_w * g.out_channels > 0;
 }
 
+// By panels, 16 tiles repay the filter transform (512x512 at batch 4 of 7x7 images: 1.4x faster
+// than the GEMM, measured).
 bool winograd_pays_off(const Conv2dGeometry& g) {
-  // With few channels the transforms cost about as much as the GEMMs save; partial tiles on
-  // small images waste work (ask for at most half the multiplications of a direct
-  // convolution); and the filter transform needs enough tiles in the batch to pay for itself,
-  // four times as many when the transformed filters outgrow the caches and every chunk reads
-  // them from memory (measured: 512x512 loses at 32 and 64 tiles, wins by 1.6x at 128).
-  const TileGrid grid(g);
-  const int64_t tiles = grid.rows * grid.cols;
-  // The transformed blocks of one row of tiles, the smallest chunk.
-  const int64_t row_workspace = grid.cols * kElements * (g.in_channels + g.out_channels);
-  const bool filters_fit = kElements * g.in_channels * g.out_channels <= kMaxFilterElements;
-  return g.in_channels >= 16 && g.out_channels >= 16 &&
-         row_workspace <= kMaxFilterElements &&
-         2 * kElements * tiles <= g.kernel_h * g.kernel_w * g.out_h * g.out_w &&
-         g.batch * tiles >= (filters_fit ? 32 : 128);
+  return winograd_may_pay_off(g) && batch_tiles(g) >= (forward_by_panels(g) ? 16 : tiles_repaying_chunks(g));
+}
+
+bool winograd_grad_weight_pays_off(const Conv2dGeometry& g) {
+  return winograd_may_pay_off(g) && batch_tiles(g) >= tiles_repaying_chunks(g);
 }
 
 Tensor winograd_conv2d_forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
                                const Conv2dGeometry& g, at::MemoryFormat output_format) {
   Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w},
                             input.options().memory_format(output_format));
+  if (forward_by_panels(g)) {
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_winograd_forward", [&] {
+      if (g.kernel_h == 3) {
+        winograd_forward_by_panels<3, scalar_t>(input, weight, bias, output, g);
+      } else {
+        winograd_forward_by_panels<5, scalar_t>(input, weight, bias, output, g);
+      }
+    });
+    return output;
+  }
   for_each_output_slice(g, [&](int64_t first, const Conv2dGeometry& slice) {
     const int64_t k = slice.out_channels;
     const Tensor w = weight.narrow(0, first, k), b = bias.defined() ? bias.narrow(0, first, k) : bias;
