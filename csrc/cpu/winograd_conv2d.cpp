@@ -406,6 +406,28 @@ void winograd_forward_kernel(const Tensor& input, const Tensor& weight, const Te
   });
 }
 
+// V (36, tiles, C) for every tile of the batch, transformed in parallel by rows of tiles.
+template <int R, typename scalar_t>
+Tensor transform_batch_input(const Transforms<R, scalar_t>& transforms, const Tensor& input,
+                             const Conv2dGeometry& g, const TileGrid& grid) {
+  constexpr int M = 7 - R;
+  const int64_t C = g.in_channels, tile_rows = g.batch * grid.rows, tiles = tile_rows * grid.cols;
+  const int64_t band_w = grid.cols * M + R - 1;
+  Tensor v = at::empty({kElements, tiles, C}, input.options());
+  scalar_t* v_data = v.mutable_data_ptr<scalar_t>();
+  const scalar_t* x = input.const_data_ptr<scalar_t>();
+  const Layout x_layout(input);
+  at::parallel_for(0, tile_rows, 1, [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> tmp(kElements * kLanes), band(kBlock * band_w * C);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / grid.rows, row = r % grid.rows;
+      fill_band(x, x_layout, n, row * M - g.pad_h, kBlock, -g.pad_w, band_w, band.data());
+      transform_input_row(transforms, band.data(), band_w, grid.cols, C, v_data, tiles, r * grid.cols, tmp.data());
+    }
+  });
+  return v;
+}
+
 // The forward for few tiles (a small batch of small images, deep layers): chunks of tiles would
 // leave each thread one chunk too small for its GEMMs, and every chunk reads all the
 // transformed filters from memory. Here the input is transformed once, whole, and the threads
@@ -420,20 +442,8 @@ void winograd_forward_by_panels(const Tensor& input, const Tensor& weight, const
   const int64_t C = g.in_channels, K = g.out_channels, band_w = grid.cols * M;
   const int64_t tile_rows = g.batch * grid.rows, tiles = tile_rows * grid.cols;
   const auto transforms = transforms_for_this_cpu<R, scalar_t>();
-
-  Tensor v = at::empty({kElements * tiles * C}, input.options());
-  scalar_t* v_data = v.mutable_data_ptr<scalar_t>();
-  const scalar_t* x = input.const_data_ptr<scalar_t>();
-  const Layout x_layout(input);
-  at::parallel_for(0, tile_rows, 1, [&](int64_t begin, int64_t end) {
-    const int64_t input_band_w = band_w + R - 1;
-    std::vector<scalar_t> tmp(kElements * kLanes), band(kBlock * input_band_w * C);
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t n = r / grid.rows, row = r % grid.rows;
-      fill_band(x, x_layout, n, row * M - g.pad_h, kBlock, -g.pad_w, input_band_w, band.data());
-      transform_input_row(transforms, band.data(), input_band_w, grid.cols, C, v_data, tiles, r * grid.cols, tmp.data());
-    }
-  });
+  const Tensor v = transform_batch_input(transforms, input, g, grid);
+  const scalar_t* v_data = v.const_data_ptr<scalar_t>();
 
   const scalar_t* w = weight.const_data_ptr<scalar_t>();
   const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
@@ -445,7 +455,7 @@ void winograd_forward_by_panels(const Tensor& input, const Tensor& weight, const
     for (int64_t panel = begin; panel < end; ++panel) {
       const int64_t k0 = panel * width, lanes = std::min(width, K - k0);
       transform_filter_panel(transforms, w, C, K, panel, width, u.data(), C * width, grouped, tmp);
-      multiply_by_filters(static_cast<const scalar_t*>(v_data), u.data(), p.data(), tiles, C, 1);
+      multiply_by_filters(v_data, u.data(), p.data(), tiles, C, 1);
       Layout panel_layout = y_layout;  // the panel's output channels
       panel_layout.channels = lanes;
       for (int64_t r = 0; r < tile_rows; ++r) {
@@ -457,6 +467,58 @@ void winograd_forward_by_panels(const Tensor& input, const Tensor& weight, const
           transforms.output(pt, b != nullptr ? b + k0 : nullptr, yt, output_tmp.data(), lanes);
         }
         store_band(band.data(), M, band_w, y + k0 * y_layout.c, panel_layout, r / grid.rows, r % grid.rows * M);
+      }
+    }
+  });
+}
+
+// The weight gradient for few tiles, like the forward: the input transformed once, whole, and
+// the threads split the output channels a panel at a time. Per panel W = A gy A^T for every
+// tile, the 36 products W^T V summed over all tiles by one GEMM each, and grad_w = G^T (sum) G;
+// no thread shares a sum, so none is reduced across threads.
+template <int R, typename scalar_t>
+void winograd_grad_weight_by_panels(const Tensor& input, const Tensor& grad_output,
+                                    Tensor& grad_weight, const Conv2dGeometry& g) {
+  constexpr int M = 7 - R;
+  constexpr int64_t width = kPanelWidth<scalar_t>;
+  const TileGrid grid(g);
+  const int64_t C = g.in_channels, K = g.out_channels, band_w = grid.cols * M;
+  const int64_t tile_rows = g.batch * grid.rows, tiles = tile_rows * grid.cols;
+  const auto transforms = transforms_for_this_cpu<R, scalar_t>();
+  const Tensor v = transform_batch_input(transforms, input, g, grid);
+
+  const scalar_t* gy = grad_output.const_data_ptr<scalar_t>();
+  const Layout gy_layout(grad_output);
+  scalar_t* gw = grad_weight.mutable_data_ptr<scalar_t>();
+  at::parallel_for(0, (K + width - 1) / width, 1, [&](int64_t begin, int64_t end) {
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;  // not inherited by workers
+    Tensor w = at::empty({kElements, tiles, width}, input.options());
+    Tensor sum_buffer = at::empty({kElements * width * C}, input.options());
+    std::vector<scalar_t> band(M * band_w * width), tmp(kElements * kLanes), filter_tmp((R * R + 6 * R) * kLanes);
+    for (int64_t panel = begin; panel < end; ++panel) {
+      const int64_t k0 = panel * width, lanes = std::min(width, K - k0);
+      Layout panel_layout = gy_layout;  // the panel's output channels
+      panel_layout.channels = lanes;
+      scalar_t* w_data = w.mutable_data_ptr<scalar_t>();
+      for (int64_t r = 0; r < tile_rows; ++r) {
+        fill_band(gy + k0 * gy_layout.c, panel_layout, r / grid.rows, r % grid.rows * M, M, 0, band_w, band.data());
+        for (int64_t col = 0; col < grid.cols; ++col) {
+          const scalar_t* gt[M][M];
+          block_pointers<M>(static_cast<const scalar_t*>(band.data()), band_w, col, M, lanes, 0, gt);
+          scalar_t* wt[36];
+          element_pointers(w_data, tiles, r * grid.cols + col, width, 0, wt);
+          transforms.grad_output(gt, wt, tmp.data(), lanes);
+        }
+      }
+      Tensor sum = sum_buffer.narrow(0, 0, kElements * lanes * C).view({kElements, lanes, C});
+      at::bmm_out(sum, w.narrow(2, 0, lanes).transpose(1, 2), v);
+      const scalar_t* sum_data = sum.const_data_ptr<scalar_t>();
+      for (int64_t j = 0; j < lanes; ++j) {
+        for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
+          const scalar_t* sj[36];
+          element_pointers(sum_data, lanes, j, C, c0, sj);
+          transforms.grad_filter(sj, gw + ((k0 + j) * C + c0) * R * R, filter_tmp.data(), std::min(kLanes, C - c0));
+        }
       }
     }
   });
@@ -553,8 +615,8 @@ int64_t batch_tiles(const Conv2dGeometry& g) {
 }
 
 // Few tiles for the threads' chunks (each wants kMinChunk), and the whole batch's transformed
-// input within bounds: the forward runs by panels of output channels.
-bool forward_by_panels(const Conv2dGeometry& g) {
+// input within bounds: the work runs by panels of output channels.
+bool runs_by_panels(const Conv2dGeometry& g) {
   const int64_t tiles = batch_tiles(g);
   return tiles <= at::get_num_threads() * kMinChunk && kElements * tiles * g.in_channels <= kMaxFilterElements;
 }
@@ -577,18 +639,18 @@ bool winograd_applies(const Conv2dGeometry& g) {
 // By panels, 16 tiles repay the filter transform (512x512 at batch 4 of 7x7 images: 1.4x faster
 // than the GEMM, measured).
 bool winograd_pays_off(const Conv2dGeometry& g) {
-  return winograd_may_pay_off(g) && batch_tiles(g) >= (forward_by_panels(g) ? 16 : tiles_repaying_chunks(g));
+  return winograd_may_pay_off(g) && batch_tiles(g) >= (runs_by_panels(g) ? 16 : tiles_repaying_chunks(g));
 }
 
 bool winograd_grad_weight_pays_off(const Conv2dGeometry& g) {
-  return winograd_may_pay_off(g) && batch_tiles(g) >= tiles_repaying_chunks(g);
+  return winograd_may_pay_off(g) && batch_tiles(g) >= (runs_by_panels(g) ? 16 : tiles_repaying_chunks(g));
 }
 
 Tensor winograd_conv2d_forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
                                const Conv2dGeometry& g, at::MemoryFormat output_format) {
   Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w},
                             input.options().memory_format(output_format));
-  if (forward_by_panels(g)) {
+  if (runs_by_panels(g)) {
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_winograd_forward", [&] {
       if (g.kernel_h == 3) {
         winograd_forward_by_panels<3, scalar_t>(input, weight, bias, output, g);
@@ -616,6 +678,16 @@ Tensor winograd_conv2d_forward(const Tensor& input, const Tensor& weight, const 
 Tensor winograd_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
                                    const Conv2dGeometry& g) {
   Tensor grad_weight = at::empty({g.out_channels, g.in_channels, g.kernel_h, g.kernel_w}, input.options());
+  if (runs_by_panels(g)) {
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_winograd_grad_weight", [&] {
+      if (g.kernel_h == 3) {
+        winograd_grad_weight_by_panels<3, scalar_t>(input, grad_output, grad_weight, g);
+      } else {
+        winograd_grad_weight_by_panels<5, scalar_t>(input, grad_output, grad_weight, g);
+      }
+    });
+    return grad_weight;
+  }
   for_each_output_slice(g, [&](int64_t first, const Conv2dGeometry& slice) {
     const Tensor gy = grad_output.narrow(1, first, slice.out_channels);
     Tensor gw = grad_weight.narrow(0, first, slice.out_channels);
