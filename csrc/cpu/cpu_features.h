@@ -1,5 +1,5 @@
 // Run-time switches shared by the CPU algorithms: environment overrides (read on every call, so
-// tests can force each path) and the instruction set the vectorised loops are compiled for.
+// tests can force each path) and the instruction set the vectorised loops run in.
 #pragma once
 
 #include <cstdlib>
@@ -12,11 +12,21 @@ inline bool env_is(const char* name, const char* value) {
   return set != nullptr && std::strcmp(set, value) == 0;
 }
 
-// Whether to run the AVX2+FMA build of a kernel: the CPU has it and CONV_EXT_CPU_ISA=generic
-// does not ask for the baseline build.
-inline bool use_avx2() {
-  static const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has_avx2 && !env_is("CONV_EXT_CPU_ISA", "generic");
+// The instruction sets the kernels are compiled for, in order.
+enum class Isa { generic, avx2, avx512 };
+
+// The best the CPU has, capped by CONV_EXT_CPU_ISA (generic or avx2), so the tests can run the
+// builds a CPU would not pick.
+inline Isa cpu_isa() {
+  static const Isa best = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") ? Isa::avx512
+                          : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")      ? Isa::avx2
+                                                                                                 : Isa::generic;
+  if (env_is("CONV_EXT_CPU_ISA", "generic")) return Isa::generic;
+  if (env_is("CONV_EXT_CPU_ISA", "avx2") && best == Isa::avx512) return Isa::avx2;
+  return best;
 }
+
+inline bool use_avx2() { return cpu_isa() >= Isa::avx2; }
+inline bool use_avx512() { return cpu_isa() == Isa::avx512; }
 
 }  // namespace conv_ext

@@ -1,11 +1,12 @@
 // The GEMM follows BLIS's design (Van Zee & van de Geijn): per block of the patch, a panel of
-// the im2col matrix kWidth pixels wide is packed contiguously, then every kRows output channels'
-// tile of output is accumulated in registers, one broadcast of a filter value and two FMAs per
+// the im2col matrix kWidth pixels wide is packed contiguously, then the micro-kernel accumulates
+// each tile of its rows' output channels in registers, one broadcast of a filter value per
 // channel and patch element. The filters are read in place (rows of the weight tensor).
 #include "implicit_gemm_conv2d.h"
 
 #include "cpu_features.h"
 #include "micro_kernel.h"
+#include "vec.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -17,9 +18,10 @@ namespace conv_ext {
 namespace {
 
 // Output elements a chunk of pixels keeps (about half a 1 MiB L2 of float32), and the pixels of
-// a chunk at least: a few panels (of at most kPanelPixels, 16 float32 or 8 float64 lanes x 2).
+// a chunk at least: a few of the micro-kernel's column blocks (of at most kBlockPixels, two
+// panels of 16 float32).
 constexpr int64_t kChunkElements = int64_t{1} << 17;
-constexpr int64_t kMinChunkPixels = 64, kPanelPixels = 16;
+constexpr int64_t kMinChunkPixels = 64, kBlockPixels = 32;
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -29,7 +31,7 @@ constexpr int64_t kMinChunkPixels = 64, kPanelPixels = 16;
 template <typename scalar_t>
 inline void copy_row_segment(const scalar_t* plane, const Conv2dGeometry& g, int64_t ih,
                              int64_t first, int64_t count, scalar_t* dst) {
-  using V = Vec<scalar_t>;
+  using V = avx2::Vec<scalar_t>;
   constexpr int64_t L = V::kLanes;
   if (ih < 0 || ih >= g.in_h) {
     for (int64_t j = 0; j < count; ++j) dst[j] = 0;
@@ -55,52 +57,54 @@ inline void copy_row_segment(const scalar_t* plane, const Conv2dGeometry& g, int
   }
 }
 
-// The output pixels q of the batch (q = n * OH * OW + oh * OW + ow) that one panel covers:
-// where each column's output lies (past its channel's offset), and the runs of columns within one
-// output row, which read one input row per patch element.
+// The output pixels q of the batch (q = n * OH * OW + oh * OW + ow) that the micro-kernel's
+// panels cover (column j in panel j / kWidth): where each column's output lies (past its
+// channel's offset), and the runs of columns within one output row and one panel, which read one
+// input row per patch element.
 template <typename scalar_t>
 struct PanelPixels {
-  static constexpr int64_t kWidth = kPanelWidth<scalar_t>;
+  static constexpr int64_t kWidth = kPanelWidth<scalar_t>, kMaxWidth = kWidth * kMaxMicroKernelPanels;
   struct Segment {
     int64_t j, count, image, ih, iw;  // first column, length, image, input row/column at tap 0
-  } segments[kWidth];
-  int64_t segment_count = 0, width;
-  int64_t out_offset[kWidth];  // n * K * OH * OW + oh * OW + ow
-  bool contiguous;             // one image's consecutive pixels, kWidth of them
+  } segments[kMaxWidth];
+  int64_t segment_count = 0, width, panels;
+  int64_t out_offset[kMaxWidth];  // n * K * OH * OW + oh * OW + ow
+  bool contiguous;                // one image's consecutive pixels, filling the panels
 
-  PanelPixels(const Conv2dGeometry& g, int64_t first, int64_t width) : width(width) {
+  PanelPixels(const Conv2dGeometry& g, int64_t first, int64_t width)
+      : width(width), panels((width + kWidth - 1) / kWidth) {
     const int64_t pixels = g.out_h * g.out_w;
     for (int64_t j = 0; j < width;) {
       const int64_t n = (first + j) / pixels, p = (first + j) % pixels;
       const int64_t oh = p / g.out_w, ow = p % g.out_w;
-      const int64_t count = std::min(width - j, g.out_w - ow);
+      const int64_t count = std::min({width - j, g.out_w - ow, kWidth - j % kWidth});
       segments[segment_count++] = {j, count, n, oh * g.stride_h - g.pad_h, ow * g.stride_w - g.pad_w};
       for (int64_t i = 0; i < count; ++i) out_offset[j + i] = n * g.out_channels * pixels + p + i;
       j += count;
     }
-    contiguous = width == kWidth && out_offset[kWidth - 1] == out_offset[0] + kWidth - 1;
+    contiguous = width == panels * kWidth && out_offset[width - 1] == out_offset[0] + width - 1;
   }
 };
 
-// panel[r][j] = im2col[patch_begin + r][pixel j] for r < depth and the panel's pixels (zero
-// beyond): for r = (c, ki, kj) the input value x[n, c, oh * sh - ph + ki * dh, ow * sw - pw +
+// panels[j / kWidth][r][j % kWidth] = im2col[patch_begin + r][pixel j] for r < depth and the
+// panels' pixels (zero beyond): for r = (c, ki, kj) the input value x[n, c, oh * sh - ph + ki * dh, ow * sw - pw +
 // kj * dw] of output pixel (n, oh, ow), zero in the padding. x points at the group's first
-// input channel of image 0; the panel is copied a run of one output row at a time.
+// input channel of image 0; the panels are copied a run of one output row at a time.
 template <typename scalar_t>
-void pack_panel(const scalar_t* x, const Conv2dGeometry& g, int64_t patch_begin, int64_t depth,
-                const PanelPixels<scalar_t>& pixels, scalar_t* panel) {
+void pack_panels(const scalar_t* x, const Conv2dGeometry& g, int64_t patch_begin, int64_t depth,
+                 const PanelPixels<scalar_t>& pixels, scalar_t* panels) {
   constexpr int64_t kWidth = PanelPixels<scalar_t>::kWidth;
   const int64_t plane = g.in_h * g.in_w, image = g.in_channels * plane;
   int64_t c = patch_begin / (g.kernel_h * g.kernel_w);
   int64_t ki = patch_begin / g.kernel_w % g.kernel_h, kj = patch_begin % g.kernel_w;
   for (int64_t r = 0; r < depth; ++r) {
-    scalar_t* dst = panel + r * kWidth;
+    scalar_t* dst = panels + r * kWidth;  // column j at dst + j / kWidth * depth * kWidth + j % kWidth
     for (int64_t s = 0; s < pixels.segment_count; ++s) {
       const auto& seg = pixels.segments[s];
       copy_row_segment(x + seg.image * image + c * plane, g, seg.ih + ki * g.dilation_h,
-                       seg.iw + kj * g.dilation_w, seg.count, dst + seg.j);
+                       seg.iw + kj * g.dilation_w, seg.count, dst + seg.j / kWidth * depth * kWidth + seg.j % kWidth);
     }
-    for (int64_t j = pixels.width; j < kWidth; ++j) dst[j] = 0;
+    for (int64_t j = pixels.width; j < pixels.panels * kWidth; ++j) dst[j / kWidth * depth * kWidth + j % kWidth] = 0;
     if (++kj == g.kernel_w) {
       kj = 0;
       if (++ki == g.kernel_h) ki = 0, ++c;
@@ -110,19 +114,20 @@ void pack_panel(const scalar_t* x, const Conv2dGeometry& g, int64_t patch_begin,
 
 // Output pixels [first, end) of the batch, every output channel, single-threaded.
 template <typename scalar_t>
-void forward_pixels(const scalar_t* x, const scalar_t* weight, const scalar_t* bias, scalar_t* y,
-                    const Conv2dGeometry& g, int64_t first, int64_t end) {
-  using V = Vec<scalar_t>;
-  constexpr int64_t kWidth = kPanelWidth<scalar_t>, kRows = V::kRows;
-  // Per block of the patch, each panel of pixels is packed (64 KiB, in L2) and multiplied by
-  // every tile of kRows filters in turn, read in place. Deep blocks mean fewer passes that load
+void forward_pixels(const MicroKernel<scalar_t>& kernel, const scalar_t* x, const scalar_t* weight,
+                    const scalar_t* bias, scalar_t* y, const Conv2dGeometry& g, int64_t first, int64_t end) {
+  constexpr int64_t kWidth = kPanelWidth<scalar_t>;
+  const int64_t tile_rows = kernel.rows;
+  // Per block of the patch, the kernel's panels of pixels are packed (64 KiB each, in L2) and
+  // multiplied by every tile of tile_rows filters in turn, read in place. Deep blocks mean fewer passes that load
   // and store the output tiles: 1024 ran 5-10% faster than 256 (measured; no gain beyond).
   constexpr int64_t kDepth = 1024;
   const int64_t patch = g.patch_size(), pixels = g.out_h * g.out_w;
   const int64_t cg = g.in_channels_per_group(), kg = g.out_channels_per_group();
-  const int64_t tiles = (kg + kRows - 1) / kRows;
-  alignas(64) scalar_t panel[kDepth * kWidth];  // aligned: no vector load straddles two lines
-  alignas(64) scalar_t edge[kRows * kWidth];     // tiles whose pixels are not contiguous in y
+  const int64_t tiles = (kg + tile_rows - 1) / tile_rows;
+  constexpr int64_t kMaxWidth = PanelPixels<scalar_t>::kMaxWidth;
+  alignas(64) scalar_t panels[kDepth * kMaxWidth];           // aligned: no vector load straddles two lines
+  alignas(64) scalar_t edge[kMaxMicroKernelRows * kMaxWidth];  // tiles whose pixels are not contiguous in y
   for (int64_t group = 0; group < g.groups; ++group) {
     const scalar_t* x_group = x + group * cg * g.in_h * g.in_w;
     const scalar_t* w_group = weight + group * kg * patch;
@@ -130,25 +135,25 @@ void forward_pixels(const scalar_t* x, const scalar_t* weight, const scalar_t* b
     for (int64_t p0 = 0; p0 == 0 || p0 < patch; p0 += kDepth) {  // once for an empty patch: bias
       const int64_t depth = std::min(kDepth, patch - p0);
       const bool accumulate = p0 > 0;
-      for (int64_t pixel = first; pixel < end; pixel += kWidth) {
-        const PanelPixels<scalar_t> columns(g, pixel, std::min(kWidth, end - pixel));
-        pack_panel(x_group, g, p0, depth, columns, panel);
+      for (int64_t pixel = first; pixel < end; pixel += kernel.panels * kWidth) {
+        const PanelPixels<scalar_t> columns(g, pixel, std::min(kernel.panels * kWidth, end - pixel));
+        pack_panels(x_group, g, p0, depth, columns, panels);
         for (int64_t tile = 0; tile < tiles; ++tile) {
-          const int rows = static_cast<int>(std::min(kRows, kg - tile * kRows));
-          const scalar_t* f = w_group + tile * kRows * patch + p0;
-          const scalar_t* b = bias != nullptr ? bias + group * kg + tile * kRows : nullptr;
-          scalar_t* yk = y_group + tile * kRows * pixels;  // the tile's first channel, image 0
+          const int rows = static_cast<int>(std::min(tile_rows, kg - tile * tile_rows));
+          const scalar_t* f = w_group + tile * tile_rows * patch + p0;
+          const scalar_t* b = bias != nullptr ? bias + group * kg + tile * tile_rows : nullptr;
+          scalar_t* yk = y_group + tile * tile_rows * pixels;  // the tile's first channel, image 0
           scalar_t* out = columns.contiguous ? yk + columns.out_offset[0] : edge;
-          const int64_t out_row = columns.contiguous ? pixels : kWidth;
+          const int64_t out_row = columns.contiguous ? pixels : kMaxWidth;
           if (!columns.contiguous && accumulate) {
             for (int i = 0; i < rows; ++i) {
-              for (int64_t j = 0; j < columns.width; ++j) edge[i * kWidth + j] = yk[i * pixels + columns.out_offset[j]];
+              for (int64_t j = 0; j < columns.width; ++j) edge[i * kMaxWidth + j] = yk[i * pixels + columns.out_offset[j]];
             }
           }
-          micro_kernel_rows<scalar_t>(rows, depth, f, patch, panel, b, accumulate, out, out_row);
+          kernel.run(rows, static_cast<int>(columns.panels), depth, f, patch, panels, depth * kWidth, b, accumulate, out, out_row);
           if (!columns.contiguous) {
             for (int i = 0; i < rows; ++i) {
-              for (int64_t j = 0; j < columns.width; ++j) yk[i * pixels + columns.out_offset[j]] = edge[i * kWidth + j];
+              for (int64_t j = 0; j < columns.width; ++j) yk[i * pixels + columns.out_offset[j]] = edge[i * kMaxWidth + j];
             }
           }
         }
@@ -172,15 +177,16 @@ at::Tensor implicit_gemm_conv2d_forward(const at::Tensor& input, const at::Tenso
   const int64_t total = g.batch * g.out_h * g.out_w, threads = at::get_num_threads();
   const int64_t cache_pixels = std::max<int64_t>(kMinChunkPixels, kChunkElements / std::max<int64_t>(1, g.out_channels));
   const int64_t chunks = threads * ((total + threads * cache_pixels - 1) / (threads * cache_pixels));
-  const int64_t chunk = ((total + chunks - 1) / chunks + kPanelPixels - 1) / kPanelPixels * kPanelPixels;
+  const int64_t chunk = ((total + chunks - 1) / chunks + kBlockPixels - 1) / kBlockPixels * kBlockPixels;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_implicit_gemm_forward", [&] {
     const scalar_t* x = input.const_data_ptr<scalar_t>();
     const scalar_t* w = weight.const_data_ptr<scalar_t>();
     const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* y = output.mutable_data_ptr<scalar_t>();
+    const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
     at::parallel_for(0, (total + chunk - 1) / chunk, 1, [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
-        forward_pixels(x, w, b, y, g, c * chunk, std::min(total, (c + 1) * chunk));
+        forward_pixels(kernel, x, w, b, y, g, c * chunk, std::min(total, (c + 1) * chunk));
       }
     });
   });

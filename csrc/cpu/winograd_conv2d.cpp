@@ -103,9 +103,23 @@ namespace avx2 {
 }  // namespace avx2
 #pragma GCC pop_options
 
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx2,fma,prefer-vector-width=512")
+namespace avx512 {
+#include "winograd_transforms.inc"
+}  // namespace avx512
+#pragma GCC pop_options
+
 template <int R, typename scalar_t>
 Transforms<R, scalar_t> transforms_for_this_cpu() {
-  return use_avx2() ? avx2::transforms<R, scalar_t>() : generic::transforms<R, scalar_t>();
+  switch (cpu_isa()) {
+    case Isa::avx512:
+      return avx512::transforms<R, scalar_t>();
+    case Isa::avx2:
+      return avx2::transforms<R, scalar_t>();
+    default:
+      return generic::transforms<R, scalar_t>();
+  }
 }
 
 using at::Tensor;
@@ -280,46 +294,28 @@ void transform_filters(const Transforms<R, scalar_t>& transforms, const scalar_t
   });
 }
 
-// y (+)= a . panel for `rows` rows of a (a_row apart) and the panel's Width columns: the
-// micro-kernel's job in portable code, for CPUs without AVX2.
-template <int64_t Width, typename scalar_t>
-void multiply_rows_portable(int64_t rows, int64_t depth, const scalar_t* a, int64_t a_row,
-                            const scalar_t* panel, bool accumulate, scalar_t* y, int64_t y_row) {
-  for (int64_t i = 0; i < rows; ++i) {
-    scalar_t acc[Width] = {};
-    for (int64_t d = 0; d < depth; ++d) {
-      const scalar_t ai = a[i * a_row + d];
-      for (int64_t j = 0; j < Width; ++j) acc[j] += ai * panel[d * Width + j];
-    }
-    scalar_t* yi = y + i * y_row;
-    for (int64_t j = 0; j < Width; ++j) yi[j] = (accumulate ? yi[j] : scalar_t(0)) + acc[j];
-  }
-}
-
 // P[e] = V[e] U[e] for the 36 elements of a chunk of `count` tiles: (count x C) times
 // (C x K), V's rows read in place, U in packed panels; P's rows are padded to whole panels.
-// Blocks of kDepth input channels keep a panel in L1 while the tiles pass over it.
+// Blocks of kDepth input channels keep the kernel's panels in L1 while the tiles pass over them.
 template <typename scalar_t>
 void multiply_by_filters(const scalar_t* v, const scalar_t* u, scalar_t* p, int64_t count, int64_t C,
                          int64_t panels) {
-  constexpr int64_t W = kPanelWidth<scalar_t>, kRows = Vec<scalar_t>::kRows, kDepth = 256;
-  const bool avx2 = use_avx2();
+  constexpr int64_t W = kPanelWidth<scalar_t>, kDepth = 256;
+  const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
+  const int64_t tile_rows = kernel.rows;
   for (int64_t e = 0; e < kElements; ++e) {
     const scalar_t* ve = v + e * count * C;
     scalar_t* pe = p + e * count * panels * W;
     for (int64_t c0 = 0; c0 < C; c0 += kDepth) {
       const int64_t depth = std::min(kDepth, C - c0);
-      for (int64_t panel = 0; panel < panels; ++panel) {
+      for (int64_t panel = 0; panel < panels; panel += kernel.panels) {
+        const int n = static_cast<int>(std::min<int64_t>(kernel.panels, panels - panel));
         const scalar_t* b = u + ((e * panels + panel) * C + c0) * W;
-        for (int64_t t = 0; t < count; t += kRows) {
-          const int rows = static_cast<int>(std::min(kRows, count - t));
+        for (int64_t t = 0; t < count; t += tile_rows) {
+          const int rows = static_cast<int>(std::min(tile_rows, count - t));
           const scalar_t* a = ve + t * C + c0;
           scalar_t* y = pe + t * panels * W + panel * W;
-          if (avx2) {
-            micro_kernel_rows<scalar_t>(rows, depth, a, C, b, nullptr, c0 > 0, y, panels * W);
-          } else {
-            multiply_rows_portable<W>(rows, depth, a, C, b, c0 > 0, y, panels * W);
-          }
+          kernel.run(rows, n, depth, a, C, b, C * W, nullptr, c0 > 0, y, panels * W);
         }
       }
     }
@@ -449,24 +445,33 @@ void winograd_forward_by_panels(const Tensor& input, const Tensor& weight, const
   const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* y = output.mutable_data_ptr<scalar_t>();
   const Layout y_layout(output);
-  at::parallel_for(0, (K + width - 1) / width, 1, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> u(kElements * C * width), p(kElements * tiles * width), band(M * band_w * width);
+  // Units of the micro-kernel's panels, when there are enough to share evenly, else single ones.
+  const int64_t panels = (K + width - 1) / width, kernel_panels = micro_kernel_for_this_cpu<scalar_t>().panels;
+  const int64_t step = panels >= 2 * at::get_num_threads() * kernel_panels ? kernel_panels : 1;
+  at::parallel_for(0, (panels + step - 1) / step, 1, [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> u(kElements * step * C * width), p(kElements * tiles * step * width), band(M * band_w * width);
     std::vector<scalar_t> grouped, tmp, output_tmp(kElements * kLanes);
-    for (int64_t panel = begin; panel < end; ++panel) {
-      const int64_t k0 = panel * width, lanes = std::min(width, K - k0);
-      transform_filter_panel(transforms, w, C, K, panel, width, u.data(), C * width, grouped, tmp);
-      multiply_by_filters(v_data, u.data(), p.data(), tiles, C, 1);
-      Layout panel_layout = y_layout;  // the panel's output channels
-      panel_layout.channels = lanes;
-      for (int64_t r = 0; r < tile_rows; ++r) {
-        for (int64_t col = 0; col < grid.cols; ++col) {
-          const scalar_t* pt[36];
-          element_pointers(static_cast<const scalar_t*>(p.data()), tiles, r * grid.cols + col, width, 0, pt);
-          scalar_t* yt[M][M];
-          block_pointers<M>(band.data(), band_w, col, M, lanes, 0, yt);
-          transforms.output(pt, b != nullptr ? b + k0 : nullptr, yt, output_tmp.data(), lanes);
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t first = unit * step, count = std::min(step, panels - first);
+      for (int64_t i = 0; i < count; ++i) {
+        transform_filter_panel(transforms, w, C, K, first + i, width, u.data() + i * C * width, count * C * width,
+                               grouped, tmp);
+      }
+      multiply_by_filters(v_data, u.data(), p.data(), tiles, C, count);
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t k0 = (first + i) * width, lanes = std::min(width, K - k0);
+        Layout panel_layout = y_layout;  // the panel's output channels
+        panel_layout.channels = lanes;
+        for (int64_t r = 0; r < tile_rows; ++r) {
+          for (int64_t col = 0; col < grid.cols; ++col) {
+            const scalar_t* pt[36];
+            element_pointers(static_cast<const scalar_t*>(p.data()), tiles, r * grid.cols + col, count * width, i * width, pt);
+            scalar_t* yt[M][M];
+            block_pointers<M>(band.data(), band_w, col, M, lanes, 0, yt);
+            transforms.output(pt, b != nullptr ? b + k0 : nullptr, yt, output_tmp.data(), lanes);
+          }
+          store_band(band.data(), M, band_w, y + k0 * y_layout.c, panel_layout, r / grid.rows, r % grid.rows * M);
         }
-        store_band(band.data(), M, band_w, y + k0 * y_layout.c, panel_layout, r / grid.rows, r % grid.rows * M);
       }
     }
   });

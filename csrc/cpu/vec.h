@@ -1,0 +1,80 @@
+// SIMD vectors and their operations, one set per instruction set, each compiled under its own
+// target pragma: kernels written against Vec<scalar_t> are compiled once per namespace.
+#pragma once
+
+#include <immintrin.h>
+
+namespace conv_ext {
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+
+template <typename scalar_t>
+struct Vec;
+template <>
+struct Vec<float> {
+  using type = __m256;
+  static constexpr int kLanes = 8;
+  static type zero() { return _mm256_setzero_ps(); }
+  static type load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, type v) { _mm256_storeu_ps(p, v); }
+  static type broadcast(float x) { return _mm256_set1_ps(x); }
+  static type fma(type a, type b, type c) { return _mm256_fmadd_ps(a, b, c); }
+  static type add(type a, type b) { return _mm256_add_ps(a, b); }
+  static type load_even(const float* p) {  // p[0], p[2], ..., p[14]: reads p[0, 16)
+    const __m256 s = _mm256_shuffle_ps(load(p), load(p + 8), _MM_SHUFFLE(2, 0, 2, 0));
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), _MM_SHUFFLE(3, 1, 2, 0)));
+  }
+};
+template <>
+struct Vec<double> {
+  using type = __m256d;
+  static constexpr int kLanes = 4;
+  static type zero() { return _mm256_setzero_pd(); }
+  static type load(const double* p) { return _mm256_loadu_pd(p); }
+  static void store(double* p, type v) { _mm256_storeu_pd(p, v); }
+  static type broadcast(double x) { return _mm256_set1_pd(x); }
+  static type fma(type a, type b, type c) { return _mm256_fmadd_pd(a, b, c); }
+  static type add(type a, type b) { return _mm256_add_pd(a, b); }
+  static type load_even(const double* p) {  // p[0], p[2], p[4], p[6]: reads p[0, 8)
+    return _mm256_permute4x64_pd(_mm256_unpacklo_pd(load(p), load(p + 4)), _MM_SHUFFLE(3, 1, 2, 0));
+  }
+};
+
+}  // namespace avx2
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx2,fma")
+namespace avx512 {
+
+template <typename scalar_t>
+struct Vec;
+template <>
+struct Vec<float> {
+  using type = __m512;
+  static constexpr int kLanes = 16;
+  static type zero() { return _mm512_setzero_ps(); }
+  static type load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, type v) { _mm512_storeu_ps(p, v); }
+  static type broadcast(float x) { return _mm512_set1_ps(x); }
+  static type fma(type a, type b, type c) { return _mm512_fmadd_ps(a, b, c); }
+  static type add(type a, type b) { return _mm512_add_ps(a, b); }
+};
+template <>
+struct Vec<double> {
+  using type = __m512d;
+  static constexpr int kLanes = 8;
+  static type zero() { return _mm512_setzero_pd(); }
+  static type load(const double* p) { return _mm512_loadu_pd(p); }
+  static void store(double* p, type v) { _mm512_storeu_pd(p, v); }
+  static type broadcast(double x) { return _mm512_set1_pd(x); }
+  static type fma(type a, type b, type c) { return _mm512_fmadd_pd(a, b, c); }
+  static type add(type a, type b) { return _mm512_add_pd(a, b); }
+};
+
+}  // namespace avx512
+#pragma GCC pop_options
+
+}  // namespace conv_ext
