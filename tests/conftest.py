@@ -36,16 +36,17 @@ CPU_PATHS = {
     # elsewhere.
     "winograd": {"CONV_EXT_CPU_ALGORITHM": "winograd"},
     "winograd-generic-isa": {"CONV_EXT_CPU_ALGORITHM": "winograd", "CONV_EXT_CPU_ISA": "generic"},
-    # On an AVX-512 CPU the micro-kernel and the Winograd transforms run their AVX-512 builds;
-    # these run their AVX2 builds there.
+    # On an AVX-512 CPU the micro-kernel, the direct planes and the Winograd transforms run their
+    # AVX-512 builds; these run their AVX2 builds there.
     "gemm-avx2-isa": {"CONV_EXT_CPU_ALGORITHM": "gemm", "CONV_EXT_CPU_ISA": "avx2"},
+    "direct-avx2-isa": {"CONV_EXT_CPU_ALGORITHM": "direct", "CONV_EXT_CPU_ISA": "avx2"},
     "winograd-avx2-isa": {"CONV_EXT_CPU_ALGORITHM": "winograd", "CONV_EXT_CPU_ISA": "avx2"},
 }
 FORCED_CPU_PATHS = [
     "gemm", "direct", "winograd", "gemm-generic-isa", "direct-generic-isa", "winograd-generic-isa",
 ]
 if torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
-    FORCED_CPU_PATHS += ["gemm-avx2-isa", "winograd-avx2-isa"]
+    FORCED_CPU_PATHS += ["gemm-avx2-isa", "direct-avx2-isa", "winograd-avx2-isa"]
 
 
 @contextmanager

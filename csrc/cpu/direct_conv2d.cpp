@@ -1,9 +1,9 @@
 // Direct CPU kernels: one output (or input-gradient) plane per task, accumulated tap by tap in
 // rows that the compiler vectorises, or, for stride 1 and several output channels per group,
 // one group per task with those channels' accumulators kept in registers. The plane loops are
-// compiled twice, for AVX2+FMA and for the baseline instruction set, and picked at run time by
-// the CPU's features;
-// CONV_EXT_CPU_ISA=generic forces the baseline (the tests cover both).
+// compiled three times, for AVX-512, AVX2+FMA and the baseline instruction set, and picked at
+// run time by the CPU's features; CONV_EXT_CPU_ISA=generic or avx2 caps the choice (the tests
+// cover each).
 #include "direct_conv2d.h"
 
 #include "cpu_features.h"
@@ -28,6 +28,13 @@ namespace avx2 {
 }  // namespace avx2
 #pragma GCC pop_options
 
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx2,fma,prefer-vector-width=512")
+namespace avx512 {
+#include "direct_conv2d_planes.inc"
+}  // namespace avx512
+#pragma GCC pop_options
+
 namespace {
 
 using at::Tensor;
@@ -42,19 +49,26 @@ struct PlaneKernels {
   decltype(&generic::grad_weight_planes_unit_stride<scalar_t>) grad_weight_unit_stride;
 };
 
+// The plane loops of one build.
+#define CONV_EXT_PLANE_KERNELS(isa)                                                              \
+  PlaneKernels<scalar_t> {                                                                       \
+    &isa::forward_plane<scalar_t>, &isa::forward_plane_unit_stride<scalar_t>,                    \
+        &isa::forward_group_unit_stride_for<scalar_t>, &isa::grad_input_plane<scalar_t>,         \
+        &isa::grad_weight_planes<scalar_t>, &isa::grad_weight_planes_unit_stride<scalar_t>       \
+  }
+
 template <typename scalar_t>
 PlaneKernels<scalar_t> plane_kernels() {
-  if (use_avx2()) {
-    return {&avx2::forward_plane<scalar_t>, &avx2::forward_plane_unit_stride<scalar_t>,
-            &avx2::forward_group_unit_stride_for<scalar_t>,
-            &avx2::grad_input_plane<scalar_t>, &avx2::grad_weight_planes<scalar_t>,
-            &avx2::grad_weight_planes_unit_stride<scalar_t>};
+  switch (cpu_isa()) {
+    case Isa::avx512:
+      return CONV_EXT_PLANE_KERNELS(avx512);
+    case Isa::avx2:
+      return CONV_EXT_PLANE_KERNELS(avx2);
+    default:
+      return CONV_EXT_PLANE_KERNELS(generic);
   }
-  return {&generic::forward_plane<scalar_t>, &generic::forward_plane_unit_stride<scalar_t>,
-          &generic::forward_group_unit_stride_for<scalar_t>,
-          &generic::grad_input_plane<scalar_t>, &generic::grad_weight_planes<scalar_t>,
-          &generic::grad_weight_planes_unit_stride<scalar_t>};
 }
+#undef CONV_EXT_PLANE_KERNELS
 
 }  // namespace
 

@@ -1,7 +1,8 @@
 // The GEMM follows BLIS's design (Van Zee & van de Geijn): per block of the patch, a panel of
 // the im2col matrix kWidth pixels wide is packed contiguously, then the micro-kernel accumulates
 // each tile of its rows' output channels in registers, one broadcast of a filter value per
-// channel and patch element. The filters are read in place (rows of the weight tensor).
+// channel and patch element. The filters are packed once per call, each tile's patch-major, so
+// the kernel broadcasts from one stream instead of one per row.
 #include "implicit_gemm_conv2d.h"
 
 #include "cpu_features.h"
@@ -112,6 +113,28 @@ void pack_panels(const scalar_t* x, const Conv2dGeometry& g, int64_t patch_begin
   }
 }
 
+// The filters in the micro-kernel's packed layout: per group and tile of the kernel's rows of
+// output channels, packed[k][i] = channel i's filter value k (zero past the group's channels).
+template <typename scalar_t>
+at::Tensor pack_filters(const at::Tensor& weight, const Conv2dGeometry& g, int64_t rows) {
+  const int64_t patch = g.patch_size(), kg = g.out_channels_per_group(), tiles = (kg + rows - 1) / rows;
+  at::Tensor packed = at::empty({g.groups * tiles * patch * rows}, weight.options());
+  const scalar_t* w = weight.const_data_ptr<scalar_t>();
+  scalar_t* out = packed.mutable_data_ptr<scalar_t>();
+  at::parallel_for(0, g.groups * tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t gt = begin; gt < end; ++gt) {
+      const int64_t group = gt / tiles, first = gt % tiles * rows;
+      scalar_t* dst = out + gt * patch * rows;
+      for (int64_t i = 0; i < rows; ++i) {
+        const scalar_t* src = w + (group * kg + first + i) * patch;
+        const bool present = first + i < kg;
+        for (int64_t k = 0; k < patch; ++k) dst[k * rows + i] = present ? src[k] : scalar_t(0);
+      }
+    }
+  });
+  return packed;
+}
+
 // Output pixels [first, end) of the batch, every output channel, single-threaded.
 template <typename scalar_t>
 void forward_pixels(const MicroKernel<scalar_t>& kernel, const scalar_t* x, const scalar_t* weight,
@@ -119,7 +142,7 @@ void forward_pixels(const MicroKernel<scalar_t>& kernel, const scalar_t* x, cons
   constexpr int64_t kWidth = kPanelWidth<scalar_t>;
   const int64_t tile_rows = kernel.rows;
   // Per block of the patch, the kernel's panels of pixels are packed (64 KiB each, in L2) and
-  // multiplied by every tile of tile_rows filters in turn, read in place. Deep blocks mean fewer passes that load
+  // multiplied by every tile of tile_rows filters in turn. Deep blocks mean fewer passes that load
   // and store the output tiles: 1024 ran 5-10% faster than 256 (measured; no gain beyond).
   constexpr int64_t kDepth = 1024;
   const int64_t patch = g.patch_size(), pixels = g.out_h * g.out_w;
@@ -130,7 +153,7 @@ void forward_pixels(const MicroKernel<scalar_t>& kernel, const scalar_t* x, cons
   alignas(64) scalar_t edge[kMaxMicroKernelRows * kMaxWidth];  // tiles whose pixels are not contiguous in y
   for (int64_t group = 0; group < g.groups; ++group) {
     const scalar_t* x_group = x + group * cg * g.in_h * g.in_w;
-    const scalar_t* w_group = weight + group * kg * patch;
+    const scalar_t* w_group = weight + group * tiles * patch * tile_rows;  // packed
     scalar_t* y_group = y + group * kg * pixels;
     for (int64_t p0 = 0; p0 == 0 || p0 < patch; p0 += kDepth) {  // once for an empty patch: bias
       const int64_t depth = std::min(kDepth, patch - p0);
@@ -140,7 +163,7 @@ void forward_pixels(const MicroKernel<scalar_t>& kernel, const scalar_t* x, cons
         pack_panels(x_group, g, p0, depth, columns, panels);
         for (int64_t tile = 0; tile < tiles; ++tile) {
           const int rows = static_cast<int>(std::min(tile_rows, kg - tile * tile_rows));
-          const scalar_t* f = w_group + tile * tile_rows * patch + p0;
+          const scalar_t* f = w_group + (tile * patch + p0) * tile_rows;
           const scalar_t* b = bias != nullptr ? bias + group * kg + tile * tile_rows : nullptr;
           scalar_t* yk = y_group + tile * tile_rows * pixels;  // the tile's first channel, image 0
           scalar_t* out = columns.contiguous ? yk + columns.out_offset[0] : edge;
@@ -150,7 +173,7 @@ void forward_pixels(const MicroKernel<scalar_t>& kernel, const scalar_t* x, cons
               for (int64_t j = 0; j < columns.width; ++j) edge[i * kMaxWidth + j] = yk[i * pixels + columns.out_offset[j]];
             }
           }
-          kernel.run(rows, static_cast<int>(columns.panels), depth, f, patch, panels, depth * kWidth, b, accumulate, out, out_row);
+          kernel.run(rows, static_cast<int>(columns.panels), depth, f, 0, panels, depth * kWidth, b, accumulate, out, out_row);
           if (!columns.contiguous) {
             for (int i = 0; i < rows; ++i) {
               for (int64_t j = 0; j < columns.width; ++j) yk[i * pixels + columns.out_offset[j]] = edge[i * kMaxWidth + j];
@@ -180,10 +203,11 @@ at::Tensor implicit_gemm_conv2d_forward(const at::Tensor& input, const at::Tenso
   const int64_t chunk = ((total + chunks - 1) / chunks + kBlockPixels - 1) / kBlockPixels * kBlockPixels;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_implicit_gemm_forward", [&] {
     const scalar_t* x = input.const_data_ptr<scalar_t>();
-    const scalar_t* w = weight.const_data_ptr<scalar_t>();
+    const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
+    const at::Tensor packed = pack_filters<scalar_t>(weight, g, kernel.rows);
+    const scalar_t* w = packed.const_data_ptr<scalar_t>();
     const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* y = output.mutable_data_ptr<scalar_t>();
-    const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
     at::parallel_for(0, (total + chunk - 1) / chunk, 1, [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
         forward_pixels(kernel, x, w, b, y, g, c * chunk, std::min(total, (c + 1) * chunk));

@@ -35,7 +35,7 @@ void run_micro_kernel(int rows, int /*panels: always 1*/, int64_t depth, const s
   for (int i = 0; i < rows; ++i) {
     scalar_t acc[W] = {};
     for (int64_t k = 0; k < depth; ++k) {
-      const scalar_t ai = a[i * a_row + k];
+      const scalar_t ai = a_row == 0 ? a[k * kRows + i] : a[i * a_row + k];
       for (int64_t j = 0; j < W; ++j) acc[j] += ai * panel[k * W + j];
     }
     scalar_t* yi = y + i * y_row;

@@ -16,8 +16,9 @@ constexpr int64_t kPanelWidth = 64 / sizeof(scalar_t);
 constexpr int kMaxMicroKernelRows = 12, kMaxMicroKernelPanels = 2;
 
 // y's tile of `rows` (<= the kernel's rows) x `panels` (the kernel's panels, or 1) panels:
-// y (+)= a . panels over depth, where row i of a (a_row apart) holds channel i's values and each
-// panel (panel_step apart) depth rows of kPanelWidth columns; panel p's columns go to
+// y (+)= a . panels over depth, where row i of a (a_row apart) holds channel i's values, or with
+// a_row = 0 a is packed (step k's values of the rows at a + k * rows of the kernel), and each
+// panel (panel_step apart) holds depth rows of kPanelWidth columns; panel p's columns go to
 // y + p * kPanelWidth. Starting from the bias (or zero) unless accumulating.
 template <typename scalar_t>
 struct MicroKernel {
