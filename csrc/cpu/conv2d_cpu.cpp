@@ -33,6 +33,8 @@ using at::Tensor;
 constexpr int64_t kMaxTileElements = int64_t{1} << 22;
 constexpr int64_t kCacheTileElements = int64_t{1} << 18;
 constexpr int64_t kOneGemmColumns = 1024;
+// Patches this short (the 3-channel 7x7 stem's 147) are thin for MKL (implicit_gemm_pays_off).
+constexpr int64_t kThinPatch = 160;
 
 // Output rows [row_begin, row_end) of one image form a tile.
 struct RowTile {
@@ -42,7 +44,9 @@ struct RowTile {
 
 template <typename Fn>
 void for_each_row_tile(const Conv2dGeometry& g, Fn&& fn) {
-  const int64_t row_elements = std::max<int64_t>(1, g.in_channels * g.kernel_h * g.kernel_w * g.out_w);
+  // The larger of a row's im2col and output (a pointwise expansion's output is 4x its input:
+  // whole 56x56 images made MKL 1.6x slower than quarters, measured).
+  const int64_t row_elements = std::max<int64_t>(1, std::max(g.patch_size() * g.groups, g.out_channels) * g.out_w);
   const int64_t rows_per_tile = std::clamp<int64_t>(kMaxTileElements / row_elements, 1, g.out_h);
   for (int64_t row = 0; row < g.out_h; row += rows_per_tile) {
     fn(RowTile{row, std::min(row + rows_per_tile, g.out_h)});
@@ -214,11 +218,15 @@ Tensor batch_im2col(const Tensor& input, const Conv2dGeometry& g) {
   return cols;
 }
 
-// A pointwise kernel's im2col matrix is the image itself, which MKL multiplies in place: faster
-// for the channel reductions of a batch and for small images in one GEMM; the implicit GEMM
-// wins for expansions and for single images (measured: 64->256 @56 1.15x, 256->64 @56 at batch
-// 1 1.2x, 256->64 at batch 8 0.85x).
+// A pointwise kernel's im2col matrix is the image itself, which MKL multiplies in place. With
+// AVX2, that is faster for the channel reductions of a batch and for small images in one GEMM;
+// the implicit GEMM wins for expansions and for single images (measured: 64->256 @56 1.15x,
+// 256->64 @56 at batch 1 1.2x, 256->64 at batch 8 0.85x). With AVX-512, MKL's kernels (in
+// place, or on tiles of im2col) win everywhere but on thin patches, where its packing costs
+// more than it saves (measured: 1x1 1.3x, 3x3/2 128->256 1.1-1.25x and 256->512 1.5x for MKL;
+// the 3-channel 7x7 stem equal, a 3-channel 3x3/2 1.2x for the implicit GEMM).
 bool implicit_gemm_pays_off(const Conv2dGeometry& g) {
+  if (use_avx512()) return g.patch_size() <= kThinPatch;
   return !is_pointwise(g) || (!batch_in_one_gemm(g) && (g.out_channels > g.in_channels || g.batch == 1));
 }
 
@@ -236,17 +244,19 @@ Tensor gemm_conv2d_forward_batch_in_one_gemm(const Tensor& input, const Tensor& 
   return output;
 }
 
-// With AVX2 the forward is an implicit GEMM (implicit_gemm_conv2d.cpp). Otherwise each task
-// builds the im2col matrix of a few output rows of one image, small enough to stay in the
-// core's cache, and runs their GEMM single-threaded (inside the parallel region); the rows are
-// split finely enough that every thread gets work.
+// Where it pays off the forward is an implicit GEMM (implicit_gemm_conv2d.cpp). Otherwise each
+// task builds the im2col matrix of a few output rows of one image, which with their output
+// stays in the core's cache, and runs their GEMM single-threaded (inside the parallel region);
+// the rows are split finely enough that every thread gets work.
 Tensor gemm_conv2d_forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
                            const Conv2dGeometry& g) {
   if (implicit_gemm_available() && implicit_gemm_pays_off(g)) return implicit_gemm_conv2d_forward(input, weight, bias, g);
   if (batch_in_one_gemm(g)) return gemm_conv2d_forward_batch_in_one_gemm(input, weight, bias, g);
   Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
   const Tensor w = weight_matrix(weight, g);
-  const int64_t row_elements = std::max<int64_t>(1, g.in_channels * g.kernel_h * g.kernel_w * g.out_w);
+  // The larger of a row's im2col and output (a pointwise expansion's output is 4x its input:
+  // whole 56x56 images made MKL 1.6x slower than quarters, measured).
+  const int64_t row_elements = std::max<int64_t>(1, std::max(g.patch_size() * g.groups, g.out_channels) * g.out_w);
   const int64_t rows_per_thread = (g.batch * g.out_h + at::get_num_threads() - 1) / at::get_num_threads();
   const int64_t rows_per_tile =
       std::clamp<int64_t>(std::min(kCacheTileElements / row_elements, rows_per_thread), 1, std::max<int64_t>(1, g.out_h));

@@ -23,6 +23,8 @@ namespace {
 // panels of 16 float32).
 constexpr int64_t kChunkElements = int64_t{1} << 17;
 constexpr int64_t kMinChunkPixels = 64, kBlockPixels = 32;
+// Below this many pixels per thread, the threads split the output channels instead.
+constexpr int64_t kSplitPixels = 4 * kBlockPixels;
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -135,35 +137,50 @@ at::Tensor pack_filters(const at::Tensor& weight, const Conv2dGeometry& g, int64
   return packed;
 }
 
-// Output pixels [first, end) of the batch, every output channel, single-threaded.
+// The micro-kernel's A operand for a tile of output channels: the filters packed (pack_filters)
+// or read in place (rows of the weight tensor).
 template <typename scalar_t>
-void forward_pixels(const MicroKernel<scalar_t>& kernel, const scalar_t* x, const scalar_t* weight,
-                    const scalar_t* bias, scalar_t* y, const Conv2dGeometry& g, int64_t first, int64_t end) {
+struct Filters {
+  const scalar_t* data;
+  bool packed;
+  int64_t rows, patch, tiles;  // rows per tile, patch size, tiles per group
+
+  const scalar_t* tile(int64_t group, int64_t tile, int64_t p0) const {
+    return packed ? data + ((group * tiles + tile) * patch + p0) * rows
+                  : data + (group * tiles + tile) * rows * patch + p0;
+  }
+  int64_t a_row() const { return packed ? 0 : patch; }
+};
+
+// Output pixels [first, end) of the batch and the output channels of tiles [tile_begin,
+// tile_end) of every group, single-threaded.
+template <typename scalar_t>
+void forward_pixels(const MicroKernel<scalar_t>& kernel, const scalar_t* x, const Filters<scalar_t>& filters,
+                    const scalar_t* bias, scalar_t* y, const Conv2dGeometry& g, int64_t first, int64_t end,
+                    int64_t tile_begin, int64_t tile_end) {
   constexpr int64_t kWidth = kPanelWidth<scalar_t>;
   const int64_t tile_rows = kernel.rows;
-  // Per block of the patch, the kernel's panels of pixels are packed (64 KiB each, in L2) and
-  // multiplied by every tile of tile_rows filters in turn. Deep blocks mean fewer passes that load
-  // and store the output tiles: 1024 ran 5-10% faster than 256 (measured; no gain beyond).
-  constexpr int64_t kDepth = 1024;
+  // Per block of the patch (kernel.depth deep), the kernel's panels of pixels are packed and
+  // multiplied by every tile of tile_rows filters in turn.
+  const int64_t block_depth = kernel.depth;
   const int64_t patch = g.patch_size(), pixels = g.out_h * g.out_w;
   const int64_t cg = g.in_channels_per_group(), kg = g.out_channels_per_group();
   const int64_t tiles = (kg + tile_rows - 1) / tile_rows;
   constexpr int64_t kMaxWidth = PanelPixels<scalar_t>::kMaxWidth;
-  alignas(64) scalar_t panels[kDepth * kMaxWidth];           // aligned: no vector load straddles two lines
-  alignas(64) scalar_t edge[kMaxMicroKernelRows * kMaxWidth];  // tiles whose pixels are not contiguous in y
+  alignas(64) scalar_t panels[kMaxMicroKernelDepth * kMaxWidth];  // aligned: no vector load straddles two lines
+  alignas(64) scalar_t edge[kMaxMicroKernelRows * kMaxWidth];       // tiles whose pixels are not contiguous in y
   for (int64_t group = 0; group < g.groups; ++group) {
     const scalar_t* x_group = x + group * cg * g.in_h * g.in_w;
-    const scalar_t* w_group = weight + group * tiles * patch * tile_rows;  // packed
     scalar_t* y_group = y + group * kg * pixels;
-    for (int64_t p0 = 0; p0 == 0 || p0 < patch; p0 += kDepth) {  // once for an empty patch: bias
-      const int64_t depth = std::min(kDepth, patch - p0);
+    for (int64_t p0 = 0; p0 == 0 || p0 < patch; p0 += block_depth) {  // once for an empty patch: bias
+      const int64_t depth = std::min(block_depth, patch - p0);
       const bool accumulate = p0 > 0;
       for (int64_t pixel = first; pixel < end; pixel += kernel.panels * kWidth) {
         const PanelPixels<scalar_t> columns(g, pixel, std::min(kernel.panels * kWidth, end - pixel));
         pack_panels(x_group, g, p0, depth, columns, panels);
-        for (int64_t tile = 0; tile < tiles; ++tile) {
+        for (int64_t tile = tile_begin; tile < std::min(tile_end, tiles); ++tile) {
           const int rows = static_cast<int>(std::min(tile_rows, kg - tile * tile_rows));
-          const scalar_t* f = w_group + (tile * patch + p0) * tile_rows;
+          const scalar_t* f = filters.tile(group, tile, p0);
           const scalar_t* b = bias != nullptr ? bias + group * kg + tile * tile_rows : nullptr;
           scalar_t* yk = y_group + tile * tile_rows * pixels;  // the tile's first channel, image 0
           scalar_t* out = columns.contiguous ? yk + columns.out_offset[0] : edge;
@@ -173,7 +190,7 @@ void forward_pixels(const MicroKernel<scalar_t>& kernel, const scalar_t* x, cons
               for (int64_t j = 0; j < columns.width; ++j) edge[i * kMaxWidth + j] = yk[i * pixels + columns.out_offset[j]];
             }
           }
-          kernel.run(rows, static_cast<int>(columns.panels), depth, f, 0, panels, depth * kWidth, b, accumulate, out, out_row);
+          kernel.run(rows, static_cast<int>(columns.panels), depth, f, filters.a_row(), panels, depth * kWidth, b, accumulate, out, out_row);
           if (!columns.contiguous) {
             for (int i = 0; i < rows; ++i) {
               for (int64_t j = 0; j < columns.width; ++j) yk[i * pixels + columns.out_offset[j]] = edge[i * kMaxWidth + j];
@@ -195,22 +212,33 @@ at::Tensor implicit_gemm_conv2d_forward(const at::Tensor& input, const at::Tenso
                                         const at::Tensor& bias, const Conv2dGeometry& g) {
   at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
   if (output.numel() == 0) return output;
-  // The batch's pixels in chunks whose output stays in L2 while the patch's blocks pass over it,
-  // the same number for every thread, whole panels each (but for the last).
   const int64_t total = g.batch * g.out_h * g.out_w, threads = at::get_num_threads();
-  const int64_t cache_pixels = std::max<int64_t>(kMinChunkPixels, kChunkElements / std::max<int64_t>(1, g.out_channels));
-  const int64_t chunks = threads * ((total + threads * cache_pixels - 1) / (threads * cache_pixels));
-  const int64_t chunk = ((total + chunks - 1) / chunks + kBlockPixels - 1) / kBlockPixels * kBlockPixels;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_implicit_gemm_forward", [&] {
     const scalar_t* x = input.const_data_ptr<scalar_t>();
-    const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
-    const at::Tensor packed = pack_filters<scalar_t>(weight, g, kernel.rows);
-    const scalar_t* w = packed.const_data_ptr<scalar_t>();
     const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* y = output.mutable_data_ptr<scalar_t>();
+    const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
+    const int64_t tiles = (g.out_channels_per_group() + kernel.rows - 1) / kernel.rows;
+    if (g.groups == 1 && total < threads * kSplitPixels) {
+      // Few pixels (deep layers of single images): chunks of them would not balance, and each
+      // would read all the filters. The threads split the output channels instead, reading
+      // the filters in place (packing them would cost more than the few blocks of pixels save).
+      const Filters<scalar_t> filters{weight.const_data_ptr<scalar_t>(), false, kernel.rows, g.patch_size(), tiles};
+      at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+        forward_pixels(kernel, x, filters, b, y, g, 0, total, begin, end);
+      });
+      return;
+    }
+    // The batch's pixels in chunks whose output stays in L2 while the patch's blocks pass over
+    // it, the same number for every thread, whole blocks each (but for the last).
+    const int64_t cache_pixels = std::max<int64_t>(kMinChunkPixels, kChunkElements / std::max<int64_t>(1, g.out_channels));
+    const int64_t chunks = threads * ((total + threads * cache_pixels - 1) / (threads * cache_pixels));
+    const int64_t chunk = ((total + chunks - 1) / chunks + kBlockPixels - 1) / kBlockPixels * kBlockPixels;
+    const at::Tensor packed = pack_filters<scalar_t>(weight, g, kernel.rows);
+    const Filters<scalar_t> filters{packed.const_data_ptr<scalar_t>(), true, kernel.rows, g.patch_size(), tiles};
     at::parallel_for(0, (total + chunk - 1) / chunk, 1, [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
-        forward_pixels(kernel, x, w, b, y, g, c * chunk, std::min(total, (c + 1) * chunk));
+        forward_pixels(kernel, x, filters, b, y, g, c * chunk, std::min(total, (c + 1) * chunk), 0, tiles);
       }
     });
   });

@@ -10,6 +10,7 @@ namespace conv_ext {
 #pragma GCC target("avx2,fma")
 namespace avx2 {
 constexpr int kRows = 6, kPanels = 1;
+constexpr int64_t kDepth = 1024;
 #include "micro_kernel.inc"
 }  // namespace avx2
 #pragma GCC pop_options
@@ -20,12 +21,14 @@ constexpr int kRows = 6, kPanels = 1;
 #pragma GCC target("avx512f,avx512vl,avx2,fma")
 namespace avx512 {
 constexpr int kRows = 12, kPanels = 2;
+constexpr int64_t kDepth = 256;
 #include "micro_kernel.inc"
 }  // namespace avx512
 #pragma GCC pop_options
 
 namespace generic {
 constexpr int kRows = 6, kPanels = 1;
+constexpr int64_t kDepth = 256;
 
 template <typename scalar_t>
 void run_micro_kernel(int rows, int /*panels: always 1*/, int64_t depth, const scalar_t* a, int64_t a_row,
@@ -47,14 +50,15 @@ void run_micro_kernel(int rows, int /*panels: always 1*/, int64_t depth, const s
 
 template <typename scalar_t>
 MicroKernel<scalar_t> micro_kernel_for_this_cpu() {
-  static_assert(avx512::kRows <= kMaxMicroKernelRows && avx512::kPanels <= kMaxMicroKernelPanels);
+  static_assert(avx512::kRows <= kMaxMicroKernelRows && avx512::kPanels <= kMaxMicroKernelPanels &&
+                avx2::kDepth <= kMaxMicroKernelDepth);
   switch (cpu_isa()) {
     case Isa::avx512:
-      return {avx512::kRows, avx512::kPanels, &avx512::run_micro_kernel<scalar_t>};
+      return {avx512::kRows, avx512::kPanels, avx512::kDepth, &avx512::run_micro_kernel<scalar_t>};
     case Isa::avx2:
-      return {avx2::kRows, avx2::kPanels, &avx2::run_micro_kernel<scalar_t>};
+      return {avx2::kRows, avx2::kPanels, avx2::kDepth, &avx2::run_micro_kernel<scalar_t>};
     default:
-      return {generic::kRows, generic::kPanels, &generic::run_micro_kernel<scalar_t>};
+      return {generic::kRows, generic::kPanels, generic::kDepth, &generic::run_micro_kernel<scalar_t>};
   }
 }
 
