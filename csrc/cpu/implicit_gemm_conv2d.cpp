@@ -26,40 +26,6 @@ constexpr int64_t kMinChunkPixels = 64, kBlockPixels = 32;
 // Below this many pixels per thread, the threads split the output channels instead.
 constexpr int64_t kSplitPixels = 4 * kBlockPixels;
 
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-
-// dst[j] = x's row ih at column first + j * sw for j < count, zero outside the image. A whole
-// panel's width at stride 1 or 2 moves as two vectors (no call to memcpy for a few elements).
-template <typename scalar_t>
-inline void copy_row_segment(const scalar_t* plane, const Conv2dGeometry& g, int64_t ih,
-                             int64_t first, int64_t count, scalar_t* dst) {
-  using V = avx2::Vec<scalar_t>;
-  constexpr int64_t L = V::kLanes;
-  if (ih < 0 || ih >= g.in_h) {
-    for (int64_t j = 0; j < count; ++j) dst[j] = 0;
-    return;
-  }
-  const scalar_t* row = plane + ih * g.in_w;
-  const int64_t sw = g.stride_w;
-  if (first >= 0 && first + (count - 1) * sw < g.in_w) {
-    if (count == 2 * L && sw == 1) {
-      V::store(dst, V::load(row + first));
-      V::store(dst + L, V::load(row + first + L));
-    } else if (count == 2 * L && sw == 2 && first + 4 * L <= g.in_w) {
-      V::store(dst, V::load_even(row + first));
-      V::store(dst + L, V::load_even(row + first + 2 * L));
-    } else {
-      for (int64_t j = 0; j < count; ++j) dst[j] = row[first + j * sw];
-    }
-    return;
-  }
-  for (int64_t j = 0; j < count; ++j) {
-    const int64_t iw = first + j * sw;
-    dst[j] = iw >= 0 && iw < g.in_w ? row[iw] : scalar_t(0);
-  }
-}
-
 // The output pixels q of the batch (q = n * OH * OW + oh * OW + ow) that the micro-kernel's
 // panels cover (column j in panel j / kWidth): where each column's output lies (past its
 // channel's offset), and the runs of columns within one output row and one panel, which read one
@@ -89,31 +55,29 @@ struct PanelPixels {
   }
 };
 
-// panels[j / kWidth][r][j % kWidth] = im2col[patch_begin + r][pixel j] for r < depth and the
-// panels' pixels (zero beyond): for r = (c, ki, kj) the input value x[n, c, oh * sh - ph + ki * dh, ow * sw - pw +
-// kj * dw] of output pixel (n, oh, ow), zero in the padding. x points at the group's first
-// input channel of image 0; the panels are copied a run of one output row at a time.
+}  // namespace
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+#include "implicit_gemm_pack.inc"
+}  // namespace avx2
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx2,fma")
+namespace avx512 {
+#include "implicit_gemm_pack.inc"
+}  // namespace avx512
+#pragma GCC pop_options
+
+namespace {
+
 template <typename scalar_t>
-void pack_panels(const scalar_t* x, const Conv2dGeometry& g, int64_t patch_begin, int64_t depth,
-                 const PanelPixels<scalar_t>& pixels, scalar_t* panels) {
-  constexpr int64_t kWidth = PanelPixels<scalar_t>::kWidth;
-  const int64_t plane = g.in_h * g.in_w, image = g.in_channels * plane;
-  int64_t c = patch_begin / (g.kernel_h * g.kernel_w);
-  int64_t ki = patch_begin / g.kernel_w % g.kernel_h, kj = patch_begin % g.kernel_w;
-  for (int64_t r = 0; r < depth; ++r) {
-    scalar_t* dst = panels + r * kWidth;  // column j at dst + j / kWidth * depth * kWidth + j % kWidth
-    for (int64_t s = 0; s < pixels.segment_count; ++s) {
-      const auto& seg = pixels.segments[s];
-      copy_row_segment(x + seg.image * image + c * plane, g, seg.ih + ki * g.dilation_h,
-                       seg.iw + kj * g.dilation_w, seg.count, dst + seg.j / kWidth * depth * kWidth + seg.j % kWidth);
-    }
-    for (int64_t j = pixels.width; j < pixels.panels * kWidth; ++j) dst[j / kWidth * depth * kWidth + j % kWidth] = 0;
-    if (++kj == g.kernel_w) {
-      kj = 0;
-      if (++ki == g.kernel_h) ki = 0, ++c;
-    }
-  }
-}
+using PackPanels = decltype(&avx2::pack_panels<scalar_t>);
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
 
 // The filters in the micro-kernel's packed layout: per group and tile of the kernel's rows of
 // output channels, packed[k][i] = channel i's filter value k (zero past the group's channels).
@@ -155,7 +119,8 @@ struct Filters {
 // Output pixels [first, end) of the batch and the output channels of tiles [tile_begin,
 // tile_end) of every group, single-threaded.
 template <typename scalar_t>
-void forward_pixels(const MicroKernel<scalar_t>& kernel, const scalar_t* x, const Filters<scalar_t>& filters,
+void forward_pixels(const MicroKernel<scalar_t>& kernel, PackPanels<scalar_t> pack_panels, const scalar_t* x,
+                    const Filters<scalar_t>& filters,
                     const scalar_t* bias, scalar_t* y, const Conv2dGeometry& g, int64_t first, int64_t end,
                     int64_t tile_begin, int64_t tile_end) {
   constexpr int64_t kWidth = kPanelWidth<scalar_t>;
@@ -218,6 +183,7 @@ at::Tensor implicit_gemm_conv2d_forward(const at::Tensor& input, const at::Tenso
     const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* y = output.mutable_data_ptr<scalar_t>();
     const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
+    const auto pack_panels = use_avx512() ? &avx512::pack_panels<scalar_t> : &avx2::pack_panels<scalar_t>;
     const int64_t tiles = (g.out_channels_per_group() + kernel.rows - 1) / kernel.rows;
     if (g.groups == 1 && total < threads * kSplitPixels) {
       // Few pixels (deep layers of single images): chunks of them would not balance, and each
@@ -225,7 +191,7 @@ at::Tensor implicit_gemm_conv2d_forward(const at::Tensor& input, const at::Tenso
       // the filters in place (packing them would cost more than the few blocks of pixels save).
       const Filters<scalar_t> filters{weight.const_data_ptr<scalar_t>(), false, kernel.rows, g.patch_size(), tiles};
       at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
-        forward_pixels(kernel, x, filters, b, y, g, 0, total, begin, end);
+        forward_pixels(kernel, pack_panels, x, filters, b, y, g, 0, total, begin, end);
       });
       return;
     }
@@ -238,7 +204,7 @@ at::Tensor implicit_gemm_conv2d_forward(const at::Tensor& input, const at::Tenso
     const Filters<scalar_t> filters{packed.const_data_ptr<scalar_t>(), true, kernel.rows, g.patch_size(), tiles};
     at::parallel_for(0, (total + chunk - 1) / chunk, 1, [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
-        forward_pixels(kernel, x, filters, b, y, g, c * chunk, std::min(total, (c + 1) * chunk), 0, tiles);
+        forward_pixels(kernel, pack_panels, x, filters, b, y, g, c * chunk, std::min(total, (c + 1) * chunk), 0, tiles);
       }
     });
   });

@@ -61,6 +61,10 @@ struct Vec<float> {
   static type broadcast(float x) { return _mm512_set1_ps(x); }
   static type fma(type a, type b, type c) { return _mm512_fmadd_ps(a, b, c); }
   static type add(type a, type b) { return _mm512_add_ps(a, b); }
+  static type load_even(const float* p) {  // p[0], p[2], ..., p[30]: reads p[0, 32)
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    return _mm512_permutex2var_ps(load(p), even, load(p + 16));
+  }
 };
 template <>
 struct Vec<double> {
@@ -72,6 +76,10 @@ struct Vec<double> {
   static type broadcast(double x) { return _mm512_set1_pd(x); }
   static type fma(type a, type b, type c) { return _mm512_fmadd_pd(a, b, c); }
   static type add(type a, type b) { return _mm512_add_pd(a, b); }
+  static type load_even(const double* p) {  // p[0], p[2], ..., p[14]: reads p[0, 16)
+    const __m512i even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+    return _mm512_permutex2var_pd(load(p), even, load(p + 8));
+  }
 };
 
 }  // namespace avx512
