@@ -36,17 +36,18 @@ CPU_PATHS = {
     # elsewhere.
     "winograd": {"CONV_EXT_CPU_ALGORITHM": "winograd"},
     "winograd-generic-isa": {"CONV_EXT_CPU_ALGORITHM": "winograd", "CONV_EXT_CPU_ISA": "generic"},
-    # On an AVX-512 CPU the micro-kernel, the direct planes and the Winograd transforms run their
-    # AVX-512 builds; these run their AVX2 builds there.
-    "gemm-avx2-isa": {"CONV_EXT_CPU_ALGORITHM": "gemm", "CONV_EXT_CPU_ISA": "avx2"},
-    "direct-avx2-isa": {"CONV_EXT_CPU_ALGORITHM": "direct", "CONV_EXT_CPU_ISA": "avx2"},
-    "winograd-avx2-isa": {"CONV_EXT_CPU_ALGORITHM": "winograd", "CONV_EXT_CPU_ISA": "avx2"},
+    # On a CPU with AVX-512 the kernels have an AVX2 and an AVX-512 build, and which one runs by
+    # default depends on the CPU (cpu_features.h): these run each.
+    **{
+        f"{path}-{isa}-isa": {"CONV_EXT_CPU_ALGORITHM": path, "CONV_EXT_CPU_ISA": isa}
+        for path in ("gemm", "direct", "winograd") for isa in ("avx2", "avx512")
+    },
 }
 FORCED_CPU_PATHS = [
     "gemm", "direct", "winograd", "gemm-generic-isa", "direct-generic-isa", "winograd-generic-isa",
 ]
 if torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
-    FORCED_CPU_PATHS += ["gemm-avx2-isa", "direct-avx2-isa", "winograd-avx2-isa"]
+    FORCED_CPU_PATHS += [f"{path}-{isa}-isa" for isa in ("avx2", "avx512") for path in ("gemm", "direct", "winograd")]
 
 
 @contextmanager
