@@ -424,6 +424,21 @@ Tensor transform_batch_input(const Transforms<R, scalar_t>& transforms, const Te
   return v;
 }
 
+// What the forward and the weight gradient by panels share: the batch's tiles and their
+// transformed input V (36, tiles, C).
+template <int R, typename scalar_t>
+struct BatchTiles {
+  static constexpr int M = 7 - R;
+  TileGrid grid;
+  int64_t tile_rows, tiles, band_w;  // rows of tiles in the batch, tiles, output band width
+  Transforms<R, scalar_t> transforms;
+  Tensor v;
+
+  BatchTiles(const Tensor& input, const Conv2dGeometry& g)
+      : grid(g), tile_rows(g.batch * grid.rows), tiles(tile_rows * grid.cols), band_w(grid.cols * M),
+        transforms(transforms_for_this_cpu<R, scalar_t>()), v(transform_batch_input(transforms, input, g, grid)) {}
+};
+
 // The forward for few tiles (a small batch of small images, deep layers): chunks of tiles would
 // leave each thread one chunk too small for its GEMMs, and every chunk reads all the
 // transformed filters from memory. Here the input is transformed once, whole, and the threads
@@ -434,12 +449,10 @@ void winograd_forward_by_panels(const Tensor& input, const Tensor& weight, const
                                 Tensor& output, const Conv2dGeometry& g) {
   constexpr int M = 7 - R;
   constexpr int64_t width = kPanelWidth<scalar_t>;
-  const TileGrid grid(g);
-  const int64_t C = g.in_channels, K = g.out_channels, band_w = grid.cols * M;
-  const int64_t tile_rows = g.batch * grid.rows, tiles = tile_rows * grid.cols;
-  const auto transforms = transforms_for_this_cpu<R, scalar_t>();
-  const Tensor v = transform_batch_input(transforms, input, g, grid);
-  const scalar_t* v_data = v.const_data_ptr<scalar_t>();
+  const BatchTiles<R, scalar_t> batch(input, g);
+  const auto& [grid, tile_rows, tiles, band_w, transforms, v] = batch;
+  const int64_t C = g.in_channels, K = g.out_channels;
+  const scalar_t* v_data = v.template const_data_ptr<scalar_t>();
 
   const scalar_t* w = weight.const_data_ptr<scalar_t>();
   const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
@@ -486,11 +499,9 @@ void winograd_grad_weight_by_panels(const Tensor& input, const Tensor& grad_outp
                                     Tensor& grad_weight, const Conv2dGeometry& g) {
   constexpr int M = 7 - R;
   constexpr int64_t width = kPanelWidth<scalar_t>;
-  const TileGrid grid(g);
-  const int64_t C = g.in_channels, K = g.out_channels, band_w = grid.cols * M;
-  const int64_t tile_rows = g.batch * grid.rows, tiles = tile_rows * grid.cols;
-  const auto transforms = transforms_for_this_cpu<R, scalar_t>();
-  const Tensor v = transform_batch_input(transforms, input, g, grid);
+  const BatchTiles<R, scalar_t> batch(input, g);
+  const auto& [grid, tile_rows, tiles, band_w, transforms, v] = batch;
+  const int64_t C = g.in_channels, K = g.out_channels;
 
   const scalar_t* gy = grad_output.const_data_ptr<scalar_t>();
   const Layout gy_layout(grad_output);
