@@ -156,14 +156,14 @@ std::optional<Algorithm> forced_algorithm() {
   return std::nullopt;
 }
 
-// pays_off is asked only where Winograd applies (its tiles exist only for 3x3 and 5x5).
-bool winograd_chosen(const Conv2dGeometry& g, bool (*pays_off)(const Conv2dGeometry&)) {
-  return winograd_applies(g) && (env_is("CONV_EXT_CPU_ALGORITHM", "winograd") || pays_off(g));
+// winograd_pays_off is asked only where Winograd applies (its tiles exist only for 3x3 and 5x5).
+bool winograd_chosen(const Conv2dGeometry& g) {
+  return winograd_applies(g) && (env_is("CONV_EXT_CPU_ALGORITHM", "winograd") || winograd_pays_off(g));
 }
 
 Algorithm choose_algorithm(const Conv2dGeometry& g) {
   if (const auto forced = forced_algorithm()) return *forced;
-  if (winograd_chosen(g, winograd_pays_off)) return Algorithm::winograd;
+  if (winograd_chosen(g)) return Algorithm::winograd;
   return direct_pays_off(g) ? Algorithm::direct : Algorithm::gemm;
 }
 
@@ -172,7 +172,7 @@ Algorithm choose_algorithm(const Conv2dGeometry& g) {
 // padded plane, and with one or two pairs (depthwise) otherwise (measured).
 Algorithm choose_grad_weight_algorithm(const Conv2dGeometry& g) {
   if (const auto forced = forced_algorithm()) return *forced;
-  if (winograd_chosen(g, winograd_grad_weight_pays_off)) return Algorithm::winograd;
+  if (winograd_chosen(g)) return Algorithm::winograd;
   const bool unit_stride = g.stride_h == 1 && g.stride_w == 1;
   const int64_t pairs = g.in_channels_per_group() * g.out_channels_per_group();
   return pairs <= (unit_stride ? 64 : 2) ? Algorithm::direct : Algorithm::gemm;

@@ -13,9 +13,8 @@ namespace conv_ext {
 bool winograd_applies(const Conv2dGeometry& g);
 
 // Whether it is the fastest CPU algorithm for a geometry it applies to: for the forward (and so
-// the stride-1 input gradient), and for the weight gradient.
+// the stride-1 input gradient) and the weight gradient alike.
 bool winograd_pays_off(const Conv2dGeometry& g);
-bool winograd_grad_weight_pays_off(const Conv2dGeometry& g);
 
 // Operands float32 or float64; input and grad_output dense in NCHW or NHWC order, the weight
 // contiguous. The forward's result comes in the given layout, the weight gradient contiguous.
