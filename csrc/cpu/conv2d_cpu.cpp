@@ -44,9 +44,7 @@ struct RowTile {
 
 template <typename Fn>
 void for_each_row_tile(const Conv2dGeometry& g, Fn&& fn) {
-  // The larger of a row's im2col and output (a pointwise expansion's output is 4x its input:
-  // whole 56x56 images made MKL 1.6x slower than quarters, measured).
-  const int64_t row_elements = std::max<int64_t>(1, std::max(g.patch_size() * g.groups, g.out_channels) * g.out_w);
+  const int64_t row_elements = std::max<int64_t>(1, g.in_channels * g.kernel_h * g.kernel_w * g.out_w);
   const int64_t rows_per_tile = std::clamp<int64_t>(kMaxTileElements / row_elements, 1, g.out_h);
   for (int64_t row = 0; row < g.out_h; row += rows_per_tile) {
     fn(RowTile{row, std::min(row + rows_per_tile, g.out_h)});
