@@ -195,3 +195,29 @@ def test_forced_cpu_paths_take_effect(kernel):
         assert not torch.equal(results[one][0], results[other][0]), ("forward", one, other)
     for other in ("gemm", "direct"):
         assert not torch.equal(results["winograd"][1], results[other][1]), ("weight gradient", other)
+
+
+# The implicit GEMM reads panels of whole output-row runs in place from the input's stride
+# phases, and streams outputs larger than a core's L2 to memory: a 7x7/2 stem with 112-wide
+# output rows (runs of 16 float32), its output of 2.4 MB streamed; grouped, dilated and strided
+# layers whose output rows are 64 and 32 wide (runs of 8 float64 too).
+IMPLICIT_GEMM_LAYERS = [
+    (Conv(2, 3, 24, (224, 224), (7, 7), (2, 2), (3, 3), (1, 1), 1, True), torch.float32),
+    (Conv(3, 6, 20, (21, 64), (3, 3), (1, 1), (1, 1), (1, 1), 2, True), torch.float64),
+    (Conv(2, 4, 13, (30, 67), (5, 3), (2, 2), (2, 1), (2, 3), 1, False), torch.float64),
+]
+
+
+@pytest.mark.parametrize("path", [p for p in FORCED_CPU_PATHS if p.startswith("gemm")])
+@pytest.mark.parametrize("conv,dtype", IMPLICIT_GEMM_LAYERS, ids=["stem-float32", "groups-float64", "strided-dilated-float64"])
+def test_implicit_gemm_whole_runs_and_streamed_output(conv, dtype, path):
+    x, w, b = conv.tensors(dtype, "cpu", requires_grad=True)
+    with cpu_path(path):
+        ours, gy = forward_and_grads(conv_ext.conv2d, conv, x, w, b)
+    if dtype == torch.float64:
+        theirs, _ = forward_and_grads(F.conv2d, conv, x, w, b, gy)
+        for name, a, t in zip(NAMES, ours, theirs):
+            assert_scaled_close(a, t, 1e-12, name)
+    else:
+        for name, a, e, scale, tol in zip(NAMES, ours, *float64_results(conv, x, w, b, gy), TOLERANCES[dtype]):
+            assert_scaled_close(a, e, tol, name, scale)

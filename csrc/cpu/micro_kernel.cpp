@@ -3,6 +3,8 @@
 #include "cpu_features.h"
 #include "vec.h"
 
+#include <type_traits>
+
 namespace conv_ext {
 
 // 6 rows x one panel (2 vectors): 12 of AVX2's 16 registers.
@@ -32,18 +34,19 @@ constexpr int64_t kDepth = 256;
 
 template <typename scalar_t>
 void run_micro_kernel(int rows, int /*panels: always 1*/, int64_t depth, const scalar_t* a, int64_t a_row,
-                      const scalar_t* panel, int64_t /*panel_step*/, const scalar_t* bias, bool accumulate,
-                      scalar_t* y, int64_t y_row) {
+                      const scalar_t* panel, int64_t /*panel_step*/, const int64_t* taps, const scalar_t* bias,
+                      Write write, scalar_t* y, int64_t y_row) {
   constexpr int64_t W = kPanelWidth<scalar_t>;
   for (int i = 0; i < rows; ++i) {
     scalar_t acc[W] = {};
     for (int64_t k = 0; k < depth; ++k) {
       const scalar_t ai = a_row == 0 ? a[k * kRows + i] : a[i * a_row + k];
-      for (int64_t j = 0; j < W; ++j) acc[j] += ai * panel[k * W + j];
+      const scalar_t* bk = taps != nullptr ? panel + taps[k] : panel + k * W;
+      for (int64_t j = 0; j < W; ++j) acc[j] += ai * bk[j];
     }
     scalar_t* yi = y + i * y_row;
     const scalar_t start = bias != nullptr ? bias[i] : scalar_t(0);
-    for (int64_t j = 0; j < W; ++j) yi[j] = (accumulate ? yi[j] : start) + acc[j];
+    for (int64_t j = 0; j < W; ++j) yi[j] = (write == Write::add ? yi[j] : start) + acc[j];  // no streaming here
   }
 }
 }  // namespace generic

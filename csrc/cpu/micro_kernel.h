@@ -16,11 +16,18 @@ constexpr int64_t kPanelWidth = 64 / sizeof(scalar_t);
 constexpr int kMaxMicroKernelRows = 12, kMaxMicroKernelPanels = 2;
 constexpr int64_t kMaxMicroKernelDepth = 1024;
 
+// How the micro-kernel writes its tile of y: over it, adding to it, or over it with
+// non-temporal stores, which skip reading y's lines into cache first (for outputs far larger than
+// the cache, written once: y's tile and y_row must then be 64-byte aligned; callers fence with
+// _mm_sfence before other threads read y).
+enum class Write { store, add, stream };
+
 // y's tile of `rows` (<= the kernel's rows) x `panels` (the kernel's panels, or 1) panels:
 // y (+)= a . panels over depth, where row i of a (a_row apart) holds channel i's values, or with
-// a_row = 0 a is packed (step k's values of the rows at a + k * rows of the kernel), and each
-// panel (panel_step apart) holds depth rows of kPanelWidth columns; panel p's columns go to
-// y + p * kPanelWidth. Starting from the bias (or zero) unless accumulating.
+// a_row = 0 a is packed (step k's values of the rows at a + k * rows of the kernel). Panel p's
+// step k holds kPanelWidth columns at panel + p * panel_step + k * kPanelWidth (packed), or,
+// given taps, at panel + p * panel_step + taps[k] (read in place; a is then packed). Panel p's
+// columns go to y + p * kPanelWidth. Starting from the bias (or zero) unless adding.
 template <typename scalar_t>
 struct MicroKernel {
   int rows, panels;  // the tile that fills the registers
@@ -30,8 +37,8 @@ struct MicroKernel {
   // core against 99 at 1024).
   int64_t depth;
   void (*run)(int rows, int panels, int64_t depth, const scalar_t* a, int64_t a_row,
-              const scalar_t* panel, int64_t panel_step, const scalar_t* bias, bool accumulate,
-              scalar_t* y, int64_t y_row);
+              const scalar_t* panel, int64_t panel_step, const int64_t* taps, const scalar_t* bias,
+              Write write, scalar_t* y, int64_t y_row);
 };
 
 template <typename scalar_t>

@@ -19,6 +19,7 @@ struct Vec<float> {
   static type zero() { return _mm256_setzero_ps(); }
   static type load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, type v) { _mm256_storeu_ps(p, v); }
+  static void stream(float* p, type v) { _mm256_stream_ps(p, v); }  // p 32-byte aligned
   static type broadcast(float x) { return _mm256_set1_ps(x); }
   static type fma(type a, type b, type c) { return _mm256_fmadd_ps(a, b, c); }
   static type add(type a, type b) { return _mm256_add_ps(a, b); }
@@ -34,6 +35,7 @@ struct Vec<double> {
   static type zero() { return _mm256_setzero_pd(); }
   static type load(const double* p) { return _mm256_loadu_pd(p); }
   static void store(double* p, type v) { _mm256_storeu_pd(p, v); }
+  static void stream(double* p, type v) { _mm256_stream_pd(p, v); }  // p 32-byte aligned
   static type broadcast(double x) { return _mm256_set1_pd(x); }
   static type fma(type a, type b, type c) { return _mm256_fmadd_pd(a, b, c); }
   static type add(type a, type b) { return _mm256_add_pd(a, b); }
@@ -58,6 +60,7 @@ struct Vec<float> {
   static type zero() { return _mm512_setzero_ps(); }
   static type load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, type v) { _mm512_storeu_ps(p, v); }
+  static void stream(float* p, type v) { _mm512_stream_ps(p, v); }  // p 64-byte aligned
   static type broadcast(float x) { return _mm512_set1_ps(x); }
   static type fma(type a, type b, type c) { return _mm512_fmadd_ps(a, b, c); }
   static type add(type a, type b) { return _mm512_add_ps(a, b); }
@@ -73,6 +76,7 @@ struct Vec<double> {
   static type zero() { return _mm512_setzero_pd(); }
   static type load(const double* p) { return _mm512_loadu_pd(p); }
   static void store(double* p, type v) { _mm512_storeu_pd(p, v); }
+  static void stream(double* p, type v) { _mm512_stream_pd(p, v); }  // p 64-byte aligned
   static type broadcast(double x) { return _mm512_set1_pd(x); }
   static type fma(type a, type b, type c) { return _mm512_fmadd_pd(a, b, c); }
   static type add(type a, type b) { return _mm512_add_pd(a, b); }

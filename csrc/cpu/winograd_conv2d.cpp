@@ -315,7 +315,7 @@ void multiply_by_filters(const scalar_t* v, const scalar_t* u, scalar_t* p, int6
           const int rows = static_cast<int>(std::min(tile_rows, count - t));
           const scalar_t* a = ve + t * C + c0;
           scalar_t* y = pe + t * panels * W + panel * W;
-          kernel.run(rows, n, depth, a, C, b, C * W, nullptr, c0 > 0, y, panels * W);
+          kernel.run(rows, n, depth, a, C, b, C * W, nullptr, nullptr, c0 > 0 ? Write::add : Write::store, y, panels * W);
         }
       }
     }
