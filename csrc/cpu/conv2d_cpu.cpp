@@ -33,8 +33,9 @@ using at::Tensor;
 constexpr int64_t kMaxTileElements = int64_t{1} << 22;
 constexpr int64_t kCacheTileElements = int64_t{1} << 18;
 constexpr int64_t kOneGemmColumns = 1024;
-// Patches this short (the 3-channel 7x7 stem's 147) are thin for MKL (implicit_gemm_pays_off).
-constexpr int64_t kThinPatch = 160;
+// Patches this short (the 3-channel 7x7 stem's 147) are thin for MKL, and at stride 1 patches
+// up to kStrideOnePatch (implicit_gemm_pays_off).
+constexpr int64_t kThinPatch = 160, kStrideOnePatch = 640;
 
 // Output rows [row_begin, row_end) of one image form a tile.
 struct RowTile {
@@ -159,9 +160,17 @@ bool winograd_chosen(const Conv2dGeometry& g) {
   return winograd_applies(g) && (env_is("CONV_EXT_CPU_ALGORITHM", "winograd") || winograd_pays_off(g));
 }
 
+bool implicit_gemm_pays_off(const Conv2dGeometry& g);
+
+// With few input channels Winograd's transforms cost about as much as its GEMMs save: the
+// implicit GEMM's forward is faster (measured with AVX-512: 16 or 24 input channels 1.1-1.7x,
+// 32 Winograd 1.3x). Its weight gradient still pays (the GEMM path's is 1.3-1.5x slower there).
+constexpr int64_t kWinogradForwardChannels = 32;
+
 Algorithm choose_algorithm(const Conv2dGeometry& g) {
   if (const auto forced = forced_algorithm()) return *forced;
-  if (winograd_chosen(g)) return Algorithm::winograd;
+  const bool implicit_gemm_preferred = g.in_channels < kWinogradForwardChannels && implicit_gemm_available() && implicit_gemm_pays_off(g);
+  if (winograd_chosen(g) && !implicit_gemm_preferred) return Algorithm::winograd;
   return direct_pays_off(g) ? Algorithm::direct : Algorithm::gemm;
 }
 
@@ -220,11 +229,16 @@ Tensor batch_im2col(const Tensor& input, const Conv2dGeometry& g) {
 // AVX2, that is faster for the channel reductions of a batch and for small images in one GEMM;
 // the implicit GEMM wins for expansions and for single images (measured: 64->256 @56 1.15x,
 // 256->64 @56 at batch 1 1.2x, 256->64 at batch 8 0.85x). With AVX-512, MKL's kernels (in
-// place, or on tiles of im2col) win everywhere but on thin patches, where its packing costs
-// more than it saves (measured: 1x1 1.3x, 3x3/2 128->256 1.1-1.25x and 256->512 1.5x for MKL;
-// the 3-channel 7x7 stem equal, a 3-channel 3x3/2 1.2x for the implicit GEMM).
+// place, or on tiles of im2col) win on long patches and pointwise kernels (measured: 1x1 1.2-1.3x,
+// 3x3/2 128->256 1.1-1.25x and 256->512 1.5x for MKL), the implicit GEMM on thin patches, where
+// MKL's packing costs more than it saves, and on stride-1 layers of up to 600-odd, whose panels
+// it reads in place (measured: 3x3 16->16 and 24->24 1.5-2x, 5x5 10->32 to 24->32 1.5x; the
+// 3-channel 7x7/2 stem 1.1x, 3x3/2 layers alike).
 bool implicit_gemm_pays_off(const Conv2dGeometry& g) {
-  if (use_avx512()) return g.patch_size() <= kThinPatch;
+  if (use_avx512()) {
+    const bool unit_stride = g.stride_h == 1 && g.stride_w == 1;
+    return g.patch_size() <= kThinPatch || (unit_stride && !is_pointwise(g) && g.patch_size() <= kStrideOnePatch);
+  }
   return !is_pointwise(g) || (!batch_in_one_gemm(g) && (g.out_channels > g.in_channels || g.batch == 1));
 }
 
