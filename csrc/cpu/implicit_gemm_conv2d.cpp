@@ -117,7 +117,6 @@ namespace {
 template <typename scalar_t>
 using PackPanels = decltype(&avx2::pack_panels<scalar_t>);
 
-
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 
