@@ -189,25 +189,50 @@ Tensor direct_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
     scalar_t* gw = grad_weight.mutable_data_ptr<scalar_t>();
     const int64_t cg = g.in_channels_per_group(), kg = g.out_channels_per_group();
     const int64_t kernel_area = g.kernel_h * g.kernel_w;
-    // Tasks over the (output channel, input channel) filters, images summed in order; a task's
-    // consecutive filters of one output channel share its gradient plane's copy (stride 1).
     const bool unit_stride = g.stride_h == 1 && g.stride_w == 1;
-    const int64_t work_size = unit_stride ? generic::unit_stride_work_size(g) : 0;
-    at::parallel_for(0, g.out_channels * cg, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> work(work_size, scalar_t(0));  // per task: the zero borders
-      std::fill(gw + begin * kernel_area, gw + end * kernel_area, scalar_t(0));
-      for (int64_t n = 0; n < g.batch; ++n) {
-        for (int64_t filter = begin; filter < end; ++filter) {
-          const int64_t k = filter / cg, channel = k / kg * cg + filter % cg;
-          const scalar_t* x_plane = x + (n * g.in_channels + channel) * g.in_h * g.in_w;
-          const scalar_t* gy_plane = gy + (n * g.out_channels + k) * g.out_h * g.out_w;
-          scalar_t* out = gw + filter * kernel_area;
-          if (unit_stride) {
-            const bool same_k = filter > begin && (filter - 1) / cg == k;
-            kernels.grad_weight_unit_stride(x_plane, same_k ? nullptr : gy_plane, out, g, work.data());
-          } else {
-            kernels.grad_weight(x_plane, gy_plane, out, g);
+    if (!unit_stride) {
+      // Tasks over the (output channel, input channel) filters, images summed in order.
+      at::parallel_for(0, g.out_channels * cg, 1, [&](int64_t begin, int64_t end) {
+        std::fill(gw + begin * kernel_area, gw + end * kernel_area, scalar_t(0));
+        for (int64_t n = 0; n < g.batch; ++n) {
+          for (int64_t filter = begin; filter < end; ++filter) {
+            const int64_t k = filter / cg, channel = k / kg * cg + filter % cg;
+            kernels.grad_weight(x + (n * g.in_channels + channel) * g.in_h * g.in_w,
+                                gy + (n * g.out_channels + k) * g.out_h * g.out_w, gw + filter * kernel_area, g);
           }
+        }
+      });
+      return;
+    }
+    // Stride 1: tasks over the filters of pairs of output channels (k, k + 1) of a group and one
+    // input channel, images summed in order; a task's consecutive units of one pair share their
+    // gradient planes' copies.
+    const int64_t pairs = (kg + 1) / 2, units = g.groups * pairs * cg;
+    at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> work(generic::unit_stride_work_size(g, 2), scalar_t(0));  // per task: the zero borders
+      struct Unit {
+        int64_t k, channel;  // the pair's first output channel; the input channel
+        scalar_t* filters[2];  // gw's filters (k, c) and (k + 1, c), the second null past the group
+      };
+      const auto unit_at = [&](int64_t unit) {
+        const int64_t group = unit / (pairs * cg), k = group * kg + 2 * (unit / cg % pairs), c = unit % cg;
+        const bool two = k + 1 < (group + 1) * kg;
+        return Unit{k, group * cg + c, {gw + (k * cg + c) * kernel_area, two ? gw + ((k + 1) * cg + c) * kernel_area : nullptr}};
+      };
+      for (int64_t unit = begin; unit < end; ++unit) {
+        for (scalar_t* filter : unit_at(unit).filters) {
+          if (filter != nullptr) std::fill(filter, filter + kernel_area, scalar_t(0));
+        }
+      }
+      for (int64_t n = 0; n < g.batch; ++n) {
+        for (int64_t unit = begin; unit < end; ++unit) {
+          const Unit u = unit_at(unit);
+          const bool same_pair = unit > begin && (unit - 1) / cg == unit / cg;
+          const scalar_t* gy_k = gy + (n * g.out_channels + u.k) * g.out_h * g.out_w;
+          const scalar_t* const planes[2] = {same_pair ? nullptr : gy_k,
+                                             same_pair || u.filters[1] == nullptr ? nullptr : gy_k + g.out_h * g.out_w};
+          kernels.grad_weight_unit_stride(x + (n * g.in_channels + u.channel) * g.in_h * g.in_w, planes, u.filters, g,
+                                          work.data());
         }
       }
     });
