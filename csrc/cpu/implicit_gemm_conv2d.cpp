@@ -226,7 +226,7 @@ at::Tensor phase_planes(const at::Tensor& input, const Conv2dGeometry& g, const 
   const auto split_phases = use_avx512() ? &avx512::split_phases<scalar_t> : &avx2::split_phases<scalar_t>;
   const scalar_t* x = input.const_data_ptr<scalar_t>();
   scalar_t* out = phases.mutable_data_ptr<scalar_t>();
-  at::parallel_for(0, g.batch * g.in_channels, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, g.batch * g.in_channels * g.stride_h * g.stride_w, 1, [&](int64_t begin, int64_t end) {
     split_phases(x, g, layout, begin, end, out);
   });
   return phases;
