@@ -6,7 +6,8 @@
 // - Winograd F(4x4, 3x3) and F(2x2, 5x5) (winograd_conv2d.cpp), for 3x3 and 5x5 stride-1
 //   layers, forward and weight gradient.
 // With stride 1 the input gradient is a forward convolution (see transposed_geometry), so it
-// runs on whichever algorithm suits that convolution; col2im serves the other strides.
+// runs on whichever algorithm suits that convolution; col2im serves the other strides, and
+// stride-1 layers with few pixels for their filters (flipping_pays_off).
 //
 // float32 and float64 run natively; float16 and bfloat16 are computed in float32 and rounded
 // once at the end, so every sum accumulates in float32.
@@ -384,7 +385,6 @@ bool flipping_pays_off(const Conv2dGeometry& g) {
 // kFlipBlock x kFlipBlock filters read and write whole runs of them (filter by filter, every
 // read and write touched its own cache line: the input gradient of 512x512 @7 at batch 1 took
 // 1.6-2x as long, measured).
-
 Tensor flipped_transposed_filters(const Tensor& weight, const Conv2dGeometry& g) {
   const Tensor w = weight.contiguous();
   Tensor out = at::empty({g.in_channels, g.out_channels_per_group(), g.kernel_h, g.kernel_w}, w.options());
