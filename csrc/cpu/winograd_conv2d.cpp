@@ -83,6 +83,12 @@ struct Matrices<5> {
   };
 };
 
+// dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < cols: between NCHW rows and
+// the bands' channels-innermost order.
+template <typename scalar_t>
+using Transpose = void (*)(const scalar_t* src, int64_t src_stride, int64_t rows, int64_t cols, scalar_t* dst,
+                           int64_t dst_stride);
+
 // Pointers to the transforms of one instruction set (the .inc fills them in).
 template <int R, typename scalar_t>
 struct Transforms {
@@ -92,15 +98,71 @@ struct Transforms {
   void (*input)(const scalar_t* const (&)[6][6], scalar_t* const (&)[36], scalar_t*, int64_t);
   void (*output)(const scalar_t* const (&)[36], const scalar_t*, scalar_t* const (&)[M][M], scalar_t*, int64_t);
   void (*grad_output)(const scalar_t* const (&)[M][M], scalar_t* const (&)[36], scalar_t*, int64_t);
+  Transpose<scalar_t> transpose;
 };
 
 namespace generic {
+
+template <typename T>
+void transpose(const T* src, int64_t src_stride, int64_t rows, int64_t cols, T* dst, int64_t dst_stride) {
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t j = 0; j < cols; ++j) dst[j * dst_stride + i] = src[i * src_stride + j];
+  }
+}
+
 #include "winograd_transforms.inc"
 }  // namespace generic
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace avx2 {
+
+// Transpose in blocks of one vector square (8 float32 or 4 float64) transposed in
+// registers: element by element, the copies took a third of Winograd's time on 64 channels at
+// 56x56 (measured).
+inline void transpose_square(const float* src, int64_t src_stride, float* dst, int64_t dst_stride) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * src_stride);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int j = 0; j < 4; ++j) {
+    _mm256_storeu_ps(dst + j * dst_stride, _mm256_permute2f128_ps(r[j], r[j + 4], 0x20));
+    _mm256_storeu_ps(dst + (j + 4) * dst_stride, _mm256_permute2f128_ps(r[j], r[j + 4], 0x31));
+  }
+}
+
+inline void transpose_square(const double* src, int64_t src_stride, double* dst, int64_t dst_stride) {
+  __m256d r[4], t[4];
+  for (int i = 0; i < 4; ++i) r[i] = _mm256_loadu_pd(src + i * src_stride);
+  t[0] = _mm256_unpacklo_pd(r[0], r[1]), t[1] = _mm256_unpackhi_pd(r[0], r[1]);
+  t[2] = _mm256_unpacklo_pd(r[2], r[3]), t[3] = _mm256_unpackhi_pd(r[2], r[3]);
+  for (int j = 0; j < 2; ++j) {
+    _mm256_storeu_pd(dst + j * dst_stride, _mm256_permute2f128_pd(t[j], t[j + 2], 0x20));
+    _mm256_storeu_pd(dst + (j + 2) * dst_stride, _mm256_permute2f128_pd(t[j], t[j + 2], 0x31));
+  }
+}
+
+template <typename T>
+void transpose(const T* src, int64_t src_stride, int64_t rows, int64_t cols, T* dst, int64_t dst_stride) {
+  constexpr int64_t B = 32 / sizeof(T);
+  const int64_t whole_rows = rows / B * B, whole_cols = cols / B * B;
+  for (int64_t i = 0; i < whole_rows; i += B) {
+    for (int64_t j = 0; j < whole_cols; j += B) {
+      transpose_square(src + i * src_stride + j, src_stride, dst + j * dst_stride + i, dst_stride);
+    }
+  }
+  generic::transpose(src + whole_cols, src_stride, whole_rows, cols - whole_cols, dst + whole_cols * dst_stride, dst_stride);
+  generic::transpose(src + whole_rows * src_stride, src_stride, rows - whole_rows, cols, dst + whole_rows, dst_stride);
+}
+
 #include "winograd_transforms.inc"
 }  // namespace avx2
 #pragma GCC pop_options
@@ -108,6 +170,7 @@ namespace avx2 {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx2,fma,prefer-vector-width=512")
 namespace avx512 {
+using avx2::transpose;  // a copy's shuffles gain nothing from wider vectors
 #include "winograd_transforms.inc"
 }  // namespace avx512
 #pragma GCC pop_options
@@ -177,81 +240,10 @@ struct Layout {
         channels(t.size(1)), height(t.size(2)), width(t.size(3)) {}
 };
 
-// dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < cols: between NCHW rows
-// and the bands' channels-innermost order. With AVX2 in blocks of one vector square (8 float32
-// or 4 float64) transposed in registers: element by element, the copies took a third of
-// Winograd's time on 64 channels at 56x56 (measured).
-template <typename T>
-void transpose_by_elements(const T* src, int64_t src_stride, int64_t rows, int64_t cols, T* dst,
-                           int64_t dst_stride) {
-  for (int64_t i = 0; i < rows; ++i) {
-    for (int64_t j = 0; j < cols; ++j) dst[j * dst_stride + i] = src[i * src_stride + j];
-  }
-}
-
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace avx2 {
-
-inline void transpose_square(const float* src, int64_t src_stride, float* dst, int64_t dst_stride) {
-  __m256 r[8], t[8];
-  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * src_stride);
-  for (int i = 0; i < 8; i += 2) {
-    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 8; i += 4) {
-    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-  }
-  for (int j = 0; j < 4; ++j) {
-    _mm256_storeu_ps(dst + j * dst_stride, _mm256_permute2f128_ps(r[j], r[j + 4], 0x20));
-    _mm256_storeu_ps(dst + (j + 4) * dst_stride, _mm256_permute2f128_ps(r[j], r[j + 4], 0x31));
-  }
-}
-
-inline void transpose_square(const double* src, int64_t src_stride, double* dst, int64_t dst_stride) {
-  __m256d r[4], t[4];
-  for (int i = 0; i < 4; ++i) r[i] = _mm256_loadu_pd(src + i * src_stride);
-  t[0] = _mm256_unpacklo_pd(r[0], r[1]), t[1] = _mm256_unpackhi_pd(r[0], r[1]);
-  t[2] = _mm256_unpacklo_pd(r[2], r[3]), t[3] = _mm256_unpackhi_pd(r[2], r[3]);
-  for (int j = 0; j < 2; ++j) {
-    _mm256_storeu_pd(dst + j * dst_stride, _mm256_permute2f128_pd(t[j], t[j + 2], 0x20));
-    _mm256_storeu_pd(dst + (j + 2) * dst_stride, _mm256_permute2f128_pd(t[j], t[j + 2], 0x31));
-  }
-}
-
-template <typename T>
-void transpose(const T* src, int64_t src_stride, int64_t rows, int64_t cols, T* dst, int64_t dst_stride) {
-  constexpr int64_t B = 32 / sizeof(T);
-  const int64_t whole_rows = rows / B * B, whole_cols = cols / B * B;
-  for (int64_t i = 0; i < whole_rows; i += B) {
-    for (int64_t j = 0; j < whole_cols; j += B) {
-      transpose_square(src + i * src_stride + j, src_stride, dst + j * dst_stride + i, dst_stride);
-    }
-  }
-  transpose_by_elements(src + whole_cols, src_stride, whole_rows, cols - whole_cols, dst + whole_cols * dst_stride, dst_stride);
-  transpose_by_elements(src + whole_rows * src_stride, src_stride, rows - whole_rows, cols, dst + whole_rows, dst_stride);
-}
-
-}  // namespace avx2
-#pragma GCC pop_options
-
-template <typename T>
-void transpose(const T* src, int64_t src_stride, int64_t rows, int64_t cols, T* dst, int64_t dst_stride) {
-  if (use_avx2()) {
-    avx2::transpose(src, src_stride, rows, cols, dst, dst_stride);
-  } else {
-    transpose_by_elements(src, src_stride, rows, cols, dst, dst_stride);
-  }
-}
-
 // band[a][b][c] = x[n, c, row0 + a, col0 + b] for a < rows and b < band_w, zero outside the
 // image: the tiles' blocks read it channels-innermost, whatever x's layout (NHWC or NCHW).
 template <typename scalar_t>
-void fill_band(const scalar_t* x, const Layout& l, int64_t n, int64_t row0, int64_t rows,
+void fill_band(Transpose<scalar_t> transpose, const scalar_t* x, const Layout& l, int64_t n, int64_t row0, int64_t rows,
                int64_t col0, int64_t band_w, scalar_t* band) {
   const int64_t C = l.channels;
   std::fill(band, band + rows * band_w * C, scalar_t(0));
@@ -271,7 +263,7 @@ void fill_band(const scalar_t* x, const Layout& l, int64_t n, int64_t row0, int6
 
 // y[n, c, row0 + a, b] = band[a][b][c] for the rows and columns that exist.
 template <typename scalar_t>
-void store_band(const scalar_t* band, int64_t rows, int64_t band_w, scalar_t* y, const Layout& l,
+void store_band(Transpose<scalar_t> transpose, const scalar_t* band, int64_t rows, int64_t band_w, scalar_t* y, const Layout& l,
                 int64_t n, int64_t row0) {
   const int64_t C = l.channels;
   for (int64_t a = 0; a < rows && row0 + a < l.height; ++a) {
@@ -412,7 +404,7 @@ void for_each_chunk(const Transforms<R, scalar_t>& transforms, const Tensor& inp
     Tensor other = other_buffer.narrow(0, 0, kElements * count * K).view({kElements, count, K});
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t n = (first_row + r) / grid.rows, row = (first_row + r) % grid.rows;
-      fill_band(x, x_layout, n, row * M - g.pad_h, kBlock, -g.pad_w, band_w, band.data());
+      fill_band(transforms.transpose, x, x_layout, n, row * M - g.pad_h, kBlock, -g.pad_w, band_w, band.data());
       transform_input_row(transforms, band.data(), band_w, grid.cols, C, v.mutable_data_ptr<scalar_t>(),
                           count, r * grid.cols, tmp.data());
       per_row(r, n, row, other);
@@ -461,7 +453,7 @@ void winograd_forward_kernel(const Tensor& input, const Tensor& weight, const Te
             transforms.output(pt, b != nullptr ? b + k0 : nullptr, yt, tmp.data(), std::min(kLanes, K - k0));
           }
         }
-        store_band(band.data(), M, band_w, y, y_layout, n, row * M);
+        store_band(transforms.transpose, band.data(), M, band_w, y, y_layout, n, row * M);
       }
     };
     for_each_chunk(transforms, input, g, grid, chunks, begin, end, padded_k, no_row_work, multiply_and_store);
@@ -483,7 +475,7 @@ Tensor transform_batch_input(const Transforms<R, scalar_t>& transforms, const Te
     std::vector<scalar_t> tmp(kElements * kLanes), band(kBlock * band_w * C);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / grid.rows, row = r % grid.rows;
-      fill_band(x, x_layout, n, row * M - g.pad_h, kBlock, -g.pad_w, band_w, band.data());
+      fill_band(transforms.transpose, x, x_layout, n, row * M - g.pad_h, kBlock, -g.pad_w, band_w, band.data());
       transform_input_row(transforms, band.data(), band_w, grid.cols, C, v_data, tiles, r * grid.cols, tmp.data());
     }
   });
@@ -549,7 +541,7 @@ void winograd_forward_by_panels(const Tensor& input, const Tensor& weight, const
             block_pointers<M>(band.data(), band_w, col, M, lanes, 0, yt);
             transforms.output(pt, b != nullptr ? b + k0 : nullptr, yt, output_tmp.data(), lanes);
           }
-          store_band(band.data(), M, band_w, y + k0 * y_layout.c, panel_layout, r / grid.rows, r % grid.rows * M);
+          store_band(transforms.transpose, band.data(), M, band_w, y + k0 * y_layout.c, panel_layout, r / grid.rows, r % grid.rows * M);
         }
       }
     }
@@ -583,7 +575,7 @@ void winograd_grad_weight_by_panels(const Tensor& input, const Tensor& grad_outp
       panel_layout.channels = lanes;
       scalar_t* w_data = w.mutable_data_ptr<scalar_t>();
       for (int64_t r = 0; r < tile_rows; ++r) {
-        fill_band(gy + k0 * gy_layout.c, panel_layout, r / grid.rows, r % grid.rows * M, M, 0, band_w, band.data());
+        fill_band(transforms.transpose, gy + k0 * gy_layout.c, panel_layout, r / grid.rows, r % grid.rows * M, M, 0, band_w, band.data());
         for (int64_t col = 0; col < grid.cols; ++col) {
           const scalar_t* gt[M][M];
           block_pointers<M>(static_cast<const scalar_t*>(band.data()), band_w, col, M, lanes, 0, gt);
@@ -628,7 +620,7 @@ void winograd_grad_weight_kernel(const Tensor& input, const Tensor& grad_output,
     const auto transform_grad_output_row = [&](int64_t r, int64_t n, int64_t row, Tensor& w) {
       const int64_t count = w.size(1);
       scalar_t* w_data = w.mutable_data_ptr<scalar_t>();
-      fill_band(gy, gy_layout, n, row * M, M, 0, band_w, band.data());
+      fill_band(transforms.transpose, gy, gy_layout, n, row * M, M, 0, band_w, band.data());
       for (int64_t col = 0; col < grid.cols; ++col) {
         const int64_t t = r * grid.cols + col;
         for (int64_t k0 = 0; k0 < K; k0 += kLanes) {
