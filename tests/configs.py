@@ -91,3 +91,34 @@ def convs(draw, max_batch=3, max_size=9, layouts=LAYOUTS):
         bias=draw(st.booleans()),
         layout=layout,
     )
+
+
+@st.composite
+def amx_convs(draw, max_batch=3, max_size=12):
+    """Layers the AMX kernels compute in bfloat16 (stride 1, at least 16 channels per group), with
+    channel counts that leave partial tiles (16 output channels, 32 input channels per tile)."""
+    groups = draw(st.integers(1, 2))
+    kernel = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = draw(st.sampled_from(["same", "valid", None]))
+    padding = padding or (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    pad = (0, 0) if isinstance(padding, str) else padding
+    size = tuple(
+        max(1, d * (k - 1) + 1 - 2 * p) + draw(st.integers(0, max_size))
+        for d, k, p in zip(dilation, kernel, pad)
+    )
+    channels = st.sampled_from([16, 17, 31, 32, 40, 64, 70])
+    layout = draw(st.sampled_from(LAYOUTS))
+    return Conv(
+        batch=1 if layout == "unbatched" else draw(st.integers(1, max_batch)),
+        in_channels=groups * draw(channels),
+        out_channels=groups * draw(channels),
+        size=size,
+        kernel=kernel,
+        stride=(1, 1),
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        bias=draw(st.booleans()),
+        layout=layout,
+    )

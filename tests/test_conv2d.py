@@ -1,6 +1,8 @@
 """Forward and every gradient against F.conv2d and the reference, over randomized configurations
 (sizes, stride, padding incl. 'same'/'valid', dilation, groups, bias, batch 0..3, unbatched,
 channels_last and non-contiguous inputs)."""
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +11,7 @@ from hypothesis import given, settings
 import conv_ext
 from conv_ext import reference
 
-from configs import Conv, convs
+from configs import Conv, amx_convs, convs
 from conftest import DEVICES, FORCED_CPU_PATHS, cpu_path
 
 
@@ -195,6 +197,48 @@ def test_forced_cpu_paths_take_effect(kernel):
         assert not torch.equal(results[one][0], results[other][0]), ("forward", one, other)
     for other in ("gemm", "direct"):
         assert not torch.equal(results["winograd"][1], results[other][1]), ("weight gradient", other)
+
+
+CPUINFO = Path("/proc/cpuinfo")
+HAS_AMX = CPUINFO.exists() and "amx_bf16" in CPUINFO.read_text()
+
+
+def assert_rounded_once(actual, expected, scale, what):
+    """actual (bfloat16) is expected rounded once to bfloat16 (within one unit in its last place),
+    after a float32 sum (within 1e-4 of the scale): what a missing or doubled term would break."""
+    torch.testing.assert_close(actual.double(), expected, rtol=2.0**-8, atol=1e-4 * scale + 1e-300,
+                               msg=lambda m: f"{what}: {m}")
+
+
+@pytest.mark.skipif(not HAS_AMX, reason="needs a CPU with AMX-BF16")
+@settings(max_examples=60)
+@given(conv=amx_convs())
+def test_amx_bfloat16_rounds_float64_result_once(conv):
+    """bfloat16 layers the AMX kernels take: the forward, the input gradient (a forward on the
+    flipped filters) and the weight gradient sum in float32 and round once."""
+    x, w, b = conv.tensors(torch.bfloat16, "cpu", requires_grad=True)
+    with cpu_path("auto"):
+        ours, gy = forward_and_grads(conv_ext.conv2d, conv, x, w, b)
+    for name, a, e, scale in zip(NAMES, ours, *float64_results(conv, x, w, b, gy)):
+        assert_rounded_once(a, e, scale, f"{name} (bfloat16 on AMX)")
+
+
+@pytest.mark.skipif(not HAS_AMX, reason="needs a CPU with AMX-BF16")
+@pytest.mark.parametrize("conv", [
+    Conv(8, 64, 64, (28, 28), (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
+    # 33 strips of 32 pixels on 17-wide padded rows; 3 images in a chunk of the weight gradient.
+    Conv(3, 96, 48, (31, 15), (3, 3), (1, 1), (1, 1), (1, 1), 1, False, "channels_last"),
+    # Output channels in three chunks of filter tiles that fill a core's L2 (512 x 4608 bytes).
+    Conv(2, 512, 160, (7, 7), (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
+], ids=["64ch", "96-48ch-channels-last", "512-160ch"])
+def test_amx_bfloat16_large_layers(conv):
+    """Long sums (576 to 4608 terms per output, 8 * 28 * 28 per weight) and the AMX kernels'
+    blocking: chunks of output channels, of pixels, of images."""
+    x, w, b = conv.tensors(torch.bfloat16, "cpu", requires_grad=True)
+    with cpu_path("auto"):
+        ours, gy = forward_and_grads(conv_ext.conv2d, conv, x, w, b)
+    for name, a, e, scale in zip(NAMES, ours, *float64_results(conv, x, w, b, gy)):
+        assert_rounded_once(a, e, scale, f"{name} (bfloat16 on AMX)")
 
 
 # The implicit GEMM reads panels of whole output-row runs in place from the input's stride

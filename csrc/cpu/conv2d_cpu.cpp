@@ -10,7 +10,10 @@
 // stride-1 layers with few pixels for their filters (flipping_pays_off).
 //
 // float32 and float64 run natively; float16 and bfloat16 are computed in float32 and rounded
-// once at the end, so every sum accumulates in float32.
+// once at the end, so every sum accumulates in float32. Where the CPU has AMX, the bfloat16
+// forward and weight gradient of stride-1 layers run on its tiles (amx_conv2d.cpp), which also
+// sum in float32 (and so does the input gradient, a forward convolution there).
+#include "amx_conv2d.h"
 #include "cpu_features.h"
 #include "direct_conv2d.h"
 #include "implicit_gemm_conv2d.h"
@@ -343,8 +346,18 @@ Tensor gemm_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
   return grad_weight.view({g.out_channels, g.in_channels_per_group(), g.kernel_h, g.kernel_w});
 }
 
+// Unless a path is forced: CONV_EXT_CPU_ALGORITHM=gemm runs bfloat16 widened, as on CPUs
+// without AMX.
+bool amx_chosen(const Conv2dGeometry& g, at::ScalarType dtype) {
+  return dtype == at::kBFloat16 && !forced_algorithm() && !env_is("CONV_EXT_CPU_ALGORITHM", "winograd") &&
+         amx_conv2d_applies(g);
+}
+
 Tensor forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
                const Conv2dGeometry& g, at::MemoryFormat result_format) {
+  if (amx_chosen(g, input.scalar_type())) {
+    return finish(amx_conv2d_forward(input.contiguous(), weight.contiguous(), bias, g), input.scalar_type(), result_format);
+  }
   const Algorithm algorithm = choose_algorithm(g);
   const Tensor x = compute_operand(input, operand_format(input, algorithm));
   const Tensor w = compute_operand(weight), b = compute_operand(bias);
@@ -439,6 +452,10 @@ Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const auto g =
       check_conv2d_grad_weight(input, grad_output, kernel_size, stride, padding, dilation, groups);
+  if (amx_chosen(g, input.scalar_type())) {
+    return finish(amx_conv2d_grad_weight(input.contiguous(), grad_output.contiguous(), g), input.scalar_type(),
+                  conv2d_memory_format(input, grad_output));
+  }
   const Algorithm algorithm = choose_grad_weight_algorithm(g);
   const Tensor x = compute_operand(input, operand_format(input, algorithm));
   const Tensor gy = compute_operand(grad_output, operand_format(grad_output, algorithm));

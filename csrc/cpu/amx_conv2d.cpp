@@ -1,0 +1,559 @@
+// bfloat16 convolutions of stride 1 as implicit GEMMs on AMX tiles: the forward (and so the
+// input gradient, a forward on the flipped filters) and the weight gradient. Both sum in float32
+// accumulator tiles and round once.
+//
+// Forward: output (channels x pixels) = filters (channels x patch) times the im2col matrix
+// (patch x pixels), in blocks of 32 output channels x 32 pixels held in four accumulator tiles.
+// The reduction runs over blocks of 32 input channels and, inside each, the kernel's taps: a
+// filter tile is 16 output channels x 32 input channels of one tap, packed once per call; an
+// input tile is the same 32 channels (16 pairs) at 16 pixels, read in place from a copy of the
+// input laid out for it (PairLayout), so nothing is packed per block. The weight gradient: see
+// GradWeightLayout.
+#include "amx_conv2d.h"
+
+#include "cpu_features.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+// GCC 12's AVX-512 intrinsics start some results from a deliberately undefined vector, which
+// -Wmaybe-uninitialized reports wherever they are inlined (GCC bug 105593, fixed in GCC 13).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#if defined(__linux__) && defined(__x86_64__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+namespace conv_ext {
+namespace {
+
+// Every tile is 16 rows of 64 bytes: 16 x 32 bfloat16 (filters), 16 pairs of input channels x 16
+// pixels (input), or 16 x 16 float32 (accumulators).
+constexpr int64_t kTileRows = 16, kTileChannels = 32, kTilePixels = 16;
+constexpr int64_t kTileElements = kTileRows * kTileChannels;
+constexpr int64_t kStripPixels = 2 * kTilePixels;
+// A task's filter tiles fit in a core's L2 cache, and the input of kStripBlock strips with them.
+constexpr int64_t kFilterChunkBytes = int64_t{512} << 10, kStripBlock = 8;
+// The input copy is made for this many bytes' worth of images at a time.
+constexpr int64_t kMaxCopyBytes = int64_t{32} << 20;
+// The weight gradient's operands for a chunk of pixels stay in the cache.
+constexpr int64_t kGradChunkBytes = int64_t{1} << 20;
+
+// Linux gives a process the tiles' 8 KiB of register state only when it asks (arch_prctl).
+bool tiles_granted() {
+#if defined(__linux__) && defined(__x86_64__)
+  constexpr int kRequestPermission = 0x1023, kTileData = 18;  // ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA
+  return syscall(SYS_arch_prctl, kRequestPermission, kTileData) == 0;
+#else
+  return false;
+#endif
+}
+
+bool amx_available() {
+  static const bool available = __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") &&
+                                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512bf16") &&
+                                __builtin_cpu_supports("avx512vbmi2") &&
+                                tiles_granted();
+  return available && use_avx512();
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The input as the tiles read it. Per image, group and pair of input channels (zero past the
+// group's channels), a plane of the zero-padded image, flattened row by row, whose elements are
+// the pair's two values side by side (the layout AMX multiplies). With stride 1, output pixel
+// q = oh * padded_w + ow reads tap (ki, kj) at q + ki * dh * padded_w + kj * dw: the columns
+// ow >= out_w in between are computed and dropped, and in return 16 consecutive pixels of the 16
+// pairs of a block of 32 channels are one tile, its rows a plane apart.
+struct PairLayout {
+  int64_t padded_w, pixels, blocks, plane;  // pixels: out_h * padded_w, whole strips
+  std::vector<int64_t> taps;                // per tap (ki, kj): its offset in a plane
+
+  explicit PairLayout(const Conv2dGeometry& g)
+      : padded_w(g.in_w + 2 * g.pad_w),
+        pixels(ceil_div(g.out_h * padded_w, kStripPixels) * kStripPixels),
+        blocks(ceil_div(g.in_channels_per_group(), kTileChannels)) {
+    for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
+      for (int64_t kj = 0; kj < g.kernel_w; ++kj) taps.push_back(ki * g.dilation_h * padded_w + kj * g.dilation_w);
+    }
+    // Covers the padded image and the last strip's reach. An odd number of cache lines, so that
+    // a tile's 16 rows fall into different sets of the L1 cache.
+    plane = ceil_div(pixels + taps.back(), kTilePixels) * kTilePixels;
+    if (plane / kTilePixels % 2 == 0) plane += kTilePixels;
+  }
+  int64_t pairs() const { return blocks * kTileRows; }
+  int64_t image() const { return pairs() * plane * 2; }  // elements per image and group
+};
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t bytes_per_row[16] = {};
+  uint8_t rows[16] = {};
+  TileConfig() {
+    for (int t = 0; t < 8; ++t) bytes_per_row[t] = 64, rows[t] = kTileRows;
+  }
+};
+
+#pragma GCC push_options
+#pragma GCC target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16,avx512vbmi2,avx2,fma")
+
+// dst[2 i] = a[i], dst[2 i + 1] = b[i] (b null: zero) for i < count.
+void interleave_pair(const uint16_t* a, const uint16_t* b, int64_t count, uint16_t* dst) {
+  alignas(64) static constexpr uint16_t kOrder[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+                                                      8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  const __m512i order = _mm512_load_si512(kOrder);
+  for (int64_t i = 0; i < count; i += kTilePixels) {
+    const int64_t n = std::min(kTilePixels, count - i);
+    const __mmask16 in = static_cast<__mmask16>((1u << n) - 1);
+    const __m256i x = _mm256_maskz_loadu_epi16(in, a + i);
+    const __m256i y = b != nullptr ? _mm256_maskz_loadu_epi16(in, b + i) : _mm256_setzero_si256();
+    const __m512i pairs = _mm512_permutex2var_epi16(_mm512_castsi256_si512(x), order, _mm512_castsi256_si512(y));
+    const __mmask32 out = static_cast<__mmask32>((uint64_t{1} << 2 * n) - 1);
+    _mm512_mask_storeu_epi16(dst + 2 * i, out, pairs);
+  }
+}
+
+// Pair `pair` of image n's group into its PairLayout plane.
+void copy_pair_plane(const uint16_t* x, const Conv2dGeometry& g, const PairLayout& l, int64_t n, int64_t group,
+                     int64_t pair, uint16_t* plane) {
+  const int64_t cg = g.in_channels_per_group(), area = g.in_h * g.in_w, c = 2 * pair;
+  std::memset(plane, 0, l.plane * 2 * sizeof(uint16_t));
+  if (c >= cg) return;
+  const uint16_t* first = x + (n * g.in_channels + group * cg + c) * area;
+  const uint16_t* second = c + 1 < cg ? first + area : nullptr;
+  for (int64_t ih = 0; ih < g.in_h; ++ih) {
+    interleave_pair(first + ih * g.in_w, second != nullptr ? second + ih * g.in_w : nullptr, g.in_w,
+                    plane + ((ih + g.pad_h) * l.padded_w + g.pad_w) * 2);
+  }
+}
+
+// Tile row `row` of filter tile (block, tap) of filter k: its 32 input channels, zero past the
+// group's cg channels. The filter's values for one tap are `taps` apart (adjacent for 1x1
+// filters): with all 32 channels there, two gathers of 16 dwords take them, each value the low half of its dword at tap 0 and
+// the high half after it (so no gather reads past the filters), which a conversion keeps.
+void filter_tile_row(const uint16_t* filter, int64_t cg, int64_t taps, int64_t block, int64_t tap, uint16_t* row) {
+  const int64_t first = block * kTileChannels, count = std::min(kTileChannels, cg - first);
+  const uint16_t* values = filter + first * taps + tap;
+  if (taps == 1) {
+    const __mmask32 present = static_cast<__mmask32>((uint64_t{1} << count) - 1);
+    _mm512_storeu_si512(row, _mm512_maskz_loadu_epi16(present, values));
+    return;
+  }
+  if (count == kTileChannels) {
+    const __m512i offsets = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                               _mm512_set1_epi32(static_cast<int>(taps)));
+    const int shift = tap == 0 ? 0 : 16;
+    const uint16_t* base = tap == 0 ? values : values - 1;
+    for (int64_t half = 0; half < 2; ++half) {
+      const __m512i dwords = _mm512_i32gather_epi32(offsets, base + half * kTilePixels * taps, 2);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + half * kTilePixels),
+                          _mm512_cvtepi32_epi16(_mm512_srli_epi32(dwords, shift)));
+    }
+    return;
+  }
+  for (int64_t c = 0; c < kTileChannels; ++c) row[c] = c < count ? values[c * taps] : 0;
+}
+
+// The filter tiles, (group, block of 16 output channels, block of 32 input channels, tap), each
+// 16 output channels x 32 input channels, zero past the group's channels.
+at::Tensor filter_tiles(const at::Tensor& weight, const Conv2dGeometry& g, const PairLayout& l) {
+  const int64_t cg = g.in_channels_per_group(), kg = g.out_channels_per_group();
+  const int64_t row_blocks = ceil_div(kg, kTileRows), taps = l.taps.size();
+  at::Tensor tiles = at::empty({g.groups * row_blocks * l.blocks * taps * kTileElements}, weight.options());
+  const uint16_t* w = reinterpret_cast<const uint16_t*>(weight.const_data_ptr());
+  uint16_t* out = reinterpret_cast<uint16_t*>(tiles.mutable_data_ptr());
+  // Per tile row: a filter's row in its tiles, or zeros below the group's last filter.
+  at::parallel_for(0, g.groups * row_blocks * kTileRows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t slot = begin; slot < end; ++slot) {
+      const int64_t group = slot / (row_blocks * kTileRows), row = slot % (row_blocks * kTileRows);
+      uint16_t* dst = out + (group * row_blocks + row / kTileRows) * l.blocks * taps * kTileElements + row % kTileRows * kTileChannels;
+      for (int64_t block = 0; block < l.blocks; ++block) {
+        for (int64_t t = 0; t < taps; ++t, dst += kTileElements) {
+          if (row < kg) {
+            filter_tile_row(w + (group * kg + row) * cg * taps, cg, taps, block, t, dst);
+          } else {
+            std::fill(dst, dst + kTileChannels, uint16_t{0});
+          }
+        }
+      }
+    }
+  });
+  return tiles;
+}
+
+// acc (kRowTiles x 2 tiles of 16 x 16) = the filter tiles from `a` (the second row's a_next
+// further) times the input tiles of the strip of 32 pixels at `b`, over the whole patch.
+template <int kRowTiles>
+void multiply_strip(const uint16_t* a, int64_t a_next, const uint16_t* b, const PairLayout& l, float* acc) {
+  _tile_zero(0);
+  _tile_zero(1);
+  if constexpr (kRowTiles == 2) {
+    _tile_zero(2);
+    _tile_zero(3);
+  }
+  const int64_t pair_bytes = l.plane * 2 * sizeof(uint16_t);
+  for (int64_t block = 0; block < l.blocks; ++block) {
+    const uint16_t* pairs = b + block * kTileRows * l.plane * 2;
+    for (const int64_t tap : l.taps) {
+      // Each load waits for the products still reading its tile (tiles are not renamed), so
+      // loads and products alternate (measured: 1.3x faster than four loads, then four products).
+      _tile_loadd(4, pairs + tap * 2, pair_bytes);
+      _tile_loadd(6, a, 64);
+      _tile_dpbf16ps(0, 6, 4);
+      if constexpr (kRowTiles == 2) {
+        _tile_loadd(7, a + a_next, 64);
+        _tile_dpbf16ps(2, 7, 4);
+      }
+      _tile_loadd(5, pairs + (tap + kTilePixels) * 2, pair_bytes);
+      _tile_dpbf16ps(1, 6, 5);
+      if constexpr (kRowTiles == 2) _tile_dpbf16ps(3, 7, 5);
+      a += kTileElements;
+    }
+  }
+  _tile_stored(0, acc, 64);
+  _tile_stored(1, acc + kTileRows * kTilePixels, 64);
+  if constexpr (kRowTiles == 2) {
+    _tile_stored(2, acc + 2 * kTileRows * kTilePixels, 64);
+    _tile_stored(3, acc + 3 * kTileRows * kTilePixels, 64);
+  }
+}
+
+// Where the 16 pixels from q lie in an output plane: runs of consecutive pixels of one output
+// row, the padding columns between them dropped.
+struct PixelRuns {
+  struct Run {
+    int64_t first, count, offset;  // first pixel (of 16), count, offset in the output plane
+  } runs[kTilePixels];
+  int64_t size = 0;
+
+  PixelRuns(int64_t q, const Conv2dGeometry& g, const PairLayout& l) {
+    int64_t oh = q / l.padded_w, ow = q % l.padded_w;
+    for (int64_t i = 0; i < kTilePixels && oh < g.out_h; ++oh, ow = 0) {
+      const int64_t run = std::min(kTilePixels - i, l.padded_w - ow);
+      if (ow < g.out_w) runs[size++] = {i, std::min(run, g.out_w - ow), oh * g.out_w + ow};
+      i += run;
+    }
+  }
+};
+
+// One accumulator row plus the bias, rounded to bfloat16, into the output plane y.
+void store_pixels(const float* acc, float bias, const PixelRuns& pixels, uint16_t* y) {
+  const __m512 sum = _mm512_add_ps(_mm512_loadu_ps(acc), _mm512_set1_ps(bias));
+  const __m256i rounded = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(sum));
+  for (int64_t r = 0; r < pixels.size; ++r) {
+    const auto& run = pixels.runs[r];
+    const __mmask16 count = static_cast<__mmask16>((1u << run.count) - 1);
+    const __m256i values = run.first == 0 ? rounded : _mm256_maskz_compress_epi16(static_cast<__mmask16>(count << run.first), rounded);
+    _mm256_mask_storeu_epi16(y + run.offset, count, values);
+  }
+}
+
+// Output channel blocks 2 * row_pair and 2 * row_pair + 1 (if any) of image n's group at strip
+// `strip`, its input planes at `b`.
+void multiply_and_store(const uint16_t* filter_tiles, const uint16_t* b, const float* bias, const Conv2dGeometry& g,
+                        const PairLayout& l, int64_t n, int64_t group, int64_t strip, int64_t row_pair, uint16_t* y) {
+  alignas(64) float acc[4 * kTileRows * kTilePixels];
+  const int64_t kg = g.out_channels_per_group(), row_blocks = ceil_div(kg, kTileRows);
+  const int64_t a_next = l.blocks * l.taps.size() * kTileElements, row_block = 2 * row_pair;
+  const int64_t row_tiles = row_block + 1 < row_blocks ? 2 : 1;
+  const uint16_t* a = filter_tiles + (group * row_blocks + row_block) * a_next;
+  if (row_tiles == 2) {
+    multiply_strip<2>(a, a_next, b + strip * kStripPixels * 2, l, acc);
+  } else {
+    multiply_strip<1>(a, a_next, b + strip * kStripPixels * 2, l, acc);
+  }
+  const PixelRuns halves[2] = {{strip * kStripPixels, g, l}, {strip * kStripPixels + kTilePixels, g, l}};
+  for (int64_t tile_row = 0; tile_row < row_tiles; ++tile_row) {
+    for (int64_t r = 0; r < kTileRows && (row_block + tile_row) * kTileRows + r < kg; ++r) {
+      const int64_t k = group * kg + (row_block + tile_row) * kTileRows + r;
+      for (int64_t half = 0; half < 2; ++half) {
+        store_pixels(acc + ((tile_row * 2 + half) * kTileRows + r) * kTilePixels, bias != nullptr ? bias[k] : 0.f,
+                     halves[half], y + (n * g.out_channels + k) * g.out_h * g.out_w);
+      }
+    }
+  }
+}
+
+// The weight gradient per tap t: grad_w[k, c, t] = sum over the batch's pixels q of
+// grad_output[k, q] x[c, q + offset_t], on PairLayout's pixel grid. A tiles are 16 filters x 32
+// pixels of grad_output, copied onto the grid with zeros in its padding columns (so the input
+// there counts for nothing); B tiles are 16 pairs of pixels x 16 channels of the input, copied
+// with the channels innermost, once for pairs that start at even positions and once for odd
+// ones, since a tap's offset may be odd. Both are read in place, 64-byte rows one after another.
+struct GradWeightLayout {
+  int64_t filter_rows, grad_row;    // per group: filters (whole tiles), and elements per filter
+  int64_t channel_blocks, pair_rows;  // per group: blocks of 16 channels, pixel pairs per block
+
+  GradWeightLayout(const Conv2dGeometry& g, const PairLayout& l)
+      : filter_rows(ceil_div(g.out_channels_per_group(), kTileRows) * kTileRows),
+        // An odd number of cache lines per filter, so that a tile's rows fall into different sets.
+        grad_row(l.pixels / kStripPixels % 2 == 1 ? l.pixels : l.pixels + kStripPixels),
+        channel_blocks(ceil_div(g.in_channels_per_group(), kTilePixels)),
+        pair_rows(ceil_div(l.plane, 2 * kTileRows) * kTileRows) {}
+  int64_t grad_image() const { return filter_rows * grad_row; }                    // per image and group
+  int64_t input_image() const { return channel_blocks * pair_rows * 2 * kTilePixels; }  // alike, per parity
+};
+
+// Rows r[i] (16 dwords each) become columns: a 16 x 16 transpose of 32-bit values.
+void transpose_16x16(__m512i r[16]) {
+  __m512i a[16], b[16];
+  for (int i = 0; i < 16; i += 2) {
+    a[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    a[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {  // b[i + m]: rows i..i+3 of column m of each 128-bit lane
+    b[i] = _mm512_unpacklo_epi64(a[i], a[i + 2]);
+    b[i + 1] = _mm512_unpackhi_epi64(a[i], a[i + 2]);
+    b[i + 2] = _mm512_unpacklo_epi64(a[i + 1], a[i + 3]);
+    b[i + 3] = _mm512_unpackhi_epi64(a[i + 1], a[i + 3]);
+  }
+  for (int m = 0; m < 4; ++m) {  // a 4 x 4 transpose of lanes
+    const __m512i c0 = _mm512_shuffle_i32x4(b[m], b[4 + m], 0x88), c1 = _mm512_shuffle_i32x4(b[m], b[4 + m], 0xDD);
+    const __m512i c2 = _mm512_shuffle_i32x4(b[8 + m], b[12 + m], 0x88), c3 = _mm512_shuffle_i32x4(b[8 + m], b[12 + m], 0xDD);
+    r[m] = _mm512_shuffle_i32x4(c0, c2, 0x88);
+    r[4 + m] = _mm512_shuffle_i32x4(c1, c3, 0x88);
+    r[8 + m] = _mm512_shuffle_i32x4(c0, c2, 0xDD);
+    r[12 + m] = _mm512_shuffle_i32x4(c1, c3, 0xDD);
+  }
+}
+
+// Filter row `row` of image n's group onto the grid, zero past the group's filters and in the
+// padding columns.
+void copy_grad_row(const uint16_t* gy, const Conv2dGeometry& g, const PairLayout& l, const GradWeightLayout& w,
+                   int64_t n, int64_t group, int64_t row, uint16_t* dst) {
+  std::memset(dst, 0, w.grad_row * sizeof(uint16_t));
+  if (row >= g.out_channels_per_group()) return;
+  const uint16_t* src = gy + (n * g.out_channels + group * g.out_channels_per_group() + row) * g.out_h * g.out_w;
+  for (int64_t oh = 0; oh < g.out_h; ++oh) std::memcpy(dst + oh * l.padded_w, src + oh * g.out_w, g.out_w * sizeof(uint16_t));
+}
+
+// Block `block` of 16 channels of image n's group: the zero-padded planes (plane_scratch, 16
+// planes of l.plane + 2 elements), then their pixel pairs at even and odd positions, channels
+// innermost.
+void copy_input_pixel_pairs(const uint16_t* x, const Conv2dGeometry& g, const PairLayout& l, const GradWeightLayout& w,
+                            int64_t n, int64_t group, int64_t block, uint16_t* plane_scratch, uint16_t* even, uint16_t* odd) {
+  const int64_t cg = g.in_channels_per_group(), stride = 2 * w.pair_rows + 2;
+  std::memset(plane_scratch, 0, kTilePixels * stride * sizeof(uint16_t));
+  for (int64_t c = 0; c < kTilePixels && block * kTilePixels + c < cg; ++c) {
+    const uint16_t* src = x + (n * g.in_channels + group * cg + block * kTilePixels + c) * g.in_h * g.in_w;
+    for (int64_t ih = 0; ih < g.in_h; ++ih) {
+      std::memcpy(plane_scratch + c * stride + (ih + g.pad_h) * l.padded_w + g.pad_w, src + ih * g.in_w, g.in_w * sizeof(uint16_t));
+    }
+  }
+  for (int64_t parity = 0; parity < 2; ++parity) {
+    uint16_t* out = parity == 0 ? even : odd;
+    for (int64_t j = 0; j < w.pair_rows; j += kTileRows) {
+      __m512i rows[16];
+      for (int c = 0; c < 16; ++c) rows[c] = _mm512_loadu_si512(plane_scratch + c * stride + parity + 2 * j);
+      transpose_16x16(rows);
+      for (int i = 0; i < 16; ++i) _mm512_storeu_si512(out + (j + i) * 2 * kTilePixels, rows[i]);
+    }
+  }
+}
+
+// acc (kRows x kCols tiles of 16 filters x 16 channels) += the grad_output tiles at a (the
+// second row of tiles a_next further) times the pixel-pair tiles at b (the second column b_next
+// further), over `steps` steps of 32 pixels.
+template <int kRows, int kCols>
+void accumulate_grad_weight(const uint16_t* a, int64_t a_row_bytes, int64_t a_next, const uint16_t* b, int64_t b_next,
+                            int64_t steps, float* acc) {
+  constexpr int64_t kTile = kTileRows * kTilePixels;
+  _tile_loadd(0, acc, 64);
+  if constexpr (kCols == 2) _tile_loadd(1, acc + kTile, 64);
+  if constexpr (kRows == 2) _tile_loadd(2, acc + 2 * kTile, 64);
+  if constexpr (kRows == 2 && kCols == 2) _tile_loadd(3, acc + 3 * kTile, 64);
+  for (int64_t step = 0; step < steps; ++step, a += kStripPixels, b += kTileRows * 2 * kTilePixels) {
+    _tile_loadd(4, b, 64);
+    _tile_loadd(6, a, a_row_bytes);
+    _tile_dpbf16ps(0, 6, 4);
+    if constexpr (kRows == 2) {
+      _tile_loadd(7, a + a_next, a_row_bytes);
+      _tile_dpbf16ps(2, 7, 4);
+    }
+    if constexpr (kCols == 2) {
+      _tile_loadd(5, b + b_next, 64);
+      _tile_dpbf16ps(1, 6, 5);
+      if constexpr (kRows == 2) _tile_dpbf16ps(3, 7, 5);
+    }
+  }
+  _tile_stored(0, acc, 64);
+  if constexpr (kCols == 2) _tile_stored(1, acc + kTile, 64);
+  if constexpr (kRows == 2) _tile_stored(2, acc + 2 * kTile, 64);
+  if constexpr (kRows == 2 && kCols == 2) _tile_stored(3, acc + 3 * kTile, 64);
+}
+
+#pragma GCC pop_options
+
+}  // namespace
+
+bool amx_conv2d_applies(const Conv2dGeometry& g) {
+  return g.stride_h == 1 && g.stride_w == 1 && g.in_channels_per_group() >= 16 && g.out_channels_per_group() >= 16 &&
+         g.batch > 0 && g.out_h > 0 && g.out_w > 0 && amx_available();
+}
+
+#pragma GCC push_options
+#pragma GCC target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16,avx512vbmi2,avx2,fma")
+
+// The images are copied in batches of at most kMaxCopyBytes. Each task takes a chunk of one
+// group's output channels, whose filter tiles stay in the core's L2 cache (kFilterChunkBytes),
+// and a range of the batch's strips, which it runs kStripBlock strips at a time through every
+// output channel of the chunk, so the blocks' input is read from L2 too.
+at::Tensor amx_conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
+                              const Conv2dGeometry& g) {
+  const PairLayout l(g);
+  const int64_t row_pairs = ceil_div(ceil_div(g.out_channels_per_group(), kTileRows), 2);
+  const int64_t row_pair_bytes = 2 * l.blocks * l.taps.size() * kTileElements * sizeof(uint16_t);
+  const int64_t pairs_per_chunk = std::clamp<int64_t>(kFilterChunkBytes / row_pair_bytes, 1, row_pairs);
+  const int64_t chunks_per_group = ceil_div(row_pairs, pairs_per_chunk), row_chunks = g.groups * chunks_per_group;
+  const int64_t strips = l.pixels / kStripPixels;
+  const int64_t images = std::clamp<int64_t>(kMaxCopyBytes / (g.groups * l.image() * sizeof(uint16_t)), 1, g.batch);
+
+  const at::Tensor tiles = filter_tiles(weight, g, l);
+  const at::Tensor bias_values = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();
+  at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
+  std::vector<uint16_t> planes(images * g.groups * l.image());
+  const uint16_t* x = reinterpret_cast<const uint16_t*>(input.const_data_ptr());
+  const uint16_t* a = reinterpret_cast<const uint16_t*>(tiles.const_data_ptr());
+  const float* bias_data = bias.defined() ? bias_values.const_data_ptr<float>() : nullptr;
+  uint16_t* y = reinterpret_cast<uint16_t*>(output.mutable_data_ptr());
+  const TileConfig config;
+
+  for (int64_t n_begin = 0; n_begin < g.batch; n_begin += images) {
+    const int64_t n_end = std::min(g.batch, n_begin + images);
+    at::parallel_for(0, (n_end - n_begin) * g.groups * l.pairs(), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t image_group = task / l.pairs(), pair = task % l.pairs();
+        copy_pair_plane(x, g, l, n_begin + image_group / g.groups, image_group % g.groups, pair,
+                        planes.data() + task * l.plane * 2);
+      }
+    });
+    const int64_t batch_strips = (n_end - n_begin) * strips;
+    const int64_t strip_chunks = std::clamp<int64_t>(ceil_div(4 * at::get_num_threads(), row_chunks), 1, batch_strips);
+    const int64_t strips_per_chunk = ceil_div(batch_strips, strip_chunks);
+    at::parallel_for(0, row_chunks * strip_chunks, 1, [&](int64_t begin, int64_t end) {
+      _tile_loadconfig(&config);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t row_chunk = task / strip_chunks, group = row_chunk / chunks_per_group;
+        const int64_t first_pair = row_chunk % chunks_per_group * pairs_per_chunk;
+        const int64_t last_pair = std::min(row_pairs, first_pair + pairs_per_chunk);
+        const int64_t first_strip = task % strip_chunks * strips_per_chunk;
+        const int64_t last_strip = std::min(batch_strips, first_strip + strips_per_chunk);
+        for (int64_t block = first_strip; block < last_strip; block += kStripBlock) {
+          for (int64_t row_pair = first_pair; row_pair < last_pair; ++row_pair) {
+            for (int64_t s = block; s < std::min(last_strip, block + kStripBlock); ++s) {
+              const int64_t n = n_begin + s / strips;
+              multiply_and_store(a, planes.data() + ((n - n_begin) * g.groups + group) * l.image(), bias_data, g, l, n,
+                                 group, s % strips, row_pair, y);
+            }
+          }
+        }
+      }
+      _tile_release();
+    });
+  }
+  return output;
+}
+
+// Each task owns a range of the (group, tap, 32 filters, 32 channels) blocks of the gradient,
+// whose sums it keeps in float32 (acc) across the whole batch. The batch is copied onto the grid
+// in batches of images, and each task runs through them in chunks of pixels that stay in the
+// cache (kGradChunkBytes of both operands), every one of its blocks per chunk.
+at::Tensor amx_conv2d_grad_weight(const at::Tensor& input, const at::Tensor& grad_output, const Conv2dGeometry& g) {
+  const PairLayout l(g);
+  const GradWeightLayout w(g, l);
+  const int64_t kg = g.out_channels_per_group(), cg = g.in_channels_per_group(), taps = l.taps.size();
+  const int64_t row_pairs = ceil_div(w.filter_rows / kTileRows, 2), column_pairs = ceil_div(w.channel_blocks, 2);
+  const int64_t blocks = g.groups * taps * row_pairs * column_pairs;
+  constexpr int64_t kBlock = 4 * kTileRows * kTilePixels;
+  const int64_t image_bytes = g.groups * (w.grad_image() + 2 * w.input_image()) * sizeof(uint16_t);
+  const int64_t images = std::clamp<int64_t>(kMaxCopyBytes / image_bytes, 1, g.batch);
+  const int64_t bytes_per_pixel = g.groups * (w.filter_rows + 2 * w.channel_blocks * kTilePixels) * sizeof(uint16_t);
+  const int64_t chunk_pixels = std::max<int64_t>(1, kGradChunkBytes / bytes_per_pixel / kStripPixels) * kStripPixels;
+  // Chunks of one image's pixels, or of several small images.
+  const int64_t chunk = std::min(chunk_pixels, l.pixels), chunk_images = std::max<int64_t>(1, chunk_pixels / l.pixels);
+
+  std::vector<float> acc(blocks * kBlock, 0.f);
+  std::vector<uint16_t> grad(images * g.groups * w.grad_image()), pairs(2 * images * g.groups * w.input_image());
+  uint16_t* even = pairs.data();
+  uint16_t* odd = even + images * g.groups * w.input_image();
+  const uint16_t* x = reinterpret_cast<const uint16_t*>(input.const_data_ptr());
+  const uint16_t* gy = reinterpret_cast<const uint16_t*>(grad_output.const_data_ptr());
+  const TileConfig config;
+
+  for (int64_t n_begin = 0; n_begin < g.batch; n_begin += images) {
+    const int64_t n_end = std::min(g.batch, n_begin + images), image_groups = (n_end - n_begin) * g.groups;
+    at::parallel_for(0, image_groups * (w.filter_rows + w.channel_blocks), 1, [&](int64_t begin, int64_t end) {
+      std::vector<uint16_t> scratch(kTilePixels * (2 * w.pair_rows + 2));
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t image_group = task / (w.filter_rows + w.channel_blocks), part = task % (w.filter_rows + w.channel_blocks);
+        const int64_t n = n_begin + image_group / g.groups, group = image_group % g.groups;
+        if (part < w.filter_rows) {
+          copy_grad_row(gy, g, l, w, n, group, part, grad.data() + image_group * w.grad_image() + part * w.grad_row);
+        } else {
+          const int64_t offset = image_group * w.input_image() + (part - w.filter_rows) * w.pair_rows * 2 * kTilePixels;
+          copy_input_pixel_pairs(x, g, l, w, n, group, part - w.filter_rows, scratch.data(), even + offset, odd + offset);
+        }
+      }
+    });
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      _tile_loadconfig(&config);
+      for (int64_t n = n_begin; n < n_end; n += chunk_images) {
+        for (int64_t q = 0; q < l.pixels; q += chunk) {
+          const int64_t steps = std::min(chunk, l.pixels - q) / kStripPixels;
+          for (int64_t block = begin; block < end; ++block) {
+            const int64_t column_pair = block % column_pairs, row_pair = block / column_pairs % row_pairs;
+            const int64_t tap = block / column_pairs / row_pairs % taps, group = block / column_pairs / row_pairs / taps;
+            const int64_t offset = l.taps[tap] + q;
+            const bool two_rows = 2 * row_pair + 1 < w.filter_rows / kTileRows, two_columns = 2 * column_pair + 1 < w.channel_blocks;
+            for (int64_t image = n; image < std::min(n_end, n + chunk_images); ++image) {
+              const int64_t image_group = (image - n_begin) * g.groups + group;
+              const uint16_t* a = grad.data() + image_group * w.grad_image() + 2 * row_pair * kTileRows * w.grad_row + q;
+              const uint16_t* b = (offset % 2 == 0 ? even : odd) + image_group * w.input_image() +
+                                  (2 * column_pair * w.pair_rows + offset / 2) * 2 * kTilePixels;
+              const int64_t a_bytes = w.grad_row * sizeof(uint16_t), a_next = kTileRows * w.grad_row;
+              const int64_t b_next = w.pair_rows * 2 * kTilePixels;
+              float* sums = acc.data() + block * kBlock;
+              if (two_rows && two_columns) {
+                accumulate_grad_weight<2, 2>(a, a_bytes, a_next, b, b_next, steps, sums);
+              } else if (two_rows) {
+                accumulate_grad_weight<2, 1>(a, a_bytes, a_next, b, b_next, steps, sums);
+              } else if (two_columns) {
+                accumulate_grad_weight<1, 2>(a, a_bytes, a_next, b, b_next, steps, sums);
+              } else {
+                accumulate_grad_weight<1, 1>(a, a_bytes, a_next, b, b_next, steps, sums);
+              }
+            }
+          }
+        }
+      }
+      _tile_release();
+    });
+  }
+
+  at::Tensor grad_weight = at::empty({g.out_channels, cg, g.kernel_h, g.kernel_w}, input.options().dtype(at::kFloat));
+  float* out = grad_weight.mutable_data_ptr<float>();
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t column_pair = block % column_pairs, row_pair = block / column_pairs % row_pairs;
+      const int64_t tap = block / column_pairs / row_pairs % taps, group = block / column_pairs / row_pairs / taps;
+      for (int64_t tile = 0; tile < 4; ++tile) {
+        for (int64_t r = 0; r < kTileRows; ++r) {
+          const int64_t k = (2 * row_pair + tile / 2) * kTileRows + r;
+          for (int64_t c0 = (2 * column_pair + tile % 2) * kTilePixels, c = c0; c < std::min(cg, c0 + kTilePixels) && k < kg; ++c) {
+            out[((group * kg + k) * cg + c) * taps + tap] = acc[block * kBlock + (tile * kTileRows + r) * kTilePixels + c - c0];
+          }
+        }
+      }
+    }
+  });
+  return grad_weight;
+}
+
+#pragma GCC pop_options
+
+}  // namespace conv_ext
