@@ -95,12 +95,13 @@ def convs(draw, max_batch=3, max_size=9, layouts=LAYOUTS):
 
 @st.composite
 def amx_convs(draw, max_batch=3, max_size=12):
-    """Layers the AMX kernels compute in bfloat16 (stride 1, at least 16 channels per group), with
-    channel counts that leave partial tiles (16 output channels, 32 input channels per tile)."""
+    """Layers the AMX kernels compute in bfloat16 (at least 16 channels per group), with channel
+    counts that leave partial tiles (16 output channels, 32 input channels per tile)."""
     groups = draw(st.integers(1, 2))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     kernel = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
     dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
-    padding = draw(st.sampled_from(["same", "valid", None]))
+    padding = draw(st.sampled_from(["same", "valid", None] if stride == (1, 1) else ["valid", None]))
     padding = padding or (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
     pad = (0, 0) if isinstance(padding, str) else padding
     size = tuple(
@@ -115,7 +116,7 @@ def amx_convs(draw, max_batch=3, max_size=12):
         out_channels=groups * draw(channels),
         size=size,
         kernel=kernel,
-        stride=(1, 1),
+        stride=stride,
         padding=padding,
         dilation=dilation,
         groups=groups,

@@ -214,8 +214,8 @@ def assert_rounded_once(actual, expected, scale, what):
 @settings(max_examples=60)
 @given(conv=amx_convs())
 def test_amx_bfloat16_rounds_float64_result_once(conv):
-    """bfloat16 layers the AMX kernels take: the forward, the input gradient (a forward on the
-    flipped filters) and the weight gradient sum in float32 and round once."""
+    """bfloat16 layers the AMX kernels take, any stride: the forward, the input gradient (at stride
+    1 a forward on the flipped filters) and the weight gradient sum in float32 and round once."""
     x, w, b = conv.tensors(torch.bfloat16, "cpu", requires_grad=True)
     with cpu_path("auto"):
         ours, gy = forward_and_grads(conv_ext.conv2d, conv, x, w, b)
@@ -230,7 +230,9 @@ def test_amx_bfloat16_rounds_float64_result_once(conv):
     Conv(3, 96, 48, (31, 15), (3, 3), (1, 1), (1, 1), (1, 1), 1, False, "channels_last"),
     # Output channels in three chunks of filter tiles that fill a core's L2 (512 x 4608 bytes).
     Conv(2, 512, 160, (7, 7), (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
-], ids=["64ch", "96-48ch-channels-last", "512-160ch"])
+    # Four stride phases, 15 columns each.
+    Conv(4, 128, 64, (28, 28), (3, 3), (2, 2), (1, 1), (1, 1), 1, True),
+], ids=["64ch", "96-48ch-channels-last", "512-160ch", "stride-2"])
 def test_amx_bfloat16_large_layers(conv):
     """Long sums (576 to 4608 terms per output, 8 * 28 * 28 per weight) and the AMX kernels'
     blocking: chunks of output channels, of pixels, of images."""

@@ -1,6 +1,6 @@
-// bfloat16 convolutions of stride 1 as implicit GEMMs on AMX tiles: the forward (and so the
-// input gradient, a forward on the flipped filters) and the weight gradient. Both sum in float32
-// accumulator tiles and round once.
+// bfloat16 convolutions as implicit GEMMs on AMX tiles: the forward (and so the input gradient
+// of stride-1 layers, a forward on the flipped filters) and the weight gradient. Both sum in
+// float32 accumulator tiles and round once.
 //
 // Forward: output (channels x pixels) = filters (channels x patch) times the im2col matrix
 // (patch x pixels), in blocks of 32 output channels x 32 pixels held in four accumulator tiles.
@@ -65,30 +65,54 @@ bool amx_available() {
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // The input as the tiles read it. Per image, group and pair of input channels (zero past the
-// group's channels), a plane of the zero-padded image, flattened row by row, whose elements are
-// the pair's two values side by side (the layout AMX multiplies). With stride 1, output pixel
-// q = oh * padded_w + ow reads tap (ki, kj) at q + ki * dh * padded_w + kj * dw: the columns
-// ow >= out_w in between are computed and dropped, and in return 16 consecutive pixels of the 16
-// pairs of a block of 32 channels are one tile, its rows a plane apart.
+// group's channels), a plane of the zero-padded image split into its stride phases (as
+// implicit_gemm_conv2d.cpp does), each phase flattened row by row, whose elements are the pair's
+// two values side by side (the layout AMX multiplies). Output pixel q = oh * grid_w + ow then
+// reads tap (ki, kj) at q plus the tap's offset: in phase (ki * dh % sh, kj * dw % sw), row
+// ki * dh / sh and column kj * dw / sw of it. The columns ow >= out_w in between are computed
+// and dropped, and in return 16 consecutive pixels of the 16 pairs of a block of 32 channels
+// are one tile, its rows a plane apart.
 struct PairLayout {
-  int64_t padded_w, pixels, blocks, plane;  // pixels: out_h * padded_w, whole strips
-  std::vector<int64_t> taps;                // per tap (ki, kj): its offset in a plane
+  int64_t grid_w, pixels, blocks;  // pixels: out_h * grid_w, whole strips
+  int64_t phase_plane, plane;      // elements (pairs) per phase and per channel pair
+  std::vector<int64_t> taps;       // per tap (ki, kj): its offset in a plane
 
   explicit PairLayout(const Conv2dGeometry& g)
-      : padded_w(g.in_w + 2 * g.pad_w),
-        pixels(ceil_div(g.out_h * padded_w, kStripPixels) * kStripPixels),
+      : grid_w(ceil_div(g.in_w + 2 * g.pad_w, g.stride_w)),
+        pixels(ceil_div(g.out_h * grid_w, kStripPixels) * kStripPixels),
         blocks(ceil_div(g.in_channels_per_group(), kTileChannels)) {
-    for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
-      for (int64_t kj = 0; kj < g.kernel_w; ++kj) taps.push_back(ki * g.dilation_h * padded_w + kj * g.dilation_w);
+    // A phase covers its share of the padded image and the last strip's reach.
+    int64_t reach = 0;
+    for (int64_t dy = 0; dy < g.kernel_h * g.dilation_h; dy += g.dilation_h) {
+      for (int64_t dx = 0; dx < g.kernel_w * g.dilation_w; dx += g.dilation_w) {
+        reach = std::max(reach, dy / g.stride_h * grid_w + dx / g.stride_w);
+      }
     }
-    // Covers the padded image and the last strip's reach. An odd number of cache lines, so that
-    // a tile's 16 rows fall into different sets of the L1 cache.
-    plane = ceil_div(pixels + taps.back(), kTilePixels) * kTilePixels;
+    phase_plane = ceil_div(std::max(ceil_div(g.in_h + 2 * g.pad_h, g.stride_h) * grid_w, pixels + reach), kTilePixels) * kTilePixels;
+    for (int64_t dy = 0; dy < g.kernel_h * g.dilation_h; dy += g.dilation_h) {
+      for (int64_t dx = 0; dx < g.kernel_w * g.dilation_w; dx += g.dilation_w) {
+        const int64_t phase = dy % g.stride_h * g.stride_w + dx % g.stride_w;
+        taps.push_back(phase * phase_plane + dy / g.stride_h * grid_w + dx / g.stride_w);
+      }
+    }
+    // An odd number of cache lines, so that a tile's 16 rows fall into different sets of L1.
+    plane = g.stride_h * g.stride_w * phase_plane;
     if (plane / kTilePixels % 2 == 0) plane += kTilePixels;
   }
   int64_t pairs() const { return blocks * kTileRows; }
   int64_t image() const { return pairs() * plane * 2; }  // elements per image and group
 };
+
+// fn(first, count, position) for each run of input row ih's columns that lands contiguously in
+// a plane: columns first, first + sw, ... (count of them) at positions position, position + 1, ...
+template <typename Fn>
+void for_each_phase_run(int64_t ih, const Conv2dGeometry& g, const PairLayout& l, Fn&& fn) {
+  const int64_t hp = ih + g.pad_h, row = hp % g.stride_h * g.stride_w * l.phase_plane + hp / g.stride_h * l.grid_w;
+  for (int64_t b = 0; b < g.stride_w; ++b) {  // columns iw with (iw + pw) % sw == b
+    const int64_t first = ((b - g.pad_w) % g.stride_w + g.stride_w) % g.stride_w;
+    if (first < g.in_w) fn(first, ceil_div(g.in_w - first, g.stride_w), row + b * l.phase_plane + (first + g.pad_w) / g.stride_w);
+  }
+}
 
 struct alignas(64) TileConfig {
   uint8_t palette = 1, start_row = 0, reserved[14] = {};
@@ -102,8 +126,12 @@ struct alignas(64) TileConfig {
 #pragma GCC push_options
 #pragma GCC target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16,avx512vbmi2,avx2,fma")
 
-// dst[2 i] = a[i], dst[2 i + 1] = b[i] (b null: zero) for i < count.
-void interleave_pair(const uint16_t* a, const uint16_t* b, int64_t count, uint16_t* dst) {
+// dst[2 i] = a[i * step], dst[2 i + 1] = b[i * step] (b null: zero) for i < count.
+void interleave_pair(const uint16_t* a, const uint16_t* b, int64_t step, int64_t count, uint16_t* dst) {
+  if (step != 1) {
+    for (int64_t i = 0; i < count; ++i) dst[2 * i] = a[i * step], dst[2 * i + 1] = b != nullptr ? b[i * step] : 0;
+    return;
+  }
   alignas(64) static constexpr uint16_t kOrder[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
                                                       8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
   const __m512i order = _mm512_load_si512(kOrder);
@@ -127,8 +155,10 @@ void copy_pair_plane(const uint16_t* x, const Conv2dGeometry& g, const PairLayou
   const uint16_t* first = x + (n * g.in_channels + group * cg + c) * area;
   const uint16_t* second = c + 1 < cg ? first + area : nullptr;
   for (int64_t ih = 0; ih < g.in_h; ++ih) {
-    interleave_pair(first + ih * g.in_w, second != nullptr ? second + ih * g.in_w : nullptr, g.in_w,
-                    plane + ((ih + g.pad_h) * l.padded_w + g.pad_w) * 2);
+    for_each_phase_run(ih, g, l, [&](int64_t iw, int64_t count, int64_t position) {
+      const int64_t at = ih * g.in_w + iw;
+      interleave_pair(first + at, second != nullptr ? second + at : nullptr, g.stride_w, count, plane + 2 * position);
+    });
   }
 }
 
@@ -232,9 +262,9 @@ struct PixelRuns {
   int64_t size = 0;
 
   PixelRuns(int64_t q, const Conv2dGeometry& g, const PairLayout& l) {
-    int64_t oh = q / l.padded_w, ow = q % l.padded_w;
+    int64_t oh = q / l.grid_w, ow = q % l.grid_w;
     for (int64_t i = 0; i < kTilePixels && oh < g.out_h; ++oh, ow = 0) {
-      const int64_t run = std::min(kTilePixels - i, l.padded_w - ow);
+      const int64_t run = std::min(kTilePixels - i, l.grid_w - ow);
       if (ow < g.out_w) runs[size++] = {i, std::min(run, g.out_w - ow), oh * g.out_w + ow};
       i += run;
     }
@@ -329,11 +359,11 @@ void copy_grad_row(const uint16_t* gy, const Conv2dGeometry& g, const PairLayout
   std::memset(dst, 0, w.grad_row * sizeof(uint16_t));
   if (row >= g.out_channels_per_group()) return;
   const uint16_t* src = gy + (n * g.out_channels + group * g.out_channels_per_group() + row) * g.out_h * g.out_w;
-  for (int64_t oh = 0; oh < g.out_h; ++oh) std::memcpy(dst + oh * l.padded_w, src + oh * g.out_w, g.out_w * sizeof(uint16_t));
+  for (int64_t oh = 0; oh < g.out_h; ++oh) std::memcpy(dst + oh * l.grid_w, src + oh * g.out_w, g.out_w * sizeof(uint16_t));
 }
 
-// Block `block` of 16 channels of image n's group: the zero-padded planes (plane_scratch, 16
-// planes of l.plane + 2 elements), then their pixel pairs at even and odd positions, channels
+// Block `block` of 16 channels of image n's group: their planes, as PairLayout's but of single
+// channels (plane_scratch, 16 planes of 2 * w.pair_rows + 2 elements), then their pixel pairs at even and odd positions, channels
 // innermost.
 void copy_input_pixel_pairs(const uint16_t* x, const Conv2dGeometry& g, const PairLayout& l, const GradWeightLayout& w,
                             int64_t n, int64_t group, int64_t block, uint16_t* plane_scratch, uint16_t* even, uint16_t* odd) {
@@ -342,7 +372,10 @@ void copy_input_pixel_pairs(const uint16_t* x, const Conv2dGeometry& g, const Pa
   for (int64_t c = 0; c < kTilePixels && block * kTilePixels + c < cg; ++c) {
     const uint16_t* src = x + (n * g.in_channels + group * cg + block * kTilePixels + c) * g.in_h * g.in_w;
     for (int64_t ih = 0; ih < g.in_h; ++ih) {
-      std::memcpy(plane_scratch + c * stride + (ih + g.pad_h) * l.padded_w + g.pad_w, src + ih * g.in_w, g.in_w * sizeof(uint16_t));
+      for_each_phase_run(ih, g, l, [&](int64_t iw, int64_t count, int64_t position) {
+        uint16_t* dst = plane_scratch + c * stride + position;
+        for (int64_t i = 0; i < count; ++i) dst[i] = src[ih * g.in_w + iw + i * g.stride_w];
+      });
     }
   }
   for (int64_t parity = 0; parity < 2; ++parity) {
@@ -392,7 +425,7 @@ void accumulate_grad_weight(const uint16_t* a, int64_t a_row_bytes, int64_t a_ne
 }  // namespace
 
 bool amx_conv2d_applies(const Conv2dGeometry& g) {
-  return g.stride_h == 1 && g.stride_w == 1 && g.in_channels_per_group() >= 16 && g.out_channels_per_group() >= 16 &&
+  return g.in_channels_per_group() >= 16 && g.out_channels_per_group() >= 16 &&
          g.batch > 0 && g.out_h > 0 && g.out_w > 0 && amx_available();
 }
 
@@ -459,7 +492,7 @@ at::Tensor amx_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
   return output;
 }
 
-// Each task owns a range of the (group, tap, 32 filters, 32 channels) blocks of the gradient,
+// Each task owns a range of the (group, 32 filters, 32 channels, tap) blocks of the gradient,
 // whose sums it keeps in float32 (acc) across the whole batch. The batch is copied onto the grid
 // in batches of images, and each task runs through them in chunks of pixels that stay in the
 // cache (kGradChunkBytes of both operands), every one of its blocks per chunk.
@@ -506,8 +539,8 @@ at::Tensor amx_conv2d_grad_weight(const at::Tensor& input, const at::Tensor& gra
         for (int64_t q = 0; q < l.pixels; q += chunk) {
           const int64_t steps = std::min(chunk, l.pixels - q) / kStripPixels;
           for (int64_t block = begin; block < end; ++block) {
-            const int64_t column_pair = block % column_pairs, row_pair = block / column_pairs % row_pairs;
-            const int64_t tap = block / column_pairs / row_pairs % taps, group = block / column_pairs / row_pairs / taps;
+            const int64_t tap = block % taps, column_pair = block / taps % column_pairs;
+            const int64_t row_pair = block / taps / column_pairs % row_pairs, group = block / taps / column_pairs / row_pairs;
             const int64_t offset = l.taps[tap] + q;
             const bool two_rows = 2 * row_pair + 1 < w.filter_rows / kTileRows, two_columns = 2 * column_pair + 1 < w.channel_blocks;
             for (int64_t image = n; image < std::min(n_end, n + chunk_images); ++image) {
@@ -537,15 +570,21 @@ at::Tensor amx_conv2d_grad_weight(const at::Tensor& input, const at::Tensor& gra
 
   at::Tensor grad_weight = at::empty({g.out_channels, cg, g.kernel_h, g.kernel_w}, input.options().dtype(at::kFloat));
   float* out = grad_weight.mutable_data_ptr<float>();
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t block = begin; block < end; ++block) {
-      const int64_t column_pair = block % column_pairs, row_pair = block / column_pairs % row_pairs;
-      const int64_t tap = block / column_pairs / row_pairs % taps, group = block / column_pairs / row_pairs / taps;
+  // Per 32 filters x 32 channels, its taps' blocks (one after another in acc) into each filter's
+  // taps (one after another in grad_weight).
+  at::parallel_for(0, blocks / taps, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t tap_blocks = begin; tap_blocks < end; ++tap_blocks) {
+      const int64_t column_pair = tap_blocks % column_pairs, row_pair = tap_blocks / column_pairs % row_pairs;
+      const int64_t group = tap_blocks / column_pairs / row_pairs;
+      const float* sums = acc.data() + tap_blocks * taps * kBlock;
       for (int64_t tile = 0; tile < 4; ++tile) {
         for (int64_t r = 0; r < kTileRows; ++r) {
           const int64_t k = (2 * row_pair + tile / 2) * kTileRows + r;
           for (int64_t c0 = (2 * column_pair + tile % 2) * kTilePixels, c = c0; c < std::min(cg, c0 + kTilePixels) && k < kg; ++c) {
-            out[((group * kg + k) * cg + c) * taps + tap] = acc[block * kBlock + (tile * kTileRows + r) * kTilePixels + c - c0];
+            float* filter_taps = out + ((group * kg + k) * cg + c) * taps;
+            for (int64_t tap = 0; tap < taps; ++tap) {
+              filter_taps[tap] = sums[tap * kBlock + (tile * kTileRows + r) * kTilePixels + c - c0];
+            }
           }
         }
       }

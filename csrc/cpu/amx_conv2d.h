@@ -8,9 +8,9 @@
 
 namespace conv_ext {
 
-// Whether the AMX forward runs this convolution: a CPU with AMX-BF16 whose kernel lets this
-// process use the tiles, the AVX-512 build (CONV_EXT_CPU_ISA), stride 1, and at least 16 input
-// and output channels per group (below that most of each tile would multiply zeros).
+// Whether the AMX kernels run this convolution: a CPU with AMX-BF16 whose kernel lets this
+// process use the tiles, the AVX-512 build (CONV_EXT_CPU_ISA), and at least 16 input and output
+// channels per group (below that most of each tile would multiply zeros).
 bool amx_conv2d_applies(const Conv2dGeometry& g);
 
 // The forward in NCHW bfloat16 from contiguous NCHW bfloat16 input and weight; bias (any

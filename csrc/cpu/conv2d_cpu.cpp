@@ -11,8 +11,8 @@
 //
 // float32 and float64 run natively; float16 and bfloat16 are computed in float32 and rounded
 // once at the end, so every sum accumulates in float32. Where the CPU has AMX, the bfloat16
-// forward and weight gradient of stride-1 layers run on its tiles (amx_conv2d.cpp), which also
-// sum in float32 (and so does the input gradient, a forward convolution there).
+// forward and weight gradient run on its tiles (amx_conv2d.cpp), which also sum in float32 (and
+// so does the input gradient of stride-1 layers, a forward convolution).
 #include "amx_conv2d.h"
 #include "cpu_features.h"
 #include "direct_conv2d.h"
