@@ -203,10 +203,14 @@ CPUINFO = Path("/proc/cpuinfo")
 HAS_AMX = CPUINFO.exists() and "amx_bf16" in CPUINFO.read_text()
 
 
+HALF_ULP = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+
+
 def assert_rounded_once(actual, expected, scale, what):
-    """actual (bfloat16) is expected rounded once to bfloat16 (within one unit in its last place),
-    after a float32 sum (within 1e-4 of the scale): what a missing or doubled term would break."""
-    torch.testing.assert_close(actual.double(), expected, rtol=2.0**-8, atol=1e-4 * scale + 1e-300,
+    """actual (bfloat16 or float16) is expected rounded once to its dtype (within half a unit in
+    its last place), after a float32 sum (within 1e-4 of the scale): what a missing or doubled
+    term would break."""
+    torch.testing.assert_close(actual.double(), expected, rtol=HALF_ULP[actual.dtype], atol=1e-4 * scale + 1e-300,
                                msg=lambda m: f"{what}: {m}")
 
 
@@ -241,6 +245,25 @@ def test_amx_bfloat16_large_layers(conv):
         ours, gy = forward_and_grads(conv_ext.conv2d, conv, x, w, b)
     for name, a, e, scale in zip(NAMES, ours, *float64_results(conv, x, w, b, gy)):
         assert_rounded_once(a, e, scale, f"{name} (bfloat16 on AMX)")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("path", ["auto", "direct", "direct-generic-isa"])
+@pytest.mark.parametrize("conv", [
+    Conv(2, 32, 32, (13, 17), (3, 3), (1, 1), (1, 1), (1, 1), 32, True),
+    Conv(3, 12, 12, (9, 20), (5, 3), (1, 1), (4, 1), (2, 1), 12, False, "channels_last"),
+    Conv(2, 8, 16, (11, 11), (3, 3), (1, 1), (1, 1), (1, 1), 4, True),
+], ids=["depthwise-3x3", "depthwise-5x3-dilated", "grouped-2-to-4"])
+def test_direct_reduced_precision_rounds_once(conv, path, dtype):
+    """The direct kernels read float16 and bfloat16 themselves where they copy planes anyway (the
+    stride-1 depthwise forward, hence its input gradient, and the stride-1 weight gradient): each
+    result is still the float32 sum rounded once."""
+    x, w, b = conv.tensors(dtype, "cpu", requires_grad=True)
+    with cpu_path(path):
+        ours, gy = forward_and_grads(conv_ext.conv2d, conv, x, w, b)
+    for name, a, e, scale in zip(NAMES, ours, *float64_results(conv, x, w, b, gy)):
+        assert a.dtype == dtype, name
+        assert_rounded_once(a, e, scale, f"{name} ({dtype}, {path})")
 
 
 # The implicit GEMM reads panels of whole output-row runs in place from the input's stride

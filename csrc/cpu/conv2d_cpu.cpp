@@ -359,7 +359,8 @@ Tensor forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
     return finish(amx_conv2d_forward(input.contiguous(), weight.contiguous(), bias, g), input.scalar_type(), result_format);
   }
   const Algorithm algorithm = choose_algorithm(g);
-  const Tensor x = compute_operand(input, operand_format(input, algorithm));
+  const bool reads_reduced = algorithm == Algorithm::direct && direct_forward_reads_reduced(g);
+  const Tensor x = reads_reduced ? input.contiguous() : compute_operand(input, operand_format(input, algorithm));
   const Tensor w = compute_operand(weight), b = compute_operand(bias);
   const Tensor output = algorithm == Algorithm::winograd
                             ? winograd_conv2d_forward(x, w, b, g, result_format)
@@ -457,8 +458,9 @@ Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
                   conv2d_memory_format(input, grad_output));
   }
   const Algorithm algorithm = choose_grad_weight_algorithm(g);
-  const Tensor x = compute_operand(input, operand_format(input, algorithm));
-  const Tensor gy = compute_operand(grad_output, operand_format(grad_output, algorithm));
+  const bool reads_reduced = algorithm == Algorithm::direct && direct_grad_weight_reads_reduced(g);
+  const Tensor x = reads_reduced ? input.contiguous() : compute_operand(input, operand_format(input, algorithm));
+  const Tensor gy = reads_reduced ? grad_output.contiguous() : compute_operand(grad_output, operand_format(grad_output, algorithm));
   const Tensor grad_weight = algorithm == Algorithm::winograd ? winograd_conv2d_grad_weight(x, gy, g)
                              : algorithm == Algorithm::direct ? direct_conv2d_grad_weight(x, gy, g)
                                                               : gemm_conv2d_grad_weight(x, gy, g);

@@ -10,9 +10,12 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace conv_ext {
@@ -55,26 +58,27 @@ namespace {
 
 using at::Tensor;
 
-template <typename scalar_t>
+// Computing in scalar_t; the unit-stride kernels read (and the forward writes) io_t tensors.
+template <typename scalar_t, typename io_t = scalar_t>
 struct PlaneKernels {
   decltype(&generic::forward_plane<scalar_t>) forward;
-  decltype(&generic::forward_plane_unit_stride<scalar_t>) forward_unit_stride;
+  decltype(&generic::forward_plane_unit_stride<scalar_t, io_t>) forward_unit_stride;
   decltype(&generic::forward_group_unit_stride_for<scalar_t>) forward_group_unit_stride_for;
   decltype(&generic::grad_input_plane<scalar_t>) grad_input;
   decltype(&generic::grad_weight_planes<scalar_t>) grad_weight;
-  decltype(&generic::grad_weight_planes_unit_stride<scalar_t>) grad_weight_unit_stride;
+  decltype(&generic::grad_weight_planes_unit_stride<scalar_t, io_t>) grad_weight_unit_stride;
 };
 
 // The plane loops of one build.
-#define CONV_EXT_PLANE_KERNELS(isa)                                                              \
-  PlaneKernels<scalar_t> {                                                                       \
-    &isa::forward_plane<scalar_t>, &isa::forward_plane_unit_stride<scalar_t>,                    \
-        &isa::forward_group_unit_stride_for<scalar_t>, &isa::grad_input_plane<scalar_t>,         \
-        &isa::grad_weight_planes<scalar_t>, &isa::grad_weight_planes_unit_stride<scalar_t>       \
+#define CONV_EXT_PLANE_KERNELS(isa)                                                                   \
+  PlaneKernels<scalar_t, io_t> {                                                                      \
+    &isa::forward_plane<scalar_t>, &isa::forward_plane_unit_stride<scalar_t, io_t>,                   \
+        &isa::forward_group_unit_stride_for<scalar_t>, &isa::grad_input_plane<scalar_t>,              \
+        &isa::grad_weight_planes<scalar_t>, &isa::grad_weight_planes_unit_stride<scalar_t, io_t>      \
   }
 
-template <typename scalar_t>
-PlaneKernels<scalar_t> plane_kernels() {
+template <typename scalar_t, typename io_t = scalar_t>
+PlaneKernels<scalar_t, io_t> plane_kernels() {
   switch (cpu_isa()) {
     case Isa::avx512:
       return CONV_EXT_PLANE_KERNELS(avx512);
@@ -88,6 +92,23 @@ PlaneKernels<scalar_t> plane_kernels() {
 
 }  // namespace
 
+// fn(io) with a value of the tensor's element type: float16 or bfloat16 (computed in float32),
+// or scalar_t.
+template <typename scalar_t, typename Fn>
+void with_io_type(const Tensor& t, Fn&& fn) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (t.scalar_type() == at::kBFloat16) return fn(c10::BFloat16());
+    if (t.scalar_type() == at::kHalf) return fn(c10::Half());
+  }
+  fn(scalar_t());
+}
+
+bool direct_forward_reads_reduced(const Conv2dGeometry& g) {
+  return g.stride_h == 1 && g.stride_w == 1 && g.out_channels_per_group() == 1;
+}
+
+bool direct_grad_weight_reads_reduced(const Conv2dGeometry& g) { return g.stride_h == 1 && g.stride_w == 1; }
+
 bool direct_pays_off(const Conv2dGeometry& g) {
   // Measured on AVX2/AVX-512 machines: direct wins clearly for depthwise layers, modestly up to 8
   // channels per group, and loses to GEMM once a group has 16 input or output channels.
@@ -97,35 +118,44 @@ bool direct_pays_off(const Conv2dGeometry& g) {
 Tensor direct_conv2d_forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
                              const Conv2dGeometry& g) {
   Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_direct_forward", [&] {
+  TORCH_INTERNAL_ASSERT(input.scalar_type() == weight.scalar_type() || direct_forward_reads_reduced(g));
+  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "conv_ext_direct_forward", [&] {
     const int64_t cg = g.in_channels_per_group(), kg = g.out_channels_per_group();
     const auto kernels = plane_kernels<scalar_t>();
-    const scalar_t* x = input.const_data_ptr<scalar_t>();
     const scalar_t* w = weight.const_data_ptr<scalar_t>();
     const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
-    scalar_t* y = output.mutable_data_ptr<scalar_t>();
     const bool unit_stride = g.stride_h == 1 && g.stride_w == 1;
     if (!unit_stride || kg == 1) {
       // One task per output plane. With stride 1 and one output channel per group (depthwise),
       // long multiply-adds over a padded plane (a 3x3 kernel's nine taps in one pass) beat
       // blocks of accumulators (measured).
       const int64_t work_size = unit_stride ? generic::unit_stride_work_size(g) : 0;
-      at::parallel_for(0, g.batch * g.out_channels, 1, [&](int64_t begin, int64_t end) {
-        std::vector<scalar_t> work(work_size, scalar_t(0));  // per task: the padded plane's border
-        for (int64_t plane = begin; plane < end; ++plane) {
-          const int64_t n = plane / g.out_channels, k = plane % g.out_channels;
-          const scalar_t* x_group = x + (n * g.in_channels + k / kg * cg) * g.in_h * g.in_w;
-          const scalar_t bias_k = b != nullptr ? b[k] : scalar_t(0);
-          scalar_t* y_plane = y + plane * g.out_h * g.out_w;
-          if (unit_stride) {
-            kernels.forward_unit_stride(x_group, w + k * g.patch_size(), bias_k, y_plane, g, work.data());
-          } else {
-            kernels.forward(x_group, w + k * g.patch_size(), bias_k, y_plane, g);
+      with_io_type<scalar_t>(input, [&](auto io) {
+        using io_t = decltype(io);
+        const auto io_kernels = plane_kernels<scalar_t, io_t>();
+        const io_t* x = input.const_data_ptr<io_t>();
+        io_t* y = output.mutable_data_ptr<io_t>();
+        at::parallel_for(0, g.batch * g.out_channels, 1, [&](int64_t begin, int64_t end) {
+          std::vector<scalar_t> work(work_size, scalar_t(0));  // per task: the padded plane's border
+          for (int64_t plane = begin; plane < end; ++plane) {
+            const int64_t n = plane / g.out_channels, k = plane % g.out_channels;
+            const io_t* x_group = x + (n * g.in_channels + k / kg * cg) * g.in_h * g.in_w;
+            const scalar_t bias_k = b != nullptr ? b[k] : scalar_t(0);
+            io_t* y_plane = y + plane * g.out_h * g.out_w;
+            if constexpr (std::is_same_v<io_t, scalar_t>) {
+              if (!unit_stride) {
+                io_kernels.forward(x_group, w + k * g.patch_size(), bias_k, y_plane, g);
+                continue;
+              }
+            }
+            io_kernels.forward_unit_stride(x_group, w + k * g.patch_size(), bias_k, y_plane, g, work.data());
           }
-        }
+        });
       });
       return;
     }
+    const scalar_t* x = input.const_data_ptr<scalar_t>();
+    scalar_t* y = output.mutable_data_ptr<scalar_t>();
     // Stride 1: one task per (image, group), on a zero-padded copy of the group's input whose
     // rows reach past the last block of output columns; up to 8 output channels at a time.
     const int64_t padded_h = g.in_h + 2 * g.pad_h;
@@ -180,17 +210,18 @@ Tensor direct_conv2d_grad_input(const Tensor& grad_output, const Tensor& weight,
 
 Tensor direct_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
                                  const Conv2dGeometry& g) {
+  TORCH_INTERNAL_ASSERT(!at::isReducedFloatingType(input.scalar_type()) || direct_grad_weight_reads_reduced(g));
   Tensor grad_weight = at::empty({g.out_channels, g.in_channels_per_group(), g.kernel_h, g.kernel_w},
-                                 input.options());
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_direct_grad_weight", [&] {
+                                 input.options().dtype(at::toOpMathType(input.scalar_type())));
+  AT_DISPATCH_FLOATING_TYPES(grad_weight.scalar_type(), "conv_ext_direct_grad_weight", [&] {
     const auto kernels = plane_kernels<scalar_t>();
-    const scalar_t* x = input.const_data_ptr<scalar_t>();
-    const scalar_t* gy = grad_output.const_data_ptr<scalar_t>();
     scalar_t* gw = grad_weight.mutable_data_ptr<scalar_t>();
     const int64_t cg = g.in_channels_per_group(), kg = g.out_channels_per_group();
     const int64_t kernel_area = g.kernel_h * g.kernel_w;
     const bool unit_stride = g.stride_h == 1 && g.stride_w == 1;
     if (!unit_stride) {
+      const scalar_t* x = input.const_data_ptr<scalar_t>();
+      const scalar_t* gy = grad_output.const_data_ptr<scalar_t>();
       // Tasks over the (output channel, input channel) filters, images summed in order.
       at::parallel_for(0, g.out_channels * cg, 1, [&](int64_t begin, int64_t end) {
         std::fill(gw + begin * kernel_area, gw + end * kernel_area, scalar_t(0));
@@ -208,33 +239,39 @@ Tensor direct_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
     // input channel, images summed in order; a task's consecutive units of one pair share their
     // gradient planes' copies.
     const int64_t pairs = (kg + 1) / 2, units = g.groups * pairs * cg;
-    at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> work(generic::unit_stride_work_size(g, 2), scalar_t(0));  // per task: the zero borders
-      struct Unit {
-        int64_t k, channel;  // the pair's first output channel; the input channel
-        scalar_t* filters[2];  // gw's filters (k, c) and (k + 1, c), the second null past the group
-      };
-      const auto unit_at = [&](int64_t unit) {
-        const int64_t group = unit / (pairs * cg), k = group * kg + 2 * (unit / cg % pairs), c = unit % cg;
-        const bool two = k + 1 < (group + 1) * kg;
-        return Unit{k, group * cg + c, {gw + (k * cg + c) * kernel_area, two ? gw + ((k + 1) * cg + c) * kernel_area : nullptr}};
-      };
-      for (int64_t unit = begin; unit < end; ++unit) {
-        for (scalar_t* filter : unit_at(unit).filters) {
-          if (filter != nullptr) std::fill(filter, filter + kernel_area, scalar_t(0));
-        }
-      }
-      for (int64_t n = 0; n < g.batch; ++n) {
+    with_io_type<scalar_t>(input, [&](auto io) {
+      using io_t = decltype(io);
+      const auto io_kernels = plane_kernels<scalar_t, io_t>();
+      const io_t* x = input.const_data_ptr<io_t>();
+      const io_t* gy = grad_output.const_data_ptr<io_t>();
+      at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> work(generic::unit_stride_work_size(g, 2), scalar_t(0));  // per task: the zero borders
+        struct Unit {
+          int64_t k, channel;  // the pair's first output channel; the input channel
+          scalar_t* filters[2];  // gw's filters (k, c) and (k + 1, c), the second null past the group
+        };
+        const auto unit_at = [&](int64_t unit) {
+          const int64_t group = unit / (pairs * cg), k = group * kg + 2 * (unit / cg % pairs), c = unit % cg;
+          const bool two = k + 1 < (group + 1) * kg;
+          return Unit{k, group * cg + c, {gw + (k * cg + c) * kernel_area, two ? gw + ((k + 1) * cg + c) * kernel_area : nullptr}};
+        };
         for (int64_t unit = begin; unit < end; ++unit) {
-          const Unit u = unit_at(unit);
-          const bool same_pair = unit > begin && (unit - 1) / cg == unit / cg;
-          const scalar_t* gy_k = gy + (n * g.out_channels + u.k) * g.out_h * g.out_w;
-          const scalar_t* const planes[2] = {same_pair ? nullptr : gy_k,
-                                             same_pair || u.filters[1] == nullptr ? nullptr : gy_k + g.out_h * g.out_w};
-          kernels.grad_weight_unit_stride(x + (n * g.in_channels + u.channel) * g.in_h * g.in_w, planes, u.filters, g,
-                                          work.data());
+          for (scalar_t* filter : unit_at(unit).filters) {
+            if (filter != nullptr) std::fill(filter, filter + kernel_area, scalar_t(0));
+          }
         }
-      }
+        for (int64_t n = 0; n < g.batch; ++n) {
+          for (int64_t unit = begin; unit < end; ++unit) {
+            const Unit u = unit_at(unit);
+            const bool same_pair = unit > begin && (unit - 1) / cg == unit / cg;
+            const io_t* gy_k = gy + (n * g.out_channels + u.k) * g.out_h * g.out_w;
+            const io_t* const planes[2] = {same_pair ? nullptr : gy_k,
+                                           same_pair || u.filters[1] == nullptr ? nullptr : gy_k + g.out_h * g.out_w};
+            io_kernels.grad_weight_unit_stride(x + (n * g.in_channels + u.channel) * g.in_h * g.in_w, planes, u.filters, g,
+                                               work.data());
+          }
+        }
+      });
     });
   });
   return grad_weight;

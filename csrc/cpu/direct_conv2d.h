@@ -9,7 +9,15 @@ namespace conv_ext {
 // Whether the direct kernels beat a GEMM for this geometry.
 bool direct_pays_off(const Conv2dGeometry& g);
 
-// The three operators' results (contiguous; float32 or float64 operands, contiguous).
+// Where the direct kernels take float16 and bfloat16 inputs as they are (computing in float32),
+// converting them in the plane copies they make anyway: the forward of stride-1 depthwise
+// layers (its output then in the input's dtype) and the stride-1 weight gradient (in float32).
+// Elsewhere they take float32 copies.
+bool direct_forward_reads_reduced(const Conv2dGeometry& g);
+bool direct_grad_weight_reads_reduced(const Conv2dGeometry& g);
+
+// The three operators' results (contiguous; float32 or float64 operands, contiguous, but see
+// above).
 at::Tensor direct_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
                                  const at::Tensor& bias, const Conv2dGeometry& g);
 // Any stride; conv2d_cpu.cpp sends stride 1 through the forward kernel instead.
