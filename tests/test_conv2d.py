@@ -247,6 +247,24 @@ def test_amx_bfloat16_large_layers(conv):
         assert_rounded_once(a, e, scale, f"{name} (bfloat16 on AMX)")
 
 
+@pytest.mark.skipif(not HAS_AMX, reason="needs a CPU with AMX-BF16")
+def test_amx_results_do_not_depend_on_thread_count():
+    """Each AMX sum runs in one order whatever the threads split (strips, filter chunks, blocks of
+    the weight gradient): one thread and all of them agree bit for bit."""
+    conv = Conv(3, 48, 80, (15, 13), (3, 3), (2, 1), (1, 1), (1, 1), 1, True)
+    x, w, b = conv.tensors(torch.bfloat16, "cpu", requires_grad=True)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, max(threads, 2)):
+            torch.set_num_threads(n)
+            results.append(forward_and_grads(conv_ext.conv2d, conv, x, w, b)[0])
+    finally:
+        torch.set_num_threads(threads)
+    for name, serial, parallel in zip(NAMES, *results):
+        assert torch.equal(parallel, serial), name
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("path", ["auto", "direct", "direct-generic-isa"])
 @pytest.mark.parametrize("conv", [

@@ -64,6 +64,13 @@ bool amx_available() {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// A bfloat16 tensor's elements as the 16-bit patterns the kernels move.
+const uint16_t* bits(const at::Tensor& t) { return static_cast<const uint16_t*>(t.const_data_ptr()); }
+uint16_t* mutable_bits(at::Tensor& t) { return static_cast<uint16_t*>(t.mutable_data_ptr()); }
+
+// Room for n of them, not zeroed: the copies into it write every element they later read.
+at::Tensor copy_buffer(int64_t n) { return at::empty({n}, at::kBFloat16); }
+
 // The input as the tiles read it. Per image, group and pair of input channels (zero past the
 // group's channels), a plane of the zero-padded image split into its stride phases (as
 // implicit_gemm_conv2d.cpp does), each phase flattened row by row, whose elements are the pair's
@@ -195,8 +202,8 @@ at::Tensor filter_tiles(const at::Tensor& weight, const Conv2dGeometry& g, const
   const int64_t cg = g.in_channels_per_group(), kg = g.out_channels_per_group();
   const int64_t row_blocks = ceil_div(kg, kTileRows), taps = l.taps.size();
   at::Tensor tiles = at::empty({g.groups * row_blocks * l.blocks * taps * kTileElements}, weight.options());
-  const uint16_t* w = reinterpret_cast<const uint16_t*>(weight.const_data_ptr());
-  uint16_t* out = reinterpret_cast<uint16_t*>(tiles.mutable_data_ptr());
+  const uint16_t* w = bits(weight);
+  uint16_t* out = mutable_bits(tiles);
   // Per tile row: a filter's row in its tiles, or zeros below the group's last filter.
   at::parallel_for(0, g.groups * row_blocks * kTileRows, 1, [&](int64_t begin, int64_t end) {
     for (int64_t slot = begin; slot < end; ++slot) {
@@ -449,11 +456,12 @@ at::Tensor amx_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
   const at::Tensor tiles = filter_tiles(weight, g, l);
   const at::Tensor bias_values = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();
   at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
-  std::vector<uint16_t> planes(images * g.groups * l.image());
-  const uint16_t* x = reinterpret_cast<const uint16_t*>(input.const_data_ptr());
-  const uint16_t* a = reinterpret_cast<const uint16_t*>(tiles.const_data_ptr());
+  at::Tensor copy = copy_buffer(images * g.groups * l.image());
+  uint16_t* planes = mutable_bits(copy);
+  const uint16_t* x = bits(input);
+  const uint16_t* a = bits(tiles);
   const float* bias_data = bias.defined() ? bias_values.const_data_ptr<float>() : nullptr;
-  uint16_t* y = reinterpret_cast<uint16_t*>(output.mutable_data_ptr());
+  uint16_t* y = mutable_bits(output);
   const TileConfig config;
 
   for (int64_t n_begin = 0; n_begin < g.batch; n_begin += images) {
@@ -462,7 +470,7 @@ at::Tensor amx_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
       for (int64_t task = begin; task < end; ++task) {
         const int64_t image_group = task / l.pairs(), pair = task % l.pairs();
         copy_pair_plane(x, g, l, n_begin + image_group / g.groups, image_group % g.groups, pair,
-                        planes.data() + task * l.plane * 2);
+                        planes + task * l.plane * 2);
       }
     });
     const int64_t batch_strips = (n_end - n_begin) * strips;
@@ -480,7 +488,7 @@ at::Tensor amx_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
           for (int64_t row_pair = first_pair; row_pair < last_pair; ++row_pair) {
             for (int64_t s = block; s < std::min(last_strip, block + kStripBlock); ++s) {
               const int64_t n = n_begin + s / strips;
-              multiply_and_store(a, planes.data() + ((n - n_begin) * g.groups + group) * l.image(), bias_data, g, l, n,
+              multiply_and_store(a, planes + ((n - n_begin) * g.groups + group) * l.image(), bias_data, g, l, n,
                                  group, s % strips, row_pair, y);
             }
           }
@@ -511,11 +519,13 @@ at::Tensor amx_conv2d_grad_weight(const at::Tensor& input, const at::Tensor& gra
   const int64_t chunk = std::min(chunk_pixels, l.pixels), chunk_images = std::max<int64_t>(1, chunk_pixels / l.pixels);
 
   std::vector<float> acc(blocks * kBlock, 0.f);
-  std::vector<uint16_t> grad(images * g.groups * w.grad_image()), pairs(2 * images * g.groups * w.input_image());
-  uint16_t* even = pairs.data();
+  at::Tensor grad_copy = copy_buffer(images * g.groups * w.grad_image());
+  at::Tensor pairs_copy = copy_buffer(2 * images * g.groups * w.input_image());
+  uint16_t* grad = mutable_bits(grad_copy);
+  uint16_t* even = mutable_bits(pairs_copy);
   uint16_t* odd = even + images * g.groups * w.input_image();
-  const uint16_t* x = reinterpret_cast<const uint16_t*>(input.const_data_ptr());
-  const uint16_t* gy = reinterpret_cast<const uint16_t*>(grad_output.const_data_ptr());
+  const uint16_t* x = bits(input);
+  const uint16_t* gy = bits(grad_output);
   const TileConfig config;
 
   for (int64_t n_begin = 0; n_begin < g.batch; n_begin += images) {
@@ -526,7 +536,7 @@ at::Tensor amx_conv2d_grad_weight(const at::Tensor& input, const at::Tensor& gra
         const int64_t image_group = task / (w.filter_rows + w.channel_blocks), part = task % (w.filter_rows + w.channel_blocks);
         const int64_t n = n_begin + image_group / g.groups, group = image_group % g.groups;
         if (part < w.filter_rows) {
-          copy_grad_row(gy, g, l, w, n, group, part, grad.data() + image_group * w.grad_image() + part * w.grad_row);
+          copy_grad_row(gy, g, l, w, n, group, part, grad + image_group * w.grad_image() + part * w.grad_row);
         } else {
           const int64_t offset = image_group * w.input_image() + (part - w.filter_rows) * w.pair_rows * 2 * kTilePixels;
           copy_input_pixel_pairs(x, g, l, w, n, group, part - w.filter_rows, scratch.data(), even + offset, odd + offset);
@@ -545,7 +555,7 @@ at::Tensor amx_conv2d_grad_weight(const at::Tensor& input, const at::Tensor& gra
             const bool two_rows = 2 * row_pair + 1 < w.filter_rows / kTileRows, two_columns = 2 * column_pair + 1 < w.channel_blocks;
             for (int64_t image = n; image < std::min(n_end, n + chunk_images); ++image) {
               const int64_t image_group = (image - n_begin) * g.groups + group;
-              const uint16_t* a = grad.data() + image_group * w.grad_image() + 2 * row_pair * kTileRows * w.grad_row + q;
+              const uint16_t* a = grad + image_group * w.grad_image() + 2 * row_pair * kTileRows * w.grad_row + q;
               const uint16_t* b = (offset % 2 == 0 ? even : odd) + image_group * w.input_image() +
                                   (2 * column_pair * w.pair_rows + offset / 2) * 2 * kTilePixels;
               const int64_t a_bytes = w.grad_row * sizeof(uint16_t), a_next = kTileRows * w.grad_row;
