@@ -56,6 +56,14 @@ def make_layout(x, layout):
     return x
 
 
+def fitting_size(draw, kernel, pad, dilation, max_size):
+    """The smallest input the kernel fits in (after padding), plus up to max_size."""
+    return tuple(
+        max(1, d * (k - 1) + 1 - 2 * p) + draw(st.integers(0, max_size))
+        for d, k, p in zip(dilation, kernel, pad)
+    )
+
+
 @st.composite
 def convs(draw, max_batch=3, max_size=9, layouts=LAYOUTS):
     # A third of the draws are the 3x3 and 5x5 stride-1 layers Winograd computes, with channel
@@ -70,11 +78,7 @@ def convs(draw, max_batch=3, max_size=9, layouts=LAYOUTS):
     stride = (1, 1) if unit_stride else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     padding = mode if mode != "ints" else (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
     pad = (0, 0) if isinstance(padding, str) else padding
-    # Smallest input the kernel fits in (after padding), plus some.
-    size = tuple(
-        max(1, d * (k - 1) + 1 - 2 * p) + draw(st.integers(0, max_size))
-        for d, k, p in zip(dilation, kernel, pad)
-    )
+    size = fitting_size(draw, kernel, pad, dilation, max_size)
     layout = draw(st.sampled_from(layouts))
     channels = st.sampled_from([1, 2, 5, 17, 67]) if winograd else st.integers(1, 3)
     batch = 1 if layout == "unbatched" else draw(st.integers(0, max_batch))
@@ -104,22 +108,10 @@ def amx_convs(draw, max_batch=3, max_size=12):
     padding = draw(st.sampled_from(["same", "valid", None] if stride == (1, 1) else ["valid", None]))
     padding = padding or (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
     pad = (0, 0) if isinstance(padding, str) else padding
-    size = tuple(
-        max(1, d * (k - 1) + 1 - 2 * p) + draw(st.integers(0, max_size))
-        for d, k, p in zip(dilation, kernel, pad)
-    )
+    size = fitting_size(draw, kernel, pad, dilation, max_size)
     channels = st.sampled_from([16, 17, 31, 32, 40, 64, 70])
     layout = draw(st.sampled_from(LAYOUTS))
-    return Conv(
-        batch=1 if layout == "unbatched" else draw(st.integers(1, max_batch)),
-        in_channels=groups * draw(channels),
-        out_channels=groups * draw(channels),
-        size=size,
-        kernel=kernel,
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        groups=groups,
-        bias=draw(st.booleans()),
-        layout=layout,
-    )
+    batch = 1 if layout == "unbatched" else draw(st.integers(1, max_batch))
+    in_channels, out_channels = groups * draw(channels), groups * draw(channels)
+    return Conv(batch, in_channels, out_channels, size, kernel, stride, padding, dilation, groups,
+                draw(st.booleans()), layout)

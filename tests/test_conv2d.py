@@ -214,17 +214,23 @@ def assert_rounded_once(actual, expected, scale, what):
                                msg=lambda m: f"{what}: {m}")
 
 
+def check_rounded_once(conv, dtype, path):
+    """conv_ext's forward and gradients on `path` in dtype, each the float64 result rounded once."""
+    x, w, b = conv.tensors(dtype, "cpu", requires_grad=True)
+    with cpu_path(path):
+        ours, gy = forward_and_grads(conv_ext.conv2d, conv, x, w, b)
+    for name, a, e, scale in zip(NAMES, ours, *float64_results(conv, x, w, b, gy)):
+        assert a.dtype == dtype, name
+        assert_rounded_once(a, e, scale, f"{name} ({dtype}, {path})")
+
+
 @pytest.mark.skipif(not HAS_AMX, reason="needs a CPU with AMX-BF16")
 @settings(max_examples=60)
 @given(conv=amx_convs())
 def test_amx_bfloat16_rounds_float64_result_once(conv):
     """bfloat16 layers the AMX kernels take, any stride: the forward, the input gradient (at stride
     1 a forward on the flipped filters) and the weight gradient sum in float32 and round once."""
-    x, w, b = conv.tensors(torch.bfloat16, "cpu", requires_grad=True)
-    with cpu_path("auto"):
-        ours, gy = forward_and_grads(conv_ext.conv2d, conv, x, w, b)
-    for name, a, e, scale in zip(NAMES, ours, *float64_results(conv, x, w, b, gy)):
-        assert_rounded_once(a, e, scale, f"{name} (bfloat16 on AMX)")
+    check_rounded_once(conv, torch.bfloat16, "auto")
 
 
 @pytest.mark.skipif(not HAS_AMX, reason="needs a CPU with AMX-BF16")
@@ -240,11 +246,7 @@ def test_amx_bfloat16_rounds_float64_result_once(conv):
 def test_amx_bfloat16_large_layers(conv):
     """Long sums (576 to 4608 terms per output, 8 * 28 * 28 per weight) and the AMX kernels'
     blocking: chunks of output channels, of pixels, of images."""
-    x, w, b = conv.tensors(torch.bfloat16, "cpu", requires_grad=True)
-    with cpu_path("auto"):
-        ours, gy = forward_and_grads(conv_ext.conv2d, conv, x, w, b)
-    for name, a, e, scale in zip(NAMES, ours, *float64_results(conv, x, w, b, gy)):
-        assert_rounded_once(a, e, scale, f"{name} (bfloat16 on AMX)")
+    check_rounded_once(conv, torch.bfloat16, "auto")
 
 
 @pytest.mark.skipif(not HAS_AMX, reason="needs a CPU with AMX-BF16")
@@ -276,12 +278,7 @@ def test_direct_reduced_precision_rounds_once(conv, path, dtype):
     """The direct kernels read float16 and bfloat16 themselves where they copy planes anyway (the
     stride-1 depthwise forward, hence its input gradient, and the stride-1 weight gradient): each
     result is still the float32 sum rounded once."""
-    x, w, b = conv.tensors(dtype, "cpu", requires_grad=True)
-    with cpu_path(path):
-        ours, gy = forward_and_grads(conv_ext.conv2d, conv, x, w, b)
-    for name, a, e, scale in zip(NAMES, ours, *float64_results(conv, x, w, b, gy)):
-        assert a.dtype == dtype, name
-        assert_rounded_once(a, e, scale, f"{name} ({dtype}, {path})")
+    check_rounded_once(conv, dtype, path)
 
 
 # The implicit GEMM reads panels of whole output-row runs in place from the input's stride
