@@ -347,8 +347,8 @@ Tensor gemm_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
   return grad_weight.view({g.out_channels, g.in_channels_per_group(), g.kernel_h, g.kernel_w});
 }
 
-// Unless a path is forced: CONV_EXT_CPU_ALGORITHM=gemm runs bfloat16 widened, as on CPUs
-// without AMX.
+// Whether a bfloat16 call runs on AMX: wherever it applies, unless a path is forced
+// (CONV_EXT_CPU_ALGORITHM=gemm, direct or winograd then run it widened, as CPUs without AMX do).
 bool amx_chosen(const Conv2dGeometry& g, at::ScalarType dtype) {
   return dtype == at::kBFloat16 && !forced_algorithm() && !env_is("CONV_EXT_CPU_ALGORITHM", "winograd") &&
          amx_conv2d_applies(g);
