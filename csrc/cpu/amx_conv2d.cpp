@@ -88,20 +88,17 @@ struct PairLayout {
       : grid_w(ceil_div(g.in_w + 2 * g.pad_w, g.stride_w)),
         pixels(ceil_div(g.out_h * grid_w, kStripPixels) * kStripPixels),
         blocks(ceil_div(g.in_channels_per_group(), kTileChannels)) {
+    std::vector<int64_t> phases;  // per tap; taps first hold the offsets within a phase
+    for (int64_t dy = 0; dy < g.kernel_h * g.dilation_h; dy += g.dilation_h) {
+      for (int64_t dx = 0; dx < g.kernel_w * g.dilation_w; dx += g.dilation_w) {
+        phases.push_back(dy % g.stride_h * g.stride_w + dx % g.stride_w);
+        taps.push_back(dy / g.stride_h * grid_w + dx / g.stride_w);
+      }
+    }
     // A phase covers its share of the padded image and the last strip's reach.
-    int64_t reach = 0;
-    for (int64_t dy = 0; dy < g.kernel_h * g.dilation_h; dy += g.dilation_h) {
-      for (int64_t dx = 0; dx < g.kernel_w * g.dilation_w; dx += g.dilation_w) {
-        reach = std::max(reach, dy / g.stride_h * grid_w + dx / g.stride_w);
-      }
-    }
+    const int64_t reach = *std::max_element(taps.begin(), taps.end());
     phase_plane = ceil_div(std::max(ceil_div(g.in_h + 2 * g.pad_h, g.stride_h) * grid_w, pixels + reach), kTilePixels) * kTilePixels;
-    for (int64_t dy = 0; dy < g.kernel_h * g.dilation_h; dy += g.dilation_h) {
-      for (int64_t dx = 0; dx < g.kernel_w * g.dilation_w; dx += g.dilation_w) {
-        const int64_t phase = dy % g.stride_h * g.stride_w + dx % g.stride_w;
-        taps.push_back(phase * phase_plane + dy / g.stride_h * grid_w + dx / g.stride_w);
-      }
-    }
+    for (size_t t = 0; t < taps.size(); ++t) taps[t] += phases[t] * phase_plane;
     // An odd number of cache lines, so that a tile's 16 rows fall into different sets of L1.
     plane = g.stride_h * g.stride_w * phase_plane;
     if (plane / kTilePixels % 2 == 0) plane += kTilePixels;
@@ -171,8 +168,9 @@ void copy_pair_plane(const uint16_t* x, const Conv2dGeometry& g, const PairLayou
 
 // Tile row `row` of filter tile (block, tap) of filter k: its 32 input channels, zero past the
 // group's cg channels. The filter's values for one tap are `taps` apart (adjacent for 1x1
-// filters): with all 32 channels there, two gathers of 16 dwords take them, each value the low half of its dword at tap 0 and
-// the high half after it (so no gather reads past the filters), which a conversion keeps.
+// filters): with all 32 channels there, two gathers of 16 dwords take them, each value the low
+// half of its dword at tap 0 and the high half after it (so no gather reads past the filters),
+// which a conversion keeps.
 void filter_tile_row(const uint16_t* filter, int64_t cg, int64_t taps, int64_t block, int64_t tap, uint16_t* row) {
   const int64_t first = block * kTileChannels, count = std::min(kTileChannels, cg - first);
   const uint16_t* values = filter + first * taps + tap;
@@ -370,8 +368,8 @@ void copy_grad_row(const uint16_t* gy, const Conv2dGeometry& g, const PairLayout
 }
 
 // Block `block` of 16 channels of image n's group: their planes, as PairLayout's but of single
-// channels (plane_scratch, 16 planes of 2 * w.pair_rows + 2 elements), then their pixel pairs at even and odd positions, channels
-// innermost.
+// channels (plane_scratch, 16 planes of 2 * w.pair_rows + 2 elements), then their pixel pairs at
+// even and odd positions, channels innermost.
 void copy_input_pixel_pairs(const uint16_t* x, const Conv2dGeometry& g, const PairLayout& l, const GradWeightLayout& w,
                             int64_t n, int64_t group, int64_t block, uint16_t* plane_scratch, uint16_t* even, uint16_t* odd) {
   const int64_t cg = g.in_channels_per_group(), stride = 2 * w.pair_rows + 2;

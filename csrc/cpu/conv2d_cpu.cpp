@@ -471,7 +471,8 @@ Tensor grad_input_by_phases(const Tensor& grad_output, const Tensor& weight, con
   Tensor grad_input = at::zeros({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output.options().memory_format(result_format));
   for (int64_t a = 0; a < g.stride_h; ++a) {
     const PhaseDimension rows(a, g.in_h, g.out_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
-    for (int64_t b = 0; b < g.stride_w && !rows.empty(); ++b) {
+    if (rows.empty()) continue;
+    for (int64_t b = 0; b < g.stride_w; ++b) {
       const PhaseDimension cols(b, g.in_w, g.out_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
       if (cols.empty()) continue;
       Conv2dGeometry phase = transposed_geometry(g);
