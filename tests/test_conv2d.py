@@ -267,8 +267,11 @@ def test_amx_results_do_not_depend_on_thread_count():
         assert torch.equal(parallel, serial), name
 
 
+DIRECT_PATHS = ["auto"] + [p for p in FORCED_CPU_PATHS if p.startswith("direct")]
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("path", ["auto", "direct", "direct-generic-isa"])
+@pytest.mark.parametrize("path", DIRECT_PATHS)
 @pytest.mark.parametrize("conv", [
     Conv(2, 32, 32, (13, 17), (3, 3), (1, 1), (1, 1), (1, 1), 32, True),
     Conv(3, 12, 12, (9, 20), (5, 3), (1, 1), (4, 1), (2, 1), 12, False, "channels_last"),
@@ -279,6 +282,27 @@ def test_direct_reduced_precision_rounds_once(conv, path, dtype):
     stride-1 depthwise forward, hence its input gradient, and the stride-1 weight gradient): each
     result is still the float32 sum rounded once."""
     check_rounded_once(conv, dtype, path)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("path", DIRECT_PATHS)
+def test_direct_reduced_precision_rounds_as_torch_converts(path, dtype):
+    """A depthwise 1x2 kernel of ones adds neighbouring values in float32, exactly as torch's
+    float32 convolution does; the float16 or bfloat16 output must then be torch's conversion of
+    that sum bit for bit: ties to even, NaN and infinities kept, overflow to infinity. 37-wide
+    rows leave a tail after whole vectors of 8 and 16."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 38) * 2.0 ** torch.randint(-9, 2, (2, 3, 5, 38))
+    specials = torch.tensor([float("nan"), float("inf"), -float("inf"), 65504.0, 65504.0, -0.0])
+    x.view(-1)[torch.randperm(x.numel())[:60]] = specials.repeat(10)
+    x[0, 0, 0, :4] = torch.tensor([1.0, 2.0**-8, 1.0 + 2.0**-7, 2.0**-8])  # bfloat16 ties
+    x[0, 0, 1, :4] = torch.tensor([1.0, 2.0**-11, 1.0 + 2.0**-10, 2.0**-11])  # float16 ties
+    x = x.to(dtype)
+    w = torch.ones(3, 1, 1, 2, dtype=dtype)
+    with cpu_path(path):
+        ours = conv_ext.conv2d(x, w, groups=3)
+    expected = F.conv2d(x.float(), w.float(), groups=3).to(dtype)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=0, equal_nan=True)
 
 
 # The implicit GEMM reads panels of whole output-row runs in place from the input's stride

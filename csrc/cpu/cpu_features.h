@@ -13,7 +13,9 @@ inline bool env_is(const char* name, const char* value) {
   return set != nullptr && std::strcmp(set, value) == 0;
 }
 
-// The instruction sets the kernels are compiled for, in order.
+// The instruction sets the kernels are compiled for, in order (AVX2 with F16C, AVX-512 with BW:
+// the float16 and bfloat16 row conversions use them; every CPU with AVX2 or AVX-512 since 2013
+// but Xeon Phi has them).
 enum class Isa { generic, avx2, avx512 };
 
 // The build to run. By default AVX-512 on Intel CPUs and AVX2 elsewhere: AMD's Zen 4 has
@@ -21,8 +23,9 @@ enum class Isa { generic, avx2, avx512 };
 // measured there. CONV_EXT_CPU_ISA=generic, avx2 or avx512 asks for a build (the best the CPU
 // has, at most that one), so the tests can run each.
 inline Isa cpu_isa() {
-  static const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  static const bool has_avx512 = has_avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+  static const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  static const bool has_avx512 = has_avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                                 __builtin_cpu_supports("avx512bw");
   static const bool avx512_by_default = has_avx512 && __builtin_cpu_is("intel");
   const Isa best = has_avx512 ? Isa::avx512 : has_avx2 ? Isa::avx2 : Isa::generic;
   if (env_is("CONV_EXT_CPU_ISA", "generic")) return Isa::generic;

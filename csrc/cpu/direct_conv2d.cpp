@@ -4,9 +4,13 @@
 // compiled three times, for AVX-512, AVX2+FMA and the baseline instruction set, and picked at
 // run time by the CPU's features; CONV_EXT_CPU_ISA=generic or avx2 caps the choice (the tests
 // cover each).
+// GCC 12's AVX-512 intrinsics start some results from a deliberately undefined vector, which
+// -Wmaybe-uninitialized reports wherever they are inlined (GCC bug 105593, fixed in GCC 13).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include "direct_conv2d.h"
 
 #include "cpu_features.h"
+#include "reduced_rows.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -33,7 +37,7 @@ constexpr int kGroupColumns = 8;
 }  // namespace generic
 
 #pragma GCC push_options
-#pragma GCC target("avx2,fma")
+#pragma GCC target("avx2,fma,f16c")
 namespace avx2 {
 template <typename scalar_t>
 constexpr int kBlockColumns = 8;
@@ -44,7 +48,7 @@ constexpr int kGroupColumns = 8;
 #pragma GCC pop_options
 
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx2,fma,prefer-vector-width=512")
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx2,fma,f16c,prefer-vector-width=512")
 namespace avx512 {
 template <typename scalar_t>
 constexpr int kBlockColumns = 64 / sizeof(scalar_t);
