@@ -22,7 +22,7 @@ def use_cuda():
 
 
 def extension():
-    sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp", root_dir=ROOT))
+    sources = ["csrc/ops.cpp", "csrc/autograd.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp", root_dir=ROOT))
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu", root_dir=ROOT))
     cxx_flags = ["-O3", "-fopenmp"]
     common = dict(

@@ -1,15 +1,8 @@
-"""Loads the compiled operators and teaches PyTorch about them.
+"""Loads the compiled operators and gives them fake kernels.
 
 Fake kernels give the output's shape, dtype and layout without computing it (torch.compile,
-torch.export, opcheck). The derivatives follow from bilinearity: with the convolution's
-hyper-parameters fixed, write y = F(x, w). Then
-
-    y  = F(x, w)       dL/dx = GI(gy, w)   dL/dw = GW(x, gy)
-    gx = GI(gy, w)     dL/dgy = F(g, w)    dL/dw = GW(g, gy)
-    gw = GW(x, gy)     dL/dx = GI(gy, g)   dL/dgy = F(x, g)
-
-where g is the incoming gradient. Every backward calls the same three differentiable ops, so
-derivatives of any order exist.
+torch.export, opcheck). The ops' autograd kernels are in C++ (csrc/autograd.cpp): the three ops
+differentiate each other, so derivatives of any order exist.
 """
 import torch
 from torch._prims_common import suggest_memory_format
@@ -69,50 +62,3 @@ def conv2d_grads(input, weight, grad_output, conv, needs_input_grad):
     if need_bias:
         grad_bias = grad_output.sum((0, 2, 3))
     return grad_input, grad_weight, grad_bias
-
-
-# The three ops share one argument layout: (tensor, tensor, third, stride, padding, dilation,
-# groups); backward needs the two tensors and the hyper-parameters.
-_NO_GRADS = (None,) * 5
-
-
-def _save_operands(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0], inputs[1])
-    ctx.conv = tuple(inputs[3:])
-
-
-def _conv2d_backward(ctx, grad):
-    input, weight = ctx.saved_tensors
-    grad_input, grad_weight, grad_bias = conv2d_grads(
-        input, weight, grad, ctx.conv, ctx.needs_input_grad[:3]
-    )
-    return grad_input, grad_weight, grad_bias, None, None, None, None
-
-
-def _conv2d_grad_input_backward(ctx, grad):
-    grad_output, weight = ctx.saved_tensors
-    d_grad_output = d_weight = None
-    if ctx.needs_input_grad[0]:
-        d_grad_output = ops.conv2d(grad, weight, None, *ctx.conv)
-    if ctx.needs_input_grad[1]:
-        d_weight = ops.conv2d_grad_weight(grad, grad_output, weight.shape[2:], *ctx.conv)
-    return d_grad_output, d_weight, *_NO_GRADS
-
-
-def _conv2d_grad_weight_backward(ctx, grad):
-    input, grad_output = ctx.saved_tensors
-    d_input = d_grad_output = None
-    if ctx.needs_input_grad[0]:
-        d_input = ops.conv2d_grad_input(grad_output, grad, input.shape[2:], *ctx.conv)
-    if ctx.needs_input_grad[1]:
-        d_grad_output = ops.conv2d(input, grad, None, *ctx.conv)
-    return d_input, d_grad_output, *_NO_GRADS
-
-
-torch.library.register_autograd("conv_ext::conv2d", _conv2d_backward, setup_context=_save_operands)
-torch.library.register_autograd(
-    "conv_ext::conv2d_grad_input", _conv2d_grad_input_backward, setup_context=_save_operands
-)
-torch.library.register_autograd(
-    "conv_ext::conv2d_grad_weight", _conv2d_grad_weight_backward, setup_context=_save_operands
-)

@@ -1,5 +1,5 @@
-"""gradcheck and gradgradcheck in float64: conv_ext.conv2d (all its arguments), each operator on
-its own, and the reference."""
+"""gradcheck and gradgradcheck in float64: conv_ext.conv2d (all its arguments), Conv2dFunction,
+each operator on its own, and the reference."""
 import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck
@@ -29,6 +29,11 @@ CONFIGS = [
 ]
 
 
+def function_apply(input, weight, bias, stride, padding, dilation, groups):
+    """Conv2dFunction, the autograd.Function, with F.conv2d's keywords."""
+    return conv_ext.Conv2dFunction.apply(input, weight, bias, stride, padding, dilation, groups)
+
+
 def ids(conv):
     return f"k{conv.kernel}s{conv.stride}p{conv.padding}d{conv.dilation}g{conv.groups}{conv.layout}"
 
@@ -36,8 +41,8 @@ def ids(conv):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("conv", CONFIGS, ids=ids)
 @pytest.mark.parametrize("fn, path", [
-    *((conv_ext.conv2d, path) for path in FORCED_CPU_PATHS[:3]), (reference.conv2d, "auto"),
-], ids=["conv_ext-gemm", "conv_ext-direct", "conv_ext-winograd", "reference"])
+    *((conv_ext.conv2d, path) for path in FORCED_CPU_PATHS[:3]), (function_apply, "auto"), (reference.conv2d, "auto"),
+], ids=["conv_ext-gemm", "conv_ext-direct", "conv_ext-winograd", "Conv2dFunction", "reference"])
 def test_gradcheck_and_gradgradcheck(fn, path, conv, device):
     x, w, b = conv.tensors(torch.float64, device, requires_grad=True)
     kw = conv.kwargs()

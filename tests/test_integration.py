@@ -36,14 +36,17 @@ def test_torch_export_keeps_the_conv_ext_ops():
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_autocast_runs_in_lower_precision_like_f_conv2d(device, dtype):
+@pytest.mark.parametrize("fn", [
+    conv_ext.conv2d, lambda x, w, b, padding: conv_ext.Conv2dFunction.apply(x, w, b, 1, padding, 1, 1),
+], ids=["conv2d", "Conv2dFunction"])
+def test_autocast_runs_in_lower_precision_like_f_conv2d(fn, device, dtype):
     x = torch.randn(2, 4, 9, 9, device=device, requires_grad=True)
     w = torch.randn(6, 4, 3, 3, device=device, requires_grad=True)
     b = torch.randn(6, device=device, requires_grad=True)
     results = []
-    for fn in (conv_ext.conv2d, F.conv2d):
+    for f in (fn, F.conv2d):
         with torch.autocast(device_type=device, dtype=dtype):
-            y = fn(x, w, b, padding=1)
+            y = f(x, w, b, padding=1)
         grads = torch.autograd.grad(y.float().square().sum(), (x, w, b))
         results.append((y, grads))
     (y, grads), (y_ref, grads_ref) = results
