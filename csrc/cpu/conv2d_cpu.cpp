@@ -364,7 +364,7 @@ Tensor forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
   const Tensor x = reads_reduced ? input.contiguous() : compute_operand(input, operand_format(input, algorithm));
   const Tensor w = compute_operand(weight), b = compute_operand(bias);
   const Tensor output = algorithm == Algorithm::winograd
-                            ? winograd_conv2d_forward(x, w, b, g, result_format)
+                            ? winograd_conv2d_forward(x, w, FilterOrder::as_given, b, g, result_format)
                         : algorithm == Algorithm::direct ? direct_conv2d_forward(x, w, b, g)
                                                          : gemm_conv2d_forward(x, w, b, g);
   return finish(output, input.scalar_type(), result_format);
@@ -386,12 +386,21 @@ bool grad_input_is_forward(const Conv2dGeometry& g, const Conv2dGeometry& t) {
   return g.stride_h == 1 && g.stride_w == 1 && t.pad_h >= 0 && t.pad_w >= 0;
 }
 
-// The forward route copies the filters flipped, a pass over all of them; with fewer output
-// pixels in the batch than output channels per group, the col2im path, whose GEMM reads them in
-// place, is faster (measured at batch 1: 512x512 @7 3.1 -> 1.9 ms, 256x256 @14 1.8 -> 1.3 ms,
-// 1x1 1024->256 @14 2.0 -> 0.9 ms; at batch 8 512x512 @7 alike, 256x256 @14 1.7x slower).
+// The forward route (but for Winograd) copies the filters flipped, a pass over all of them; with
+// fewer output pixels in the batch than output channels per group, the col2im path, whose GEMM
+// reads them in place, is faster (measured at batch 1: 512x512 @7 3.1 -> 1.9 ms, 256x256 @14
+// 1.8 -> 1.3 ms, 1x1 1024->256 @14 2.0 -> 0.9 ms; at batch 8 512x512 @7 alike, 256x256 @14 1.7x
+// slower).
 bool flipping_pays_off(const Conv2dGeometry& g) {
   return g.batch * g.out_h * g.out_w >= g.out_channels_per_group();
+}
+
+// Whether the stride-1 input gradient's forward convolution t runs on Winograd, which reads the
+// layer's filters flipped and transposed in place: no copy to repay, so it beats col2im even
+// where flipping_pays_off does not (measured: 512x512 @7 batch 8 1.5x, batch 4 1.25x, 256x256
+// @14 batch 1 1.35x faster).
+bool winograd_reads_flipped(const Conv2dGeometry& t, at::ScalarType dtype) {
+  return !amx_chosen(t, dtype) && choose_algorithm(t) == Algorithm::winograd;
 }
 
 // out[group * Cg + c][k] = weight[group * Kg + k][c] rotated by 180 degrees. One pass, each
@@ -504,6 +513,12 @@ Tensor conv2d_grad_input_cpu(const Tensor& grad_output, const Tensor& weight,
       check_conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation, groups);
   const at::MemoryFormat result_format = conv2d_memory_format(grad_output, weight);
   const Conv2dGeometry t = transposed_geometry(g);
+  if (grad_input_is_forward(g, t) && winograd_reads_flipped(t, grad_output.scalar_type())) {
+    const Tensor gy = compute_operand(grad_output, operand_format(grad_output, Algorithm::winograd));
+    const Tensor grad_input = winograd_conv2d_forward(gy, compute_operand(weight), FilterOrder::flipped_transposed,
+                                                      Tensor(), t, result_format);
+    return finish(grad_input, grad_output.scalar_type(), result_format);
+  }
   if (grad_input_is_forward(g, t) && flipping_pays_off(g)) {
     return forward(grad_output, flipped_transposed_filters(weight, g), Tensor(), t, result_format);
   }

@@ -312,30 +312,54 @@ void transform_input_row(const Transforms<R, scalar_t>& transforms, const scalar
   }
 }
 
+// Where the forward's filters are: filter (k, c) at w + k * k_stride + c * c_stride, its R x R
+// taps in order, or in reverse (rotated by 180 degrees) when the forward is an input gradient
+// that reads the layer's own weight (c, k) in place instead of a flipped, transposed copy (the
+// copy had cost a sixth of the input gradient's time at 512x512 @7, measured).
+template <typename scalar_t>
+struct Filters {
+  const scalar_t* w;
+  int64_t k_stride, c_stride;
+  bool reversed;
+
+  Filters(const Tensor& weight, FilterOrder order)
+      : w(weight.const_data_ptr<scalar_t>()), reversed(order == FilterOrder::flipped_transposed) {
+    k_stride = weight.stride(reversed ? 1 : 0), c_stride = weight.stride(reversed ? 0 : 1);
+  }
+};
+
 // The transforms of one panel's filters (output channels panel * width + j, j < width), packed
 // as the B operand of the forward's GEMMs: u[e * e_stride + c * width + j] = (G w[k, c] G^T)[e],
 // zero past the last channel. The filters are regrouped by input channel and tap first, by the
-// block transpose a few channels at a time (in L1), so that each transform runs across the
-// panel's output channels and writes rows of u whole. (Element by element, into one buffer for
-// all channels, the regrouping took longer than the transforms: 512 channels at 7x7.)
+// block transpose in L1 (a few channels at a time where their taps are contiguous), so that each
+// transform runs across the panel's output channels and writes rows of u whole. (Element by
+// element, into one buffer for all channels, the regrouping took longer than the transforms:
+// 512 channels at 7x7.)
 template <int R, typename scalar_t>
-void transform_filter_panel(const Transforms<R, scalar_t>& transforms, const scalar_t* w, int64_t C,
+void transform_filter_panel(const Transforms<R, scalar_t>& transforms, const Filters<scalar_t>& f, int64_t C,
                             int64_t K, int64_t panel, int64_t width, scalar_t* u, int64_t e_stride,
                             std::vector<scalar_t>& grouped, std::vector<scalar_t>& tmp) {
-  constexpr int64_t kChannels = 16;  // regrouped at a time
-  const int64_t filters = std::min(width, K - panel * width), filter_size = C * R * R;
-  grouped.resize(kChannels * R * R * width);
+  constexpr int64_t taps = R * R;
+  const int64_t filters = std::min(width, K - panel * width);
+  const int64_t block = f.c_stride == taps ? 16 : 1;  // channels regrouped at a time
+  grouped.resize(block * taps * width);
   if (filters < width) std::fill(grouped.begin(), grouped.end(), scalar_t(0));  // lanes no filter writes
   tmp.resize(6 * R * width);
-  const scalar_t* w_panel = w + panel * width * filter_size;
-  for (int64_t c0 = 0; c0 < C; c0 += kChannels) {
-    const int64_t channels = std::min(kChannels, C - c0);
+  const scalar_t* w_panel = f.w + panel * width * f.k_stride;
+  for (int64_t c0 = 0; c0 < C; c0 += block) {
+    const int64_t channels = std::min(block, C - c0);
     // grouped[c][tap][j] = w[panel * width + j][c0 + c][tap]
-    transforms.transpose(w_panel + c0 * R * R, filter_size, filters, channels * R * R, grouped.data(), width);
+    transforms.transpose(w_panel + c0 * f.c_stride, f.k_stride, filters, channels * taps, grouped.data(), width);
     for (int64_t c = 0; c < channels; ++c) {
+      scalar_t* wt = &grouped[c * taps * width];
+      if (f.reversed) {
+        for (int64_t tap = 0; tap < taps / 2; ++tap) {
+          std::swap_ranges(wt + tap * width, wt + (tap + 1) * width, wt + (taps - 1 - tap) * width);
+        }
+      }
       scalar_t* uc[36];
       for (int64_t e = 0; e < kElements; ++e) uc[e] = u + e * e_stride + (c0 + c) * width;
-      transforms.filter(&grouped[c * width * R * R], uc, tmp.data());
+      transforms.filter(wt, uc, tmp.data());
     }
   }
 }
@@ -351,13 +375,13 @@ int64_t filter_element_stride(int64_t plane) {
 
 // Every panel's filter transforms, in u (36, panels, C, width), planes u_stride apart.
 template <int R, typename scalar_t>
-void transform_filters(const Transforms<R, scalar_t>& transforms, const scalar_t* w, scalar_t* u, int64_t u_stride,
+void transform_filters(const Transforms<R, scalar_t>& transforms, const Filters<scalar_t>& f, scalar_t* u, int64_t u_stride,
                        int64_t C, int64_t K, int64_t width) {
   const int64_t panels = (K + width - 1) / width;
   at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> grouped, tmp;
     for (int64_t panel = begin; panel < end; ++panel) {
-      transform_filter_panel(transforms, w, C, K, panel, width, u + panel * C * width, u_stride,
+      transform_filter_panel(transforms, f, C, K, panel, width, u + panel * C * width, u_stride,
                              grouped, tmp);
     }
   });
@@ -426,7 +450,7 @@ void for_each_chunk(const Transforms<R, scalar_t>& transforms, const Tensor& inp
 }
 
 template <int R, typename scalar_t>
-void winograd_forward_kernel(const Tensor& input, const Tensor& weight, const Tensor& bias,
+void winograd_forward_kernel(const Tensor& input, const Tensor& weight, FilterOrder order, const Tensor& bias,
                              Tensor& output, const Conv2dGeometry& g) {
   constexpr int M = 7 - R;
   const TileGrid grid(g);
@@ -438,7 +462,7 @@ void winograd_forward_kernel(const Tensor& input, const Tensor& weight, const Te
   const int64_t panels = (K + width - 1) / width, padded_k = panels * width;
   const int64_t u_stride = filter_element_stride<scalar_t>(panels * C * width);
   Tensor u = at::empty({kElements * u_stride}, weight.options());
-  transform_filters(transforms, weight.const_data_ptr<scalar_t>(), u.mutable_data_ptr<scalar_t>(), u_stride, C, K, width);
+  transform_filters(transforms, Filters<scalar_t>(weight, order), u.mutable_data_ptr<scalar_t>(), u_stride, C, K, width);
   const scalar_t* u_data = u.const_data_ptr<scalar_t>();
   const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* y = output.mutable_data_ptr<scalar_t>();
@@ -515,7 +539,7 @@ struct BatchTiles {
 // split the output channels a panel at a time: each panel's filters are transformed in cache,
 // multiplied by every tile and transformed back into the output.
 template <int R, typename scalar_t>
-void winograd_forward_by_panels(const Tensor& input, const Tensor& weight, const Tensor& bias,
+void winograd_forward_by_panels(const Tensor& input, const Tensor& weight, FilterOrder order, const Tensor& bias,
                                 Tensor& output, const Conv2dGeometry& g) {
   constexpr int M = 7 - R;
   constexpr int64_t width = kPanelWidth<scalar_t>;
@@ -524,7 +548,7 @@ void winograd_forward_by_panels(const Tensor& input, const Tensor& weight, const
   const int64_t C = g.in_channels, K = g.out_channels;
   const scalar_t* v_data = v.template const_data_ptr<scalar_t>();
 
-  const scalar_t* w = weight.const_data_ptr<scalar_t>();
+  const Filters<scalar_t> filters(weight, order);
   const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* y = output.mutable_data_ptr<scalar_t>();
   const Layout y_layout(output);
@@ -538,7 +562,7 @@ void winograd_forward_by_panels(const Tensor& input, const Tensor& weight, const
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t first = unit * step, count = std::min(step, panels - first);
       for (int64_t i = 0; i < count; ++i) {
-        transform_filter_panel(transforms, w, C, K, first + i, width, u.data() + i * C * width, u_stride,
+        transform_filter_panel(transforms, filters, C, K, first + i, width, u.data() + i * C * width, u_stride,
                                grouped, tmp);
       }
       multiply_by_filters(v_data, u.data(), u_stride, p.data(), tiles, C, count);
@@ -729,29 +753,30 @@ bool winograd_pays_off(const Conv2dGeometry& g) {
   return winograd_may_pay_off(g) && batch_tiles(g) >= (runs_by_panels(g) ? 16 : tiles_repaying_chunks(g));
 }
 
-Tensor winograd_conv2d_forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
+Tensor winograd_conv2d_forward(const Tensor& input, const Tensor& weight, FilterOrder order, const Tensor& bias,
                                const Conv2dGeometry& g, at::MemoryFormat output_format) {
   Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w},
                             input.options().memory_format(output_format));
   if (runs_by_panels(g)) {
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_winograd_forward", [&] {
       if (g.kernel_h == 3) {
-        winograd_forward_by_panels<3, scalar_t>(input, weight, bias, output, g);
+        winograd_forward_by_panels<3, scalar_t>(input, weight, order, bias, output, g);
       } else {
-        winograd_forward_by_panels<5, scalar_t>(input, weight, bias, output, g);
+        winograd_forward_by_panels<5, scalar_t>(input, weight, order, bias, output, g);
       }
     });
     return output;
   }
   for_each_output_slice(g, [&](int64_t first, const Conv2dGeometry& slice) {
     const int64_t k = slice.out_channels;
-    const Tensor w = weight.narrow(0, first, k), b = bias.defined() ? bias.narrow(0, first, k) : bias;
+    const Tensor w = weight.narrow(order == FilterOrder::flipped_transposed ? 1 : 0, first, k);
+    const Tensor b = bias.defined() ? bias.narrow(0, first, k) : bias;
     Tensor y = output.narrow(1, first, k);
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_winograd_forward", [&] {
       if (g.kernel_h == 3) {
-        winograd_forward_kernel<3, scalar_t>(input, w, b, y, slice);
+        winograd_forward_kernel<3, scalar_t>(input, w, order, b, y, slice);
       } else {
-        winograd_forward_kernel<5, scalar_t>(input, w, b, y, slice);
+        winograd_forward_kernel<5, scalar_t>(input, w, order, b, y, slice);
       }
     });
   });
