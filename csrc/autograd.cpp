@@ -50,19 +50,23 @@ Tensor grad_weight_op(const Tensor& input, const Tensor& grad_output, c10::SymIn
   return op.call(input, grad_output, kernel_size, stride, padding, dilation, groups);
 }
 
-// The hyper-parameters every op takes after its tensors and size, kept for the backward.
-struct Hyperparameters {
+// What every backward needs: the op's two tensors and the hyper-parameters after its size.
+struct Saved {
+  Tensor first, second;
   std::vector<int64_t> stride, padding, dilation;
   int64_t groups;
 
-  void save(AutogradContext* ctx) const {
+  static void save(AutogradContext* ctx, const Tensor& first, const Tensor& second, IntArrayRef stride,
+                   IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
+    ctx->save_for_backward({first, second});
     ctx->saved_data["stride"] = stride;
     ctx->saved_data["padding"] = padding;
     ctx->saved_data["dilation"] = dilation;
     ctx->saved_data["groups"] = groups;
   }
-  static Hyperparameters load(AutogradContext* ctx) {
-    return {ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
+  static Saved load(AutogradContext* ctx) {
+    const auto tensors = ctx->get_saved_variables();
+    return {tensors[0], tensors[1], ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
             ctx->saved_data["dilation"].toIntVector(), ctx->saved_data["groups"].toInt()};
   }
 };
@@ -81,22 +85,20 @@ class Conv2d : public torch::autograd::Function<Conv2d> {
                         const std::optional<Tensor>& bias, IntArrayRef stride, IntArrayRef padding,
                         IntArrayRef dilation, int64_t groups) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    ctx->save_for_backward({input, weight});
+    Saved::save(ctx, input, weight, stride, padding, dilation, groups);
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
-    Hyperparameters{stride.vec(), padding.vec(), dilation.vec(), groups}.save(ctx);
     return conv2d_op(input, weight, bias, stride, padding, dilation, groups);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const Tensor &input = saved[0], &weight = saved[1], &grad = grads[0];
-    const auto h = Hyperparameters::load(ctx);
+    const auto s = Saved::load(ctx);
+    const Tensor &input = s.first, &weight = s.second, &grad = grads[0];
     Tensor grad_input, grad_weight, grad_bias;
     if (ctx->needs_input_grad(0)) {
-      grad_input = grad_input_op(grad, weight, spatial_size(input), h.stride, h.padding, h.dilation, h.groups);
+      grad_input = grad_input_op(grad, weight, spatial_size(input), s.stride, s.padding, s.dilation, s.groups);
     }
     if (ctx->needs_input_grad(1)) {
-      grad_weight = grad_weight_op(input, grad, spatial_size(weight), h.stride, h.padding, h.dilation, h.groups);
+      grad_weight = grad_weight_op(input, grad, spatial_size(weight), s.stride, s.padding, s.dilation, s.groups);
     }
     if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) grad_bias = grad.sum({0, 2, 3});
     return with_no_more_grads(grad_input, grad_weight, grad_bias);
@@ -109,21 +111,19 @@ class Conv2dGradInput : public torch::autograd::Function<Conv2dGradInput> {
                         c10::SymIntArrayRef input_size, IntArrayRef stride, IntArrayRef padding,
                         IntArrayRef dilation, int64_t groups) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    ctx->save_for_backward({grad_output, weight});
-    Hyperparameters{stride.vec(), padding.vec(), dilation.vec(), groups}.save(ctx);
+    Saved::save(ctx, grad_output, weight, stride, padding, dilation, groups);
     return grad_input_op(grad_output, weight, input_size, stride, padding, dilation, groups);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const Tensor &grad_output = saved[0], &weight = saved[1], &grad = grads[0];
-    const auto h = Hyperparameters::load(ctx);
+    const auto s = Saved::load(ctx);
+    const Tensor &grad_output = s.first, &weight = s.second, &grad = grads[0];
     Tensor d_grad_output, d_weight;
     if (ctx->needs_input_grad(0)) {
-      d_grad_output = conv2d_op(grad, weight, std::nullopt, h.stride, h.padding, h.dilation, h.groups);
+      d_grad_output = conv2d_op(grad, weight, std::nullopt, s.stride, s.padding, s.dilation, s.groups);
     }
     if (ctx->needs_input_grad(1)) {
-      d_weight = grad_weight_op(grad, grad_output, spatial_size(weight), h.stride, h.padding, h.dilation, h.groups);
+      d_weight = grad_weight_op(grad, grad_output, spatial_size(weight), s.stride, s.padding, s.dilation, s.groups);
     }
     return with_no_more_grads(d_grad_output, d_weight);
   }
@@ -135,21 +135,19 @@ class Conv2dGradWeight : public torch::autograd::Function<Conv2dGradWeight> {
                         c10::SymIntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding,
                         IntArrayRef dilation, int64_t groups) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    ctx->save_for_backward({input, grad_output});
-    Hyperparameters{stride.vec(), padding.vec(), dilation.vec(), groups}.save(ctx);
+    Saved::save(ctx, input, grad_output, stride, padding, dilation, groups);
     return grad_weight_op(input, grad_output, kernel_size, stride, padding, dilation, groups);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const Tensor &input = saved[0], &grad_output = saved[1], &grad = grads[0];
-    const auto h = Hyperparameters::load(ctx);
+    const auto s = Saved::load(ctx);
+    const Tensor &input = s.first, &grad_output = s.second, &grad = grads[0];
     Tensor d_input, d_grad_output;
     if (ctx->needs_input_grad(0)) {
-      d_input = grad_input_op(grad_output, grad, spatial_size(input), h.stride, h.padding, h.dilation, h.groups);
+      d_input = grad_input_op(grad_output, grad, spatial_size(input), s.stride, s.padding, s.dilation, s.groups);
     }
     if (ctx->needs_input_grad(1)) {
-      d_grad_output = conv2d_op(input, grad, std::nullopt, h.stride, h.padding, h.dilation, h.groups);
+      d_grad_output = conv2d_op(input, grad, std::nullopt, s.stride, s.padding, s.dilation, s.groups);
     }
     return with_no_more_grads(d_input, d_grad_output);
   }
