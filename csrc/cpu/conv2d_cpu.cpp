@@ -354,19 +354,25 @@ bool amx_chosen(const Conv2dGeometry& g, at::ScalarType dtype) {
          amx_conv2d_applies(g);
 }
 
+// The forward on Winograd, reading the weight in the given order.
+Tensor winograd_forward(const Tensor& input, const Tensor& weight, FilterOrder order, const Tensor& bias,
+                        const Conv2dGeometry& g, at::MemoryFormat result_format) {
+  const Tensor x = compute_operand(input, operand_format(input, Algorithm::winograd));
+  const Tensor output = winograd_conv2d_forward(x, compute_operand(weight), order, compute_operand(bias), g, result_format);
+  return finish(output, input.scalar_type(), result_format);
+}
+
 Tensor forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
                const Conv2dGeometry& g, at::MemoryFormat result_format) {
   if (amx_chosen(g, input.scalar_type())) {
     return finish(amx_conv2d_forward(input.contiguous(), weight.contiguous(), bias, g), input.scalar_type(), result_format);
   }
   const Algorithm algorithm = choose_algorithm(g);
+  if (algorithm == Algorithm::winograd) return winograd_forward(input, weight, FilterOrder::as_given, bias, g, result_format);
   const bool reads_reduced = algorithm == Algorithm::direct && direct_forward_reads_reduced(g);
-  const Tensor x = reads_reduced ? input.contiguous() : compute_operand(input, operand_format(input, algorithm));
+  const Tensor x = reads_reduced ? input.contiguous() : compute_operand(input);
   const Tensor w = compute_operand(weight), b = compute_operand(bias);
-  const Tensor output = algorithm == Algorithm::winograd
-                            ? winograd_conv2d_forward(x, w, FilterOrder::as_given, b, g, result_format)
-                        : algorithm == Algorithm::direct ? direct_conv2d_forward(x, w, b, g)
-                                                         : gemm_conv2d_forward(x, w, b, g);
+  const Tensor output = algorithm == Algorithm::direct ? direct_conv2d_forward(x, w, b, g) : gemm_conv2d_forward(x, w, b, g);
   return finish(output, input.scalar_type(), result_format);
 }
 
@@ -513,14 +519,11 @@ Tensor conv2d_grad_input_cpu(const Tensor& grad_output, const Tensor& weight,
       check_conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation, groups);
   const at::MemoryFormat result_format = conv2d_memory_format(grad_output, weight);
   const Conv2dGeometry t = transposed_geometry(g);
-  if (grad_input_is_forward(g, t) && winograd_reads_flipped(t, grad_output.scalar_type())) {
-    const Tensor gy = compute_operand(grad_output, operand_format(grad_output, Algorithm::winograd));
-    const Tensor grad_input = winograd_conv2d_forward(gy, compute_operand(weight), FilterOrder::flipped_transposed,
-                                                      Tensor(), t, result_format);
-    return finish(grad_input, grad_output.scalar_type(), result_format);
-  }
-  if (grad_input_is_forward(g, t) && flipping_pays_off(g)) {
-    return forward(grad_output, flipped_transposed_filters(weight, g), Tensor(), t, result_format);
+  if (grad_input_is_forward(g, t)) {
+    if (winograd_reads_flipped(t, grad_output.scalar_type())) {
+      return winograd_forward(grad_output, weight, FilterOrder::flipped_transposed, Tensor(), t, result_format);
+    }
+    if (flipping_pays_off(g)) return forward(grad_output, flipped_transposed_filters(weight, g), Tensor(), t, result_format);
   }
   if ((g.stride_h > 1 || g.stride_w > 1) && amx_chosen(g, grad_output.scalar_type())) {
     return grad_input_by_phases(grad_output, weight, g, result_format);

@@ -4,6 +4,7 @@
 // compiled three times, for AVX-512, AVX2+FMA and the baseline instruction set, and picked at
 // run time by the CPU's features; CONV_EXT_CPU_ISA=generic or avx2 caps the choice (the tests
 // cover each).
+
 // GCC 12's AVX-512 intrinsics start some results from a deliberately undefined vector, which
 // -Wmaybe-uninitialized reports wherever they are inlined (GCC bug 105593, fixed in GCC 13).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -18,7 +19,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <cstring>
 #include <type_traits>
 #include <vector>
 

@@ -15,9 +15,6 @@ namespace conv_ext {
 
 namespace generic {
 
-inline float widen(c10::BFloat16 v) { return static_cast<float>(v); }
-inline float widen(c10::Half v) { return static_cast<float>(v); }
-
 template <typename io_t>
 io_t narrow(float v);
 
@@ -36,7 +33,7 @@ inline c10::Half narrow<c10::Half>(float v) {
 
 template <typename io_t>
 void widen_row(const io_t* src, int64_t n, float* dst) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = widen(src[i]);
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
 }
 
 template <typename io_t>

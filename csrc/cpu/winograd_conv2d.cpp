@@ -317,15 +317,16 @@ void transform_input_row(const Transforms<R, scalar_t>& transforms, const scalar
 // that reads the layer's own weight (c, k) in place instead of a flipped, transposed copy (the
 // copy had cost a sixth of the input gradient's time at 512x512 @7, measured).
 template <typename scalar_t>
-struct Filters {
+struct FilterSource {
+  bool reversed;
   const scalar_t* w;
   int64_t k_stride, c_stride;
-  bool reversed;
 
-  Filters(const Tensor& weight, FilterOrder order)
-      : w(weight.const_data_ptr<scalar_t>()), reversed(order == FilterOrder::flipped_transposed) {
-    k_stride = weight.stride(reversed ? 1 : 0), c_stride = weight.stride(reversed ? 0 : 1);
-  }
+  FilterSource(const Tensor& weight, FilterOrder order)
+      : reversed(order == FilterOrder::flipped_transposed),
+        w(weight.const_data_ptr<scalar_t>()),
+        k_stride(weight.stride(reversed ? 1 : 0)),
+        c_stride(weight.stride(reversed ? 0 : 1)) {}
 };
 
 // The transforms of one panel's filters (output channels panel * width + j, j < width), packed
@@ -336,7 +337,7 @@ struct Filters {
 // element, into one buffer for all channels, the regrouping took longer than the transforms:
 // 512 channels at 7x7.)
 template <int R, typename scalar_t>
-void transform_filter_panel(const Transforms<R, scalar_t>& transforms, const Filters<scalar_t>& f, int64_t C,
+void transform_filter_panel(const Transforms<R, scalar_t>& transforms, const FilterSource<scalar_t>& f, int64_t C,
                             int64_t K, int64_t panel, int64_t width, scalar_t* u, int64_t e_stride,
                             std::vector<scalar_t>& grouped, std::vector<scalar_t>& tmp) {
   constexpr int64_t taps = R * R;
@@ -375,7 +376,7 @@ int64_t filter_element_stride(int64_t plane) {
 
 // Every panel's filter transforms, in u (36, panels, C, width), planes u_stride apart.
 template <int R, typename scalar_t>
-void transform_filters(const Transforms<R, scalar_t>& transforms, const Filters<scalar_t>& f, scalar_t* u, int64_t u_stride,
+void transform_filters(const Transforms<R, scalar_t>& transforms, const FilterSource<scalar_t>& f, scalar_t* u, int64_t u_stride,
                        int64_t C, int64_t K, int64_t width) {
   const int64_t panels = (K + width - 1) / width;
   at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
@@ -462,7 +463,7 @@ void winograd_forward_kernel(const Tensor& input, const Tensor& weight, FilterOr
   const int64_t panels = (K + width - 1) / width, padded_k = panels * width;
   const int64_t u_stride = filter_element_stride<scalar_t>(panels * C * width);
   Tensor u = at::empty({kElements * u_stride}, weight.options());
-  transform_filters(transforms, Filters<scalar_t>(weight, order), u.mutable_data_ptr<scalar_t>(), u_stride, C, K, width);
+  transform_filters(transforms, FilterSource<scalar_t>(weight, order), u.mutable_data_ptr<scalar_t>(), u_stride, C, K, width);
   const scalar_t* u_data = u.const_data_ptr<scalar_t>();
   const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* y = output.mutable_data_ptr<scalar_t>();
@@ -548,7 +549,7 @@ void winograd_forward_by_panels(const Tensor& input, const Tensor& weight, Filte
   const int64_t C = g.in_channels, K = g.out_channels;
   const scalar_t* v_data = v.template const_data_ptr<scalar_t>();
 
-  const Filters<scalar_t> filters(weight, order);
+  const FilterSource<scalar_t> filters(weight, order);
   const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* y = output.mutable_data_ptr<scalar_t>();
   const Layout y_layout(output);
