@@ -1,7 +1,8 @@
 // CPU kernels of the three conv_ext operators. Three algorithms, chosen by shape:
-// - GEMM: the forward as an implicit GEMM with AVX2 (implicit_gemm_conv2d.cpp) or im2col in
-//   bounded tiles and a batched GEMM per tile (at::bmm over groups); im2col+GEMM for the weight
-//   gradient and col2im for the input gradient;
+// - GEMM: the forward as an implicit GEMM with AVX2 (implicit_gemm_conv2d.cpp; for strided
+//   layers over channels-last bands, channels_last_gemm_conv2d.cpp) or im2col in bounded tiles
+//   and a batched GEMM per tile (at::bmm over groups); im2col+GEMM for the weight gradient and
+//   col2im for the input gradient;
 // - direct (direct_conv2d.cpp), for few channels per group (depthwise, narrow groups);
 // - Winograd F(4x4, 3x3) and F(2x2, 5x5) (winograd_conv2d.cpp), for 3x3 and 5x5 stride-1
 //   layers, forward and weight gradient.
@@ -14,6 +15,7 @@
 // forward and weight gradient run on its tiles (amx_conv2d.cpp), which also sum in float32 (and
 // so does the input gradient of stride-1 layers, a forward convolution).
 #include "amx_conv2d.h"
+#include "channels_last_gemm_conv2d.h"
 #include "cpu_features.h"
 #include "direct_conv2d.h"
 #include "implicit_gemm_conv2d.h"
@@ -41,6 +43,8 @@ constexpr int64_t kOneGemmColumns = 1024;
 // Patches this short (the 3-channel 7x7 stem's 147) are thin for MKL, and at stride 1 patches
 // up to kStrideOnePatch (implicit_gemm_pays_off).
 constexpr int64_t kThinPatch = 160, kStrideOnePatch = 640;
+// Input channels the channels-last GEMM wants: the depth of its products, one per filter tap.
+constexpr int64_t kChannelsLastGemmChannels = 16;
 
 // Output rows [row_begin, row_end) of one image form a tile.
 struct RowTile {
@@ -248,6 +252,20 @@ bool implicit_gemm_pays_off(const Conv2dGeometry& g) {
   return !is_pointwise(g) || (!batch_in_one_gemm(g) && (g.out_channels > g.in_channels || g.batch == 1));
 }
 
+// Strided layers (but pointwise ones) of many pixels: the channels-last GEMM reads its input in
+// place whatever the stride, where the implicit GEMM packs panels of short output rows and MKL
+// multiplies copied im2col tiles (measured at batch 8, 3x3/2: with AVX-512 64->128 @56 1.1x,
+// 128->256 @28 1.2x, 128 @56, 256 @28 and 16 or 32 channels @112 1.05-1.2x faster than MKL;
+// with AVX2 1.05-1.25x faster than the implicit GEMM). It packs the filters per call, which few
+// pixels do not repay (392 pixels of 512 @14: MKL 1.25x faster), nor do 1x1 kernels, whose
+// im2col is a strided view for MKL (1.3x), or so few channels that the micro-kernel's depth
+// is short (the stem's 3).
+bool channels_last_gemm_pays_off(const Conv2dGeometry& g) {
+  return channels_last_gemm_available() && g.groups == 1 && (g.stride_h > 1 || g.stride_w > 1) &&
+         g.kernel_h * g.kernel_w > 1 && g.in_channels >= kChannelsLastGemmChannels &&
+         g.batch * g.out_h * g.out_w > kOneGemmColumns;
+}
+
 Tensor gemm_conv2d_forward_batch_in_one_gemm(const Tensor& input, const Tensor& weight,
                                              const Tensor& bias, const Conv2dGeometry& g) {
   const int64_t pixels = g.out_h * g.out_w;
@@ -369,6 +387,11 @@ Tensor forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
   }
   const Algorithm algorithm = choose_algorithm(g);
   if (algorithm == Algorithm::winograd) return winograd_forward(input, weight, FilterOrder::as_given, bias, g, result_format);
+  if (algorithm == Algorithm::gemm && channels_last_gemm_pays_off(g)) {
+    const Tensor x = compute_operand(input, input.suggest_memory_format());
+    const Tensor output = channels_last_gemm_conv2d_forward(x, compute_operand(weight), compute_operand(bias), g, result_format);
+    return finish(output, input.scalar_type(), result_format);
+  }
   const bool reads_reduced = algorithm == Algorithm::direct && direct_forward_reads_reduced(g);
   const Tensor x = reads_reduced ? input.contiguous() : compute_operand(input);
   const Tensor w = compute_operand(weight), b = compute_operand(bias);

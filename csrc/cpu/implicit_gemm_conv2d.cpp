@@ -132,10 +132,12 @@ at::Tensor pack_filters(const at::Tensor& weight, const Conv2dGeometry& g, int64
     for (int64_t gt = begin; gt < end; ++gt) {
       const int64_t group = gt / tiles, first = gt % tiles * rows;
       scalar_t* dst = out + gt * patch * rows;
-      for (int64_t i = 0; i < rows; ++i) {
-        const scalar_t* src = w + (group * kg + first + i) * patch;
-        const bool present = first + i < kg;
-        for (int64_t k = 0; k < patch; ++k) dst[k * rows + i] = present ? src[k] : scalar_t(0);
+      const scalar_t* src = w + (group * kg + first) * patch;
+      const int64_t present = std::min(rows, kg - first);
+      // Written in order, read from `rows` streams (the other way round took 4% of a layer).
+      for (int64_t k = 0; k < patch; ++k, dst += rows) {
+        for (int64_t i = 0; i < present; ++i) dst[i] = src[i * patch + k];
+        std::fill(dst + present, dst + rows, scalar_t(0));
       }
     }
   });
@@ -261,16 +263,17 @@ at::Tensor implicit_gemm_conv2d_forward(const at::Tensor& input, const at::Tenso
       });
       return;
     }
-    // The batch's pixels in chunks whose output stays in L2 while the patch's blocks pass over
-    // it, the same number for every thread, whole blocks each (but for the last).
+    // Each thread takes the same number of blocks of pixels (within one), in chunks whose output
+    // stays in L2 while the patch's blocks pass over it.
     const int64_t cache_pixels = std::max<int64_t>(kMinChunkPixels, kChunkElements / std::max<int64_t>(1, g.out_channels));
-    const int64_t chunks = threads * ((total + threads * cache_pixels - 1) / (threads * cache_pixels));
-    const int64_t chunk = ((total + chunks - 1) / chunks + kBlockPixels - 1) / kBlockPixels * kBlockPixels;
+    const int64_t blocks = (total + kBlockPixels - 1) / kBlockPixels;
+    const int64_t chunk_blocks = (cache_pixels + kBlockPixels - 1) / kBlockPixels;
     const at::Tensor packed = pack_filters<scalar_t>(weight, g, kernel.rows);
     const Filters<scalar_t> filters{packed.const_data_ptr<scalar_t>(), true, kernel.rows, g.patch_size(), tiles};
-    at::parallel_for(0, (total + chunk - 1) / chunk, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t c = begin; c < end; ++c) {
-        forward_pixels(kernel, pack_panels, x, layout, filters, b, y, g, c * chunk, std::min(total, (c + 1) * chunk), 0, tiles, stream);
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; c += chunk_blocks) {
+        forward_pixels(kernel, pack_panels, x, layout, filters, b, y, g, c * kBlockPixels,
+                       std::min(total, std::min(end, c + chunk_blocks) * kBlockPixels), 0, tiles, stream);
       }
     });
   });

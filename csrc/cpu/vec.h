@@ -23,8 +23,11 @@ struct Vec<float> {
   static type broadcast(float x) { return _mm256_set1_ps(x); }
   static type fma(type a, type b, type c) { return _mm256_fmadd_ps(a, b, c); }
   static type add(type a, type b) { return _mm256_add_ps(a, b); }
-  static type load_even(const float* p) {  // p[0], p[2], ..., p[14]: reads p[0, 16)
-    const __m256 s = _mm256_shuffle_ps(load(p), load(p + 8), _MM_SHUFFLE(2, 0, 2, 0));
+  static __m256i first_lanes(int n) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
+  static type load_first(const float* p, int n) { return _mm256_maskload_ps(p, first_lanes(n)); }  // zero past n
+  static void store_first(float* p, type v, int n) { _mm256_maskstore_ps(p, first_lanes(n), v); }
+  static type even_lanes(type lo, type hi) {  // lanes 0, 2, ..., 14 of lo followed by hi
+    const __m256 s = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
     return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), _MM_SHUFFLE(3, 1, 2, 0)));
   }
 };
@@ -39,8 +42,11 @@ struct Vec<double> {
   static type broadcast(double x) { return _mm256_set1_pd(x); }
   static type fma(type a, type b, type c) { return _mm256_fmadd_pd(a, b, c); }
   static type add(type a, type b) { return _mm256_add_pd(a, b); }
-  static type load_even(const double* p) {  // p[0], p[2], p[4], p[6]: reads p[0, 8)
-    return _mm256_permute4x64_pd(_mm256_unpacklo_pd(load(p), load(p + 4)), _MM_SHUFFLE(3, 1, 2, 0));
+  static __m256i first_lanes(int n) { return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3)); }
+  static type load_first(const double* p, int n) { return _mm256_maskload_pd(p, first_lanes(n)); }  // zero past n
+  static void store_first(double* p, type v, int n) { _mm256_maskstore_pd(p, first_lanes(n), v); }
+  static type even_lanes(type lo, type hi) {  // lanes 0, 2, ..., 6 of lo followed by hi
+    return _mm256_permute4x64_pd(_mm256_unpacklo_pd(lo, hi), _MM_SHUFFLE(3, 1, 2, 0));
   }
 };
 
@@ -64,9 +70,11 @@ struct Vec<float> {
   static type broadcast(float x) { return _mm512_set1_ps(x); }
   static type fma(type a, type b, type c) { return _mm512_fmadd_ps(a, b, c); }
   static type add(type a, type b) { return _mm512_add_ps(a, b); }
-  static type load_even(const float* p) {  // p[0], p[2], ..., p[30]: reads p[0, 32)
+  static type load_first(const float* p, int n) { return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p); }  // zero past n
+  static void store_first(float* p, type v, int n) { _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), v); }
+  static type even_lanes(type lo, type hi) {  // lanes 0, 2, ..., 30 of lo followed by hi
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    return _mm512_permutex2var_ps(load(p), even, load(p + 16));
+    return _mm512_permutex2var_ps(lo, even, hi);
   }
 };
 template <>
@@ -80,9 +88,11 @@ struct Vec<double> {
   static type broadcast(double x) { return _mm512_set1_pd(x); }
   static type fma(type a, type b, type c) { return _mm512_fmadd_pd(a, b, c); }
   static type add(type a, type b) { return _mm512_add_pd(a, b); }
-  static type load_even(const double* p) {  // p[0], p[2], ..., p[14]: reads p[0, 16)
+  static type load_first(const double* p, int n) { return _mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1), p); }  // zero past n
+  static void store_first(double* p, type v, int n) { _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << n) - 1), v); }
+  static type even_lanes(type lo, type hi) {  // lanes 0, 2, ..., 14 of lo followed by hi
     const __m512i even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
-    return _mm512_permutex2var_pd(load(p), even, load(p + 8));
+    return _mm512_permutex2var_pd(lo, even, hi);
   }
 };
 

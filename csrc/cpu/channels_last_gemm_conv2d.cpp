@@ -1,0 +1,134 @@
+// Each task takes a band of output rows of one image: the input rows they read are copied
+// channels-innermost and zero-padded into a band that stays in L2 (bands.h), and the output
+// rows are summed in another, moved to the output's layout at the end. Per tap of the filter
+// and block of input channels, a tile of one output row's pixels (the micro-kernel's rows,
+// stride x channels apart in the band) times two panels of output channels is one product of
+// depth = channels, added to the output band; the filters are the packed operand, which stays
+// in L1 while the band's tiles pass over it.
+#include "channels_last_gemm_conv2d.h"
+
+#include "bands.h"
+#include "cpu_features.h"
+#include "micro_kernel.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace conv_ext {
+namespace {
+
+// Bytes of a band's input and output: about a core's L2, which holds them while every tap adds
+// to the output.
+constexpr int64_t kBandBytes = int64_t{1} << 20;
+
+// packed[tap][panel][c][j] = weight[panel * W + j][c][tap], zero past the output channels: the
+// micro-kernel's panels of W output channels, per tap, step c of its depth at c * W.
+template <typename scalar_t>
+at::Tensor pack_filters_by_tap(const at::Tensor& weight, const Conv2dGeometry& g, int64_t panels) {
+  constexpr int64_t W = kPanelWidth<scalar_t>;
+  const int64_t taps = g.kernel_h * g.kernel_w, channels = g.in_channels;
+  at::Tensor packed = at::empty({taps * panels * channels * W}, weight.options());
+  const scalar_t* w = weight.const_data_ptr<scalar_t>();
+  scalar_t* out = packed.mutable_data_ptr<scalar_t>();
+  at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t present = std::min(W, g.out_channels - p * W);
+      const scalar_t* src = w + p * W * channels * taps;  // the panel's filters, in L2 while their taps are read
+      for (int64_t tap = 0; tap < taps; ++tap) {
+        scalar_t* dst = out + (tap * panels + p) * channels * W;  // written in order
+        for (int64_t c = 0; c < channels; ++c, dst += W) {
+          for (int64_t j = 0; j < present; ++j) dst[j] = src[(j * channels + c) * taps + tap];
+          std::fill(dst + present, dst + W, scalar_t(0));
+        }
+      }
+    }
+  });
+  return packed;
+}
+
+// Output rows [0, rows) of a band: out[r][ow][k] (pixels panels * W apart) from the input band
+// (pixels `channels` apart, rows band_w pixels long, starting at output row 0's first tap).
+template <typename scalar_t>
+void forward_band(const MicroKernel<scalar_t>& kernel, const scalar_t* band, int64_t band_w, const scalar_t* packed,
+                  int64_t panels, const Conv2dGeometry& g, int64_t rows, scalar_t* out) {
+  constexpr int64_t W = kPanelWidth<scalar_t>;
+  const int64_t channels = g.in_channels, out_pixel = panels * W, band_row = band_w * channels;
+  // The fewest tiles per output row, as even as they come (14 pixels: 7 + 7, not 12 + 2).
+  const int64_t row_tiles = (g.out_w + kernel.rows - 1) / kernel.rows;
+  const int64_t tile_pixels = (g.out_w + row_tiles - 1) / row_tiles;
+  for (int64_t p0 = 0; p0 < panels; p0 += kernel.panels) {
+    const int tile_panels = static_cast<int>(std::min<int64_t>(kernel.panels, panels - p0));
+    for (int64_t tap = 0; tap < g.kernel_h * g.kernel_w; ++tap) {
+      const int64_t dy = tap / g.kernel_w * g.dilation_h, dx = tap % g.kernel_w * g.dilation_w;
+      for (int64_t c0 = 0; c0 < channels; c0 += kernel.depth) {
+        const int64_t depth = std::min(kernel.depth, channels - c0);
+        const Write write = tap == 0 && c0 == 0 ? Write::store : Write::add;
+        const scalar_t* panel = packed + ((tap * panels + p0) * channels + c0) * W;
+        for (int64_t r = 0; r < rows; ++r) {
+          const scalar_t* a = band + (r * g.stride_h + dy) * band_row + dx * channels + c0;
+          scalar_t* y = out + r * g.out_w * out_pixel + p0 * W;
+          for (int64_t ow = 0; ow < g.out_w; ow += tile_pixels) {
+            const int tile_rows = static_cast<int>(std::min(tile_pixels, g.out_w - ow));
+            kernel.run(tile_rows, tile_panels, depth, a + ow * g.stride_w * channels, g.stride_w * channels, panel,
+                       channels * W, nullptr, nullptr, write, y + ow * out_pixel, out_pixel);
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+bool channels_last_gemm_available() { return use_avx2(); }
+
+at::Tensor channels_last_gemm_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
+                                             const at::Tensor& bias, const Conv2dGeometry& g,
+                                             at::MemoryFormat result_format) {
+  TORCH_INTERNAL_ASSERT(g.groups == 1 && g.in_channels > 0);
+  at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options().memory_format(result_format));
+  if (output.numel() == 0) return output;
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_channels_last_gemm_forward", [&] {
+    constexpr int64_t W = kPanelWidth<scalar_t>;
+    const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
+    const auto transpose = transpose_for_this_cpu<scalar_t>();
+    const int64_t panels = (g.out_channels + W - 1) / W, out_pixel = panels * W;
+    const at::Tensor packed = pack_filters_by_tap<scalar_t>(weight, g, panels);
+    // Bands of output rows whose input and output stay in L2, at least one per thread.
+    const int64_t band_w = (g.out_w - 1) * g.stride_w + (g.kernel_w - 1) * g.dilation_w + 1;
+    const auto input_rows = [&](int64_t rows) { return (rows - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1; };
+    int64_t rows = g.out_h;
+    while (rows > 1 && input_rows(rows) * band_w * g.in_channels + rows * g.out_w * out_pixel > kBandBytes / int64_t{sizeof(scalar_t)}) --rows;
+    const int64_t per_image = std::max((g.out_h + rows - 1) / rows, (at::get_num_threads() + g.batch - 1) / g.batch);
+    rows = (g.out_h + per_image - 1) / per_image;
+    const int64_t bands_per_image = (g.out_h + rows - 1) / rows;
+    const Layout x_layout(input), y_layout(output);
+    const scalar_t* x = input.const_data_ptr<scalar_t>();
+    const scalar_t* w = packed.const_data_ptr<scalar_t>();
+    const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* y = output.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, g.batch * bands_per_image, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> in_band(input_rows(rows) * band_w * g.in_channels), out_band(rows * g.out_w * out_pixel);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t n = task / bands_per_image, oh0 = task % bands_per_image * rows;
+        const int64_t band_rows = std::min(rows, g.out_h - oh0);
+        fill_band(transpose, x, x_layout, n, oh0 * g.stride_h - g.pad_h, input_rows(band_rows), -g.pad_w, band_w,
+                  in_band.data());
+        forward_band(kernel, in_band.data(), band_w, w, panels, g, band_rows, out_band.data());
+        if (b != nullptr) {
+          for (int64_t p = 0; p < band_rows * g.out_w; ++p) {
+            for (int64_t k = 0; k < g.out_channels; ++k) out_band[p * out_pixel + k] += b[k];
+          }
+        }
+        store_band(transpose, out_band.data(), band_rows, g.out_w, y, y_layout, n, oh0, out_pixel);
+      }
+    });
+  });
+  return output;
+}
+
+}  // namespace conv_ext
