@@ -305,6 +305,22 @@ def test_direct_reduced_precision_rounds_as_torch_converts(path, dtype):
     torch.testing.assert_close(ours, expected, rtol=0, atol=0, equal_nan=True)
 
 
+def check_layer_on_path(conv, dtype, path):
+    """conv_ext's forward and gradients on `path`: float64 as F.conv2d's (1e-12 of the scale),
+    float32 within its bounds of the float64 result. Returns conv_ext's results."""
+    x, w, b = conv.tensors(dtype, "cpu", requires_grad=True)
+    with cpu_path(path):
+        ours, gy = forward_and_grads(conv_ext.conv2d, conv, x, w, b)
+    if dtype == torch.float64:
+        theirs, _ = forward_and_grads(F.conv2d, conv, x, w, b, gy)
+        for name, a, t in zip(NAMES, ours, theirs):
+            assert_scaled_close(a, t, 1e-12, name)
+    else:
+        for name, a, e, scale, tol in zip(NAMES, ours, *float64_results(conv, x, w, b, gy), TOLERANCES[dtype]):
+            assert_scaled_close(a, e, tol, name, scale)
+    return ours
+
+
 # The implicit GEMM reads panels of whole output-row runs in place from the input's stride
 # phases, and streams outputs larger than a core's L2 to memory: a 7x7/2 stem with 112-wide
 # output rows (runs of 16 float32), its output of 2.4 MB streamed; grouped, dilated and strided
@@ -319,16 +335,7 @@ IMPLICIT_GEMM_LAYERS = [
 @pytest.mark.parametrize("path", [p for p in FORCED_CPU_PATHS if p.startswith("gemm")])
 @pytest.mark.parametrize("conv,dtype", IMPLICIT_GEMM_LAYERS, ids=["stem-float32", "groups-float64", "strided-dilated-float64"])
 def test_implicit_gemm_whole_runs_and_streamed_output(conv, dtype, path):
-    x, w, b = conv.tensors(dtype, "cpu", requires_grad=True)
-    with cpu_path(path):
-        ours, gy = forward_and_grads(conv_ext.conv2d, conv, x, w, b)
-    if dtype == torch.float64:
-        theirs, _ = forward_and_grads(F.conv2d, conv, x, w, b, gy)
-        for name, a, t in zip(NAMES, ours, theirs):
-            assert_scaled_close(a, t, 1e-12, name)
-    else:
-        for name, a, e, scale, tol in zip(NAMES, ours, *float64_results(conv, x, w, b, gy), TOLERANCES[dtype]):
-            assert_scaled_close(a, e, tol, name, scale)
+    check_layer_on_path(conv, dtype, path)
 
 
 # Layers the GEMM path runs over channels-last bands (strided, kernels larger than 1x1, one
@@ -347,14 +354,5 @@ CHANNELS_LAST_GEMM_LAYERS = [
 @pytest.mark.parametrize("conv,dtype", CHANNELS_LAST_GEMM_LAYERS,
                          ids=["partial-panel-float32", "nhwc-float32", "dilated-float64", "nhwc-float64"])
 def test_channels_last_gemm_layers(conv, dtype, path):
-    x, w, b = conv.tensors(dtype, "cpu", requires_grad=True)
-    with cpu_path(path):
-        ours, gy = forward_and_grads(conv_ext.conv2d, conv, x, w, b)
-    assert ours[0].is_contiguous(memory_format=torch.channels_last) == (conv.layout == "channels_last")
-    if dtype == torch.float64:
-        theirs, _ = forward_and_grads(F.conv2d, conv, x, w, b, gy)
-        for name, a, t in zip(NAMES, ours, theirs):
-            assert_scaled_close(a, t, 1e-12, name)
-    else:
-        for name, a, e, scale, tol in zip(NAMES, ours, *float64_results(conv, x, w, b, gy), TOLERANCES[dtype]):
-            assert_scaled_close(a, e, tol, name, scale)
+    output = check_layer_on_path(conv, dtype, path)[0]
+    assert output.is_contiguous(memory_format=torch.channels_last) == (conv.layout == "channels_last")
