@@ -25,6 +25,9 @@ struct Vec<float> {
   static type add(type a, type b) { return _mm256_add_ps(a, b); }
   static __m256i first_lanes(int n) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
   static type load_first(const float* p, int n) { return _mm256_maskload_ps(p, first_lanes(n)); }  // zero past n
+  using mask = __m256i;
+  static mask lanes(int lo, int hi) { return _mm256_andnot_si256(first_lanes(lo), first_lanes(hi)); }  // [lo, hi)
+  static type load(const float* p, mask m) { return _mm256_maskload_ps(p, m); }  // zero (and read nothing) outside m
   static void store_first(float* p, type v, int n) { _mm256_maskstore_ps(p, first_lanes(n), v); }
   static type even_lanes(type lo, type hi) {  // lanes 0, 2, ..., 14 of lo followed by hi
     const __m256 s = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
@@ -44,6 +47,9 @@ struct Vec<double> {
   static type add(type a, type b) { return _mm256_add_pd(a, b); }
   static __m256i first_lanes(int n) { return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3)); }
   static type load_first(const double* p, int n) { return _mm256_maskload_pd(p, first_lanes(n)); }  // zero past n
+  using mask = __m256i;
+  static mask lanes(int lo, int hi) { return _mm256_andnot_si256(first_lanes(lo), first_lanes(hi)); }  // [lo, hi)
+  static type load(const double* p, mask m) { return _mm256_maskload_pd(p, m); }  // zero (and read nothing) outside m
   static void store_first(double* p, type v, int n) { _mm256_maskstore_pd(p, first_lanes(n), v); }
   static type even_lanes(type lo, type hi) {  // lanes 0, 2, ..., 6 of lo followed by hi
     return _mm256_permute4x64_pd(_mm256_unpacklo_pd(lo, hi), _MM_SHUFFLE(3, 1, 2, 0));
@@ -71,6 +77,9 @@ struct Vec<float> {
   static type fma(type a, type b, type c) { return _mm512_fmadd_ps(a, b, c); }
   static type add(type a, type b) { return _mm512_add_ps(a, b); }
   static type load_first(const float* p, int n) { return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p); }  // zero past n
+  using mask = __mmask16;
+  static mask lanes(int lo, int hi) { return static_cast<mask>((1u << hi) - (1u << lo)); }  // [lo, hi)
+  static type load(const float* p, mask m) { return _mm512_maskz_loadu_ps(m, p); }  // zero (and read nothing) outside m
   static void store_first(float* p, type v, int n) { _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), v); }
   static type even_lanes(type lo, type hi) {  // lanes 0, 2, ..., 30 of lo followed by hi
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -89,6 +98,9 @@ struct Vec<double> {
   static type fma(type a, type b, type c) { return _mm512_fmadd_pd(a, b, c); }
   static type add(type a, type b) { return _mm512_add_pd(a, b); }
   static type load_first(const double* p, int n) { return _mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1), p); }  // zero past n
+  using mask = __mmask8;
+  static mask lanes(int lo, int hi) { return static_cast<mask>((1u << hi) - (1u << lo)); }  // [lo, hi)
+  static type load(const double* p, mask m) { return _mm512_maskz_loadu_pd(m, p); }  // zero (and read nothing) outside m
   static void store_first(double* p, type v, int n) { _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << n) - 1), v); }
   static type even_lanes(type lo, type hi) {  // lanes 0, 2, ..., 14 of lo followed by hi
     const __m512i even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
