@@ -358,22 +358,26 @@ def test_channels_last_gemm_layers(conv, dtype, path):
     assert output.is_contiguous(memory_format=torch.channels_last) == (conv.layout == "channels_last")
 
 
-# The direct forward of stride-1 planes with one output channel per group sums float32 and
-# float64 rows straight from the input under masks: 3x3 kernels four rows at a time (output
-# rows 1, 4n and 4n + 3 tall, padding wider than the kernel's reach), dilated and 5x5 kernels
-# row by row, two input channels per group, output rows of one vector, several and a partial
-# one; a 1x17 kernel, wider than it takes, on the padded copy.
+# The direct kernels of stride-1 planes sum float32 and float64 rows straight from the input
+# under masks: the forward with one output channel per group (3x3 kernels four rows at a time,
+# others row by row) and the 3x3 weight gradient (four rows at a time, output channels in pairs):
+# output rows 1, 4n and 4n + 3 tall, padding wider than the kernel's reach, dilated rows or
+# columns, 5x5 kernels, two input channels per group, three output channels per group (a pair
+# and one), output rows of one vector, several and a partial one; a 1x17 kernel, wider than the
+# forward's row kernels take, on the padded copy.
 DIRECT_ROWS_LAYERS = [
     Conv(2, 5, 5, (1, 33), (3, 3), (1, 1), (1, 3), (1, 1), 5, True),
     Conv(1, 3, 3, (8, 16), (3, 3), (1, 1), (2, 2), (1, 1), 3, False),
     Conv(2, 4, 4, (11, 35), (3, 3), (1, 1), (1, 1), (1, 2), 4, True),
     Conv(1, 6, 3, (9, 20), (5, 5), (1, 1), (2, 4), (2, 1), 3, True, "channels_last"),
+    Conv(2, 6, 9, (10, 37), (3, 3), (1, 1), (1, 1), (1, 3), 3, True),
     Conv(1, 2, 2, (5, 40), (1, 17), (1, 1), (0, 8), (1, 1), 2, True),
 ]
 
 
 @pytest.mark.parametrize("path", DIRECT_PATHS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("conv", DIRECT_ROWS_LAYERS, ids=["row-of-1", "wide-padding", "dilated-columns", "5x5-two-channels", "1x17"])
+@pytest.mark.parametrize("conv", DIRECT_ROWS_LAYERS,
+                         ids=["row-of-1", "wide-padding", "dilated-columns", "5x5-two-channels", "pairs", "1x17"])
 def test_direct_rows_layers(conv, dtype, path):
     check_layer_on_path(conv, dtype, path)

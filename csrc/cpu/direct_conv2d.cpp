@@ -78,25 +78,27 @@ struct PlaneKernels {
   decltype(&generic::grad_input_plane<scalar_t>) grad_input;
   decltype(&generic::grad_weight_planes<scalar_t>) grad_weight;
   decltype(&generic::grad_weight_planes_unit_stride<scalar_t, io_t>) grad_weight_unit_stride;
+  decltype(&avx2::grad_weight_rows_3x3<scalar_t>) grad_weight_rows_3x3;  // null where the build has no vectors
 };
 
 // The plane loops of one build.
-#define CONV_EXT_PLANE_KERNELS(isa, forward_rows)                                                     \
+#define CONV_EXT_PLANE_KERNELS(isa, forward_rows, grad_weight_rows_3x3)                               \
   PlaneKernels<scalar_t, io_t> {                                                                      \
     &isa::forward_plane<scalar_t>, &isa::forward_plane_unit_stride<scalar_t, io_t>, forward_rows,     \
         &isa::forward_group_unit_stride_for<scalar_t>, &isa::grad_input_plane<scalar_t>,              \
-        &isa::grad_weight_planes<scalar_t>, &isa::grad_weight_planes_unit_stride<scalar_t, io_t>      \
+        &isa::grad_weight_planes<scalar_t>, &isa::grad_weight_planes_unit_stride<scalar_t, io_t>,     \
+        grad_weight_rows_3x3                                                                          \
   }
 
 template <typename scalar_t, typename io_t = scalar_t>
 PlaneKernels<scalar_t, io_t> plane_kernels() {
   switch (cpu_isa()) {
     case Isa::avx512:
-      return CONV_EXT_PLANE_KERNELS(avx512, &avx512::forward_plane_rows<scalar_t>);
+      return CONV_EXT_PLANE_KERNELS(avx512, &avx512::forward_plane_rows<scalar_t>, &avx512::grad_weight_rows_3x3<scalar_t>);
     case Isa::avx2:
-      return CONV_EXT_PLANE_KERNELS(avx2, &avx2::forward_plane_rows<scalar_t>);
+      return CONV_EXT_PLANE_KERNELS(avx2, &avx2::forward_plane_rows<scalar_t>, &avx2::grad_weight_rows_3x3<scalar_t>);
     default:
-      return CONV_EXT_PLANE_KERNELS(generic, nullptr);
+      return CONV_EXT_PLANE_KERNELS(generic, nullptr, nullptr);
   }
 }
 #undef CONV_EXT_PLANE_KERNELS
@@ -262,8 +264,15 @@ Tensor direct_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
       const auto io_kernels = plane_kernels<scalar_t, io_t>();
       const io_t* x = input.const_data_ptr<io_t>();
       const io_t* gy = grad_output.const_data_ptr<io_t>();
+      // float32 and float64 3x3 kernels with undilated rows run on the input and gradient planes
+      // in place where the build has vectors, the others on padded copies (float16 and bfloat16
+      // widened in them).
+      bool rows = false;
+      if constexpr (std::is_same_v<io_t, scalar_t>) {
+        rows = io_kernels.grad_weight_rows_3x3 != nullptr && g.kernel_h == 3 && g.kernel_w == 3 && g.dilation_h == 1;
+      }
       at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
-        std::vector<scalar_t> work(generic::unit_stride_work_size(g, 2), scalar_t(0));  // per task: the zero borders
+        std::vector<scalar_t> work(rows ? 0 : generic::unit_stride_work_size(g, 2), scalar_t(0));  // per task: the zero borders
         struct Unit {
           int64_t k, channel;  // the pair's first output channel; the input channel
           scalar_t* filters[2];  // gw's filters (k, c) and (k + 1, c), the second null past the group
@@ -281,12 +290,19 @@ Tensor direct_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
         for (int64_t n = 0; n < g.batch; ++n) {
           for (int64_t unit = begin; unit < end; ++unit) {
             const Unit u = unit_at(unit);
-            const bool same_pair = unit > begin && (unit - 1) / cg == unit / cg;
             const io_t* gy_k = gy + (n * g.out_channels + u.k) * g.out_h * g.out_w;
+            const io_t* x_c = x + (n * g.in_channels + u.channel) * g.in_h * g.in_w;
+            if constexpr (std::is_same_v<io_t, scalar_t>) {
+              if (rows) {
+                const scalar_t* const planes[2] = {gy_k, u.filters[1] == nullptr ? nullptr : gy_k + g.out_h * g.out_w};
+                io_kernels.grad_weight_rows_3x3(x_c, planes, u.filters, g);
+                continue;
+              }
+            }
+            const bool same_pair = unit > begin && (unit - 1) / cg == unit / cg;
             const io_t* const planes[2] = {same_pair ? nullptr : gy_k,
                                            same_pair || u.filters[1] == nullptr ? nullptr : gy_k + g.out_h * g.out_w};
-            io_kernels.grad_weight_unit_stride(x + (n * g.in_channels + u.channel) * g.in_h * g.in_w, planes, u.filters, g,
-                                               work.data());
+            io_kernels.grad_weight_unit_stride(x_c, planes, u.filters, g, work.data());
           }
         }
       });

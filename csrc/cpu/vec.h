@@ -23,6 +23,11 @@ struct Vec<float> {
   static type broadcast(float x) { return _mm256_set1_ps(x); }
   static type fma(type a, type b, type c) { return _mm256_fmadd_ps(a, b, c); }
   static type add(type a, type b) { return _mm256_add_ps(a, b); }
+  static float sum(type v) {  // of the lanes
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_hadd_ps(s, s);
+    return _mm_cvtss_f32(_mm_hadd_ps(s, s));
+  }
   static __m256i first_lanes(int n) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
   static type load_first(const float* p, int n) { return _mm256_maskload_ps(p, first_lanes(n)); }  // zero past n
   using mask = __m256i;
@@ -45,6 +50,10 @@ struct Vec<double> {
   static type broadcast(double x) { return _mm256_set1_pd(x); }
   static type fma(type a, type b, type c) { return _mm256_fmadd_pd(a, b, c); }
   static type add(type a, type b) { return _mm256_add_pd(a, b); }
+  static double sum(type v) {  // of the lanes
+    const __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_hadd_pd(s, s));
+  }
   static __m256i first_lanes(int n) { return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3)); }
   static type load_first(const double* p, int n) { return _mm256_maskload_pd(p, first_lanes(n)); }  // zero past n
   using mask = __m256i;
@@ -76,6 +85,7 @@ struct Vec<float> {
   static type broadcast(float x) { return _mm512_set1_ps(x); }
   static type fma(type a, type b, type c) { return _mm512_fmadd_ps(a, b, c); }
   static type add(type a, type b) { return _mm512_add_ps(a, b); }
+  static float sum(type v) { return _mm512_reduce_add_ps(v); }  // of the lanes
   static type load_first(const float* p, int n) { return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p); }  // zero past n
   using mask = __mmask16;
   static mask lanes(int lo, int hi) { return static_cast<mask>((1u << hi) - (1u << lo)); }  // [lo, hi)
@@ -97,6 +107,7 @@ struct Vec<double> {
   static type broadcast(double x) { return _mm512_set1_pd(x); }
   static type fma(type a, type b, type c) { return _mm512_fmadd_pd(a, b, c); }
   static type add(type a, type b) { return _mm512_add_pd(a, b); }
+  static double sum(type v) { return _mm512_reduce_add_pd(v); }  // of the lanes
   static type load_first(const double* p, int n) { return _mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1), p); }  // zero past n
   using mask = __mmask8;
   static mask lanes(int lo, int hi) { return static_cast<mask>((1u << hi) - (1u << lo)); }  // [lo, hi)
