@@ -16,6 +16,8 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <mutex>
+#include <utility>
 #include <vector>
 
 namespace conv_ext {
@@ -24,6 +26,27 @@ namespace {
 // Bytes of a band's input and output: about a core's L2, which holds them while every tap adds
 // to the output.
 constexpr int64_t kBandBytes = int64_t{1} << 20;
+
+// Bands of `rows` output rows, `per_image` of them per image: the most rows, up to max_rows,
+// whose band takes at most kBandBytes (bytes_per_row output rows' input and output, on top of
+// the kernel's rows of input), then as even as they come with at least one band per thread.
+struct Bands {
+  int64_t width, rows, per_image;  // input pixels of a band's row; output rows per band; bands per image
+
+  Bands(const Conv2dGeometry& g, int64_t max_rows, int64_t bytes_per_row, int64_t fixed_bytes)
+      : width(input_width(g)) {
+    rows = std::clamp<int64_t>(max_rows, 1, g.out_h);
+    while (rows > 1 && rows * bytes_per_row + fixed_bytes > kBandBytes) --rows;
+    const int64_t wanted = std::max((g.out_h + rows - 1) / rows, (at::get_num_threads() + g.batch - 1) / g.batch);
+    rows = (g.out_h + wanted - 1) / wanted;
+    per_image = (g.out_h + rows - 1) / rows;
+  }
+  // Input columns that a row of output reads, and input rows that output_rows rows read.
+  static int64_t input_width(const Conv2dGeometry& g) { return (g.out_w - 1) * g.stride_w + (g.kernel_w - 1) * g.dilation_w + 1; }
+  static int64_t input_rows(const Conv2dGeometry& g, int64_t output_rows) {
+    return (output_rows - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1;
+  }
+};
 
 // packed[tap][panel][c][j] = weight[panel * W + j][c][tap], zero past the output channels: the
 // micro-kernel's panels of W output channels, per tap, step c of its depth at c * W.
@@ -98,14 +121,12 @@ at::Tensor channels_last_gemm_conv2d_forward(const at::Tensor& input, const at::
     const auto transpose = transpose_for_this_cpu<scalar_t>();
     const int64_t panels = (g.out_channels + W - 1) / W, out_pixel = panels * W;
     const at::Tensor packed = pack_filters_by_tap<scalar_t>(weight, g, panels);
-    // Bands of output rows whose input and output stay in L2, at least one per thread.
-    const int64_t band_w = (g.out_w - 1) * g.stride_w + (g.kernel_w - 1) * g.dilation_w + 1;
-    const auto input_rows = [&](int64_t rows) { return (rows - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1; };
-    int64_t rows = g.out_h;
-    while (rows > 1 && input_rows(rows) * band_w * g.in_channels + rows * g.out_w * out_pixel > kBandBytes / int64_t{sizeof(scalar_t)}) --rows;
-    const int64_t per_image = std::max((g.out_h + rows - 1) / rows, (at::get_num_threads() + g.batch - 1) / g.batch);
-    rows = (g.out_h + per_image - 1) / per_image;
-    const int64_t bands_per_image = (g.out_h + rows - 1) / rows;
+    // Bands whose input and output stay in L2.
+    const int64_t input_row = Bands::input_width(g) * g.in_channels;  // elements of a band's input row
+    const Bands bands(g, g.out_h, (g.stride_h * input_row + g.out_w * out_pixel) * int64_t{sizeof(scalar_t)},
+                      Bands::input_rows(g, 1) * input_row * int64_t{sizeof(scalar_t)});
+    const int64_t band_w = bands.width, rows = bands.rows, bands_per_image = bands.per_image;
+    const auto input_rows = [&](int64_t r) { return Bands::input_rows(g, r); };
     const Layout x_layout(input), y_layout(output);
     const scalar_t* x = input.const_data_ptr<scalar_t>();
     const scalar_t* w = packed.const_data_ptr<scalar_t>();
@@ -129,6 +150,82 @@ at::Tensor channels_last_gemm_conv2d_forward(const at::Tensor& input, const at::
     });
   });
   return output;
+}
+
+// The weight gradient over the same bands: per tap, gw_t (K x C) += gy (K x pixels) times the
+// tap's input (pixels x C), on the micro-kernel with its rows as output channels (grad_output
+// packed per band into the kernel's tiles of rows) and its panels as input channels, read in
+// place from the input band through a table of the pixels' offsets. Each thread sums its bands
+// into its own (taps, K, C) buffer; the buffers are added at the end, in the order of their
+// bands (the same sum on every run).
+at::Tensor channels_last_gemm_conv2d_grad_weight(const at::Tensor& input, const at::Tensor& grad_output,
+                                                 const Conv2dGeometry& g) {
+  TORCH_INTERNAL_ASSERT(g.groups == 1 && g.in_channels > 0);
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  std::mutex sums_mutex;
+  std::vector<std::pair<int64_t, at::Tensor>> sums;  // per thread: its first band, its (taps, K, C) sums
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_channels_last_gemm_grad_weight", [&] {
+    constexpr int64_t W = kPanelWidth<scalar_t>;
+    const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
+    const auto transpose = transpose_for_this_cpu<scalar_t>();
+    const int64_t C = g.in_channels, K = g.out_channels, c_padded = (C + W - 1) / W * W;
+    const int64_t tile_rows = kernel.rows, tiles = (K + tile_rows - 1) / tile_rows;
+    // Bands of at most kernel.depth pixels (the products' depth) whose input and packed
+    // grad_output stay in L2.
+    const int64_t input_row = Bands::input_width(g) * C;
+    const Bands bands(g, kernel.depth / g.out_w, (g.stride_h * input_row + g.out_w * tiles * tile_rows) * int64_t{sizeof(scalar_t)},
+                      Bands::input_rows(g, 1) * input_row * int64_t{sizeof(scalar_t)});
+    const int64_t band_w = bands.width, rows = bands.rows, bands_per_image = bands.per_image;
+    const auto input_rows = [&](int64_t r) { return Bands::input_rows(g, r); };
+    const Layout x_layout(input), gy_layout(grad_output);
+    const scalar_t* x = input.const_data_ptr<scalar_t>();
+    const scalar_t* gy = grad_output.const_data_ptr<scalar_t>();
+    at::parallel_for(0, g.batch * bands_per_image, 1, [&](int64_t begin, int64_t end) {
+      const at::AutoDispatchBelowADInplaceOrView below_autograd;  // worker threads do not inherit it
+      at::Tensor sum_tensor = at::zeros({taps, K, c_padded}, input.options());
+      scalar_t* sum = sum_tensor.mutable_data_ptr<scalar_t>();
+      // The last panel may read past the band's last pixel: W elements of slack.
+      std::vector<scalar_t> in_band(input_rows(rows) * band_w * C + W);
+      std::vector<scalar_t> gy_band(tiles * rows * g.out_w * tile_rows);  // [tile][pixel][row]
+      std::vector<int64_t> offsets(rows * g.out_w);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t n = task / bands_per_image, oh0 = task % bands_per_image * rows;
+        const int64_t band_rows = std::min(rows, g.out_h - oh0), pixels = band_rows * g.out_w;
+        fill_band(transpose, x, x_layout, n, oh0 * g.stride_h - g.pad_h, input_rows(band_rows), -g.pad_w, band_w,
+                  in_band.data());
+        for (int64_t p = 0; p < pixels; ++p) offsets[p] = ((p / g.out_w * g.stride_h) * band_w + p % g.out_w * g.stride_w) * C;
+        for (int64_t t = 0; t < tiles; ++t) {  // gy_band[t][p][i] = gy[n, t * tile_rows + i, pixel p of the band]
+          const int64_t k0 = t * tile_rows, count = std::min(tile_rows, K - k0);
+          scalar_t* dst = gy_band.data() + t * pixels * tile_rows;
+          const scalar_t* src = gy + n * gy_layout.n + k0 * gy_layout.c + oh0 * gy_layout.h;
+          if (gy_layout.c == 1) {  // NHWC: each pixel's channels are a run
+            for (int64_t p = 0; p < pixels; ++p) std::copy(src + p * gy_layout.w, src + p * gy_layout.w + count, dst + p * tile_rows);
+          } else {  // NCHW: the band's pixels are a run of each channel's plane
+            transpose(src, gy_layout.c, count, pixels, dst, tile_rows);
+          }
+        }
+        for (int64_t tap = 0; tap < taps; ++tap) {
+          const int64_t tap_offset = (tap / g.kernel_w * g.dilation_h * band_w + tap % g.kernel_w * g.dilation_w) * C;
+          for (int64_t c0 = 0; c0 < C; c0 += kernel.panels * W) {
+            const int panels = static_cast<int>(std::min<int64_t>(kernel.panels, (c_padded - c0) / W));
+            for (int64_t t = 0; t < tiles; ++t) {
+              const int64_t k0 = t * tile_rows;
+              kernel.run(static_cast<int>(std::min(tile_rows, K - k0)), panels, pixels, gy_band.data() + t * pixels * tile_rows,
+                         0, in_band.data() + tap_offset + c0, W, offsets.data(), nullptr, Write::add,
+                         sum + (tap * K + k0) * c_padded + c0, c_padded);
+            }
+          }
+        }
+      }
+      const std::lock_guard<std::mutex> lock(sums_mutex);
+      sums.emplace_back(begin, sum_tensor);
+    });
+  });
+  std::sort(sums.begin(), sums.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  at::Tensor total = sums.front().second;
+  for (size_t i = 1; i < sums.size(); ++i) total.add_(sums[i].second);
+  // (taps, K, C) -> (K, C, kh, kw)
+  return total.narrow(2, 0, g.in_channels).permute({1, 2, 0}).reshape({g.out_channels, g.in_channels, g.kernel_h, g.kernel_w});
 }
 
 }  // namespace conv_ext
