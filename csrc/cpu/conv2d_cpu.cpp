@@ -252,9 +252,9 @@ bool implicit_gemm_pays_off(const Conv2dGeometry& g) {
   return !is_pointwise(g) || (!batch_in_one_gemm(g) && (g.out_channels > g.in_channels || g.batch == 1));
 }
 
-// Strided layers (but pointwise ones) of many pixels: the channels-last GEMM reads its input in
-// place whatever the stride, where the implicit GEMM packs panels of short output rows and MKL
-// multiplies copied im2col tiles (measured at batch 8, 3x3/2: with AVX-512 64->128 @56 1.1x,
+// Strided layers of many pixels and kernels larger than 1x1: the channels-last GEMM reads its
+// input in place whatever the stride, where the implicit GEMM packs panels of short output rows
+// and MKL multiplies copied im2col tiles (measured at batch 8, 3x3/2: with AVX-512 64->128 @56 1.1x,
 // 128->256 @28 1.2x, 128 @56, 256 @28 and 16 or 32 channels @112 1.05-1.2x faster than MKL;
 // with AVX2 1.05-1.25x faster than the implicit GEMM). It packs the filters per call, which few
 // pixels do not repay (392 pixels of 512 @14: MKL 1.25x faster), nor do 1x1 kernels, whose
