@@ -25,13 +25,13 @@
 
 namespace conv_ext {
 
+// The widest kernel forward_plane_rows (direct_conv2d_rows.inc) takes.
+constexpr int64_t kMaxRowsKernelWidth = 16;
+
 // Per build, the output columns of the narrowest block of accumulators, and of the blocks of 3
 // to 8 output channels: 8 channels x 8 columns of AVX2's 16 registers; with AVX-512, 8 x 2
 // vectors of its 32 (grouped 3x3 with 8 channels per group: 1.8x faster than the AVX2 build,
 // measured).
-// The widest kernel forward_plane_rows (direct_conv2d_rows.inc) takes.
-constexpr int64_t kMaxRowsKernelWidth = 16;
-
 namespace generic {
 template <typename scalar_t>
 constexpr int kBlockColumns = 8;
