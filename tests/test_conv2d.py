@@ -358,6 +358,27 @@ def test_channels_last_gemm_layers(conv, dtype, path):
     assert output.is_contiguous(memory_format=torch.channels_last) == (conv.layout == "channels_last")
 
 
+# Winograd and the channels-last GEMM move their output from channels-innermost bands into
+# NCHW by register transposes, streaming outputs larger than a core's L2 from the first cache
+# line boundary of each run on: a band as wide as the image as one run (float32 and float64),
+# 58-wide rows each a run that starts mid-line, 72 output channels (a partial square).
+STREAMED_BAND_LAYERS = [
+    (Conv(4, 32, 40, (64, 58), (3, 3), (1, 1), (1, 1), (1, 1), 1, True), torch.float32, "winograd"),
+    (Conv(4, 32, 40, (48, 48), (3, 3), (1, 1), (1, 1), (1, 1), 1, False), torch.float64, "winograd"),
+    (Conv(2, 16, 72, (128, 128), (3, 3), (2, 2), (1, 1), (1, 1), 1, True), torch.float32, "gemm"),
+]
+
+
+@pytest.mark.parametrize("conv,dtype,algorithm", STREAMED_BAND_LAYERS,
+                         ids=["winograd-rows-float32", "winograd-band-float64", "gemm-band-float32"])
+@pytest.mark.parametrize("isa", ["", "-avx2-isa", "-avx512-isa"])
+def test_streamed_band_outputs(conv, dtype, algorithm, isa):
+    if f"{algorithm}{isa}" not in FORCED_CPU_PATHS:
+        pytest.skip("the CPU lacks this instruction set")
+    output = check_layer_on_path(conv, dtype, f"{algorithm}{isa}")[0]
+    assert output.numel() * output.element_size() > 2 << 20  # beyond kStreamBytes: streamed
+
+
 # The direct kernels of stride-1 planes sum float32 and float64 rows straight from the input
 # under masks: the forward with one output channel per group (3x3 kernels four rows at a time,
 # others row by row) and the 3x3 weight gradient (four rows at a time, output channels in pairs):

@@ -11,6 +11,7 @@
 // GradWeightLayout.
 #include "amx_conv2d.h"
 
+#include "bands.h"
 #include "cpu_features.h"
 
 #include <ATen/ATen.h>
@@ -334,28 +335,7 @@ struct GradWeightLayout {
   int64_t input_image() const { return channel_blocks * pair_rows * 2 * kTilePixels; }  // alike, per parity
 };
 
-// Rows r[i] (16 dwords each) become columns: a 16 x 16 transpose of 32-bit values.
-void transpose_16x16(__m512i r[16]) {
-  __m512i a[16], b[16];
-  for (int i = 0; i < 16; i += 2) {
-    a[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-    a[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {  // b[i + m]: rows i..i+3 of column m of each 128-bit lane
-    b[i] = _mm512_unpacklo_epi64(a[i], a[i + 2]);
-    b[i + 1] = _mm512_unpackhi_epi64(a[i], a[i + 2]);
-    b[i + 2] = _mm512_unpacklo_epi64(a[i + 1], a[i + 3]);
-    b[i + 3] = _mm512_unpackhi_epi64(a[i + 1], a[i + 3]);
-  }
-  for (int m = 0; m < 4; ++m) {  // a 4 x 4 transpose of lanes
-    const __m512i c0 = _mm512_shuffle_i32x4(b[m], b[4 + m], 0x88), c1 = _mm512_shuffle_i32x4(b[m], b[4 + m], 0xDD);
-    const __m512i c2 = _mm512_shuffle_i32x4(b[8 + m], b[12 + m], 0x88), c3 = _mm512_shuffle_i32x4(b[8 + m], b[12 + m], 0xDD);
-    r[m] = _mm512_shuffle_i32x4(c0, c2, 0x88);
-    r[4 + m] = _mm512_shuffle_i32x4(c1, c3, 0x88);
-    r[8 + m] = _mm512_shuffle_i32x4(c0, c2, 0xDD);
-    r[12 + m] = _mm512_shuffle_i32x4(c1, c3, 0xDD);
-  }
-}
+using ::conv_ext::avx512::transpose_16x16;
 
 // Filter row `row` of image n's group onto the grid, zero past the group's filters and in the
 // padding columns.

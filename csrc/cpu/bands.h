@@ -15,21 +15,41 @@
 namespace conv_ext {
 
 // dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < cols: between NCHW rows and
-// the bands' channels-innermost order.
+// the bands' channels-innermost order. With stream, where the build can, dst's whole cache lines
+// are written with non-temporal stores (for outputs far larger than the caches; callers fence
+// with _mm_sfence before other threads read dst).
 template <typename scalar_t>
 using Transpose = void (*)(const scalar_t* src, int64_t src_stride, int64_t rows, int64_t cols, scalar_t* dst,
-                           int64_t dst_stride);
+                           int64_t dst_stride, bool stream);
 
 namespace generic {
 
 template <typename T>
-void transpose(const T* src, int64_t src_stride, int64_t rows, int64_t cols, T* dst, int64_t dst_stride) {
+void transpose(const T* src, int64_t src_stride, int64_t rows, int64_t cols, T* dst, int64_t dst_stride,
+               bool /*stream*/ = false) {
   for (int64_t i = 0; i < rows; ++i) {
     for (int64_t j = 0; j < cols; ++j) dst[j * dst_stride + i] = src[i * src_stride + j];
   }
 }
 
 }  // namespace generic
+
+// fn(i, j) for the squares of side B at rows [first, rows) and columns [0, cols) of src, along
+// the rows of the side whose rows lie farther apart (a tensor's planes in memory, the other side
+// a band in cache): each is then read or written as one stream, which the prefetchers follow,
+// where a square's column of 64 planes was 64 streams at once.
+template <typename Fn>
+void for_each_square(int64_t first, int64_t rows, int64_t cols, int64_t B, int64_t src_stride, int64_t dst_stride, Fn&& fn) {
+  if (dst_stride > src_stride) {
+    for (int64_t j = 0; j < cols; j += B) {
+      for (int64_t i = first; i < rows; i += B) fn(i, j);
+    }
+  } else {
+    for (int64_t i = first; i < rows; i += B) {
+      for (int64_t j = 0; j < cols; j += B) fn(i, j);
+    }
+  }
+}
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -69,14 +89,13 @@ inline void transpose_square(const double* src, int64_t src_stride, double* dst,
 }
 
 template <typename T>
-void transpose(const T* src, int64_t src_stride, int64_t rows, int64_t cols, T* dst, int64_t dst_stride) {
+void transpose(const T* src, int64_t src_stride, int64_t rows, int64_t cols, T* dst, int64_t dst_stride,
+               bool /*stream*/ = false) {
   constexpr int64_t B = 32 / sizeof(T);
   const int64_t whole_rows = rows / B * B, whole_cols = cols / B * B;
-  for (int64_t i = 0; i < whole_rows; i += B) {
-    for (int64_t j = 0; j < whole_cols; j += B) {
-      transpose_square(src + i * src_stride + j, src_stride, dst + j * dst_stride + i, dst_stride);
-    }
-  }
+  for_each_square(0, whole_rows, whole_cols, B, src_stride, dst_stride, [&](int64_t i, int64_t j) {
+    transpose_square(src + i * src_stride + j, src_stride, dst + j * dst_stride + i, dst_stride);
+  });
   generic::transpose(src + whole_cols, src_stride, whole_rows, cols - whole_cols, dst + whole_cols * dst_stride, dst_stride);
   generic::transpose(src + whole_rows * src_stride, src_stride, rows - whole_rows, cols, dst + whole_rows, dst_stride);
 }
@@ -84,10 +103,93 @@ void transpose(const T* src, int64_t src_stride, int64_t rows, int64_t cols, T* 
 }  // namespace avx2
 #pragma GCC pop_options
 
-// The transpose of this CPU's instruction set (AVX-512 gains nothing on a copy's shuffles).
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx2,fma")
+namespace avx512 {
+
+// x_i becomes lane i of x_0..x_3: a 4 x 4 transpose of 128-bit lanes.
+inline void transpose_lanes(__m512i& x0, __m512i& x1, __m512i& x2, __m512i& x3) {
+  const __m512i c0 = _mm512_shuffle_i32x4(x0, x1, 0x88), c1 = _mm512_shuffle_i32x4(x0, x1, 0xDD);
+  const __m512i c2 = _mm512_shuffle_i32x4(x2, x3, 0x88), c3 = _mm512_shuffle_i32x4(x2, x3, 0xDD);
+  x0 = _mm512_shuffle_i32x4(c0, c2, 0x88);
+  x1 = _mm512_shuffle_i32x4(c1, c3, 0x88);
+  x2 = _mm512_shuffle_i32x4(c0, c2, 0xDD);
+  x3 = _mm512_shuffle_i32x4(c1, c3, 0xDD);
+}
+
+// Rows r[i] (16 dwords each) become columns: a 16 x 16 transpose of 32-bit values.
+inline void transpose_16x16(__m512i r[16]) {
+  __m512i a[16];
+  for (int i = 0; i < 16; i += 2) {
+    a[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    a[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {  // r[i + m]: rows i..i+3 of column m of each 128-bit lane
+    r[i] = _mm512_unpacklo_epi64(a[i], a[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(a[i], a[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(a[i + 1], a[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(a[i + 1], a[i + 3]);
+  }
+  for (int m = 0; m < 4; ++m) transpose_lanes(r[m], r[4 + m], r[8 + m], r[12 + m]);
+}
+
+// Rows r[i] (8 qwords each) become columns: an 8 x 8 transpose of 64-bit values.
+inline void transpose_8x8(__m512i r[8]) {
+  for (int i = 0; i < 8; i += 2) {  // r[i + e], 128-bit lane L: column 2L + e of rows i, i + 1
+    const __m512i lo = _mm512_unpacklo_epi64(r[i], r[i + 1]), hi = _mm512_unpackhi_epi64(r[i], r[i + 1]);
+    r[i] = lo;
+    r[i + 1] = hi;
+  }
+  for (int e = 0; e < 2; ++e) transpose_lanes(r[e], r[2 + e], r[4 + e], r[6 + e]);
+}
+
+// One cache line square (16 float32 or 8 float64) through the registers; each of its rows is a
+// line of dst, stored non-temporally when stream (dst then 64-byte aligned).
+template <typename T>
+void transpose_square(const T* src, int64_t src_stride, T* dst, int64_t dst_stride, bool stream) {
+  constexpr int B = 64 / sizeof(T);
+  __m512i r[B];
+  for (int i = 0; i < B; ++i) r[i] = _mm512_loadu_si512(src + i * src_stride);
+  if constexpr (B == 16) {
+    transpose_16x16(r);
+  } else {
+    transpose_8x8(r);
+  }
+  for (int j = 0; j < B; ++j) {
+    if (stream) {
+      _mm512_stream_si512(reinterpret_cast<__m512i*>(dst + j * dst_stride), r[j]);
+    } else {
+      _mm512_storeu_si512(dst + j * dst_stride, r[j]);
+    }
+  }
+}
+
+// avx2::transpose in cache line squares, half the shuffles per element of its 8 x 8 float32.
+// With stream, when dst's rows are whole lines apart, the squares from dst's first line boundary
+// on are streamed (the rows of src before it, and the edges, go through avx2::transpose).
+template <typename T>
+void transpose(const T* src, int64_t src_stride, int64_t rows, int64_t cols, T* dst, int64_t dst_stride, bool stream) {
+  constexpr int64_t B = 64 / sizeof(T);
+  const auto address = reinterpret_cast<uintptr_t>(dst);
+  stream = stream && dst_stride % B == 0 && address % sizeof(T) == 0;
+  const int64_t first = stream ? std::min<int64_t>(rows, (B - address / sizeof(T) % B) % B) : 0;
+  const int64_t whole_rows = first + (rows - first) / B * B, whole_cols = cols / B * B;
+  avx2::transpose(src, src_stride, first, cols, dst, dst_stride);
+  for_each_square(first, whole_rows, whole_cols, B, src_stride, dst_stride, [&](int64_t i, int64_t j) {
+    transpose_square(src + i * src_stride + j, src_stride, dst + j * dst_stride + i, dst_stride, stream);
+  });
+  avx2::transpose(src + first * src_stride + whole_cols, src_stride, rows - first, cols - whole_cols,
+                  dst + whole_cols * dst_stride + first, dst_stride);
+  avx2::transpose(src + whole_rows * src_stride, src_stride, rows - whole_rows, whole_cols, dst + whole_rows, dst_stride);
+}
+
+}  // namespace avx512
+#pragma GCC pop_options
+
+// The transpose of this CPU's instruction set.
 template <typename scalar_t>
 Transpose<scalar_t> transpose_for_this_cpu() {
-  return use_avx2() ? &avx2::transpose<scalar_t> : &generic::transpose<scalar_t>;
+  return use_avx512() ? &avx512::transpose<scalar_t> : use_avx2() ? &avx2::transpose<scalar_t> : &generic::transpose<scalar_t>;
 }
 
 // Strides and sizes of a dense 4-D tensor, NCHW or NHWC.
@@ -115,26 +217,34 @@ void fill_band(Transpose<scalar_t> transpose, const scalar_t* x, const Layout& l
     if (l.c == 1) {
       for (int64_t b = 0; b < b_end - b_begin; ++b) std::copy(src + b * l.w, src + b * l.w + C, dst + b * C);
     } else {
-      transpose(src, l.c, C, b_end - b_begin, dst, C);  // NCHW: l.w == 1
+      transpose(src, l.c, C, b_end - b_begin, dst, C, false);  // NCHW: l.w == 1
     }
   }
 }
 
 // y[n, c, row0 + a, b] = band[a][b][c] for the rows and columns that exist, the band's pixels
-// band_c >= channels values apart.
+// band_c >= channels values apart; streamed (see Transpose) when stream. Into NCHW, a band as wide
+// as the image moves as one run of pixels per channel, whose lines the squares fill whole.
 template <typename scalar_t>
 void store_band(Transpose<scalar_t> transpose, const scalar_t* band, int64_t rows, int64_t band_w, scalar_t* y, const Layout& l,
-                int64_t n, int64_t row0, int64_t band_c) {
+                int64_t n, int64_t row0, int64_t band_c, bool stream) {
   const int64_t C = l.channels, stride = band_c;
-  for (int64_t a = 0; a < rows && row0 + a < l.height; ++a) {
-    const scalar_t* src = band + a * band_w * stride;
-    scalar_t* dst = y + n * l.n + (row0 + a) * l.h;
-    if (l.c == 1) {
-      for (int64_t b = 0; b < l.width; ++b) std::copy(src + b * stride, src + b * stride + C, dst + b * l.w);
-    } else {
-      transpose(src, stride, l.width, C, dst, l.c);
+  rows = std::min(rows, l.height - row0);
+  scalar_t* y_rows = y + n * l.n + row0 * l.h;
+  if (l.c != 1 && band_w == l.width && l.h == l.width) {
+    transpose(band, stride, rows * l.width, C, y_rows, l.c, stream);
+  } else {
+    for (int64_t a = 0; a < rows; ++a) {
+      const scalar_t* src = band + a * band_w * stride;
+      scalar_t* dst = y_rows + a * l.h;
+      if (l.c == 1) {
+        for (int64_t b = 0; b < l.width; ++b) std::copy(src + b * stride, src + b * stride + C, dst + b * l.w);
+      } else {
+        transpose(src, stride, l.width, C, dst, l.c, stream);
+      }
     }
   }
+  if (stream) _mm_sfence();
 }
 
 }  // namespace conv_ext

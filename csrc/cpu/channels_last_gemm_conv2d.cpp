@@ -1,12 +1,13 @@
 // Each task takes a band of output rows of one image: the input rows they read are copied
 // channels-innermost and zero-padded into a band that stays in L2 (bands.h), and the output
-// rows are summed in another, moved to the output's layout at the end. Per tap of the filter
-// and block of input channels, a tile of one output row's pixels (the micro-kernel's rows,
-// stride x channels apart in the band) times two panels of output channels is one product of
-// depth = channels, added to the output band; the filters are the packed operand, which stays
-// in L1 while the band's tiles pass over it.
+// rows are summed in another, moved to the output's layout at the end. A tile of one output
+// row's pixels (the micro-kernel's rows, stride x channels apart in the band, each pixel's patch
+// read in place through a table of offsets) times two panels of output channels is one product
+// over the patch, in blocks of the kernel's depth; the filters are the packed operand, whose
+// block stays in L1 while the band's tiles pass over it.
 #include "channels_last_gemm_conv2d.h"
 
+#include "aligned_vector.h"
 #include "bands.h"
 #include "cpu_features.h"
 #include "micro_kernel.h"
@@ -48,21 +49,21 @@ struct Bands {
   }
 };
 
-// packed[tap][panel][c][j] = weight[panel * W + j][c][tap], zero past the output channels: the
-// micro-kernel's panels of W output channels, per tap, step c of its depth at c * W.
+// packed[panel][tap][c][j] = weight[panel * W + j][c][tap], zero past the output channels: the
+// micro-kernel's panels of W output channels, step k = tap * C + c of the patch at k * W.
 template <typename scalar_t>
-at::Tensor pack_filters_by_tap(const at::Tensor& weight, const Conv2dGeometry& g, int64_t panels) {
+at::Tensor pack_filter_panels(const at::Tensor& weight, const Conv2dGeometry& g, int64_t panels) {
   constexpr int64_t W = kPanelWidth<scalar_t>;
   const int64_t taps = g.kernel_h * g.kernel_w, channels = g.in_channels;
-  at::Tensor packed = at::empty({taps * panels * channels * W}, weight.options());
+  at::Tensor packed = at::empty({panels * taps * channels * W}, weight.options());
   const scalar_t* w = weight.const_data_ptr<scalar_t>();
   scalar_t* out = packed.mutable_data_ptr<scalar_t>();
   at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t present = std::min(W, g.out_channels - p * W);
       const scalar_t* src = w + p * W * channels * taps;  // the panel's filters, in L2 while their taps are read
+      scalar_t* dst = out + p * taps * channels * W;       // written in order
       for (int64_t tap = 0; tap < taps; ++tap) {
-        scalar_t* dst = out + (tap * panels + p) * channels * W;  // written in order
         for (int64_t c = 0; c < channels; ++c, dst += W) {
           for (int64_t j = 0; j < present; ++j) dst[j] = src[(j * channels + c) * taps + tap];
           std::fill(dst + present, dst + W, scalar_t(0));
@@ -73,32 +74,46 @@ at::Tensor pack_filters_by_tap(const at::Tensor& weight, const Conv2dGeometry& g
   return packed;
 }
 
+// Where step k = tap * C + c of a pixel's patch lies in an input band (pixels C apart, rows
+// band_w pixels long), from the pixel's first tap.
+std::vector<int64_t> patch_offsets(const Conv2dGeometry& g, int64_t band_w) {
+  const int64_t C = g.in_channels;
+  std::vector<int64_t> offsets;
+  offsets.reserve(g.kernel_h * g.kernel_w * C);
+  for (int64_t ki = 0; ki < g.kernel_h; ++ki) {
+    for (int64_t kj = 0; kj < g.kernel_w; ++kj) {
+      for (int64_t c = 0; c < C; ++c) offsets.push_back((ki * g.dilation_h * band_w + kj * g.dilation_w) * C + c);
+    }
+  }
+  return offsets;
+}
+
 // Output rows [0, rows) of a band: out[r][ow][k] (pixels panels * W apart) from the input band
-// (pixels `channels` apart, rows band_w pixels long, starting at output row 0's first tap).
+// (pixels `channels` apart, rows band_w pixels long, starting at output row 0's first tap). The
+// micro-kernel reads each pixel's patch in place through `offsets`, so its products are as deep
+// as it takes, whatever the channels (the stem's 7 x 7 x 3 in one).
 template <typename scalar_t>
 void forward_band(const MicroKernel<scalar_t>& kernel, const scalar_t* band, int64_t band_w, const scalar_t* packed,
-                  int64_t panels, const Conv2dGeometry& g, int64_t rows, scalar_t* out) {
+                  int64_t panels, const int64_t* offsets, const Conv2dGeometry& g, int64_t rows, scalar_t* out) {
   constexpr int64_t W = kPanelWidth<scalar_t>;
   const int64_t channels = g.in_channels, out_pixel = panels * W, band_row = band_w * channels;
+  const int64_t patch = g.kernel_h * g.kernel_w * channels;
   // The fewest tiles per output row, as even as they come (14 pixels: 7 + 7, not 12 + 2).
   const int64_t row_tiles = (g.out_w + kernel.rows - 1) / kernel.rows;
   const int64_t tile_pixels = (g.out_w + row_tiles - 1) / row_tiles;
   for (int64_t p0 = 0; p0 < panels; p0 += kernel.panels) {
     const int tile_panels = static_cast<int>(std::min<int64_t>(kernel.panels, panels - p0));
-    for (int64_t tap = 0; tap < g.kernel_h * g.kernel_w; ++tap) {
-      const int64_t dy = tap / g.kernel_w * g.dilation_h, dx = tap % g.kernel_w * g.dilation_w;
-      for (int64_t c0 = 0; c0 < channels; c0 += kernel.depth) {
-        const int64_t depth = std::min(kernel.depth, channels - c0);
-        const Write write = tap == 0 && c0 == 0 ? Write::store : Write::add;
-        const scalar_t* panel = packed + ((tap * panels + p0) * channels + c0) * W;
-        for (int64_t r = 0; r < rows; ++r) {
-          const scalar_t* a = band + (r * g.stride_h + dy) * band_row + dx * channels + c0;
-          scalar_t* y = out + r * g.out_w * out_pixel + p0 * W;
-          for (int64_t ow = 0; ow < g.out_w; ow += tile_pixels) {
-            const int tile_rows = static_cast<int>(std::min(tile_pixels, g.out_w - ow));
-            kernel.run(tile_rows, tile_panels, depth, a + ow * g.stride_w * channels, g.stride_w * channels, panel,
-                       channels * W, nullptr, nullptr, write, y + ow * out_pixel, out_pixel);
-          }
+    for (int64_t k0 = 0; k0 < patch; k0 += kernel.depth) {
+      const int64_t depth = std::min(kernel.depth, patch - k0);
+      const Write write = k0 == 0 ? Write::store : Write::add;
+      const scalar_t* panel = packed + (p0 * patch + k0) * W;
+      for (int64_t r = 0; r < rows; ++r) {
+        const scalar_t* a = band + r * g.stride_h * band_row;
+        scalar_t* y = out + r * g.out_w * out_pixel + p0 * W;
+        for (int64_t ow = 0; ow < g.out_w; ow += tile_pixels) {
+          const int tile_rows = static_cast<int>(std::min(tile_pixels, g.out_w - ow));
+          kernel.run(tile_rows, tile_panels, depth, a + ow * g.stride_w * channels, g.stride_w * channels, panel,
+                     patch * W, offsets + k0, nullptr, write, y + ow * out_pixel, out_pixel);
         }
       }
     }
@@ -120,32 +135,34 @@ at::Tensor channels_last_gemm_conv2d_forward(const at::Tensor& input, const at::
     const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
     const auto transpose = transpose_for_this_cpu<scalar_t>();
     const int64_t panels = (g.out_channels + W - 1) / W, out_pixel = panels * W;
-    const at::Tensor packed = pack_filters_by_tap<scalar_t>(weight, g, panels);
+    const at::Tensor packed = pack_filter_panels<scalar_t>(weight, g, panels);
     // Bands whose input and output stay in L2.
     const int64_t input_row = Bands::input_width(g) * g.in_channels;  // elements of a band's input row
     const Bands bands(g, g.out_h, (g.stride_h * input_row + g.out_w * out_pixel) * int64_t{sizeof(scalar_t)},
                       Bands::input_rows(g, 1) * input_row * int64_t{sizeof(scalar_t)});
     const int64_t band_w = bands.width, rows = bands.rows, bands_per_image = bands.per_image;
     const auto input_rows = [&](int64_t r) { return Bands::input_rows(g, r); };
+    const std::vector<int64_t> offsets = patch_offsets(g, band_w);
     const Layout x_layout(input), y_layout(output);
     const scalar_t* x = input.const_data_ptr<scalar_t>();
     const scalar_t* w = packed.const_data_ptr<scalar_t>();
     const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* y = output.mutable_data_ptr<scalar_t>();
+    const bool stream = output.numel() * int64_t{sizeof(scalar_t)} > kStreamBytes;
     at::parallel_for(0, g.batch * bands_per_image, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> in_band(input_rows(rows) * band_w * g.in_channels), out_band(rows * g.out_w * out_pixel);
+      AlignedVector<scalar_t> in_band(input_rows(rows) * band_w * g.in_channels), out_band(rows * g.out_w * out_pixel);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t n = task / bands_per_image, oh0 = task % bands_per_image * rows;
         const int64_t band_rows = std::min(rows, g.out_h - oh0);
         fill_band(transpose, x, x_layout, n, oh0 * g.stride_h - g.pad_h, input_rows(band_rows), -g.pad_w, band_w,
                   in_band.data());
-        forward_band(kernel, in_band.data(), band_w, w, panels, g, band_rows, out_band.data());
+        forward_band(kernel, in_band.data(), band_w, w, panels, offsets.data(), g, band_rows, out_band.data());
         if (b != nullptr) {
           for (int64_t p = 0; p < band_rows * g.out_w; ++p) {
             for (int64_t k = 0; k < g.out_channels; ++k) out_band[p * out_pixel + k] += b[k];
           }
         }
-        store_band(transpose, out_band.data(), band_rows, g.out_w, y, y_layout, n, oh0, out_pixel);
+        store_band(transpose, out_band.data(), band_rows, g.out_w, y, y_layout, n, oh0, out_pixel, stream);
       }
     });
   });
@@ -185,8 +202,8 @@ at::Tensor channels_last_gemm_conv2d_grad_weight(const at::Tensor& input, const 
       at::Tensor sum_tensor = at::zeros({taps, K, c_padded}, input.options());
       scalar_t* sum = sum_tensor.mutable_data_ptr<scalar_t>();
       // The last panel may read past the band's last pixel: W elements of slack.
-      std::vector<scalar_t> in_band(input_rows(rows) * band_w * C + W);
-      std::vector<scalar_t> gy_band(tiles * rows * g.out_w * tile_rows);  // [tile][pixel][row]
+      AlignedVector<scalar_t> in_band(input_rows(rows) * band_w * C + W);
+      AlignedVector<scalar_t> gy_band(tiles * rows * g.out_w * tile_rows);  // [tile][pixel][row]
       std::vector<int64_t> offsets(rows * g.out_w);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t n = task / bands_per_image, oh0 = task % bands_per_image * rows;
@@ -201,7 +218,7 @@ at::Tensor channels_last_gemm_conv2d_grad_weight(const at::Tensor& input, const 
           if (gy_layout.c == 1) {  // NHWC: each pixel's channels are a run
             for (int64_t p = 0; p < pixels; ++p) std::copy(src + p * gy_layout.w, src + p * gy_layout.w + count, dst + p * tile_rows);
           } else {  // NCHW: the band's pixels are a run of each channel's plane
-            transpose(src, gy_layout.c, count, pixels, dst, tile_rows);
+            transpose(src, gy_layout.c, count, pixels, dst, tile_rows, false);
           }
         }
         for (int64_t tap = 0; tap < taps; ++tap) {

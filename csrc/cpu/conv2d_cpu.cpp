@@ -43,7 +43,7 @@ constexpr int64_t kOneGemmColumns = 1024;
 // Patches this short (the 3-channel 7x7 stem's 147) are thin for MKL, and at stride 1 patches
 // up to kStrideOnePatch (implicit_gemm_pays_off).
 constexpr int64_t kThinPatch = 160, kStrideOnePatch = 640;
-// Input channels the channels-last GEMM wants: the depth of its products, one per filter tap.
+// Input channels the channels-last GEMM wants (measured down to 16; the stem's 3 lose).
 constexpr int64_t kChannelsLastGemmChannels = 16;
 
 // Output rows [row_begin, row_end) of one image form a tile.
@@ -258,8 +258,8 @@ bool implicit_gemm_pays_off(const Conv2dGeometry& g) {
 // 128->256 @28 1.2x, 128 @56, 256 @28 and 16 or 32 channels @112 1.05-1.2x faster than MKL;
 // with AVX2 1.05-1.25x faster than the implicit GEMM). It packs the filters per call, which few
 // pixels do not repay (392 pixels of 512 @14: MKL 1.25x faster), nor do 1x1 kernels, whose
-// im2col is a strided view for MKL (1.3x), or so few channels that the micro-kernel's depth
-// is short (the stem's 3). Its weight gradient, the same products summed the other way, beats
+// im2col is a strided view for MKL (1.3x), nor the stem's 3 channels (1.25x slower than the
+// implicit GEMM: its output, 21 times its input, is moved from the band). Its weight gradient, the same products summed the other way, beats
 // im2col+MKL on those layers too (measured at batch 8: 3x3/2 64->128 @56 1.4x, 32->64 @112
 // 1.9x, 128->256 @28 alike).
 bool channels_last_gemm_pays_off(const Conv2dGeometry& g) {

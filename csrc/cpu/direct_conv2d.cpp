@@ -10,6 +10,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include "direct_conv2d.h"
 
+#include "aligned_vector.h"
 #include "cpu_features.h"
 #include "reduced_rows.h"
 #include "vec.h"
@@ -156,7 +157,7 @@ Tensor direct_conv2d_forward(const Tensor& input, const Tensor& weight, const Te
         const io_t* x = input.const_data_ptr<io_t>();
         io_t* y = output.mutable_data_ptr<io_t>();
         at::parallel_for(0, g.batch * g.out_channels, 1, [&](int64_t begin, int64_t end) {
-          std::vector<scalar_t> work(work_size, scalar_t(0));  // per task: the padded plane's border
+          AlignedVector<scalar_t> work(work_size, scalar_t(0));  // per task: the padded plane's border
           for (int64_t plane = begin; plane < end; ++plane) {
             const int64_t n = plane / g.out_channels, k = plane % g.out_channels;
             const io_t* x_group = x + (n * g.in_channels + k / kg * cg) * g.in_h * g.in_w;
@@ -185,7 +186,7 @@ Tensor direct_conv2d_forward(const Tensor& input, const Tensor& weight, const Te
     const int64_t blocks = (g.out_w + columns - 1) / columns;
     const int64_t row_length = std::max(g.in_w + 2 * g.pad_w, blocks * columns + (g.kernel_w - 1) * g.dilation_w);
     at::parallel_for(0, g.batch * g.groups, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> padded(cg * padded_h * row_length, scalar_t(0));  // borders stay zero
+      AlignedVector<scalar_t> padded(cg * padded_h * row_length, scalar_t(0));  // borders stay zero
       for (int64_t task = begin; task < end; ++task) {
         const int64_t n = task / g.groups, group = task % g.groups;
         const scalar_t* x_group = x + (n * g.in_channels + group * cg) * g.in_h * g.in_w;
@@ -272,7 +273,7 @@ Tensor direct_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
         rows = io_kernels.grad_weight_rows_3x3 != nullptr && g.kernel_h == 3 && g.kernel_w == 3 && g.dilation_h == 1;
       }
       at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
-        std::vector<scalar_t> work(rows ? 0 : generic::unit_stride_work_size(g, 2), scalar_t(0));  // per task: the zero borders
+        AlignedVector<scalar_t> work(rows ? 0 : generic::unit_stride_work_size(g, 2), scalar_t(0));  // per task: the zero borders
         struct Unit {
           int64_t k, channel;  // the pair's first output channel; the input channel
           scalar_t* filters[2];  // gw's filters (k, c) and (k + 1, c), the second null past the group

@@ -29,11 +29,6 @@ constexpr int64_t kChunkElements = int64_t{1} << 17;
 constexpr int64_t kMinChunkPixels = 64, kBlockPixels = 32;
 // Below this many pixels per thread, the threads split the output channels instead.
 constexpr int64_t kSplitPixels = 4 * kBlockPixels;
-// Outputs larger than this (a core's L2) are written with non-temporal stores where the
-// micro-kernel writes them whole, sparing the reads of lines about to be overwritten (measured
-// with AVX-512: the stem at batch 8 1.2x faster, at batch 1 (3.2 MB) 1.1x, 1x1 64->256 1.1-1.15x;
-// 1.6 MB alike).
-constexpr int64_t kStreamBytes = int64_t{2} << 20;
 
 // The input as the panels read it: zero-padded and split by stride phase, plane (n, c, a, b)
 // holding x[n, c, i * sh + a - ph, j * sw + b - pw] at (i, j). Tap (ki, kj) of output pixel

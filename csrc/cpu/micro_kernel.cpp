@@ -40,8 +40,9 @@ void run_micro_kernel(int rows, int /*panels: always 1*/, int64_t depth, const s
   for (int i = 0; i < rows; ++i) {
     scalar_t acc[W] = {};
     for (int64_t k = 0; k < depth; ++k) {
-      const scalar_t ai = a_row == 0 ? a[k * kRows + i] : a[i * a_row + k];
-      const scalar_t* bk = taps != nullptr ? panel + taps[k] : panel + k * W;
+      const int64_t step = taps != nullptr ? taps[k] : k;  // where the operand in place has step k
+      const scalar_t ai = a_row == 0 ? a[k * kRows + i] : a[i * a_row + step];
+      const scalar_t* bk = a_row == 0 ? panel + (taps != nullptr ? step : k * W) : panel + k * W;
       for (int64_t j = 0; j < W; ++j) acc[j] += ai * bk[j];
     }
     scalar_t* yi = y + i * y_row;

@@ -19,6 +19,7 @@
 // the unit vector at the end).
 #include "winograd_conv2d.h"
 
+#include "aligned_vector.h"
 #include "bands.h"
 #include "cpu_features.h"
 #include "micro_kernel.h"
@@ -112,7 +113,7 @@ using ::conv_ext::avx2::transpose;
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx2,fma,prefer-vector-width=512")
 namespace avx512 {
-using ::conv_ext::avx2::transpose;  // a copy's shuffles gain nothing from wider vectors
+using ::conv_ext::avx512::transpose;
 #include "winograd_transforms.inc"
 }  // namespace avx512
 #pragma GCC pop_options
@@ -235,7 +236,7 @@ struct FilterSource {
 template <int R, typename scalar_t>
 void transform_filter_panel(const Transforms<R, scalar_t>& transforms, const FilterSource<scalar_t>& f, int64_t C,
                             int64_t K, int64_t panel, int64_t width, scalar_t* u, int64_t e_stride,
-                            std::vector<scalar_t>& grouped, std::vector<scalar_t>& tmp) {
+                            AlignedVector<scalar_t>& grouped, AlignedVector<scalar_t>& tmp) {
   constexpr int64_t taps = R * R;
   const int64_t filters = std::min(width, K - panel * width);
   const int64_t block = f.c_stride == taps ? 16 : 1;  // channels regrouped at a time
@@ -246,7 +247,7 @@ void transform_filter_panel(const Transforms<R, scalar_t>& transforms, const Fil
   for (int64_t c0 = 0; c0 < C; c0 += block) {
     const int64_t channels = std::min(block, C - c0);
     // grouped[c][tap][j] = w[panel * width + j][c0 + c][tap]
-    transforms.transpose(w_panel + c0 * f.c_stride, f.k_stride, filters, channels * taps, grouped.data(), width);
+    transforms.transpose(w_panel + c0 * f.c_stride, f.k_stride, filters, channels * taps, grouped.data(), width, false);
     for (int64_t c = 0; c < channels; ++c) {
       scalar_t* wt = &grouped[c * taps * width];
       if (f.reversed) {
@@ -276,7 +277,7 @@ void transform_filters(const Transforms<R, scalar_t>& transforms, const FilterSo
                        int64_t C, int64_t K, int64_t width) {
   const int64_t panels = (K + width - 1) / width;
   at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> grouped, tmp;
+    AlignedVector<scalar_t> grouped, tmp;
     for (int64_t panel = begin; panel < end; ++panel) {
       transform_filter_panel(transforms, f, C, K, panel, width, u + panel * C * width, u_stride,
                              grouped, tmp);
@@ -329,7 +330,7 @@ void for_each_chunk(const Transforms<R, scalar_t>& transforms, const Tensor& inp
   const Layout x_layout(input);
   Tensor v_buffer = at::empty({kElements * max_tiles * C}, input.options());
   Tensor other_buffer = at::empty({kElements * max_tiles * K}, input.options());
-  std::vector<scalar_t> tmp(kElements * kLanes), band(kBlock * band_w * C);
+  AlignedVector<scalar_t> tmp(kElements * kLanes), band(kBlock * band_w * C);
   for (int64_t chunk = begin; chunk < end; ++chunk) {
     const int64_t first_row = chunks.first_row(chunk), rows = chunks.rows(chunk);
     const int64_t count = rows * grid.cols;
@@ -363,11 +364,12 @@ void winograd_forward_kernel(const Tensor& input, const Tensor& weight, FilterOr
   const scalar_t* u_data = u.const_data_ptr<scalar_t>();
   const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* y = output.mutable_data_ptr<scalar_t>();
+  const bool stream = output.numel() * int64_t{sizeof(scalar_t)} > kStreamBytes;
   const Layout y_layout(output);
 
   at::parallel_for(0, chunks.count, 1, [&](int64_t begin, int64_t end) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;  // not inherited by workers
-    std::vector<scalar_t> tmp(kElements * kLanes), band(M * band_w * K);
+    AlignedVector<scalar_t> tmp(kElements * kLanes), band(M * band_w * K);
     const auto no_row_work = [](int64_t, int64_t, int64_t, Tensor&) {};
     // P = V U per element, then each row's output blocks y = A^T P A, stored a row at a time.
     const auto multiply_and_store = [&](const Tensor& v, Tensor& p, int64_t first_row, int64_t rows) {
@@ -386,7 +388,7 @@ void winograd_forward_kernel(const Tensor& input, const Tensor& weight, FilterOr
             transforms.output(pt, b != nullptr ? b + k0 : nullptr, yt, tmp.data(), std::min(kLanes, K - k0));
           }
         }
-        store_band(transforms.transpose, band.data(), M, band_w, y, y_layout, n, row * M, y_layout.channels);
+        store_band(transforms.transpose, band.data(), M, band_w, y, y_layout, n, row * M, y_layout.channels, stream);
       }
     };
     for_each_chunk(transforms, input, g, grid, chunks, begin, end, padded_k, no_row_work, multiply_and_store);
@@ -405,7 +407,7 @@ Tensor transform_batch_input(const Transforms<R, scalar_t>& transforms, const Te
   const scalar_t* x = input.const_data_ptr<scalar_t>();
   const Layout x_layout(input);
   at::parallel_for(0, tile_rows, 1, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> tmp(kElements * kLanes), band(kBlock * band_w * C);
+    AlignedVector<scalar_t> tmp(kElements * kLanes), band(kBlock * band_w * C);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / grid.rows, row = r % grid.rows;
       fill_band(transforms.transpose, x, x_layout, n, row * M - g.pad_h, kBlock, -g.pad_w, band_w, band.data());
@@ -448,14 +450,15 @@ void winograd_forward_by_panels(const Tensor& input, const Tensor& weight, Filte
   const FilterSource<scalar_t> filters(weight, order);
   const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* y = output.mutable_data_ptr<scalar_t>();
+  const bool stream = output.numel() * int64_t{sizeof(scalar_t)} > kStreamBytes;
   const Layout y_layout(output);
   // Units of the micro-kernel's panels, when there are enough to share evenly, else single ones.
   const int64_t panels = (K + width - 1) / width, kernel_panels = micro_kernel_for_this_cpu<scalar_t>().panels;
   const int64_t step = panels >= 2 * at::get_num_threads() * kernel_panels ? kernel_panels : 1;
   at::parallel_for(0, (panels + step - 1) / step, 1, [&](int64_t begin, int64_t end) {
     const int64_t u_stride = filter_element_stride<scalar_t>(step * C * width);
-    std::vector<scalar_t> u(kElements * u_stride), p(kElements * tiles * step * width), band(M * band_w * width);
-    std::vector<scalar_t> grouped, tmp, output_tmp(kElements * kLanes);
+    AlignedVector<scalar_t> u(kElements * u_stride), p(kElements * tiles * step * width), band(M * band_w * width);
+    AlignedVector<scalar_t> grouped, tmp, output_tmp(kElements * kLanes);
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t first = unit * step, count = std::min(step, panels - first);
       for (int64_t i = 0; i < count; ++i) {
@@ -476,7 +479,7 @@ void winograd_forward_by_panels(const Tensor& input, const Tensor& weight, Filte
             transforms.output(pt, b != nullptr ? b + k0 : nullptr, yt, output_tmp.data(), lanes);
           }
           store_band(transforms.transpose, band.data(), M, band_w, y + k0 * y_layout.c, panel_layout, r / grid.rows,
-                     r % grid.rows * M, panel_layout.channels);
+                     r % grid.rows * M, panel_layout.channels, stream);
         }
       }
     }
@@ -503,7 +506,7 @@ void winograd_grad_weight_by_panels(const Tensor& input, const Tensor& grad_outp
     const at::AutoDispatchBelowADInplaceOrView below_autograd;  // not inherited by workers
     Tensor w = at::empty({kElements, tiles, width}, input.options());
     Tensor sum_buffer = at::empty({kElements * width * C}, input.options());
-    std::vector<scalar_t> band(M * band_w * width), tmp(kElements * kLanes), filter_tmp((R * R + 6 * R) * kLanes);
+    AlignedVector<scalar_t> band(M * band_w * width), tmp(kElements * kLanes), filter_tmp((R * R + 6 * R) * kLanes);
     for (int64_t panel = begin; panel < end; ++panel) {
       const int64_t k0 = panel * width, lanes = std::min(width, K - k0);
       Layout panel_layout = gy_layout;  // the panel's output channels
@@ -550,7 +553,7 @@ void winograd_grad_weight_kernel(const Tensor& input, const Tensor& grad_output,
   at::parallel_for(0, chunks.count, 1, [&](int64_t begin, int64_t end) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
     Tensor sum = at::zeros({kElements, K, C}, input.options());
-    std::vector<scalar_t> tmp(kElements * kLanes), band(M * band_w * K);
+    AlignedVector<scalar_t> tmp(kElements * kLanes), band(M * band_w * K);
     // W = A gy A^T for each tile of the row, from its rows of grad_output.
     const auto transform_grad_output_row = [&](int64_t r, int64_t n, int64_t row, Tensor& w) {
       const int64_t count = w.size(1);
@@ -580,7 +583,7 @@ void winograd_grad_weight_kernel(const Tensor& input, const Tensor& grad_output,
   const scalar_t* total_data = total.const_data_ptr<scalar_t>();
   scalar_t* gw = grad_weight.mutable_data_ptr<scalar_t>();
   at::parallel_for(0, K, 1, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> tmp((R * R + 6 * R) * kLanes);
+    AlignedVector<scalar_t> tmp((R * R + 6 * R) * kLanes);
     for (int64_t k = begin; k < end; ++k) {
       for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
         const scalar_t* sk[36];
