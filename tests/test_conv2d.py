@@ -338,21 +338,24 @@ def test_implicit_gemm_whole_runs_and_streamed_output(conv, dtype, path):
     check_layer_on_path(conv, dtype, path)
 
 
-# Layers the GEMM path runs over channels-last bands (strided, kernels larger than 1x1, one
-# group, at least 16 input channels, more than 1024 output pixels in the batch): output channels
-# that fill no whole panel (20 of float32, 13 of float64), NCHW and NHWC inputs, a 3x5 kernel
-# with strides (2, 3), padding (2, 1) and dilation (2, 1).
+# Layers the GEMM path runs over channels-last bands, forward and both gradients (strided,
+# kernels larger than 1x1, one group, at least 16 input channels, more than 1024 output pixels
+# in the batch): output channels that fill no whole panel (20 of float32, 13 of float64), NCHW
+# and NHWC inputs, a 3x5 kernel with strides (2, 3), padding (2, 1) and dilation (2, 1), and a
+# 2x2 kernel at stride 4, whose input gradient has stride phases that no tap reaches (zero).
 CHANNELS_LAST_GEMM_LAYERS = [
     (Conv(2, 16, 20, (70, 66), (3, 3), (2, 2), (1, 1), (1, 1), 1, True), torch.float32),
     (Conv(2, 24, 40, (64, 64), (3, 3), (2, 2), (1, 1), (1, 1), 1, True, "channels_last"), torch.float32),
     (Conv(1, 17, 13, (75, 81), (3, 5), (2, 3), (2, 1), (2, 1), 1, False), torch.float64),
     (Conv(1, 17, 13, (75, 81), (3, 5), (2, 3), (2, 1), (2, 1), 1, True, "channels_last"), torch.float64),
+    (Conv(9, 20, 16, (50, 41), (2, 2), (4, 4), (0, 0), (1, 1), 1, True), torch.float64),
 ]
 
 
 @pytest.mark.parametrize("path", [p for p in FORCED_CPU_PATHS if p.startswith("gemm")])
 @pytest.mark.parametrize("conv,dtype", CHANNELS_LAST_GEMM_LAYERS,
-                         ids=["partial-panel-float32", "nhwc-float32", "dilated-float64", "nhwc-float64"])
+                         ids=["partial-panel-float32", "nhwc-float32", "dilated-float64", "nhwc-float64",
+                              "tapless-phases-float64"])
 def test_channels_last_gemm_layers(conv, dtype, path):
     output = check_layer_on_path(conv, dtype, path)[0]
     assert output.is_contiguous(memory_format=torch.channels_last) == (conv.layout == "channels_last")

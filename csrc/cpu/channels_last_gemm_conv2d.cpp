@@ -169,6 +169,126 @@ at::Tensor channels_last_gemm_conv2d_forward(const at::Tensor& input, const at::
   return output;
 }
 
+// The taps of one dimension that reach the input positions of stride phase a (those with
+// (position + pad) % stride == a): tap k and its offset e = (a - k * dilation) / stride <= 0
+// from grad_output's position (position + pad) / stride.
+struct PhaseTaps {
+  std::vector<int64_t> taps, offsets;
+  PhaseTaps(int64_t a, int64_t kernel, int64_t stride, int64_t dilation) {
+    for (int64_t k = 0; k < kernel; ++k) {
+      if ((a - k * dilation) % stride == 0) taps.push_back(k), offsets.push_back((a - k * dilation) / stride);
+    }
+  }
+};
+
+// The input gradient over bands of its rows, by stride phase: grad_input's pixels of phase (a, b)
+// along a row are grad_output's consecutive pixels (channels-innermost in a zero-padded band)
+// times the flipped filters' taps that reach that phase, one product over (taps, K) read in
+// place through a table of offsets, written stride_w pixels apart into the band of grad_input.
+at::Tensor channels_last_gemm_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
+                                                const Conv2dGeometry& g, at::MemoryFormat result_format) {
+  TORCH_INTERNAL_ASSERT(g.groups == 1 && g.out_channels > 0);
+  at::Tensor grad_input = at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output.options().memory_format(result_format));
+  if (grad_input.numel() == 0) return grad_input;
+  const int64_t sh = g.stride_h, sw = g.stride_w, K = g.out_channels, C = g.in_channels;
+  std::vector<PhaseTaps> rows_taps, cols_taps;
+  for (int64_t a = 0; a < sh; ++a) rows_taps.emplace_back(a, g.kernel_h, sh, g.dilation_h);
+  for (int64_t b = 0; b < sw; ++b) cols_taps.emplace_back(b, g.kernel_w, sw, g.dilation_w);
+  // grad_output's rows and columns that a band reads: from the most negative offset on.
+  const int64_t top = (g.kernel_h - 1) * g.dilation_h / sh + 1, left = (g.kernel_w - 1) * g.dilation_w / sw + 1;
+  const int64_t band_w = (g.in_w - 1 + g.pad_w) / sw + left + 1;
+  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "conv_ext_channels_last_gemm_grad_input", [&] {
+    constexpr int64_t W = kPanelWidth<scalar_t>;
+    const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
+    const auto transpose = transpose_for_this_cpu<scalar_t>();
+    const int64_t panels = (C + W - 1) / W, in_pixel = panels * W, band_row = band_w * K;
+    // Per phase: its offsets table over (taps, K) and its filters packed per panel,
+    // packed[panel][tap][k][j] = weight[k][panel * W + j][kh][kw].
+    struct Phase {
+      std::vector<int64_t> offsets;
+      at::Tensor packed;
+    };
+    std::vector<Phase> phases(sh * sw);
+    const scalar_t* w = weight.const_data_ptr<scalar_t>();
+    for (int64_t a = 0; a < sh; ++a) {
+      for (int64_t b = 0; b < sw; ++b) {
+        const PhaseTaps &r = rows_taps[a], &c = cols_taps[b];
+        std::vector<int64_t> taps;  // the phase's taps, kh * kernel_w + kw
+        Phase& phase = phases[a * sw + b];
+        for (size_t i = 0; i < r.taps.size(); ++i) {
+          for (size_t j = 0; j < c.taps.size(); ++j) {
+            taps.push_back(r.taps[i] * g.kernel_w + c.taps[j]);
+            for (int64_t k = 0; k < K; ++k) phase.offsets.push_back(r.offsets[i] * band_row + c.offsets[j] * K + k);
+          }
+        }
+        const int64_t depth = static_cast<int64_t>(phase.offsets.size());
+        phase.packed = at::empty({panels * depth * W}, weight.options());
+        scalar_t* packed = phase.packed.mutable_data_ptr<scalar_t>();
+        at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t p = begin; p < end; ++p) {
+            const int64_t present = std::min(W, C - p * W);
+            scalar_t* out = packed + p * depth * W;  // written in order
+            for (const int64_t tap : taps) {
+              for (int64_t k = 0; k < K; ++k, out += W) {
+                for (int64_t q = 0; q < present; ++q) out[q] = w[(k * C + p * W + q) * g.kernel_h * g.kernel_w + tap];
+                std::fill(out + present, out + W, scalar_t(0));
+              }
+            }
+          }
+        });
+      }
+    }
+    // Bands of grad_input rows whose output and grad_output rows stay in L2.
+    const int64_t row_bytes = (g.in_w * in_pixel + band_row / sh + band_row) * int64_t{sizeof(scalar_t)};
+    const int64_t rows = std::clamp<int64_t>(kBandBytes / row_bytes, 1, g.in_h);
+    const int64_t bands_per_image = (g.in_h + rows - 1) / rows;
+    const Layout gy_layout(grad_output), gx_layout(grad_input);
+    const scalar_t* gy = grad_output.const_data_ptr<scalar_t>();
+    scalar_t* gx = grad_input.mutable_data_ptr<scalar_t>();
+    const bool stream = grad_input.numel() * int64_t{sizeof(scalar_t)} > kStreamBytes;
+    at::parallel_for(0, g.batch * bands_per_image, 1, [&](int64_t begin, int64_t end) {
+      AlignedVector<scalar_t> gy_band(((rows - 1) / sh + top + 2) * band_row), out_band(rows * g.in_w * in_pixel);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t n = task / bands_per_image, ih0 = task % bands_per_image * rows;
+        const int64_t band_rows = std::min(rows, g.in_h - ih0);
+        const int64_t q0 = (ih0 + g.pad_h) / sh - top, q1 = (ih0 + band_rows - 1 + g.pad_h) / sh;  // grad_output rows
+        fill_band(transpose, gy, gy_layout, n, q0, q1 - q0 + 1, -left, band_w, gy_band.data());
+        std::fill(out_band.begin(), out_band.end(), scalar_t(0));  // pixels no tap reaches
+        // Per phase and block of its filters (in L1), every row of the band in that phase.
+        for (int64_t a = 0; a < sh; ++a) {
+          const int64_t first_row = ih0 + ((a - (ih0 + g.pad_h)) % sh + sh) % sh;
+          for (int64_t b = 0; b < sw; ++b) {
+            const Phase& phase = phases[a * sw + b];
+            const int64_t depth = static_cast<int64_t>(phase.offsets.size());
+            const int64_t iw0 = ((b - g.pad_w) % sw + sw) % sw;  // a row's first pixel of phase b
+            if (depth == 0 || iw0 >= g.in_w) continue;
+            const int64_t count = (g.in_w - iw0 + sw - 1) / sw;
+            // The fewest tiles per row, as even as they come.
+            const int64_t tile_pixels = (count + (count + kernel.rows - 1) / kernel.rows - 1) / ((count + kernel.rows - 1) / kernel.rows);
+            for (int64_t p0 = 0; p0 < panels; p0 += kernel.panels) {
+              const int tile_panels = static_cast<int>(std::min<int64_t>(kernel.panels, panels - p0));
+              for (int64_t k0 = 0; k0 < depth; k0 += kernel.depth) {
+                const scalar_t* panel = phase.packed.const_data_ptr<scalar_t>() + (p0 * depth + k0) * W;
+                for (int64_t ih = first_row; ih < ih0 + band_rows; ih += sh) {
+                  const scalar_t* x = gy_band.data() + ((ih + g.pad_h) / sh - q0) * band_row + ((iw0 + g.pad_w) / sw + left) * K;
+                  scalar_t* y = out_band.data() + ((ih - ih0) * g.in_w + iw0) * in_pixel + p0 * W;
+                  for (int64_t i = 0; i < count; i += tile_pixels) {
+                    kernel.run(static_cast<int>(std::min(tile_pixels, count - i)), tile_panels, std::min(kernel.depth, depth - k0),
+                               x + i * K, K, panel, depth * W, phase.offsets.data() + k0, nullptr,
+                               k0 == 0 ? Write::store : Write::add, y + i * sw * in_pixel, sw * in_pixel);
+                  }
+                }
+              }
+            }
+          }
+        }
+        store_band(transpose, out_band.data(), band_rows, g.in_w, gx, gx_layout, n, ih0, in_pixel, stream);
+      }
+    });
+  });
+  return grad_input;
+}
+
 // The weight gradient over the same bands: per tap, gw_t (K x C) += gy (K x pixels) times the
 // tap's input (pixels x C), on the micro-kernel with its rows as output channels (grad_output
 // packed per band into the kernel's tiles of rows) and its panels as input channels, read in

@@ -20,6 +20,12 @@ at::Tensor channels_last_gemm_conv2d_forward(const at::Tensor& input, const at::
                                              const at::Tensor& bias, const Conv2dGeometry& g,
                                              at::MemoryFormat result_format);
 
+// The input gradient of one group (groups == 1, at least one output channel) from float32 or
+// float64 operands: grad_output dense NCHW or NHWC, the weight contiguous. The result in
+// result_format.
+at::Tensor channels_last_gemm_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
+                                                const Conv2dGeometry& g, at::MemoryFormat result_format);
+
 // The weight gradient of one group (groups == 1, at least one input channel) from float32 or
 // float64 operands, input and grad_output dense NCHW or NHWC: (K, C, kh, kw).
 at::Tensor channels_last_gemm_conv2d_grad_weight(const at::Tensor& input, const at::Tensor& grad_output,

@@ -259,9 +259,10 @@ bool implicit_gemm_pays_off(const Conv2dGeometry& g) {
 // with AVX2 1.05-1.25x faster than the implicit GEMM). It packs the filters per call, which few
 // pixels do not repay (392 pixels of 512 @14: MKL 1.25x faster), nor do 1x1 kernels, whose
 // im2col is a strided view for MKL (1.3x), nor the stem's 3 channels (1.25x slower than the
-// implicit GEMM: its output, 21 times its input, is moved from the band). Its weight gradient, the same products summed the other way, beats
-// im2col+MKL on those layers too (measured at batch 8: 3x3/2 64->128 @56 1.4x, 32->64 @112
-// 1.9x, 128->256 @28 alike).
+// implicit GEMM: its output, 21 times its input, is moved from the band). Its weight gradient,
+// the same products summed the other way, beats im2col+MKL on those layers too (measured at
+// batch 8: 3x3/2 64->128 @56 1.4x, 32->64 @112 1.9x, 128->256 @28 alike), and its input
+// gradient, by stride phase, col2im (1.1-1.4x, 1.35-2x, 1.1-1.4x).
 bool channels_last_gemm_pays_off(const Conv2dGeometry& g) {
   return channels_last_gemm_available() && g.groups == 1 && (g.stride_h > 1 || g.stride_w > 1) &&
          g.kernel_h * g.kernel_w > 1 && g.in_channels >= kChannelsLastGemmChannels &&
@@ -552,6 +553,11 @@ Tensor conv2d_grad_input_cpu(const Tensor& grad_output, const Tensor& weight,
   }
   if ((g.stride_h > 1 || g.stride_w > 1) && amx_chosen(g, grad_output.scalar_type())) {
     return grad_input_by_phases(grad_output, weight, g, result_format);
+  }
+  if (choose_algorithm(g) == Algorithm::gemm && channels_last_gemm_pays_off(g)) {
+    const Tensor gy = compute_operand(grad_output, grad_output.suggest_memory_format());
+    return finish(channels_last_gemm_conv2d_grad_input(gy, compute_operand(weight), g, result_format),
+                  grad_output.scalar_type(), result_format);
   }
   const Tensor gy = compute_operand(grad_output), w = compute_operand(weight);
   const Tensor grad_input = choose_algorithm(g) == Algorithm::direct
