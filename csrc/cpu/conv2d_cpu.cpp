@@ -208,6 +208,10 @@ at::MemoryFormat operand_format(const Tensor& t, Algorithm algorithm) {
   return algorithm == Algorithm::winograd ? t.suggest_memory_format() : at::MemoryFormat::Contiguous;
 }
 
+// compute_operand in t's own layout, for the kernels that read NCHW and NHWC alike through
+// bands (Winograd, the channels-last GEMM).
+Tensor band_operand(const Tensor& t) { return compute_operand(t, t.suggest_memory_format()); }
+
 // The result in the caller's dtype and layout, with at most one copy.
 Tensor finish(const Tensor& result, at::ScalarType dtype, at::MemoryFormat format) {
   if (result.scalar_type() == dtype) return in_memory_format(result, format);
@@ -378,7 +382,7 @@ bool amx_chosen(const Conv2dGeometry& g, at::ScalarType dtype) {
 // The forward on Winograd, reading the weight in the given order.
 Tensor winograd_forward(const Tensor& input, const Tensor& weight, FilterOrder order, const Tensor& bias,
                         const Conv2dGeometry& g, at::MemoryFormat result_format) {
-  const Tensor x = compute_operand(input, operand_format(input, Algorithm::winograd));
+  const Tensor x = band_operand(input);
   const Tensor output = winograd_conv2d_forward(x, compute_operand(weight), order, compute_operand(bias), g, result_format);
   return finish(output, input.scalar_type(), result_format);
 }
@@ -391,7 +395,7 @@ Tensor forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
   const Algorithm algorithm = choose_algorithm(g);
   if (algorithm == Algorithm::winograd) return winograd_forward(input, weight, FilterOrder::as_given, bias, g, result_format);
   if (algorithm == Algorithm::gemm && channels_last_gemm_pays_off(g)) {
-    const Tensor x = compute_operand(input, input.suggest_memory_format());
+    const Tensor x = band_operand(input);
     const Tensor output = channels_last_gemm_conv2d_forward(x, compute_operand(weight), compute_operand(bias), g, result_format);
     return finish(output, input.scalar_type(), result_format);
   }
@@ -555,7 +559,7 @@ Tensor conv2d_grad_input_cpu(const Tensor& grad_output, const Tensor& weight,
     return grad_input_by_phases(grad_output, weight, g, result_format);
   }
   if (choose_algorithm(g) == Algorithm::gemm && channels_last_gemm_pays_off(g)) {
-    const Tensor gy = compute_operand(grad_output, grad_output.suggest_memory_format());
+    const Tensor gy = band_operand(grad_output);
     return finish(channels_last_gemm_conv2d_grad_input(gy, compute_operand(weight), g, result_format),
                   grad_output.scalar_type(), result_format);
   }
@@ -577,8 +581,8 @@ Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
   }
   const Algorithm algorithm = choose_grad_weight_algorithm(g);
   if (algorithm == Algorithm::gemm && channels_last_gemm_pays_off(g)) {
-    const Tensor x = compute_operand(input, input.suggest_memory_format());
-    const Tensor gy = compute_operand(grad_output, grad_output.suggest_memory_format());
+    const Tensor x = band_operand(input);
+    const Tensor gy = band_operand(grad_output);
     return finish(channels_last_gemm_conv2d_grad_weight(x, gy, g), input.scalar_type(), conv2d_memory_format(input, grad_output));
   }
   const bool reads_reduced = algorithm == Algorithm::direct && direct_grad_weight_reads_reduced(g);
