@@ -11,7 +11,9 @@ off and on are recorded too.
 For each row: the error of both sides' forward against a float64 result (max |error| / max |exact|),
 the peak memory one forward call allocates, then forward and forward+backward of both sides timed
 with torch.utils.benchmark, interleaved round by round on the same inputs; medians, GFLOP/s and
-the ratio torch-time / our-time (> 1: we are faster). Writes JSON and a PNG chart to
+the ratio torch-time / our-time (> 1: we are faster), the median of the rounds' ratios: each
+round times both sides back to back, so a shared machine's changes of speed between rounds
+cancel out of it. Writes JSON and a PNG chart to
 benchmarks/results/, prints a Markdown table and, with --readme, puts it into README.md.
 
     python benchmarks/bench_conv2d.py [--device cpu|cuda] [--batches 8,1] [--rounds 3] [--readme]
@@ -206,7 +208,8 @@ def measure(layer, batch, device, precision, rounds, min_run_time):
                 for (m, side), v in times.items() if m == mode and side.startswith("torch NCHW")}
         rows.append(dict(
             layer=layer.name, **asdict(layer), batch=batch, mode=mode, dtype=precision,
-            ours_ms=ours * 1e3, torch_ms=theirs * 1e3, ratio=theirs / ours,
+            ours_ms=ours * 1e3, torch_ms=theirs * 1e3,
+            ratio=statistics.median(t / o for o, t in zip(times[mode, "ours"], times[mode, "torch"])),
             ours_gflops=flops / ours / 1e9, torch_gflops=flops / theirs / 1e9,
             ours_error=ours_error, torch_error=torch_error,
             ours_peak_mib=memory[0], torch_peak_mib=memory[1],
@@ -372,7 +375,7 @@ def main():
         date=time.strftime("%Y-%m-%d %H:%M:%S"), seconds=round(time.time() - started),
     )
     heading = (f"{meta['device']}, {meta['threads']} threads, torch {meta['torch']}, commit {meta['commit']}, "
-               f"{meta['date']}; medians of {args.rounds} interleaved rounds")
+               f"{meta['date']}; medians of {args.rounds} interleaved rounds (torch/ours: the median of the rounds' ratios)")
     table = markdown_table(rows)
     print(f"\n{heading}\n\n{table}")
     args.out.mkdir(parents=True, exist_ok=True)
