@@ -103,6 +103,11 @@ void transpose(const T* src, int64_t src_stride, int64_t rows, int64_t cols, T* 
 }  // namespace avx2
 #pragma GCC pop_options
 
+// GCC 12's AVX-512 shuffles start their results from a deliberately undefined vector, which
+// -Wuninitialized reports wherever they are inlined (GCC bug 105593, fixed in GCC 13).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx2,fma")
 namespace avx512 {
@@ -171,7 +176,7 @@ template <typename T>
 void transpose(const T* src, int64_t src_stride, int64_t rows, int64_t cols, T* dst, int64_t dst_stride, bool stream) {
   constexpr int64_t B = 64 / sizeof(T);
   const auto address = reinterpret_cast<uintptr_t>(dst);
-  stream = stream && dst_stride % B == 0 && address % sizeof(T) == 0;
+  stream = stream && dst_stride % B == 0;
   const int64_t first = stream ? std::min<int64_t>(rows, (B - address / sizeof(T) % B) % B) : 0;
   const int64_t whole_rows = first + (rows - first) / B * B, whole_cols = cols / B * B;
   avx2::transpose(src, src_stride, first, cols, dst, dst_stride);
@@ -185,6 +190,7 @@ void transpose(const T* src, int64_t src_stride, int64_t rows, int64_t cols, T* 
 
 }  // namespace avx512
 #pragma GCC pop_options
+#pragma GCC diagnostic pop
 
 // The transpose of this CPU's instruction set.
 template <typename scalar_t>
