@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <mutex>
+#include <numeric>
 #include <utility>
 #include <vector>
 
@@ -49,29 +50,39 @@ struct Bands {
   }
 };
 
-// packed[panel][tap][c][j] = weight[panel * W + j][c][tap], zero past the output channels: the
-// micro-kernel's panels of W output channels, step k = tap * C + c of the patch at k * W.
+// The micro-kernel's packed panels of W columns of the filters:
+// packed[panel][t][d][j] = w[(panel * W + j) * column_stride + d * depth_stride + taps[t]] for the
+// columns that exist (zero past them), step t * depth + d of the product at that times W. The
+// forward's columns are the output channels, the input gradient's the input channels.
 template <typename scalar_t>
-at::Tensor pack_filter_panels(const at::Tensor& weight, const Conv2dGeometry& g, int64_t panels) {
+at::Tensor pack_panels(const at::Tensor& weight, int64_t columns, int64_t column_stride, int64_t depth,
+                       int64_t depth_stride, const std::vector<int64_t>& taps) {
   constexpr int64_t W = kPanelWidth<scalar_t>;
-  const int64_t taps = g.kernel_h * g.kernel_w, channels = g.in_channels;
-  at::Tensor packed = at::empty({panels * taps * channels * W}, weight.options());
+  const int64_t panels = (columns + W - 1) / W, steps = static_cast<int64_t>(taps.size()) * depth;
+  at::Tensor packed = at::empty({panels * steps * W}, weight.options());
   const scalar_t* w = weight.const_data_ptr<scalar_t>();
   scalar_t* out = packed.mutable_data_ptr<scalar_t>();
   at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
-      const int64_t present = std::min(W, g.out_channels - p * W);
-      const scalar_t* src = w + p * W * channels * taps;  // the panel's filters, in L2 while their taps are read
-      scalar_t* dst = out + p * taps * channels * W;       // written in order
-      for (int64_t tap = 0; tap < taps; ++tap) {
-        for (int64_t c = 0; c < channels; ++c, dst += W) {
-          for (int64_t j = 0; j < present; ++j) dst[j] = src[(j * channels + c) * taps + tap];
+      const int64_t present = std::min(W, columns - p * W);
+      const scalar_t* src = w + p * W * column_stride;  // the panel's filters, in L2 while their taps are read
+      scalar_t* dst = out + p * steps * W;              // written in order
+      for (const int64_t tap : taps) {
+        for (int64_t d = 0; d < depth; ++d, dst += W) {
+          for (int64_t j = 0; j < present; ++j) dst[j] = src[j * column_stride + d * depth_stride + tap];
           std::fill(dst + present, dst + W, scalar_t(0));
         }
       }
     }
   });
   return packed;
+}
+
+// The fewest tiles of at most `most` pixels for a row of `count`, as even as they come (14
+// pixels: 7 + 7, not 12 + 2): their pixels.
+int64_t even_tile_pixels(int64_t count, int64_t most) {
+  const int64_t tiles = (count + most - 1) / most;
+  return (count + tiles - 1) / tiles;
 }
 
 // Where step k = tap * C + c of a pixel's patch lies in an input band (pixels C apart, rows
@@ -98,9 +109,7 @@ void forward_band(const MicroKernel<scalar_t>& kernel, const scalar_t* band, int
   constexpr int64_t W = kPanelWidth<scalar_t>;
   const int64_t channels = g.in_channels, out_pixel = panels * W, band_row = band_w * channels;
   const int64_t patch = g.kernel_h * g.kernel_w * channels;
-  // The fewest tiles per output row, as even as they come (14 pixels: 7 + 7, not 12 + 2).
-  const int64_t row_tiles = (g.out_w + kernel.rows - 1) / kernel.rows;
-  const int64_t tile_pixels = (g.out_w + row_tiles - 1) / row_tiles;
+  const int64_t tile_pixels = even_tile_pixels(g.out_w, kernel.rows);
   for (int64_t p0 = 0; p0 < panels; p0 += kernel.panels) {
     const int tile_panels = static_cast<int>(std::min<int64_t>(kernel.panels, panels - p0));
     for (int64_t k0 = 0; k0 < patch; k0 += kernel.depth) {
@@ -135,7 +144,10 @@ at::Tensor channels_last_gemm_conv2d_forward(const at::Tensor& input, const at::
     const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
     const auto transpose = transpose_for_this_cpu<scalar_t>();
     const int64_t panels = (g.out_channels + W - 1) / W, out_pixel = panels * W;
-    const at::Tensor packed = pack_filter_panels<scalar_t>(weight, g, panels);
+    std::vector<int64_t> taps(g.kernel_h * g.kernel_w);
+    std::iota(taps.begin(), taps.end(), int64_t{0});
+    const at::Tensor packed = pack_panels<scalar_t>(weight, g.out_channels, g.in_channels * g.kernel_h * g.kernel_w,
+                                                    g.in_channels, g.kernel_h * g.kernel_w, taps);
     // Bands whose input and output stay in L2.
     const int64_t input_row = Bands::input_width(g) * g.in_channels;  // elements of a band's input row
     const Bands bands(g, g.out_h, (g.stride_h * input_row + g.out_w * out_pixel) * int64_t{sizeof(scalar_t)},
@@ -148,7 +160,7 @@ at::Tensor channels_last_gemm_conv2d_forward(const at::Tensor& input, const at::
     const scalar_t* w = packed.const_data_ptr<scalar_t>();
     const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* y = output.mutable_data_ptr<scalar_t>();
-    const bool stream = output.numel() * int64_t{sizeof(scalar_t)} > kStreamBytes;
+    const bool stream = streams(output);
     at::parallel_for(0, g.batch * bands_per_image, 1, [&](int64_t begin, int64_t end) {
       AlignedVector<scalar_t> in_band(input_rows(rows) * band_w * g.in_channels), out_band(rows * g.out_w * out_pixel);
       for (int64_t task = begin; task < end; ++task) {
@@ -202,14 +214,13 @@ at::Tensor channels_last_gemm_conv2d_grad_input(const at::Tensor& grad_output, c
     const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
     const auto transpose = transpose_for_this_cpu<scalar_t>();
     const int64_t panels = (C + W - 1) / W, in_pixel = panels * W, band_row = band_w * K;
-    // Per phase: its offsets table over (taps, K) and its filters packed per panel,
-    // packed[panel][tap][k][j] = weight[k][panel * W + j][kh][kw].
+    // Per phase: its offsets table over (taps, K) and its filters packed per panel of input
+    // channels, step (tap, k) of panel p's column j = weight[k][p * W + j][kh][kw].
     struct Phase {
       std::vector<int64_t> offsets;
       at::Tensor packed;
     };
     std::vector<Phase> phases(sh * sw);
-    const scalar_t* w = weight.const_data_ptr<scalar_t>();
     for (int64_t a = 0; a < sh; ++a) {
       for (int64_t b = 0; b < sw; ++b) {
         const PhaseTaps &r = rows_taps[a], &c = cols_taps[b];
@@ -221,21 +232,8 @@ at::Tensor channels_last_gemm_conv2d_grad_input(const at::Tensor& grad_output, c
             for (int64_t k = 0; k < K; ++k) phase.offsets.push_back(r.offsets[i] * band_row + c.offsets[j] * K + k);
           }
         }
-        const int64_t depth = static_cast<int64_t>(phase.offsets.size());
-        phase.packed = at::empty({panels * depth * W}, weight.options());
-        scalar_t* packed = phase.packed.mutable_data_ptr<scalar_t>();
-        at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
-          for (int64_t p = begin; p < end; ++p) {
-            const int64_t present = std::min(W, C - p * W);
-            scalar_t* out = packed + p * depth * W;  // written in order
-            for (const int64_t tap : taps) {
-              for (int64_t k = 0; k < K; ++k, out += W) {
-                for (int64_t q = 0; q < present; ++q) out[q] = w[(k * C + p * W + q) * g.kernel_h * g.kernel_w + tap];
-                std::fill(out + present, out + W, scalar_t(0));
-              }
-            }
-          }
-        });
+        const int64_t filter = g.kernel_h * g.kernel_w;
+        phase.packed = pack_panels<scalar_t>(weight, C, filter, K, C * filter, taps);
       }
     }
     // Bands of grad_input rows whose output and grad_output rows stay in L2.
@@ -245,7 +243,7 @@ at::Tensor channels_last_gemm_conv2d_grad_input(const at::Tensor& grad_output, c
     const Layout gy_layout(grad_output), gx_layout(grad_input);
     const scalar_t* gy = grad_output.const_data_ptr<scalar_t>();
     scalar_t* gx = grad_input.mutable_data_ptr<scalar_t>();
-    const bool stream = grad_input.numel() * int64_t{sizeof(scalar_t)} > kStreamBytes;
+    const bool stream = streams(grad_input);
     at::parallel_for(0, g.batch * bands_per_image, 1, [&](int64_t begin, int64_t end) {
       AlignedVector<scalar_t> gy_band(((rows - 1) / sh + top + 2) * band_row), out_band(rows * g.in_w * in_pixel);
       for (int64_t task = begin; task < end; ++task) {
@@ -263,8 +261,7 @@ at::Tensor channels_last_gemm_conv2d_grad_input(const at::Tensor& grad_output, c
             const int64_t iw0 = ((b - g.pad_w) % sw + sw) % sw;  // a row's first pixel of phase b
             if (depth == 0 || iw0 >= g.in_w) continue;
             const int64_t count = (g.in_w - iw0 + sw - 1) / sw;
-            // The fewest tiles per row, as even as they come.
-            const int64_t tile_pixels = (count + (count + kernel.rows - 1) / kernel.rows - 1) / ((count + kernel.rows - 1) / kernel.rows);
+            const int64_t tile_pixels = even_tile_pixels(count, kernel.rows);
             for (int64_t p0 = 0; p0 < panels; p0 += kernel.panels) {
               const int tile_panels = static_cast<int>(std::min<int64_t>(kernel.panels, panels - p0));
               for (int64_t k0 = 0; k0 < depth; k0 += kernel.depth) {

@@ -247,7 +247,7 @@ at::Tensor implicit_gemm_conv2d_forward(const at::Tensor& input, const at::Tenso
     const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
     const auto pack_panels = use_avx512() ? &avx512::pack_panels<scalar_t> : &avx2::pack_panels<scalar_t>;
     const int64_t tiles = (g.out_channels_per_group() + kernel.rows - 1) / kernel.rows;
-    const bool stream = output.numel() * static_cast<int64_t>(sizeof(scalar_t)) > kStreamBytes;
+    const bool stream = streams(output);
     if (g.groups == 1 && total < threads * kSplitPixels) {
       // Few pixels (deep layers of single images): chunks of them would not balance, and each
       // would read all the filters. The threads split the output channels instead, reading

@@ -4,6 +4,8 @@
 // baseline; micro_kernel_for_this_cpu picks one at run time.
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 
 namespace conv_ext {
@@ -22,11 +24,14 @@ constexpr int64_t kMaxMicroKernelDepth = 1024;
 // _mm_sfence before other threads read y).
 enum class Write { store, add, stream };
 
-// Outputs larger than this (a core's L2) are written with non-temporal stores where a kernel
-// writes them whole, sparing the reads of lines about to be overwritten (measured with AVX-512:
-// the implicit GEMM's stem at batch 8 1.2x faster, at batch 1 (3.2 MB) 1.1x, 1x1 64->256
+// Outputs larger than a core's L2 are written with non-temporal stores where a kernel writes
+// them whole, sparing the reads of lines about to be overwritten (measured with AVX-512: the
+// implicit GEMM's stem at batch 8 1.2x faster, at batch 1 (3.2 MB) 1.1x, 1x1 64->256
 // 1.1-1.15x; 1.6 MB alike).
 constexpr int64_t kStreamBytes = int64_t{2} << 20;
+inline bool streams(const at::Tensor& output) {
+  return output.numel() * static_cast<int64_t>(output.element_size()) > kStreamBytes;
+}
 
 // y's tile of `rows` (<= the kernel's rows) x `panels` (the kernel's panels, or 1) panels:
 // y (+)= a . panels over depth, where row i of a (a_row apart) holds channel i's values, or with

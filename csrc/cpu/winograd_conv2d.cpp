@@ -364,7 +364,7 @@ void winograd_forward_kernel(const Tensor& input, const Tensor& weight, FilterOr
   const scalar_t* u_data = u.const_data_ptr<scalar_t>();
   const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* y = output.mutable_data_ptr<scalar_t>();
-  const bool stream = output.numel() * int64_t{sizeof(scalar_t)} > kStreamBytes;
+  const bool stream = streams(output);
   const Layout y_layout(output);
 
   at::parallel_for(0, chunks.count, 1, [&](int64_t begin, int64_t end) {
@@ -450,7 +450,7 @@ void winograd_forward_by_panels(const Tensor& input, const Tensor& weight, Filte
   const FilterSource<scalar_t> filters(weight, order);
   const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* y = output.mutable_data_ptr<scalar_t>();
-  const bool stream = output.numel() * int64_t{sizeof(scalar_t)} > kStreamBytes;
+  const bool stream = streams(output);
   const Layout y_layout(output);
   // Units of the micro-kernel's panels, when there are enough to share evenly, else single ones.
   const int64_t panels = (K + width - 1) / width, kernel_panels = micro_kernel_for_this_cpu<scalar_t>().panels;
