@@ -29,19 +29,19 @@ namespace {
 // to the output.
 constexpr int64_t kBandBytes = int64_t{1} << 20;
 
-// Bands of `rows` output rows, `per_image` of them per image: the most rows, up to max_rows,
-// whose band takes at most kBandBytes (bytes_per_row output rows' input and output, on top of
-// the kernel's rows of input), then as even as they come with at least one band per thread.
+// Bands of `rows` rows (of the output, or of the input gradient), `per_image` of them per image
+// of `height` rows: the most rows, up to max_rows, whose band takes at most kBandBytes
+// (bytes_per_row per row, on top of fixed_bytes), then as even as they come with at least one
+// band per thread.
 struct Bands {
-  int64_t width, rows, per_image;  // input pixels of a band's row; output rows per band; bands per image
+  int64_t rows, per_image;
 
-  Bands(const Conv2dGeometry& g, int64_t max_rows, int64_t bytes_per_row, int64_t fixed_bytes)
-      : width(input_width(g)) {
-    rows = std::clamp<int64_t>(max_rows, 1, g.out_h);
+  Bands(int64_t height, int64_t batch, int64_t max_rows, int64_t bytes_per_row, int64_t fixed_bytes) {
+    rows = std::clamp<int64_t>(max_rows, 1, height);
     while (rows > 1 && rows * bytes_per_row + fixed_bytes > kBandBytes) --rows;
-    const int64_t wanted = std::max((g.out_h + rows - 1) / rows, (at::get_num_threads() + g.batch - 1) / g.batch);
-    rows = (g.out_h + wanted - 1) / wanted;
-    per_image = (g.out_h + rows - 1) / rows;
+    const int64_t wanted = std::max((height + rows - 1) / rows, (at::get_num_threads() + batch - 1) / batch);
+    rows = (height + wanted - 1) / wanted;
+    per_image = (height + rows - 1) / rows;
   }
   // Input columns that a row of output reads, and input rows that output_rows rows read.
   static int64_t input_width(const Conv2dGeometry& g) { return (g.out_w - 1) * g.stride_w + (g.kernel_w - 1) * g.dilation_w + 1; }
@@ -150,9 +150,9 @@ at::Tensor channels_last_gemm_conv2d_forward(const at::Tensor& input, const at::
                                                     g.in_channels, g.kernel_h * g.kernel_w, taps);
     // Bands whose input and output stay in L2.
     const int64_t input_row = Bands::input_width(g) * g.in_channels;  // elements of a band's input row
-    const Bands bands(g, g.out_h, (g.stride_h * input_row + g.out_w * out_pixel) * int64_t{sizeof(scalar_t)},
+    const Bands bands(g.out_h, g.batch, g.out_h, (g.stride_h * input_row + g.out_w * out_pixel) * int64_t{sizeof(scalar_t)},
                       Bands::input_rows(g, 1) * input_row * int64_t{sizeof(scalar_t)});
-    const int64_t band_w = bands.width, rows = bands.rows, bands_per_image = bands.per_image;
+    const int64_t band_w = Bands::input_width(g), rows = bands.rows, bands_per_image = bands.per_image;
     const auto input_rows = [&](int64_t r) { return Bands::input_rows(g, r); };
     const std::vector<int64_t> offsets = patch_offsets(g, band_w);
     const Layout x_layout(input), y_layout(output);
@@ -237,9 +237,9 @@ at::Tensor channels_last_gemm_conv2d_grad_input(const at::Tensor& grad_output, c
       }
     }
     // Bands of grad_input rows whose output and grad_output rows stay in L2.
-    const int64_t row_bytes = (g.in_w * in_pixel + band_row / sh + band_row) * int64_t{sizeof(scalar_t)};
-    const int64_t rows = std::clamp<int64_t>(kBandBytes / row_bytes, 1, g.in_h);
-    const int64_t bands_per_image = (g.in_h + rows - 1) / rows;
+    const Bands bands(g.in_h, g.batch, g.in_h, (g.in_w * in_pixel + band_row / sh) * int64_t{sizeof(scalar_t)},
+                      (top + 2) * band_row * int64_t{sizeof(scalar_t)});
+    const int64_t rows = bands.rows, bands_per_image = bands.per_image;
     const Layout gy_layout(grad_output), gx_layout(grad_input);
     const scalar_t* gy = grad_output.const_data_ptr<scalar_t>();
     scalar_t* gx = grad_input.mutable_data_ptr<scalar_t>();
@@ -307,9 +307,10 @@ at::Tensor channels_last_gemm_conv2d_grad_weight(const at::Tensor& input, const 
     // Bands of at most kernel.depth pixels (the products' depth) whose input and packed
     // grad_output stay in L2.
     const int64_t input_row = Bands::input_width(g) * C;
-    const Bands bands(g, kernel.depth / g.out_w, (g.stride_h * input_row + g.out_w * tiles * tile_rows) * int64_t{sizeof(scalar_t)},
+    const Bands bands(g.out_h, g.batch, kernel.depth / g.out_w,
+                      (g.stride_h * input_row + g.out_w * tiles * tile_rows) * int64_t{sizeof(scalar_t)},
                       Bands::input_rows(g, 1) * input_row * int64_t{sizeof(scalar_t)});
-    const int64_t band_w = bands.width, rows = bands.rows, bands_per_image = bands.per_image;
+    const int64_t band_w = Bands::input_width(g), rows = bands.rows, bands_per_image = bands.per_image;
     const auto input_rows = [&](int64_t r) { return Bands::input_rows(g, r); };
     const Layout x_layout(input), gy_layout(grad_output);
     const scalar_t* x = input.const_data_ptr<scalar_t>();
