@@ -361,6 +361,24 @@ def test_channels_last_gemm_layers(conv, dtype, path):
     assert output.is_contiguous(memory_format=torch.channels_last) == (conv.layout == "channels_last")
 
 
+# The weight gradient of few input channels (1 to 15, with at least 16 output channels) runs on
+# the channels-last GEMM at any stride, its products' rows a kernel row's taps times the
+# channels: a 5x5 kernel with dilation (1, 2) (one tap per run), output channels in three panels
+# of float32 (33: the last partial), one input channel at strides (2, 1), NCHW and NHWC.
+FEW_CHANNELS_GRAD_WEIGHT_LAYERS = [
+    (Conv(2, 3, 16, (40, 44), (5, 5), (1, 1), (2, 4), (1, 2), 1, False, "channels_last"), torch.float64),
+    (Conv(2, 5, 33, (30, 37), (3, 3), (1, 1), (1, 1), (1, 1), 1, True), torch.float32),
+    (Conv(3, 1, 16, (50, 41), (3, 5), (2, 1), (1, 2), (1, 1), 1, True, "channels_last"), torch.float64),
+]
+
+
+@pytest.mark.parametrize("path", [p for p in FORCED_CPU_PATHS if p.startswith("gemm")])
+@pytest.mark.parametrize("conv,dtype", FEW_CHANNELS_GRAD_WEIGHT_LAYERS,
+                         ids=["dilated-nhwc-float64", "partial-panel-float32", "one-channel-float64"])
+def test_channels_last_gemm_few_channels_grad_weight(conv, dtype, path):
+    check_layer_on_path(conv, dtype, path)
+
+
 # Winograd and the channels-last GEMM move their output from channels-innermost bands into
 # NCHW by register transposes, streaming outputs larger than a core's L2 from the first cache
 # line boundary of each run on: a band as wide as the image as one run (float32 and float64),

@@ -286,29 +286,32 @@ at::Tensor channels_last_gemm_conv2d_grad_input(const at::Tensor& grad_output, c
   return grad_input;
 }
 
-// The weight gradient over the same bands: per tap, gw_t (K x C) += gy (K x pixels) times the
-// tap's input (pixels x C), on the micro-kernel with its rows as output channels (grad_output
-// packed per band into the kernel's tiles of rows) and its panels as input channels, read in
-// place from the input band through a table of the pixels' offsets. Each thread sums its bands
-// into its own (taps, K, C) buffer; the buffers are added at the end, in the order of their
-// bands (the same sum on every run).
+// The weight gradient over the same bands: per run of taps along a kernel row,
+// gw_run (taps * C x K) += the run's input (taps * C x pixels) times gy (pixels x K), on the
+// micro-kernel with its rows as the run's (tap, input channel) entries, read in place from the
+// input band through a table of the pixels' offsets, and its panels as output channels
+// (grad_output packed per band into panels). A run is the kernel's whole row when its taps are
+// adjacent (dilation_w 1), so that few channels still fill the kernel's rows (the stem's 7 taps
+// x 3 channels fill 21 of 24), else one tap. Each thread sums its bands into its own
+// (runs, entries, K) buffer; the buffers are added at the end, in the order of their bands (the
+// same sum on every run).
 at::Tensor channels_last_gemm_conv2d_grad_weight(const at::Tensor& input, const at::Tensor& grad_output,
                                                  const Conv2dGeometry& g) {
   TORCH_INTERNAL_ASSERT(g.groups == 1 && g.in_channels > 0);
-  const int64_t taps = g.kernel_h * g.kernel_w;
+  const int64_t run_taps = g.dilation_w == 1 ? g.kernel_w : 1, runs = g.kernel_h * g.kernel_w / run_taps;
+  const int64_t entries = run_taps * g.in_channels;  // of a run
   std::mutex sums_mutex;
-  std::vector<std::pair<int64_t, at::Tensor>> sums;  // per thread: its first band, its (taps, K, C) sums
+  std::vector<std::pair<int64_t, at::Tensor>> sums;  // per thread: its first band, its (runs, entries, K) sums
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_channels_last_gemm_grad_weight", [&] {
     constexpr int64_t W = kPanelWidth<scalar_t>;
     const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
     const auto transpose = transpose_for_this_cpu<scalar_t>();
-    const int64_t C = g.in_channels, K = g.out_channels, c_padded = (C + W - 1) / W * W;
-    const int64_t tile_rows = kernel.rows, tiles = (K + tile_rows - 1) / tile_rows;
-    // Bands of at most kernel.depth pixels (the products' depth) whose input and packed
-    // grad_output stay in L2.
+    const int64_t C = g.in_channels, K = g.out_channels, panels = (K + W - 1) / W, padded = panels * W;
+    // Bands whose input and packed grad_output stay in L2, multiplied in blocks of pixels as
+    // deep as the kernel takes.
     const int64_t input_row = Bands::input_width(g) * C;
-    const Bands bands(g.out_h, g.batch, kernel.depth / g.out_w,
-                      (g.stride_h * input_row + g.out_w * tiles * tile_rows) * int64_t{sizeof(scalar_t)},
+    const Bands bands(g.out_h, g.batch, g.out_h,
+                      (g.stride_h * input_row + g.out_w * padded) * int64_t{sizeof(scalar_t)},
                       Bands::input_rows(g, 1) * input_row * int64_t{sizeof(scalar_t)});
     const int64_t band_w = Bands::input_width(g), rows = bands.rows, bands_per_image = bands.per_image;
     const auto input_rows = [&](int64_t r) { return Bands::input_rows(g, r); };
@@ -317,11 +320,10 @@ at::Tensor channels_last_gemm_conv2d_grad_weight(const at::Tensor& input, const 
     const scalar_t* gy = grad_output.const_data_ptr<scalar_t>();
     at::parallel_for(0, g.batch * bands_per_image, 1, [&](int64_t begin, int64_t end) {
       const at::AutoDispatchBelowADInplaceOrView below_autograd;  // worker threads do not inherit it
-      at::Tensor sum_tensor = at::zeros({taps, K, c_padded}, input.options());
+      at::Tensor sum_tensor = at::zeros({runs, entries, padded}, input.options());
       scalar_t* sum = sum_tensor.mutable_data_ptr<scalar_t>();
-      // The last panel may read past the band's last pixel: W elements of slack.
-      AlignedVector<scalar_t> in_band(input_rows(rows) * band_w * C + W);
-      AlignedVector<scalar_t> gy_band(tiles * rows * g.out_w * tile_rows);  // [tile][pixel][row]
+      AlignedVector<scalar_t> in_band(input_rows(rows) * band_w * C);
+      AlignedVector<scalar_t> gy_band(panels * rows * g.out_w * W);  // [panel][pixel][column]; zero past K
       std::vector<int64_t> offsets(rows * g.out_w);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t n = task / bands_per_image, oh0 = task % bands_per_image * rows;
@@ -329,25 +331,30 @@ at::Tensor channels_last_gemm_conv2d_grad_weight(const at::Tensor& input, const 
         fill_band(transpose, x, x_layout, n, oh0 * g.stride_h - g.pad_h, input_rows(band_rows), -g.pad_w, band_w,
                   in_band.data());
         for (int64_t p = 0; p < pixels; ++p) offsets[p] = ((p / g.out_w * g.stride_h) * band_w + p % g.out_w * g.stride_w) * C;
-        for (int64_t t = 0; t < tiles; ++t) {  // gy_band[t][p][i] = gy[n, t * tile_rows + i, pixel p of the band]
-          const int64_t k0 = t * tile_rows, count = std::min(tile_rows, K - k0);
-          scalar_t* dst = gy_band.data() + t * pixels * tile_rows;
+        for (int64_t panel = 0; panel < panels; ++panel) {  // gy_band[panel][p][j] = gy[n, panel * W + j, pixel p of the band]
+          const int64_t k0 = panel * W, count = std::min(W, K - k0);
+          scalar_t* dst = gy_band.data() + panel * pixels * W;
           const scalar_t* src = gy + n * gy_layout.n + k0 * gy_layout.c + oh0 * gy_layout.h;
           if (gy_layout.c == 1) {  // NHWC: each pixel's channels are a run
-            for (int64_t p = 0; p < pixels; ++p) std::copy(src + p * gy_layout.w, src + p * gy_layout.w + count, dst + p * tile_rows);
+            for (int64_t p = 0; p < pixels; ++p) std::copy(src + p * gy_layout.w, src + p * gy_layout.w + count, dst + p * W);
           } else {  // NCHW: the band's pixels are a run of each channel's plane
-            transpose(src, gy_layout.c, count, pixels, dst, tile_rows, false);
+            transpose(src, gy_layout.c, count, pixels, dst, W, false);
           }
         }
-        for (int64_t tap = 0; tap < taps; ++tap) {
-          const int64_t tap_offset = (tap / g.kernel_w * g.dilation_h * band_w + tap % g.kernel_w * g.dilation_w) * C;
-          for (int64_t c0 = 0; c0 < C; c0 += kernel.panels * W) {
-            const int panels = static_cast<int>(std::min<int64_t>(kernel.panels, (c_padded - c0) / W));
-            for (int64_t t = 0; t < tiles; ++t) {
-              const int64_t k0 = t * tile_rows;
-              kernel.run(static_cast<int>(std::min(tile_rows, K - k0)), panels, pixels, gy_band.data() + t * pixels * tile_rows,
-                         0, in_band.data() + tap_offset + c0, W, offsets.data(), nullptr, Write::add,
-                         sum + (tap * K + k0) * c_padded + c0, c_padded);
+        // Per block of pixels and of grad_output's panels (in L1), every run's entries.
+        const int64_t depth = even_tile_pixels(pixels, kernel.depth);
+        for (int64_t d0 = 0; d0 < pixels; d0 += depth) {
+          for (int64_t p0 = 0; p0 < panels; p0 += kernel.panels) {
+            const scalar_t* panel = gy_band.data() + p0 * pixels * W + d0 * W;
+            for (int64_t run = 0; run < runs; ++run) {
+              const int64_t tap = run * run_taps;  // the run's first
+              const scalar_t* a = in_band.data() + (tap / g.kernel_w * g.dilation_h * band_w + tap % g.kernel_w * g.dilation_w) * C;
+              for (int64_t i = 0; i < entries; i += kernel.rows) {
+                kernel.run(static_cast<int>(std::min<int64_t>(kernel.rows, entries - i)),
+                           static_cast<int>(std::min<int64_t>(kernel.panels, panels - p0)), std::min(depth, pixels - d0),
+                           a + i, 1, panel, pixels * W, offsets.data() + d0, nullptr, Write::add,
+                           sum + (run * entries + i) * padded + p0 * W, padded);
+              }
             }
           }
         }
@@ -359,8 +366,11 @@ at::Tensor channels_last_gemm_conv2d_grad_weight(const at::Tensor& input, const 
   std::sort(sums.begin(), sums.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   at::Tensor total = sums.front().second;
   for (size_t i = 1; i < sums.size(); ++i) total.add_(sums[i].second);
-  // (taps, K, C) -> (K, C, kh, kw)
-  return total.narrow(2, 0, g.in_channels).permute({1, 2, 0}).reshape({g.out_channels, g.in_channels, g.kernel_h, g.kernel_w});
+  // (runs, run_taps * C, K) -> (K, C, kh, kw)
+  return total.narrow(2, 0, g.out_channels)
+      .view({g.kernel_h, g.kernel_w / run_taps, run_taps, g.in_channels, g.out_channels})
+      .permute({4, 3, 0, 1, 2})
+      .reshape({g.out_channels, g.in_channels, g.kernel_h, g.kernel_w});
 }
 
 }  // namespace conv_ext

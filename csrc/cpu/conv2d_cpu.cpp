@@ -171,6 +171,7 @@ bool winograd_chosen(const Conv2dGeometry& g) {
 }
 
 bool implicit_gemm_pays_off(const Conv2dGeometry& g);
+bool channels_last_gemm_grad_weight_pays_off(const Conv2dGeometry& g);
 
 // With few input channels Winograd's transforms cost about as much as its GEMMs save: the
 // implicit GEMM's forward is faster (measured with AVX-512: 16 or 24 input channels 1.1-1.7x,
@@ -189,6 +190,7 @@ Algorithm choose_algorithm(const Conv2dGeometry& g) {
 // padded plane, and with one or two pairs (depthwise) otherwise (measured).
 Algorithm choose_grad_weight_algorithm(const Conv2dGeometry& g) {
   if (const auto forced = forced_algorithm()) return *forced;
+  if (channels_last_gemm_grad_weight_pays_off(g)) return Algorithm::gemm;
   if (winograd_chosen(g)) return Algorithm::winograd;
   const bool unit_stride = g.stride_h == 1 && g.stride_w == 1;
   const int64_t pairs = g.in_channels_per_group() * g.out_channels_per_group();
@@ -271,6 +273,20 @@ bool channels_last_gemm_pays_off(const Conv2dGeometry& g) {
   return channels_last_gemm_available() && g.groups == 1 && (g.stride_h > 1 || g.stride_w > 1) &&
          g.kernel_h * g.kernel_w > 1 && g.in_channels >= kChannelsLastGemmChannels &&
          g.batch * g.out_h * g.out_w > kOneGemmColumns;
+}
+
+// The weight gradient runs there too for few input channels (up to 15) and at least 16 output
+// channels, at any stride: its products' rows are a kernel row's taps times the channels, which
+// the stem's 7 x 3 fill where the other paths' panels of its 3 channels stay mostly empty
+// (measured at batch 8, against the paths chosen before: the 7x7/2 stem 1.8-1.9x faster, 3x3
+// 3->64 @224 2.2x, 3x3/2 3->32 @224 and 8->32 @112 1.5-2x, 5x5 3->16 and 10->32 @64 2.1-2.3x;
+// 8 output channels, half a panel, 2x slower).
+bool channels_last_gemm_grad_weight_pays_off(const Conv2dGeometry& g) {
+  const bool few_channels = channels_last_gemm_available() && g.groups == 1 && g.kernel_h * g.kernel_w > 1 &&
+                            g.in_channels > 0 && g.in_channels < kChannelsLastGemmChannels &&
+                            g.out_channels >= kChannelsLastGemmChannels &&
+                            g.batch * g.out_h * g.out_w > kOneGemmColumns;
+  return few_channels || channels_last_gemm_pays_off(g);
 }
 
 Tensor gemm_conv2d_forward_batch_in_one_gemm(const Tensor& input, const Tensor& weight,
@@ -580,7 +596,7 @@ Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
                   conv2d_memory_format(input, grad_output));
   }
   const Algorithm algorithm = choose_grad_weight_algorithm(g);
-  if (algorithm == Algorithm::gemm && channels_last_gemm_pays_off(g)) {
+  if (algorithm == Algorithm::gemm && channels_last_gemm_grad_weight_pays_off(g)) {
     const Tensor x = band_operand(input);
     const Tensor gy = band_operand(grad_output);
     return finish(channels_last_gemm_conv2d_grad_weight(x, gy, g), input.scalar_type(), conv2d_memory_format(input, grad_output));
