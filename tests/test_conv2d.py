@@ -270,6 +270,23 @@ def test_amx_results_do_not_depend_on_thread_count():
 DIRECT_PATHS = ["auto"] + [p for p in FORCED_CPU_PATHS if p.startswith("direct")]
 
 
+# Stride-1 3x3 planes with one output channel per group are summed in blocks of eight rows at
+# a vector of columns: blocks inside the plane run unmasked and unchecked, the others at its
+# edges (padding, a partial vector, the last rows). 53-wide and 37-high planes have both; a
+# dilated row with padding (0, 2); two input channels per group, padded 2 rows deep.
+PLANE_ROWS_LAYERS = [
+    (Conv(2, 6, 6, (37, 53), (3, 3), (1, 1), (1, 1), (1, 1), 6, True), torch.float32),
+    (Conv(1, 4, 4, (40, 70), (3, 3), (1, 1), (0, 2), (1, 2), 4, False, "channels_last"), torch.float64),
+    (Conv(2, 8, 4, (30, 41), (3, 3), (1, 1), (2, 1), (1, 1), 4, True), torch.float32),
+]
+
+
+@pytest.mark.parametrize("path", DIRECT_PATHS)
+@pytest.mark.parametrize("conv,dtype", PLANE_ROWS_LAYERS, ids=["depthwise-float32", "dilated-float64", "two-channels-float32"])
+def test_direct_plane_rows_inside_and_edges(conv, dtype, path):
+    check_layer_on_path(conv, dtype, path)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("path", DIRECT_PATHS)
 @pytest.mark.parametrize("conv", [
