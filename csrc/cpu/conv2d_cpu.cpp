@@ -278,8 +278,8 @@ bool channels_last_gemm_pays_off(const Conv2dGeometry& g) {
 // The weight gradient runs there too for few input channels (up to 15) and at least 16 output
 // channels, at any stride: its products' rows are a kernel row's taps times the channels, which
 // the stem's 7 x 3 fill where the other paths' panels of its 3 channels stay mostly empty
-// (measured at batch 8, against the paths chosen before: the 7x7/2 stem 1.8-1.9x faster, 3x3
-// 3->64 @224 2.2x, 3x3/2 3->32 @224 and 8->32 @112 1.5-2x, 5x5 3->16 and 10->32 @64 2.1-2.3x;
+// (measured at batch 8, against the paths chosen before: the 7x7/2 stem 1.7-1.9x faster, 3x3
+// 3->64 @224 2.2x, 3x3/2 3->32 @224 and 8->32 @112 1.8-2.1x, 5x5 3->16 and 10->32 @64 2.1-2.3x;
 // 8 output channels, half a panel, 2x slower).
 bool channels_last_gemm_grad_weight_pays_off(const Conv2dGeometry& g) {
   const bool few_channels = channels_last_gemm_available() && g.groups == 1 && g.kernel_h * g.kernel_w > 1 &&

