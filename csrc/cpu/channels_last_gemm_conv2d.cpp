@@ -43,6 +43,13 @@ struct Bands {
     rows = (height + wanted - 1) / wanted;
     per_image = (height + rows - 1) / rows;
   }
+  // Bands of output rows whose input rows (channels-innermost) and output rows (out_pixel
+  // values per pixel) stay in L2.
+  static Bands of_output(const Conv2dGeometry& g, int64_t out_pixel, int64_t element_size) {
+    const int64_t input_row = input_width(g) * g.in_channels;  // elements of a band's input row
+    return Bands(g.out_h, g.batch, g.out_h, (g.stride_h * input_row + g.out_w * out_pixel) * element_size,
+                 input_rows(g, 1) * input_row * element_size);
+  }
   // Input columns that a row of output reads, and input rows that output_rows rows read.
   static int64_t input_width(const Conv2dGeometry& g) { return (g.out_w - 1) * g.stride_w + (g.kernel_w - 1) * g.dilation_w + 1; }
   static int64_t input_rows(const Conv2dGeometry& g, int64_t output_rows) {
@@ -148,10 +155,7 @@ at::Tensor channels_last_gemm_conv2d_forward(const at::Tensor& input, const at::
     std::iota(taps.begin(), taps.end(), int64_t{0});
     const at::Tensor packed = pack_panels<scalar_t>(weight, g.out_channels, g.in_channels * g.kernel_h * g.kernel_w,
                                                     g.in_channels, g.kernel_h * g.kernel_w, taps);
-    // Bands whose input and output stay in L2.
-    const int64_t input_row = Bands::input_width(g) * g.in_channels;  // elements of a band's input row
-    const Bands bands(g.out_h, g.batch, g.out_h, (g.stride_h * input_row + g.out_w * out_pixel) * int64_t{sizeof(scalar_t)},
-                      Bands::input_rows(g, 1) * input_row * int64_t{sizeof(scalar_t)});
+    const Bands bands = Bands::of_output(g, out_pixel, sizeof(scalar_t));
     const int64_t band_w = Bands::input_width(g), rows = bands.rows, bands_per_image = bands.per_image;
     const auto input_rows = [&](int64_t r) { return Bands::input_rows(g, r); };
     const std::vector<int64_t> offsets = patch_offsets(g, band_w);
@@ -309,10 +313,7 @@ at::Tensor channels_last_gemm_conv2d_grad_weight(const at::Tensor& input, const 
     const int64_t C = g.in_channels, K = g.out_channels, panels = (K + W - 1) / W, padded = panels * W;
     // Bands whose input and packed grad_output stay in L2, multiplied in blocks of pixels as
     // deep as the kernel takes.
-    const int64_t input_row = Bands::input_width(g) * C;
-    const Bands bands(g.out_h, g.batch, g.out_h,
-                      (g.stride_h * input_row + g.out_w * padded) * int64_t{sizeof(scalar_t)},
-                      Bands::input_rows(g, 1) * input_row * int64_t{sizeof(scalar_t)});
+    const Bands bands = Bands::of_output(g, padded, sizeof(scalar_t));
     const int64_t band_w = Bands::input_width(g), rows = bands.rows, bands_per_image = bands.per_image;
     const auto input_rows = [&](int64_t r) { return Bands::input_rows(g, r); };
     const Layout x_layout(input), gy_layout(grad_output);

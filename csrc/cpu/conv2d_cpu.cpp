@@ -258,6 +258,13 @@ bool implicit_gemm_pays_off(const Conv2dGeometry& g) {
   return !is_pointwise(g) || (!batch_in_one_gemm(g) && (g.out_channels > g.in_channels || g.batch == 1));
 }
 
+// What every use of the channels-last GEMM asks: this CPU runs it, one group, a kernel larger
+// than 1x1 and more than kOneGemmColumns output pixels in the batch.
+bool channels_last_gemm_may_pay_off(const Conv2dGeometry& g) {
+  return channels_last_gemm_available() && g.groups == 1 && g.kernel_h * g.kernel_w > 1 &&
+         g.batch * g.out_h * g.out_w > kOneGemmColumns;
+}
+
 // Strided layers of many pixels and kernels larger than 1x1: the channels-last GEMM reads its
 // input in place whatever the stride, where the implicit GEMM packs panels of short output rows
 // and MKL multiplies copied im2col tiles (measured at batch 8, 3x3/2: with AVX-512 64->128 @56 1.1x,
@@ -270,9 +277,8 @@ bool implicit_gemm_pays_off(const Conv2dGeometry& g) {
 // batch 8: 3x3/2 64->128 @56 1.4x, 32->64 @112 1.9x, 128->256 @28 alike), and its input
 // gradient, by stride phase, col2im (1.1-1.4x, 1.35-2x, 1.1-1.4x).
 bool channels_last_gemm_pays_off(const Conv2dGeometry& g) {
-  return channels_last_gemm_available() && g.groups == 1 && (g.stride_h > 1 || g.stride_w > 1) &&
-         g.kernel_h * g.kernel_w > 1 && g.in_channels >= kChannelsLastGemmChannels &&
-         g.batch * g.out_h * g.out_w > kOneGemmColumns;
+  return channels_last_gemm_may_pay_off(g) && (g.stride_h > 1 || g.stride_w > 1) &&
+         g.in_channels >= kChannelsLastGemmChannels;
 }
 
 // The weight gradient runs there too for few input channels (up to 15) and at least 16 output
@@ -282,10 +288,8 @@ bool channels_last_gemm_pays_off(const Conv2dGeometry& g) {
 // 3->64 @224 2.2x, 3x3/2 3->32 @224 and 8->32 @112 1.8-2.1x, 5x5 3->16 and 10->32 @64 2.1-2.3x;
 // 8 output channels, half a panel, 2x slower).
 bool channels_last_gemm_grad_weight_pays_off(const Conv2dGeometry& g) {
-  const bool few_channels = channels_last_gemm_available() && g.groups == 1 && g.kernel_h * g.kernel_w > 1 &&
-                            g.in_channels > 0 && g.in_channels < kChannelsLastGemmChannels &&
-                            g.out_channels >= kChannelsLastGemmChannels &&
-                            g.batch * g.out_h * g.out_w > kOneGemmColumns;
+  const bool few_channels = channels_last_gemm_may_pay_off(g) && g.in_channels > 0 &&
+                            g.in_channels < kChannelsLastGemmChannels && g.out_channels >= kChannelsLastGemmChannels;
   return few_channels || channels_last_gemm_pays_off(g);
 }
 
