@@ -12,8 +12,8 @@ For each row: the error of both sides' forward against a float64 result (max |er
 the peak memory one forward call allocates, then forward and forward+backward of both sides timed
 with torch.utils.benchmark, interleaved round by round on the same inputs; medians, GFLOP/s and
 the ratio torch-time / our-time (> 1: we are faster), the median of the rounds' ratios: each
-round times both sides back to back, so a shared machine's changes of speed between rounds
-cancel out of it. Writes JSON and a PNG chart to
+round times both sides of a mode back to back, in turns (ours first, then torch first), so a
+shared machine's changes of speed between rounds cancel out of it. Writes JSON and a PNG chart to
 benchmarks/results/, prints a Markdown table and, with --readme, puts it into README.md.
 
     python benchmarks/bench_conv2d.py [--device cpu|cuda] [--batches 8,1] [--rounds 3] [--readme]
@@ -194,10 +194,15 @@ def measure(layer, batch, device, precision, rounds, min_run_time):
     memory = [peak_memory_mib(fn, layer, x, w, b) for fn in (conv_ext.conv2d, F.conv2d)]
     ts = timers(layer, x, w, b)
     times = {key: [] for key in ts}
-    for _ in range(rounds):  # interleave the sides so drifts in machine load hit all of them
-        for key, timer in ts.items():
-            sync(device)
-            times[key].append(timer.blocked_autorange(min_run_time=min_run_time).median)
+    modes = list(dict.fromkeys(mode for mode, _ in ts))
+    for round_ in range(rounds):
+        # Each mode's sides back to back, which of them goes first alternating from round to round:
+        # a drift in a shared machine's speed then hits both sides of a ratio alike.
+        for mode in modes:
+            keys = [key for key in ts if key[0] == mode]
+            for key in keys[::-1] if round_ % 2 else keys:
+                sync(device)
+                times[key].append(ts[key].blocked_autorange(min_run_time=min_run_time).median)
     allow_tf32(False)
     rows = []
     for mode in ("forward", "forward+backward"):
