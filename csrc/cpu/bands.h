@@ -207,6 +207,19 @@ struct Layout {
         channels(t.size(1)), height(t.size(2)), width(t.size(3)) {}
 };
 
+// dst[p * dst_stride + j] = the value of channel c0 + j at pixel p of a run of pixels (consecutive
+// in memory's order of l, NHWC or NCHW) for p < pixels and j < count, src at the run's first
+// pixel's channel c0: channels-innermost, whatever the tensor's layout.
+template <typename scalar_t>
+void gather_channels(Transpose<scalar_t> transpose, const scalar_t* src, const Layout& l, int64_t pixels, int64_t count,
+                     scalar_t* dst, int64_t dst_stride) {
+  if (l.c == 1) {  // NHWC: each pixel's channels are a run
+    for (int64_t p = 0; p < pixels; ++p) std::copy(src + p * l.w, src + p * l.w + count, dst + p * dst_stride);
+  } else {  // NCHW (l.w == 1): the pixels are a run of each channel's plane
+    transpose(src, l.c, count, pixels, dst, dst_stride, false);
+  }
+}
+
 // band[a][b][c] = x[n, c, row0 + a, col0 + b] for a < rows and b < band_w, zero outside the
 // image: the tiles' blocks read it channels-innermost, whatever x's layout (NHWC or NCHW).
 template <typename scalar_t>
@@ -218,13 +231,8 @@ void fill_band(Transpose<scalar_t> transpose, const scalar_t* x, const Layout& l
   for (int64_t a = 0; a < rows; ++a) {
     const int64_t ih = row0 + a;
     if (ih < 0 || ih >= l.height || b_end <= b_begin) continue;
-    const scalar_t* src = x + n * l.n + ih * l.h + (col0 + b_begin) * l.w;
-    scalar_t* dst = band + (a * band_w + b_begin) * C;
-    if (l.c == 1) {
-      for (int64_t b = 0; b < b_end - b_begin; ++b) std::copy(src + b * l.w, src + b * l.w + C, dst + b * C);
-    } else {
-      transpose(src, l.c, C, b_end - b_begin, dst, C, false);  // NCHW: l.w == 1
-    }
+    gather_channels(transpose, x + n * l.n + ih * l.h + (col0 + b_begin) * l.w, l, b_end - b_begin, C,
+                    band + (a * band_w + b_begin) * C, C);
   }
 }
 

@@ -333,14 +333,9 @@ at::Tensor channels_last_gemm_conv2d_grad_weight(const at::Tensor& input, const 
                   in_band.data());
         for (int64_t p = 0; p < pixels; ++p) offsets[p] = ((p / g.out_w * g.stride_h) * band_w + p % g.out_w * g.stride_w) * C;
         for (int64_t panel = 0; panel < panels; ++panel) {  // gy_band[panel][p][j] = gy[n, panel * W + j, pixel p of the band]
-          const int64_t k0 = panel * W, count = std::min(W, K - k0);
-          scalar_t* dst = gy_band.data() + panel * pixels * W;
-          const scalar_t* src = gy + n * gy_layout.n + k0 * gy_layout.c + oh0 * gy_layout.h;
-          if (gy_layout.c == 1) {  // NHWC: each pixel's channels are a run
-            for (int64_t p = 0; p < pixels; ++p) std::copy(src + p * gy_layout.w, src + p * gy_layout.w + count, dst + p * W);
-          } else {  // NCHW: the band's pixels are a run of each channel's plane
-            transpose(src, gy_layout.c, count, pixels, dst, W, false);
-          }
+          const int64_t k0 = panel * W;
+          gather_channels(transpose, gy + n * gy_layout.n + k0 * gy_layout.c + oh0 * gy_layout.h, gy_layout, pixels,
+                          std::min(W, K - k0), gy_band.data() + panel * pixels * W, W);
         }
         // Per block of pixels and of grad_output's panels (in L1), every run's entries.
         const int64_t depth = even_tile_pixels(pixels, kernel.depth);

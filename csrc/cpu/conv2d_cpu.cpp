@@ -205,11 +205,6 @@ Tensor compute_operand(const Tensor& t, at::MemoryFormat format = at::MemoryForm
   return reduced ? t.to(at::kFloat, false, false, format) : t.contiguous(format);
 }
 
-// Winograd reads NCHW and NHWC alike; the others want NCHW.
-at::MemoryFormat operand_format(const Tensor& t, Algorithm algorithm) {
-  return algorithm == Algorithm::winograd ? t.suggest_memory_format() : at::MemoryFormat::Contiguous;
-}
-
 // compute_operand in t's own layout, for the kernels that read NCHW and NHWC alike through
 // bands (Winograd, the channels-last GEMM).
 Tensor band_operand(const Tensor& t) { return compute_operand(t, t.suggest_memory_format()); }
@@ -600,18 +595,18 @@ Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
                   conv2d_memory_format(input, grad_output));
   }
   const Algorithm algorithm = choose_grad_weight_algorithm(g);
-  if (algorithm == Algorithm::gemm && channels_last_gemm_grad_weight_pays_off(g)) {
-    const Tensor x = band_operand(input);
-    const Tensor gy = band_operand(grad_output);
-    return finish(channels_last_gemm_conv2d_grad_weight(x, gy, g), input.scalar_type(), conv2d_memory_format(input, grad_output));
+  const at::MemoryFormat format = conv2d_memory_format(input, grad_output);
+  const bool channels_last_gemm = algorithm == Algorithm::gemm && channels_last_gemm_grad_weight_pays_off(g);
+  if (algorithm == Algorithm::winograd || channels_last_gemm) {
+    const Tensor x = band_operand(input), gy = band_operand(grad_output);
+    return finish(channels_last_gemm ? channels_last_gemm_conv2d_grad_weight(x, gy, g) : winograd_conv2d_grad_weight(x, gy, g),
+                  input.scalar_type(), format);
   }
   const bool reads_reduced = algorithm == Algorithm::direct && direct_grad_weight_reads_reduced(g);
-  const Tensor x = reads_reduced ? input.contiguous() : compute_operand(input, operand_format(input, algorithm));
-  const Tensor gy = reads_reduced ? grad_output.contiguous() : compute_operand(grad_output, operand_format(grad_output, algorithm));
-  const Tensor grad_weight = algorithm == Algorithm::winograd ? winograd_conv2d_grad_weight(x, gy, g)
-                             : algorithm == Algorithm::direct ? direct_conv2d_grad_weight(x, gy, g)
-                                                              : gemm_conv2d_grad_weight(x, gy, g);
-  return finish(grad_weight, input.scalar_type(), conv2d_memory_format(input, grad_output));
+  const Tensor x = reads_reduced ? input.contiguous() : compute_operand(input);
+  const Tensor gy = reads_reduced ? grad_output.contiguous() : compute_operand(grad_output);
+  const Tensor grad_weight = algorithm == Algorithm::direct ? direct_conv2d_grad_weight(x, gy, g) : gemm_conv2d_grad_weight(x, gy, g);
+  return finish(grad_weight, input.scalar_type(), format);
 }
 
 }  // namespace
