@@ -52,13 +52,14 @@ def _conv2d_grad_weight_fake(input, grad_output, kernel_size, stride, padding, d
 
 def conv2d_grads(input, weight, grad_output, conv, needs_input_grad):
     """(grad_input, grad_weight, grad_bias) of conv2d(input, weight, bias, *conv), each computed
-    only where needs_input_grad asks for it."""
+    only where needs_input_grad asks for it. Complex operands enter conjugated (PyTorch's complex
+    gradients are conjugate Wirtinger derivatives); conj() of a real tensor is the tensor."""
     need_input, need_weight, need_bias = needs_input_grad
     grad_input = grad_weight = grad_bias = None
     if need_input:
-        grad_input = ops.conv2d_grad_input(grad_output, weight, input.shape[2:], *conv)
+        grad_input = ops.conv2d_grad_input(grad_output, weight.conj(), input.shape[2:], *conv)
     if need_weight:
-        grad_weight = ops.conv2d_grad_weight(input, grad_output, weight.shape[2:], *conv)
+        grad_weight = ops.conv2d_grad_weight(input.conj(), grad_output, weight.shape[2:], *conv)
     if need_bias:
         grad_bias = grad_output.sum((0, 2, 3))
     return grad_input, grad_weight, grad_bias

@@ -9,9 +9,13 @@
 //     gx = GI(gy, w)     dL/dgy = F(g, w)    dL/dw = GW(g, gy)
 //     gw = GW(x, gy)     dL/dx = GI(gy, g)   dL/dgy = F(x, g)
 //
+// and for complex operands the same with the saved operand conjugated (dL/dx = GI(g, conj(w)),
+// as PyTorch's complex gradients are the conjugate Wirtinger derivatives).
+//
 // Every backward calls the three ops through the dispatcher, so they are differentiable again:
 // derivatives of any order exist.
-#include <ATen/core/dispatch/Dispatcher.h>
+#include "conv2d.h"
+
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -24,31 +28,6 @@ using at::IntArrayRef;
 using at::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-// The three ops through the dispatcher (named apart from ATen's at::conv2d, which ADL finds).
-Tensor conv2d_op(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
-                 IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("conv_ext::conv2d", "")
-                             .typed<decltype(conv2d_op)>();
-  return op.call(input, weight, bias, stride, padding, dilation, groups);
-}
-
-Tensor grad_input_op(const Tensor& grad_output, const Tensor& weight, c10::SymIntArrayRef input_size,
-                     IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("conv_ext::conv2d_grad_input", "")
-                             .typed<decltype(grad_input_op)>();
-  return op.call(grad_output, weight, input_size, stride, padding, dilation, groups);
-}
-
-Tensor grad_weight_op(const Tensor& input, const Tensor& grad_output, c10::SymIntArrayRef kernel_size,
-                      IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("conv_ext::conv2d_grad_weight", "")
-                             .typed<decltype(grad_weight_op)>();
-  return op.call(input, grad_output, kernel_size, stride, padding, dilation, groups);
-}
 
 // What every backward needs: the op's two tensors and the hyper-parameters after its size.
 struct Saved {
@@ -64,9 +43,12 @@ struct Saved {
     ctx->saved_data["dilation"] = dilation;
     ctx->saved_data["groups"] = groups;
   }
+  // The tensors conjugated: every backward takes the adjoint of a bilinear op in one operand,
+  // which for complex operands is the real formula's with the other operand conjugated (for
+  // real ones conj() is the tensor itself).
   static Saved load(AutogradContext* ctx) {
     const auto tensors = ctx->get_saved_variables();
-    return {tensors[0], tensors[1], ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
+    return {tensors[0].conj(), tensors[1].conj(), ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
             ctx->saved_data["dilation"].toIntVector(), ctx->saved_data["groups"].toInt()};
   }
 };

@@ -3,6 +3,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/macros/Macros.h>
+#include <c10/core/SymIntArrayRef.h>
 #include <c10/util/ArrayRef.h>
 
 #include <optional>
@@ -34,6 +35,25 @@ Conv2dGeometry check_conv2d_grad_input(
 Conv2dGeometry check_conv2d_grad_weight(
     const at::Tensor& input, const at::Tensor& grad_output, at::IntArrayRef kernel_size,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
+
+// The three ops through the dispatcher (named apart from ATen's at::conv2d, which ADL finds).
+at::Tensor conv2d_op(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
+at::Tensor grad_input_op(const at::Tensor& grad_output, const at::Tensor& weight, c10::SymIntArrayRef input_size,
+                         at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
+at::Tensor grad_weight_op(const at::Tensor& input, const at::Tensor& grad_output, c10::SymIntArrayRef kernel_size,
+                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
+
+// The three ops on complex operands (complex64, complex128), for every backend: from the ops on
+// their real and imaginary parts (see ops.cpp).
+at::Tensor complex_conv2d(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
+at::Tensor complex_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
+                                     at::IntArrayRef input_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                     at::IntArrayRef dilation, int64_t groups);
+at::Tensor complex_conv2d_grad_weight(const at::Tensor& input, const at::Tensor& grad_output,
+                                      at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                      at::IntArrayRef dilation, int64_t groups);
 
 // The layout F.conv2d gives its result: channels_last when the input or the weight is.
 at::MemoryFormat conv2d_memory_format(const at::Tensor& input, const at::Tensor& weight);

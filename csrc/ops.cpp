@@ -1,10 +1,12 @@
-// Schemas of the three conv_ext operators and the argument checks every backend shares.
+// Schemas of the three conv_ext operators, the argument checks every backend shares, and what
+// every backend does with complex operands.
 //
 // The ops are bilinear and differentiate each other (see conv_ext/_ops.py):
 //   conv2d(x, w, b)                  y  = F(x, w) + b
 //   conv2d_grad_input(gy, w, size)   gx = adjoint of F in x (a transposed convolution)
 //   conv2d_grad_weight(x, gy, size)  gw = adjoint of F in w
-// The grad ops take the spatial size they cannot infer when stride > 1.
+// The grad ops take the spatial size they cannot infer when stride > 1. Complex operands (as
+// F.conv2d takes them) are computed by the ops on their real and imaginary parts.
 #include <Python.h>
 
 #include "conv2d.h"
@@ -25,6 +27,9 @@ extern "C" PyMODINIT_FUNC PyInit__C(void) {
 }
 
 namespace conv_ext {
+
+using at::Tensor;
+
 namespace {
 
 void check_pair(at::IntArrayRef values, const char* name) {
@@ -52,11 +57,13 @@ void check_4d(const at::Tensor& t, const char* name, const char* layout) {
               " of size ", t.sizes());
 }
 
-// Operands must be floating point, of one dtype and on one device, as F.conv2d requires.
+// Operands must be floating point or complex, of one dtype and on one device, as F.conv2d requires.
 void check_same_type(const at::Tensor& a, const char* a_name, const at::Tensor& b,
                      const char* b_name) {
-  TORCH_CHECK(at::isFloatingType(a.scalar_type()), "conv_ext supports floating-point ", a_name,
-              " only (float64, float32, float16, bfloat16), but got ", a.scalar_type());
+  const auto dtype = a.scalar_type();
+  TORCH_CHECK(at::isFloatingType(dtype) || dtype == at::kComplexFloat || dtype == at::kComplexDouble,
+              "conv_ext supports floating-point and complex ", a_name,
+              " only (float64, float32, float16, bfloat16, complex128, complex64), but got ", dtype);
   TORCH_CHECK(a.scalar_type() == b.scalar_type(), a_name, " type (", a.scalar_type(), ") and ",
               b_name, " type (", b.scalar_type(), ") should be the same");
   TORCH_CHECK(a.device() == b.device(), a_name, " (on ", a.device(), ") and ", b_name, " (on ",
@@ -175,6 +182,74 @@ Conv2dGeometry check_conv2d_grad_weight(const at::Tensor& input, const at::Tenso
   return g;
 }
 
+namespace {
+
+// The operator of that name, to call through the dispatcher with that signature.
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> typed_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+}  // namespace
+
+Tensor conv2d_op(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
+                 at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  static const auto op = typed_op<decltype(conv2d_op)>("conv_ext::conv2d");
+  return op.call(input, weight, bias, stride, padding, dilation, groups);
+}
+
+Tensor grad_input_op(const Tensor& grad_output, const Tensor& weight, c10::SymIntArrayRef input_size,
+                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  static const auto op = typed_op<decltype(grad_input_op)>("conv_ext::conv2d_grad_input");
+  return op.call(grad_output, weight, input_size, stride, padding, dilation, groups);
+}
+
+Tensor grad_weight_op(const Tensor& input, const Tensor& grad_output, c10::SymIntArrayRef kernel_size,
+                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  static const auto op = typed_op<decltype(grad_weight_op)>("conv_ext::conv2d_grad_weight");
+  return op.call(input, grad_output, kernel_size, stride, padding, dilation, groups);
+}
+
+namespace {
+
+// f(a, b) for complex a = p + iq and b = r + is, f bilinear (each op is, in its two tensors), as
+// F.conv2d computes complex convolutions: from three calls of f on real tensors (Gauss's trick),
+// f(p, r) - f(q, s) + i (f(p + q, r + s) - f(p, r) - f(q, s)), in the layout the op's rule gives.
+template <typename Fn>
+Tensor complex_bilinear(const Tensor& a, const Tensor& b, Fn&& f) {
+  const Tensor a_values = a.resolve_conj(), b_values = b.resolve_conj();
+  const Tensor p = at::real(a_values), q = at::imag(a_values), r = at::real(b_values), s = at::imag(b_values);
+  const Tensor pr = f(p, r), qs = f(q, s), sum = f(p + q, r + s);
+  return in_memory_format(at::complex(pr - qs, sum - pr - qs), conv2d_memory_format(a, b));
+}
+
+}  // namespace
+
+Tensor complex_conv2d(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
+                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  Tensor output = complex_bilinear(input, weight, [&](const Tensor& x, const Tensor& w) {
+    return conv2d_op(x, w, std::nullopt, stride, padding, dilation, groups);
+  });
+  if (bias.has_value() && bias->defined()) output.add_(bias->resolve_conj().view({1, -1, 1, 1}));
+  return output;
+}
+
+Tensor complex_conv2d_grad_input(const Tensor& grad_output, const Tensor& weight, at::IntArrayRef input_size,
+                                 at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                 int64_t groups) {
+  return complex_bilinear(grad_output, weight, [&](const Tensor& gy, const Tensor& w) {
+    return grad_input_op(gy, w, c10::fromIntArrayRefSlow(input_size), stride, padding, dilation, groups);
+  });
+}
+
+Tensor complex_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output, at::IntArrayRef kernel_size,
+                                  at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                  int64_t groups) {
+  return complex_bilinear(input, grad_output, [&](const Tensor& x, const Tensor& gy) {
+    return grad_weight_op(x, gy, c10::fromIntArrayRefSlow(kernel_size), stride, padding, dilation, groups);
+  });
+}
+
 at::MemoryFormat conv2d_memory_format(const at::Tensor& input, const at::Tensor& weight) {
   const bool channels_last = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast ||
                              weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
@@ -200,9 +275,7 @@ at::Tensor conv2d_autocast(const at::Tensor& input, const at::Tensor& weight,
   c10::impl::ExcludeDispatchKeyGuard no_autocast(
       at::autocast::get_autocast_dispatch_key_from_device_type(device));
   const auto dtype = at::autocast::get_lower_precision_fp_from_device_type(device);
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("conv_ext::conv2d", "")
-                             .typed<decltype(conv2d_autocast<device>)>();
+  static const auto op = typed_op<decltype(conv2d_autocast<device>)>("conv_ext::conv2d");
   return op.call(at::autocast::cached_cast(dtype, input, device),
                  at::autocast::cached_cast(dtype, weight, device),
                  at::autocast::cached_cast(dtype, bias, device), stride, padding, dilation, groups);

@@ -26,11 +26,15 @@ class Conv:
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
 
     def tensors(self, dtype, device, requires_grad=False, seed=0):
-        """(input, weight, bias) with values in [-1, 1), the input in this config's layout."""
+        """(input, weight, bias) with values in [-1, 1) (real and imaginary parts, if complex), the
+        input in this config's layout."""
         gen = torch.Generator().manual_seed(seed)
 
         def rand(*shape):
-            return (torch.rand(*shape, generator=gen, dtype=torch.float64) * 2 - 1).to(dtype)
+            values = torch.rand(*shape, generator=gen, dtype=torch.float64) * 2 - 1
+            if dtype.is_complex:  # an imaginary part of its own
+                values = torch.complex(values, torch.rand(*shape, generator=gen, dtype=torch.float64) * 2 - 1)
+            return values.to(dtype)
 
         shape = (self.batch, self.in_channels, *self.size)
         x = make_layout(rand(*shape), self.layout).to(device)

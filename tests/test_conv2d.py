@@ -98,6 +98,57 @@ def float64_results(conv, x, w, b, gy):
     return run(lambda t: t), scales
 
 
+COMPLEX_TOLERANCES = {torch.complex128: (1e-12,) * 4, torch.complex64: TOLERANCES[torch.float32]}
+
+
+@pytest.mark.parametrize("path", ["auto", "gemm", "direct", "winograd"])
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", list(COMPLEX_TOLERANCES), ids=str)
+@settings(max_examples=30)
+@given(conv=convs())
+def test_complex_against_complex128(conv, dtype, device, path):
+    """Complex operands, as F.conv2d takes them: the output and every gradient against F.conv2d
+    in complex128 on the same inputs, bounded relative to the sums of the terms' magnitudes (the
+    real and imaginary parts come from three real products each, Gauss's trick)."""
+    x, w, b = conv.tensors(dtype, device, requires_grad=True)
+    gen = torch.Generator().manual_seed(1)
+    shape = F.conv2d(x.detach(), w.detach(), None, **conv.kwargs()).shape
+    gy = torch.complex(*(torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1 for _ in "ri")).to(x)
+    with cpu_path(path):
+        ours, _ = forward_and_grads(conv_ext.conv2d, conv, x, w, b, gy)
+
+    def exact(transform):
+        leaves = [None if t is None else transform(t.detach()).requires_grad_() for t in (x, w, b)]
+        return forward_and_grads(F.conv2d, conv, *leaves, transform(gy))[0]
+
+    scales = [t.abs().max().item() if t.numel() else 0.0 for t in exact(lambda t: t.abs().double())]
+    for name, a, e, scale, tol in zip(NAMES, ours, exact(lambda t: t.to(torch.complex128)), scales, COMPLEX_TOLERANCES[dtype]):
+        assert a.dtype == dtype and a.shape == e.shape, name
+        assert_scaled_close(a, e, tol, f"{name} ({dtype})", scale)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_complex_without_autograd(device):
+    """Under inference_mode the backends get the complex operands themselves, each op on its
+    own: the forward matches F.conv2d in its layout, and the grad ops are its plain adjoints (no
+    conjugation), <F(x, w), gy> = <x, GI(gy, w)> = <w, GW(x, gy)> with <a, b> = sum a * b."""
+    conv = Conv(2, 4, 6, (7, 6), (3, 2), (2, 1), (1, 1), (1, 2), 2, True, "channels_last")
+    x, w, b = conv.tensors(torch.complex128, device)
+    ops = torch.ops.conv_ext
+    args = ((2, 1), (1, 1), (1, 2), 2)
+    with torch.inference_mode():
+        y = ops.conv2d(x, w, b, *args)
+        y_without_bias = ops.conv2d(x, w, None, *args)
+        gy = torch.randn_like(y)
+        gx = ops.conv2d_grad_input(gy, w, x.shape[2:], *args)
+        gw = ops.conv2d_grad_weight(x, gy, w.shape[2:], *args)
+    torch.testing.assert_close(y, F.conv2d(x, w, b, *args), rtol=0, atol=1e-12)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    inner = (y_without_bias * gy).sum()
+    torch.testing.assert_close((x * gx).sum(), inner, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close((w * gw).sum(), inner, rtol=1e-12, atol=1e-12)
+
+
 LARGE_LAYERS = [
     Conv(8, 64, 64, (28, 28), (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
     Conv(3, 130, 70, (13, 11), (3, 3), (1, 1), (2, 0), (1, 1), 1, True, "channels_last"),

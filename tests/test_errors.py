@@ -53,10 +53,11 @@ def test_rejected_like_f_conv2d(args):
         conv_ext.conv2d(input, weight, bias, **kwargs)
 
 
-@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool])
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool, torch.complex32])
 def test_non_floating_dtypes_rejected(dtype):
     # (F.conv2d computes some integer convolutions on CPU but not on CUDA; we support none.)
-    with pytest.raises(RuntimeError, match=r"floating-point Input only"):
+    with pytest.raises(RuntimeError, match=r"floating-point and complex Input only"):
         conv_ext.conv2d(x(2, 4, 5, 5).to(dtype), W.to(dtype))
 
 

@@ -55,6 +55,22 @@ def test_gradcheck_and_gradgradcheck(fn, path, conv, device):
         assert gradgradcheck(f, (x, w, b))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("conv", CONFIGS, ids=ids)
+@pytest.mark.parametrize("fn", [conv_ext.conv2d, function_apply], ids=["conv_ext", "Conv2dFunction"])
+def test_complex_gradcheck_and_gradgradcheck(fn, conv, device):
+    """complex128 operands: gradcheck holds the gradients to PyTorch's complex convention
+    (conjugate Wirtinger derivatives), through both the C++ autograd kernels and Conv2dFunction."""
+    x, w, b = conv.tensors(torch.complex128, device, requires_grad=True)
+    kw = conv.kwargs()
+
+    def f(x, w, b):
+        return fn(x, w, b, **kw)
+
+    assert gradcheck(f, (x, w, b))
+    assert gradgradcheck(f, (x, w, b))
+
+
 def op_tensors(device, batch=2, c=4, k=6, size=(7, 6), kernel=(3, 2), groups=2):
     gen = torch.Generator().manual_seed(0)
     conv = ((2, 1), (1, 1), (1, 2), groups)

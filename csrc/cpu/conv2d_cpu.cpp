@@ -489,6 +489,7 @@ Tensor conv2d_cpu(const Tensor& input, const Tensor& weight, const std::optional
                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                   int64_t groups) {
   const auto g = check_conv2d(input, weight, bias, stride, padding, dilation, groups);
+  if (input.is_complex()) return complex_conv2d(input, weight, bias, stride, padding, dilation, groups);
   return forward(input, weight, bias.value_or(Tensor()), g, conv2d_memory_format(input, weight));
 }
 
@@ -562,6 +563,9 @@ Tensor conv2d_grad_input_cpu(const Tensor& grad_output, const Tensor& weight,
                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const auto g =
       check_conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation, groups);
+  if (grad_output.is_complex()) {
+    return complex_conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation, groups);
+  }
   const at::MemoryFormat result_format = conv2d_memory_format(grad_output, weight);
   const Conv2dGeometry t = transposed_geometry(g);
   if (grad_input_is_forward(g, t)) {
@@ -590,6 +594,9 @@ Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const auto g =
       check_conv2d_grad_weight(input, grad_output, kernel_size, stride, padding, dilation, groups);
+  if (input.is_complex()) {
+    return complex_conv2d_grad_weight(input, grad_output, kernel_size, stride, padding, dilation, groups);
+  }
   if (amx_chosen(g, input.scalar_type())) {
     return finish(amx_conv2d_grad_weight(input.contiguous(), grad_output.contiguous(), g), input.scalar_type(),
                   conv2d_memory_format(input, grad_output));

@@ -146,6 +146,7 @@ Tensor conv2d_cuda(const Tensor& input, const Tensor& weight, const std::optiona
                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                    int64_t groups) {
   const auto g = check_conv2d(input, weight, bias, stride, padding, dilation, groups);
+  if (input.is_complex()) return complex_conv2d(input, weight, bias, stride, padding, dilation, groups);
   const c10::cuda::CUDAGuard device_guard(input.device());
   Tensor y = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
   launch_per_element(
@@ -159,6 +160,9 @@ Tensor conv2d_grad_input_cuda(const Tensor& grad_output, const Tensor& weight,
                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const auto g =
       check_conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation, groups);
+  if (grad_output.is_complex()) {
+    return complex_conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation, groups);
+  }
   const c10::cuda::CUDAGuard device_guard(grad_output.device());
   Tensor gx = at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output.options());
   launch_per_element(
@@ -172,6 +176,9 @@ Tensor conv2d_grad_weight_cuda(const Tensor& input, const Tensor& grad_output,
                                at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const auto g =
       check_conv2d_grad_weight(input, grad_output, kernel_size, stride, padding, dilation, groups);
+  if (input.is_complex()) {
+    return complex_conv2d_grad_weight(input, grad_output, kernel_size, stride, padding, dilation, groups);
+  }
   const c10::cuda::CUDAGuard device_guard(input.device());
   Tensor gw = at::empty({g.out_channels, g.in_channels_per_group(), g.kernel_h, g.kernel_w},
                         input.options());
