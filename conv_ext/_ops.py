@@ -1,8 +1,10 @@
-"""Loads the compiled operators and gives them fake kernels.
+"""Loads the compiled operators, gives them fake kernels, and autograd.Functions for torch.func.
 
 Fake kernels give the output's shape, dtype and layout without computing it (torch.compile,
 torch.export, opcheck). The ops' autograd kernels are in C++ (csrc/autograd.cpp): the three ops
-differentiate each other, so derivatives of any order exist.
+differentiate each other, so derivatives of any order exist. torch.func's transforms do not
+take C++ autograd kernels; under them the Python layer calls Conv2dOp, GradInputOp and
+GradWeightOp, autograd.Functions with the same derivatives, forward-mode ones and vmap rules.
 """
 import torch
 from torch._prims_common import suggest_memory_format
@@ -50,16 +52,184 @@ def _conv2d_grad_weight_fake(input, grad_output, kernel_size, stride, padding, d
     return _empty(shape, input, grad_output)
 
 
+def transforms_active():
+    """Whether a torch.func transform (grad, vjp, jacrev, jvp, jacfwd, vmap) is running: those do
+    not take the C++ autograd kernels, so the Python layer then calls the Functions below, which
+    compute the same derivatives."""
+    return torch._C._are_functorch_transforms_active()
+
+
+class OpArgs:
+    """An op's arguments after its tensors: the spatial size (of the grad ops' result) and
+    (stride, padding, dilation, groups), as one object, which torch.func's transforms take as a
+    single argument (tuples would be flattened into more inputs than there are tangents)."""
+
+    __slots__ = ("size", "conv")
+
+    def __init__(self, size, conv):
+        self.size, self.conv = size, conv
+
+
+def _samples_first(t, dim, samples):
+    """t with vmap's sample dimension first, expanded where t has none."""
+    return t.expand(samples, *t.shape) if dim is None else t.movedim(dim, 0)
+
+
+def _as_groups(args, samples):
+    """args for one call over all samples: each sample's groups become groups of its own."""
+    stride, padding, dilation, groups = args.conv
+    return OpArgs(args.size, (stride, padding, dilation, samples * groups))
+
+
+def _bilinear_jvp(function, a, a_t, b, b_t, args):
+    """Forward-mode derivative of a bilinear op: function(da, b) + function(a, db), the terms whose
+    tangent exists."""
+    terms = [function.apply(u, v, args) for u, v in ((a_t, b), (a, b_t)) if u is not None and v is not None]
+    return sum(terms[1:], terms[0]) if terms else None
+
+
+class Conv2dOp(torch.autograd.Function):
+    """ops.conv2d as an autograd.Function that torch.func's transforms take. backward and jvp
+    follow the table in csrc/autograd.cpp, each term a call of these Functions, so that nested
+    transforms (a Hessian, per-sample gradients) work. Under vmap the samples of the input join
+    its batch, and samples with weights of their own run as groups of one call."""
+
+    @staticmethod
+    def forward(input, weight, bias, args):
+        return ops.conv2d(input, weight, bias, *args.conv)
+
+    @staticmethod
+    def vmap(info, in_dims, input, weight, bias, args):
+        input_dim, weight_dim, bias_dim, _ = in_dims
+        samples = info.batch_size
+        if weight_dim is None and bias_dim is None:
+            output = Conv2dOp.apply(input.movedim(input_dim, 0).flatten(0, 1), weight, bias, args)
+            return output.unflatten(0, (samples, -1)), 0
+        x = _samples_first(input, input_dim, samples).transpose(0, 1).flatten(1, 2)  # (N, samples * C, H, W)
+        w = _samples_first(weight, weight_dim, samples).flatten(0, 1)
+        b = None if bias is None else _samples_first(bias, bias_dim, samples).flatten()
+        output = Conv2dOp.apply(x, w, b, _as_groups(args, samples))
+        return output.unflatten(1, (samples, -1)).transpose(0, 1), 0
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, _, ctx.args = inputs
+        ctx.save_for_backward(input, weight)
+        ctx.save_for_forward(input, weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        input, weight = ctx.saved_tensors
+        conv = ctx.args.conv
+        grad_input, grad_weight, grad_bias = conv2d_grads(input, weight, grad, conv, ctx.needs_input_grad[:3])
+        return grad_input, grad_weight, grad_bias, None
+
+    @staticmethod
+    def jvp(ctx, input_t, weight_t, bias_t, _):
+        input, weight = ctx.saved_tensors
+        return conv2d_jvp(input, weight, input_t, weight_t, bias_t, ctx.args)
+
+
+def conv2d_jvp(input, weight, input_t, weight_t, bias_t, args):
+    """Forward-mode derivative of conv2d(input, weight, bias): F(dx, w) + F(x, dw) + db, the
+    terms whose tangent exists (None if none does)."""
+    terms = [Conv2dOp.apply(a, b, None, args) for a, b in ((input_t, weight), (input, weight_t))
+             if a is not None and b is not None]
+    if bias_t is not None:
+        terms.append(bias_t.view(1, -1, 1, 1))
+    return sum(terms[1:], terms[0]) if terms else None
+
+
+class _GradOp(torch.autograd.Function):
+    """What GradInputOp and GradWeightOp share: op(a, b, args), a and b saved for both modes."""
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        a, b, ctx.args = inputs
+        ctx.save_for_backward(a, b)
+        ctx.save_for_forward(a, b)
+
+
+class GradInputOp(_GradOp):
+    """ops.conv2d_grad_input as an autograd.Function that torch.func's transforms take (see
+    Conv2dOp)."""
+
+    @staticmethod
+    def forward(grad_output, weight, args):
+        return ops.conv2d_grad_input(grad_output, weight, args.size, *args.conv)
+
+    @staticmethod
+    def vmap(info, in_dims, grad_output, weight, args):
+        grad_output_dim, weight_dim, _ = in_dims
+        samples = info.batch_size
+        if weight_dim is None:
+            grad_input = GradInputOp.apply(grad_output.movedim(grad_output_dim, 0).flatten(0, 1), weight, args)
+            return grad_input.unflatten(0, (samples, -1)), 0
+        gy = _samples_first(grad_output, grad_output_dim, samples).transpose(0, 1).flatten(1, 2)
+        grad_input = GradInputOp.apply(gy, weight.movedim(weight_dim, 0).flatten(0, 1), _as_groups(args, samples))
+        return grad_input.unflatten(1, (samples, -1)).transpose(0, 1), 0
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad_output, weight = ctx.saved_tensors
+        conv = ctx.args.conv
+        d_grad_output = d_weight = None
+        if ctx.needs_input_grad[0]:
+            d_grad_output = Conv2dOp.apply(grad, weight.conj(), None, OpArgs(None, conv))
+        if ctx.needs_input_grad[1]:
+            d_weight = GradWeightOp.apply(grad, grad_output.conj(), OpArgs(weight.shape[2:], conv))
+        return d_grad_output, d_weight, None
+
+    @staticmethod
+    def jvp(ctx, grad_output_t, weight_t, _):
+        grad_output, weight = ctx.saved_tensors
+        return _bilinear_jvp(GradInputOp, grad_output, grad_output_t, weight, weight_t, ctx.args)
+
+
+class GradWeightOp(_GradOp):
+    """ops.conv2d_grad_weight as an autograd.Function that torch.func's transforms take (see
+    Conv2dOp). Under vmap every sample has a weight gradient of its own: groups of one call."""
+
+    @staticmethod
+    def forward(input, grad_output, args):
+        return ops.conv2d_grad_weight(input, grad_output, args.size, *args.conv)
+
+    @staticmethod
+    def vmap(info, in_dims, input, grad_output, args):
+        input_dim, grad_output_dim, _ = in_dims
+        samples = info.batch_size
+        x = _samples_first(input, input_dim, samples).transpose(0, 1).flatten(1, 2)
+        gy = _samples_first(grad_output, grad_output_dim, samples).transpose(0, 1).flatten(1, 2)
+        return GradWeightOp.apply(x, gy, _as_groups(args, samples)).unflatten(0, (samples, -1)), 0
+
+    @staticmethod
+    def backward(ctx, grad):
+        input, grad_output = ctx.saved_tensors
+        conv = ctx.args.conv
+        d_input = d_grad_output = None
+        if ctx.needs_input_grad[0]:
+            d_input = GradInputOp.apply(grad_output.conj(), grad, OpArgs(input.shape[2:], conv))
+        if ctx.needs_input_grad[1]:
+            d_grad_output = Conv2dOp.apply(input.conj(), grad, None, OpArgs(None, conv))
+        return d_input, d_grad_output, None
+
+    @staticmethod
+    def jvp(ctx, input_t, grad_output_t, _):
+        input, grad_output = ctx.saved_tensors
+        return _bilinear_jvp(GradWeightOp, input, input_t, grad_output, grad_output_t, ctx.args)
+
+
 def conv2d_grads(input, weight, grad_output, conv, needs_input_grad):
     """(grad_input, grad_weight, grad_bias) of conv2d(input, weight, bias, *conv), each computed
-    only where needs_input_grad asks for it. Complex operands enter conjugated (PyTorch's complex
-    gradients are conjugate Wirtinger derivatives); conj() of a real tensor is the tensor."""
+    only where needs_input_grad asks for it, by the Functions above (so under torch.func too).
+    Complex operands enter conjugated (PyTorch's complex gradients are conjugate Wirtinger
+    derivatives); conj() of a real tensor is the tensor."""
     need_input, need_weight, need_bias = needs_input_grad
     grad_input = grad_weight = grad_bias = None
     if need_input:
-        grad_input = ops.conv2d_grad_input(grad_output, weight.conj(), input.shape[2:], *conv)
+        grad_input = GradInputOp.apply(grad_output, weight.conj(), OpArgs(input.shape[2:], conv))
     if need_weight:
-        grad_weight = ops.conv2d_grad_weight(input.conj(), grad_output, weight.shape[2:], *conv)
+        grad_weight = GradWeightOp.apply(input.conj(), grad_output, OpArgs(weight.shape[2:], conv))
     if need_bias:
         grad_bias = grad_output.sum((0, 2, 3))
     return grad_input, grad_weight, grad_bias

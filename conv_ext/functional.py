@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.utils import _pair, _single
 
-from ._ops import conv2d_grads, ops
+from ._ops import Conv2dOp, OpArgs, conv2d_grads, conv2d_jvp, ops, transforms_active
 
 
 def _as_pair(value):
@@ -65,8 +65,12 @@ class Conv2dArgs(NamedTuple):
         return x
 
     def conv2d(self, input, weight, bias):
-        """The convolution of input (as F.conv2d takes it) by the operator."""
-        return self.unbatched_like_input(ops.conv2d(self.prepare_input(input), weight, bias, *self.conv))
+        """The convolution of input (as F.conv2d takes it) by the operator (under torch.func's
+        transforms, by Conv2dOp)."""
+        x = self.prepare_input(input)
+        if transforms_active():
+            return self.unbatched_like_input(Conv2dOp.apply(x, weight, bias, OpArgs(None, self.conv)))
+        return self.unbatched_like_input(ops.conv2d(x, weight, bias, *self.conv))
 
     def input_grad(self, grad):
         """The adjoint of prepare_input: crop the extra padding, drop the batch dimension."""
@@ -96,16 +100,23 @@ class Conv2dFunction(torch.autograd.Function):
     """conv2d as an autograd.Function taking F.conv2d's positional arguments:
     ``Conv2dFunction.apply(input, weight, bias, stride, padding, dilation, groups)``.
 
-    backward is written with the differentiable conv_ext operators, so gradgradcheck and higher
-    derivatives work.
+    backward and jvp are written with differentiable Functions of the conv_ext operators, so
+    gradgradcheck, higher derivatives and torch.func's transforms (grad, vjp, jacrev, jvp,
+    jacfwd, hessian, vmap) work.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-        args = Conv2dArgs.parse(input, weight, stride, padding, dilation, groups)
+    def forward(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+        return Conv2dArgs.parse(input, weight, stride, padding, dilation, groups).conv2d(input, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, bias, *conv = inputs
+        ctx.args = Conv2dArgs.parse(input, weight, *conv)
         ctx.save_for_backward(input, weight)
-        ctx.args = args
-        return args.conv2d(input, weight, bias)
+        ctx.save_for_forward(input, weight)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -123,6 +134,14 @@ class Conv2dFunction(torch.autograd.Function):
             grad_input = args.input_grad(grad_input)
         return grad_input, grad_weight, grad_bias, None, None, None, None
 
+    @staticmethod
+    def jvp(ctx, input_t, weight_t, bias_t, *_):
+        input, weight = ctx.saved_tensors
+        args = ctx.args
+        input_t = None if input_t is None else args.prepare_input(input_t)
+        output_t = conv2d_jvp(args.prepare_input(input), weight, input_t, weight_t, bias_t, OpArgs(None, args.conv))
+        return None if output_t is None else args.unbatched_like_input(output_t)
+
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """Drop-in for torch.nn.functional.conv2d, computed by the conv_ext kernels.
@@ -132,7 +151,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
     The operator differentiates itself (its autograd kernel is C++), and so do the padding and
     reshapes around it: no autograd.Function here, whose Python layer would cost more per call
-    than PyTorch's whole F.conv2d on a small layer. Conv2dFunction computes the same.
+    than PyTorch's whole F.conv2d on a small layer. Conv2dFunction computes the same. Under
+    torch.func's transforms, which do not take the C++ autograd kernel, the operator's autograd.Function
+    Conv2dOp runs instead.
     """
     return Conv2dArgs.parse(input, weight, stride, padding, dilation, groups).conv2d(input, weight, bias)
 

@@ -1,5 +1,5 @@
-"""conv_ext inside the PyTorch ecosystem: torch.export, autocast, fake-tensor layouts,
-DistributedDataParallel, pickling and torch.save."""
+"""conv_ext inside the PyTorch ecosystem: torch.export, torch.func's transforms, autocast,
+fake-tensor layouts, DistributedDataParallel, pickling and torch.save."""
 import io
 import os
 import pickle
@@ -32,6 +32,51 @@ def test_torch_export_keeps_the_conv_ext_ops():
     targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
     assert "conv_ext.conv2d.default" in targets, targets
     torch.testing.assert_close(exported.module()(x), model(x))
+
+
+TRANSFORMS = {
+    # name: (transform of f(x, w, b), its arguments from (x, w, b))
+    "jvp": lambda f, x, w, b: torch.func.jvp(f, (x, w, b), tuple(torch.ones_like(t) for t in (x, w, b)))[1],
+    "grad": lambda f, x, w, b: torch.func.grad(lambda *a: f(*a).square().sum(), argnums=(0, 1, 2))(x, w, b),
+    "jacrev": lambda f, x, w, b: torch.func.jacrev(f, argnums=(0, 1))(x[:1], w, b),
+    "jacfwd": lambda f, x, w, b: torch.func.jacfwd(f, argnums=(0, 1))(x[:1], w, b),
+    "hessian": lambda f, x, w, b: torch.func.hessian(lambda x, w: f(x, w, b).sin().sum(), argnums=(0, 1))(x[:1], w),
+    "per-sample grads": lambda f, x, w, b: torch.func.vmap(
+        torch.func.grad(lambda w, b, x: f(x.unsqueeze(0), w, b).square().sum(), argnums=(0, 1)), in_dims=(None, None, 0)
+    )(w, b, x),
+    "vmap": lambda f, x, w, b: torch.func.vmap(f, in_dims=(1, None, None))(x.unsqueeze(1), w, b),
+    # A weight and bias per sample, and the input's gradient through them.
+    "vmap weights": lambda f, x, w, b: torch.func.vmap(f, in_dims=(None, 0, 0))(x, torch.stack([w, -w]), torch.stack([b, b])),
+    "per-weight input grads": lambda f, x, w, b: torch.func.vmap(
+        torch.func.grad(lambda x, w: f(x, w, b).square().sum()), in_dims=(None, 0)
+    )(x, torch.stack([w, w.flip(-1), 2 * w])),
+}
+
+
+# The operators' own vmap rules run, not PyTorch's per-sample loop (which warns).
+@pytest.mark.filterwarnings("error:There is a performance drop")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("transform", list(TRANSFORMS))
+@pytest.mark.parametrize("conv", [
+    dict(stride=(2, 1), padding=1, dilation=(1, 2), groups=1, kernel=(3, 2)),
+    dict(stride=1, padding="same", dilation=1, groups=2, kernel=(2, 2)),  # uneven padding
+], ids=["strided", "same"])
+@pytest.mark.parametrize("fn", ["conv2d", "Conv2dFunction"])
+def test_torch_func_transforms_match_f_conv2d(fn, conv, transform, device):
+    """torch.func's transforms, which do not take the C++ autograd kernels, go through the
+    autograd.Functions of the operators, and give what they give on F.conv2d (float64)."""
+    conv = dict(conv)
+    kernel = conv.pop("kernel")
+    gen = torch.Generator().manual_seed(0)
+    x, w, b = (torch.rand(*shape, generator=gen, dtype=torch.float64).to(device) * 2 - 1
+               for shape in ((3, 4, 6, 5), (6, 4 // conv["groups"], *kernel), (6,)))
+    ours = {
+        "conv2d": lambda x, w, b: conv_ext.conv2d(x, w, b, **conv),
+        "Conv2dFunction": lambda x, w, b: conv_ext.Conv2dFunction.apply(x, w, b, *conv.values()),
+    }[fn]
+    result = TRANSFORMS[transform](ours, x, w, b)
+    expected = TRANSFORMS[transform](lambda x, w, b: F.conv2d(x, w, b, **conv), x, w, b)
+    torch.testing.assert_close(result, expected, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("device", DEVICES)
