@@ -250,6 +250,26 @@ def test_forced_cpu_paths_take_effect(kernel):
         assert not torch.equal(results["winograd"][1], results[other][1]), ("weight gradient", other)
 
 
+@pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX512"), reason="an AVX-512 rule")
+def test_wide_groups_take_the_direct_forward():
+    """With AVX-512, stride-1 layers of up to 32 channels per group run on the direct group kernel
+    (forward, and the input gradient as the forward of the flipped filters), bit for bit its
+    forced results, not the GEMM's (see test_forced_cpu_paths_take_effect)."""
+    conv = Conv(2, 64, 64, (12, 12), (3, 3), (1, 1), (1, 1), (1, 1), 2, True)  # 32 channels per group
+    x, w, b = conv.tensors(torch.float32, "cpu")
+    x[:, 0] *= 1e6
+    x.requires_grad_()
+    results = {}
+    for path in ("auto", "direct", "gemm"):
+        with cpu_path(path):
+            y = conv_ext.conv2d(x, w * torch.linspace(1, 1e6, 32).repeat(2).view(-1, 1, 1, 1), b, **conv.kwargs())
+            (grad_x,) = torch.autograd.grad(y, x, torch.ones_like(y))
+        results[path] = (y, grad_x)
+    for i, what in enumerate(("forward", "input gradient")):
+        assert torch.equal(results["auto"][i], results["direct"][i]), what
+        assert not torch.equal(results["auto"][i], results["gemm"][i]), what
+
+
 CPUINFO = Path("/proc/cpuinfo")
 HAS_AMX = CPUINFO.exists() and "amx_bf16" in CPUINFO.read_text()
 
