@@ -81,10 +81,12 @@ def _as_groups(args, samples):
     return OpArgs(args.size, (stride, padding, dilation, samples * groups))
 
 
-def _bilinear_jvp(function, a, a_t, b, b_t, args):
-    """Forward-mode derivative of a bilinear op: function(da, b) + function(a, db), the terms whose
-    tangent exists."""
-    terms = [function.apply(u, v, args) for u, v in ((a_t, b), (a, b_t)) if u is not None and v is not None]
+def _bilinear_jvp(op, a, a_t, b, b_t, constant_t=None):
+    """Forward-mode derivative of op(a, b) (+ a constant term), op bilinear: op(da, b) + op(a, db)
+    (+ the constant's tangent), the terms whose tangent exists; None if none does."""
+    terms = [op(u, v) for u, v in ((a_t, b), (a, b_t)) if u is not None and v is not None]
+    if constant_t is not None:
+        terms.append(constant_t)
     return sum(terms[1:], terms[0]) if terms else None
 
 
@@ -131,13 +133,9 @@ class Conv2dOp(torch.autograd.Function):
 
 
 def conv2d_jvp(input, weight, input_t, weight_t, bias_t, args):
-    """Forward-mode derivative of conv2d(input, weight, bias): F(dx, w) + F(x, dw) + db, the
-    terms whose tangent exists (None if none does)."""
-    terms = [Conv2dOp.apply(a, b, None, args) for a, b in ((input_t, weight), (input, weight_t))
-             if a is not None and b is not None]
-    if bias_t is not None:
-        terms.append(bias_t.view(1, -1, 1, 1))
-    return sum(terms[1:], terms[0]) if terms else None
+    """Forward-mode derivative of conv2d(input, weight, bias): F(dx, w) + F(x, dw) + db."""
+    return _bilinear_jvp(lambda x, w: Conv2dOp.apply(x, w, None, args), input, input_t, weight, weight_t,
+                         None if bias_t is None else bias_t.view(1, -1, 1, 1))
 
 
 class _GradOp(torch.autograd.Function):
@@ -183,7 +181,7 @@ class GradInputOp(_GradOp):
     @staticmethod
     def jvp(ctx, grad_output_t, weight_t, _):
         grad_output, weight = ctx.saved_tensors
-        return _bilinear_jvp(GradInputOp, grad_output, grad_output_t, weight, weight_t, ctx.args)
+        return _bilinear_jvp(lambda gy, w: GradInputOp.apply(gy, w, ctx.args), grad_output, grad_output_t, weight, weight_t)
 
 
 class GradWeightOp(_GradOp):
@@ -216,7 +214,7 @@ class GradWeightOp(_GradOp):
     @staticmethod
     def jvp(ctx, input_t, grad_output_t, _):
         input, grad_output = ctx.saved_tensors
-        return _bilinear_jvp(GradWeightOp, input, input_t, grad_output, grad_output_t, ctx.args)
+        return _bilinear_jvp(lambda x, gy: GradWeightOp.apply(x, gy, ctx.args), input, input_t, grad_output, grad_output_t)
 
 
 def conv2d_grads(input, weight, grad_output, conv, needs_input_grad):
