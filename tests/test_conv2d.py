@@ -252,10 +252,11 @@ def test_forced_cpu_paths_take_effect(kernel):
 
 @pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX512"), reason="an AVX-512 rule")
 def test_wide_groups_take_the_direct_forward():
-    """With AVX-512, stride-1 layers of up to 32 channels per group run on the direct group kernel
-    (forward, and the input gradient as the forward of the flipped filters), bit for bit its
-    forced results, not the GEMM's (see test_forced_cpu_paths_take_effect)."""
-    conv = Conv(2, 64, 64, (12, 12), (3, 3), (1, 1), (1, 1), (1, 1), 2, True)  # 32 channels per group
+    """With AVX-512, stride-1 layers of up to 32 channels per group and few pixels (below 256 in
+    the batch) run on the direct group kernel (forward, and the input gradient as the forward of
+    the flipped filters), bit for bit its forced results, not the GEMM's (see
+    test_forced_cpu_paths_take_effect)."""
+    conv = Conv(1, 64, 64, (12, 12), (3, 3), (1, 1), (1, 1), (1, 1), 2, True)  # 32 channels per group, 144 pixels
     x, w, b = conv.tensors(torch.float32, "cpu")
     x[:, 0] *= 1e6
     x.requires_grad_()
@@ -268,6 +269,32 @@ def test_wide_groups_take_the_direct_forward():
     for i, what in enumerate(("forward", "input gradient")):
         assert torch.equal(results["auto"][i], results["direct"][i]), what
         assert not torch.equal(results["auto"][i], results["gemm"][i]), what
+
+
+@pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the channels-last GEMM needs AVX2")
+@pytest.mark.parametrize("conv", [
+    Conv(2, 64, 64, (24, 24), (3, 3), (2, 2), (1, 1), (1, 1), 8, True),  # 8 channels per group, stride 2
+    Conv(2, 128, 128, (12, 12), (3, 3), (1, 1), (1, 1), (1, 1), 4, True),  # 32 per group at stride 1
+], ids=["strided", "wide"])
+def test_grouped_layers_take_the_channels_last_gemm(conv):
+    """Grouped layers of at least 256 output pixels in the batch and 4 or more channels per group
+    run on the channels-last GEMM where their direct kernels lose (grouped_channels_last_pays_off):
+    at stride 2, and above 16 channels per group at stride 1. Bit for bit the forced GEMM's
+    results there (whose grouped layers take the channels-last GEMM by the same rule), not the
+    direct kernels', forward and both gradients."""
+    x, w, b = conv.tensors(torch.float32, "cpu")
+    x[:, 0] *= 1e6  # sums in another order differ in their bits
+    x.requires_grad_()
+    w.requires_grad_()
+    gy = torch.randn_like(F.conv2d(x, w, b, **conv.kwargs()))
+    results = {}
+    for path in ("auto", "direct", "gemm"):
+        with cpu_path(path):
+            y = conv_ext.conv2d(x, w, b, **conv.kwargs())
+            results[path] = dict(zip(NAMES, (y, *torch.autograd.grad(y, (x, w), gy))))
+    for what in NAMES[:3]:
+        assert torch.equal(results["auto"][what], results["gemm"][what]), what
+        assert not torch.equal(results["auto"][what], results["direct"][what]), what
 
 
 CPUINFO = Path("/proc/cpuinfo")
@@ -431,19 +458,29 @@ def test_implicit_gemm_whole_runs_and_streamed_output(conv, dtype, path):
 # in the batch): output channels that fill no whole panel (20 of float32, 13 of float64), NCHW
 # and NHWC inputs, a 3x5 kernel with strides (2, 3), padding (2, 1) and dilation (2, 1), and a
 # 2x2 kernel at stride 4, whose input gradient has stride phases that no tap reaches (zero).
+# Grouped layers (at least 256 output pixels; grouped_channels_last_pays_off): 10 output
+# channels per group at stride 2, less than a panel, whose missing columns the next group
+# overwrites; 48 channels per group at stride 1 in NHWC; 8 input and 4 output channels per group
+# (one panel over three groups' channels) with the strided, dilated 3x5 kernel; and the weight
+# gradient alone of 16 channels per group at stride 1.
 CHANNELS_LAST_GEMM_LAYERS = [
     (Conv(2, 16, 20, (70, 66), (3, 3), (2, 2), (1, 1), (1, 1), 1, True), torch.float32),
     (Conv(2, 24, 40, (64, 64), (3, 3), (2, 2), (1, 1), (1, 1), 1, True, "channels_last"), torch.float32),
     (Conv(1, 17, 13, (75, 81), (3, 5), (2, 3), (2, 1), (2, 1), 1, False), torch.float64),
     (Conv(1, 17, 13, (75, 81), (3, 5), (2, 3), (2, 1), (2, 1), 1, True, "channels_last"), torch.float64),
     (Conv(9, 20, 16, (50, 41), (2, 2), (4, 4), (0, 0), (1, 1), 1, True), torch.float64),
+    (Conv(2, 64, 40, (24, 22), (3, 3), (2, 2), (1, 1), (1, 1), 4, True), torch.float32),
+    (Conv(1, 96, 96, (17, 18), (3, 3), (1, 1), (1, 1), (1, 1), 2, True, "channels_last"), torch.float64),
+    (Conv(2, 24, 12, (33, 35), (3, 5), (2, 3), (2, 1), (2, 1), 3, False), torch.float32),
+    (Conv(2, 64, 64, (16, 16), (3, 3), (1, 1), (1, 1), (1, 1), 4, False), torch.float32),
 ]
 
 
 @pytest.mark.parametrize("path", [p for p in FORCED_CPU_PATHS if p.startswith("gemm")])
 @pytest.mark.parametrize("conv,dtype", CHANNELS_LAST_GEMM_LAYERS,
                          ids=["partial-panel-float32", "nhwc-float32", "dilated-float64", "nhwc-float64",
-                              "tapless-phases-float64"])
+                              "tapless-phases-float64", "groups-partial-panel-float32", "groups-nhwc-float64",
+                              "groups-dilated-float32", "groups-grad-weight-float32"])
 def test_channels_last_gemm_layers(conv, dtype, path):
     output = check_layer_on_path(conv, dtype, path)[0]
     assert output.is_contiguous(memory_format=torch.channels_last) == (conv.layout == "channels_last")

@@ -4,7 +4,8 @@
 // row's pixels (the micro-kernel's rows, stride x channels apart in the band, each pixel's patch
 // read in place through a table of offsets) times two panels of output channels is one product
 // over the patch, in blocks of the kernel's depth; the filters are the packed operand, whose
-// block stays in L1 while the band's tiles pass over it.
+// block stays in L1 while the band's tiles pass over it. A grouped convolution is that of each
+// group on its channels: the bands hold one group's channels, problems (group, image) the tasks.
 #include "channels_last_gemm_conv2d.h"
 
 #include "aligned_vector.h"
@@ -92,6 +93,29 @@ int64_t even_tile_pixels(int64_t count, int64_t most) {
   return (count + tiles - 1) / tiles;
 }
 
+// One group's convolution (groups 1, its channels), whose batch is the problems (group, image)
+// of g: the geometry that the bands and products below see.
+Conv2dGeometry one_group(const Conv2dGeometry& g) {
+  Conv2dGeometry one = g;
+  one.batch = g.batch * g.groups;
+  one.in_channels = g.in_channels_per_group();
+  one.out_channels = g.out_channels_per_group();
+  one.groups = 1;
+  return one;
+}
+
+// A tensor of g's as one_group(g)'s: problem p is image p % batch, group p / batch (a thread's
+// run of problems shares a group's filters), which fill_band and store_band read or write
+// through the layout of a group's channels from the group's first.
+struct GroupedLayout {
+  Layout layout;
+  int64_t batch;
+  GroupedLayout(const at::Tensor& t, const Conv2dGeometry& g) : layout(t), batch(g.batch) { layout.channels /= g.groups; }
+  int64_t group(int64_t p) const { return p / batch; }
+  int64_t image(int64_t p) const { return p % batch; }
+  int64_t offset(int64_t p) const { return group(p) * layout.channels * layout.c; }  // of the group's first channel
+};
+
 // Where step k = tap * C + c of a pixel's patch lies in an input band (pixels C apart, rows
 // band_w pixels long), from the pixel's first tap.
 std::vector<int64_t> patch_offsets(const Conv2dGeometry& g, int64_t band_w) {
@@ -143,42 +167,47 @@ bool channels_last_gemm_available() { return use_avx2(); }
 at::Tensor channels_last_gemm_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
                                              const at::Tensor& bias, const Conv2dGeometry& g,
                                              at::MemoryFormat result_format) {
-  TORCH_INTERNAL_ASSERT(g.groups == 1 && g.in_channels > 0);
+  TORCH_INTERNAL_ASSERT(g.in_channels > 0);
   at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options().memory_format(result_format));
   if (output.numel() == 0) return output;
+  const Conv2dGeometry one = one_group(g);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_channels_last_gemm_forward", [&] {
     constexpr int64_t W = kPanelWidth<scalar_t>;
     const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
     const auto transpose = transpose_for_this_cpu<scalar_t>();
-    const int64_t panels = (g.out_channels + W - 1) / W, out_pixel = panels * W;
-    std::vector<int64_t> taps(g.kernel_h * g.kernel_w);
+    const int64_t C = one.in_channels, K = one.out_channels, panels = (K + W - 1) / W, out_pixel = panels * W;
+    const int64_t filter = g.kernel_h * g.kernel_w;
+    std::vector<int64_t> taps(filter);
     std::iota(taps.begin(), taps.end(), int64_t{0});
-    const at::Tensor packed = pack_panels<scalar_t>(weight, g.out_channels, g.in_channels * g.kernel_h * g.kernel_w,
-                                                    g.in_channels, g.kernel_h * g.kernel_w, taps);
-    const Bands bands = Bands::of_output(g, out_pixel, sizeof(scalar_t));
-    const int64_t band_w = Bands::input_width(g), rows = bands.rows, bands_per_image = bands.per_image;
-    const auto input_rows = [&](int64_t r) { return Bands::input_rows(g, r); };
-    const std::vector<int64_t> offsets = patch_offsets(g, band_w);
-    const Layout x_layout(input), y_layout(output);
+    std::vector<at::Tensor> packed;  // per group
+    for (int64_t group = 0; group < g.groups; ++group) {
+      packed.push_back(pack_panels<scalar_t>(weight.narrow(0, group * K, K), K, C * filter, C, filter, taps));
+    }
+    const Bands bands = Bands::of_output(one, out_pixel, sizeof(scalar_t));
+    const int64_t band_w = Bands::input_width(one), rows = bands.rows, bands_per_image = bands.per_image;
+    const auto input_rows = [&](int64_t r) { return Bands::input_rows(one, r); };
+    const std::vector<int64_t> offsets = patch_offsets(one, band_w);
+    const GroupedLayout x_layout(input, g), y_layout(output, g);
     const scalar_t* x = input.const_data_ptr<scalar_t>();
-    const scalar_t* w = packed.const_data_ptr<scalar_t>();
     const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* y = output.mutable_data_ptr<scalar_t>();
     const bool stream = streams(output);
-    at::parallel_for(0, g.batch * bands_per_image, 1, [&](int64_t begin, int64_t end) {
-      AlignedVector<scalar_t> in_band(input_rows(rows) * band_w * g.in_channels), out_band(rows * g.out_w * out_pixel);
+    at::parallel_for(0, one.batch * bands_per_image, 1, [&](int64_t begin, int64_t end) {
+      AlignedVector<scalar_t> in_band(input_rows(rows) * band_w * C), out_band(rows * one.out_w * out_pixel);
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t n = task / bands_per_image, oh0 = task % bands_per_image * rows;
-        const int64_t band_rows = std::min(rows, g.out_h - oh0);
-        fill_band(transpose, x, x_layout, n, oh0 * g.stride_h - g.pad_h, input_rows(band_rows), -g.pad_w, band_w,
-                  in_band.data());
-        forward_band(kernel, in_band.data(), band_w, w, panels, offsets.data(), g, band_rows, out_band.data());
+        const int64_t p = task / bands_per_image, oh0 = task % bands_per_image * rows, group = x_layout.group(p);
+        const int64_t band_rows = std::min(rows, one.out_h - oh0);
+        fill_band(transpose, x + x_layout.offset(p), x_layout.layout, x_layout.image(p), oh0 * one.stride_h - one.pad_h,
+                  input_rows(band_rows), -one.pad_w, band_w, in_band.data());
+        forward_band(kernel, in_band.data(), band_w, packed[group].const_data_ptr<scalar_t>(), panels, offsets.data(), one,
+                     band_rows, out_band.data());
         if (b != nullptr) {
-          for (int64_t p = 0; p < band_rows * g.out_w; ++p) {
-            for (int64_t k = 0; k < g.out_channels; ++k) out_band[p * out_pixel + k] += b[k];
+          for (int64_t q = 0; q < band_rows * one.out_w; ++q) {
+            for (int64_t k = 0; k < K; ++k) out_band[q * out_pixel + k] += b[group * K + k];
           }
         }
-        store_band(transpose, out_band.data(), band_rows, g.out_w, y, y_layout, n, oh0, out_pixel, stream);
+        store_band(transpose, out_band.data(), band_rows, one.out_w, y + y_layout.offset(p), y_layout.layout,
+                   y_layout.image(p), oh0, out_pixel, stream);
       }
     });
   });
@@ -203,10 +232,11 @@ struct PhaseTaps {
 // place through a table of offsets, written stride_w pixels apart into the band of grad_input.
 at::Tensor channels_last_gemm_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
                                                 const Conv2dGeometry& g, at::MemoryFormat result_format) {
-  TORCH_INTERNAL_ASSERT(g.groups == 1 && g.out_channels > 0);
+  TORCH_INTERNAL_ASSERT(g.out_channels > 0);
   at::Tensor grad_input = at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output.options().memory_format(result_format));
   if (grad_input.numel() == 0) return grad_input;
-  const int64_t sh = g.stride_h, sw = g.stride_w, K = g.out_channels, C = g.in_channels;
+  const Conv2dGeometry one = one_group(g);
+  const int64_t sh = g.stride_h, sw = g.stride_w, K = one.out_channels, C = one.in_channels;
   std::vector<PhaseTaps> rows_taps, cols_taps;
   for (int64_t a = 0; a < sh; ++a) rows_taps.emplace_back(a, g.kernel_h, sh, g.dilation_h);
   for (int64_t b = 0; b < sw; ++b) cols_taps.emplace_back(b, g.kernel_w, sw, g.dilation_w);
@@ -218,11 +248,11 @@ at::Tensor channels_last_gemm_conv2d_grad_input(const at::Tensor& grad_output, c
     const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
     const auto transpose = transpose_for_this_cpu<scalar_t>();
     const int64_t panels = (C + W - 1) / W, in_pixel = panels * W, band_row = band_w * K;
-    // Per phase: its offsets table over (taps, K) and its filters packed per panel of input
-    // channels, step (tap, k) of panel p's column j = weight[k][p * W + j][kh][kw].
+    // Per phase: its offsets table over (taps, K) and per group its filters packed per panel of
+    // input channels, step (tap, k) of panel p's column j = weight[group * K + k][p * W + j][kh][kw].
     struct Phase {
       std::vector<int64_t> offsets;
-      at::Tensor packed;
+      std::vector<at::Tensor> packed;
     };
     std::vector<Phase> phases(sh * sw);
     for (int64_t a = 0; a < sh; ++a) {
@@ -237,24 +267,27 @@ at::Tensor channels_last_gemm_conv2d_grad_input(const at::Tensor& grad_output, c
           }
         }
         const int64_t filter = g.kernel_h * g.kernel_w;
-        phase.packed = pack_panels<scalar_t>(weight, C, filter, K, C * filter, taps);
+        for (int64_t group = 0; group < g.groups; ++group) {
+          phase.packed.push_back(pack_panels<scalar_t>(weight.narrow(0, group * K, K), C, filter, K, C * filter, taps));
+        }
       }
     }
     // Bands of grad_input rows whose output and grad_output rows stay in L2.
-    const Bands bands(g.in_h, g.batch, g.in_h, (g.in_w * in_pixel + band_row / sh) * int64_t{sizeof(scalar_t)},
+    const Bands bands(g.in_h, one.batch, g.in_h, (g.in_w * in_pixel + band_row / sh) * int64_t{sizeof(scalar_t)},
                       (top + 2) * band_row * int64_t{sizeof(scalar_t)});
     const int64_t rows = bands.rows, bands_per_image = bands.per_image;
-    const Layout gy_layout(grad_output), gx_layout(grad_input);
+    const GroupedLayout gy_layout(grad_output, g), gx_layout(grad_input, g);
     const scalar_t* gy = grad_output.const_data_ptr<scalar_t>();
     scalar_t* gx = grad_input.mutable_data_ptr<scalar_t>();
     const bool stream = streams(grad_input);
-    at::parallel_for(0, g.batch * bands_per_image, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, one.batch * bands_per_image, 1, [&](int64_t begin, int64_t end) {
       AlignedVector<scalar_t> gy_band(((rows - 1) / sh + top + 2) * band_row), out_band(rows * g.in_w * in_pixel);
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t n = task / bands_per_image, ih0 = task % bands_per_image * rows;
+        const int64_t p = task / bands_per_image, ih0 = task % bands_per_image * rows, group = gy_layout.group(p);
         const int64_t band_rows = std::min(rows, g.in_h - ih0);
         const int64_t q0 = (ih0 + g.pad_h) / sh - top, q1 = (ih0 + band_rows - 1 + g.pad_h) / sh;  // grad_output rows
-        fill_band(transpose, gy, gy_layout, n, q0, q1 - q0 + 1, -left, band_w, gy_band.data());
+        fill_band(transpose, gy + gy_layout.offset(p), gy_layout.layout, gy_layout.image(p), q0, q1 - q0 + 1, -left, band_w,
+                  gy_band.data());
         std::fill(out_band.begin(), out_band.end(), scalar_t(0));  // pixels no tap reaches
         // Per phase and block of its filters (in L1), every row of the band in that phase.
         for (int64_t a = 0; a < sh; ++a) {
@@ -269,7 +302,7 @@ at::Tensor channels_last_gemm_conv2d_grad_input(const at::Tensor& grad_output, c
             for (int64_t p0 = 0; p0 < panels; p0 += kernel.panels) {
               const int tile_panels = static_cast<int>(std::min<int64_t>(kernel.panels, panels - p0));
               for (int64_t k0 = 0; k0 < depth; k0 += kernel.depth) {
-                const scalar_t* panel = phase.packed.const_data_ptr<scalar_t>() + (p0 * depth + k0) * W;
+                const scalar_t* panel = phase.packed[group].const_data_ptr<scalar_t>() + (p0 * depth + k0) * W;
                 for (int64_t ih = first_row; ih < ih0 + band_rows; ih += sh) {
                   const scalar_t* x = gy_band.data() + ((ih + g.pad_h) / sh - q0) * band_row + ((iw0 + g.pad_w) / sw + left) * K;
                   scalar_t* y = out_band.data() + ((ih - ih0) * g.in_w + iw0) * in_pixel + p0 * W;
@@ -283,7 +316,8 @@ at::Tensor channels_last_gemm_conv2d_grad_input(const at::Tensor& grad_output, c
             }
           }
         }
-        store_band(transpose, out_band.data(), band_rows, g.in_w, gx, gx_layout, n, ih0, in_pixel, stream);
+        store_band(transpose, out_band.data(), band_rows, g.in_w, gx + gx_layout.offset(p), gx_layout.layout,
+                   gx_layout.image(p), ih0, in_pixel, stream);
       }
     });
   });
@@ -297,46 +331,50 @@ at::Tensor channels_last_gemm_conv2d_grad_input(const at::Tensor& grad_output, c
 // (grad_output packed per band into panels). A run is the kernel's whole row when its taps are
 // adjacent (dilation_w 1), so that few channels still fill the kernel's rows (the stem's 7 taps
 // x 3 channels fill 21 of 24), else one tap. Each thread sums its bands into its own
-// (runs, entries, K) buffer; the buffers are added at the end, in the order of their bands (the
-// same sum on every run).
+// (groups, runs, entries, K) buffer; the buffers are added at the end, in the order of their
+// bands (the same sum on every run).
 at::Tensor channels_last_gemm_conv2d_grad_weight(const at::Tensor& input, const at::Tensor& grad_output,
                                                  const Conv2dGeometry& g) {
-  TORCH_INTERNAL_ASSERT(g.groups == 1 && g.in_channels > 0);
+  TORCH_INTERNAL_ASSERT(g.in_channels > 0);
+  const Conv2dGeometry one = one_group(g);
+  const int64_t C = one.in_channels, K = one.out_channels;
   const int64_t run_taps = g.dilation_w == 1 ? g.kernel_w : 1, runs = g.kernel_h * g.kernel_w / run_taps;
-  const int64_t entries = run_taps * g.in_channels;  // of a run
+  const int64_t entries = run_taps * C;  // of a run
   std::mutex sums_mutex;
-  std::vector<std::pair<int64_t, at::Tensor>> sums;  // per thread: its first band, its (runs, entries, K) sums
+  std::vector<std::pair<int64_t, at::Tensor>> sums;  // per thread: its first band, its sums
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_channels_last_gemm_grad_weight", [&] {
     constexpr int64_t W = kPanelWidth<scalar_t>;
     const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
     const auto transpose = transpose_for_this_cpu<scalar_t>();
-    const int64_t C = g.in_channels, K = g.out_channels, panels = (K + W - 1) / W, padded = panels * W;
+    const int64_t panels = (K + W - 1) / W, padded = panels * W;
     // Bands whose input and packed grad_output stay in L2, multiplied in blocks of pixels as
     // deep as the kernel takes.
-    const Bands bands = Bands::of_output(g, padded, sizeof(scalar_t));
-    const int64_t band_w = Bands::input_width(g), rows = bands.rows, bands_per_image = bands.per_image;
-    const auto input_rows = [&](int64_t r) { return Bands::input_rows(g, r); };
-    const Layout x_layout(input), gy_layout(grad_output);
+    const Bands bands = Bands::of_output(one, padded, sizeof(scalar_t));
+    const int64_t band_w = Bands::input_width(one), rows = bands.rows, bands_per_image = bands.per_image;
+    const auto input_rows = [&](int64_t r) { return Bands::input_rows(one, r); };
+    const GroupedLayout x_layout(input, g), gy_layout(grad_output, g);
     const scalar_t* x = input.const_data_ptr<scalar_t>();
     const scalar_t* gy = grad_output.const_data_ptr<scalar_t>();
-    at::parallel_for(0, g.batch * bands_per_image, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, one.batch * bands_per_image, 1, [&](int64_t begin, int64_t end) {
       const at::AutoDispatchBelowADInplaceOrView below_autograd;  // worker threads do not inherit it
-      at::Tensor sum_tensor = at::zeros({runs, entries, padded}, input.options());
+      at::Tensor sum_tensor = at::zeros({g.groups, runs, entries, padded}, input.options());
       scalar_t* sum = sum_tensor.mutable_data_ptr<scalar_t>();
       AlignedVector<scalar_t> in_band(input_rows(rows) * band_w * C);
       AlignedVector<scalar_t> gy_band(panels * rows * g.out_w * W);  // [panel][pixel][column]; zero past K
       std::vector<int64_t> offsets(rows * g.out_w);
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t n = task / bands_per_image, oh0 = task % bands_per_image * rows;
+        const int64_t p = task / bands_per_image, oh0 = task % bands_per_image * rows;
         const int64_t band_rows = std::min(rows, g.out_h - oh0), pixels = band_rows * g.out_w;
-        fill_band(transpose, x, x_layout, n, oh0 * g.stride_h - g.pad_h, input_rows(band_rows), -g.pad_w, band_w,
-                  in_band.data());
-        for (int64_t p = 0; p < pixels; ++p) offsets[p] = ((p / g.out_w * g.stride_h) * band_w + p % g.out_w * g.stride_w) * C;
-        for (int64_t panel = 0; panel < panels; ++panel) {  // gy_band[panel][p][j] = gy[n, panel * W + j, pixel p of the band]
+        fill_band(transpose, x + x_layout.offset(p), x_layout.layout, x_layout.image(p), oh0 * g.stride_h - g.pad_h,
+                  input_rows(band_rows), -g.pad_w, band_w, in_band.data());
+        for (int64_t q = 0; q < pixels; ++q) offsets[q] = ((q / g.out_w * g.stride_h) * band_w + q % g.out_w * g.stride_w) * C;
+        const Layout& l = gy_layout.layout;
+        const scalar_t* gy_rows = gy + gy_layout.offset(p) + gy_layout.image(p) * l.n + oh0 * l.h;
+        for (int64_t panel = 0; panel < panels; ++panel) {  // gy_band[panel][q][j] = gy[n, panel * W + j, pixel q of the band]
           const int64_t k0 = panel * W;
-          gather_channels(transpose, gy + n * gy_layout.n + k0 * gy_layout.c + oh0 * gy_layout.h, gy_layout, pixels,
-                          std::min(W, K - k0), gy_band.data() + panel * pixels * W, W);
+          gather_channels(transpose, gy_rows + k0 * l.c, l, pixels, std::min(W, K - k0), gy_band.data() + panel * pixels * W, W);
         }
+        scalar_t* group_sum = sum + gy_layout.group(p) * runs * entries * padded;
         // Per block of pixels and of grad_output's panels (in L1), every run's entries.
         const int64_t depth = even_tile_pixels(pixels, kernel.depth);
         for (int64_t d0 = 0; d0 < pixels; d0 += depth) {
@@ -349,7 +387,7 @@ at::Tensor channels_last_gemm_conv2d_grad_weight(const at::Tensor& input, const 
                 kernel.run(static_cast<int>(std::min<int64_t>(kernel.rows, entries - i)),
                            static_cast<int>(std::min<int64_t>(kernel.panels, panels - p0)), std::min(depth, pixels - d0),
                            a + i, 1, panel, pixels * W, offsets.data() + d0, nullptr, Write::add,
-                           sum + (run * entries + i) * padded + p0 * W, padded);
+                           group_sum + (run * entries + i) * padded + p0 * W, padded);
               }
             }
           }
@@ -362,11 +400,11 @@ at::Tensor channels_last_gemm_conv2d_grad_weight(const at::Tensor& input, const 
   std::sort(sums.begin(), sums.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   at::Tensor total = sums.front().second;
   for (size_t i = 1; i < sums.size(); ++i) total.add_(sums[i].second);
-  // (runs, run_taps * C, K) -> (K, C, kh, kw)
-  return total.narrow(2, 0, g.out_channels)
-      .view({g.kernel_h, g.kernel_w / run_taps, run_taps, g.in_channels, g.out_channels})
-      .permute({4, 3, 0, 1, 2})
-      .reshape({g.out_channels, g.in_channels, g.kernel_h, g.kernel_w});
+  // (groups, runs, run_taps * C, K) -> (groups * K, C, kh, kw)
+  return total.narrow(3, 0, K)
+      .view({g.groups, g.kernel_h, g.kernel_w / run_taps, run_taps, C, K})
+      .permute({0, 5, 4, 1, 2, 3})
+      .reshape({g.out_channels, C, g.kernel_h, g.kernel_w});
 }
 
 }  // namespace conv_ext

@@ -13,21 +13,20 @@ namespace conv_ext {
 // Whether this CPU runs it (AVX2+FMA, unless CONV_EXT_CPU_ISA=generic).
 bool channels_last_gemm_available();
 
-// The forward of one group (groups == 1, at least one input channel) from float32 or float64
-// operands: the input dense NCHW or NHWC, the weight contiguous, bias possibly undefined. The
-// result in result_format.
+// The forward (any groups, at least one input channel) from float32 or float64 operands: the
+// input dense NCHW or NHWC, the weight contiguous, bias possibly undefined. The result in
+// result_format.
 at::Tensor channels_last_gemm_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
                                              const at::Tensor& bias, const Conv2dGeometry& g,
                                              at::MemoryFormat result_format);
 
-// The input gradient of one group (groups == 1, at least one output channel) from float32 or
-// float64 operands: grad_output dense NCHW or NHWC, the weight contiguous. The result in
-// result_format.
+// The input gradient (any groups, at least one output channel) from float32 or float64 operands:
+// grad_output dense NCHW or NHWC, the weight contiguous. The result in result_format.
 at::Tensor channels_last_gemm_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
                                                 const Conv2dGeometry& g, at::MemoryFormat result_format);
 
-// The weight gradient of one group (groups == 1, at least one input channel) from float32 or
-// float64 operands, input and grad_output dense NCHW or NHWC: (K, C, kh, kw).
+// The weight gradient (any groups, at least one input channel) from float32 or float64 operands,
+// input and grad_output dense NCHW or NHWC: (K, C / groups, kh, kw).
 at::Tensor channels_last_gemm_conv2d_grad_weight(const at::Tensor& input, const at::Tensor& grad_output,
                                                  const Conv2dGeometry& g);
 

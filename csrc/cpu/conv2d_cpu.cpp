@@ -45,6 +45,9 @@ constexpr int64_t kOneGemmColumns = 1024;
 constexpr int64_t kThinPatch = 160, kStrideOnePatch = 640;
 // Input channels the channels-last GEMM wants (measured down to 16; the stem's 3 lose).
 constexpr int64_t kChannelsLastGemmChannels = 16;
+// Output pixels in the batch that repay its transposes and packing on grouped layers (measured:
+// 392 do, 196 and 49 do not; grouped_channels_last_pays_off).
+constexpr int64_t kGroupedChannelsLastPixels = 256;
 
 // Output rows [row_begin, row_end) of one image form a tile.
 struct RowTile {
@@ -172,6 +175,7 @@ bool winograd_chosen(const Conv2dGeometry& g) {
 
 bool implicit_gemm_pays_off(const Conv2dGeometry& g);
 bool channels_last_gemm_grad_weight_pays_off(const Conv2dGeometry& g);
+bool grouped_channels_last_pays_off(const Conv2dGeometry& g);
 
 // With few input channels Winograd's transforms cost about as much as its GEMMs save: the
 // implicit GEMM's forward is faster (measured with AVX-512: 16 or 24 input channels 1.1-1.7x,
@@ -182,7 +186,7 @@ Algorithm choose_algorithm(const Conv2dGeometry& g) {
   if (const auto forced = forced_algorithm()) return *forced;
   const bool implicit_gemm_preferred = g.in_channels < kWinogradForwardChannels && implicit_gemm_available() && implicit_gemm_pays_off(g);
   if (winograd_chosen(g) && !implicit_gemm_preferred) return Algorithm::winograd;
-  return direct_pays_off(g) ? Algorithm::direct : Algorithm::gemm;
+  return direct_pays_off(g) && !grouped_channels_last_pays_off(g) ? Algorithm::direct : Algorithm::gemm;
 }
 
 // The weight gradient's direct kernel (one filter at a time) beats im2col+GEMM with up to 64
@@ -253,11 +257,32 @@ bool implicit_gemm_pays_off(const Conv2dGeometry& g) {
   return !is_pointwise(g) || (!batch_in_one_gemm(g) && (g.out_channels > g.in_channels || g.batch == 1));
 }
 
-// What every use of the channels-last GEMM asks: this CPU runs it, one group, a kernel larger
+// What every use of the channels-last GEMM on one group asks: this CPU runs it, a kernel larger
 // than 1x1 and more than kOneGemmColumns output pixels in the batch.
 bool channels_last_gemm_may_pay_off(const Conv2dGeometry& g) {
   return channels_last_gemm_available() && g.groups == 1 && g.kernel_h * g.kernel_w > 1 &&
          g.batch * g.out_h * g.out_w > kOneGemmColumns;
+}
+
+// Grouped layers (ResNeXt's, 4 to 64 channels per group) whose direct kernels lose, forward and
+// input gradient: every stride above 1, and wider groups than 16 channels at stride 1. Measured
+// at batch 8 against the paths they took (32 groups; ratios to torch): 3x3/2 4, 8, 16, 32 and 64
+// channels per group 0.29x -> 0.72x, 0.14x -> 0.73x, 0.39x -> 0.72x, 0.32x -> 0.62x and
+// 0.34x -> 0.57x forward; input gradients 0.44x-1.9x -> 0.49x-3x; 3x3 32 and 64 channels per
+// group @7 0.41x -> 0.65x and 0.38x -> 0.67x forward, 0.42x -> 0.70x and 0.44x -> 0.69x input
+// gradient. The direct group kernel keeps 2 channels per group and stride 1 up to 16 (8 @28:
+// 1.1x against 0.6x, 16 @14 0.83x against 0.61x), the paths of few pixels (a batch of one 7x7 or
+// 14x14 image) theirs.
+bool grouped_channels_last_may_pay_off(const Conv2dGeometry& g) {
+  return channels_last_gemm_available() && g.groups > 1 && g.kernel_h * g.kernel_w > 1 &&
+         std::min(g.in_channels_per_group(), g.out_channels_per_group()) >= 4 &&
+         g.batch * g.out_h * g.out_w >= kGroupedChannelsLastPixels;
+}
+
+bool grouped_channels_last_pays_off(const Conv2dGeometry& g) {
+  const bool unit_stride = g.stride_h == 1 && g.stride_w == 1;
+  return grouped_channels_last_may_pay_off(g) &&
+         (!unit_stride || std::max(g.in_channels_per_group(), g.out_channels_per_group()) > 16);
 }
 
 // Strided layers of many pixels and kernels larger than 1x1: the channels-last GEMM reads its
@@ -272,8 +297,9 @@ bool channels_last_gemm_may_pay_off(const Conv2dGeometry& g) {
 // batch 8: 3x3/2 64->128 @56 1.4x, 32->64 @112 1.9x, 128->256 @28 alike), and its input
 // gradient, by stride phase, col2im (1.1-1.4x, 1.35-2x, 1.1-1.4x).
 bool channels_last_gemm_pays_off(const Conv2dGeometry& g) {
-  return channels_last_gemm_may_pay_off(g) && (g.stride_h > 1 || g.stride_w > 1) &&
-         g.in_channels >= kChannelsLastGemmChannels;
+  const bool strided = channels_last_gemm_may_pay_off(g) && (g.stride_h > 1 || g.stride_w > 1) &&
+                       g.in_channels >= kChannelsLastGemmChannels;
+  return strided || grouped_channels_last_pays_off(g);
 }
 
 // The weight gradient runs there too for few input channels (up to 15) and at least 16 output
@@ -281,11 +307,15 @@ bool channels_last_gemm_pays_off(const Conv2dGeometry& g) {
 // the stem's 7 x 3 fill where the other paths' panels of its 3 channels stay mostly empty
 // (measured at batch 8, against the paths chosen before: the 7x7/2 stem 1.7-1.9x faster, 3x3
 // 3->64 @224 2.2x, 3x3/2 3->32 @224 and 8->32 @112 1.8-2.1x, 5x5 3->16 and 10->32 @64 2.1-2.3x;
-// 8 output channels, half a panel, 2x slower).
+// 8 output channels, half a panel, 2x slower). Grouped layers' weight gradients run there where
+// the direct kernel's channel pairs (see choose_grad_weight_algorithm) lose at stride 1 as well:
+// 16 channels per group @14 at batch 8 0.32x -> 0.69x torch, 32 @7 0.17x -> 0.80x; at stride 2
+// 8 to 32 channels per group 0.39x-0.48x -> 0.75x-0.84x.
 bool channels_last_gemm_grad_weight_pays_off(const Conv2dGeometry& g) {
   const bool few_channels = channels_last_gemm_may_pay_off(g) && g.in_channels > 0 &&
                             g.in_channels < kChannelsLastGemmChannels && g.out_channels >= kChannelsLastGemmChannels;
-  return few_channels || channels_last_gemm_pays_off(g);
+  const bool grouped = grouped_channels_last_may_pay_off(g) && g.in_channels_per_group() * g.out_channels_per_group() > 64;
+  return few_channels || grouped || channels_last_gemm_pays_off(g);
 }
 
 Tensor gemm_conv2d_forward_batch_in_one_gemm(const Tensor& input, const Tensor& weight,
