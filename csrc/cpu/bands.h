@@ -169,9 +169,48 @@ void transpose_square(const T* src, int64_t src_stride, T* dst, int64_t dst_stri
   }
 }
 
+// The first `rows` rows and `cols` columns of a square (each at most a line), through masked
+// loads and stores: the edges of a transpose, which element by element had taken most of a
+// band's time on rows of 7 or 14 pixels.
+template <typename T>
+void transpose_part(const T* src, int64_t src_stride, int rows, int cols, T* dst, int64_t dst_stride) {
+  constexpr int B = 64 / sizeof(T);
+  const unsigned col_mask = (1u << cols) - 1, row_mask = (1u << rows) - 1;
+  __m512i r[B];
+  for (int i = 0; i < B; ++i) {
+    if (i >= rows) {
+      r[i] = _mm512_setzero_si512();
+    } else if constexpr (B == 16) {
+      r[i] = _mm512_maskz_loadu_epi32(static_cast<__mmask16>(col_mask), src + i * src_stride);
+    } else {
+      r[i] = _mm512_maskz_loadu_epi64(static_cast<__mmask8>(col_mask), src + i * src_stride);
+    }
+  }
+  if constexpr (B == 16) {
+    transpose_16x16(r);
+    for (int j = 0; j < cols; ++j) _mm512_mask_storeu_epi32(dst + j * dst_stride, static_cast<__mmask16>(row_mask), r[j]);
+  } else {
+    transpose_8x8(r);
+    for (int j = 0; j < cols; ++j) _mm512_mask_storeu_epi64(dst + j * dst_stride, static_cast<__mmask8>(row_mask), r[j]);
+  }
+}
+
+// Rows [r0, r1) and columns [c0, c1) of src in transpose_part's pieces.
+template <typename T>
+void transpose_parts(const T* src, int64_t src_stride, int64_t r0, int64_t r1, int64_t c0, int64_t c1, T* dst,
+                     int64_t dst_stride) {
+  constexpr int64_t B = 64 / sizeof(T);
+  for (int64_t i = r0; i < r1; i += B) {
+    for (int64_t j = c0; j < c1; j += B) {
+      transpose_part(src + i * src_stride + j, src_stride, static_cast<int>(std::min(B, r1 - i)),
+                     static_cast<int>(std::min(B, c1 - j)), dst + j * dst_stride + i, dst_stride);
+    }
+  }
+}
+
 // avx2::transpose in cache line squares, half the shuffles per element of its 8 x 8 float32.
 // With stream, when dst's rows are whole lines apart, the squares from dst's first line boundary
-// on are streamed (the rows of src before it, and the edges, go through avx2::transpose).
+// on are streamed (the rows of src before it, and the edges, are stored through the cache).
 template <typename T>
 void transpose(const T* src, int64_t src_stride, int64_t rows, int64_t cols, T* dst, int64_t dst_stride, bool stream) {
   constexpr int64_t B = 64 / sizeof(T);
@@ -179,13 +218,12 @@ void transpose(const T* src, int64_t src_stride, int64_t rows, int64_t cols, T* 
   stream = stream && dst_stride % B == 0;
   const int64_t first = stream ? std::min<int64_t>(rows, (B - address / sizeof(T) % B) % B) : 0;
   const int64_t whole_rows = first + (rows - first) / B * B, whole_cols = cols / B * B;
-  avx2::transpose(src, src_stride, first, cols, dst, dst_stride);
+  transpose_parts(src, src_stride, 0, first, 0, cols, dst, dst_stride);
   for_each_square(first, whole_rows, whole_cols, B, src_stride, dst_stride, [&](int64_t i, int64_t j) {
     transpose_square(src + i * src_stride + j, src_stride, dst + j * dst_stride + i, dst_stride, stream);
   });
-  avx2::transpose(src + first * src_stride + whole_cols, src_stride, rows - first, cols - whole_cols,
-                  dst + whole_cols * dst_stride + first, dst_stride);
-  avx2::transpose(src + whole_rows * src_stride, src_stride, rows - whole_rows, whole_cols, dst + whole_rows, dst_stride);
+  transpose_parts(src, src_stride, first, rows, whole_cols, cols, dst, dst_stride);
+  transpose_parts(src, src_stride, whole_rows, rows, 0, whole_cols, dst, dst_stride);
 }
 
 }  // namespace avx512

@@ -58,24 +58,37 @@ struct Bands {
   }
 };
 
-// The micro-kernel's packed panels of W columns of the filters:
+// The micro-kernel's packed panels of W columns of each group's filters (group g's at
+// w + g * group_stride, its panels at packed + g * panels * steps * W):
 // packed[panel][t][d][j] = w[(panel * W + j) * column_stride + d * depth_stride + taps[t]] for the
 // columns that exist (zero past them), step t * depth + d of the product at that times W. The
 // forward's columns are the output channels, the input gradient's the input channels.
 template <typename scalar_t>
-at::Tensor pack_panels(const at::Tensor& weight, int64_t columns, int64_t column_stride, int64_t depth,
-                       int64_t depth_stride, const std::vector<int64_t>& taps) {
+at::Tensor pack_panels(const at::Tensor& weight, int64_t groups, int64_t group_stride, int64_t columns,
+                       int64_t column_stride, int64_t depth, int64_t depth_stride, const std::vector<int64_t>& taps) {
   constexpr int64_t W = kPanelWidth<scalar_t>;
-  const int64_t panels = (columns + W - 1) / W, steps = static_cast<int64_t>(taps.size()) * depth;
-  at::Tensor packed = at::empty({panels * steps * W}, weight.options());
+  const int64_t filter = static_cast<int64_t>(taps.size());
+  const int64_t panels = (columns + W - 1) / W, steps = filter * depth;
+  at::Tensor packed = at::empty({groups * panels * steps * W}, weight.options());
   const scalar_t* w = weight.const_data_ptr<scalar_t>();
   scalar_t* out = packed.mutable_data_ptr<scalar_t>();
-  at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t present = std::min(W, columns - p * W);
-      const scalar_t* src = w + p * W * column_stride;  // the panel's filters, in L2 while their taps are read
-      scalar_t* dst = out + p * steps * W;              // written in order
-      for (const int64_t tap : taps) {
+  // The forward's filters (every tap in order, each input channel's taps a run): per input
+  // channel, the panel's runs transposed into its steps (taps x columns), where element by
+  // element the packing had taken a fifth of a 7x7 grouped layer.
+  bool runs = depth_stride == filter;
+  for (int64_t t = 0; t < filter; ++t) runs = runs && taps[t] == t;
+  const auto transpose = transpose_for_this_cpu<scalar_t>();
+  at::parallel_for(0, groups * panels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t gp = begin; gp < end; ++gp) {
+      const int64_t p = gp % panels, present = std::min(W, columns - p * W);
+      const scalar_t* src = w + gp / panels * group_stride + p * W * column_stride;  // the panel's filters
+      scalar_t* dst = out + gp * steps * W;
+      if (runs) {
+        if (present < W) std::fill(dst, dst + steps * W, scalar_t(0));
+        for (int64_t d = 0; d < depth; ++d) transpose(src + d * filter, column_stride, present, filter, dst + d * W, depth * W, false);
+        continue;
+      }
+      for (const int64_t tap : taps) {  // written in order, from the panel's filters in L2
         for (int64_t d = 0; d < depth; ++d, dst += W) {
           for (int64_t j = 0; j < present; ++j) dst[j] = src[j * column_stride + d * depth_stride + tap];
           std::fill(dst + present, dst + W, scalar_t(0));
@@ -179,16 +192,14 @@ at::Tensor channels_last_gemm_conv2d_forward(const at::Tensor& input, const at::
     const int64_t filter = g.kernel_h * g.kernel_w;
     std::vector<int64_t> taps(filter);
     std::iota(taps.begin(), taps.end(), int64_t{0});
-    std::vector<at::Tensor> packed;  // per group
-    for (int64_t group = 0; group < g.groups; ++group) {
-      packed.push_back(pack_panels<scalar_t>(weight.narrow(0, group * K, K), K, C * filter, C, filter, taps));
-    }
+    const at::Tensor packed = pack_panels<scalar_t>(weight, g.groups, K * C * filter, K, C * filter, C, filter, taps);
     const Bands bands = Bands::of_output(one, out_pixel, sizeof(scalar_t));
     const int64_t band_w = Bands::input_width(one), rows = bands.rows, bands_per_image = bands.per_image;
     const auto input_rows = [&](int64_t r) { return Bands::input_rows(one, r); };
     const std::vector<int64_t> offsets = patch_offsets(one, band_w);
     const GroupedLayout x_layout(input, g), y_layout(output, g);
     const scalar_t* x = input.const_data_ptr<scalar_t>();
+    const scalar_t* w = packed.const_data_ptr<scalar_t>();
     const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* y = output.mutable_data_ptr<scalar_t>();
     const bool stream = streams(output);
@@ -199,7 +210,7 @@ at::Tensor channels_last_gemm_conv2d_forward(const at::Tensor& input, const at::
         const int64_t band_rows = std::min(rows, one.out_h - oh0);
         fill_band(transpose, x + x_layout.offset(p), x_layout.layout, x_layout.image(p), oh0 * one.stride_h - one.pad_h,
                   input_rows(band_rows), -one.pad_w, band_w, in_band.data());
-        forward_band(kernel, in_band.data(), band_w, packed[group].const_data_ptr<scalar_t>(), panels, offsets.data(), one,
+        forward_band(kernel, in_band.data(), band_w, w + group * panels * C * filter * W, panels, offsets.data(), one,
                      band_rows, out_band.data());
         if (b != nullptr) {
           for (int64_t q = 0; q < band_rows * one.out_w; ++q) {
@@ -248,11 +259,11 @@ at::Tensor channels_last_gemm_conv2d_grad_input(const at::Tensor& grad_output, c
     const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
     const auto transpose = transpose_for_this_cpu<scalar_t>();
     const int64_t panels = (C + W - 1) / W, in_pixel = panels * W, band_row = band_w * K;
-    // Per phase: its offsets table over (taps, K) and per group its filters packed per panel of
+    // Per phase: its offsets table over (taps, K) and each group's filters packed per panel of
     // input channels, step (tap, k) of panel p's column j = weight[group * K + k][p * W + j][kh][kw].
     struct Phase {
       std::vector<int64_t> offsets;
-      std::vector<at::Tensor> packed;
+      at::Tensor packed;
     };
     std::vector<Phase> phases(sh * sw);
     for (int64_t a = 0; a < sh; ++a) {
@@ -267,9 +278,7 @@ at::Tensor channels_last_gemm_conv2d_grad_input(const at::Tensor& grad_output, c
           }
         }
         const int64_t filter = g.kernel_h * g.kernel_w;
-        for (int64_t group = 0; group < g.groups; ++group) {
-          phase.packed.push_back(pack_panels<scalar_t>(weight.narrow(0, group * K, K), C, filter, K, C * filter, taps));
-        }
+        phase.packed = pack_panels<scalar_t>(weight, g.groups, K * C * filter, C, filter, K, C * filter, taps);
       }
     }
     // Bands of grad_input rows whose output and grad_output rows stay in L2.
@@ -302,7 +311,7 @@ at::Tensor channels_last_gemm_conv2d_grad_input(const at::Tensor& grad_output, c
             for (int64_t p0 = 0; p0 < panels; p0 += kernel.panels) {
               const int tile_panels = static_cast<int>(std::min<int64_t>(kernel.panels, panels - p0));
               for (int64_t k0 = 0; k0 < depth; k0 += kernel.depth) {
-                const scalar_t* panel = phase.packed[group].const_data_ptr<scalar_t>() + (p0 * depth + k0) * W;
+                const scalar_t* panel = phase.packed.const_data_ptr<scalar_t>() + ((group * panels + p0) * depth + k0) * W;
                 for (int64_t ih = first_row; ih < ih0 + band_rows; ih += sh) {
                   const scalar_t* x = gy_band.data() + ((ih + g.pad_h) / sh - q0) * band_row + ((iw0 + g.pad_w) / sw + left) * K;
                   scalar_t* y = out_band.data() + ((ih - ih0) * g.in_w + iw0) * in_pixel + p0 * W;
