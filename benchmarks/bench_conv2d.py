@@ -1,8 +1,8 @@
 """conv_ext against torch's own convolution (F.conv2d) over a fixed suite of common layers.
 
 The suite: ResNet-18/50 layers (the 7x7/2 stem, 3x3 at 56, 28, 14 and 7 with 64-512 channels, a
-3x3 stride 2, 1x1 reductions and expansions), ResNeXt's grouped 3x3, MobileNet's depthwise 3x3 and
-a 5x5 layer, at batch 8 and 1, in float32; and a few of them in float64 and bfloat16. On a GPU
+3x3 stride 2, 1x1 reductions and expansions), ResNeXt's grouped 3x3 (8 and 32 channels per group,
+and 16 at stride 2), MobileNet's depthwise 3x3 and a 5x5 layer, at batch 8 and 1, in float32; and a few of them in float64 and bfloat16. On a GPU
 (--device cuda): ResNet-50 layers and MobileNet depthwise layers at batch 32 and 256, in float32
 (TF32 off on both sides), TF32, bfloat16 and float16; torch's side is cuDNN on channels_last
 tensors with benchmark mode on (the fair anchor), and its NCHW forward times with benchmark mode
@@ -72,6 +72,8 @@ LAYERS = [
     Layer("1x1, 64->256 @56", 64, 256, 56, 1),
     Layer("1x1, 1024->256 @14", 1024, 256, 14, 1),
     Layer("grouped 3x3 g=32, 256 ch @28", 256, 256, 28, 3, 1, 1, 32),
+    Layer("grouped 3x3 g=32, 1024 ch @7", 1024, 1024, 7, 3, 1, 1, 32),
+    Layer("grouped 3x3/2 g=32, 512 ch @28", 512, 512, 28, 3, 2, 1, 32),
     Layer("depthwise 3x3, 256 ch @28", 256, 256, 28, 3, 1, 1, 256),
     Layer("5x5, 48->64 @28", 48, 64, 28, 5, 1, 2),
 ]

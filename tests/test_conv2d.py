@@ -252,18 +252,17 @@ def test_forced_cpu_paths_take_effect(kernel):
 
 @pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX512"), reason="an AVX-512 rule")
 def test_wide_groups_take_the_direct_forward():
-    """With AVX-512, stride-1 layers of up to 32 channels per group and few pixels (below 256 in
-    the batch) run on the direct group kernel (forward, and the input gradient as the forward of
-    the flipped filters), bit for bit its forced results, not the GEMM's (see
-    test_forced_cpu_paths_take_effect)."""
-    conv = Conv(1, 64, 64, (12, 12), (3, 3), (1, 1), (1, 1), (1, 1), 2, True)  # 32 channels per group, 144 pixels
+    """With AVX-512, stride-1 layers of 9 to 16 channels per group run on the direct group kernel
+    (forward, and the input gradient as the forward of the flipped filters), bit for bit its
+    forced results, not the GEMM's (see test_forced_cpu_paths_take_effect)."""
+    conv = Conv(2, 32, 32, (12, 12), (5, 5), (1, 1), (2, 2), (1, 1), 2, True)  # 16 per group; 400 taps: two GEMM depth blocks
     x, w, b = conv.tensors(torch.float32, "cpu")
     x[:, 0] *= 1e6
     x.requires_grad_()
     results = {}
     for path in ("auto", "direct", "gemm"):
         with cpu_path(path):
-            y = conv_ext.conv2d(x, w * torch.linspace(1, 1e6, 32).repeat(2).view(-1, 1, 1, 1), b, **conv.kwargs())
+            y = conv_ext.conv2d(x, w * torch.linspace(1, 1e6, 16).repeat(2).view(-1, 1, 1, 1), b, **conv.kwargs())
             (grad_x,) = torch.autograd.grad(y, x, torch.ones_like(y))
         results[path] = (y, grad_x)
     for i, what in enumerate(("forward", "input gradient")):
@@ -277,11 +276,11 @@ def test_wide_groups_take_the_direct_forward():
     Conv(2, 128, 128, (12, 12), (3, 3), (1, 1), (1, 1), (1, 1), 4, True),  # 32 per group at stride 1
 ], ids=["strided", "wide"])
 def test_grouped_layers_take_the_channels_last_gemm(conv):
-    """Grouped layers of at least 256 output pixels in the batch and 4 or more channels per group
-    run on the channels-last GEMM where their direct kernels lose (grouped_channels_last_pays_off):
-    at stride 2, and above 16 channels per group at stride 1. Bit for bit the forced GEMM's
-    results there (whose grouped layers take the channels-last GEMM by the same rule), not the
-    direct kernels', forward and both gradients."""
+    """Grouped layers of 4 or more channels per group run on the channels-last GEMM where their
+    direct kernels lose (grouped_channels_last_pays_off): at stride 2, and above 16 channels per
+    group at stride 1; their weight gradients with at least 256 output pixels in the batch. Bit
+    for bit the forced GEMM's results there (whose grouped layers take the channels-last GEMM by
+    the same rules), not the direct kernels', forward and both gradients."""
     x, w, b = conv.tensors(torch.float32, "cpu")
     x[:, 0] *= 1e6  # sums in another order differ in their bits
     x.requires_grad_()
@@ -458,8 +457,8 @@ def test_implicit_gemm_whole_runs_and_streamed_output(conv, dtype, path):
 # in the batch): output channels that fill no whole panel (20 of float32, 13 of float64), NCHW
 # and NHWC inputs, a 3x5 kernel with strides (2, 3), padding (2, 1) and dilation (2, 1), and a
 # 2x2 kernel at stride 4, whose input gradient has stride phases that no tap reaches (zero).
-# Grouped layers (at least 256 output pixels; grouped_channels_last_pays_off): 10 output
-# channels per group at stride 2, less than a panel, whose missing columns the next group
+# Grouped layers (grouped_channels_last_pays_off; at least 256 output pixels, so that the weight
+# gradient runs there too): 10 output channels per group at stride 2, less than a panel, whose missing columns the next group
 # overwrites; 48 channels per group at stride 1 in NHWC; 8 input and 4 output channels per group
 # (one panel over three groups' channels) with the strided, dilated 3x5 kernel; and the weight
 # gradient alone of 16 channels per group at stride 1.

@@ -45,9 +45,9 @@ constexpr int64_t kOneGemmColumns = 1024;
 constexpr int64_t kThinPatch = 160, kStrideOnePatch = 640;
 // Input channels the channels-last GEMM wants (measured down to 16; the stem's 3 lose).
 constexpr int64_t kChannelsLastGemmChannels = 16;
-// Output pixels in the batch that repay its transposes and packing on grouped layers (measured:
-// 392 do, 196 and 49 do not; grouped_channels_last_pays_off).
-constexpr int64_t kGroupedChannelsLastPixels = 256;
+// Output pixels in the batch that repay the per-thread sums of the channels-last GEMM's weight
+// gradient on grouped layers (channels_last_gemm_grad_weight_pays_off).
+constexpr int64_t kGroupedGradWeightPixels = 128;
 
 // Output rows [row_begin, row_end) of one image form a tile.
 struct RowTile {
@@ -265,18 +265,16 @@ bool channels_last_gemm_may_pay_off(const Conv2dGeometry& g) {
 }
 
 // Grouped layers (ResNeXt's, 4 to 64 channels per group) whose direct kernels lose, forward and
-// input gradient: every stride above 1, and wider groups than 16 channels at stride 1. Measured
-// at batch 8 against the paths they took (32 groups; ratios to torch): 3x3/2 4, 8, 16, 32 and 64
-// channels per group 0.29x -> 0.72x, 0.14x -> 0.73x, 0.39x -> 0.72x, 0.32x -> 0.62x and
-// 0.34x -> 0.57x forward; input gradients 0.44x-1.9x -> 0.49x-3x; 3x3 32 and 64 channels per
-// group @7 0.41x -> 0.65x and 0.38x -> 0.67x forward, 0.42x -> 0.70x and 0.44x -> 0.69x input
-// gradient. The direct group kernel keeps 2 channels per group and stride 1 up to 16 (8 @28:
-// 1.1x against 0.6x, 16 @14 0.83x against 0.61x), the paths of few pixels (a batch of one 7x7 or
-// 14x14 image) theirs.
+// input gradient: every stride above 1, and groups wider than 16 channels at stride 1. Measured
+// against the paths they took (32 groups; ratios to torch): at batch 8, 3x3/2 with 4, 8, 16, 32
+// and 64 channels per group 0.29x -> 0.66x, 0.14x -> 0.92x, 0.39x -> 0.87x, 0.32x -> 0.90x and
+// 0.34x -> 0.90x forward, and 3x3 @7 with 32 and 64 0.41x -> 0.82x and 0.38x -> 0.76x; at
+// batch 1 1.1-3x faster too (3x3/2 512 ch @28 0.40x -> 1.21x, 3x3 1024 ch @7 1.09x -> 1.40x);
+// input gradients alike or faster. The direct group kernel keeps 2 channels per group, and up to
+// 16 at stride 1 (8 @28: 1.1x against 0.6x; 16 @14: 0.8x either way).
 bool grouped_channels_last_may_pay_off(const Conv2dGeometry& g) {
   return channels_last_gemm_available() && g.groups > 1 && g.kernel_h * g.kernel_w > 1 &&
-         std::min(g.in_channels_per_group(), g.out_channels_per_group()) >= 4 &&
-         g.batch * g.out_h * g.out_w >= kGroupedChannelsLastPixels;
+         std::min(g.in_channels_per_group(), g.out_channels_per_group()) >= 4;
 }
 
 bool grouped_channels_last_pays_off(const Conv2dGeometry& g) {
@@ -296,10 +294,13 @@ bool grouped_channels_last_pays_off(const Conv2dGeometry& g) {
 // the same products summed the other way, beats im2col+MKL on those layers too (measured at
 // batch 8: 3x3/2 64->128 @56 1.4x, 32->64 @112 1.9x, 128->256 @28 alike), and its input
 // gradient, by stride phase, col2im (1.1-1.4x, 1.35-2x, 1.1-1.4x).
+bool strided_channels_last_gemm_pays_off(const Conv2dGeometry& g) {
+  return channels_last_gemm_may_pay_off(g) && (g.stride_h > 1 || g.stride_w > 1) &&
+         g.in_channels >= kChannelsLastGemmChannels;
+}
+
 bool channels_last_gemm_pays_off(const Conv2dGeometry& g) {
-  const bool strided = channels_last_gemm_may_pay_off(g) && (g.stride_h > 1 || g.stride_w > 1) &&
-                       g.in_channels >= kChannelsLastGemmChannels;
-  return strided || grouped_channels_last_pays_off(g);
+  return strided_channels_last_gemm_pays_off(g) || grouped_channels_last_pays_off(g);
 }
 
 // The weight gradient runs there too for few input channels (up to 15) and at least 16 output
@@ -307,15 +308,19 @@ bool channels_last_gemm_pays_off(const Conv2dGeometry& g) {
 // the stem's 7 x 3 fill where the other paths' panels of its 3 channels stay mostly empty
 // (measured at batch 8, against the paths chosen before: the 7x7/2 stem 1.7-1.9x faster, 3x3
 // 3->64 @224 2.2x, 3x3/2 3->32 @224 and 8->32 @112 1.8-2.1x, 5x5 3->16 and 10->32 @64 2.1-2.3x;
-// 8 output channels, half a panel, 2x slower). Grouped layers' weight gradients run there where
-// the direct kernel's channel pairs (see choose_grad_weight_algorithm) lose at stride 1 as well:
-// 16 channels per group @14 at batch 8 0.32x -> 0.69x torch, 32 @7 0.17x -> 0.80x; at stride 2
-// 8 to 32 channels per group 0.39x-0.48x -> 0.75x-0.84x.
+// 8 output channels, half a panel, 2x slower). Grouped layers' weight gradients run there at
+// strides above 1 and, at stride 1, beyond the direct kernel's 64 channel pairs (see
+// choose_grad_weight_algorithm), with kGroupedGradWeightPixels in the batch: at batch 8, 16
+// channels per group @14 0.32x -> 0.75x torch, 32 @7 0.17x -> 0.83x, 3x3/2 with 8 to 64
+// 0.39x-0.65x -> 0.99x-1.14x; at batch 1, 3x3/2 512 ch @28 (196 pixels) 0.53x -> 1.23x, but
+// with 49 pixels alike (32 channels per group) or 1.7x slower (64) than im2col+GEMM.
 bool channels_last_gemm_grad_weight_pays_off(const Conv2dGeometry& g) {
   const bool few_channels = channels_last_gemm_may_pay_off(g) && g.in_channels > 0 &&
                             g.in_channels < kChannelsLastGemmChannels && g.out_channels >= kChannelsLastGemmChannels;
-  const bool grouped = grouped_channels_last_may_pay_off(g) && g.in_channels_per_group() * g.out_channels_per_group() > 64;
-  return few_channels || grouped || channels_last_gemm_pays_off(g);
+  const bool unit_stride = g.stride_h == 1 && g.stride_w == 1;
+  const bool grouped = grouped_channels_last_may_pay_off(g) && g.batch * g.out_h * g.out_w >= kGroupedGradWeightPixels &&
+                       (!unit_stride || g.in_channels_per_group() * g.out_channels_per_group() > 64);
+  return few_channels || grouped || strided_channels_last_gemm_pays_off(g);
 }
 
 Tensor gemm_conv2d_forward_batch_in_one_gemm(const Tensor& input, const Tensor& weight,
@@ -607,7 +612,11 @@ Tensor conv2d_grad_input_cpu(const Tensor& grad_output, const Tensor& weight,
   if ((g.stride_h > 1 || g.stride_w > 1) && amx_chosen(g, grad_output.scalar_type())) {
     return grad_input_by_phases(grad_output, weight, g, result_format);
   }
-  if (choose_algorithm(g) == Algorithm::gemm && channels_last_gemm_pays_off(g)) {
+  // Not at stride 1: grouped layers reach here then with fewer pixels than output channels per
+  // group (flipping_pays_off), where col2im measured faster (64 channels per group @7 at batch
+  // 1: 1.2x).
+  const bool strided = g.stride_h > 1 || g.stride_w > 1;
+  if (strided && choose_algorithm(g) == Algorithm::gemm && channels_last_gemm_pays_off(g)) {
     const Tensor gy = band_operand(grad_output);
     return finish(channels_last_gemm_conv2d_grad_input(gy, compute_operand(weight), g, result_format),
                   grad_output.scalar_type(), result_format);

@@ -128,10 +128,10 @@ bool direct_pays_off(const Conv2dGeometry& g) {
   // channels per group, and loses to GEMM once a group has 16 input or output channels...
   const int64_t cg = g.in_channels_per_group(), kg = g.out_channels_per_group();
   if (cg <= 8 && kg <= 8) return true;
-  // ...but for the AVX-512 build's stride-1 group kernel, up to 32 (against the implicit GEMM,
-  // 32 groups: 16 channels @28 and 32 @14 and @7, batch 8 and 1, 1.3-2.1x faster; 64 channels
-  // @7 and stride 2 slower; the AVX2 build alike or slower).
-  return use_avx512() && g.groups > 1 && g.stride_h == 1 && g.stride_w == 1 && cg <= 32 && kg <= 32;
+  // ...but for the AVX-512 build's stride-1 group kernel, up to 16 (against the implicit GEMM,
+  // 32 groups: 16 channels @28 1.3-1.5x faster; stride 2 slower; the AVX2 build alike or slower;
+  // wider groups run faster on the channels-last GEMM).
+  return use_avx512() && g.groups > 1 && g.stride_h == 1 && g.stride_w == 1 && cg <= 16 && kg <= 16;
 }
 
 Tensor direct_conv2d_forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
