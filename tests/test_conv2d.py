@@ -278,7 +278,7 @@ def test_wide_groups_take_the_direct_forward():
 def test_grouped_layers_take_the_channels_last_gemm(conv):
     """Grouped layers of 4 or more channels per group run on the channels-last GEMM where their
     direct kernels lose (grouped_channels_last_pays_off): at stride 2, and above 16 channels per
-    group at stride 1; their weight gradients with at least 256 output pixels in the batch. Bit
+    group at stride 1; their weight gradients with at least 128 output pixels in the batch. Bit
     for bit the forced GEMM's results there (whose grouped layers take the channels-last GEMM by
     the same rules), not the direct kernels', forward and both gradients."""
     x, w, b = conv.tensors(torch.float32, "cpu")
@@ -457,11 +457,11 @@ def test_implicit_gemm_whole_runs_and_streamed_output(conv, dtype, path):
 # in the batch): output channels that fill no whole panel (20 of float32, 13 of float64), NCHW
 # and NHWC inputs, a 3x5 kernel with strides (2, 3), padding (2, 1) and dilation (2, 1), and a
 # 2x2 kernel at stride 4, whose input gradient has stride phases that no tap reaches (zero).
-# Grouped layers (grouped_channels_last_pays_off; at least 256 output pixels, so that the weight
-# gradient runs there too): 10 output channels per group at stride 2, less than a panel, whose missing columns the next group
-# overwrites; 48 channels per group at stride 1 in NHWC; 8 input and 4 output channels per group
-# (one panel over three groups' channels) with the strided, dilated 3x5 kernel; and the weight
-# gradient alone of 16 channels per group at stride 1.
+# Grouped layers (grouped_channels_last_pays_off; at least 128 output pixels, so that the weight
+# gradient runs there too), each group on bands of its own channels: 10 output channels per group
+# at stride 2 (less than a panel); 48 channels per group at stride 1 in NHWC; 8 input and 4 output
+# channels per group with the strided, dilated 3x5 kernel; and the weight gradient alone of 16
+# channels per group at stride 1.
 CHANNELS_LAST_GEMM_LAYERS = [
     (Conv(2, 16, 20, (70, 66), (3, 3), (2, 2), (1, 1), (1, 1), 1, True), torch.float32),
     (Conv(2, 24, 40, (64, 64), (3, 3), (2, 2), (1, 1), (1, 1), 1, True, "channels_last"), torch.float32),

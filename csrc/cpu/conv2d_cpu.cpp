@@ -269,9 +269,9 @@ bool channels_last_gemm_may_pay_off(const Conv2dGeometry& g) {
 // against the paths they took (32 groups; ratios to torch): at batch 8, 3x3/2 with 4, 8, 16, 32
 // and 64 channels per group 0.29x -> 0.66x, 0.14x -> 0.92x, 0.39x -> 0.87x, 0.32x -> 0.90x and
 // 0.34x -> 0.90x forward, and 3x3 @7 with 32 and 64 0.41x -> 0.82x and 0.38x -> 0.76x; at
-// batch 1 1.1-3x faster too (3x3/2 512 ch @28 0.40x -> 1.21x, 3x3 1024 ch @7 1.09x -> 1.40x);
-// input gradients alike or faster. The direct group kernel keeps 2 channels per group, and up to
-// 16 at stride 1 (8 @28: 1.1x against 0.6x; 16 @14: 0.8x either way).
+// batch 1 faster too (3x3/2 512 ch @28 0.40x -> 1.0-1.2x, 3x3 1024 ch @7 1.09x -> 1.24-1.40x);
+// input gradients alike or faster. The direct group kernel keeps fewer than 4 channels per
+// group, and up to 16 at stride 1 (8 @28: 1.1x against 0.6x; 16 @14: 0.8x either way).
 bool grouped_channels_last_may_pay_off(const Conv2dGeometry& g) {
   return channels_last_gemm_available() && g.groups > 1 && g.kernel_h * g.kernel_w > 1 &&
          std::min(g.in_channels_per_group(), g.out_channels_per_group()) >= 4;
