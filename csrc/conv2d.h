@@ -20,6 +20,7 @@ struct Conv2dGeometry {
   C10_HOST_DEVICE int64_t out_channels_per_group() const { return out_channels / groups; }
   // Rows of the im2col matrix of one group: (input channel, kernel row, kernel column).
   C10_HOST_DEVICE int64_t patch_size() const { return in_channels_per_group() * kernel_h * kernel_w; }
+  C10_HOST_DEVICE bool unit_stride() const { return stride_h == 1 && stride_w == 1; }
 };
 
 // Each check raises c10::Error (a Python RuntimeError) naming the problem, so a direct

@@ -66,7 +66,7 @@ void for_each_row_tile(const Conv2dGeometry& g, Fn&& fn) {
 
 // A 1x1 kernel with stride 1 and no padding reads the image itself as its im2col matrix.
 bool is_pointwise(const Conv2dGeometry& g) {
-  return g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 && g.stride_w == 1 &&
+  return g.kernel_h == 1 && g.kernel_w == 1 && g.unit_stride() &&
          g.pad_h == 0 && g.pad_w == 0;
 }
 
@@ -196,9 +196,8 @@ Algorithm choose_grad_weight_algorithm(const Conv2dGeometry& g) {
   if (const auto forced = forced_algorithm()) return *forced;
   if (channels_last_gemm_grad_weight_pays_off(g)) return Algorithm::gemm;
   if (winograd_chosen(g)) return Algorithm::winograd;
-  const bool unit_stride = g.stride_h == 1 && g.stride_w == 1;
   const int64_t pairs = g.in_channels_per_group() * g.out_channels_per_group();
-  return pairs <= (unit_stride ? 64 : 2) ? Algorithm::direct : Algorithm::gemm;
+  return pairs <= (g.unit_stride() ? 64 : 2) ? Algorithm::direct : Algorithm::gemm;
 }
 
 // A dense copy to compute with (in the algorithm's layout): float16 and bfloat16 are widened to
@@ -251,8 +250,7 @@ Tensor batch_im2col(const Tensor& input, const Conv2dGeometry& g) {
 // 3-channel 7x7/2 stem 1.1x, 3x3/2 layers alike).
 bool implicit_gemm_pays_off(const Conv2dGeometry& g) {
   if (use_avx512()) {
-    const bool unit_stride = g.stride_h == 1 && g.stride_w == 1;
-    return g.patch_size() <= kThinPatch || (unit_stride && !is_pointwise(g) && g.patch_size() <= kStrideOnePatch);
+    return g.patch_size() <= kThinPatch || (g.unit_stride() && !is_pointwise(g) && g.patch_size() <= kStrideOnePatch);
   }
   return !is_pointwise(g) || (!batch_in_one_gemm(g) && (g.out_channels > g.in_channels || g.batch == 1));
 }
@@ -278,9 +276,8 @@ bool grouped_channels_last_may_pay_off(const Conv2dGeometry& g) {
 }
 
 bool grouped_channels_last_pays_off(const Conv2dGeometry& g) {
-  const bool unit_stride = g.stride_h == 1 && g.stride_w == 1;
   return grouped_channels_last_may_pay_off(g) &&
-         (!unit_stride || std::max(g.in_channels_per_group(), g.out_channels_per_group()) > 16);
+         (!g.unit_stride() || std::max(g.in_channels_per_group(), g.out_channels_per_group()) > 16);
 }
 
 // Strided layers of many pixels and kernels larger than 1x1: the channels-last GEMM reads its
@@ -295,7 +292,7 @@ bool grouped_channels_last_pays_off(const Conv2dGeometry& g) {
 // batch 8: 3x3/2 64->128 @56 1.4x, 32->64 @112 1.9x, 128->256 @28 alike), and its input
 // gradient, by stride phase, col2im (1.1-1.4x, 1.35-2x, 1.1-1.4x).
 bool strided_channels_last_gemm_pays_off(const Conv2dGeometry& g) {
-  return channels_last_gemm_may_pay_off(g) && (g.stride_h > 1 || g.stride_w > 1) &&
+  return channels_last_gemm_may_pay_off(g) && !g.unit_stride() &&
          g.in_channels >= kChannelsLastGemmChannels;
 }
 
@@ -317,9 +314,8 @@ bool channels_last_gemm_pays_off(const Conv2dGeometry& g) {
 bool channels_last_gemm_grad_weight_pays_off(const Conv2dGeometry& g) {
   const bool few_channels = channels_last_gemm_may_pay_off(g) && g.in_channels > 0 &&
                             g.in_channels < kChannelsLastGemmChannels && g.out_channels >= kChannelsLastGemmChannels;
-  const bool unit_stride = g.stride_h == 1 && g.stride_w == 1;
   const bool grouped = grouped_channels_last_may_pay_off(g) && g.batch * g.out_h * g.out_w >= kGroupedGradWeightPixels &&
-                       (!unit_stride || g.in_channels_per_group() * g.out_channels_per_group() > 64);
+                       (!g.unit_stride() || g.in_channels_per_group() * g.out_channels_per_group() > 64);
   return few_channels || grouped || strided_channels_last_gemm_pays_off(g);
 }
 
@@ -469,7 +465,7 @@ Conv2dGeometry transposed_geometry(const Conv2dGeometry& g) {
 }
 
 bool grad_input_is_forward(const Conv2dGeometry& g, const Conv2dGeometry& t) {
-  return g.stride_h == 1 && g.stride_w == 1 && t.pad_h >= 0 && t.pad_w >= 0;
+  return g.unit_stride() && t.pad_h >= 0 && t.pad_w >= 0;
 }
 
 // The forward route (but for Winograd) copies the filters flipped, a pass over all of them; with
@@ -609,14 +605,13 @@ Tensor conv2d_grad_input_cpu(const Tensor& grad_output, const Tensor& weight,
     }
     if (flipping_pays_off(g)) return forward(grad_output, flipped_transposed_filters(weight, g), Tensor(), t, result_format);
   }
-  if ((g.stride_h > 1 || g.stride_w > 1) && amx_chosen(g, grad_output.scalar_type())) {
+  if (!g.unit_stride() && amx_chosen(g, grad_output.scalar_type())) {
     return grad_input_by_phases(grad_output, weight, g, result_format);
   }
   // Not at stride 1: grouped layers reach here then with fewer pixels than output channels per
   // group (flipping_pays_off), where col2im measured faster (64 channels per group @7 at batch
   // 1: 1.2x).
-  const bool strided = g.stride_h > 1 || g.stride_w > 1;
-  if (strided && choose_algorithm(g) == Algorithm::gemm && channels_last_gemm_pays_off(g)) {
+  if (!g.unit_stride() && choose_algorithm(g) == Algorithm::gemm && channels_last_gemm_pays_off(g)) {
     const Tensor gy = band_operand(grad_output);
     return finish(channels_last_gemm_conv2d_grad_input(gy, compute_operand(weight), g, result_format),
                   grad_output.scalar_type(), result_format);

@@ -118,10 +118,10 @@ void with_io_type(const Tensor& t, Fn&& fn) {
 }
 
 bool direct_forward_reads_reduced(const Conv2dGeometry& g) {
-  return g.stride_h == 1 && g.stride_w == 1 && g.out_channels_per_group() == 1;
+  return g.unit_stride() && g.out_channels_per_group() == 1;
 }
 
-bool direct_grad_weight_reads_reduced(const Conv2dGeometry& g) { return g.stride_h == 1 && g.stride_w == 1; }
+bool direct_grad_weight_reads_reduced(const Conv2dGeometry& g) { return g.unit_stride(); }
 
 bool direct_pays_off(const Conv2dGeometry& g) {
   // Measured on AVX2/AVX-512 machines: direct wins clearly for depthwise layers, modestly up to 8
@@ -131,7 +131,7 @@ bool direct_pays_off(const Conv2dGeometry& g) {
   // ...but for the AVX-512 build's stride-1 group kernel, up to 16 (against the implicit GEMM,
   // 32 groups: 16 channels @28 1.3-1.5x faster; stride 2 slower; the AVX2 build alike or slower;
   // wider groups run faster on the channels-last GEMM).
-  return use_avx512() && g.groups > 1 && g.stride_h == 1 && g.stride_w == 1 && cg <= 16 && kg <= 16;
+  return use_avx512() && g.groups > 1 && g.unit_stride() && cg <= 16 && kg <= 16;
 }
 
 Tensor direct_conv2d_forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
@@ -143,7 +143,7 @@ Tensor direct_conv2d_forward(const Tensor& input, const Tensor& weight, const Te
     const auto kernels = plane_kernels<scalar_t>();
     const scalar_t* w = weight.const_data_ptr<scalar_t>();
     const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
-    const bool unit_stride = g.stride_h == 1 && g.stride_w == 1;
+    const bool unit_stride = g.unit_stride();
     if (!unit_stride || kg == 1) {
       // One task per output plane. With stride 1 and one output channel per group (depthwise),
       // float32 and float64 planes are summed row by row straight from the input where the build
@@ -244,7 +244,7 @@ Tensor direct_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
     scalar_t* gw = grad_weight.mutable_data_ptr<scalar_t>();
     const int64_t cg = g.in_channels_per_group(), kg = g.out_channels_per_group();
     const int64_t kernel_area = g.kernel_h * g.kernel_w;
-    const bool unit_stride = g.stride_h == 1 && g.stride_w == 1;
+    const bool unit_stride = g.unit_stride();
     if (!unit_stride) {
       const scalar_t* x = input.const_data_ptr<scalar_t>();
       const scalar_t* gy = grad_output.const_data_ptr<scalar_t>();

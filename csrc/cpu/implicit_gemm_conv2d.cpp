@@ -56,7 +56,7 @@ struct PhaseLayout {
   }
 
   static bool is_input(const Conv2dGeometry& g) {
-    return g.stride_h == 1 && g.stride_w == 1 && g.pad_h == 0 && g.pad_w == 0;
+    return g.unit_stride() && g.pad_h == 0 && g.pad_w == 0;
   }
 };
 

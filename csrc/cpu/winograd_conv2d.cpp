@@ -659,8 +659,8 @@ int64_t tiles_repaying_chunks(const Conv2dGeometry& g) {
 }  // namespace
 
 bool winograd_applies(const Conv2dGeometry& g) {
-  return g.kernel_h == g.kernel_w && (g.kernel_h == 3 || g.kernel_h == 5) && g.stride_h == 1 &&
-         g.stride_w == 1 && g.dilation_h == 1 && g.dilation_w == 1 && g.groups == 1 &&
+  return g.kernel_h == g.kernel_w && (g.kernel_h == 3 || g.kernel_h == 5) && g.unit_stride() &&
+         g.dilation_h == 1 && g.dilation_w == 1 && g.groups == 1 &&
          g.in_channels > 0 && g.batch * g.out_h * g.out_w * g.out_channels > 0;
 }
 
