@@ -36,6 +36,9 @@ CPU_PATHS = {
     # elsewhere.
     "winograd": {"CONV_EXT_CPU_ALGORITHM": "winograd"},
     "winograd-generic-isa": {"CONV_EXT_CPU_ALGORITHM": "winograd", "CONV_EXT_CPU_ISA": "generic"},
+    # The paths chosen where torch's BLAS runs narrower kernels than ours (AMD's Zen 5 with
+    # AVX-512; cpu_features.h, blas_keeps_up), on any CPU, in its widest build.
+    "slow-blas": {"CONV_EXT_CPU_BLAS": "slow", "CONV_EXT_CPU_ISA": "avx512"},
     # On a CPU with AVX-512 the kernels have an AVX2 and an AVX-512 build, and which one runs by
     # default depends on the CPU (cpu_features.h): these run each.
     **{
@@ -52,7 +55,7 @@ if torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
 
 @contextmanager
 def cpu_path(name):
-    saved = {key: os.environ.get(key) for key in ("CONV_EXT_CPU_ALGORITHM", "CONV_EXT_CPU_ISA")}
+    saved = {key: os.environ.get(key) for key in ("CONV_EXT_CPU_ALGORITHM", "CONV_EXT_CPU_ISA", "CONV_EXT_CPU_BLAS")}
     for key in saved:
         os.environ.pop(key, None)
     os.environ.update(CPU_PATHS[name])

@@ -503,6 +503,43 @@ def test_channels_last_gemm_few_channels_grad_weight(conv, dtype, path):
     check_layer_on_path(conv, dtype, path)
 
 
+# Where torch's BLAS runs narrower kernels than ours (blas_keeps_up), the forward of 1x1 layers
+# runs on the implicit GEMM and their weight gradient on the channels-last GEMM, which also takes
+# strided layers and grouped weight gradients of any number of pixels: 1x1 layers with a partial
+# panel of output channels (NCHW float32, NHWC float64), a 3x3/2 of 49 output pixels and a
+# grouped 3x3 of 16. With each, the results that those paths sum in another order than
+# im2col+MKL (where both run the pixels of one image in order, their bits agree).
+SLOW_BLAS_LAYERS = [
+    (Conv(2, 40, 36, (9, 11), (1, 1), (1, 1), (0, 0), (1, 1), 1, True), torch.float32, ["output"]),
+    (Conv(1, 24, 48, (7, 7), (1, 1), (1, 1), (0, 0), (1, 1), 1, False, "channels_last"), torch.float64,
+     ["output", "grad_weight"]),
+    (Conv(1, 32, 40, (14, 14), (3, 3), (2, 2), (1, 1), (1, 1), 1, True), torch.float32,
+     ["output", "grad_input", "grad_weight"]),
+    (Conv(1, 64, 64, (4, 4), (3, 3), (1, 1), (1, 1), (1, 1), 4, True), torch.float32, []),
+]
+
+
+@pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the implicit and channels-last GEMMs need AVX2")
+@pytest.mark.parametrize("conv,dtype,reordered", SLOW_BLAS_LAYERS,
+                         ids=["pointwise-float32", "pointwise-nhwc-float64", "strided-49-pixels", "groups-16-pixels"])
+def test_slow_blas_paths(conv, dtype, reordered):
+    """Right on those paths, and (in the results named) on others than im2col+MKL's."""
+    check_layer_on_path(conv, dtype, "slow-blas")
+    x, w, b = conv.tensors(dtype, "cpu")
+    x *= torch.randn_like(x).mul(4).exp()  # terms of many magnitudes: two orders of summing differ
+    x.requires_grad_()
+    w.requires_grad_()
+    gy = torch.randn_like(F.conv2d(x, w, b, **conv.kwargs()))
+    gy *= torch.randn_like(gy).mul(4).exp()
+    results = {}
+    for path in ("slow-blas", "gemm-generic-isa"):
+        with cpu_path(path):
+            y = conv_ext.conv2d(x, w, b, **conv.kwargs())
+            results[path] = dict(zip(NAMES, (y, *torch.autograd.grad(y, (x, w), gy))))
+    for what in reordered:
+        assert not torch.equal(results["slow-blas"][what], results["gemm-generic-isa"][what]), what
+
+
 # Winograd and the channels-last GEMM move their output from channels-innermost bands into
 # NCHW by register transposes, streaming outputs larger than a core's L2 from the first cache
 # line boundary of each run on: a band as wide as the image as one run (float32 and float64),

@@ -247,19 +247,25 @@ Tensor batch_im2col(const Tensor& input, const Conv2dGeometry& g) {
 // 3x3/2 128->256 1.1-1.25x and 256->512 1.5x for MKL), the implicit GEMM on thin patches, where
 // MKL's packing costs more than it saves, and on stride-1 layers of up to 600-odd, whose panels
 // it reads in place (measured: 3x3 16->16 and 24->24 1.5-2x, 5x5 10->32 to 24->32 1.5x; the
-// 3-channel 7x7/2 stem 1.1x, 3x3/2 layers alike).
+// 3-channel 7x7/2 stem 1.1x, 3x3/2 layers alike). Where MKL runs only its AVX2 kernels (AMD's
+// Zen 5), the AVX-512 implicit GEMM wins on every layer (measured: 1x1 256->64 @56 1.6x at
+// batch 8 and 2.6x at batch 1, 1024->256 @14 1.9x, 3x3/2 128->256 @28 and 3x3 512 @7 at batch 1
+// 1.8x and 2.5x).
 bool implicit_gemm_pays_off(const Conv2dGeometry& g) {
-  if (use_avx512()) {
-    return g.patch_size() <= kThinPatch || (g.unit_stride() && !is_pointwise(g) && g.patch_size() <= kStrideOnePatch);
+  if (!use_avx512()) {
+    return !is_pointwise(g) || (!batch_in_one_gemm(g) && (g.out_channels > g.in_channels || g.batch == 1));
   }
-  return !is_pointwise(g) || (!batch_in_one_gemm(g) && (g.out_channels > g.in_channels || g.batch == 1));
+  return !blas_keeps_up() || g.patch_size() <= kThinPatch ||
+         (g.unit_stride() && !is_pointwise(g) && g.patch_size() <= kStrideOnePatch);
 }
 
 // What every use of the channels-last GEMM on one group asks: this CPU runs it, a kernel larger
-// than 1x1 and more than kOneGemmColumns output pixels in the batch.
+// than 1x1 and more than kOneGemmColumns output pixels in the batch, unless MKL does not keep
+// up (Zen 5: 3x3/2 128->256 @28 at batch 1, 196 pixels, input gradient 1.45x faster, forward
+// and weight gradient 1.1x).
 bool channels_last_gemm_may_pay_off(const Conv2dGeometry& g) {
   return channels_last_gemm_available() && g.groups == 1 && g.kernel_h * g.kernel_w > 1 &&
-         g.batch * g.out_h * g.out_w > kOneGemmColumns;
+         g.batch * g.out_h * g.out_w > (blas_keeps_up() ? kOneGemmColumns : 0);
 }
 
 // Grouped layers (ResNeXt's, 4 to 64 channels per group) whose direct kernels lose, forward and
@@ -310,13 +316,19 @@ bool channels_last_gemm_pays_off(const Conv2dGeometry& g) {
 // choose_grad_weight_algorithm), with kGroupedGradWeightPixels in the batch: at batch 8, 16
 // channels per group @14 0.32x -> 0.75x torch, 32 @7 0.17x -> 0.83x, 3x3/2 with 8 to 64
 // 0.39x-0.65x -> 0.99x-1.14x; at batch 1, 3x3/2 512 ch @28 (196 pixels) 0.53x -> 1.23x, but
-// with 49 pixels alike (32 channels per group) or 1.7x slower (64) than im2col+GEMM.
+// with 49 pixels alike (32 channels per group) or 1.7x slower (64) than im2col+MKL. Where MKL
+// does not keep up (blas_keeps_up), grouped layers of any number of pixels (Zen 5: 32 channels
+// per group @7 at batch 1 1.3x faster) and 1x1 kernels run there too (Zen 5, 1x1 @56 and @14:
+// 1.3-2x faster at batch 8, alike to 1.7x at batch 1).
 bool channels_last_gemm_grad_weight_pays_off(const Conv2dGeometry& g) {
+  const int64_t pixels = g.batch * g.out_h * g.out_w;
   const bool few_channels = channels_last_gemm_may_pay_off(g) && g.in_channels > 0 &&
                             g.in_channels < kChannelsLastGemmChannels && g.out_channels >= kChannelsLastGemmChannels;
-  const bool grouped = grouped_channels_last_may_pay_off(g) && g.batch * g.out_h * g.out_w >= kGroupedGradWeightPixels &&
+  const bool grouped = grouped_channels_last_may_pay_off(g) && pixels >= (blas_keeps_up() ? kGroupedGradWeightPixels : 1) &&
                        (!g.unit_stride() || g.in_channels_per_group() * g.out_channels_per_group() > 64);
-  return few_channels || grouped || strided_channels_last_gemm_pays_off(g);
+  const bool pointwise = !blas_keeps_up() && channels_last_gemm_available() && g.groups == 1 &&
+                         g.kernel_h * g.kernel_w == 1 && g.in_channels > 0 && pixels > 0;
+  return few_channels || grouped || pointwise || strided_channels_last_gemm_pays_off(g);
 }
 
 Tensor gemm_conv2d_forward_batch_in_one_gemm(const Tensor& input, const Tensor& weight,
