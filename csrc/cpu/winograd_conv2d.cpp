@@ -330,6 +330,57 @@ void multiply_by_filters(const scalar_t* v, const scalar_t* u, int64_t u_stride,
   }
 }
 
+// The weight gradient's products S[e] = W[e]^T V[e] (output channels x input channels, summed
+// over tiles) on the micro-kernel, for where MKL, which at::bmm calls, runs narrower kernels than
+// ours (blas_keeps_up): on Zen 5 the weight gradients of the suite's 3x3 and 5x5 layers ran
+// 1.4-2.1x faster than with at::bmm (measured at batch 8 and 1). The tiles are the depth; the kernel's rows are output channels, read in place from
+// W's columns, and its panels are input channels, V packed by pack_tile_panels.
+
+// V (36, count, C) as (36, C's panels, count, W), zero past C.
+template <typename scalar_t>
+void pack_tile_panels(const scalar_t* v, int64_t count, int64_t C, scalar_t* packed) {
+  constexpr int64_t W = kPanelWidth<scalar_t>;
+  const int64_t panels = (C + W - 1) / W;
+  for (int64_t e = 0; e < kElements; ++e) {
+    for (int64_t p = 0; p < panels; ++p) {
+      const int64_t lanes = std::min(W, C - p * W);
+      for (int64_t t = 0; t < count; ++t) {
+        const scalar_t* src = v + (e * count + t) * C + p * W;
+        scalar_t* dst = packed + ((e * panels + p) * count + t) * W;
+        std::copy(src, src + lanes, dst);
+        std::fill(dst + lanes, dst + W, scalar_t(0));
+      }
+    }
+  }
+}
+
+// S[e] (+)= W[e]^T V[e] for the 36 elements: `rows` columns of W (count x w_row) times V (count x
+// C, packed by pack_tile_panels); S is (36, rows, s_row), s_row at least C's panels times W.
+template <typename scalar_t>
+void multiply_tiles_transposed(const scalar_t* w, int64_t w_row, int64_t rows, const scalar_t* packed_v, int64_t C,
+                               int64_t count, Write write, scalar_t* s, int64_t s_row) {
+  constexpr int64_t W = kPanelWidth<scalar_t>;
+  const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
+  const int64_t panels = (C + W - 1) / W;
+  std::vector<int64_t> taps(std::min(count, kernel.depth));  // step k of W's columns: row k of W
+  for (int64_t k = 0; k < static_cast<int64_t>(taps.size()); ++k) taps[k] = k * w_row;
+  for (int64_t e = 0; e < kElements; ++e) {
+    for (int64_t t0 = 0; t0 < count; t0 += kernel.depth) {
+      const int64_t depth = std::min(kernel.depth, count - t0);
+      const Write block_write = t0 == 0 ? write : Write::add;
+      for (int64_t p = 0; p < panels; p += kernel.panels) {
+        const int n = static_cast<int>(std::min<int64_t>(kernel.panels, panels - p));
+        const scalar_t* panel = packed_v + ((e * panels + p) * count + t0) * W;
+        for (int64_t r0 = 0; r0 < rows; r0 += kernel.rows) {
+          kernel.run(static_cast<int>(std::min<int64_t>(kernel.rows, rows - r0)), n, depth,
+                     w + (e * count + t0) * w_row + r0, 1, panel, count * W, taps.data(), nullptr, block_write,
+                     s + (e * rows + r0) * s_row + p * W, s_row);
+        }
+      }
+    }
+  }
+}
+
 // The part of a task that the forward and the weight gradient share: for each chunk in
 // [begin, end), V (36, count, C) of its tiles, transformed from the input row by row, and a
 // (36, count, K) buffer for the output side. per_row(r, n, row, other) runs after row r's
@@ -518,10 +569,14 @@ void winograd_grad_weight_by_panels(const Tensor& input, const Tensor& grad_outp
   const scalar_t* gy = grad_output.const_data_ptr<scalar_t>();
   const Layout gy_layout(grad_output);
   scalar_t* gw = grad_weight.mutable_data_ptr<scalar_t>();
+  const bool on_micro_kernel = !blas_keeps_up();
+  const int64_t s_row = on_micro_kernel ? (C + width - 1) / width * width : C;
+  AlignedVector<scalar_t> packed_v(on_micro_kernel ? kElements * tiles * s_row : 0);
+  if (on_micro_kernel) pack_tile_panels(v.template const_data_ptr<scalar_t>(), tiles, C, packed_v.data());
   at::parallel_for(0, (K + width - 1) / width, 1, [&](int64_t begin, int64_t end) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;  // not inherited by workers
     Tensor w = at::empty({kElements, tiles, width}, input.options());
-    Tensor sum_buffer = at::empty({kElements * width * C}, input.options());
+    Tensor sum_buffer = at::empty({kElements * width * s_row}, input.options());
     AlignedVector<scalar_t> band(M * band_w * width), tmp(kElements * kLanes), filter_tmp((R * R + 6 * R) * kLanes);
     for (int64_t panel = begin; panel < end; ++panel) {
       const int64_t k0 = panel * width, lanes = std::min(width, K - k0);
@@ -538,13 +593,18 @@ void winograd_grad_weight_by_panels(const Tensor& input, const Tensor& grad_outp
           transforms.grad_output(gt, wt, tmp.data(), lanes);
         }
       }
-      Tensor sum = sum_buffer.narrow(0, 0, kElements * lanes * C).view({kElements, lanes, C});
-      at::bmm_out(sum, w.narrow(2, 0, lanes).transpose(1, 2), v);
+      Tensor sum = sum_buffer.narrow(0, 0, kElements * lanes * s_row).view({kElements, lanes, s_row});
+      if (on_micro_kernel) {
+        multiply_tiles_transposed(static_cast<const scalar_t*>(w_data), width, lanes, packed_v.data(), C, tiles,
+                                  Write::store, sum.mutable_data_ptr<scalar_t>(), s_row);
+      } else {
+        at::bmm_out(sum, w.narrow(2, 0, lanes).transpose(1, 2), v);
+      }
       const scalar_t* sum_data = sum.const_data_ptr<scalar_t>();
       for (int64_t j = 0; j < lanes; ++j) {
         for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
           const scalar_t* sj[36];
-          element_pointers(sum_data, lanes, j, C, c0, sj);
+          element_pointers(sum_data, lanes, j, s_row, c0, sj);
           transforms.grad_filter(sj, gw + ((k0 + j) * C + c0) * R * R, filter_tmp.data(), std::min(kLanes, C - c0));
         }
       }
@@ -564,11 +624,15 @@ void winograd_grad_weight_kernel(const Tensor& input, const Tensor& grad_output,
   const scalar_t* gy = grad_output.const_data_ptr<scalar_t>();
   const Layout gy_layout(grad_output);
   std::mutex sums_mutex;
-  std::vector<Tensor> sums;  // per task: (36, K, C), the products summed over its tiles
+  std::vector<Tensor> sums;  // per task: (36, K, s_row), the products summed over its tiles
+  const bool on_micro_kernel = !blas_keeps_up();
+  constexpr int64_t width = kPanelWidth<scalar_t>;
+  const int64_t s_row = on_micro_kernel ? (C + width - 1) / width * width : C;
 
   at::parallel_for(0, chunks.count, 1, [&](int64_t begin, int64_t end) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    Tensor sum = at::zeros({kElements, K, C}, input.options());
+    Tensor sum = at::zeros({kElements, K, s_row}, input.options());
+    AlignedVector<scalar_t> packed_v(on_micro_kernel ? kElements * chunks.rows_per_chunk * grid.cols * s_row : 0);
     AlignedVector<scalar_t> tmp(kElements * kLanes), band(M * band_w * K);
     // W = A gy A^T for each tile of the row, from its rows of grad_output.
     const auto transform_grad_output_row = [&](int64_t r, int64_t n, int64_t row, Tensor& w) {
@@ -587,7 +651,14 @@ void winograd_grad_weight_kernel(const Tensor& input, const Tensor& grad_output,
       }
     };
     const auto add_products = [&](const Tensor& v, Tensor& w, int64_t, int64_t) {
-      sum.baddbmm_(w.transpose(1, 2), v);
+      if (!on_micro_kernel) {
+        sum.baddbmm_(w.transpose(1, 2), v);
+        return;
+      }
+      const int64_t count = v.size(1);
+      pack_tile_panels(v.const_data_ptr<scalar_t>(), count, C, packed_v.data());
+      multiply_tiles_transposed(w.const_data_ptr<scalar_t>(), K, K, packed_v.data(), C, count, Write::add,
+                                sum.mutable_data_ptr<scalar_t>(), s_row);
     };
     for_each_chunk(transforms, input, g, grid, chunks, begin, end, K, transform_grad_output_row, add_products);
     const std::lock_guard<std::mutex> lock(sums_mutex);
@@ -603,7 +674,7 @@ void winograd_grad_weight_kernel(const Tensor& input, const Tensor& grad_output,
     for (int64_t k = begin; k < end; ++k) {
       for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
         const scalar_t* sk[36];
-        element_pointers(total_data, K, k, C, c0, sk);
+        element_pointers(total_data, K, k, s_row, c0, sk);
         transforms.grad_filter(sk, gw + (k * C + c0) * R * R, tmp.data(), std::min(kLanes, C - c0));
       }
     }
@@ -664,10 +735,15 @@ bool winograd_applies(const Conv2dGeometry& g) {
          g.in_channels > 0 && g.batch * g.out_h * g.out_w * g.out_channels > 0;
 }
 
-// By panels, 16 tiles repay the filter transform (512x512 at batch 4 of 7x7 images: 1.4x faster
-// than the GEMM in the forward and 1.25x in the weight gradient, measured).
+// By panels, 16 tiles repay the filter transform against GEMMs on MKL (512x512 at batch 4 of
+// 7x7 images: 1.4x faster in the forward and 1.25x in the weight gradient, measured); where MKL
+// does not keep up and the other paths run on our implicit GEMM (blas_keeps_up), any number
+// does (Zen 5, 3x3 with 64 to 512 channels @7 at batch 1 and 2: forward 1.1-2x faster, input
+// gradient 1.4-2.5x, weight gradient 0.7-0.8x at batch 1 with 128 and 512 channels, 1.2-1.9x
+// elsewhere).
 bool winograd_pays_off(const Conv2dGeometry& g) {
-  return winograd_may_pay_off(g) && batch_tiles(g) >= (runs_by_panels(g) ? 16 : tiles_repaying_chunks(g));
+  const int64_t by_panels = blas_keeps_up() ? 16 : 1;
+  return winograd_may_pay_off(g) && batch_tiles(g) >= (runs_by_panels(g) ? by_panels : tiles_repaying_chunks(g));
 }
 
 Tensor winograd_conv2d_forward(const Tensor& input, const Tensor& weight, FilterOrder order, const Tensor& bias,
