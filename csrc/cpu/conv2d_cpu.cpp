@@ -15,6 +15,7 @@
 // forward and weight gradient run on its tiles (amx_conv2d.cpp), which also sum in float32 (and
 // so does the input gradient of stride-1 layers, a forward convolution).
 #include "amx_conv2d.h"
+#include "bands.h"
 #include "channels_last_gemm_conv2d.h"
 #include "cpu_features.h"
 #include "direct_conv2d.h"
@@ -29,6 +30,7 @@
 #include <algorithm>
 #include <numeric>
 #include <optional>
+#include <type_traits>
 
 namespace conv_ext {
 namespace {
@@ -484,9 +486,12 @@ bool grad_input_is_forward(const Conv2dGeometry& g, const Conv2dGeometry& t) {
 // fewer output pixels in the batch than output channels per group, the col2im path, whose GEMM
 // reads them in place, is faster (measured at batch 1: 512x512 @7 3.1 -> 1.9 ms, 256x256 @14
 // 1.8 -> 1.3 ms, 1x1 1024->256 @14 2.0 -> 0.9 ms; at batch 8 512x512 @7 alike, 256x256 @14 1.7x
-// slower).
+// slower). Where MKL, which col2im's GEMM runs on, does not keep up (blas_keeps_up), flipping
+// 1x1 filters, a transpose, pays off whatever the pixels (Zen 5: 1x1 1024->256 @14 at batch 1
+// 0.70 -> 0.36 ms).
 bool flipping_pays_off(const Conv2dGeometry& g) {
-  return g.batch * g.out_h * g.out_w >= g.out_channels_per_group();
+  return g.batch * g.out_h * g.out_w >= g.out_channels_per_group() ||
+         (!blas_keeps_up() && g.kernel_h * g.kernel_w == 1);
 }
 
 // Whether the stride-1 input gradient's forward convolution t runs on Winograd, which reads the
@@ -511,14 +516,33 @@ Tensor flipped_transposed_filters(const Tensor& weight, const Conv2dGeometry& g)
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "conv_ext_flip_filters", [&] {
     const scalar_t* src = w.const_data_ptr<scalar_t>();
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();
+    if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
+      if (taps == 1) {
+        // 1x1 filters: each group's (kg x cg) matrix transposed by register transposes, whose
+        // rows of powers of two apart, read filter by filter, had made the flip of 1024x256 cost
+        // as much as the input gradient's GEMM (Zen 5: 0.25 ms, measured).
+        const auto transpose = transpose_for_this_cpu<scalar_t>();
+        constexpr int64_t kRowsPerTask = 64;
+        const int64_t blocks = (kg + kRowsPerTask - 1) / kRowsPerTask;
+        at::parallel_for(0, g.groups * blocks, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t task = begin; task < end; ++task) {
+            const int64_t group = task / blocks, k0 = task % blocks * kRowsPerTask;
+            transpose(src + (group * kg + k0) * cg, cg, std::min(kRowsPerTask, kg - k0), cg,
+                      dst + group * cg * kg + k0, kg, false);
+          }
+        });
+        return;
+      }
+    }
     constexpr int64_t kFlipBlock = 16;
     at::parallel_for(0, (g.in_channels + kFlipBlock - 1) / kFlipBlock, 1, [&](int64_t begin, int64_t end) {
       for (int64_t c0 = begin * kFlipBlock; c0 < std::min(end * kFlipBlock, g.in_channels); c0 += kFlipBlock) {
         for (int64_t k0 = 0; k0 < kg; k0 += kFlipBlock) {
-          for (int64_t k = k0; k < std::min(k0 + kFlipBlock, kg); ++k) {
-            for (int64_t c = c0; c < std::min(c0 + kFlipBlock, g.in_channels); ++c) {
-              const scalar_t* filter = src + ((c / cg * kg + k) * cg + c % cg) * taps;
-              std::reverse_copy(filter, filter + taps, dst + (c * kg + k) * taps);
+          for (int64_t c = c0; c < std::min(c0 + kFlipBlock, g.in_channels); ++c) {
+            // Channel c's filter of output channel k of its group at filters + k * cg * taps.
+            const scalar_t* filters = src + (c / cg * kg * cg + c % cg) * taps;
+            for (int64_t k = k0; k < std::min(k0 + kFlipBlock, kg); ++k) {
+              std::reverse_copy(filters + k * cg * taps, filters + (k * cg + 1) * taps, dst + (c * kg + k) * taps);
             }
           }
         }
