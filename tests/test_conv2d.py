@@ -438,16 +438,21 @@ def check_layer_on_path(conv, dtype, path):
 # The implicit GEMM reads panels of whole output-row runs in place from the input's stride
 # phases, and streams outputs larger than a core's L2 to memory: a 7x7/2 stem with 112-wide
 # output rows (runs of 16 float32), its output of 2.4 MB streamed; grouped, dilated and strided
-# layers whose output rows are 64 and 32 wide (runs of 8 float64 too).
+# layers whose output rows are 64 and 32 wide (runs of 8 float64 too); a 1x1 expansion and a
+# 3x1 kernel, whose runs go on from row to row (rows of 9 and 11 pixels, images of 63 and 143).
 IMPLICIT_GEMM_LAYERS = [
     (Conv(2, 3, 24, (224, 224), (7, 7), (2, 2), (3, 3), (1, 1), 1, True), torch.float32),
     (Conv(3, 6, 20, (21, 64), (3, 3), (1, 1), (1, 1), (1, 1), 2, True), torch.float64),
     (Conv(2, 4, 13, (30, 67), (5, 3), (2, 2), (2, 1), (2, 3), 1, False), torch.float64),
+    (Conv(2, 8, 20, (7, 9), (1, 1), (1, 1), (0, 0), (1, 1), 1, True), torch.float64),
+    (Conv(3, 10, 12, (15, 11), (3, 1), (1, 1), (1, 0), (1, 1), 1, True), torch.float32),
 ]
 
 
 @pytest.mark.parametrize("path", [p for p in FORCED_CPU_PATHS if p.startswith("gemm")])
-@pytest.mark.parametrize("conv,dtype", IMPLICIT_GEMM_LAYERS, ids=["stem-float32", "groups-float64", "strided-dilated-float64"])
+@pytest.mark.parametrize("conv,dtype", IMPLICIT_GEMM_LAYERS,
+                         ids=["stem-float32", "groups-float64", "strided-dilated-float64", "pointwise-rows-join-float64",
+                              "one-column-kernel-float32"])
 def test_implicit_gemm_whole_runs_and_streamed_output(conv, dtype, path):
     check_layer_on_path(conv, dtype, path)
 

@@ -62,8 +62,8 @@ struct PhaseLayout {
 
 // The output pixels q of the batch (q = n * OH * OW + oh * OW + ow) that the micro-kernel's
 // panels cover (column j in panel j / kWidth): where each column's output lies (past its
-// channel's offset), and the runs of columns within one output row and one panel, each of which
-// reads one run of a phase plane per patch element.
+// channel's offset), and the runs of columns within one output row (or rows that join) and one
+// panel, each of which reads one run of a phase plane per patch element.
 template <typename scalar_t>
 struct PanelPixels {
   static constexpr int64_t kWidth = kPanelWidth<scalar_t>, kMaxWidth = kWidth * kMaxMicroKernelPanels;
@@ -73,15 +73,18 @@ struct PanelPixels {
   int64_t segment_count = 0, width, panels;
   int64_t out_offset[kMaxWidth];  // n * K * OH * OW + oh * OW + ow
   bool contiguous;                // one image's consecutive pixels, filling the panels
-  bool whole_runs;                // each panel one run of kWidth pixels of an output row
+  bool whole_runs;                // each panel one run of kWidth pixels
 
   PanelPixels(const Conv2dGeometry& g, const PhaseLayout& layout, int64_t first, int64_t width)
       : width(width), panels((width + kWidth - 1) / kWidth) {
     const int64_t pixels = g.out_h * g.out_w;
+    // Where the planes' rows are as wide as the output's (kernels one column wide), a run goes on
+    // into the next row.
+    const bool rows_join = layout.cols == g.out_w;
     for (int64_t j = 0; j < width;) {
       const int64_t n = (first + j) / pixels, p = (first + j) % pixels;
       const int64_t oh = p / g.out_w, ow = p % g.out_w;
-      const int64_t count = std::min({width - j, g.out_w - ow, kWidth - j % kWidth});
+      const int64_t count = std::min({width - j, rows_join ? pixels - p : g.out_w - ow, kWidth - j % kWidth});
       segments[segment_count++] = {j, count, n * layout.image + oh * layout.cols + ow};
       for (int64_t i = 0; i < count; ++i) out_offset[j + i] = n * g.out_channels * pixels + p + i;
       j += count;
