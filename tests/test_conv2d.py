@@ -513,11 +513,13 @@ def test_channels_last_gemm_few_channels_grad_weight(conv, dtype, path):
 # strided layers and grouped weight gradients of any number of pixels; Winograd takes 3x3 layers
 # of any number of tiles and sums its weight gradient's products on the micro-kernel; the input
 # gradient of 1x1 layers with fewer pixels than channels transposes their filters for the
-# forward route. The layers: 1x1 with a partial panel of output channels (NCHW float32, NHWC
-# float64), a 3x3/2 of 49 output pixels, a grouped 3x3 of 16, a grouped 1x1 of 15 pixels, 3x3
-# of 4 tiles (by panels, partial panels of input and output channels) and of 162 (in chunks, on
-# two threads); with each, the results that those paths sum in another order than im2col+MKL
-# (where both run the pixels of one image in order, their bits agree).
+# forward route; col2im's products run as 1x1 convolutions on the implicit GEMM. The layers: 1x1
+# with a partial panel of output channels (NCHW float32, NHWC float64), a 3x3/2 of 49 output
+# pixels, a grouped 3x3 of 16, a grouped 1x1 of 15 pixels, a 5x5/2 of 3 input channels and a
+# grouped 1x1/2 (col2im), 3x3 of 4 tiles (by panels, partial panels of input and output
+# channels) and of 162 (in chunks, on two threads); with each, the results that those paths sum
+# in another order than im2col+MKL (where both sum one image's pixels, or a few channels, in
+# order, their bits agree).
 SLOW_BLAS_LAYERS = [
     (Conv(2, 40, 36, (9, 11), (1, 1), (1, 1), (0, 0), (1, 1), 1, True), torch.float32, ["output"]),
     (Conv(1, 24, 48, (7, 7), (1, 1), (1, 1), (0, 0), (1, 1), 1, False, "channels_last"), torch.float64,
@@ -526,6 +528,8 @@ SLOW_BLAS_LAYERS = [
      ["output", "grad_input", "grad_weight"]),
     (Conv(1, 64, 64, (4, 4), (3, 3), (1, 1), (1, 1), (1, 1), 4, True), torch.float32, []),
     (Conv(1, 48, 100, (3, 5), (1, 1), (1, 1), (0, 0), (1, 1), 2, True), torch.float64, ["output", "grad_input"]),
+    (Conv(2, 3, 20, (15, 13), (5, 5), (2, 2), (2, 2), (1, 1), 1, True), torch.float64, NAMES[:3]),
+    (Conv(1, 12, 18, (9, 9), (1, 1), (2, 2), (0, 0), (1, 1), 3, False), torch.float32, ["output"]),
     (Conv(1, 20, 37, (7, 7), (3, 3), (1, 1), (1, 1), (1, 1), 1, True), torch.float64, NAMES[:3]),
     (Conv(2, 33, 50, (36, 36), (3, 3), (1, 1), (1, 1), (1, 1), 1, False), torch.float32, NAMES[:3]),
 ]
@@ -534,7 +538,7 @@ SLOW_BLAS_LAYERS = [
 @pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the implicit and channels-last GEMMs need AVX2")
 @pytest.mark.parametrize("conv,dtype,reordered", SLOW_BLAS_LAYERS,
                          ids=["pointwise-float32", "pointwise-nhwc-float64", "strided-49-pixels", "groups-16-pixels",
-                              "pointwise-groups-15-pixels-float64",
+                              "pointwise-groups-15-pixels-float64", "strided-3-channels-float64", "pointwise-strided-groups-float32",
                               "winograd-4-tiles-float64", "winograd-chunks-float32"])
 def test_slow_blas_paths(conv, dtype, reordered):
     """Right on those paths, and (in the results named) on others than im2col+MKL's."""
