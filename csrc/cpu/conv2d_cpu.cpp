@@ -14,6 +14,7 @@
 // once at the end, so every sum accumulates in float32. Where the CPU has AMX, the bfloat16
 // forward and weight gradient run on its tiles (amx_conv2d.cpp), which also sum in float32 (and
 // so does the input gradient of stride-1 layers, a forward convolution).
+#include "aligned_vector.h"
 #include "amx_conv2d.h"
 #include "bands.h"
 #include "channels_last_gemm_conv2d.h"
@@ -516,12 +517,12 @@ bool winograd_reads_flipped(const Conv2dGeometry& t, at::ScalarType dtype) {
   return !amx_chosen(t, dtype) && choose_algorithm(t) == Algorithm::winograd;
 }
 
-// out[group * Cg + c][k] = weight[group * Kg + k][c] rotated by 180 degrees. One pass, each
-// thread writing whole filters of its input channels: at::flip on 3-wide rows of a transposed
-// view took 3 ms for 512x512x3x3 (measured), as long as the convolution's GEMMs. Blocks of
-// kFlipBlock x kFlipBlock filters read and write whole runs of them (filter by filter, every
-// read and write touched its own cache line: the input gradient of 512x512 @7 at batch 1 took
-// 1.6-2x as long, measured).
+// out[group * Cg + c][k] = weight[group * Kg + k][c] rotated by 180 degrees, each thread
+// writing whole filters of its input channels (at::flip on 3-wide rows of a transposed view took
+// 3 ms for 512x512x3x3, measured, as long as the convolution's GEMMs). float32 and float64 by
+// register transposes; float16 and bfloat16 in blocks of kFlipBlock x kFlipBlock filters, which
+// read and write whole runs of them (filter by filter, every read and write touched its own
+// cache line: the input gradient of 512x512 @7 at batch 1 took 1.6-2x as long, measured).
 Tensor flipped_transposed_filters(const Tensor& weight, const Conv2dGeometry& g) {
   const Tensor w = weight.contiguous();
   Tensor out = at::empty({g.in_channels, g.out_channels_per_group(), g.kernel_h, g.kernel_w}, w.options());
@@ -531,22 +532,26 @@ Tensor flipped_transposed_filters(const Tensor& weight, const Conv2dGeometry& g)
     const scalar_t* src = w.const_data_ptr<scalar_t>();
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();
     if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
-      if (taps == 1) {
-        // 1x1 filters: each group's (kg x cg) matrix transposed by register transposes, whose
-        // rows of powers of two apart, read filter by filter, had made the flip of 1024x256 cost
-        // as much as the input gradient's GEMM (Zen 5: 0.25 ms, measured).
-        const auto transpose = transpose_for_this_cpu<scalar_t>();
-        constexpr int64_t kRowsPerTask = 64;
-        const int64_t blocks = (kg + kRowsPerTask - 1) / kRowsPerTask;
-        at::parallel_for(0, g.groups * blocks, 1, [&](int64_t begin, int64_t end) {
-          for (int64_t task = begin; task < end; ++task) {
-            const int64_t group = task / blocks, k0 = task % blocks * kRowsPerTask;
-            transpose(src + (group * kg + k0) * cg, cg, std::min(kRowsPerTask, kg - k0), cg,
-                      dst + group * cg * kg + k0, kg, false);
+      // Per group and block of its input channels: the block's columns of the (kg x cg * taps)
+      // weight to (cg * taps x kg) rows (for 1x1 filters the result), then each channel's
+      // (taps x kg) to (kg x taps), its taps' rows read last to first. (The blocked loop's
+      // reads, rows of powers of two apart, had made the flip of a 1024x256 1x1 filter cost as
+      // much as the input gradient's GEMM: Zen 5, 0.25 ms, measured.)
+      const auto transpose = transpose_for_this_cpu<scalar_t>();
+      constexpr int64_t kChannels = 16;
+      const int64_t blocks = (cg + kChannels - 1) / kChannels;
+      at::parallel_for(0, g.groups * blocks, 1, [&](int64_t begin, int64_t end) {
+        AlignedVector<scalar_t> by_tap(taps > 1 ? kChannels * taps * kg : 0);  // [c][tap][k]
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t group = task / blocks, c0 = task % blocks * kChannels, count = std::min(kChannels, cg - c0);
+          scalar_t* first = dst + (group * cg + c0) * kg * taps;
+          transpose(src + (group * kg * cg + c0) * taps, cg * taps, kg, count * taps, taps == 1 ? first : by_tap.data(), kg, false);
+          for (int64_t c = 0; c < count && taps > 1; ++c) {
+            transpose(by_tap.data() + (c * taps + taps - 1) * kg, -kg, taps, kg, first + c * kg * taps, taps, false);
           }
-        });
-        return;
-      }
+        }
+      });
+      return;
     }
     constexpr int64_t kFlipBlock = 16;
     at::parallel_for(0, (g.in_channels + kFlipBlock - 1) / kFlipBlock, 1, [&](int64_t begin, int64_t end) {
