@@ -324,7 +324,8 @@ def test_ctrl_c_leaves_the_process_usable():
         except KeyboardInterrupt:
             pass
         y = conv_ext.conv2d(x[:1, :, :8, :8], w, padding=1)
-        ok = torch.allclose(y, torch.nn.functional.conv2d(x[:1, :, :8, :8], w, padding=1), atol=1e-4)
+        expected = torch.nn.functional.conv2d(x[:1, :, :8, :8], w, padding=1)
+        ok = bool((y - expected).abs().max() <= 1e-5 * expected.abs().max())  # float32's bound, any algorithm
         print("usable" if ok else "wrong", flush=True)
     """)
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
