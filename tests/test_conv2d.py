@@ -25,6 +25,16 @@ def forward_and_grads(fn, conv, x, w, b, grad_output=None):
     return [y, *torch.autograd.grad(y, leaves, grad_output)], grad_output
 
 
+def results_on_paths(conv, x, w, b, gy, paths):
+    """{path: {name: result}}: conv_ext's output and gradients for x and w on each CPU path."""
+    results = {}
+    for path in paths:
+        with cpu_path(path):
+            y = conv_ext.conv2d(x, w, b, **conv.kwargs())
+            results[path] = dict(zip(NAMES, (y, *torch.autograd.grad(y, (x, w), gy))))
+    return results
+
+
 def assert_scaled_close(actual, expected, tol, what, scale=None):
     """|actual - expected| <= tol * scale elementwise, scale being max|expected| unless given: an
     error bound relative to the result's scale, independent of the magnitudes a configuration
@@ -286,11 +296,7 @@ def test_grouped_layers_take_the_channels_last_gemm(conv):
     x.requires_grad_()
     w.requires_grad_()
     gy = torch.randn_like(F.conv2d(x, w, b, **conv.kwargs()))
-    results = {}
-    for path in ("auto", "direct", "gemm"):
-        with cpu_path(path):
-            y = conv_ext.conv2d(x, w, b, **conv.kwargs())
-            results[path] = dict(zip(NAMES, (y, *torch.autograd.grad(y, (x, w), gy))))
+    results = results_on_paths(conv, x, w, b, gy, ("auto", "direct", "gemm"))
     for what in NAMES[:3]:
         assert torch.equal(results["auto"][what], results["gemm"][what]), what
         assert not torch.equal(results["auto"][what], results["direct"][what]), what
@@ -549,11 +555,7 @@ def test_slow_blas_paths(conv, dtype, reordered):
     w.requires_grad_()
     gy = torch.randn_like(F.conv2d(x, w, b, **conv.kwargs()))
     gy *= torch.randn_like(gy).mul(4).exp()
-    results = {}
-    for path in ("slow-blas", "gemm-generic-isa"):
-        with cpu_path(path):
-            y = conv_ext.conv2d(x, w, b, **conv.kwargs())
-            results[path] = dict(zip(NAMES, (y, *torch.autograd.grad(y, (x, w), gy))))
+    results = results_on_paths(conv, x, w, b, gy, ("slow-blas", "gemm-generic-isa"))
     for what in reordered:
         assert not torch.equal(results["slow-blas"][what], results["gemm-generic-isa"][what]), what
 

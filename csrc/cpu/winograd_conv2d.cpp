@@ -333,8 +333,16 @@ void multiply_by_filters(const scalar_t* v, const scalar_t* u, int64_t u_stride,
 // The weight gradient's products S[e] = W[e]^T V[e] (output channels x input channels, summed
 // over tiles) on the micro-kernel, for where MKL, which at::bmm calls, runs narrower kernels than
 // ours (blas_keeps_up): on Zen 5 the weight gradients of the suite's 3x3 and 5x5 layers ran
-// 1.4-2.1x faster than with at::bmm (measured at batch 8 and 1). The tiles are the depth; the kernel's rows are output channels, read in place from
-// W's columns, and its panels are input channels, V packed by pack_tile_panels.
+// 1.4-2.1x faster than with at::bmm (measured at batch 8 and 1). The tiles are the depth; the
+// kernel's rows are output channels, read in place from W's columns, and its panels are input
+// channels, V packed by pack_tile_panels.
+
+// The row length of the products' sums: C, or C's whole panels where the micro-kernel writes them.
+template <typename scalar_t>
+int64_t product_sum_row(int64_t C, bool on_micro_kernel) {
+  constexpr int64_t W = kPanelWidth<scalar_t>;
+  return on_micro_kernel ? (C + W - 1) / W * W : C;
+}
 
 // V (36, count, C) as (36, C's panels, count, W), zero past C.
 template <typename scalar_t>
@@ -570,7 +578,7 @@ void winograd_grad_weight_by_panels(const Tensor& input, const Tensor& grad_outp
   const Layout gy_layout(grad_output);
   scalar_t* gw = grad_weight.mutable_data_ptr<scalar_t>();
   const bool on_micro_kernel = !blas_keeps_up();
-  const int64_t s_row = on_micro_kernel ? (C + width - 1) / width * width : C;
+  const int64_t s_row = product_sum_row<scalar_t>(C, on_micro_kernel);
   AlignedVector<scalar_t> packed_v(on_micro_kernel ? kElements * tiles * s_row : 0);
   if (on_micro_kernel) pack_tile_panels(v.template const_data_ptr<scalar_t>(), tiles, C, packed_v.data());
   at::parallel_for(0, (K + width - 1) / width, 1, [&](int64_t begin, int64_t end) {
@@ -626,8 +634,7 @@ void winograd_grad_weight_kernel(const Tensor& input, const Tensor& grad_output,
   std::mutex sums_mutex;
   std::vector<Tensor> sums;  // per task: (36, K, s_row), the products summed over its tiles
   const bool on_micro_kernel = !blas_keeps_up();
-  constexpr int64_t width = kPanelWidth<scalar_t>;
-  const int64_t s_row = on_micro_kernel ? (C + width - 1) / width * width : C;
+  const int64_t s_row = product_sum_row<scalar_t>(C, on_micro_kernel);
 
   at::parallel_for(0, chunks.count, 1, [&](int64_t begin, int64_t end) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
