@@ -375,17 +375,24 @@ DIRECT_PATHS = ["auto"] + [p for p in FORCED_CPU_PATHS if p.startswith("direct")
 
 # Stride-1 3x3 planes with one output channel per group are summed in blocks of eight rows at
 # a vector of columns: blocks inside the plane run unmasked and unchecked, the others at its
-# edges (padding, a partial vector, the last rows). 53-wide and 37-high planes have both; a
-# dilated row with padding (0, 2); two input channels per group, padded 2 rows deep.
+# edges (padding, a partial vector, the last rows). Depthwise planes padded by one row run down
+# strips of one or two vectors instead, three output rows in flight: masked strips at the
+# edges, unmasked inside, and the rows that remain after steps of three (none, one or two).
+# 53-wide and 37-high planes have edges and insides; a dilated row with padding (0, 2); two
+# input channels per group, padded 2 rows deep; depthwise planes 48 and 16 wide unpadded
+# (unmasked strips: a pair, and a single one after it), 6 and 2 rows high.
 PLANE_ROWS_LAYERS = [
     (Conv(2, 6, 6, (37, 53), (3, 3), (1, 1), (1, 1), (1, 1), 6, True), torch.float32),
     (Conv(1, 4, 4, (40, 70), (3, 3), (1, 1), (0, 2), (1, 2), 4, False, "channels_last"), torch.float64),
     (Conv(2, 8, 4, (30, 41), (3, 3), (1, 1), (2, 1), (1, 1), 4, True), torch.float32),
+    (Conv(2, 3, 3, (6, 50), (3, 3), (1, 1), (1, 0), (1, 1), 3, True), torch.float32),
+    (Conv(1, 5, 5, (2, 18), (3, 3), (1, 1), (1, 0), (1, 1), 5, False), torch.float64),
 ]
 
 
 @pytest.mark.parametrize("path", DIRECT_PATHS)
-@pytest.mark.parametrize("conv,dtype", PLANE_ROWS_LAYERS, ids=["depthwise-float32", "dilated-float64", "two-channels-float32"])
+@pytest.mark.parametrize("conv,dtype", PLANE_ROWS_LAYERS, ids=["depthwise-float32", "dilated-float64", "two-channels-float32",
+                                                               "depthwise-unmasked-float32", "depthwise-two-rows-float64"])
 def test_direct_plane_rows_inside_and_edges(conv, dtype, path):
     check_layer_on_path(conv, dtype, path)
 

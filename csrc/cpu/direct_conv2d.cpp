@@ -29,6 +29,17 @@ namespace conv_ext {
 // The widest kernel forward_plane_rows (direct_conv2d_rows.inc) takes.
 constexpr int64_t kMaxRowsKernelWidth = 16;
 
+// A plane's input into L2 ahead of its kernel, which walks it in strips of columns (or blocks of
+// rows) that the hardware prefetchers do not follow: from 8 KiB, up to 64 KiB of it (measured on
+// depthwise 3x3 at batch 8 with AVX-512: 144 channels @56 1.5x faster, 32 @112 1.15-1.3x;
+// smaller planes alike, the prefetchers keep up with them).
+constexpr int64_t kPrefetchedPlaneBytes = int64_t{8} << 10, kMaxPrefetchBytes = int64_t{64} << 10;
+inline void prefetch_plane(const void* plane, int64_t bytes) {
+  if (bytes < kPrefetchedPlaneBytes) return;
+  const char* p = static_cast<const char*>(plane);
+  for (int64_t b = 0; b < std::min(bytes, kMaxPrefetchBytes); b += 64) __builtin_prefetch(p + b, 0, 2);
+}
+
 // Per build, the output columns of the narrowest block of accumulators, and of the blocks of 3
 // to 8 output channels: 8 channels x 8 columns of AVX2's 16 registers; with AVX-512, 8 x 2
 // vectors of its 32 (grouped 3x3 with 8 channels per group: 1.8x faster than the AVX2 build,
@@ -161,11 +172,15 @@ Tensor direct_conv2d_forward(const Tensor& input, const Tensor& weight, const Te
         const int64_t work_size = unit_stride && !rows ? generic::unit_stride_work_size(g) : 0;
         const io_t* x = input.const_data_ptr<io_t>();
         io_t* y = output.mutable_data_ptr<io_t>();
+        const auto group_input = [&](int64_t plane) {  // of output plane (n, k)
+          return x + (plane / g.out_channels * g.in_channels + plane % g.out_channels / kg * cg) * g.in_h * g.in_w;
+        };
         at::parallel_for(0, g.batch * g.out_channels, 1, [&](int64_t begin, int64_t end) {
           AlignedVector<scalar_t> work(work_size, scalar_t(0));  // per task: the padded plane's border
           for (int64_t plane = begin; plane < end; ++plane) {
-            const int64_t n = plane / g.out_channels, k = plane % g.out_channels;
-            const io_t* x_group = x + (n * g.in_channels + k / kg * cg) * g.in_h * g.in_w;
+            const int64_t k = plane % g.out_channels;
+            const io_t* x_group = group_input(plane);
+            if (plane + 1 < end) prefetch_plane(group_input(plane + 1), cg * g.in_h * g.in_w * int64_t{sizeof(io_t)});
             const scalar_t bias_k = b != nullptr ? b[k] : scalar_t(0);
             io_t* y_plane = y + plane * g.out_h * g.out_w;
             if constexpr (std::is_same_v<io_t, scalar_t>) {

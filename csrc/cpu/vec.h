@@ -22,6 +22,7 @@ struct Vec<float> {
   static void stream(float* p, type v) { _mm256_stream_ps(p, v); }  // p 32-byte aligned
   static type broadcast(float x) { return _mm256_set1_ps(x); }
   static type fma(type a, type b, type c) { return _mm256_fmadd_ps(a, b, c); }
+  static type mul(type a, type b) { return _mm256_mul_ps(a, b); }
   static type add(type a, type b) { return _mm256_add_ps(a, b); }
   static float sum(type v) {  // of the lanes
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -49,6 +50,7 @@ struct Vec<double> {
   static void stream(double* p, type v) { _mm256_stream_pd(p, v); }  // p 32-byte aligned
   static type broadcast(double x) { return _mm256_set1_pd(x); }
   static type fma(type a, type b, type c) { return _mm256_fmadd_pd(a, b, c); }
+  static type mul(type a, type b) { return _mm256_mul_pd(a, b); }
   static type add(type a, type b) { return _mm256_add_pd(a, b); }
   static double sum(type v) {  // of the lanes
     const __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
@@ -84,6 +86,7 @@ struct Vec<float> {
   static void stream(float* p, type v) { _mm512_stream_ps(p, v); }  // p 64-byte aligned
   static type broadcast(float x) { return _mm512_set1_ps(x); }
   static type fma(type a, type b, type c) { return _mm512_fmadd_ps(a, b, c); }
+  static type mul(type a, type b) { return _mm512_mul_ps(a, b); }
   static type add(type a, type b) { return _mm512_add_ps(a, b); }
   static float sum(type v) { return _mm512_reduce_add_ps(v); }  // of the lanes
   static type load_first(const float* p, int n) { return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p); }  // zero past n
@@ -106,6 +109,7 @@ struct Vec<double> {
   static void stream(double* p, type v) { _mm512_stream_pd(p, v); }  // p 64-byte aligned
   static type broadcast(double x) { return _mm512_set1_pd(x); }
   static type fma(type a, type b, type c) { return _mm512_fmadd_pd(a, b, c); }
+  static type mul(type a, type b) { return _mm512_mul_pd(a, b); }
   static type add(type a, type b) { return _mm512_add_pd(a, b); }
   static double sum(type v) { return _mm512_reduce_add_pd(v); }  // of the lanes
   static type load_first(const double* p, int n) { return _mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1), p); }  // zero past n
