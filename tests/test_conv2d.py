@@ -195,6 +195,15 @@ def test_winograd_output_channel_slices(path):
         assert_scaled_close(a, e, tol, name, scale)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_winograd_by_panels_in_channel_blocks(dtype):
+    """4 tiles run by panels of output channels; 260 input channels' transformed filters (and
+    250 for the input gradient) outgrow half an L2 and are multiplied in three blocks, of 87 or
+    84 channels: no whole number of the transpose's 16."""
+    conv = Conv(1, 260, 250, (7, 6), (3, 3), (1, 1), (1, 1), (1, 1), 1, True)
+    check_layer_on_path(conv, dtype, "winograd")
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_workspace_tiles_cover_large_images(device):
     """An image whose im2col matrix exceeds one tile is computed in several row tiles."""

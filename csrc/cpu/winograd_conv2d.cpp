@@ -85,11 +85,25 @@ struct Matrices<5> {
   };
 };
 
+// The structure apply_filter_matrix relies on: G's first and last rows pick the first and last
+// tap, and rows 1 and 2, and 3 and 4, are equal but for the sign of their odd columns.
+template <int R>
+constexpr bool filter_rows_pair_up() {
+  constexpr auto& G = Matrices<R>::filter;
+  bool pairs = true;
+  for (int i = 0; i < R; ++i) {
+    pairs = pairs && G[0][i] == (i == 0) && G[5][i] == (i == R - 1);
+    for (int p = 1; p < 5; p += 2) pairs = pairs && G[p + 1][i] == (i % 2 == 0 ? G[p][i] : -G[p][i]);
+  }
+  return pairs;
+}
+static_assert(filter_rows_pair_up<3>() && filter_rows_pair_up<5>());
+
 // Pointers to the transforms of one instruction set (the .inc fills them in).
 template <int R, typename scalar_t>
 struct Transforms {
   static constexpr int M = 7 - R;
-  void (*filter)(const scalar_t*, scalar_t* const (&)[36], scalar_t*);
+  void (*filter)(const scalar_t*, scalar_t*, int64_t);
   void (*grad_filter)(const scalar_t* const (&)[36], scalar_t*, scalar_t*, int64_t);
   void (*input)(const scalar_t* const (&)[6][6], scalar_t* const (&)[36], scalar_t*, int64_t);
   void (*output)(const scalar_t* const (&)[36], const scalar_t*, scalar_t* const (&)[M][M], scalar_t*, int64_t);
@@ -146,6 +160,8 @@ constexpr int64_t kMinChunk = 64;
 // cost more than the algorithm saves (measured: 512x512). It also bounds the smallest chunk, one
 // whole row of tiles.
 constexpr int64_t kMaxFilterElements = int64_t{1} << 22;
+// The transformed filters the forward by panels multiplies at a time: half a 1 MiB L2.
+constexpr int64_t kFilterBlockBytes = int64_t{1} << 19;
 
 // Channels ahead whose filters transform_filter_panel prefetches when it reads the weight rotated.
 constexpr int64_t kPrefetchChannels = 4;
@@ -229,52 +245,43 @@ struct FilterSource {
         c_stride(weight.stride(reversed ? 0 : 1)) {}
 };
 
-// The transforms of one panel's filters (output channels panel * width + j, j < width), packed
-// as the B operand of the forward's GEMMs: u[e * e_stride + c * width + j] = (G w[k, c] G^T)[e],
-// zero past the last channel. The filters are regrouped by input channel and tap first, by the
-// block transpose in L1 (a few channels at a time where their taps are contiguous), so that each
-// transform runs across the panel's output channels and writes rows of u whole. (Element by
-// element, into one buffer for all channels, the regrouping took longer than the transforms:
-// 512 channels at 7x7.)
+// The transforms of one panel's filters (output channels panel * width + j, j < width) of input
+// channels c_first + c, c < C, packed as the B operand of the forward's GEMMs:
+// u[e * e_stride + c * width + j] = (G w[k, c_first + c] G^T)[e], zero past the last channel.
+// The filters are regrouped by input channel and tap first, by block transposes in L1 (a few
+// channels at a time where their taps are contiguous), so that each transform runs across the
+// panel's output channels and writes rows of u whole. (Element by element, into one buffer for
+// all channels, the regrouping took longer than the transforms: 512 channels at 7x7.)
 template <int R, typename scalar_t>
-void transform_filter_panel(const Transforms<R, scalar_t>& transforms, const FilterSource<scalar_t>& f, int64_t C,
-                            int64_t K, int64_t panel, int64_t width, scalar_t* u, int64_t e_stride,
-                            AlignedVector<scalar_t>& grouped, AlignedVector<scalar_t>& tmp) {
+void transform_filter_panel(const Transforms<R, scalar_t>& transforms, const FilterSource<scalar_t>& f, int64_t c_first,
+                            int64_t C, int64_t K, int64_t panel, int64_t width, scalar_t* u, int64_t e_stride,
+                            AlignedVector<scalar_t>& grouped) {
   constexpr int64_t taps = R * R;
   const int64_t filters = std::min(width, K - panel * width);
   const int64_t block = f.c_stride == taps ? 16 : 1;  // channels regrouped at a time
   grouped.resize(block * taps * width);
   if (filters < width) std::fill(grouped.begin(), grouped.end(), scalar_t(0));  // lanes no filter writes
-  tmp.resize(6 * R * width);
-  const scalar_t* w_panel = f.w + panel * width * f.k_stride;
+  const scalar_t* w_panel = f.w + panel * width * f.k_stride + c_first * f.c_stride;
   for (int64_t c0 = 0; c0 < C; c0 += block) {
     const int64_t channels = std::min(block, C - c0);
     const scalar_t* w_block = w_panel + c0 * f.c_stride;
     if (f.reversed) {
-      // grouped[c][tap][j] = w[panel * width + j][c0 + c][taps - 1 - tap], element by element:
-      // a channel's filters are one run of the weight, rotated on the way. The runs lie a row of
-      // the weight apart, beyond the hardware prefetchers (which stop at page boundaries): the
-      // run kPrefetchChannels on is fetched ahead (measured at 512 @7, batch 8: the input
-      // gradient 1.2x faster).
+      // grouped[c][tap][j] = w[panel * width + j][c0 + c][taps - 1 - tap]: a channel's filters
+      // are one run of the weight, transposed with its taps' rows written last to first. The
+      // runs lie a row of the weight apart, beyond the hardware prefetchers (which stop at page
+      // boundaries): the run kPrefetchChannels on is fetched ahead (measured at 512 @7, batch 8:
+      // the input gradient 1.2x faster).
       if (c0 + kPrefetchChannels < C) {
         const char* ahead = reinterpret_cast<const char*>(w_block + kPrefetchChannels * f.c_stride);
         for (int64_t b = 0; b < filters * f.k_stride * int64_t{sizeof(scalar_t)}; b += 64) __builtin_prefetch(ahead + b);
       }
       for (int64_t c = 0; c < channels; ++c) {
-        for (int64_t j = 0; j < filters; ++j) {
-          const scalar_t* filter = w_block + c * f.c_stride + j * f.k_stride;
-          for (int64_t tap = 0; tap < taps; ++tap) grouped[(c * taps + taps - 1 - tap) * width + j] = filter[tap];
-        }
+        transforms.transpose(w_block + c * f.c_stride, f.k_stride, filters, taps, &grouped[(c * taps + taps - 1) * width], -width, false);
       }
     } else {  // grouped[c][tap][j] = w[panel * width + j][c0 + c][tap]
       transforms.transpose(w_block, f.k_stride, filters, channels * taps, grouped.data(), width, false);
     }
-    for (int64_t c = 0; c < channels; ++c) {
-      scalar_t* wt = &grouped[c * taps * width];
-      scalar_t* uc[36];
-      for (int64_t e = 0; e < kElements; ++e) uc[e] = u + e * e_stride + (c0 + c) * width;
-      transforms.filter(wt, uc, tmp.data());
-    }
+    for (int64_t c = 0; c < channels; ++c) transforms.filter(&grouped[c * taps * width], u + (c0 + c) * width, e_stride);
   }
 }
 
@@ -293,26 +300,25 @@ void transform_filters(const Transforms<R, scalar_t>& transforms, const FilterSo
                        int64_t C, int64_t K, int64_t width) {
   const int64_t panels = (K + width - 1) / width;
   at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
-    AlignedVector<scalar_t> grouped, tmp;
+    AlignedVector<scalar_t> grouped;
     for (int64_t panel = begin; panel < end; ++panel) {
-      transform_filter_panel(transforms, f, C, K, panel, width, u + panel * C * width, u_stride,
-                             grouped, tmp);
+      transform_filter_panel(transforms, f, 0, C, K, panel, width, u + panel * C * width, u_stride, grouped);
     }
   });
 }
 
-// P[e] = V[e] U[e] for the 36 elements of a chunk of `count` tiles: (count x C) times
-// (C x K), V's rows read in place, U in packed panels (element planes u_stride apart); P's rows
-// are padded to whole panels.
+// P[e] (+)= V[e] U[e] for the 36 elements of a chunk of `count` tiles: (count x C) times
+// (C x K), V's rows (v_row apart) read in place, U in packed panels (element planes u_stride
+// apart); P's rows are padded to whole panels. Adding to P, or over it.
 // Blocks of kDepth input channels keep the kernel's panels in L1 while the tiles pass over them.
 template <typename scalar_t>
-void multiply_by_filters(const scalar_t* v, const scalar_t* u, int64_t u_stride, scalar_t* p, int64_t count, int64_t C,
-                         int64_t panels) {
+void multiply_by_filters(const scalar_t* v, int64_t v_row, const scalar_t* u, int64_t u_stride, scalar_t* p, int64_t count,
+                         int64_t C, int64_t panels, bool add) {
   constexpr int64_t W = kPanelWidth<scalar_t>, kDepth = 256;
   const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
   const int64_t tile_rows = kernel.rows;
   for (int64_t e = 0; e < kElements; ++e) {
-    const scalar_t* ve = v + e * count * C;
+    const scalar_t* ve = v + e * count * v_row;
     scalar_t* pe = p + e * count * panels * W;
     for (int64_t c0 = 0; c0 < C; c0 += kDepth) {
       const int64_t depth = std::min(kDepth, C - c0);
@@ -321,9 +327,9 @@ void multiply_by_filters(const scalar_t* v, const scalar_t* u, int64_t u_stride,
         const scalar_t* b = u + e * u_stride + (panel * C + c0) * W;
         for (int64_t t = 0; t < count; t += tile_rows) {
           const int rows = static_cast<int>(std::min(tile_rows, count - t));
-          const scalar_t* a = ve + t * C + c0;
+          const scalar_t* a = ve + t * v_row + c0;
           scalar_t* y = pe + t * panels * W + panel * W;
-          kernel.run(rows, n, depth, a, C, b, C * W, nullptr, nullptr, c0 > 0 ? Write::add : Write::store, y, panels * W);
+          kernel.run(rows, n, depth, a, v_row, b, C * W, nullptr, nullptr, add || c0 > 0 ? Write::add : Write::store, y, panels * W);
         }
       }
     }
@@ -449,7 +455,7 @@ void winograd_forward_kernel(const Tensor& input, const Tensor& weight, FilterOr
     // P = V U per element, then each row's output blocks y = A^T P A, stored a row at a time.
     const auto multiply_and_store = [&](const Tensor& v, Tensor& p, int64_t first_row, int64_t rows) {
       const int64_t count = rows * grid.cols;
-      multiply_by_filters(v.const_data_ptr<scalar_t>(), u_data, u_stride, p.mutable_data_ptr<scalar_t>(), count, C, panels);
+      multiply_by_filters(v.const_data_ptr<scalar_t>(), C, u_data, u_stride, p.mutable_data_ptr<scalar_t>(), count, C, panels, false);
       const scalar_t* p_data = p.const_data_ptr<scalar_t>();
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t n = (first_row + r) / grid.rows, row = (first_row + r) % grid.rows;
@@ -530,17 +536,26 @@ void winograd_forward_by_panels(const Tensor& input, const Tensor& weight, Filte
   // Units of the micro-kernel's panels, when there are enough to share evenly, else single ones.
   const int64_t panels = (K + width - 1) / width, kernel_panels = micro_kernel_for_this_cpu<scalar_t>().panels;
   const int64_t step = panels >= 2 * at::get_num_threads() * kernel_panels ? kernel_panels : 1;
+  // Even blocks of input channels whose transformed filters (of a unit's panels) stay in L2
+  // while the tiles are multiplied by them (all 512 channels' at once had come back from L3:
+  // Zen 5, 512 @7 at batch 1 1.2x faster).
+  const int64_t block_bytes = kElements * step * width * C * int64_t{sizeof(scalar_t)};
+  const int64_t c_blocks = (block_bytes + kFilterBlockBytes - 1) / kFilterBlockBytes;
+  const int64_t c_block = (C + c_blocks - 1) / c_blocks;
   at::parallel_for(0, (panels + step - 1) / step, 1, [&](int64_t begin, int64_t end) {
-    const int64_t u_stride = filter_element_stride<scalar_t>(step * C * width);
+    const int64_t u_stride = filter_element_stride<scalar_t>(step * c_block * width);
     AlignedVector<scalar_t> u(kElements * u_stride), p(kElements * tiles * step * width), band(M * band_w * width);
-    AlignedVector<scalar_t> grouped, tmp, output_tmp(kElements * kLanes);
+    AlignedVector<scalar_t> grouped, output_tmp(kElements * kLanes);
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t first = unit * step, count = std::min(step, panels - first);
-      for (int64_t i = 0; i < count; ++i) {
-        transform_filter_panel(transforms, filters, C, K, first + i, width, u.data() + i * C * width, u_stride,
-                               grouped, tmp);
+      for (int64_t c0 = 0; c0 < C; c0 += c_block) {
+        const int64_t channels = std::min(c_block, C - c0);
+        for (int64_t i = 0; i < count; ++i) {
+          transform_filter_panel(transforms, filters, c0, channels, K, first + i, width, u.data() + i * channels * width,
+                                 u_stride, grouped);
+        }
+        multiply_by_filters(v_data + c0, C, u.data(), u_stride, p.data(), tiles, channels, count, c0 > 0);
       }
-      multiply_by_filters(v_data, u.data(), u_stride, p.data(), tiles, C, count);
       for (int64_t i = 0; i < count; ++i) {
         const int64_t k0 = (first + i) * width, lanes = std::min(width, K - k0);
         Layout panel_layout = y_layout;  // the panel's output channels
