@@ -154,10 +154,14 @@ void forward_band(const MicroKernel<scalar_t>& kernel, const scalar_t* band, int
   const int64_t channels = g.in_channels, out_pixel = panels * W, band_row = band_w * channels;
   const int64_t patch = g.kernel_h * g.kernel_w * channels;
   const int64_t tile_pixels = even_tile_pixels(g.out_w, kernel.rows);
+  // Blocks of the kernel's depth, but a patch up to a quarter deeper in one, whose panels still
+  // fit in L1: a short second block costs a pass over the output for little work (32 channels
+  // per group, 288 deep: the grouped 3x3 @7 at batch 8 1.07x faster, Zen 5).
+  const int64_t max_depth = patch <= kernel.depth * 5 / 4 ? patch : kernel.depth;
   for (int64_t p0 = 0; p0 < panels; p0 += kernel.panels) {
     const int tile_panels = static_cast<int>(std::min<int64_t>(kernel.panels, panels - p0));
-    for (int64_t k0 = 0; k0 < patch; k0 += kernel.depth) {
-      const int64_t depth = std::min(kernel.depth, patch - k0);
+    for (int64_t k0 = 0; k0 < patch; k0 += max_depth) {
+      const int64_t depth = std::min(max_depth, patch - k0);
       const Write write = k0 == 0 ? Write::store : Write::add;
       const scalar_t* panel = packed + (p0 * patch + k0) * W;
       for (int64_t r = 0; r < rows; ++r) {
