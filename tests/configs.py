@@ -102,8 +102,8 @@ def convs(draw, max_batch=3, max_size=9, layouts=LAYOUTS):
 
 
 @st.composite
-def amx_convs(draw, max_batch=3, max_size=12):
-    """Layers the AMX kernels compute in bfloat16 (at least 16 channels per group), with channel
+def bf16_pairs_convs(draw, max_batch=3, max_size=12):
+    """Layers the bfloat16 pair kernels compute (at least 16 channels per group), with channel
     counts that leave partial tiles (16 output channels, 32 input channels per tile)."""
     groups = draw(st.integers(1, 2))
     stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))

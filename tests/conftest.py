@@ -39,6 +39,10 @@ CPU_PATHS = {
     # The paths chosen where torch's BLAS runs narrower kernels than ours (AMD's Zen 5 with
     # AVX-512; cpu_features.h, blas_keeps_up), on any CPU, in its widest build.
     "slow-blas": {"CONV_EXT_CPU_BLAS": "slow", "CONV_EXT_CPU_ISA": "avx512"},
+    # bfloat16 on the pair kernels (bf16_pairs_conv2d.h): AMX's tiles where the CPU has them,
+    # AVX512_BF16's vectors wherever they apply (even where Winograd is chosen for them).
+    "bf16-tiles": {},
+    "bf16-vectors": {"CONV_EXT_CPU_BF16": "vectors", "CONV_EXT_CPU_ISA": "avx512"},
     # On a CPU with AVX-512 the kernels have an AVX2 and an AVX-512 build, and which one runs by
     # default depends on the CPU (cpu_features.h): these run each.
     **{
@@ -55,7 +59,7 @@ if torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
 
 @contextmanager
 def cpu_path(name):
-    saved = {key: os.environ.get(key) for key in ("CONV_EXT_CPU_ALGORITHM", "CONV_EXT_CPU_ISA", "CONV_EXT_CPU_BLAS")}
+    saved = {key: os.environ.get(key) for key in ("CONV_EXT_CPU_ALGORITHM", "CONV_EXT_CPU_ISA", "CONV_EXT_CPU_BLAS", "CONV_EXT_CPU_BF16")}
     for key in saved:
         os.environ.pop(key, None)
     os.environ.update(CPU_PATHS[name])

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 import conv_ext
 from conv_ext import reference
 
-from configs import Conv, amx_convs, convs
+from configs import Conv, bf16_pairs_convs, convs
 from conftest import DEVICES, FORCED_CPU_PATHS, cpu_path
 
 
@@ -311,8 +311,14 @@ def test_grouped_layers_take_the_channels_last_gemm(conv):
         assert not torch.equal(results["auto"][what], results["direct"][what]), what
 
 
-CPUINFO = Path("/proc/cpuinfo")
-HAS_AMX = CPUINFO.exists() and "amx_bf16" in CPUINFO.read_text()
+CPU_FLAGS = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
+HAS_BF16_VECTORS = {"avx512bw", "avx512_bf16", "avx512_vbmi2"} <= CPU_FLAGS
+HAS_AMX = HAS_BF16_VECTORS and "amx_bf16" in CPU_FLAGS
+# The bfloat16 pair kernels' two units (bf16_pairs_conv2d.h), each where the CPU has it.
+BF16_UNITS = [
+    pytest.param("bf16-tiles", marks=pytest.mark.skipif(not HAS_AMX, reason="needs a CPU with AMX-BF16")),
+    pytest.param("bf16-vectors", marks=pytest.mark.skipif(not HAS_BF16_VECTORS, reason="needs a CPU with AVX512_BF16")),
+]
 
 
 HALF_ULP = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
@@ -336,16 +342,17 @@ def check_rounded_once(conv, dtype, path):
         assert_rounded_once(a, e, scale, f"{name} ({dtype}, {path})")
 
 
-@pytest.mark.skipif(not HAS_AMX, reason="needs a CPU with AMX-BF16")
+@pytest.mark.parametrize("units", BF16_UNITS)
 @settings(max_examples=60)
-@given(conv=amx_convs())
-def test_amx_bfloat16_rounds_float64_result_once(conv):
-    """bfloat16 layers the AMX kernels take, any stride: the forward, the input gradient (at stride
-    1 a forward on the flipped filters) and the weight gradient sum in float32 and round once."""
-    check_rounded_once(conv, torch.bfloat16, "auto")
+@given(conv=bf16_pairs_convs())
+def test_bf16_pairs_round_float64_result_once(units, conv):
+    """bfloat16 layers the pair kernels take, any stride: the forward, the input gradient (at
+    stride 1 a forward on the flipped filters, otherwise per stride phase) and the weight
+    gradient sum in float32 and round once."""
+    check_rounded_once(conv, torch.bfloat16, units)
 
 
-@pytest.mark.skipif(not HAS_AMX, reason="needs a CPU with AMX-BF16")
+@pytest.mark.parametrize("units", BF16_UNITS)
 @pytest.mark.parametrize("conv", [
     Conv(8, 64, 64, (28, 28), (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
     # 33 strips of 32 pixels on 17-wide padded rows; 3 images in a chunk of the weight gradient.
@@ -354,17 +361,19 @@ def test_amx_bfloat16_rounds_float64_result_once(conv):
     Conv(2, 512, 160, (7, 7), (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
     # Four stride phases, 15 columns each.
     Conv(4, 128, 64, (28, 28), (3, 3), (2, 2), (1, 1), (1, 1), 1, True),
-], ids=["64ch", "96-48ch-channels-last", "512-160ch", "stride-2"])
-def test_amx_bfloat16_large_layers(conv):
-    """Long sums (576 to 4608 terms per output, 8 * 28 * 28 per weight) and the AMX kernels'
-    blocking: chunks of output channels, of pixels, of images."""
-    check_rounded_once(conv, torch.bfloat16, "auto")
+    # 1x1: 98 strips per image, in two batches of copied images.
+    Conv(6, 256, 64, (56, 56), (1, 1), (1, 1), (0, 0), (1, 1), 1, False),
+], ids=["64ch", "96-48ch-channels-last", "512-160ch", "stride-2", "1x1"])
+def test_bf16_pairs_large_layers(units, conv):
+    """Long sums (256 to 4608 terms per output, 8 * 28 * 28 per weight) and the pair kernels'
+    blocking: chunks of output channels, of pixels, of images, and the threads' shares of them."""
+    check_rounded_once(conv, torch.bfloat16, units)
 
 
-@pytest.mark.skipif(not HAS_AMX, reason="needs a CPU with AMX-BF16")
-def test_amx_results_do_not_depend_on_thread_count():
-    """Each AMX sum runs in one order whatever the threads split (strips, filter chunks, blocks of
-    the weight gradient): one thread and all of them agree bit for bit."""
+@pytest.mark.parametrize("units", BF16_UNITS)
+def test_bf16_pairs_results_do_not_depend_on_thread_count(units):
+    """Each pair kernels' sum runs in one order whatever the threads split (strips, filter chunks,
+    blocks of the weight gradient): one thread and all of them agree bit for bit."""
     conv = Conv(3, 48, 80, (15, 13), (3, 3), (2, 1), (1, 1), (1, 1), 1, True)
     x, w, b = conv.tensors(torch.bfloat16, "cpu", requires_grad=True)
     threads = torch.get_num_threads()
@@ -372,7 +381,8 @@ def test_amx_results_do_not_depend_on_thread_count():
         results = []
         for n in (1, max(threads, 2)):
             torch.set_num_threads(n)
-            results.append(forward_and_grads(conv_ext.conv2d, conv, x, w, b)[0])
+            with cpu_path(units):
+                results.append(forward_and_grads(conv_ext.conv2d, conv, x, w, b)[0])
     finally:
         torch.set_num_threads(threads)
     for name, serial, parallel in zip(NAMES, *results):

@@ -12,10 +12,11 @@
 //
 // float32 and float64 run natively; float16 and bfloat16 are computed in float32 and rounded
 // once at the end, so every sum accumulates in float32. Where the CPU has AMX, the bfloat16
-// forward and weight gradient run on its tiles (amx_conv2d.cpp), which also sum in float32 (and
-// so does the input gradient of stride-1 layers, a forward convolution).
+// forward and weight gradient run on its tiles, and where it has AVX512_BF16 on its bfloat16 dot
+// products (bf16_pairs_conv2d.cpp), which also sum in float32 (and so does the input gradient,
+// a forward convolution at stride 1, per stride phase otherwise).
 #include "aligned_vector.h"
-#include "amx_conv2d.h"
+#include "bf16_pairs_conv2d.h"
 #include "bands.h"
 #include "channels_last_gemm_conv2d.h"
 #include "cpu_features.h"
@@ -447,11 +448,16 @@ Tensor gemm_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
   return grad_weight.view({g.out_channels, g.in_channels_per_group(), g.kernel_h, g.kernel_w});
 }
 
-// Whether a bfloat16 call runs on AMX: wherever it applies, unless a path is forced
-// (CONV_EXT_CPU_ALGORITHM=gemm, direct or winograd then run it widened, as CPUs without AMX do).
-bool amx_chosen(const Conv2dGeometry& g, at::ScalarType dtype) {
+// Whether a bfloat16 call runs on the pair kernels: wherever they apply, unless a path is forced
+// (CONV_EXT_CPU_ALGORITHM=gemm, direct or winograd then run it widened, as CPUs without them
+// do), and on AVX512_BF16's vectors not where Winograd is chosen: its 4x fewer products, widened
+// to float32, beat the vectors' twice an FMA's (Zen 5, 3x3 512 @7 at batch 8: forward 1.3x,
+// weight gradient 1.5x faster; the vectors win on 1x1 and strided layers).
+// CONV_EXT_CPU_BF16=vectors takes the vectors wherever they apply, for the tests.
+bool bf16_pairs_chosen(const Conv2dGeometry& g, at::ScalarType dtype) {
   return dtype == at::kBFloat16 && !forced_algorithm() && !env_is("CONV_EXT_CPU_ALGORITHM", "winograd") &&
-         amx_conv2d_applies(g);
+         bf16_pairs_conv2d_applies(g) &&
+         (bf16_pairs_on_tiles() || env_is("CONV_EXT_CPU_BF16", "vectors") || !winograd_chosen(g));
 }
 
 // The forward on Winograd, reading the weight in the given order.
@@ -464,8 +470,8 @@ Tensor winograd_forward(const Tensor& input, const Tensor& weight, FilterOrder o
 
 Tensor forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
                const Conv2dGeometry& g, at::MemoryFormat result_format) {
-  if (amx_chosen(g, input.scalar_type())) {
-    return finish(amx_conv2d_forward(input.contiguous(), weight.contiguous(), bias, g), input.scalar_type(), result_format);
+  if (bf16_pairs_chosen(g, input.scalar_type())) {
+    return finish(bf16_pairs_conv2d_forward(input.contiguous(), weight.contiguous(), bias, g), input.scalar_type(), result_format);
   }
   const Algorithm algorithm = choose_algorithm(g);
   if (algorithm == Algorithm::winograd) return winograd_forward(input, weight, FilterOrder::as_given, bias, g, result_format);
@@ -514,7 +520,7 @@ bool flipping_pays_off(const Conv2dGeometry& g) {
 // where flipping_pays_off does not (measured: 512x512 @7 batch 8 1.5x, batch 4 1.25x, 256x256
 // @14 batch 1 1.35x faster).
 bool winograd_reads_flipped(const Conv2dGeometry& t, at::ScalarType dtype) {
-  return !amx_chosen(t, dtype) && choose_algorithm(t) == Algorithm::winograd;
+  return !bf16_pairs_chosen(t, dtype) && choose_algorithm(t) == Algorithm::winograd;
 }
 
 // out[group * Cg + c][k] = weight[group * Kg + k][c] rotated by 180 degrees, each thread
@@ -658,9 +664,13 @@ Tensor conv2d_grad_input_cpu(const Tensor& grad_output, const Tensor& weight,
     if (winograd_reads_flipped(t, grad_output.scalar_type())) {
       return winograd_forward(grad_output, weight, FilterOrder::flipped_transposed, Tensor(), t, result_format);
     }
-    if (flipping_pays_off(g)) return forward(grad_output, flipped_transposed_filters(weight, g), Tensor(), t, result_format);
+    // The pair kernels multiply bfloat16 so much faster than col2im's widened GEMM that flipping
+    // always pays off (Zen 5, 3x3 dilated by 2, 512 @7: at batch 8 17 -> 6.7 ms, at batch 1 3.7 -> 2.2 ms).
+    if (flipping_pays_off(g) || bf16_pairs_chosen(t, grad_output.scalar_type())) {
+      return forward(grad_output, flipped_transposed_filters(weight, g), Tensor(), t, result_format);
+    }
   }
-  if (!g.unit_stride() && amx_chosen(g, grad_output.scalar_type())) {
+  if (!g.unit_stride() && bf16_pairs_chosen(g, grad_output.scalar_type())) {
     return grad_input_by_phases(grad_output, weight, g, result_format);
   }
   // Not at stride 1: grouped layers reach here then with fewer pixels than output channels per
@@ -686,8 +696,8 @@ Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
   if (input.is_complex()) {
     return complex_conv2d_grad_weight(input, grad_output, kernel_size, stride, padding, dilation, groups);
   }
-  if (amx_chosen(g, input.scalar_type())) {
-    return finish(amx_conv2d_grad_weight(input.contiguous(), grad_output.contiguous(), g), input.scalar_type(),
+  if (bf16_pairs_chosen(g, input.scalar_type())) {
+    return finish(bf16_pairs_conv2d_grad_weight(input.contiguous(), grad_output.contiguous(), g), input.scalar_type(),
                   conv2d_memory_format(input, grad_output));
   }
   const Algorithm algorithm = choose_grad_weight_algorithm(g);
