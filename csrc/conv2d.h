@@ -23,6 +23,11 @@ struct Conv2dGeometry {
   C10_HOST_DEVICE bool unit_stride() const { return stride_h == 1 && stride_w == 1; }
 };
 
+// How a forward reads its weight: as given, (out_channels, in_channels / groups, R, S), or as the
+// weight (in_channels, out_channels / groups, R, S) of the layer whose stride-1 input gradient
+// this forward is, each filter rotated by 180 degrees (without making that copy).
+enum class FilterOrder { as_given, flipped_transposed };
+
 // Each check raises c10::Error (a Python RuntimeError) naming the problem, so a direct
 // torch.ops caller gets the same protection as the Python layer.
 Conv2dGeometry check_conv2d(

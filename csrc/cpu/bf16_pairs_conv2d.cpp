@@ -131,6 +131,19 @@ void for_each_phase_run(int64_t ih, const Conv2dGeometry& g, const PairLayout& l
   }
 }
 
+// fn(ih, iw, count, position) for each run of the image's rows that lands contiguously in a
+// plane (for_each_phase_run's, row ih's). With stride 1 and no padding columns the rows follow
+// one another, and the image is one run.
+template <typename Fn>
+void for_each_plane_run(const Conv2dGeometry& g, const PairLayout& l, Fn&& fn) {
+  const bool one_run = g.stride_h == 1 && g.stride_w == 1 && g.pad_w == 0;
+  for (int64_t ih = 0; ih < (one_run ? 1 : g.in_h); ++ih) {
+    for_each_phase_run(ih, g, l, [&](int64_t iw, int64_t count, int64_t position) {
+      fn(ih, iw, one_run ? g.in_h * g.in_w : count, position);
+    });
+  }
+}
+
 struct alignas(64) TileConfig {
   uint8_t palette = 1, start_row = 0, reserved[14] = {};
   uint16_t bytes_per_row[16] = {};
@@ -149,15 +162,22 @@ void interleave_pair(const uint16_t* a, const uint16_t* b, int64_t step, int64_t
     for (int64_t i = 0; i < count; ++i) dst[2 * i] = a[i * step], dst[2 * i + 1] = b != nullptr ? b[i * step] : 0;
     return;
   }
-  alignas(64) static constexpr uint16_t kOrder[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
-                                                      8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
-  const __m512i order = _mm512_load_si512(kOrder);
-  for (int64_t i = 0; i < count; i += kTilePixels) {
+  // Elements 0-15 of a and of b alternately, then 16-31: whole vectors, then masked ones.
+  const __m512i low = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6, 37, 5,
+                                       36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  const __m512i high = _mm512_add_epi16(low, _mm512_set1_epi16(16));
+  int64_t i = 0;
+  for (; i + 2 * kTilePixels <= count; i += 2 * kTilePixels) {
+    const __m512i x = _mm512_loadu_si512(a + i), y = b != nullptr ? _mm512_loadu_si512(b + i) : _mm512_setzero_si512();
+    _mm512_storeu_si512(dst + 2 * i, _mm512_permutex2var_epi16(x, low, y));
+    _mm512_storeu_si512(dst + 2 * i + 2 * kTilePixels, _mm512_permutex2var_epi16(x, high, y));
+  }
+  for (; i < count; i += kTilePixels) {
     const int64_t n = std::min(kTilePixels, count - i);
     const __mmask16 in = static_cast<__mmask16>((1u << n) - 1);
     const __m256i x = _mm256_maskz_loadu_epi16(in, a + i);
     const __m256i y = b != nullptr ? _mm256_maskz_loadu_epi16(in, b + i) : _mm256_setzero_si256();
-    const __m512i pairs = _mm512_permutex2var_epi16(_mm512_castsi256_si512(x), order, _mm512_castsi256_si512(y));
+    const __m512i pairs = _mm512_permutex2var_epi16(_mm512_castsi256_si512(x), low, _mm512_castsi256_si512(y));
     const __mmask32 out = static_cast<__mmask32>((uint64_t{1} << 2 * n) - 1);
     _mm512_mask_storeu_epi16(dst + 2 * i, out, pairs);
   }
@@ -171,50 +191,55 @@ void copy_pair_plane(const uint16_t* x, const Conv2dGeometry& g, const PairLayou
   if (c >= cg) return;
   const uint16_t* first = x + (n * g.in_channels + group * cg + c) * area;
   const uint16_t* second = c + 1 < cg ? first + area : nullptr;
-  for (int64_t ih = 0; ih < g.in_h; ++ih) {
-    for_each_phase_run(ih, g, l, [&](int64_t iw, int64_t count, int64_t position) {
-      const int64_t at = ih * g.in_w + iw;
-      interleave_pair(first + at, second != nullptr ? second + at : nullptr, g.stride_w, count, plane + 2 * position);
-    });
-  }
+  // In runs as long as they come, of whole vectors (1x1 256 @56's input at batch 8: 1.1-1.5 ms on
+  // one thread, 4.1-4.8 row by row with masked vectors, Zen 5).
+  for_each_plane_run(g, l, [&](int64_t ih, int64_t iw, int64_t count, int64_t position) {
+    const int64_t at = ih * g.in_w + iw;
+    interleave_pair(first + at, second != nullptr ? second + at : nullptr, g.stride_w, count, plane + 2 * position);
+  });
 }
 
-// Tile row `row` of filter tile (block, tap) of filter k: its 32 input channels, zero past the
-// group's cg channels. The filter's values for one tap are `taps` apart (adjacent for 1x1
-// filters): with all 32 channels there, two gathers of 16 dwords take them, each value the low
-// half of its dword at tap 0 and the high half after it (so no gather reads past the filters),
-// which a conversion keeps.
-void filter_tile_row(const uint16_t* filter, int64_t cg, int64_t taps, int64_t block, int64_t tap, uint16_t* row) {
-  const int64_t first = block * kTileChannels, count = std::min(kTileChannels, cg - first);
-  const uint16_t* values = filter + first * taps + tap;
-  if (taps == 1) {
+// A filter tile's row of 32 input channels: values[c * step] for the first count, zeros after.
+// Apart (step > 1) and all 32 there, two gathers of 16 dwords take them, each value the high half
+// of the dword that ends with it, or (where values starts the weight, whose first dword that
+// would begin before) the low half of the one it starts, so that no gather reads outside the
+// weight; a conversion keeps those halves.
+void filter_tile_row(const uint16_t* values, int64_t step, int64_t count, bool starts_weight, uint16_t* row) {
+  if (step == 1) {
     const __mmask32 present = static_cast<__mmask32>((uint64_t{1} << count) - 1);
     _mm512_storeu_si512(row, _mm512_maskz_loadu_epi16(present, values));
     return;
   }
   if (count == kTileChannels) {
     const __m512i offsets = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                               _mm512_set1_epi32(static_cast<int>(taps)));
-    const int shift = tap == 0 ? 0 : 16;
-    const uint16_t* base = tap == 0 ? values : values - 1;
+                                               _mm512_set1_epi32(static_cast<int>(step)));
+    const int shift = starts_weight ? 0 : 16;
+    const uint16_t* base = starts_weight ? values : values - 1;
     for (int64_t half = 0; half < 2; ++half) {
-      const __m512i dwords = _mm512_i32gather_epi32(offsets, base + half * kTilePixels * taps, 2);
+      const __m512i dwords = _mm512_i32gather_epi32(offsets, base + half * kTilePixels * step, 2);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + half * kTilePixels),
                           _mm512_cvtepi32_epi16(_mm512_srli_epi32(dwords, shift)));
     }
     return;
   }
-  for (int64_t c = 0; c < kTileChannels; ++c) row[c] = c < count ? values[c * taps] : 0;
+  for (int64_t c = 0; c < kTileChannels; ++c) row[c] = c < count ? values[c * step] : 0;
 }
 
 // The filter tiles, (group, block of 16 output channels, block of 32 input channels, tap), each
-// 16 output channels x 32 input channels, zero past the group's channels.
-at::Tensor filter_tiles(const at::Tensor& weight, const Conv2dGeometry& g, const PairLayout& l) {
+// 16 output channels x 32 input channels, zero past the group's channels, from the weight read
+// in the given order.
+at::Tensor filter_tiles(const at::Tensor& weight, FilterOrder order, const Conv2dGeometry& g, const PairLayout& l) {
   const int64_t cg = g.in_channels_per_group(), kg = g.out_channels_per_group();
   const int64_t row_blocks = ceil_div(kg, kTileRows), taps = l.taps.size();
+  const bool flipped = order == FilterOrder::flipped_transposed;
   at::Tensor tiles = at::empty({g.groups * row_blocks * l.blocks * taps * kTileElements}, weight.options());
   const uint16_t* w = bits(weight);
   uint16_t* out = mutable_bits(tiles);
+  // Filter k of a group, its channels step apart, each its taps (in this forward's order) apart.
+  const int64_t step = flipped ? kg * taps : taps;
+  const auto filter = [&](int64_t group, int64_t k) {
+    return w + (flipped ? (group * cg * kg + k) * taps : (group * kg + k) * cg * taps);
+  };
   // Per tile row: a filter's row in its tiles, or zeros below the group's last filter.
   at::parallel_for(0, g.groups * row_blocks * kTileRows, 1, [&](int64_t begin, int64_t end) {
     for (int64_t slot = begin; slot < end; ++slot) {
@@ -223,7 +248,8 @@ at::Tensor filter_tiles(const at::Tensor& weight, const Conv2dGeometry& g, const
       for (int64_t block = 0; block < l.blocks; ++block) {
         for (int64_t t = 0; t < taps; ++t, dst += kTileElements) {
           if (row < kg) {
-            filter_tile_row(w + (group * kg + row) * cg * taps, cg, taps, block, t, dst);
+            const uint16_t* values = filter(group, row) + block * kTileChannels * step + (flipped ? taps - 1 - t : t);
+            filter_tile_row(values, step, std::min(kTileChannels, cg - block * kTileChannels), values == w, dst);
           } else {
             std::fill(dst, dst + kTileChannels, uint16_t{0});
           }
@@ -409,21 +435,24 @@ void copy_grad_row(const uint16_t* gy, const Conv2dGeometry& g, const PairLayout
 
 // Block `block` of 16 channels of image n's group: their planes, as PairLayout's but of single
 // channels (plane_scratch, 16 planes of 2 * w.pair_rows + 2 elements), then their pixel pairs at
-// even and odd positions, channels innermost.
+// even and (unless odd is null) odd positions, channels innermost.
 void copy_input_pixel_pairs(const uint16_t* x, const Conv2dGeometry& g, const PairLayout& l, const GradWeightLayout& w,
                             int64_t n, int64_t group, int64_t block, uint16_t* plane_scratch, uint16_t* even, uint16_t* odd) {
   const int64_t cg = g.in_channels_per_group(), stride = 2 * w.pair_rows + 2;
   std::memset(plane_scratch, 0, kTilePixels * stride * sizeof(uint16_t));
   for (int64_t c = 0; c < kTilePixels && block * kTilePixels + c < cg; ++c) {
     const uint16_t* src = x + (n * g.in_channels + group * cg + block * kTilePixels + c) * g.in_h * g.in_w;
-    for (int64_t ih = 0; ih < g.in_h; ++ih) {
-      for_each_phase_run(ih, g, l, [&](int64_t iw, int64_t count, int64_t position) {
-        uint16_t* dst = plane_scratch + c * stride + position;
-        for (int64_t i = 0; i < count; ++i) dst[i] = src[ih * g.in_w + iw + i * g.stride_w];
-      });
-    }
+    for_each_plane_run(g, l, [&](int64_t ih, int64_t iw, int64_t count, int64_t position) {
+      const uint16_t* from = src + ih * g.in_w + iw;
+      uint16_t* dst = plane_scratch + c * stride + position;
+      if (g.stride_w == 1) {
+        std::memcpy(dst, from, count * sizeof(uint16_t));
+      } else {
+        for (int64_t i = 0; i < count; ++i) dst[i] = from[i * g.stride_w];
+      }
+    });
   }
-  for (int64_t parity = 0; parity < 2; ++parity) {
+  for (int64_t parity = 0; parity < (odd != nullptr ? 2 : 1); ++parity) {
     uint16_t* out = parity == 0 ? even : odd;
     for (int64_t j = 0; j < w.pair_rows; j += kTileRows) {
       __m512i rows[16];
@@ -514,8 +543,8 @@ bool bf16_pairs_conv2d_applies(const Conv2dGeometry& g) {
 // group's output channels, whose filter tiles stay in the core's L2 cache (kFilterChunkBytes),
 // and a range of the batch's strips, which it runs kStripBlock strips at a time through every
 // output channel of the chunk, so the blocks' input is read from L2 too.
-at::Tensor bf16_pairs_conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
-                              const Conv2dGeometry& g) {
+at::Tensor bf16_pairs_conv2d_forward(const at::Tensor& input, const at::Tensor& weight, FilterOrder order,
+                                     const at::Tensor& bias, const Conv2dGeometry& g) {
   const PairLayout l(g);
   const int64_t row_pairs = ceil_div(ceil_div(g.out_channels_per_group(), kTileRows), 2);
   const int64_t row_pair_bytes = 2 * l.blocks * l.taps.size() * kTileElements * sizeof(uint16_t);
@@ -523,7 +552,7 @@ at::Tensor bf16_pairs_conv2d_forward(const at::Tensor& input, const at::Tensor& 
   const int64_t strips = l.pixels / kStripPixels;
   const int64_t images = std::clamp<int64_t>(kMaxCopyBytes / (g.groups * l.image() * sizeof(uint16_t)), 1, g.batch);
 
-  const at::Tensor packed = filter_tiles(weight, g, l);
+  const at::Tensor packed = filter_tiles(weight, order, g, l);
   const at::Tensor bias_values = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();
   at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
   at::Tensor copy = copy_buffer(images * g.groups * l.image());
@@ -593,19 +622,21 @@ at::Tensor bf16_pairs_conv2d_grad_weight(const at::Tensor& input, const at::Tens
   const int64_t row_pairs = ceil_div(w.filter_rows / kTileRows, 2), column_pairs = ceil_div(w.channel_blocks, 2);
   const int64_t blocks = g.groups * taps * row_pairs * column_pairs;
   constexpr int64_t kBlock = 4 * kTileRows * kTilePixels;
-  const int64_t image_bytes = g.groups * (w.grad_image() + 2 * w.input_image()) * sizeof(uint16_t);
+  // The pixel pairs at odd positions only where a tap's offset is odd (chunks start at even ones).
+  const int64_t parities = std::any_of(l.taps.begin(), l.taps.end(), [](int64_t t) { return t % 2 == 1; }) ? 2 : 1;
+  const int64_t image_bytes = g.groups * (w.grad_image() + parities * w.input_image()) * sizeof(uint16_t);
   const int64_t images = std::clamp<int64_t>(kMaxCopyBytes / image_bytes, 1, g.batch);
-  const int64_t bytes_per_pixel = g.groups * (w.filter_rows + 2 * w.channel_blocks * kTilePixels) * sizeof(uint16_t);
+  const int64_t bytes_per_pixel = g.groups * (w.filter_rows + parities * w.channel_blocks * kTilePixels) * sizeof(uint16_t);
   const int64_t chunk_pixels = std::max<int64_t>(1, kGradChunkBytes / bytes_per_pixel / kStripPixels) * kStripPixels;
   // Chunks of one image's pixels, or of several small images.
   const int64_t chunk = std::min(chunk_pixels, l.pixels), chunk_images = std::max<int64_t>(1, chunk_pixels / l.pixels);
 
   std::vector<float> acc(blocks * kBlock, 0.f);
   at::Tensor grad_copy = copy_buffer(images * g.groups * w.grad_image());
-  at::Tensor pairs_copy = copy_buffer(2 * images * g.groups * w.input_image());
+  at::Tensor pairs_copy = copy_buffer(parities * images * g.groups * w.input_image());
   uint16_t* grad = mutable_bits(grad_copy);
   uint16_t* even = mutable_bits(pairs_copy);
-  uint16_t* odd = even + images * g.groups * w.input_image();
+  uint16_t* odd = parities == 2 ? even + images * g.groups * w.input_image() : nullptr;
   const uint16_t* x = bits(input);
   const uint16_t* gy = bits(grad_output);
   const TileConfig config;
@@ -622,7 +653,8 @@ at::Tensor bf16_pairs_conv2d_grad_weight(const at::Tensor& input, const at::Tens
           copy_grad_row(gy, g, l, w, n, group, part, grad + image_group * w.grad_image() + part * w.grad_row);
         } else {
           const int64_t offset = image_group * w.input_image() + (part - w.filter_rows) * w.pair_rows * 2 * kTilePixels;
-          copy_input_pixel_pairs(x, g, l, w, n, group, part - w.filter_rows, scratch.data(), even + offset, odd + offset);
+          copy_input_pixel_pairs(x, g, l, w, n, group, part - w.filter_rows, scratch.data(), even + offset,
+                                 odd != nullptr ? odd + offset : nullptr);
         }
       }
     });
@@ -680,13 +712,18 @@ at::Tensor bf16_pairs_conv2d_grad_weight(const at::Tensor& input, const at::Tens
       const int64_t group = tap_blocks / column_pairs / row_pairs;
       const float* sums = acc.data() + tap_blocks * taps * kBlock;
       for (int64_t tile = 0; tile < 4; ++tile) {
-        for (int64_t r = 0; r < kTileRows; ++r) {
+        const int64_t c0 = (2 * column_pair + tile % 2) * kTilePixels, channels = std::min(cg - c0, kTilePixels);
+        for (int64_t r = 0; r < kTileRows && channels > 0; ++r) {
           const int64_t k = (2 * row_pair + tile / 2) * kTileRows + r;
-          for (int64_t c0 = (2 * column_pair + tile % 2) * kTilePixels, c = c0; c < std::min(cg, c0 + kTilePixels) && k < kg; ++c) {
-            float* filter_taps = out + ((group * kg + k) * cg + c) * taps;
-            for (int64_t tap = 0; tap < taps; ++tap) {
-              filter_taps[tap] = sums[tap * kBlock + (tile * kTileRows + r) * kTilePixels + c - c0];
-            }
+          if (k >= kg) break;
+          const float* row = sums + (tile * kTileRows + r) * kTilePixels;
+          float* filter = out + ((group * kg + k) * cg + c0) * taps;
+          if (taps == 1) {
+            std::memcpy(filter, row, channels * sizeof(float));
+            continue;
+          }
+          for (int64_t c = 0; c < channels; ++c) {
+            for (int64_t tap = 0; tap < taps; ++tap) filter[c * taps + tap] = row[tap * kBlock + c];
           }
         }
       }

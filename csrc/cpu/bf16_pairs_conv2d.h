@@ -19,10 +19,10 @@ bool bf16_pairs_conv2d_applies(const Conv2dGeometry& g);
 // Whether they run on AMX's tiles (else on AVX512_BF16's vectors), where they apply.
 bool bf16_pairs_on_tiles();
 
-// The forward in NCHW bfloat16 from contiguous NCHW bfloat16 input and weight; bias (any
-// floating dtype) may be undefined.
-at::Tensor bf16_pairs_conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
-                                     const Conv2dGeometry& g);
+// The forward in NCHW bfloat16 from contiguous NCHW bfloat16 input and weight (read in the
+// given order); bias (any floating dtype) may be undefined.
+at::Tensor bf16_pairs_conv2d_forward(const at::Tensor& input, const at::Tensor& weight, FilterOrder order,
+                                     const at::Tensor& bias, const Conv2dGeometry& g);
 
 // The weight gradient in float32 (rounded by the caller) from contiguous NCHW bfloat16 input
 // and grad_output, where bf16_pairs_conv2d_applies.

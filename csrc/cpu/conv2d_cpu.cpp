@@ -448,16 +448,22 @@ Tensor gemm_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
   return grad_weight.view({g.out_channels, g.in_channels_per_group(), g.kernel_h, g.kernel_w});
 }
 
-// Whether a bfloat16 call runs on the pair kernels: wherever they apply, unless a path is forced
-// (CONV_EXT_CPU_ALGORITHM=gemm, direct or winograd then run it widened, as CPUs without them
-// do), and on AVX512_BF16's vectors not where Winograd is chosen: its 4x fewer products, widened
-// to float32, beat the vectors' twice an FMA's (Zen 5, 3x3 512 @7 at batch 8: forward 1.3x,
-// weight gradient 1.5x faster; the vectors win on 1x1 and strided layers).
-// CONV_EXT_CPU_BF16=vectors takes the vectors wherever they apply, for the tests.
+// CONV_EXT_CPU_BF16=vectors takes AVX512_BF16's vectors wherever they apply, for the tests.
+bool bf16_vectors_forced() { return env_is("CONV_EXT_CPU_BF16", "vectors"); }
+
+// Whether a bfloat16 call runs on the pair kernels: wherever AMX's tiles apply, unless a path is
+// forced (CONV_EXT_CPU_ALGORITHM=gemm, direct or winograd then run it widened, as CPUs without
+// them do). AVX512_BF16's vectors, twice an FMA's products, are taken on 1x1, strided and
+// dilated layers with at least 32 channels per group: Winograd's 4x fewer products, widened to
+// float32, beat them (Zen 5, 3x3 512 @7 at batch 8: forward 1.3x, weight gradient 1.5x faster),
+// and with 16 per group half of every pair block is zeros (ResNeXt's 3x3/2 512 @28, g=32:
+// forward 1.3x faster widened).
 bool bf16_pairs_chosen(const Conv2dGeometry& g, at::ScalarType dtype) {
-  return dtype == at::kBFloat16 && !forced_algorithm() && !env_is("CONV_EXT_CPU_ALGORITHM", "winograd") &&
-         bf16_pairs_conv2d_applies(g) &&
-         (bf16_pairs_on_tiles() || env_is("CONV_EXT_CPU_BF16", "vectors") || !winograd_chosen(g));
+  if (dtype != at::kBFloat16 || forced_algorithm() || env_is("CONV_EXT_CPU_ALGORITHM", "winograd") ||
+      !bf16_pairs_conv2d_applies(g)) {
+    return false;
+  }
+  return bf16_pairs_on_tiles() || bf16_vectors_forced() || (g.in_channels_per_group() >= 32 && !winograd_chosen(g));
 }
 
 // The forward on Winograd, reading the weight in the given order.
@@ -471,7 +477,8 @@ Tensor winograd_forward(const Tensor& input, const Tensor& weight, FilterOrder o
 Tensor forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
                const Conv2dGeometry& g, at::MemoryFormat result_format) {
   if (bf16_pairs_chosen(g, input.scalar_type())) {
-    return finish(bf16_pairs_conv2d_forward(input.contiguous(), weight.contiguous(), bias, g), input.scalar_type(), result_format);
+    const Tensor output = bf16_pairs_conv2d_forward(input.contiguous(), weight.contiguous(), FilterOrder::as_given, bias, g);
+    return finish(output, input.scalar_type(), result_format);
   }
   const Algorithm algorithm = choose_algorithm(g);
   if (algorithm == Algorithm::winograd) return winograd_forward(input, weight, FilterOrder::as_given, bias, g, result_format);
@@ -664,13 +671,19 @@ Tensor conv2d_grad_input_cpu(const Tensor& grad_output, const Tensor& weight,
     if (winograd_reads_flipped(t, grad_output.scalar_type())) {
       return winograd_forward(grad_output, weight, FilterOrder::flipped_transposed, Tensor(), t, result_format);
     }
-    // The pair kernels multiply bfloat16 so much faster than col2im's widened GEMM that flipping
-    // always pays off (Zen 5, 3x3 dilated by 2, 512 @7: at batch 8 17 -> 6.7 ms, at batch 1 3.7 -> 2.2 ms).
-    if (flipping_pays_off(g) || bf16_pairs_chosen(t, grad_output.scalar_type())) {
-      return forward(grad_output, flipped_transposed_filters(weight, g), Tensor(), t, result_format);
+    // The pair kernels read the filters flipped as they pack them, and beat col2im's widened GEMM
+    // whatever the pixels (Zen 5, 3x3 dilated by 2, 512 @7: at batch 8 17 -> 6.7 ms, at batch 1
+    // 3.7 -> 2.2 ms).
+    if (bf16_pairs_chosen(t, grad_output.scalar_type())) {
+      const Tensor grad_input = bf16_pairs_conv2d_forward(grad_output.contiguous(), weight.contiguous(),
+                                                          FilterOrder::flipped_transposed, Tensor(), t);
+      return finish(grad_input, grad_output.scalar_type(), result_format);
     }
+    if (flipping_pays_off(g)) return forward(grad_output, flipped_transposed_filters(weight, g), Tensor(), t, result_format);
   }
-  if (!g.unit_stride() && bf16_pairs_chosen(g, grad_output.scalar_type())) {
+  // Per stride phase on the tiles; on the vectors the phases' small forwards lose to the widened
+  // paths (Zen 5, 3x3/2 128->256 @28 at batch 1: 1.0 against 0.68 ms; level at batch 8).
+  if (!g.unit_stride() && bf16_pairs_chosen(g, grad_output.scalar_type()) && (bf16_pairs_on_tiles() || bf16_vectors_forced())) {
     return grad_input_by_phases(grad_output, weight, g, result_format);
   }
   // Not at stride 1: grouped layers reach here then with fewer pixels than output channels per

@@ -16,11 +16,6 @@ bool winograd_applies(const Conv2dGeometry& g);
 // the stride-1 input gradient) and the weight gradient alike.
 bool winograd_pays_off(const Conv2dGeometry& g);
 
-// How the forward reads its weight: as given, (out_channels, in_channels, R, R), or as the
-// weight (in_channels, out_channels, R, R) of the layer whose stride-1 input gradient this
-// forward is, each filter rotated by 180 degrees (without making that copy).
-enum class FilterOrder { as_given, flipped_transposed };
-
 // Operands float32 or float64; input and grad_output dense in NCHW or NHWC order, the weight
 // contiguous. The forward's result comes in the given layout, the weight gradient contiguous.
 at::Tensor winograd_conv2d_forward(const at::Tensor& input, const at::Tensor& weight, FilterOrder order,
