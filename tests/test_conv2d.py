@@ -361,7 +361,7 @@ def test_bf16_pairs_round_float64_result_once(units, conv):
     Conv(2, 512, 160, (7, 7), (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
     # Four stride phases, 15 columns each.
     Conv(4, 128, 64, (28, 28), (3, 3), (2, 2), (1, 1), (1, 1), 1, True),
-    # 1x1: 98 strips per image, in two batches of copied images.
+    # 1x1: 98 strips per image, copied two images (1.6 MB each) at a time.
     Conv(6, 256, 64, (56, 56), (1, 1), (1, 1), (0, 0), (1, 1), 1, False),
 ], ids=["64ch", "96-48ch-channels-last", "512-160ch", "stride-2", "1x1"])
 def test_bf16_pairs_large_layers(units, conv):
@@ -372,8 +372,8 @@ def test_bf16_pairs_large_layers(units, conv):
 
 @pytest.mark.parametrize("units", BF16_UNITS)
 def test_bf16_pairs_results_do_not_depend_on_thread_count(units):
-    """Each pair kernels' sum runs in one order whatever the threads split (strips, filter chunks,
-    blocks of the weight gradient): one thread and all of them agree bit for bit."""
+    """Each sum of the pair kernels runs in one order whatever the threads split (strips, filter
+    chunks, blocks of the weight gradient): one thread and all of them agree bit for bit."""
     conv = Conv(3, 48, 80, (15, 13), (3, 3), (2, 1), (1, 1), (1, 1), 1, True)
     x, w, b = conv.tensors(torch.bfloat16, "cpu", requires_grad=True)
     threads = torch.get_num_threads()

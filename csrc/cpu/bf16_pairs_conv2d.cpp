@@ -87,7 +87,7 @@ at::Tensor copy_buffer(int64_t n) { return at::empty({n}, at::kBFloat16); }
 // The input as the tiles read it. Per image, group and pair of input channels (zero past the
 // group's channels), a plane of the zero-padded image split into its stride phases (as
 // implicit_gemm_conv2d.cpp does), each phase flattened row by row, whose elements are the pair's
-// two values side by side (the layout AMX multiplies). Output pixel q = oh * grid_w + ow then
+// two values side by side (the layout the pair units multiply). Output pixel q = oh * grid_w + ow then
 // reads tap (ki, kj) at q plus the tap's offset: in phase (ki * dh % sh, kj * dw % sw), row
 // ki * dh / sh and column kj * dw / sw of it. The columns ow >= out_w in between are computed
 // and dropped, and in return 16 consecutive pixels of the 16 pairs of a block of 32 channels
@@ -201,9 +201,9 @@ void copy_pair_plane(const uint16_t* x, const Conv2dGeometry& g, const PairLayou
 
 // A filter tile's row of 32 input channels: values[c * step] for the first count, zeros after.
 // Apart (step > 1) and all 32 there, two gathers of 16 dwords take them, each value the high half
-// of the dword that ends with it, or (where values starts the weight, whose first dword that
-// would begin before) the low half of the one it starts, so that no gather reads outside the
-// weight; a conversion keeps those halves.
+// of the dword that ends with it, except where values is the weight's first element (that dword
+// would begin before the weight): there the low half of the dword it starts. So no gather reads
+// outside the weight, and a conversion keeps those halves.
 void filter_tile_row(const uint16_t* values, int64_t step, int64_t count, bool starts_weight, uint16_t* row) {
   if (step == 1) {
     const __mmask32 present = static_cast<__mmask32>((uint64_t{1} << count) - 1);
@@ -235,7 +235,8 @@ at::Tensor filter_tiles(const at::Tensor& weight, FilterOrder order, const Conv2
   at::Tensor tiles = at::empty({g.groups * row_blocks * l.blocks * taps * kTileElements}, weight.options());
   const uint16_t* w = bits(weight);
   uint16_t* out = mutable_bits(tiles);
-  // Filter k of a group, its channels step apart, each its taps (in this forward's order) apart.
+  // Filter k of a group: its channel c's tap t at filter(group, k) + c * step, plus t as given
+  // or taps - 1 - t flipped.
   const int64_t step = flipped ? kg * taps : taps;
   const auto filter = [&](int64_t group, int64_t k) {
     return w + (flipped ? (group * cg * kg + k) * taps : (group * kg + k) * cg * taps);

@@ -455,7 +455,7 @@ bool bf16_vectors_forced() { return env_is("CONV_EXT_CPU_BF16", "vectors"); }
 // forced (CONV_EXT_CPU_ALGORITHM=gemm, direct or winograd then run it widened, as CPUs without
 // them do). AVX512_BF16's vectors, twice an FMA's products, are taken on 1x1, strided and
 // dilated layers with at least 32 channels per group: Winograd's 4x fewer products, widened to
-// float32, beat them (Zen 5, 3x3 512 @7 at batch 8: forward 1.3x, weight gradient 1.5x faster),
+// float32, beat them (Zen 5, 3x3 512 @7 at batch 8: forward 1.2x, weight gradient 1.5x faster),
 // and with 16 per group half of every pair block is zeros (ResNeXt's 3x3/2 512 @28, g=32:
 // forward 1.3x faster widened).
 bool bf16_pairs_chosen(const Conv2dGeometry& g, at::ScalarType dtype) {
