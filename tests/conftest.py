@@ -43,6 +43,8 @@ CPU_PATHS = {
     # AVX512_BF16's vectors wherever they apply (even where Winograd is chosen for them).
     "bf16-tiles": {},
     "bf16-vectors": {"CONV_EXT_CPU_BF16": "vectors", "CONV_EXT_CPU_ISA": "avx512"},
+    # The choice by shape in the AVX-512 build, where it is not the default (AMD's Zen 4).
+    "auto-avx512-isa": {"CONV_EXT_CPU_ISA": "avx512"},
     # On a CPU with AVX-512 the kernels have an AVX2 and an AVX-512 build, and which one runs by
     # default depends on the CPU (cpu_features.h): these run each.
     **{

@@ -370,6 +370,22 @@ def test_bf16_pairs_large_layers(units, conv):
     check_rounded_once(conv, torch.bfloat16, units)
 
 
+@pytest.mark.skipif(not HAS_BF16_VECTORS or HAS_AMX, reason="needs a CPU with AVX512_BF16 and without AMX")
+def test_bf16_vectors_take_large_3x3_weight_gradients_from_winograd():
+    """On AVX512_BF16's vectors, a 3x3 stride-1 bfloat16 layer runs on Winograd (widened), but for
+    its weight gradient with at least 1024 output pixels in the batch: bit for bit those paths'
+    results."""
+    conv = Conv(2, 64, 48, (28, 28), (3, 3), (1, 1), (1, 1), (1, 1), 1, True)  # 1568 pixels
+    x, w, b = conv.tensors(torch.bfloat16, "cpu", requires_grad=True)
+    gy = torch.randn_like(F.conv2d(x, w, b, **conv.kwargs()))
+    results = results_on_paths(conv, x, w, b, gy, ("auto-avx512-isa", "bf16-vectors", "winograd-avx512-isa"))
+    chosen, vectors, winograd = (results[p] for p in ("auto-avx512-isa", "bf16-vectors", "winograd-avx512-isa"))
+    for what in ("output", "grad_input"):
+        assert torch.equal(chosen[what], winograd[what]), what
+    assert torch.equal(chosen["grad_weight"], vectors["grad_weight"])
+    assert not torch.equal(chosen["grad_weight"], winograd["grad_weight"])
+
+
 @pytest.mark.parametrize("units", BF16_UNITS)
 def test_bf16_pairs_results_do_not_depend_on_thread_count(units):
     """Each sum of the pair kernels runs in one order whatever the threads split (strips, filter

@@ -457,13 +457,14 @@ bool bf16_vectors_forced() { return env_is("CONV_EXT_CPU_BF16", "vectors"); }
 // dilated layers with at least 32 channels per group: Winograd's 4x fewer products, widened to
 // float32, beat them (Zen 5, 3x3 512 @7 at batch 8: forward 1.2x, weight gradient 1.5x faster),
 // and with 16 per group half of every pair block is zeros (ResNeXt's 3x3/2 512 @28, g=32:
-// forward 1.3x faster widened).
-bool bf16_pairs_chosen(const Conv2dGeometry& g, at::ScalarType dtype) {
+// forward 1.3x faster widened). over_winograd: the vectors where Winograd is chosen too.
+bool bf16_pairs_chosen(const Conv2dGeometry& g, at::ScalarType dtype, bool over_winograd = false) {
   if (dtype != at::kBFloat16 || forced_algorithm() || env_is("CONV_EXT_CPU_ALGORITHM", "winograd") ||
       !bf16_pairs_conv2d_applies(g)) {
     return false;
   }
-  return bf16_pairs_on_tiles() || bf16_vectors_forced() || (g.in_channels_per_group() >= 32 && !winograd_chosen(g));
+  return bf16_pairs_on_tiles() || bf16_vectors_forced() ||
+         (g.in_channels_per_group() >= 32 && (over_winograd || !winograd_chosen(g)));
 }
 
 // The forward on Winograd, reading the weight in the given order.
@@ -709,7 +710,10 @@ Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
   if (input.is_complex()) {
     return complex_conv2d_grad_weight(input, grad_output, kernel_size, stride, padding, dilation, groups);
   }
-  if (bf16_pairs_chosen(g, input.scalar_type())) {
+  // The vectors' weight gradient beats Winograd's with at least 1024 output pixels in the batch
+  // (Zen 5, 3x3 at batch 8: 64 @56 1.1-1.7x, 128 @28 1.0-1.3x, 256 @14 1.2-1.3x faster; with
+  // fewer, level at 128 @28 at batch 1, 1.5x slower at 512 @7 at batch 8).
+  if (bf16_pairs_chosen(g, input.scalar_type(), /*over_winograd=*/g.batch * g.out_h * g.out_w >= 1024)) {
     return finish(bf16_pairs_conv2d_grad_weight(input.contiguous(), grad_output.contiguous(), g), input.scalar_type(),
                   conv2d_memory_format(input, grad_output));
   }
