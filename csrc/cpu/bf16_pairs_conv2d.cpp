@@ -418,8 +418,8 @@ void multiply_and_store(bool tiles, const uint16_t* filter_tiles, const uint16_t
 // grad_output[k, q] x[c, q + offset_t], on PairLayout's pixel grid. A tiles are 16 filters x 32
 // pixels of grad_output, copied onto the grid with zeros in its padding columns (so the input
 // there counts for nothing); B tiles are 16 pairs of pixels x 16 channels of the input, copied
-// with the channels innermost, once for pairs that start at even positions and once for odd
-// ones, since a tap's offset may be odd. Both are read in place, 64-byte rows one after another.
+// with the channels innermost, once for pairs that start at even positions and, where a tap's
+// offset is odd, once for odd ones. Both are read in place, 64-byte rows one after another.
 struct GradWeightLayout {
   int64_t filter_rows, grad_row;    // per group: filters (whole tiles), and elements per filter
   int64_t channel_blocks, pair_rows;  // per group: blocks of 16 channels, pixel pairs per block
@@ -476,9 +476,9 @@ void copy_input_pixel_pairs(const uint16_t* x, const Conv2dGeometry& g, const Pa
   }
 }
 
-// acc (kRows x kCols tiles of 16 filters x 16 channels) += the grad_output tiles at a (the
-// second row of tiles a_next further) times the pixel-pair tiles at b (the second column b_next
-// further), over `steps` steps of 32 pixels.
+// acc (kRows x kCols tiles of 16 filters x 16 channels) += the grad_output tiles at a (a filter's
+// row a_row elements after the previous one's, the second row of tiles a_next further) times the
+// pixel-pair tiles at b (the second column b_next further), over `steps` steps of 32 pixels.
 template <int kRows, int kCols>
 void accumulate_grad_weight(const uint16_t* a, int64_t a_row, int64_t a_next, const uint16_t* b, int64_t b_next,
                             int64_t steps, float* acc) {
@@ -552,10 +552,9 @@ bool bf16_pairs_conv2d_applies(const Conv2dGeometry& g) {
 #pragma GCC push_options
 #pragma GCC target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16,avx512vbmi2,avx2,fma")
 
-// The images are copied in batches of at most kMaxCopyBytes. Each task takes a chunk of one
-// group's output channels, whose filter tiles stay in the core's L2 cache (kFilterChunkBytes),
-// and a range of the batch's strips, which it runs kStripBlock strips at a time through every
-// output channel of the chunk, so the blocks' input is read from L2 too.
+// The images are copied in batches of at most kMaxCopyBytes. The output channels run in chunks
+// of one group's, whose filter tiles stay in a core's L2 cache (kFilterChunkBytes), through the
+// batch's strips kStripBlock strips at a time, so the blocks' input is read from L2 too.
 at::Tensor bf16_pairs_conv2d_forward(const at::Tensor& input, const at::Tensor& weight, FilterOrder order,
                                      const at::Tensor& bias, const Conv2dGeometry& g) {
   const PairLayout l(g);
