@@ -62,7 +62,8 @@ bool tiles_granted() {
 }
 
 // What multiplies the pairs of bfloat16: AMX's tiles, or AVX512_BF16's dot products on vectors
-// (AMD's Zen 4 and later, Intel's Cooper Lake). CONV_EXT_CPU_BF16=vectors takes the vectors
+// (AMD's Zen 4 and later; the stores also use VBMI2's compress, which Intel's Cooper Lake, the
+// other CPU with AVX512_BF16 but no AMX, lacks). CONV_EXT_CPU_BF16=vectors takes the vectors
 // where the tiles exist too, so the tests can run both (and conv2d_cpu.cpp, wherever they apply).
 enum class PairUnits { none, tiles, vectors };
 

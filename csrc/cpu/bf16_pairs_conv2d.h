@@ -1,7 +1,7 @@
 // bfloat16 convolutions on units that multiply pairs of bfloat16 into float32: AMX's tiles on
 // Intel's Xeons since Sapphire Rapids (16 x 32 products summed into 16 x 16 accumulators per
 // instruction, sixteen times an AVX-512 FMA's), or AVX512_BF16's dot products on vectors (AMD's
-// Zen 4 and later, Intel's Cooper Lake: each float32 lane sums two products, twice an FMA's).
+// Zen 4 and later: each float32 lane sums two products, twice an FMA's).
 // Every sum accumulates in float32 and the result is rounded to bfloat16 once, as on the float32
 // paths.
 #pragma once
