@@ -63,8 +63,8 @@ bool tiles_granted() {
 
 // What multiplies the pairs of bfloat16: AMX's tiles, or AVX512_BF16's dot products on vectors
 // (AMD's Zen 4 and later; the stores also use VBMI2's compress, which Intel's Cooper Lake, the
-// other CPU with AVX512_BF16 but no AMX, lacks). CONV_EXT_CPU_BF16=vectors takes the vectors
-// where the tiles exist too, so the tests can run both (and conv2d_cpu.cpp, wherever they apply).
+// other CPU with AVX512_BF16 but no AMX, lacks). The vectors where the tiles exist too when
+// bf16_vectors_forced, so the tests can run both.
 enum class PairUnits { none, tiles, vectors };
 
 PairUnits pair_units() {
@@ -73,7 +73,7 @@ PairUnits pair_units() {
   static const bool tiles = vectors && __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") &&
                             tiles_granted();
   if (!vectors || !use_avx512()) return PairUnits::none;
-  return tiles && !env_is("CONV_EXT_CPU_BF16", "vectors") ? PairUnits::tiles : PairUnits::vectors;
+  return tiles && !bf16_vectors_forced() ? PairUnits::tiles : PairUnits::vectors;
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }

@@ -448,9 +448,6 @@ Tensor gemm_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
   return grad_weight.view({g.out_channels, g.in_channels_per_group(), g.kernel_h, g.kernel_w});
 }
 
-// CONV_EXT_CPU_BF16=vectors takes AVX512_BF16's vectors wherever they apply, for the tests.
-bool bf16_vectors_forced() { return env_is("CONV_EXT_CPU_BF16", "vectors"); }
-
 // Whether a bfloat16 call runs on the pair kernels: wherever AMX's tiles apply, unless a path is
 // forced (CONV_EXT_CPU_ALGORITHM=gemm, direct or winograd then run it widened, as CPUs without
 // them do). AVX512_BF16's vectors, twice an FMA's products, are taken on 1x1, strided and

@@ -59,4 +59,8 @@ inline bool blas_keeps_up() {
   return !env_is("CONV_EXT_CPU_BLAS", "slow") && (intel || !use_avx512());
 }
 
+// CONV_EXT_CPU_BF16=vectors: bfloat16 on AVX512_BF16's vectors wherever they apply, also where
+// AMX's tiles exist or Winograd would be chosen (bf16_pairs_conv2d.h), so the tests can run them.
+inline bool bf16_vectors_forced() { return env_is("CONV_EXT_CPU_BF16", "vectors"); }
+
 }  // namespace conv_ext
