@@ -438,21 +438,26 @@ def test_direct_plane_rows_inside_and_edges(conv, dtype, path):
     Conv(2, 32, 32, (13, 17), (3, 3), (1, 1), (1, 1), (1, 1), 32, True),
     Conv(3, 12, 12, (9, 20), (5, 3), (1, 1), (4, 1), (2, 1), 12, False, "channels_last"),
     Conv(2, 8, 16, (11, 11), (3, 3), (1, 1), (1, 1), (1, 1), 4, True),
-], ids=["depthwise-3x3", "depthwise-5x3-dilated", "grouped-2-to-4"])
+    Conv(2, 3, 3, (7, 50), (3, 3), (1, 1), (1, 0), (1, 1), 3, True),
+    Conv(1, 4, 4, (5, 37), (3, 3), (1, 1), (1, 2), (1, 2), 4, False, "channels_last"),
+], ids=["depthwise-3x3", "depthwise-5x3-dilated", "grouped-2-to-4", "depthwise-3x3-unmasked", "depthwise-3x3-dilated-columns"])
 def test_direct_reduced_precision_rounds_once(conv, path, dtype):
     """The direct kernels read float16 and bfloat16 themselves where they copy planes anyway (the
-    stride-1 depthwise forward, hence its input gradient, and the stride-1 weight gradient): each
-    result is still the float32 sum rounded once."""
+    stride-1 depthwise forward, hence its input gradient, and the stride-1 weight gradient), and,
+    in the AVX-512 build, in registers on depthwise 3x3 planes (strips masked at the edges,
+    unmasked inside, or dilated): each result is still the float32 sum rounded once."""
     check_rounded_once(conv, dtype, path)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("path", DIRECT_PATHS)
-def test_direct_reduced_precision_rounds_as_torch_converts(path, dtype):
-    """A depthwise 1x2 kernel of ones adds neighbouring values in float32, exactly as torch's
+@pytest.mark.parametrize("kernel", ["1x2", "3x3"])
+def test_direct_reduced_precision_rounds_as_torch_converts(path, dtype, kernel):
+    """A depthwise kernel whose only non-zero taps are two neighbouring ones (a 1x2 kernel, or
+    the middle row of a padded 3x3 one) adds neighbouring values in float32, exactly as torch's
     float32 convolution does; the float16 or bfloat16 output must then be torch's conversion of
-    that sum bit for bit: ties to even, NaN and infinities kept, overflow to infinity. 37-wide
-    rows leave a tail after whole vectors of 8 and 16."""
+    that sum bit for bit: ties to even, NaN and infinities kept, overflow to infinity. 37- and
+    38-wide rows leave a tail after whole vectors of 8 and 16."""
     torch.manual_seed(0)
     x = torch.randn(2, 3, 5, 38) * 2.0 ** torch.randint(-9, 2, (2, 3, 5, 38))
     specials = torch.tensor([float("nan"), float("inf"), -float("inf"), 65504.0, 65504.0, -0.0])
@@ -461,9 +466,13 @@ def test_direct_reduced_precision_rounds_as_torch_converts(path, dtype):
     x[0, 0, 1, :4] = torch.tensor([1.0, 2.0**-11, 1.0 + 2.0**-10, 2.0**-11])  # float16 ties
     x = x.to(dtype)
     w = torch.ones(3, 1, 1, 2, dtype=dtype)
+    padding = 0
+    if kernel == "3x3":
+        w = F.pad(w, (0, 1, 1, 1))  # taps (1, 1) and (1, 2)
+        padding = 1
     with cpu_path(path):
-        ours = conv_ext.conv2d(x, w, groups=3)
-    expected = F.conv2d(x.float(), w.float(), groups=3).to(dtype)
+        ours = conv_ext.conv2d(x, w, padding=padding, groups=3)
+    expected = F.conv2d(x.float(), w.float(), padding=padding, groups=3).to(dtype)
     torch.testing.assert_close(ours, expected, rtol=0, atol=0, equal_nan=True)
 
 

@@ -4,12 +4,15 @@
 // bfloat16 or float16 depthwise layer's time (2.4x and 4x its float32 time, measured).
 #pragma once
 
+#include "vec.h"
+
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
 #include <cstdint>
 #include <cstring>
 #include <immintrin.h>
+#include <type_traits>
 
 namespace conv_ext {
 
@@ -83,6 +86,12 @@ void narrow_row(const float* src, int64_t n, io_t* dst) {
   generic::narrow_row(src + i, n - i, dst + i);
 }
 
+
+// The vectors of a kernel that reads and writes io_t: float32 and float64 only in this build (its
+// depthwise planes of float16 and bfloat16 are copied widened instead; see direct_conv2d.cpp).
+template <typename io_t>
+using IoVec = Vec<io_t>;
+
 }  // namespace avx2
 #pragma GCC pop_options
 
@@ -128,6 +137,20 @@ void narrow_row(const float* src, int64_t n, io_t* dst) {
     _mm256_mask_storeu_epi16(dst + i, mask, narrow16(_mm512_maskz_loadu_ps(mask, src + i), dst));
   }
 }
+
+// Vec<float> on float16 or bfloat16 rows, for kernels written against Vec: loads widen, stores
+// round.
+template <typename io_t>
+struct Widened : Vec<float> {
+  static type load(const io_t* p) { return widen16(p, 0xFFFF); }
+  static type load(const io_t* p, mask m) { return widen16(p, m); }  // zero (and read nothing) outside m
+  static void store(io_t* p, type v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), narrow16(v, p)); }
+  static void store_first(io_t* p, type v, int n) { _mm256_mask_storeu_epi16(p, first(n), narrow16(v, p)); }
+};
+
+// The vectors of a kernel that reads and writes io_t.
+template <typename io_t>
+using IoVec = std::conditional_t<std::is_floating_point_v<io_t>, Vec<io_t>, Widened<io_t>>;
 
 }  // namespace avx512
 #pragma GCC pop_options
