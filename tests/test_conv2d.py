@@ -447,8 +447,9 @@ def test_direct_plane_rows_inside_and_edges(conv, dtype, path):
 def test_direct_reduced_precision_rounds_once(conv, path, dtype):
     """The direct kernels read float16 and bfloat16 themselves where they copy planes anyway (the
     stride-1 depthwise forward, hence its input gradient, and the stride-1 weight gradient), and,
-    in the AVX-512 build, in registers on depthwise 3x3 planes (strips masked at the edges,
-    unmasked inside, or dilated): each result is still the float32 sum rounded once."""
+    in the AVX-512 build, in registers on 3x3 planes (the depthwise forward's strips masked at
+    the edges, unmasked inside, or dilated; the weight gradient's rows of one or two output
+    channels): each result is still the float32 sum rounded once."""
     check_rounded_once(conv, dtype, path)
 
 
