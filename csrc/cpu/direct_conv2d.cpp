@@ -95,15 +95,15 @@ struct PlaneKernels {
   decltype(&generic::forward_plane<scalar_t>) forward;
   decltype(&generic::forward_plane_unit_stride<scalar_t, io_t>) forward_unit_stride;
   decltype(&avx2::forward_plane_rows<scalar_t>) forward_rows;  // null where the build has no vectors
-  // The kernels reading io_t planes in place; for float16 and bfloat16 null but in the AVX-512
-  // build: AVX2 has no masked loads of 16-bit values, and reading a plane's edges lane by lane
-  // took 3x as long as copying it.
+  // Reading io_t planes in place: null where the build has no vectors, and for float16 and
+  // bfloat16 but in the AVX-512 build (AVX2 has no masked loads of 16-bit values, and reading a
+  // plane's edges lane by lane took 3x as long as copying it).
   decltype(&avx512::forward_plane_depthwise_3x3<scalar_t, io_t>) forward_depthwise_3x3;
   decltype(&generic::forward_group_unit_stride_for<scalar_t>) forward_group_unit_stride_for;
   decltype(&generic::grad_input_plane<scalar_t>) grad_input;
   decltype(&generic::grad_weight_planes<scalar_t>) grad_weight;
   decltype(&generic::grad_weight_planes_unit_stride<scalar_t, io_t>) grad_weight_unit_stride;
-  decltype(&avx512::grad_weight_rows_3x3<scalar_t, io_t>) grad_weight_rows_3x3;
+  decltype(&avx512::grad_weight_rows_3x3<scalar_t, io_t>) grad_weight_rows_3x3;  // as forward_depthwise_3x3
 };
 
 // The plane loops of one build.
@@ -179,9 +179,9 @@ Tensor direct_conv2d_forward(const Tensor& input, const Tensor& weight, const Te
       // float32 and float64 planes are summed row by row straight from the input where the build
       // has vectors (measured against the padded copy: 1.1-1.3x faster at 28x28 and 56x56,
       // 2x at 14x14), and so are float16 and bfloat16 3x3 planes in the AVX-512 build; the
-      // others take long multiply-adds over a padded copy of the plane (a 3x3
-      // kernel's nine taps in one pass; float16 and bfloat16 widened in the copy), which beat
-      // blocks of accumulators (measured).
+      // others take long multiply-adds over a padded copy of the plane (a 3x3 kernel's nine
+      // taps in one pass; float16 and bfloat16 widened in the copy), which beat blocks of
+      // accumulators (measured).
       with_io_type<scalar_t>(input, [&](auto io) {
         using io_t = decltype(io);
         const auto io_kernels = plane_kernels<scalar_t, io_t>();
@@ -189,8 +189,9 @@ Tensor direct_conv2d_forward(const Tensor& input, const Tensor& weight, const Te
         if constexpr (std::is_same_v<io_t, scalar_t>) {
           rows = unit_stride && io_kernels.forward_rows != nullptr && g.kernel_w <= kMaxRowsKernelWidth;
         }
-        // float16 and bfloat16 3x3 planes widened and rounded in registers (measured against the padded copies, bfloat16 with AVX-512: 256 @28 1.5x faster at
-        // batch 8, 1.3x at batch 1, 512 @14 1.75x, 144 @56 1.5x; float16 256 @28 1.65x).
+        // float16 and bfloat16 3x3 planes widened and rounded in registers (measured against the
+        // padded copies, bfloat16 with AVX-512: 256 @28 1.5x faster at batch 8, 1.3x at batch 1,
+        // 512 @14 1.75x, 144 @56 1.5x; float16 256 @28 1.65x).
         const bool reduced_rows = !std::is_same_v<io_t, scalar_t> && unit_stride &&
                                   io_kernels.forward_depthwise_3x3 != nullptr && depthwise_3x3_rows_apply(g);
         const int64_t work_size = unit_stride && !rows && !reduced_rows ? generic::unit_stride_work_size(g) : 0;

@@ -1,7 +1,8 @@
 // Rows of float16 or bfloat16 widened to float32, and float32 rounded to them (to nearest even;
 // NaN stays NaN), one set per instruction set like vec.h. c10's scalar conversions branch on
 // special values, and the loops the compiler made of them ran 4 lanes wide: they took most of a
-// bfloat16 or float16 depthwise layer's time (2.4x and 4x its float32 time, measured).
+// bfloat16 or float16 depthwise layer's time (2.4x and 4x its float32 time, measured). With
+// AVX-512, also Vec's loads and stores on such rows (Widened), for kernels that read them in place.
 #pragma once
 
 #include "vec.h"
@@ -86,9 +87,8 @@ void narrow_row(const float* src, int64_t n, io_t* dst) {
   generic::narrow_row(src + i, n - i, dst + i);
 }
 
-
 // The vectors of a kernel that reads and writes io_t: float32 and float64 only in this build (its
-// depthwise planes of float16 and bfloat16 are copied widened instead; see direct_conv2d.cpp).
+// float16 and bfloat16 planes are copied widened instead; see direct_conv2d.cpp).
 template <typename io_t>
 using IoVec = Vec<io_t>;
 
