@@ -94,23 +94,23 @@ template <typename scalar_t, typename io_t = scalar_t>
 struct PlaneKernels {
   decltype(&generic::forward_plane<scalar_t>) forward;
   decltype(&generic::forward_plane_unit_stride<scalar_t, io_t>) forward_unit_stride;
-  decltype(&avx2::forward_plane_rows<scalar_t>) forward_rows;  // null where the build has no vectors
-  // Reading io_t planes in place: null where the build has no vectors, and for float16 and
-  // bfloat16 but in the AVX-512 build (AVX2 has no masked loads of 16-bit values, and reading a
-  // plane's edges lane by lane took 3x as long as copying it).
-  decltype(&avx512::forward_plane_depthwise_3x3<scalar_t, io_t>) forward_depthwise_3x3;
+  // The kernels that read the planes in place (forward_rows and grad_weight_rows_3x3): null
+  // where the build has no vectors, and for float16 and bfloat16 but in the AVX-512 build (AVX2
+  // has no masked loads of 16-bit values, and reading a plane's edges lane by lane took 3x as
+  // long as copying it), where forward_rows takes only depthwise 3x3 planes
+  // (depthwise_3x3_rows_apply).
+  decltype(&avx512::forward_plane_depthwise_3x3<scalar_t, io_t>) forward_rows;
   decltype(&generic::forward_group_unit_stride_for<scalar_t>) forward_group_unit_stride_for;
   decltype(&generic::grad_input_plane<scalar_t>) grad_input;
   decltype(&generic::grad_weight_planes<scalar_t>) grad_weight;
   decltype(&generic::grad_weight_planes_unit_stride<scalar_t, io_t>) grad_weight_unit_stride;
-  decltype(&avx512::grad_weight_rows_3x3<scalar_t, io_t>) grad_weight_rows_3x3;  // as forward_depthwise_3x3
+  decltype(&avx512::grad_weight_rows_3x3<scalar_t, io_t>) grad_weight_rows_3x3;
 };
 
 // The plane loops of one build.
-#define CONV_EXT_PLANE_KERNELS(isa, forward_rows, forward_depthwise_3x3, grad_weight_rows_3x3)        \
+#define CONV_EXT_PLANE_KERNELS(isa, forward_rows, grad_weight_rows_3x3)                               \
   PlaneKernels<scalar_t, io_t> {                                                                      \
     &isa::forward_plane<scalar_t>, &isa::forward_plane_unit_stride<scalar_t, io_t>, forward_rows,     \
-        forward_depthwise_3x3,                                                                        \
         &isa::forward_group_unit_stride_for<scalar_t>, &isa::grad_input_plane<scalar_t>,              \
         &isa::grad_weight_planes<scalar_t>, &isa::grad_weight_planes_unit_stride<scalar_t, io_t>,     \
         grad_weight_rows_3x3                                                                          \
@@ -120,16 +120,18 @@ template <typename scalar_t, typename io_t = scalar_t>
 PlaneKernels<scalar_t, io_t> plane_kernels() {
   switch (cpu_isa()) {
     case Isa::avx512:
-      return CONV_EXT_PLANE_KERNELS(avx512, &avx512::forward_plane_rows<scalar_t>,
-                                    (&avx512::forward_plane_depthwise_3x3<scalar_t, io_t>),
+      if constexpr (std::is_same_v<scalar_t, io_t>) {
+        return CONV_EXT_PLANE_KERNELS(avx512, &avx512::forward_plane_rows<scalar_t>, &avx512::grad_weight_rows_3x3<scalar_t>);
+      }
+      return CONV_EXT_PLANE_KERNELS(avx512, (&avx512::forward_plane_depthwise_3x3<scalar_t, io_t>),
                                     (&avx512::grad_weight_rows_3x3<scalar_t, io_t>));
     case Isa::avx2:
       if constexpr (std::is_same_v<scalar_t, io_t>) {
-        return CONV_EXT_PLANE_KERNELS(avx2, &avx2::forward_plane_rows<scalar_t>, nullptr, (&avx2::grad_weight_rows_3x3<scalar_t, io_t>));
+        return CONV_EXT_PLANE_KERNELS(avx2, &avx2::forward_plane_rows<scalar_t>, &avx2::grad_weight_rows_3x3<scalar_t>);
       }
-      return CONV_EXT_PLANE_KERNELS(avx2, &avx2::forward_plane_rows<scalar_t>, nullptr, nullptr);
+      return CONV_EXT_PLANE_KERNELS(avx2, nullptr, nullptr);
     default:
-      return CONV_EXT_PLANE_KERNELS(generic, nullptr, nullptr, nullptr);
+      return CONV_EXT_PLANE_KERNELS(generic, nullptr, nullptr);
   }
 }
 #undef CONV_EXT_PLANE_KERNELS
@@ -185,16 +187,12 @@ Tensor direct_conv2d_forward(const Tensor& input, const Tensor& weight, const Te
       with_io_type<scalar_t>(input, [&](auto io) {
         using io_t = decltype(io);
         const auto io_kernels = plane_kernels<scalar_t, io_t>();
-        bool rows = false;
-        if constexpr (std::is_same_v<io_t, scalar_t>) {
-          rows = unit_stride && io_kernels.forward_rows != nullptr && g.kernel_w <= kMaxRowsKernelWidth;
-        }
         // float16 and bfloat16 3x3 planes widened and rounded in registers (measured against the
         // padded copies, bfloat16 with AVX-512: 256 @28 1.5x faster at batch 8, 1.3x at batch 1,
         // 512 @14 1.75x, 144 @56 1.5x; float16 256 @28 1.65x).
-        const bool reduced_rows = !std::is_same_v<io_t, scalar_t> && unit_stride &&
-                                  io_kernels.forward_depthwise_3x3 != nullptr && depthwise_3x3_rows_apply(g);
-        const int64_t work_size = unit_stride && !rows && !reduced_rows ? generic::unit_stride_work_size(g) : 0;
+        const bool rows = unit_stride && io_kernels.forward_rows != nullptr &&
+                          (std::is_same_v<io_t, scalar_t> ? g.kernel_w <= kMaxRowsKernelWidth : depthwise_3x3_rows_apply(g));
+        const int64_t work_size = unit_stride && !rows ? generic::unit_stride_work_size(g) : 0;
         const io_t* x = input.const_data_ptr<io_t>();
         io_t* y = output.mutable_data_ptr<io_t>();
         const auto group_input = [&](int64_t plane) {  // of output plane (n, k)
@@ -208,14 +206,15 @@ Tensor direct_conv2d_forward(const Tensor& input, const Tensor& weight, const Te
             if (plane + 1 < end) prefetch_plane(group_input(plane + 1), cg * g.in_h * g.in_w * int64_t{sizeof(io_t)});
             const scalar_t bias_k = b != nullptr ? b[k] : scalar_t(0);
             io_t* y_plane = y + plane * g.out_h * g.out_w;
-            if constexpr (std::is_same_v<io_t, scalar_t>) {
-              if (!unit_stride || rows) {
-                (rows ? io_kernels.forward_rows : io_kernels.forward)(x_group, w + k * g.patch_size(), bias_k, y_plane, g);
+            if (rows) {
+              io_kernels.forward_rows(x_group, w + k * g.patch_size(), bias_k, y_plane, g);
+              continue;
+            }
+            if constexpr (std::is_same_v<io_t, scalar_t>) {  // float16 and bfloat16 are read only at stride 1
+              if (!unit_stride) {
+                io_kernels.forward(x_group, w + k * g.patch_size(), bias_k, y_plane, g);
                 continue;
               }
-            } else if (reduced_rows) {
-              io_kernels.forward_depthwise_3x3(x_group, w + k * g.patch_size(), bias_k, y_plane, g);
-              continue;
             }
             io_kernels.forward_unit_stride(x_group, w + k * g.patch_size(), bias_k, y_plane, g, work.data());
           }
