@@ -480,6 +480,47 @@ def test_direct_reduced_precision_rounds_as_torch_converts(path, dtype, kernel):
     torch.testing.assert_close(ours, expected, rtol=0, atol=0, equal_nan=True)
 
 
+# Winograd and the channels-last GEMM read the input and grad_output through bands that widen
+# float16 and bfloat16 as they read them, and round their outputs as they store them: by
+# register transposes from and into NCHW (37-, 13- and 15-wide rows, 17 and 33 channels:
+# partial squares; 24-wide output tiles, a band as wide as the image as one run), by rows of
+# channels from and into NHWC. Winograd runs few tiles by panels of output channels, more in
+# chunks of tiles; the channels-last GEMM takes grouped and strided layers, all three ops, and
+# 1x1 weight gradients where MKL does not keep up (15 channels: no bfloat16 pair kernel).
+BAND_LAYERS = [
+    (Conv(2, 17, 40, (13, 37), (3, 3), (1, 1), (1, 1), (1, 1), 1, True), "winograd"),
+    (Conv(3, 40, 17, (29, 27), (3, 3), (1, 1), (1, 2), (1, 1), 1, True, "channels_last"), "winograd"),
+    (Conv(4, 20, 33, (24, 24), (3, 3), (1, 1), (1, 1), (1, 1), 1, False), "winograd"),
+    (Conv(2, 24, 36, (31, 21), (5, 5), (1, 1), (2, 2), (1, 1), 1, True), "winograd"),
+    (Conv(2, 32, 48, (19, 17), (3, 3), (2, 2), (1, 1), (1, 1), 2, True), "gemm"),
+    (Conv(2, 20, 24, (66, 65), (3, 3), (2, 2), (1, 1), (1, 1), 1, False, "channels_last"), "gemm"),
+    (Conv(2, 15, 17, (9, 11), (1, 1), (1, 1), (0, 0), (1, 1), 1, True), "slow-blas"),
+]
+
+
+BAND_CASES = [
+    pytest.param(conv, path, id=f"{name}-{path}")
+    for (conv, algorithm), name in zip(BAND_LAYERS, ["panels-nchw", "chunks-nhwc", "whole-band", "5x5", "grouped-strided",
+                                                     "strided-nhwc", "1x1-weight-gradient"])
+    for path in ([algorithm] if algorithm == "slow-blas" else [p for p in FORCED_CPU_PATHS if p.startswith(algorithm)])
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("conv,path", BAND_CASES)
+def test_band_kernels_reduced_precision_is_float32_rounded(conv, path, dtype):
+    """Each result is, bit for bit, the same path's float32 result on the widened operands,
+    rounded once."""
+    x, w, b = conv.tensors(dtype, "cpu", requires_grad=True)
+    with cpu_path(path):
+        ours, gy = forward_and_grads(conv_ext.conv2d, conv, x, w, b)
+        widened = [None if t is None else t.detach().float().requires_grad_() for t in (x, w, b)]
+        in_float32, _ = forward_and_grads(conv_ext.conv2d, conv, *widened, gy.float())
+    for name, a, f in zip(NAMES, ours, in_float32):
+        assert a.dtype == dtype, name
+        torch.testing.assert_close(a, f.to(dtype), rtol=0, atol=0, msg=lambda m: f"{name}: {m}")
+
+
 def check_layer_on_path(conv, dtype, path):
     """conv_ext's forward and gradients on `path`: float64 as F.conv2d's (1e-12 of the scale),
     float32 within its bounds of the float64 result. Returns conv_ext's results."""

@@ -4,8 +4,11 @@
 #pragma once
 
 #include "cpu_features.h"
+#include "reduced_rows.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 
 #include <immintrin.h>
 
@@ -15,20 +18,35 @@
 namespace conv_ext {
 
 // dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < cols: between NCHW rows and
-// the bands' channels-innermost order. With stream, where the build can, dst's whole cache lines
-// are written with non-temporal stores (for outputs far larger than the caches; callers fence
-// with _mm_sfence before other threads read dst).
-template <typename scalar_t>
-using Transpose = void (*)(const scalar_t* src, int64_t src_stride, int64_t rows, int64_t cols, scalar_t* dst,
+// the bands' channels-innermost order, float16 or bfloat16 widened to float32 or float32 rounded
+// to them on the way where from_t and to_t differ. With stream, where the build can and the types
+// are the same, dst's whole cache lines are written with non-temporal stores (for outputs far
+// larger than the caches; callers fence with _mm_sfence before other threads read dst).
+template <typename from_t, typename to_t = from_t>
+using Transpose = void (*)(const from_t* src, int64_t src_stride, int64_t rows, int64_t cols, to_t* dst,
                            int64_t dst_stride, bool stream);
+
+// The wider of a transpose's two types, whose values fill its registers (float32 where one of
+// them is float16 or bfloat16).
+template <typename from_t, typename to_t>
+using Wider = std::conditional_t<(sizeof(from_t) >= sizeof(to_t)), from_t, to_t>;
 
 namespace generic {
 
-template <typename T>
-void transpose(const T* src, int64_t src_stride, int64_t rows, int64_t cols, T* dst, int64_t dst_stride,
+template <typename to_t, typename from_t>
+to_t value_as(from_t v) {
+  if constexpr (std::is_same_v<from_t, to_t> || std::is_same_v<to_t, float>) {
+    return static_cast<to_t>(v);
+  } else {
+    return narrow<to_t>(v);
+  }
+}
+
+template <typename from_t, typename to_t>
+void transpose(const from_t* src, int64_t src_stride, int64_t rows, int64_t cols, to_t* dst, int64_t dst_stride,
                bool /*stream*/ = false) {
   for (int64_t i = 0; i < rows; ++i) {
-    for (int64_t j = 0; j < cols; ++j) dst[j * dst_stride + i] = src[i * src_stride + j];
+    for (int64_t j = 0; j < cols; ++j) dst[j * dst_stride + i] = value_as<to_t>(src[i * src_stride + j]);
   }
 }
 
@@ -52,15 +70,27 @@ void for_each_square(int64_t first, int64_t rows, int64_t cols, int64_t B, int64
 }
 
 #pragma GCC push_options
-#pragma GCC target("avx2,fma")
+#pragma GCC target("avx2,fma,f16c")
 namespace avx2 {
 
 // Transpose in blocks of one vector square (8 float32 or 4 float64) transposed in
 // registers: element by element, the copies took a third of Winograd's time on 64 channels at
 // 56x56 (measured).
-inline void transpose_square(const float* src, int64_t src_stride, float* dst, int64_t dst_stride) {
+inline __m256 load8(const float* src) { return _mm256_loadu_ps(src); }
+template <typename io_t>
+__m256 load8(const io_t* src) {
+  return widen8(src);
+}
+inline void store8(float* dst, __m256 v) { _mm256_storeu_ps(dst, v); }
+template <typename io_t>
+void store8(io_t* dst, __m256 v) {
+  narrow8(v, dst);
+}
+
+template <typename from_t, typename to_t>
+void transpose_square(const from_t* src, int64_t src_stride, to_t* dst, int64_t dst_stride) {
   __m256 r[8], t[8];
-  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * src_stride);
+  for (int i = 0; i < 8; ++i) r[i] = load8(src + i * src_stride);
   for (int i = 0; i < 8; i += 2) {
     t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
     t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
@@ -72,8 +102,8 @@ inline void transpose_square(const float* src, int64_t src_stride, float* dst, i
     r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
   }
   for (int j = 0; j < 4; ++j) {
-    _mm256_storeu_ps(dst + j * dst_stride, _mm256_permute2f128_ps(r[j], r[j + 4], 0x20));
-    _mm256_storeu_ps(dst + (j + 4) * dst_stride, _mm256_permute2f128_ps(r[j], r[j + 4], 0x31));
+    store8(dst + j * dst_stride, _mm256_permute2f128_ps(r[j], r[j + 4], 0x20));
+    store8(dst + (j + 4) * dst_stride, _mm256_permute2f128_ps(r[j], r[j + 4], 0x31));
   }
 }
 
@@ -88,10 +118,10 @@ inline void transpose_square(const double* src, int64_t src_stride, double* dst,
   }
 }
 
-template <typename T>
-void transpose(const T* src, int64_t src_stride, int64_t rows, int64_t cols, T* dst, int64_t dst_stride,
+template <typename from_t, typename to_t>
+void transpose(const from_t* src, int64_t src_stride, int64_t rows, int64_t cols, to_t* dst, int64_t dst_stride,
                bool /*stream*/ = false) {
-  constexpr int64_t B = 32 / sizeof(T);
+  constexpr int64_t B = 32 / sizeof(Wider<from_t, to_t>);
   const int64_t whole_rows = rows / B * B, whole_cols = cols / B * B;
   for_each_square(0, whole_rows, whole_cols, B, src_stride, dst_stride, [&](int64_t i, int64_t j) {
     transpose_square(src + i * src_stride + j, src_stride, dst + j * dst_stride + i, dst_stride);
@@ -109,7 +139,7 @@ void transpose(const T* src, int64_t src_stride, int64_t rows, int64_t cols, T* 
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx2,fma")
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx2,fma,f16c")
 namespace avx512 {
 
 // x_i becomes lane i of x_0..x_3: a 4 x 4 transpose of 128-bit lanes.
@@ -148,58 +178,91 @@ inline void transpose_8x8(__m512i r[8]) {
   for (int e = 0; e < 2; ++e) transpose_lanes(r[e], r[2 + e], r[4 + e], r[6 + e]);
 }
 
-// One cache line square (16 float32 or 8 float64) through the registers; each of its rows is a
-// line of dst, stored non-temporally when stream (dst then 64-byte aligned).
+// A square's row as 512 bits: float32 and float64 as they are, float16 and bfloat16 widened to
+// float32; with a mask, the values outside it zero (and not read).
 template <typename T>
-void transpose_square(const T* src, int64_t src_stride, T* dst, int64_t dst_stride, bool stream) {
-  constexpr int B = 64 / sizeof(T);
+__m512i load_row(const T* src) {
+  if constexpr (std::is_floating_point_v<T>) {
+    return _mm512_loadu_si512(src);
+  } else {
+    return _mm512_castps_si512(widen16(src, 0xFFFF));
+  }
+}
+template <typename T>
+__m512i load_row(const T* src, unsigned mask) {
+  if constexpr (std::is_same_v<T, double>) {
+    return _mm512_maskz_loadu_epi64(static_cast<__mmask8>(mask), src);
+  } else if constexpr (std::is_same_v<T, float>) {
+    return _mm512_maskz_loadu_epi32(static_cast<__mmask16>(mask), src);
+  } else {
+    return _mm512_castps_si512(widen16(src, static_cast<__mmask16>(mask)));
+  }
+}
+
+// The other way: a row stored as T (float32 rounded to float16 or bfloat16); non-temporally when
+// stream (T float32 or float64, dst 64-byte aligned), or only the values in a mask.
+template <typename T>
+void store_row(T* dst, __m512i v, bool stream) {
+  if constexpr (!std::is_floating_point_v<T>) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), narrow16(_mm512_castsi512_ps(v), dst));
+  } else if (stream) {
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(dst), v);
+  } else {
+    _mm512_storeu_si512(dst, v);
+  }
+}
+template <typename T>
+void store_row_masked(T* dst, __m512i v, unsigned mask) {
+  if constexpr (std::is_same_v<T, double>) {
+    _mm512_mask_storeu_epi64(dst, static_cast<__mmask8>(mask), v);
+  } else if constexpr (std::is_same_v<T, float>) {
+    _mm512_mask_storeu_epi32(dst, static_cast<__mmask16>(mask), v);
+  } else {
+    _mm256_mask_storeu_epi16(dst, static_cast<__mmask16>(mask), narrow16(_mm512_castsi512_ps(v), dst));
+  }
+}
+
+// Values of a transpose's registers per row: 16 float32 (however stored) or 8 float64.
+template <typename from_t, typename to_t>
+constexpr int64_t kSquare = 64 / sizeof(Wider<from_t, to_t>);
+
+// One square (a cache line of float32 or float64) through the registers; each of its rows is
+// a row of dst, stored non-temporally when stream (dst then 64-byte aligned).
+template <typename from_t, typename to_t>
+void transpose_square(const from_t* src, int64_t src_stride, to_t* dst, int64_t dst_stride, bool stream) {
+  constexpr int B = kSquare<from_t, to_t>;
   __m512i r[B];
-  for (int i = 0; i < B; ++i) r[i] = _mm512_loadu_si512(src + i * src_stride);
+  for (int i = 0; i < B; ++i) r[i] = load_row(src + i * src_stride);
   if constexpr (B == 16) {
     transpose_16x16(r);
   } else {
     transpose_8x8(r);
   }
-  for (int j = 0; j < B; ++j) {
-    if (stream) {
-      _mm512_stream_si512(reinterpret_cast<__m512i*>(dst + j * dst_stride), r[j]);
-    } else {
-      _mm512_storeu_si512(dst + j * dst_stride, r[j]);
-    }
-  }
+  for (int j = 0; j < B; ++j) store_row(dst + j * dst_stride, r[j], stream);
 }
 
 // The first `rows` rows and `cols` columns of a square (each at most a line), through masked
 // loads and stores: the edges of a transpose, which element by element had taken most of a
 // band's time on rows of 7 or 14 pixels.
-template <typename T>
-void transpose_part(const T* src, int64_t src_stride, int rows, int cols, T* dst, int64_t dst_stride) {
-  constexpr int B = 64 / sizeof(T);
+template <typename from_t, typename to_t>
+void transpose_part(const from_t* src, int64_t src_stride, int rows, int cols, to_t* dst, int64_t dst_stride) {
+  constexpr int B = kSquare<from_t, to_t>;
   const unsigned col_mask = (1u << cols) - 1, row_mask = (1u << rows) - 1;
   __m512i r[B];
-  for (int i = 0; i < B; ++i) {
-    if (i >= rows) {
-      r[i] = _mm512_setzero_si512();
-    } else if constexpr (B == 16) {
-      r[i] = _mm512_maskz_loadu_epi32(static_cast<__mmask16>(col_mask), src + i * src_stride);
-    } else {
-      r[i] = _mm512_maskz_loadu_epi64(static_cast<__mmask8>(col_mask), src + i * src_stride);
-    }
-  }
+  for (int i = 0; i < B; ++i) r[i] = i < rows ? load_row(src + i * src_stride, col_mask) : _mm512_setzero_si512();
   if constexpr (B == 16) {
     transpose_16x16(r);
-    for (int j = 0; j < cols; ++j) _mm512_mask_storeu_epi32(dst + j * dst_stride, static_cast<__mmask16>(row_mask), r[j]);
   } else {
     transpose_8x8(r);
-    for (int j = 0; j < cols; ++j) _mm512_mask_storeu_epi64(dst + j * dst_stride, static_cast<__mmask8>(row_mask), r[j]);
   }
+  for (int j = 0; j < cols; ++j) store_row_masked(dst + j * dst_stride, r[j], row_mask);
 }
 
 // Rows [r0, r1) and columns [c0, c1) of src in transpose_part's pieces.
-template <typename T>
-void transpose_parts(const T* src, int64_t src_stride, int64_t r0, int64_t r1, int64_t c0, int64_t c1, T* dst,
+template <typename from_t, typename to_t>
+void transpose_parts(const from_t* src, int64_t src_stride, int64_t r0, int64_t r1, int64_t c0, int64_t c1, to_t* dst,
                      int64_t dst_stride) {
-  constexpr int64_t B = 64 / sizeof(T);
+  constexpr int64_t B = kSquare<from_t, to_t>;
   for (int64_t i = r0; i < r1; i += B) {
     for (int64_t j = c0; j < c1; j += B) {
       transpose_part(src + i * src_stride + j, src_stride, static_cast<int>(std::min(B, r1 - i)),
@@ -211,12 +274,13 @@ void transpose_parts(const T* src, int64_t src_stride, int64_t r0, int64_t r1, i
 // avx2::transpose in cache line squares, half the shuffles per element of its 8 x 8 float32.
 // With stream, when dst's rows are whole lines apart, the squares from dst's first line boundary
 // on are streamed (the rows of src before it, and the edges, are stored through the cache).
-template <typename T>
-void transpose(const T* src, int64_t src_stride, int64_t rows, int64_t cols, T* dst, int64_t dst_stride, bool stream) {
-  constexpr int64_t B = 64 / sizeof(T);
+template <typename from_t, typename to_t>
+void transpose(const from_t* src, int64_t src_stride, int64_t rows, int64_t cols, to_t* dst, int64_t dst_stride,
+               bool stream) {
+  constexpr int64_t B = kSquare<from_t, to_t>;
   const auto address = reinterpret_cast<uintptr_t>(dst);
-  stream = stream && dst_stride % B == 0;
-  const int64_t first = stream ? std::min<int64_t>(rows, (B - address / sizeof(T) % B) % B) : 0;
+  stream = stream && std::is_same_v<from_t, to_t> && dst_stride % B == 0;
+  const int64_t first = stream ? std::min<int64_t>(rows, (B - address / sizeof(to_t) % B) % B) : 0;
   const int64_t whole_rows = first + (rows - first) / B * B, whole_cols = cols / B * B;
   transpose_parts(src, src_stride, 0, first, 0, cols, dst, dst_stride);
   for_each_square(first, whole_rows, whole_cols, B, src_stride, dst_stride, [&](int64_t i, int64_t j) {
@@ -231,9 +295,26 @@ void transpose(const T* src, int64_t src_stride, int64_t rows, int64_t cols, T* 
 #pragma GCC diagnostic pop
 
 // The transpose of this CPU's instruction set.
+template <typename from_t, typename to_t = from_t>
+Transpose<from_t, to_t> transpose_for_this_cpu() {
+  return use_avx512()  ? &avx512::transpose<from_t, to_t>
+         : use_avx2() ? &avx2::transpose<from_t, to_t>
+                      : &generic::transpose<from_t, to_t>;
+}
+
+// fn(compute, io) for a tensor of dtype: io a value of its element type (float64, float32,
+// float16 or bfloat16), compute one of the type the kernels on its bands compute in (float32 for
+// float16 and bfloat16, which the bands widen as they read them and round as they store them).
+template <typename Fn>
+void dispatch_band_types(at::ScalarType dtype, Fn&& fn) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "conv_ext_bands",
+                                  [&] { fn(at::opmath_type<scalar_t>{}, scalar_t{}); });
+}
+
+// t's options with the kernels' compute type as the dtype.
 template <typename scalar_t>
-Transpose<scalar_t> transpose_for_this_cpu() {
-  return use_avx512() ? &avx512::transpose<scalar_t> : use_avx2() ? &avx2::transpose<scalar_t> : &generic::transpose<scalar_t>;
+at::TensorOptions compute_options(const at::Tensor& t) {
+  return t.options().dtype(c10::CppTypeToScalarType<scalar_t>::value);
 }
 
 // Strides and sizes of a dense 4-D tensor, NCHW or NHWC.
@@ -247,53 +328,78 @@ struct Layout {
 
 // dst[p * dst_stride + j] = the value of channel c0 + j at pixel p of a run of pixels (consecutive
 // in memory's order of l, NHWC or NCHW) for p < pixels and j < count, src at the run's first
-// pixel's channel c0: channels-innermost, whatever the tensor's layout.
-template <typename scalar_t>
-void gather_channels(Transpose<scalar_t> transpose, const scalar_t* src, const Layout& l, int64_t pixels, int64_t count,
-                     scalar_t* dst, int64_t dst_stride) {
-  if (l.c == 1) {  // NHWC: each pixel's channels are a run
-    for (int64_t p = 0; p < pixels; ++p) std::copy(src + p * l.w, src + p * l.w + count, dst + p * dst_stride);
-  } else {  // NCHW (l.w == 1): the pixels are a run of each channel's plane
+// pixel's channel c0: channels-innermost, whatever the tensor's layout, widened (`widen`, or the
+// transpose) where the tensor holds float16 or bfloat16 (io_t). Reading them so in place spares
+// a widened copy of the tensor, 15-20% of a bfloat16 Winograd layer (64 ch @56, measured).
+template <typename io_t, typename scalar_t>
+void gather_channels(Transpose<io_t, scalar_t> transpose, ConvertRow<io_t, scalar_t> widen, const io_t* src,
+                     const Layout& l, int64_t pixels, int64_t count, scalar_t* dst, int64_t dst_stride) {
+  if (l.c != 1) {  // NCHW (l.w == 1): the pixels are a run of each channel's plane
     transpose(src, l.c, count, pixels, dst, dst_stride, false);
+  } else {  // NHWC: each pixel's channels are a run
+    for (int64_t p = 0; p < pixels; ++p) {
+      if constexpr (std::is_same_v<io_t, scalar_t>) {
+        std::copy(src + p * l.w, src + p * l.w + count, dst + p * dst_stride);
+      } else {
+        widen(src + p * l.w, count, dst + p * dst_stride);
+      }
+    }
+  }
+}
+
+// The other way: the value of channel j at pixel p of a run of pixels of dst (layout l) =
+// src[p * src_stride + j], rounded where the tensor holds float16 or bfloat16; streamed (see
+// Transpose) when stream.
+template <typename scalar_t, typename io_t>
+void scatter_channels(Transpose<scalar_t, io_t> transpose, ConvertRow<scalar_t, io_t> narrow, const scalar_t* src,
+                      int64_t src_stride, int64_t pixels, int64_t count, io_t* dst, const Layout& l, bool stream) {
+  if (l.c != 1) {
+    transpose(src, src_stride, pixels, count, dst, l.c, stream);
+  } else {
+    for (int64_t p = 0; p < pixels; ++p) {
+      if constexpr (std::is_same_v<io_t, scalar_t>) {
+        std::copy(src + p * src_stride, src + p * src_stride + count, dst + p * l.w);
+      } else {
+        narrow(src + p * src_stride, count, dst + p * l.w);
+      }
+    }
   }
 }
 
 // band[a][b][c] = x[n, c, row0 + a, col0 + b] for a < rows and b < band_w, zero outside the
-// image: the tiles' blocks read it channels-innermost, whatever x's layout (NHWC or NCHW).
-template <typename scalar_t>
-void fill_band(Transpose<scalar_t> transpose, const scalar_t* x, const Layout& l, int64_t n, int64_t row0, int64_t rows,
+// image: the tiles' blocks read it channels-innermost, whatever x's layout (NHWC or NCHW), x's
+// float16 or bfloat16 (io_t) widened to the band's float32.
+template <typename io_t, typename scalar_t>
+void fill_band(Transpose<io_t, scalar_t> transpose, const io_t* x, const Layout& l, int64_t n, int64_t row0, int64_t rows,
                int64_t col0, int64_t band_w, scalar_t* band) {
   const int64_t C = l.channels;
+  const auto widen = convert_row_for_this_cpu<io_t, scalar_t>();
   std::fill(band, band + rows * band_w * C, scalar_t(0));
   const int64_t b_begin = std::max<int64_t>(0, -col0), b_end = std::min(band_w, l.width - col0);
   for (int64_t a = 0; a < rows; ++a) {
     const int64_t ih = row0 + a;
     if (ih < 0 || ih >= l.height || b_end <= b_begin) continue;
-    gather_channels(transpose, x + n * l.n + ih * l.h + (col0 + b_begin) * l.w, l, b_end - b_begin, C,
+    gather_channels(transpose, widen, x + n * l.n + ih * l.h + (col0 + b_begin) * l.w, l, b_end - b_begin, C,
                     band + (a * band_w + b_begin) * C, C);
   }
 }
 
 // y[n, c, row0 + a, b] = band[a][b][c] for the rows and columns that exist, the band's pixels
-// band_c >= channels values apart; streamed (see Transpose) when stream. Into NCHW, a band as wide
-// as the image moves as one run of pixels per channel, whose lines the squares fill whole.
-template <typename scalar_t>
-void store_band(Transpose<scalar_t> transpose, const scalar_t* band, int64_t rows, int64_t band_w, scalar_t* y, const Layout& l,
+// band_c >= channels values apart, rounded where y holds float16 or bfloat16 (io_t); streamed
+// (see Transpose) when stream. Into NCHW, a band as wide as the image moves as one run of pixels
+// per channel, whose lines the squares fill whole.
+template <typename scalar_t, typename io_t>
+void store_band(Transpose<scalar_t, io_t> transpose, const scalar_t* band, int64_t rows, int64_t band_w, io_t* y, const Layout& l,
                 int64_t n, int64_t row0, int64_t band_c, bool stream) {
-  const int64_t C = l.channels, stride = band_c;
+  const int64_t C = l.channels;
+  const auto narrow = convert_row_for_this_cpu<scalar_t, io_t>();
   rows = std::min(rows, l.height - row0);
-  scalar_t* y_rows = y + n * l.n + row0 * l.h;
+  io_t* y_rows = y + n * l.n + row0 * l.h;
   if (l.c != 1 && band_w == l.width && l.h == l.width) {
-    transpose(band, stride, rows * l.width, C, y_rows, l.c, stream);
+    scatter_channels(transpose, narrow, band, band_c, rows * l.width, C, y_rows, l, stream);
   } else {
     for (int64_t a = 0; a < rows; ++a) {
-      const scalar_t* src = band + a * band_w * stride;
-      scalar_t* dst = y_rows + a * l.h;
-      if (l.c == 1) {
-        for (int64_t b = 0; b < l.width; ++b) std::copy(src + b * stride, src + b * stride + C, dst + b * l.w);
-      } else {
-        transpose(src, stride, l.width, C, dst, l.c, stream);
-      }
+      scatter_channels(transpose, narrow, band + a * band_w * band_c, band_c, l.width, C, y_rows + a * l.h, l, stream);
     }
   }
   if (stream) _mm_sfence();

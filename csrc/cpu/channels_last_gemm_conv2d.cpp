@@ -188,10 +188,13 @@ at::Tensor channels_last_gemm_conv2d_forward(const at::Tensor& input, const at::
   at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options().memory_format(result_format));
   if (output.numel() == 0) return output;
   const Conv2dGeometry one = one_group(g);
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_channels_last_gemm_forward", [&] {
+  dispatch_band_types(input.scalar_type(), [&](auto compute, auto io) {
+    using scalar_t = decltype(compute);
+    using io_t = decltype(io);
     constexpr int64_t W = kPanelWidth<scalar_t>;
     const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
-    const auto transpose = transpose_for_this_cpu<scalar_t>();
+    const auto read_x = transpose_for_this_cpu<io_t, scalar_t>();
+    const auto write_y = transpose_for_this_cpu<scalar_t, io_t>();
     const int64_t C = one.in_channels, K = one.out_channels, panels = (K + W - 1) / W, out_pixel = panels * W;
     const int64_t filter = g.kernel_h * g.kernel_w;
     std::vector<int64_t> taps(filter);
@@ -202,17 +205,17 @@ at::Tensor channels_last_gemm_conv2d_forward(const at::Tensor& input, const at::
     const auto input_rows = [&](int64_t r) { return Bands::input_rows(one, r); };
     const std::vector<int64_t> offsets = patch_offsets(one, band_w);
     const GroupedLayout x_layout(input, g), y_layout(output, g);
-    const scalar_t* x = input.const_data_ptr<scalar_t>();
+    const io_t* x = input.const_data_ptr<io_t>();
     const scalar_t* w = packed.const_data_ptr<scalar_t>();
     const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
-    scalar_t* y = output.mutable_data_ptr<scalar_t>();
+    io_t* y = output.mutable_data_ptr<io_t>();
     const bool stream = streams(output);
     at::parallel_for(0, one.batch * bands_per_image, 1, [&](int64_t begin, int64_t end) {
       AlignedVector<scalar_t> in_band(input_rows(rows) * band_w * C), out_band(rows * one.out_w * out_pixel);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t p = task / bands_per_image, oh0 = task % bands_per_image * rows, group = x_layout.group(p);
         const int64_t band_rows = std::min(rows, one.out_h - oh0);
-        fill_band(transpose, x + x_layout.offset(p), x_layout.layout, x_layout.image(p), oh0 * one.stride_h - one.pad_h,
+        fill_band(read_x, x + x_layout.offset(p), x_layout.layout, x_layout.image(p), oh0 * one.stride_h - one.pad_h,
                   input_rows(band_rows), -one.pad_w, band_w, in_band.data());
         forward_band(kernel, in_band.data(), band_w, w + group * panels * C * filter * W, panels, offsets.data(), one,
                      band_rows, out_band.data());
@@ -221,7 +224,7 @@ at::Tensor channels_last_gemm_conv2d_forward(const at::Tensor& input, const at::
             for (int64_t k = 0; k < K; ++k) out_band[q * out_pixel + k] += b[group * K + k];
           }
         }
-        store_band(transpose, out_band.data(), band_rows, one.out_w, y + y_layout.offset(p), y_layout.layout,
+        store_band(write_y, out_band.data(), band_rows, one.out_w, y + y_layout.offset(p), y_layout.layout,
                    y_layout.image(p), oh0, out_pixel, stream);
       }
     });
@@ -258,10 +261,13 @@ at::Tensor channels_last_gemm_conv2d_grad_input(const at::Tensor& grad_output, c
   // grad_output's rows and columns that a band reads: from the most negative offset on.
   const int64_t top = (g.kernel_h - 1) * g.dilation_h / sh + 1, left = (g.kernel_w - 1) * g.dilation_w / sw + 1;
   const int64_t band_w = (g.in_w - 1 + g.pad_w) / sw + left + 1;
-  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "conv_ext_channels_last_gemm_grad_input", [&] {
+  dispatch_band_types(grad_output.scalar_type(), [&](auto compute, auto io) {
+    using scalar_t = decltype(compute);
+    using io_t = decltype(io);
     constexpr int64_t W = kPanelWidth<scalar_t>;
     const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
-    const auto transpose = transpose_for_this_cpu<scalar_t>();
+    const auto read_gy = transpose_for_this_cpu<io_t, scalar_t>();
+    const auto write_gx = transpose_for_this_cpu<scalar_t, io_t>();
     const int64_t panels = (C + W - 1) / W, in_pixel = panels * W, band_row = band_w * K;
     // Per phase: its offsets table over (taps, K) and each group's filters packed per panel of
     // input channels, step (tap, k) of panel p's column j = weight[group * K + k][p * W + j][kh][kw].
@@ -290,8 +296,8 @@ at::Tensor channels_last_gemm_conv2d_grad_input(const at::Tensor& grad_output, c
                       (top + 2) * band_row * int64_t{sizeof(scalar_t)});
     const int64_t rows = bands.rows, bands_per_image = bands.per_image;
     const GroupedLayout gy_layout(grad_output, g), gx_layout(grad_input, g);
-    const scalar_t* gy = grad_output.const_data_ptr<scalar_t>();
-    scalar_t* gx = grad_input.mutable_data_ptr<scalar_t>();
+    const io_t* gy = grad_output.const_data_ptr<io_t>();
+    io_t* gx = grad_input.mutable_data_ptr<io_t>();
     const bool stream = streams(grad_input);
     at::parallel_for(0, one.batch * bands_per_image, 1, [&](int64_t begin, int64_t end) {
       AlignedVector<scalar_t> gy_band(((rows - 1) / sh + top + 2) * band_row), out_band(rows * g.in_w * in_pixel);
@@ -299,7 +305,7 @@ at::Tensor channels_last_gemm_conv2d_grad_input(const at::Tensor& grad_output, c
         const int64_t p = task / bands_per_image, ih0 = task % bands_per_image * rows, group = gy_layout.group(p);
         const int64_t band_rows = std::min(rows, g.in_h - ih0);
         const int64_t q0 = (ih0 + g.pad_h) / sh - top, q1 = (ih0 + band_rows - 1 + g.pad_h) / sh;  // grad_output rows
-        fill_band(transpose, gy + gy_layout.offset(p), gy_layout.layout, gy_layout.image(p), q0, q1 - q0 + 1, -left, band_w,
+        fill_band(read_gy, gy + gy_layout.offset(p), gy_layout.layout, gy_layout.image(p), q0, q1 - q0 + 1, -left, band_w,
                   gy_band.data());
         std::fill(out_band.begin(), out_band.end(), scalar_t(0));  // pixels no tap reaches
         // Per phase and block of its filters (in L1), every row of the band in that phase.
@@ -315,7 +321,7 @@ at::Tensor channels_last_gemm_conv2d_grad_input(const at::Tensor& grad_output, c
             for (int64_t p0 = 0; p0 < panels; p0 += kernel.panels) {
               const int tile_panels = static_cast<int>(std::min<int64_t>(kernel.panels, panels - p0));
               for (int64_t k0 = 0; k0 < depth; k0 += kernel.depth) {
-                const scalar_t* panel = phase.packed.const_data_ptr<scalar_t>() + ((group * panels + p0) * depth + k0) * W;
+                const scalar_t* panel = phase.packed.template const_data_ptr<scalar_t>() + ((group * panels + p0) * depth + k0) * W;
                 for (int64_t ih = first_row; ih < ih0 + band_rows; ih += sh) {
                   const scalar_t* x = gy_band.data() + ((ih + g.pad_h) / sh - q0) * band_row + ((iw0 + g.pad_w) / sw + left) * K;
                   scalar_t* y = out_band.data() + ((ih - ih0) * g.in_w + iw0) * in_pixel + p0 * W;
@@ -329,7 +335,7 @@ at::Tensor channels_last_gemm_conv2d_grad_input(const at::Tensor& grad_output, c
             }
           }
         }
-        store_band(transpose, out_band.data(), band_rows, g.in_w, gx + gx_layout.offset(p), gx_layout.layout,
+        store_band(write_gx, out_band.data(), band_rows, g.in_w, gx + gx_layout.offset(p), gx_layout.layout,
                    gx_layout.image(p), ih0, in_pixel, stream);
       }
     });
@@ -362,10 +368,13 @@ at::Tensor channels_last_gemm_conv2d_grad_weight(const at::Tensor& input, const 
   };
   std::mutex sums_mutex;
   std::vector<Sums> sums;  // per thread
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_channels_last_gemm_grad_weight", [&] {
+  dispatch_band_types(input.scalar_type(), [&](auto compute, auto io) {
+    using scalar_t = decltype(compute);
+    using io_t = decltype(io);
     constexpr int64_t W = kPanelWidth<scalar_t>;
     const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
-    const auto transpose = transpose_for_this_cpu<scalar_t>();
+    const auto read = transpose_for_this_cpu<io_t, scalar_t>();
+    const auto widen = convert_row_for_this_cpu<io_t, scalar_t>();
     const int64_t panels = (K + W - 1) / W, padded = panels * W;
     // Bands whose input and packed grad_output stay in L2, multiplied in blocks of pixels as
     // deep as the kernel takes.
@@ -373,13 +382,13 @@ at::Tensor channels_last_gemm_conv2d_grad_weight(const at::Tensor& input, const 
     const int64_t band_w = Bands::input_width(one), rows = bands.rows, bands_per_image = bands.per_image;
     const auto input_rows = [&](int64_t r) { return Bands::input_rows(one, r); };
     const GroupedLayout x_layout(input, g), gy_layout(grad_output, g);
-    const scalar_t* x = input.const_data_ptr<scalar_t>();
-    const scalar_t* gy = grad_output.const_data_ptr<scalar_t>();
+    const io_t* x = input.const_data_ptr<io_t>();
+    const io_t* gy = grad_output.const_data_ptr<io_t>();
     at::parallel_for(0, one.batch * bands_per_image, 1, [&](int64_t begin, int64_t end) {
       const at::AutoDispatchBelowADInplaceOrView below_autograd;  // worker threads do not inherit it
       const int64_t first_group = gy_layout.group(begin / bands_per_image);
       const int64_t groups = gy_layout.group((end - 1) / bands_per_image) + 1 - first_group;
-      at::Tensor sum_tensor = at::zeros({groups, runs, entries, padded}, input.options());
+      at::Tensor sum_tensor = at::zeros({groups, runs, entries, padded}, compute_options<scalar_t>(input));
       scalar_t* sum = sum_tensor.mutable_data_ptr<scalar_t>();
       AlignedVector<scalar_t> in_band(input_rows(rows) * band_w * C);
       AlignedVector<scalar_t> gy_band(panels * rows * g.out_w * W);  // [panel][pixel][column]; zero past K
@@ -387,14 +396,14 @@ at::Tensor channels_last_gemm_conv2d_grad_weight(const at::Tensor& input, const 
       for (int64_t task = begin; task < end; ++task) {
         const int64_t p = task / bands_per_image, oh0 = task % bands_per_image * rows;
         const int64_t band_rows = std::min(rows, g.out_h - oh0), pixels = band_rows * g.out_w;
-        fill_band(transpose, x + x_layout.offset(p), x_layout.layout, x_layout.image(p), oh0 * g.stride_h - g.pad_h,
+        fill_band(read, x + x_layout.offset(p), x_layout.layout, x_layout.image(p), oh0 * g.stride_h - g.pad_h,
                   input_rows(band_rows), -g.pad_w, band_w, in_band.data());
         for (int64_t q = 0; q < pixels; ++q) offsets[q] = ((q / g.out_w * g.stride_h) * band_w + q % g.out_w * g.stride_w) * C;
         const Layout& l = gy_layout.layout;
-        const scalar_t* gy_rows = gy + gy_layout.offset(p) + gy_layout.image(p) * l.n + oh0 * l.h;
+        const io_t* gy_rows = gy + gy_layout.offset(p) + gy_layout.image(p) * l.n + oh0 * l.h;
         for (int64_t panel = 0; panel < panels; ++panel) {  // gy_band[panel][q][j] = gy[n, panel * W + j, pixel q of the band]
           const int64_t k0 = panel * W;
-          gather_channels(transpose, gy_rows + k0 * l.c, l, pixels, std::min(W, K - k0), gy_band.data() + panel * pixels * W, W);
+          gather_channels(read, widen, gy_rows + k0 * l.c, l, pixels, std::min(W, K - k0), gy_band.data() + panel * pixels * W, W);
         }
         scalar_t* group_sum = sum + (gy_layout.group(p) - first_group) * runs * entries * padded;
         // Per block of pixels and of grad_output's panels (in L1), every run's entries.
@@ -436,9 +445,9 @@ at::Tensor channels_last_gemm_conv2d_grad_weight(const at::Tensor& input, const 
   // (torch's copy of the permuted view had taken 0.37 of a 0.86 ms weight gradient: 3x3/2
   // 128->256 @28 at batch 1, Zen 5).
   const int64_t taps = g.kernel_h * g.kernel_w, filter = taps * C, padded = group_sums.front().size(2);
-  at::Tensor by_filter = at::empty({g.groups * K * filter}, input.options());
-  at::Tensor grad_weight = at::empty({g.out_channels, C, g.kernel_h, g.kernel_w}, input.options());
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_channels_last_gemm_grad_weight_order", [&] {
+  at::Tensor by_filter = at::empty({g.groups * K * filter}, group_sums.front().options());
+  at::Tensor grad_weight = at::empty({g.out_channels, C, g.kernel_h, g.kernel_w}, group_sums.front().options());
+  AT_DISPATCH_FLOATING_TYPES(grad_weight.scalar_type(), "conv_ext_channels_last_gemm_grad_weight_order", [&] {
     constexpr int64_t W = kPanelWidth<scalar_t>;
     const auto transpose = transpose_for_this_cpu<scalar_t>();
     scalar_t* rows = by_filter.mutable_data_ptr<scalar_t>();

@@ -13,20 +13,22 @@ namespace conv_ext {
 // Whether this CPU runs it (AVX2+FMA, unless CONV_EXT_CPU_ISA=generic).
 bool channels_last_gemm_available();
 
-// The forward (any groups, at least one input channel) from float32 or float64 operands: the
-// input dense NCHW or NHWC, the weight contiguous, bias possibly undefined. The result in
-// result_format.
+// The forward (any groups, at least one input channel): the input dense NCHW or NHWC, float64,
+// float32, float16 or bfloat16; the weight contiguous and bias (possibly undefined) in the type
+// computed in (float32 for float16 and bfloat16, which are widened as read). The result in the
+// input's dtype (rounded once) and result_format.
 at::Tensor channels_last_gemm_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
                                              const at::Tensor& bias, const Conv2dGeometry& g,
                                              at::MemoryFormat result_format);
 
-// The input gradient (any groups, at least one output channel) from float32 or float64 operands:
-// grad_output dense NCHW or NHWC, the weight contiguous. The result in result_format.
+// The input gradient (any groups, at least one output channel): grad_output dense NCHW or NHWC,
+// the weight contiguous, dtypes as for the forward. The result in grad_output's dtype and
+// result_format.
 at::Tensor channels_last_gemm_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
                                                 const Conv2dGeometry& g, at::MemoryFormat result_format);
 
-// The weight gradient (any groups, at least one input channel) from float32 or float64 operands,
-// input and grad_output dense NCHW or NHWC: (K, C / groups, kh, kw).
+// The weight gradient (any groups, at least one input channel), input and grad_output dense
+// NCHW or NHWC, of one dtype: (K, C / groups, kh, kw) in the type computed in.
 at::Tensor channels_last_gemm_conv2d_grad_weight(const at::Tensor& input, const at::Tensor& grad_output,
                                                  const Conv2dGeometry& g);
 

@@ -212,9 +212,10 @@ Tensor compute_operand(const Tensor& t, at::MemoryFormat format = at::MemoryForm
   return reduced ? t.to(at::kFloat, false, false, format) : t.contiguous(format);
 }
 
-// compute_operand in t's own layout, for the kernels that read NCHW and NHWC alike through
-// bands (Winograd, the channels-last GEMM).
-Tensor band_operand(const Tensor& t) { return compute_operand(t, t.suggest_memory_format()); }
+// A dense operand of the kernels that read NCHW and NHWC alike through bands (Winograd, the
+// channels-last GEMM), in t's own layout: the bands widen float16 and bfloat16 as they read
+// them (bands.h), so those stay as they are.
+Tensor band_operand(const Tensor& t) { return t.contiguous(t.suggest_memory_format()); }
 
 // The result in the caller's dtype and layout, with at most one copy.
 Tensor finish(const Tensor& result, at::ScalarType dtype, at::MemoryFormat format) {

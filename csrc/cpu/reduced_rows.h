@@ -5,11 +5,13 @@
 // AVX-512, also Vec's loads and stores on such rows (Widened), for kernels that read them in place.
 #pragma once
 
+#include "cpu_features.h"
 #include "vec.h"
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <immintrin.h>
@@ -95,6 +97,10 @@ using IoVec = Vec<io_t>;
 }  // namespace avx2
 #pragma GCC pop_options
 
+// GCC 12's AVX-512 conversions and shifts start their results from a deliberately undefined
+// vector, which -Wmaybe-uninitialized reports wherever they are inlined (GCC bug 105593).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx2,fma,f16c,prefer-vector-width=512")
 namespace avx512 {
@@ -154,5 +160,23 @@ using IoVec = std::conditional_t<std::is_floating_point_v<io_t>, Vec<io_t>, Wide
 
 }  // namespace avx512
 #pragma GCC pop_options
+#pragma GCC diagnostic pop
+
+// dst[i] = src[i] for i < n: float16 or bfloat16 widened to float32, float32 rounded to them, or a
+// copy, by the loops of this CPU's instruction set (asked once per call site, not per row).
+template <typename from_t, typename to_t>
+using ConvertRow = void (*)(const from_t* src, int64_t n, to_t* dst);
+
+template <typename from_t, typename to_t>
+ConvertRow<from_t, to_t> convert_row_for_this_cpu() {
+  if constexpr (std::is_same_v<from_t, to_t>) {
+    return [](const from_t* src, int64_t n, to_t* dst) { std::copy(src, src + n, dst); };
+  } else if constexpr (std::is_same_v<to_t, float>) {
+    return use_avx512() ? &avx512::widen_row<from_t> : use_avx2() ? &avx2::widen_row<from_t> : &generic::widen_row<from_t>;
+  } else {
+    static_assert(std::is_same_v<from_t, float>);
+    return use_avx512() ? &avx512::narrow_row<to_t> : use_avx2() ? &avx2::narrow_row<to_t> : &generic::narrow_row<to_t>;
+  }
+}
 
 }  // namespace conv_ext

@@ -25,7 +25,6 @@
 #include "micro_kernel.h"
 
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
 #include <immintrin.h>
@@ -400,17 +399,18 @@ void multiply_tiles_transposed(const scalar_t* w, int64_t w_row, int64_t rows, c
 // (36, count, K) buffer for the output side. per_row(r, n, row, other) runs after row r's
 // input transform (tile row `row` of image n), per_chunk(v, other, first_row, rows) at the end.
 // The output side has K values per tile and element.
-template <int R, typename scalar_t, typename PerRow, typename PerChunk>
+template <int R, typename scalar_t, typename io_t, typename PerRow, typename PerChunk>
 void for_each_chunk(const Transforms<R, scalar_t>& transforms, const Tensor& input,
                     const Conv2dGeometry& g, const TileGrid& grid, const Chunks& chunks,
                     int64_t begin, int64_t end, int64_t K, PerRow&& per_row, PerChunk&& per_chunk) {
   constexpr int M = 7 - R;
   const int64_t C = g.in_channels, band_w = grid.cols * M + R - 1;
   const int64_t max_tiles = chunks.rows_per_chunk * grid.cols;
-  const scalar_t* x = input.const_data_ptr<scalar_t>();
+  const io_t* x = input.const_data_ptr<io_t>();
   const Layout x_layout(input);
-  Tensor v_buffer = at::empty({kElements * max_tiles * C}, input.options());
-  Tensor other_buffer = at::empty({kElements * max_tiles * K}, input.options());
+  const auto read_x = transpose_for_this_cpu<io_t, scalar_t>();
+  Tensor v_buffer = at::empty({kElements * max_tiles * C}, compute_options<scalar_t>(input));
+  Tensor other_buffer = at::empty({kElements * max_tiles * K}, compute_options<scalar_t>(input));
   AlignedVector<scalar_t> tmp(kElements * kLanes), band(kBlock * band_w * C);
   for (int64_t chunk = begin; chunk < end; ++chunk) {
     const int64_t first_row = chunks.first_row(chunk), rows = chunks.rows(chunk);
@@ -419,7 +419,7 @@ void for_each_chunk(const Transforms<R, scalar_t>& transforms, const Tensor& inp
     Tensor other = other_buffer.narrow(0, 0, kElements * count * K).view({kElements, count, K});
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t n = (first_row + r) / grid.rows, row = (first_row + r) % grid.rows;
-      fill_band(transforms.transpose, x, x_layout, n, row * M - g.pad_h, kBlock, -g.pad_w, band_w, band.data());
+      fill_band(read_x, x, x_layout, n, row * M - g.pad_h, kBlock, -g.pad_w, band_w, band.data());
       transform_input_row(transforms, band.data(), band_w, grid.cols, C, v.mutable_data_ptr<scalar_t>(),
                           count, r * grid.cols, tmp.data());
       per_row(r, n, row, other);
@@ -428,7 +428,7 @@ void for_each_chunk(const Transforms<R, scalar_t>& transforms, const Tensor& inp
   }
 }
 
-template <int R, typename scalar_t>
+template <int R, typename scalar_t, typename io_t>
 void winograd_forward_kernel(const Tensor& input, const Tensor& weight, FilterOrder order, const Tensor& bias,
                              Tensor& output, const Conv2dGeometry& g) {
   constexpr int M = 7 - R;
@@ -444,9 +444,10 @@ void winograd_forward_kernel(const Tensor& input, const Tensor& weight, FilterOr
   transform_filters(transforms, FilterSource<scalar_t>(weight, order), u.mutable_data_ptr<scalar_t>(), u_stride, C, K, width);
   const scalar_t* u_data = u.const_data_ptr<scalar_t>();
   const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
-  scalar_t* y = output.mutable_data_ptr<scalar_t>();
+  io_t* y = output.mutable_data_ptr<io_t>();
   const bool stream = streams(output);
   const Layout y_layout(output);
+  const auto write_y = transpose_for_this_cpu<scalar_t, io_t>();
 
   at::parallel_for(0, chunks.count, 1, [&](int64_t begin, int64_t end) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;  // not inherited by workers
@@ -469,29 +470,31 @@ void winograd_forward_kernel(const Tensor& input, const Tensor& weight, FilterOr
             transforms.output(pt, b != nullptr ? b + k0 : nullptr, yt, tmp.data(), std::min(kLanes, K - k0));
           }
         }
-        store_band(transforms.transpose, band.data(), M, band_w, y, y_layout, n, row * M, y_layout.channels, stream);
+        store_band(write_y, band.data(), M, band_w, y, y_layout, n, row * M, y_layout.channels, stream);
       }
     };
-    for_each_chunk(transforms, input, g, grid, chunks, begin, end, padded_k, no_row_work, multiply_and_store);
+    for_each_chunk<R, scalar_t, io_t>(transforms, input, g, grid, chunks, begin, end, padded_k, no_row_work,
+                                      multiply_and_store);
   });
 }
 
 // V (36, tiles, C) for every tile of the batch, transformed in parallel by rows of tiles.
-template <int R, typename scalar_t>
+template <int R, typename scalar_t, typename io_t>
 Tensor transform_batch_input(const Transforms<R, scalar_t>& transforms, const Tensor& input,
                              const Conv2dGeometry& g, const TileGrid& grid) {
   constexpr int M = 7 - R;
   const int64_t C = g.in_channels, tile_rows = g.batch * grid.rows, tiles = tile_rows * grid.cols;
   const int64_t band_w = grid.cols * M + R - 1;
-  Tensor v = at::empty({kElements, tiles, C}, input.options());
+  Tensor v = at::empty({kElements, tiles, C}, compute_options<scalar_t>(input));
   scalar_t* v_data = v.mutable_data_ptr<scalar_t>();
-  const scalar_t* x = input.const_data_ptr<scalar_t>();
+  const io_t* x = input.const_data_ptr<io_t>();
   const Layout x_layout(input);
+  const auto read_x = transpose_for_this_cpu<io_t, scalar_t>();
   at::parallel_for(0, tile_rows, 1, [&](int64_t begin, int64_t end) {
     AlignedVector<scalar_t> tmp(kElements * kLanes), band(kBlock * band_w * C);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / grid.rows, row = r % grid.rows;
-      fill_band(transforms.transpose, x, x_layout, n, row * M - g.pad_h, kBlock, -g.pad_w, band_w, band.data());
+      fill_band(read_x, x, x_layout, n, row * M - g.pad_h, kBlock, -g.pad_w, band_w, band.data());
       transform_input_row(transforms, band.data(), band_w, grid.cols, C, v_data, tiles, r * grid.cols, tmp.data());
     }
   });
@@ -500,7 +503,7 @@ Tensor transform_batch_input(const Transforms<R, scalar_t>& transforms, const Te
 
 // What the forward and the weight gradient by panels share: the batch's tiles and their
 // transformed input V (36, tiles, C).
-template <int R, typename scalar_t>
+template <int R, typename scalar_t, typename io_t>
 struct BatchTiles {
   static constexpr int M = 7 - R;
   TileGrid grid;
@@ -510,7 +513,7 @@ struct BatchTiles {
 
   BatchTiles(const Tensor& input, const Conv2dGeometry& g)
       : grid(g), tile_rows(g.batch * grid.rows), tiles(tile_rows * grid.cols), band_w(grid.cols * M),
-        transforms(transforms_for_this_cpu<R, scalar_t>()), v(transform_batch_input(transforms, input, g, grid)) {}
+        transforms(transforms_for_this_cpu<R, scalar_t>()), v(transform_batch_input<R, scalar_t, io_t>(transforms, input, g, grid)) {}
 };
 
 // The forward for few tiles (a small batch of small images, deep layers): chunks of tiles would
@@ -518,21 +521,22 @@ struct BatchTiles {
 // transformed filters from memory. Here the input is transformed once, whole, and the threads
 // split the output channels a panel at a time: each panel's filters are transformed in cache,
 // multiplied by every tile and transformed back into the output.
-template <int R, typename scalar_t>
+template <int R, typename scalar_t, typename io_t>
 void winograd_forward_by_panels(const Tensor& input, const Tensor& weight, FilterOrder order, const Tensor& bias,
                                 Tensor& output, const Conv2dGeometry& g) {
   constexpr int M = 7 - R;
   constexpr int64_t width = kPanelWidth<scalar_t>;
-  const BatchTiles<R, scalar_t> batch(input, g);
+  const BatchTiles<R, scalar_t, io_t> batch(input, g);
   const auto& [grid, tile_rows, tiles, band_w, transforms, v] = batch;
   const int64_t C = g.in_channels, K = g.out_channels;
   const scalar_t* v_data = v.template const_data_ptr<scalar_t>();
 
   const FilterSource<scalar_t> filters(weight, order);
   const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
-  scalar_t* y = output.mutable_data_ptr<scalar_t>();
+  io_t* y = output.mutable_data_ptr<io_t>();
   const bool stream = streams(output);
   const Layout y_layout(output);
+  const auto write_y = transpose_for_this_cpu<scalar_t, io_t>();
   // Units of the micro-kernel's panels, when there are enough to share evenly, else single ones.
   const int64_t panels = (K + width - 1) / width, kernel_panels = micro_kernel_for_this_cpu<scalar_t>().panels;
   const int64_t step = panels >= 2 * at::get_num_threads() * kernel_panels ? kernel_panels : 1;
@@ -568,7 +572,7 @@ void winograd_forward_by_panels(const Tensor& input, const Tensor& weight, Filte
             block_pointers<M>(band.data(), band_w, col, M, lanes, 0, yt);
             transforms.output(pt, b != nullptr ? b + k0 : nullptr, yt, output_tmp.data(), lanes);
           }
-          store_band(transforms.transpose, band.data(), M, band_w, y + k0 * y_layout.c, panel_layout, r / grid.rows,
+          store_band(write_y, band.data(), M, band_w, y + k0 * y_layout.c, panel_layout, r / grid.rows,
                      r % grid.rows * M, panel_layout.channels, stream);
         }
       }
@@ -580,17 +584,18 @@ void winograd_forward_by_panels(const Tensor& input, const Tensor& weight, Filte
 // the threads split the output channels a panel at a time. Per panel W = A gy A^T for every
 // tile, the 36 products W^T V summed over all tiles by one GEMM each, and grad_w = G^T (sum) G;
 // no thread shares a sum, so none is reduced across threads.
-template <int R, typename scalar_t>
+template <int R, typename scalar_t, typename io_t>
 void winograd_grad_weight_by_panels(const Tensor& input, const Tensor& grad_output,
                                     Tensor& grad_weight, const Conv2dGeometry& g) {
   constexpr int M = 7 - R;
   constexpr int64_t width = kPanelWidth<scalar_t>;
-  const BatchTiles<R, scalar_t> batch(input, g);
+  const BatchTiles<R, scalar_t, io_t> batch(input, g);
   const auto& [grid, tile_rows, tiles, band_w, transforms, v] = batch;
   const int64_t C = g.in_channels, K = g.out_channels;
 
-  const scalar_t* gy = grad_output.const_data_ptr<scalar_t>();
+  const io_t* gy = grad_output.const_data_ptr<io_t>();
   const Layout gy_layout(grad_output);
+  const auto read_gy = transpose_for_this_cpu<io_t, scalar_t>();
   scalar_t* gw = grad_weight.mutable_data_ptr<scalar_t>();
   const bool on_micro_kernel = !blas_keeps_up();
   const int64_t s_row = product_sum_row<scalar_t>(C, on_micro_kernel);
@@ -598,8 +603,8 @@ void winograd_grad_weight_by_panels(const Tensor& input, const Tensor& grad_outp
   if (on_micro_kernel) pack_tile_panels(v.template const_data_ptr<scalar_t>(), tiles, C, packed_v.data());
   at::parallel_for(0, (K + width - 1) / width, 1, [&](int64_t begin, int64_t end) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;  // not inherited by workers
-    Tensor w = at::empty({kElements, tiles, width}, input.options());
-    Tensor sum_buffer = at::empty({kElements * width * s_row}, input.options());
+    Tensor w = at::empty({kElements, tiles, width}, compute_options<scalar_t>(input));
+    Tensor sum_buffer = at::empty({kElements * width * s_row}, compute_options<scalar_t>(input));
     AlignedVector<scalar_t> band(M * band_w * width), tmp(kElements * kLanes), filter_tmp((R * R + 6 * R) * kLanes);
     for (int64_t panel = begin; panel < end; ++panel) {
       const int64_t k0 = panel * width, lanes = std::min(width, K - k0);
@@ -607,7 +612,7 @@ void winograd_grad_weight_by_panels(const Tensor& input, const Tensor& grad_outp
       panel_layout.channels = lanes;
       scalar_t* w_data = w.mutable_data_ptr<scalar_t>();
       for (int64_t r = 0; r < tile_rows; ++r) {
-        fill_band(transforms.transpose, gy + k0 * gy_layout.c, panel_layout, r / grid.rows, r % grid.rows * M, M, 0, band_w, band.data());
+        fill_band(read_gy, gy + k0 * gy_layout.c, panel_layout, r / grid.rows, r % grid.rows * M, M, 0, band_w, band.data());
         for (int64_t col = 0; col < grid.cols; ++col) {
           const scalar_t* gt[M][M];
           block_pointers<M>(static_cast<const scalar_t*>(band.data()), band_w, col, M, lanes, 0, gt);
@@ -635,7 +640,7 @@ void winograd_grad_weight_by_panels(const Tensor& input, const Tensor& grad_outp
   });
 }
 
-template <int R, typename scalar_t>
+template <int R, typename scalar_t, typename io_t>
 void winograd_grad_weight_kernel(const Tensor& input, const Tensor& grad_output,
                                  Tensor& grad_weight, const Conv2dGeometry& g) {
   constexpr int M = 7 - R;
@@ -644,8 +649,9 @@ void winograd_grad_weight_kernel(const Tensor& input, const Tensor& grad_output,
   const int64_t C = g.in_channels, K = g.out_channels, band_w = grid.cols * M;
 
   const auto transforms = transforms_for_this_cpu<R, scalar_t>();
-  const scalar_t* gy = grad_output.const_data_ptr<scalar_t>();
+  const io_t* gy = grad_output.const_data_ptr<io_t>();
   const Layout gy_layout(grad_output);
+  const auto read_gy = transpose_for_this_cpu<io_t, scalar_t>();
   std::mutex sums_mutex;
   std::vector<Tensor> sums;  // per task: (36, K, s_row), the products summed over its tiles
   const bool on_micro_kernel = !blas_keeps_up();
@@ -653,14 +659,14 @@ void winograd_grad_weight_kernel(const Tensor& input, const Tensor& grad_output,
 
   at::parallel_for(0, chunks.count, 1, [&](int64_t begin, int64_t end) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    Tensor sum = at::zeros({kElements, K, s_row}, input.options());
+    Tensor sum = at::zeros({kElements, K, s_row}, compute_options<scalar_t>(input));
     AlignedVector<scalar_t> packed_v(on_micro_kernel ? kElements * chunks.rows_per_chunk * grid.cols * s_row : 0);
     AlignedVector<scalar_t> tmp(kElements * kLanes), band(M * band_w * K);
     // W = A gy A^T for each tile of the row, from its rows of grad_output.
     const auto transform_grad_output_row = [&](int64_t r, int64_t n, int64_t row, Tensor& w) {
       const int64_t count = w.size(1);
       scalar_t* w_data = w.mutable_data_ptr<scalar_t>();
-      fill_band(transforms.transpose, gy, gy_layout, n, row * M, M, 0, band_w, band.data());
+      fill_band(read_gy, gy, gy_layout, n, row * M, M, 0, band_w, band.data());
       for (int64_t col = 0; col < grid.cols; ++col) {
         const int64_t t = r * grid.cols + col;
         for (int64_t k0 = 0; k0 < K; k0 += kLanes) {
@@ -682,7 +688,8 @@ void winograd_grad_weight_kernel(const Tensor& input, const Tensor& grad_output,
       multiply_tiles_transposed(w.const_data_ptr<scalar_t>(), K, K, packed_v.data(), C, count, Write::add,
                                 sum.mutable_data_ptr<scalar_t>(), s_row);
     };
-    for_each_chunk(transforms, input, g, grid, chunks, begin, end, K, transform_grad_output_row, add_products);
+    for_each_chunk<R, scalar_t, io_t>(transforms, input, g, grid, chunks, begin, end, K, transform_grad_output_row,
+                                      add_products);
     const std::lock_guard<std::mutex> lock(sums_mutex);
     sums.push_back(sum);
   });
@@ -749,6 +756,18 @@ int64_t tiles_repaying_chunks(const Conv2dGeometry& g) {
   return kElements * g.in_channels * g.out_channels <= kMaxFilterElements ? 32 : 128;
 }
 
+// fn(R, compute, io) with R the kernel's size (see dispatch_band_types).
+template <typename Fn>
+void dispatch(const Conv2dGeometry& g, at::ScalarType dtype, Fn&& fn) {
+  dispatch_band_types(dtype, [&](auto compute, auto io) {
+    if (g.kernel_h == 3) {
+      fn(std::integral_constant<int, 3>{}, compute, io);
+    } else {
+      fn(std::integral_constant<int, 5>{}, compute, io);
+    }
+  });
+}
+
 }  // namespace
 
 bool winograd_applies(const Conv2dGeometry& g) {
@@ -773,12 +792,8 @@ Tensor winograd_conv2d_forward(const Tensor& input, const Tensor& weight, Filter
   Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w},
                             input.options().memory_format(output_format));
   if (runs_by_panels(g)) {
-    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_winograd_forward", [&] {
-      if (g.kernel_h == 3) {
-        winograd_forward_by_panels<3, scalar_t>(input, weight, order, bias, output, g);
-      } else {
-        winograd_forward_by_panels<5, scalar_t>(input, weight, order, bias, output, g);
-      }
+    dispatch(g, input.scalar_type(), [&](auto r, auto compute, auto io) {
+      winograd_forward_by_panels<decltype(r)::value, decltype(compute), decltype(io)>(input, weight, order, bias, output, g);
     });
     return output;
   }
@@ -787,12 +802,8 @@ Tensor winograd_conv2d_forward(const Tensor& input, const Tensor& weight, Filter
     const Tensor w = weight.narrow(order == FilterOrder::flipped_transposed ? 1 : 0, first, k);
     const Tensor b = bias.defined() ? bias.narrow(0, first, k) : bias;
     Tensor y = output.narrow(1, first, k);
-    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_winograd_forward", [&] {
-      if (g.kernel_h == 3) {
-        winograd_forward_kernel<3, scalar_t>(input, w, order, b, y, slice);
-      } else {
-        winograd_forward_kernel<5, scalar_t>(input, w, order, b, y, slice);
-      }
+    dispatch(g, input.scalar_type(), [&](auto r, auto compute, auto io) {
+      winograd_forward_kernel<decltype(r)::value, decltype(compute), decltype(io)>(input, w, order, b, y, slice);
     });
   });
   return output;
@@ -800,26 +811,19 @@ Tensor winograd_conv2d_forward(const Tensor& input, const Tensor& weight, Filter
 
 Tensor winograd_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
                                    const Conv2dGeometry& g) {
-  Tensor grad_weight = at::empty({g.out_channels, g.in_channels, g.kernel_h, g.kernel_w}, input.options());
+  Tensor grad_weight = at::empty({g.out_channels, g.in_channels, g.kernel_h, g.kernel_w},
+                                 input.options().dtype(at::toOpMathType(input.scalar_type())));
   if (runs_by_panels(g)) {
-    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_winograd_grad_weight", [&] {
-      if (g.kernel_h == 3) {
-        winograd_grad_weight_by_panels<3, scalar_t>(input, grad_output, grad_weight, g);
-      } else {
-        winograd_grad_weight_by_panels<5, scalar_t>(input, grad_output, grad_weight, g);
-      }
+    dispatch(g, input.scalar_type(), [&](auto r, auto compute, auto io) {
+      winograd_grad_weight_by_panels<decltype(r)::value, decltype(compute), decltype(io)>(input, grad_output, grad_weight, g);
     });
     return grad_weight;
   }
   for_each_output_slice(g, [&](int64_t first, const Conv2dGeometry& slice) {
     const Tensor gy = grad_output.narrow(1, first, slice.out_channels);
     Tensor gw = grad_weight.narrow(0, first, slice.out_channels);
-    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_ext_winograd_grad_weight", [&] {
-      if (g.kernel_h == 3) {
-        winograd_grad_weight_kernel<3, scalar_t>(input, gy, gw, slice);
-      } else {
-        winograd_grad_weight_kernel<5, scalar_t>(input, gy, gw, slice);
-      }
+    dispatch(g, input.scalar_type(), [&](auto r, auto compute, auto io) {
+      winograd_grad_weight_kernel<decltype(r)::value, decltype(compute), decltype(io)>(input, gy, gw, slice);
     });
   });
   return grad_weight;

@@ -16,8 +16,10 @@ bool winograd_applies(const Conv2dGeometry& g);
 // the stride-1 input gradient) and the weight gradient alike.
 bool winograd_pays_off(const Conv2dGeometry& g);
 
-// Operands float32 or float64; input and grad_output dense in NCHW or NHWC order, the weight
-// contiguous. The forward's result comes in the given layout, the weight gradient contiguous.
+// Input and grad_output float64, float32, float16 or bfloat16, dense in NCHW or NHWC order; the
+// weight and bias contiguous, in the type the kernels compute in (float32 for float16 and
+// bfloat16, which are widened as read). The forward's result comes in the input's dtype and the
+// given layout, rounded once; the weight gradient contiguous, in the type computed in.
 at::Tensor winograd_conv2d_forward(const at::Tensor& input, const at::Tensor& weight, FilterOrder order,
                                    const at::Tensor& bias, const Conv2dGeometry& g,
                                    at::MemoryFormat output_format);
