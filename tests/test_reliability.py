@@ -315,7 +315,9 @@ def test_ctrl_c_leaves_the_process_usable():
     """SIGINT during a stream of long calls raises KeyboardInterrupt between calls; afterwards
     the op still works."""
     script = textwrap.dedent("""
-        import sys, torch, conv_ext
+        import signal, sys, torch, conv_ext
+        # Python leaves SIGINT ignored when it starts so (under a parent run as a background job).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         x, w = torch.randn(8, 64, 64, 64), torch.randn(64, 64, 3, 3)
         print("ready", flush=True)
         try:
