@@ -155,7 +155,7 @@ struct alignas(64) TileConfig {
 };
 
 #pragma GCC push_options
-#pragma GCC target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16,avx512vbmi2,avx2,fma")
+#pragma GCC target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16,avx512vbmi2,avx2,fma,f16c")
 
 // dst[2 i] = a[i * step], dst[2 i + 1] = b[i * step] (b null: zero) for i < count.
 void interleave_pair(const uint16_t* a, const uint16_t* b, int64_t step, int64_t count, uint16_t* dst) {
@@ -551,7 +551,7 @@ bool bf16_pairs_conv2d_applies(const Conv2dGeometry& g) {
 }
 
 #pragma GCC push_options
-#pragma GCC target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16,avx512vbmi2,avx2,fma")
+#pragma GCC target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16,avx512vbmi2,avx2,fma,f16c")
 
 // The images are copied in batches of at most kMaxCopyBytes. The output channels run in chunks
 // of one group's, whose filter tiles stay in a core's L2 cache (kFilterChunkBytes), through the
