@@ -304,6 +304,15 @@ Transpose<from_t, to_t> transpose_for_this_cpu() {
                       : &generic::transpose<from_t, to_t>;
 }
 
+// How a kernel moves its bands from a tensor of from_t into to_t (or back): NCHW planes by this
+// CPU's transposes, NHWC pixels' runs of channels by its row conversions. Resolved once per
+// call of a kernel rather than per band (cpu_isa reads the environment).
+template <typename from_t, typename to_t = from_t>
+struct BandMoves {
+  Transpose<from_t, to_t> transpose = transpose_for_this_cpu<from_t, to_t>();
+  ConvertRow<from_t, to_t> convert = convert_row_for_this_cpu<from_t, to_t>();
+};
+
 // fn(compute, io) for a tensor of dtype: io a value of its element type (float64, float32,
 // float16 or bfloat16), compute one of the type the kernels on its bands compute in (float32 for
 // float16 and bfloat16, which the bands widen as they read them and round as they store them).
@@ -330,20 +339,20 @@ struct Layout {
 
 // dst[p * dst_stride + j] = the value of channel c0 + j at pixel p of a run of pixels (consecutive
 // in memory's order of l, NHWC or NCHW) for p < pixels and j < count, src at the run's first
-// pixel's channel c0: channels-innermost, whatever the tensor's layout, widened (`widen`, or the
-// transpose) where the tensor holds float16 or bfloat16 (io_t). Reading them so in place spares
-// a widened copy of the tensor, 15-20% of a bfloat16 Winograd layer (64 ch @56, measured).
+// pixel's channel c0: channels-innermost, whatever the tensor's layout, widened on the way where
+// the tensor holds float16 or bfloat16 (io_t). Reading them so in place spares a widened copy of
+// the tensor, 15-20% of a bfloat16 Winograd layer (64 ch @56, measured).
 template <typename io_t, typename scalar_t>
-void gather_channels(Transpose<io_t, scalar_t> transpose, ConvertRow<io_t, scalar_t> widen, const io_t* src,
-                     const Layout& l, int64_t pixels, int64_t count, scalar_t* dst, int64_t dst_stride) {
+void gather_channels(const BandMoves<io_t, scalar_t>& moves, const io_t* src, const Layout& l, int64_t pixels,
+                     int64_t count, scalar_t* dst, int64_t dst_stride) {
   if (l.c != 1) {  // NCHW (l.w == 1): the pixels are a run of each channel's plane
-    transpose(src, l.c, count, pixels, dst, dst_stride, false);
+    moves.transpose(src, l.c, count, pixels, dst, dst_stride, false);
   } else {  // NHWC: each pixel's channels are a run
     for (int64_t p = 0; p < pixels; ++p) {
       if constexpr (std::is_same_v<io_t, scalar_t>) {
         std::copy(src + p * l.w, src + p * l.w + count, dst + p * dst_stride);
       } else {
-        widen(src + p * l.w, count, dst + p * dst_stride);
+        moves.convert(src + p * l.w, count, dst + p * dst_stride);
       }
     }
   }
@@ -353,16 +362,16 @@ void gather_channels(Transpose<io_t, scalar_t> transpose, ConvertRow<io_t, scala
 // src[p * src_stride + j], rounded where the tensor holds float16 or bfloat16; streamed (see
 // Transpose) when stream.
 template <typename scalar_t, typename io_t>
-void scatter_channels(Transpose<scalar_t, io_t> transpose, ConvertRow<scalar_t, io_t> narrow, const scalar_t* src,
-                      int64_t src_stride, int64_t pixels, int64_t count, io_t* dst, const Layout& l, bool stream) {
+void scatter_channels(const BandMoves<scalar_t, io_t>& moves, const scalar_t* src, int64_t src_stride, int64_t pixels,
+                      int64_t count, io_t* dst, const Layout& l, bool stream) {
   if (l.c != 1) {
-    transpose(src, src_stride, pixels, count, dst, l.c, stream);
+    moves.transpose(src, src_stride, pixels, count, dst, l.c, stream);
   } else {
     for (int64_t p = 0; p < pixels; ++p) {
       if constexpr (std::is_same_v<io_t, scalar_t>) {
         std::copy(src + p * src_stride, src + p * src_stride + count, dst + p * l.w);
       } else {
-        narrow(src + p * src_stride, count, dst + p * l.w);
+        moves.convert(src + p * src_stride, count, dst + p * l.w);
       }
     }
   }
@@ -372,16 +381,15 @@ void scatter_channels(Transpose<scalar_t, io_t> transpose, ConvertRow<scalar_t, 
 // image: the tiles' blocks read it channels-innermost, whatever x's layout (NHWC or NCHW), x's
 // float16 or bfloat16 (io_t) widened to the band's float32.
 template <typename io_t, typename scalar_t>
-void fill_band(Transpose<io_t, scalar_t> transpose, const io_t* x, const Layout& l, int64_t n, int64_t row0, int64_t rows,
+void fill_band(const BandMoves<io_t, scalar_t>& moves, const io_t* x, const Layout& l, int64_t n, int64_t row0, int64_t rows,
                int64_t col0, int64_t band_w, scalar_t* band) {
   const int64_t C = l.channels;
-  const auto widen = convert_row_for_this_cpu<io_t, scalar_t>();
   std::fill(band, band + rows * band_w * C, scalar_t(0));
   const int64_t b_begin = std::max<int64_t>(0, -col0), b_end = std::min(band_w, l.width - col0);
   for (int64_t a = 0; a < rows; ++a) {
     const int64_t ih = row0 + a;
     if (ih < 0 || ih >= l.height || b_end <= b_begin) continue;
-    gather_channels(transpose, widen, x + n * l.n + ih * l.h + (col0 + b_begin) * l.w, l, b_end - b_begin, C,
+    gather_channels(moves, x + n * l.n + ih * l.h + (col0 + b_begin) * l.w, l, b_end - b_begin, C,
                     band + (a * band_w + b_begin) * C, C);
   }
 }
@@ -391,17 +399,16 @@ void fill_band(Transpose<io_t, scalar_t> transpose, const io_t* x, const Layout&
 // (see Transpose) when stream. Into NCHW, a band as wide as the image moves as one run of pixels
 // per channel, whose lines the squares fill whole.
 template <typename scalar_t, typename io_t>
-void store_band(Transpose<scalar_t, io_t> transpose, const scalar_t* band, int64_t rows, int64_t band_w, io_t* y, const Layout& l,
-                int64_t n, int64_t row0, int64_t band_c, bool stream) {
+void store_band(const BandMoves<scalar_t, io_t>& moves, const scalar_t* band, int64_t rows, int64_t band_w, io_t* y,
+                const Layout& l, int64_t n, int64_t row0, int64_t band_c, bool stream) {
   const int64_t C = l.channels;
-  const auto narrow = convert_row_for_this_cpu<scalar_t, io_t>();
   rows = std::min(rows, l.height - row0);
   io_t* y_rows = y + n * l.n + row0 * l.h;
   if (l.c != 1 && band_w == l.width && l.h == l.width) {
-    scatter_channels(transpose, narrow, band, band_c, rows * l.width, C, y_rows, l, stream);
+    scatter_channels(moves, band, band_c, rows * l.width, C, y_rows, l, stream);
   } else {
     for (int64_t a = 0; a < rows; ++a) {
-      scatter_channels(transpose, narrow, band + a * band_w * band_c, band_c, l.width, C, y_rows + a * l.h, l, stream);
+      scatter_channels(moves, band + a * band_w * band_c, band_c, l.width, C, y_rows + a * l.h, l, stream);
     }
   }
   if (stream) _mm_sfence();

@@ -193,8 +193,8 @@ at::Tensor channels_last_gemm_conv2d_forward(const at::Tensor& input, const at::
     using io_t = decltype(io);
     constexpr int64_t W = kPanelWidth<scalar_t>;
     const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
-    const auto read_x = transpose_for_this_cpu<io_t, scalar_t>();
-    const auto write_y = transpose_for_this_cpu<scalar_t, io_t>();
+    const BandMoves<io_t, scalar_t> read_x;
+    const BandMoves<scalar_t, io_t> write_y;
     const int64_t C = one.in_channels, K = one.out_channels, panels = (K + W - 1) / W, out_pixel = panels * W;
     const int64_t filter = g.kernel_h * g.kernel_w;
     std::vector<int64_t> taps(filter);
@@ -266,8 +266,8 @@ at::Tensor channels_last_gemm_conv2d_grad_input(const at::Tensor& grad_output, c
     using io_t = decltype(io);
     constexpr int64_t W = kPanelWidth<scalar_t>;
     const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
-    const auto read_gy = transpose_for_this_cpu<io_t, scalar_t>();
-    const auto write_gx = transpose_for_this_cpu<scalar_t, io_t>();
+    const BandMoves<io_t, scalar_t> read_gy;
+    const BandMoves<scalar_t, io_t> write_gx;
     const int64_t panels = (C + W - 1) / W, in_pixel = panels * W, band_row = band_w * K;
     // Per phase: its offsets table over (taps, K) and each group's filters packed per panel of
     // input channels, step (tap, k) of panel p's column j = weight[group * K + k][p * W + j][kh][kw].
@@ -373,8 +373,7 @@ at::Tensor channels_last_gemm_conv2d_grad_weight(const at::Tensor& input, const 
     using io_t = decltype(io);
     constexpr int64_t W = kPanelWidth<scalar_t>;
     const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
-    const auto read = transpose_for_this_cpu<io_t, scalar_t>();
-    const auto widen = convert_row_for_this_cpu<io_t, scalar_t>();
+    const BandMoves<io_t, scalar_t> read;
     const int64_t panels = (K + W - 1) / W, padded = panels * W;
     // Bands whose input and packed grad_output stay in L2, multiplied in blocks of pixels as
     // deep as the kernel takes.
@@ -403,7 +402,7 @@ at::Tensor channels_last_gemm_conv2d_grad_weight(const at::Tensor& input, const 
         const io_t* gy_rows = gy + gy_layout.offset(p) + gy_layout.image(p) * l.n + oh0 * l.h;
         for (int64_t panel = 0; panel < panels; ++panel) {  // gy_band[panel][q][j] = gy[n, panel * W + j, pixel q of the band]
           const int64_t k0 = panel * W;
-          gather_channels(read, widen, gy_rows + k0 * l.c, l, pixels, std::min(W, K - k0), gy_band.data() + panel * pixels * W, W);
+          gather_channels(read, gy_rows + k0 * l.c, l, pixels, std::min(W, K - k0), gy_band.data() + panel * pixels * W, W);
         }
         scalar_t* group_sum = sum + (gy_layout.group(p) - first_group) * runs * entries * padded;
         // Per block of pixels and of grad_output's panels (in L1), every run's entries.

@@ -408,7 +408,7 @@ void for_each_chunk(const Transforms<R, scalar_t>& transforms, const Tensor& inp
   const int64_t max_tiles = chunks.rows_per_chunk * grid.cols;
   const io_t* x = input.const_data_ptr<io_t>();
   const Layout x_layout(input);
-  const auto read_x = transpose_for_this_cpu<io_t, scalar_t>();
+  const BandMoves<io_t, scalar_t> read_x;
   Tensor v_buffer = at::empty({kElements * max_tiles * C}, compute_options<scalar_t>(input));
   Tensor other_buffer = at::empty({kElements * max_tiles * K}, compute_options<scalar_t>(input));
   AlignedVector<scalar_t> tmp(kElements * kLanes), band(kBlock * band_w * C);
@@ -447,7 +447,7 @@ void winograd_forward_kernel(const Tensor& input, const Tensor& weight, FilterOr
   io_t* y = output.mutable_data_ptr<io_t>();
   const bool stream = streams(output);
   const Layout y_layout(output);
-  const auto write_y = transpose_for_this_cpu<scalar_t, io_t>();
+  const BandMoves<scalar_t, io_t> write_y;
 
   at::parallel_for(0, chunks.count, 1, [&](int64_t begin, int64_t end) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;  // not inherited by workers
@@ -489,7 +489,7 @@ Tensor transform_batch_input(const Transforms<R, scalar_t>& transforms, const Te
   scalar_t* v_data = v.mutable_data_ptr<scalar_t>();
   const io_t* x = input.const_data_ptr<io_t>();
   const Layout x_layout(input);
-  const auto read_x = transpose_for_this_cpu<io_t, scalar_t>();
+  const BandMoves<io_t, scalar_t> read_x;
   at::parallel_for(0, tile_rows, 1, [&](int64_t begin, int64_t end) {
     AlignedVector<scalar_t> tmp(kElements * kLanes), band(kBlock * band_w * C);
     for (int64_t r = begin; r < end; ++r) {
@@ -536,7 +536,7 @@ void winograd_forward_by_panels(const Tensor& input, const Tensor& weight, Filte
   io_t* y = output.mutable_data_ptr<io_t>();
   const bool stream = streams(output);
   const Layout y_layout(output);
-  const auto write_y = transpose_for_this_cpu<scalar_t, io_t>();
+  const BandMoves<scalar_t, io_t> write_y;
   // Units of the micro-kernel's panels, when there are enough to share evenly, else single ones.
   const int64_t panels = (K + width - 1) / width, kernel_panels = micro_kernel_for_this_cpu<scalar_t>().panels;
   const int64_t step = panels >= 2 * at::get_num_threads() * kernel_panels ? kernel_panels : 1;
@@ -595,7 +595,7 @@ void winograd_grad_weight_by_panels(const Tensor& input, const Tensor& grad_outp
 
   const io_t* gy = grad_output.const_data_ptr<io_t>();
   const Layout gy_layout(grad_output);
-  const auto read_gy = transpose_for_this_cpu<io_t, scalar_t>();
+  const BandMoves<io_t, scalar_t> read_gy;
   scalar_t* gw = grad_weight.mutable_data_ptr<scalar_t>();
   const bool on_micro_kernel = !blas_keeps_up();
   const int64_t s_row = product_sum_row<scalar_t>(C, on_micro_kernel);
@@ -651,7 +651,7 @@ void winograd_grad_weight_kernel(const Tensor& input, const Tensor& grad_output,
   const auto transforms = transforms_for_this_cpu<R, scalar_t>();
   const io_t* gy = grad_output.const_data_ptr<io_t>();
   const Layout gy_layout(grad_output);
-  const auto read_gy = transpose_for_this_cpu<io_t, scalar_t>();
+  const BandMoves<io_t, scalar_t> read_gy;
   std::mutex sums_mutex;
   std::vector<Tensor> sums;  // per task: (36, K, s_row), the products summed over its tiles
   const bool on_micro_kernel = !blas_keeps_up();
