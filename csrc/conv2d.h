@@ -6,6 +6,8 @@
 #include <c10/core/SymIntArrayRef.h>
 #include <c10/util/ArrayRef.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <optional>
 
 namespace conv_ext {
@@ -22,6 +24,13 @@ struct Conv2dGeometry {
   C10_HOST_DEVICE int64_t patch_size() const { return in_channels_per_group() * kernel_h * kernel_w; }
   C10_HOST_DEVICE bool unit_stride() const { return stride_h == 1 && stride_w == 1; }
 };
+
+// Whether the environment variable name is set to value. Read on every call, so that the tests can
+// force each algorithm of a backend.
+inline bool env_is(const char* name, const char* value) {
+  const char* set = std::getenv(name);
+  return set != nullptr && std::strcmp(set, value) == 0;
+}
 
 // How a forward reads its weight: as given, (out_channels, in_channels / groups, R, S), or as the
 // weight (in_channels, out_channels / groups, R, S) of the layer whose stride-1 input gradient

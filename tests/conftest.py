@@ -24,13 +24,15 @@ def device(request):
 
 
 # The CPU algorithms, forced by environment variables the kernels read on every call. "auto"
-# lets the kernels choose by shape; the tests run each path on every configuration.
+# lets the kernels choose by shape; the tests run each path on every configuration. "gemm" and
+# "direct" force the CUDA backend's algorithms of those names too (its tiled implicit GEMM
+# wherever its grid fits, its direct kernels), so that the tests on a GPU run both.
 CPU_PATHS = {
     "auto": {},
-    "gemm": {"CONV_EXT_CPU_ALGORITHM": "gemm"},
+    "gemm": {"CONV_EXT_CPU_ALGORITHM": "gemm", "CONV_EXT_CUDA_ALGORITHM": "gemm"},
     # Without AVX2 the GEMM forward builds im2col tiles for at::bmm instead of the implicit GEMM.
     "gemm-generic-isa": {"CONV_EXT_CPU_ALGORITHM": "gemm", "CONV_EXT_CPU_ISA": "generic"},
-    "direct": {"CONV_EXT_CPU_ALGORITHM": "direct"},
+    "direct": {"CONV_EXT_CPU_ALGORITHM": "direct", "CONV_EXT_CUDA_ALGORITHM": "direct"},
     "direct-generic-isa": {"CONV_EXT_CPU_ALGORITHM": "direct", "CONV_EXT_CPU_ISA": "generic"},
     # Winograd where it applies (3x3 or 5x5, stride 1, dilation 1, one group), the choice by shape
     # elsewhere.
@@ -61,7 +63,9 @@ if torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
 
 @contextmanager
 def cpu_path(name):
-    saved = {key: os.environ.get(key) for key in ("CONV_EXT_CPU_ALGORITHM", "CONV_EXT_CPU_ISA", "CONV_EXT_CPU_BLAS", "CONV_EXT_CPU_BF16")}
+    saved = {key: os.environ.get(key) for key in (
+        "CONV_EXT_CPU_ALGORITHM", "CONV_EXT_CPU_ISA", "CONV_EXT_CPU_BLAS", "CONV_EXT_CPU_BF16", "CONV_EXT_CUDA_ALGORITHM",
+    )}
     for key in saved:
         os.environ.pop(key, None)
     os.environ.update(CPU_PATHS[name])

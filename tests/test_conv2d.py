@@ -274,16 +274,17 @@ def test_forced_cpu_paths_take_effect(kernel):
 
 @pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX512"), reason="an AVX-512 rule")
 def test_wide_groups_take_the_direct_forward():
-    """With AVX-512, stride-1 layers of 9 to 16 channels per group run on the direct group kernel
-    (forward, and the input gradient as the forward of the flipped filters), bit for bit its
-    forced results, not the GEMM's (see test_forced_cpu_paths_take_effect)."""
+    """In the AVX-512 build, stride-1 layers of 9 to 16 channels per group run on the direct group
+    kernel (forward, and the input gradient as the forward of the flipped filters), bit for bit
+    its forced results, not the GEMM's (see test_forced_cpu_paths_take_effect). The build is
+    forced: it is not the default on every CPU with AVX-512 (cpu_features.h)."""
     conv = Conv(2, 32, 32, (12, 12), (5, 5), (1, 1), (2, 2), (1, 1), 2, True)  # 16 per group; 400 taps: two GEMM depth blocks
     x, w, b = conv.tensors(torch.float32, "cpu")
     x[:, 0] *= 1e6
     x.requires_grad_()
     results = {}
     for path in ("auto", "direct", "gemm"):
-        with cpu_path(path):
+        with cpu_path(f"{path}-avx512-isa"):
             y = conv_ext.conv2d(x, w * torch.linspace(1, 1e6, 16).repeat(2).view(-1, 1, 1, 1), b, **conv.kwargs())
             (grad_x,) = torch.autograd.grad(y, x, torch.ones_like(y))
         results[path] = (y, grad_x)

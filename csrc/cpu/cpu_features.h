@@ -2,17 +2,12 @@
 // tests can force each path) and the instruction set the vectorised loops run in.
 #pragma once
 
+#include "../conv2d.h"
+
 #include <algorithm>
 #include <cpuid.h>
-#include <cstdlib>
-#include <cstring>
 
 namespace conv_ext {
-
-inline bool env_is(const char* name, const char* value) {
-  const char* set = std::getenv(name);
-  return set != nullptr && std::strcmp(set, value) == 0;
-}
 
 // The instruction sets the kernels are compiled for, in order (AVX2 with F16C, AVX-512 with BW:
 // the float16 and bfloat16 row conversions use them; every CPU with AVX2 or AVX-512 since 2013

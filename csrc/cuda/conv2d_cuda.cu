@@ -1,7 +1,14 @@
-// CUDA kernels of the three conv_ext operators: the simple, always-correct stage. One thread per
-// element of the result, each summing its terms in a fixed order (deterministic, no atomics),
-// in the accumulation type (float for float16/bfloat16). Indices are 64-bit throughout.
+// CUDA kernels of the three conv_ext operators. Two algorithms:
+// - the tiled implicit GEMM (tiled_gemm.cuh), wherever its 64 x 64 tiles are not mostly empty;
+// - direct kernels, one thread per element of the result summing its terms in a fixed order:
+//   depthwise and narrow groups (a product with fewer than 8 rows or columns per group), and
+//   the fallback for grids the tiled kernel cannot launch.
+// Both accumulate in the accumulation type (float for float16 and bfloat16), deterministically (no
+// atomics), with 64-bit indices. Inputs in other layouts (channels_last) are made contiguous
+// (NCHW) first, and the result returned in F.conv2d's layout.
+// CONV_EXT_CUDA_ALGORITHM=direct or gemm forces one (gemm: wherever its grid fits), for the tests.
 #include "../conv2d.h"
+#include "tiled_gemm.cuh"
 
 #include <ATen/AccumulateType.h>
 #include <ATen/ATen.h>
@@ -14,17 +21,18 @@ namespace conv_ext {
 namespace {
 
 using at::Tensor;
+using tiled_gemm::blocks_for;
+using tiled_gemm::data_or_null;
+using tiled_gemm::kThreads;
 
-constexpr int kThreads = 256;
-
-// Enough blocks to cover n elements with a grid-stride loop, capped so the grid stays legal.
-int64_t blocks_for(int64_t n) {
-  return std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t{1} << 20);
-}
-
-#define GRID_STRIDE_LOOP(i, n)                                                   \
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < (n);     \
-       i += int64_t{blockDim.x} * gridDim.x)
+// Launches a kernel on the current stream, checked.
+struct LaunchOnCurrentStream {
+  template <typename Kernel, typename... Arguments>
+  void operator()(Kernel kernel, dim3 grid, dim3 block, Arguments... arguments) const {
+    kernel<<<grid, block, 0, at::cuda::getCurrentCUDAStream()>>>(arguments...);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+};
 
 // y[n, k, oh, ow] = bias[k] + sum_{c, ki, kj} w[k, c, ki, kj] * x[n, g*Cg + c, ih, iw]
 template <typename scalar_t>
@@ -34,7 +42,7 @@ __global__ void conv2d_forward_kernel(const scalar_t* __restrict__ x, const scal
   using acc_t = at::acc_type<scalar_t, true>;
   const int64_t total = g.batch * g.out_channels * g.out_h * g.out_w;
   const int64_t cg = g.in_channels_per_group(), kg = g.out_channels_per_group();
-  GRID_STRIDE_LOOP(index, total) {
+  CONV_EXT_GRID_STRIDE_LOOP(index, total) {
     const int64_t ow = index % g.out_w, oh = index / g.out_w % g.out_h;
     const int64_t k = index / (g.out_w * g.out_h) % g.out_channels;
     const int64_t n = index / (g.out_w * g.out_h * g.out_channels);
@@ -66,7 +74,7 @@ __global__ void conv2d_grad_input_kernel(const scalar_t* __restrict__ gy,
   using acc_t = at::acc_type<scalar_t, true>;
   const int64_t total = g.batch * g.in_channels * g.in_h * g.in_w;
   const int64_t cg = g.in_channels_per_group(), kg = g.out_channels_per_group();
-  GRID_STRIDE_LOOP(index, total) {
+  CONV_EXT_GRID_STRIDE_LOOP(index, total) {
     const int64_t iw = index % g.in_w, ih = index / g.in_w % g.in_h;
     const int64_t c = index / (g.in_w * g.in_h) % g.in_channels;
     const int64_t n = index / (g.in_w * g.in_h * g.in_channels);
@@ -98,7 +106,7 @@ __global__ void conv2d_grad_weight_kernel(const scalar_t* __restrict__ x,
   using acc_t = at::acc_type<scalar_t, true>;
   const int64_t cg = g.in_channels_per_group(), kg = g.out_channels_per_group();
   const int64_t total = g.out_channels * cg * g.kernel_h * g.kernel_w;
-  GRID_STRIDE_LOOP(index, total) {
+  CONV_EXT_GRID_STRIDE_LOOP(index, total) {
     const int64_t kj = index % g.kernel_w, ki = index / g.kernel_w % g.kernel_h;
     const int64_t c = index / (g.kernel_w * g.kernel_h) % cg;
     const int64_t k = index / (g.kernel_w * g.kernel_h * cg);
@@ -122,24 +130,31 @@ __global__ void conv2d_grad_weight_kernel(const scalar_t* __restrict__ x,
   }
 }
 
-template <typename scalar_t>
-const scalar_t* data_or_null(const Tensor& t) {
-  return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr;
+// The tiled GEMM's plan for this product on the current GPU, where it is the algorithm to run.
+std::optional<tiled_gemm::GemmPlan> tiled_gemm_plan(const tiled_gemm::GemmShape& shape) {
+  if (env_is("CONV_EXT_CUDA_ALGORITHM", "direct")) return std::nullopt;
+  const auto plan = tiled_gemm::plan_tiled_gemm(shape, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  if (!plan.fits()) return std::nullopt;
+  if (env_is("CONV_EXT_CUDA_ALGORITHM", "gemm") || (shape.rows >= 8 && shape.cols >= 8)) return plan;
+  return std::nullopt;
 }
 
-// Fills out with kernel_for(scalar_t{}), launched with one thread per element of out on the
-// current stream, as kernel(inputs' data..., out's data, g). Inputs must be contiguous.
-template <typename KernelFor, typename... Inputs>
-void launch_per_element(const Tensor& out, const Conv2dGeometry& g, KernelFor kernel_for,
-                        const Inputs&... inputs) {
+// Fills out, the product `shape` of the inputs (contiguous): by the tiled GEMM Problem where it
+// applies, else by the direct kernel direct_for(scalar_t{}), launched with one thread per
+// element of out as kernel(inputs' data..., out's data, g).
+template <template <typename> class Problem, typename DirectFor, typename... Inputs>
+void compute(const Tensor& out, const Conv2dGeometry& g, const tiled_gemm::GemmShape& shape, DirectFor direct_for,
+             const Inputs&... inputs) {
   const int64_t n = out.numel();
   if (n == 0) return;
+  if (const auto plan = tiled_gemm_plan(shape)) {
+    tiled_gemm::run_tiled_gemm<Problem>(*plan, g, LaunchOnCurrentStream{}, out, inputs...);
+    return;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "conv_ext_cuda", [&] {
-    const auto kernel = kernel_for(scalar_t{});
-    kernel<<<blocks_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        data_or_null<scalar_t>(inputs)..., out.mutable_data_ptr<scalar_t>(), g);
+    LaunchOnCurrentStream{}(direct_for(scalar_t{}), dim3(blocks_for(n)), dim3(kThreads),
+                            data_or_null<scalar_t>(inputs)..., out.mutable_data_ptr<scalar_t>(), g);
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 Tensor conv2d_cuda(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
@@ -149,9 +164,9 @@ Tensor conv2d_cuda(const Tensor& input, const Tensor& weight, const std::optiona
   if (input.is_complex()) return complex_conv2d(input, weight, bias, stride, padding, dilation, groups);
   const c10::cuda::CUDAGuard device_guard(input.device());
   Tensor y = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
-  launch_per_element(
-      y, g, [](auto zero) { return conv2d_forward_kernel<decltype(zero)>; }, input.contiguous(),
-      weight.contiguous(), bias.has_value() ? bias->contiguous() : Tensor());
+  compute<tiled_gemm::ForwardProblem>(
+      y, g, tiled_gemm::forward_shape(g), [](auto zero) { return conv2d_forward_kernel<decltype(zero)>; },
+      input.contiguous(), weight.contiguous(), bias.has_value() ? bias->contiguous() : Tensor());
   return in_memory_format(y, conv2d_memory_format(input, weight));
 }
 
@@ -165,8 +180,8 @@ Tensor conv2d_grad_input_cuda(const Tensor& grad_output, const Tensor& weight,
   }
   const c10::cuda::CUDAGuard device_guard(grad_output.device());
   Tensor gx = at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output.options());
-  launch_per_element(
-      gx, g, [](auto zero) { return conv2d_grad_input_kernel<decltype(zero)>; },
+  compute<tiled_gemm::GradInputProblem>(
+      gx, g, tiled_gemm::grad_input_shape(g), [](auto zero) { return conv2d_grad_input_kernel<decltype(zero)>; },
       grad_output.contiguous(), weight.contiguous());
   return in_memory_format(gx, conv2d_memory_format(grad_output, weight));
 }
@@ -182,8 +197,8 @@ Tensor conv2d_grad_weight_cuda(const Tensor& input, const Tensor& grad_output,
   const c10::cuda::CUDAGuard device_guard(input.device());
   Tensor gw = at::empty({g.out_channels, g.in_channels_per_group(), g.kernel_h, g.kernel_w},
                         input.options());
-  launch_per_element(
-      gw, g, [](auto zero) { return conv2d_grad_weight_kernel<decltype(zero)>; },
+  compute<tiled_gemm::GradWeightProblem>(
+      gw, g, tiled_gemm::grad_weight_shape(g), [](auto zero) { return conv2d_grad_weight_kernel<decltype(zero)>; },
       input.contiguous(), grad_output.contiguous());
   return in_memory_format(gw, conv2d_memory_format(input, grad_output));
 }

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# What a session lent a GPU runs first, in one call (device time is short): builds the extension
+# against the machine's torch, runs the test suite's CUDA tests (both CUDA algorithms), runs
+# compute-sanitizer's memcheck and racecheck over every CUDA kernel, then the GPU benchmark.
+# Each step's log goes to $OUT (default ./gpu-run); a summary line per step goes to stdout.
+#
+#     bash benchmarks/on_a_gpu.sh [arguments for bench_conv2d.py, e.g. --batches 32 --rounds 1]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-gpu-run}
+mkdir -p "$out"
+python=${PYTHON:-python3}
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
+
+# step NAME SECONDS COMMAND...: runs COMMAND under a time limit, logs it, prints its exit status.
+step() {
+  local name=$1 limit=$2 start=$SECONDS status
+  shift 2
+  timeout "$limit" "$@" > "$out/$name.log" 2>&1
+  status=$?
+  echo "== $name: exit $status in $((SECONDS - start)) s"
+  tail -n 4 "$out/$name.log"
+  return "$status"
+}
+
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,memory.used --format=csv > "$out/gpu.txt" 2>&1
+cat "$out/gpu.txt"
+step build 400 "$python" setup.py -q build_ext --inplace || exit 1
+step tests 420 "$python" -m pytest -q -p no:cacheprovider -n 8 -k "cuda and not emulated" tests/
+
+# Each op on each CUDA algorithm, with tiles cut by the edges and the reduction split.
+cat > "$out/sanitized_calls.py" <<'EOF'
+import os
+import torch
+import conv_ext
+
+ops = torch.ops.conv_ext
+for algorithm in ("gemm", "direct"):
+    os.environ["CONV_EXT_CUDA_ALGORITHM"] = algorithm
+    for dtype in (torch.float32, torch.bfloat16):
+        for n, c, k, size, kernel, stride, padding, dilation, groups in [
+            (2, 70, 67, (13, 11), (3, 3), (1, 1), (1, 1), (1, 1), 1),
+            (3, 134, 134, (24, 23), (3, 3), (2, 1), (1, 0), (1, 2), 2),
+            (2, 32, 32, (9, 9), (3, 3), (1, 1), (1, 1), (1, 1), 32),
+        ]:
+            x = torch.randn(n, c, *size, device="cuda", dtype=dtype)
+            w = torch.randn(k, c // groups, *kernel, device="cuda", dtype=dtype)
+            b = torch.randn(k, device="cuda", dtype=dtype)
+            args = (list(stride), list(padding), list(dilation), groups)
+            y = ops.conv2d(x, w, b, *args)
+            ops.conv2d_grad_input(y, w, list(size), *args)
+            ops.conv2d_grad_weight(x, y, list(kernel), *args)
+torch.cuda.synchronize()
+print("done")
+EOF
+for tool in memcheck racecheck; do
+  step "$tool" 240 compute-sanitizer --tool "$tool" --error-exitcode 1 "$python" "$out/sanitized_calls.py"
+done
+
+step bench 600 "$python" benchmarks/bench_conv2d.py --device cuda --out "$out/results" "$@"

@@ -1,0 +1,357 @@
+// The tiled kernel of the three ops, written once. Per group, each op is a matrix product
+// C[rows x cols] = A[rows x depth] B[depth x cols] whose operands are gathered from the tensors as
+// the tiles load (an implicit GEMM: no im2col matrix in memory):
+//
+//   forward      rows (n, oh, ow)  cols k (output channel)    depth (c, r, s)
+//   grad_input   rows (n, ih, iw)  cols c (input channel)     depth (k, r, s)
+//   grad_weight  rows k            cols (c, r, s)             depth (n, oh, ow)
+//
+// A block computes a 64 x 64 tile of C through shared memory, 8 deep at a time, each of its 256
+// threads a 4 x 4 patch in registers, in the accumulation type. Where the grid has too few blocks
+// to fill the GPU (a weight gradient, small images), the depth is split across blocks whose partial
+// products a second kernel sums in a fixed order: deterministic, no atomics.
+//
+// Host code here too (the plan, the launches through a caller's launcher), so the tests can run
+// these kernels on the CPU (tests/emulated_cuda/) where there is no GPU.
+#pragma once
+
+#include "../conv2d.h"
+
+#include <ATen/ATen.h>
+#include <ATen/AccumulateType.h>
+#include <ATen/Dispatch.h>
+
+namespace conv_ext {
+namespace tiled_gemm {
+
+constexpr int kTileM = 64, kTileN = 64, kTileK = 8;
+constexpr int kThreads = 256;
+constexpr int kPatch = 4;                        // each thread's results: kPatch x kPatch
+constexpr int kThreadsAlong = kTileM / kPatch;   // 16 x 16 threads
+static_assert(kThreadsAlong * kThreadsAlong == kThreads && kTileM == kTileN, "one thread per patch");
+static_assert(2 * kThreads == kTileM * kTileK, "each thread loads two elements of each tile");
+
+// Enough blocks of kThreads for n elements with a grid-stride loop, capped so the grid stays legal.
+inline int64_t blocks_for(int64_t n) {
+  return std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t{1} << 20);
+}
+
+#define CONV_EXT_GRID_STRIDE_LOOP(i, n)                                          \
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < (n);     \
+       i += int64_t{blockDim.x} * gridDim.x)
+
+template <typename scalar_t>
+const scalar_t* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr;
+}
+
+// The product each op computes, per group.
+struct GemmShape {
+  int64_t groups, rows, cols, depth;
+};
+
+inline GemmShape forward_shape(const Conv2dGeometry& g) {
+  return {g.groups, g.batch * g.out_h * g.out_w, g.out_channels_per_group(), g.patch_size()};
+}
+inline GemmShape grad_input_shape(const Conv2dGeometry& g) {
+  return {g.groups, g.batch * g.in_h * g.in_w, g.in_channels_per_group(),
+          g.out_channels_per_group() * g.kernel_h * g.kernel_w};
+}
+inline GemmShape grad_weight_shape(const Conv2dGeometry& g) {
+  return {g.groups, g.out_channels_per_group(), g.patch_size(), g.batch * g.out_h * g.out_w};
+}
+
+// Which index of an operand's tile consecutive threads load: the one along which the tensor is
+// contiguous, so that a warp's loads coalesce.
+enum class Fastest { outer, depth };
+
+struct TilePosition {
+  int outer, depth;
+};
+
+// The i-th (0 or 1) element of a kTileK x 64 operand tile that thread t loads.
+template <Fastest fastest>
+__device__ __forceinline__ TilePosition load_position(int t, int i) {
+  if (fastest == Fastest::outer) return {t % kTileM, t / kTileM + i * (kThreads / kTileM)};
+  return {t / kTileK + i * (kThreads / kTileK), t % kTileK};
+}
+
+// y[n, k, oh, ow] = bias[k] + sum_{c, r, s} x[n, c, oh * sh - ph + r * dh, ow * sw - pw + s * dw] w[k, c, r, s]
+template <typename scalar_t>
+struct ForwardProblem {
+  using acc_t = at::acc_type<scalar_t, true>;
+  static constexpr Fastest a_fastest = Fastest::outer, b_fastest = Fastest::depth;
+  const scalar_t* x;
+  const scalar_t* w;
+  const scalar_t* bias;
+  scalar_t* y;
+  Conv2dGeometry g;
+  GemmShape shape;
+
+  ForwardProblem(const scalar_t* x, const scalar_t* w, const scalar_t* bias, scalar_t* y, const Conv2dGeometry& g)
+      : x(x), w(w), bias(bias), y(y), g(g), shape(forward_shape(g)) {}
+
+  struct Row {  // an output pixel: its image's first channel of the group, its window's corner
+    const scalar_t* x;
+    int64_t ih0, iw0;
+  };
+  __device__ Row row(int64_t group, int64_t m) const {
+    const int64_t n = m / (g.out_h * g.out_w), oh = m / g.out_w % g.out_h, ow = m % g.out_w;
+    return {x + (n * g.in_channels + group * g.in_channels_per_group()) * g.in_h * g.in_w,
+            oh * g.stride_h - g.pad_h, ow * g.stride_w - g.pad_w};
+  }
+  __device__ acc_t a(const Row& p, int64_t crs) const {
+    const int64_t rs = g.kernel_h * g.kernel_w, c = crs / rs;
+    const int64_t ih = p.ih0 + crs % rs / g.kernel_w * g.dilation_h;
+    const int64_t iw = p.iw0 + crs % g.kernel_w * g.dilation_w;
+    if (ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) return acc_t(0);
+    return static_cast<acc_t>(p.x[(c * g.in_h + ih) * g.in_w + iw]);
+  }
+  struct Col {  // an output channel's filter
+    const scalar_t* w;
+  };
+  __device__ Col col(int64_t group, int64_t k) const {
+    return {w + (group * shape.cols + k) * shape.depth};
+  }
+  __device__ acc_t b(const Col& f, int64_t crs) const { return static_cast<acc_t>(f.w[crs]); }
+  __device__ void store(int64_t group, int64_t m, int64_t k, acc_t v) const {
+    const int64_t pixels = g.out_h * g.out_w, channel = group * shape.cols + k;
+    if (bias != nullptr) v += static_cast<acc_t>(bias[channel]);
+    y[(m / pixels * g.out_channels + channel) * pixels + m % pixels] = static_cast<scalar_t>(v);
+  }
+};
+
+// gx[n, c, ih, iw] = sum over (k, r, s) with ih + ph - r * dh = oh * sh (likewise the width) of
+// gy[n, k, oh, ow] w[k, c, r, s]
+template <typename scalar_t>
+struct GradInputProblem {
+  using acc_t = at::acc_type<scalar_t, true>;
+  static constexpr Fastest a_fastest = Fastest::outer, b_fastest = Fastest::depth;
+  const scalar_t* gy;
+  const scalar_t* w;
+  scalar_t* gx;
+  Conv2dGeometry g;
+  GemmShape shape;
+
+  GradInputProblem(const scalar_t* gy, const scalar_t* w, scalar_t* gx, const Conv2dGeometry& g)
+      : gy(gy), w(w), gx(gx), g(g), shape(grad_input_shape(g)) {}
+
+  struct Row {  // an input pixel: its image's first output channel of the group, its padded position
+    const scalar_t* gy;
+    int64_t h, v;
+  };
+  __device__ Row row(int64_t group, int64_t m) const {
+    const int64_t n = m / (g.in_h * g.in_w), ih = m / g.in_w % g.in_h, iw = m % g.in_w;
+    return {gy + (n * g.out_channels + group * g.out_channels_per_group()) * g.out_h * g.out_w,
+            ih + g.pad_h, iw + g.pad_w};
+  }
+  __device__ acc_t a(const Row& p, int64_t krs) const {
+    const int64_t rs = g.kernel_h * g.kernel_w, k = krs / rs;
+    const int64_t h = p.h - krs % rs / g.kernel_w * g.dilation_h, v = p.v - krs % g.kernel_w * g.dilation_w;
+    if (h < 0 || v < 0 || h % g.stride_h != 0 || v % g.stride_w != 0) return acc_t(0);
+    const int64_t oh = h / g.stride_h, ow = v / g.stride_w;
+    if (oh >= g.out_h || ow >= g.out_w) return acc_t(0);
+    return static_cast<acc_t>(p.gy[(k * g.out_h + oh) * g.out_w + ow]);
+  }
+  struct Col {  // an input channel's taps in the group's first filter
+    const scalar_t* w;
+  };
+  __device__ Col col(int64_t group, int64_t c) const {
+    const int64_t rs = g.kernel_h * g.kernel_w;
+    return {w + (group * g.out_channels_per_group() * shape.cols + c) * rs};
+  }
+  __device__ acc_t b(const Col& f, int64_t krs) const {
+    const int64_t rs = g.kernel_h * g.kernel_w;
+    return static_cast<acc_t>(f.w[krs / rs * shape.cols * rs + krs % rs]);
+  }
+  __device__ void store(int64_t group, int64_t m, int64_t c, acc_t v) const {
+    const int64_t pixels = g.in_h * g.in_w;
+    gx[(m / pixels * g.in_channels + group * shape.cols + c) * pixels + m % pixels] = static_cast<scalar_t>(v);
+  }
+};
+
+// gw[k, c, r, s] = sum_{n, oh, ow} gy[n, k, oh, ow] x[n, c, oh * sh - ph + r * dh, ow * sw - pw + s * dw]
+template <typename scalar_t>
+struct GradWeightProblem {
+  using acc_t = at::acc_type<scalar_t, true>;
+  static constexpr Fastest a_fastest = Fastest::depth, b_fastest = Fastest::depth;
+  const scalar_t* x;
+  const scalar_t* gy;
+  scalar_t* gw;
+  Conv2dGeometry g;
+  GemmShape shape;
+
+  GradWeightProblem(const scalar_t* x, const scalar_t* gy, scalar_t* gw, const Conv2dGeometry& g)
+      : x(x), gy(gy), gw(gw), g(g), shape(grad_weight_shape(g)) {}
+
+  struct Row {  // an output channel's plane in the first image
+    const scalar_t* gy;
+  };
+  __device__ Row row(int64_t group, int64_t k) const {
+    return {gy + (group * shape.rows + k) * g.out_h * g.out_w};
+  }
+  __device__ acc_t a(const Row& p, int64_t nhw) const {
+    const int64_t pixels = g.out_h * g.out_w;
+    return static_cast<acc_t>(p.gy[nhw / pixels * g.out_channels * pixels + nhw % pixels]);
+  }
+  struct Col {  // a tap: its input channel's plane in the first image, its offset from a window's corner
+    const scalar_t* x;
+    int64_t dh, dw;
+  };
+  __device__ Col col(int64_t group, int64_t crs) const {
+    const int64_t rs = g.kernel_h * g.kernel_w, c = crs / rs;
+    return {x + (group * g.in_channels_per_group() + c) * g.in_h * g.in_w,
+            crs % rs / g.kernel_w * g.dilation_h - g.pad_h, crs % g.kernel_w * g.dilation_w - g.pad_w};
+  }
+  __device__ acc_t b(const Col& tap, int64_t nhw) const {
+    const int64_t n = nhw / (g.out_h * g.out_w), oh = nhw / g.out_w % g.out_h, ow = nhw % g.out_w;
+    const int64_t ih = oh * g.stride_h + tap.dh, iw = ow * g.stride_w + tap.dw;
+    if (ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) return acc_t(0);
+    return static_cast<acc_t>(tap.x[(n * g.in_channels * g.in_h + ih) * g.in_w + iw]);
+  }
+  __device__ void store(int64_t group, int64_t k, int64_t crs, acc_t v) const {
+    gw[(group * shape.rows + k) * shape.cols + crs] = static_cast<scalar_t>(v);
+  }
+};
+
+// Where the partial product of (group, split) for C[m, n] goes when the depth is split.
+__device__ __forceinline__ int64_t partial_index(const GemmShape& s, int64_t splits, int64_t group,
+                                                 int64_t split, int64_t m, int64_t n) {
+  return ((group * splits + split) * s.rows + m) * s.cols + n;
+}
+
+// Block (x, y): rows tile x; y = (group, split, cols tile), cols tile fastest. With splits > 1
+// the block covers its split's share of the depth and writes its partial product.
+template <typename Problem>
+__global__ void __launch_bounds__(kThreads)
+    tiled_gemm_kernel(Problem p, int64_t splits, typename Problem::acc_t* partial) {
+  using acc_t = typename Problem::acc_t;
+  __shared__ acc_t a_tile[kTileK][kTileM];
+  __shared__ acc_t b_tile[kTileK][kTileN];
+  const GemmShape& s = p.shape;
+  const int t = threadIdx.x;
+  const int64_t tiles_n = (s.cols + kTileN - 1) / kTileN;
+  const int64_t m0 = blockIdx.x * int64_t{kTileM}, n0 = blockIdx.y % tiles_n * kTileN;
+  const int64_t split = blockIdx.y / tiles_n % splits, group = blockIdx.y / tiles_n / splits;
+  const int64_t steps = (s.depth + kTileK - 1) / kTileK;
+  const int64_t k_begin = (steps + splits - 1) / splits * kTileK * split;
+  const int64_t k_end = std::min(s.depth, k_begin + (steps + splits - 1) / splits * kTileK);
+
+  // Each thread's two loads per tile, and what their rows and columns have in common.
+  TilePosition a_at[2], b_at[2];
+  typename Problem::Row rows[2];
+  typename Problem::Col cols[2];
+  for (int i = 0; i < 2; ++i) {
+    a_at[i] = load_position<Problem::a_fastest>(t, i);
+    b_at[i] = load_position<Problem::b_fastest>(t, i);
+    if (m0 + a_at[i].outer < s.rows) rows[i] = p.row(group, m0 + a_at[i].outer);
+    if (n0 + b_at[i].outer < s.cols) cols[i] = p.col(group, n0 + b_at[i].outer);
+  }
+
+  // Thread t's results: rows tm + 16 i, columns tn + 16 j of the tile, so that a warp's 32 threads
+  // read 16 consecutive a_tile words and 2 b_tile words (no bank conflicts) and store pixels
+  // that neighbour in the forward and input gradient.
+  const int tm = t % kThreadsAlong, tn = t / kThreadsAlong;
+  acc_t sum[kPatch][kPatch] = {};
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += kTileK) {
+    for (int i = 0; i < 2; ++i) {
+      const int64_t ka = k0 + a_at[i].depth, kb = k0 + b_at[i].depth;
+      a_tile[a_at[i].depth][a_at[i].outer] =
+          m0 + a_at[i].outer < s.rows && ka < k_end ? p.a(rows[i], ka) : acc_t(0);
+      b_tile[b_at[i].depth][b_at[i].outer] =
+          n0 + b_at[i].outer < s.cols && kb < k_end ? p.b(cols[i], kb) : acc_t(0);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kTileK; ++k) {
+      acc_t a[kPatch], b[kPatch];
+#pragma unroll
+      for (int i = 0; i < kPatch; ++i) {
+        a[i] = a_tile[k][tm + kThreadsAlong * i];
+        b[i] = b_tile[k][tn + kThreadsAlong * i];
+      }
+#pragma unroll
+      for (int i = 0; i < kPatch; ++i) {
+#pragma unroll
+        for (int j = 0; j < kPatch; ++j) sum[i][j] += a[i] * b[j];
+      }
+    }
+    __syncthreads();
+  }
+
+#pragma unroll
+  for (int i = 0; i < kPatch; ++i) {
+#pragma unroll
+    for (int j = 0; j < kPatch; ++j) {
+      const int64_t m = m0 + tm + kThreadsAlong * i, n = n0 + tn + kThreadsAlong * j;
+      if (m >= s.rows || n >= s.cols) continue;
+      if (splits == 1) {
+        p.store(group, m, n, sum[i][j]);
+      } else {
+        partial[partial_index(s, splits, group, split, m, n)] = sum[i][j];
+      }
+    }
+  }
+}
+
+// C[m, n] = the sum of the splits' partial products, in split order.
+template <typename Problem>
+__global__ void __launch_bounds__(kThreads)
+    sum_partials_kernel(Problem p, int64_t splits, const typename Problem::acc_t* partial) {
+  using acc_t = typename Problem::acc_t;
+  const GemmShape& s = p.shape;
+  CONV_EXT_GRID_STRIDE_LOOP(index, s.groups * s.rows * s.cols) {
+    const int64_t n = index % s.cols, m = index / s.cols % s.rows, group = index / (s.cols * s.rows);
+    acc_t sum = 0;
+    for (int64_t split = 0; split < splits; ++split) sum += partial[partial_index(s, splits, group, split, m, n)];
+    p.store(group, m, n, sum);
+  }
+}
+
+// The grid of one product: blocks of tiles, and into how many parts the depth is split.
+struct GemmPlan {
+  GemmShape shape;
+  int64_t tiles_m, tiles_n, splits;
+
+  // Whether the grid is legal (at most 2^31 - 1 blocks along x, 65535 along y).
+  bool fits() const { return tiles_m < (int64_t{1} << 31) && tiles_n * shape.groups * splits <= 65535; }
+};
+
+// Splits the depth where the tiles alone would give fewer than two blocks per multiprocessor,
+// into parts at least 32 steps (256) deep, at most 64.
+inline GemmPlan plan_tiled_gemm(const GemmShape& s, int64_t multiprocessors) {
+  const int64_t tiles_m = (s.rows + kTileM - 1) / kTileM, tiles_n = (s.cols + kTileN - 1) / kTileN;
+  const int64_t blocks = std::max<int64_t>(1, tiles_m * tiles_n * s.groups);
+  const int64_t wanted = (2 * multiprocessors + blocks - 1) / blocks;
+  const int64_t deep_enough = s.depth / (32 * kTileK);
+  int64_t splits = std::max<int64_t>(1, std::min<int64_t>({wanted, deep_enough, 64}));
+  while (splits > 1 && tiles_n * s.groups * splits > 65535) --splits;
+  return {s, tiles_m, tiles_n, splits};
+}
+
+// Runs Problem<dtype of out> over the plan: launch(kernel, grid, block, arguments...) launches a
+// kernel, on the GPU's current stream or, in the tests, on the CPU. Inputs must be contiguous.
+template <template <typename> class Problem, typename Launch, typename... Inputs>
+void run_tiled_gemm(const GemmPlan& plan, const Conv2dGeometry& g, Launch launch, const at::Tensor& out,
+                    const Inputs&... inputs) {
+  if (out.numel() == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "conv_ext_tiled_gemm", [&] {
+    using P = Problem<scalar_t>;
+    using acc_t = typename P::acc_t;
+    const P p(data_or_null<scalar_t>(inputs)..., out.mutable_data_ptr<scalar_t>(), g);
+    const dim3 grid(plan.tiles_m, plan.tiles_n * plan.shape.groups * plan.splits);
+    if (plan.splits == 1) {
+      launch(tiled_gemm_kernel<P>, grid, dim3(kThreads), p, int64_t{1}, static_cast<acc_t*>(nullptr));
+      return;
+    }
+    const auto& s = plan.shape;
+    at::Tensor partial = at::empty({plan.splits * s.groups * s.rows * s.cols},
+                                   out.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+    launch(tiled_gemm_kernel<P>, grid, dim3(kThreads), p, plan.splits, partial.mutable_data_ptr<acc_t>());
+    launch(sum_partials_kernel<P>, dim3(blocks_for(s.groups * s.rows * s.cols)), dim3(kThreads), p,
+           plan.splits, static_cast<const acc_t*>(partial.const_data_ptr<acc_t>()));
+  });
+}
+
+}  // namespace tiled_gemm
+}  // namespace conv_ext

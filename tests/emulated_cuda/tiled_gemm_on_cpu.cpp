@@ -1,0 +1,63 @@
+// The tiled GEMM kernels of csrc/cuda/tiled_gemm.cuh, run on the CPU by cuda_on_cpu.h, as the three
+// ops on CPU tensors (contiguous, NCHW) with a chosen number of multiprocessors (which sets how
+// the depth is split): test_emulated_cuda.py compares them with torch.
+#include <torch/extension.h>
+
+#include "cuda_on_cpu.h"
+#include "cuda/tiled_gemm.cuh"
+
+namespace {
+
+using at::Tensor;
+using namespace conv_ext::tiled_gemm;
+
+conv_ext::Conv2dGeometry geometry(at::IntArrayRef input, at::IntArrayRef weight, int64_t out_channels,
+                                  at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                  int64_t groups) {
+  auto out = [&](int d) {
+    return (input[d + 2] + 2 * padding[d] - dilation[d] * (weight[d + 2] - 1) - 1) / stride[d] + 1;
+  };
+  return {input[0], input[1], input[2], input[3], out_channels, weight[2], weight[3], out(0), out(1),
+          stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], groups};
+}
+
+// Fills out with Problem by the plan the CUDA backend would make on a GPU with this many
+// multiprocessors; returns the plan's (tiles_m, tiles_n, splits).
+template <template <typename> class Problem, typename... Inputs>
+std::vector<int64_t> run(const conv_ext::Conv2dGeometry& g, const GemmShape& shape, int64_t multiprocessors,
+                         const Tensor& out, const Inputs&... inputs) {
+  const auto plan = plan_tiled_gemm(shape, multiprocessors);
+  TORCH_CHECK(plan.fits(), "the tiled GEMM's grid does not fit");
+  run_tiled_gemm<Problem>(plan, g, emulated_cuda::Launch{}, out, inputs...);
+  return {plan.tiles_m, plan.tiles_n, plan.splits};
+}
+
+std::vector<int64_t> forward(const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias,
+                             std::vector<int64_t> stride, std::vector<int64_t> padding,
+                             std::vector<int64_t> dilation, int64_t groups, int64_t multiprocessors,
+                             Tensor y) {
+  const auto g = geometry(x.sizes(), w.sizes(), w.size(0), stride, padding, dilation, groups);
+  return run<ForwardProblem>(g, forward_shape(g), multiprocessors, y, x, w, bias.value_or(Tensor()));
+}
+
+std::vector<int64_t> grad_input(const Tensor& gy, const Tensor& w, std::vector<int64_t> stride,
+                                std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t groups,
+                                int64_t multiprocessors, Tensor gx) {
+  const auto g = geometry(gx.sizes(), w.sizes(), w.size(0), stride, padding, dilation, groups);
+  return run<GradInputProblem>(g, grad_input_shape(g), multiprocessors, gx, gy, w);
+}
+
+std::vector<int64_t> grad_weight(const Tensor& x, const Tensor& gy, std::vector<int64_t> stride,
+                                 std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t groups,
+                                 int64_t multiprocessors, Tensor gw) {
+  const auto g = geometry(x.sizes(), gw.sizes(), gw.size(0), stride, padding, dilation, groups);
+  return run<GradWeightProblem>(g, grad_weight_shape(g), multiprocessors, gw, x, gy);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &forward, "fills y; returns (tiles_m, tiles_n, splits)");
+  m.def("grad_input", &grad_input, "fills gx; returns (tiles_m, tiles_n, splits)");
+  m.def("grad_weight", &grad_weight, "fills gw; returns (tiles_m, tiles_n, splits)");
+}

@@ -1,0 +1,123 @@
+"""The CUDA backend's tiled GEMM kernels (csrc/cuda/tiled_gemm.cuh), run on the CPU by a small
+emulator (emulated_cuda/cuda_on_cpu.h: a block's threads are std::threads meeting at
+__syncthreads), against torch: every op, dtype, stride, padding, dilation and group count, tiles
+cut by the edges, and the depth split across blocks. On a GPU the same kernels run for real in
+the device tests; here they check what the kernels compute where there is no GPU."""
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils.cpp_extension import load
+
+from configs import Conv, fitting_size
+from test_conv2d import assert_scaled_close
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+    # A fresh build directory: torch's extension cache would not notice a changed header.
+    return load(
+        name="tiled_gemm_on_cpu",
+        sources=[str(ROOT / "tests/emulated_cuda/tiled_gemm_on_cpu.cpp")],
+        extra_include_paths=[str(ROOT / "csrc")],
+        extra_cflags=["-O2"],
+        build_directory=str(tmp_path_factory.mktemp("tiled_gemm_on_cpu")),
+    )
+
+
+@st.composite
+def gemm_convs(draw):
+    """Layers with channel counts that leave partial 64-wide tiles and depths that can be split."""
+    groups = draw(st.integers(1, 3))
+    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
+    size = fitting_size(draw, kernel, padding, dilation, draw(st.sampled_from([4, 12, 30])))
+    channels = st.sampled_from([1, 3, 8, 17, 67])
+    return Conv(draw(st.integers(0, 3)), groups * draw(channels), groups * draw(channels), size, kernel,
+                stride, padding, dilation, groups, draw(st.booleans()))
+
+
+def emulated_ops(emulated, conv, x, w, b, gy, multiprocessors):
+    """The three ops' results by the emulated kernels (outputs poisoned with NaN first, so that an
+    element left unwritten fails), and their plans (tiles_m, tiles_n, splits)."""
+    args = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups, multiprocessors)
+    y = torch.full_like(gy, float("nan"))
+    gx, gw = torch.full_like(x, float("nan")), torch.full_like(w, float("nan"))
+    plans = [
+        emulated.forward(x, w, b, *args, y),
+        emulated.grad_input(gy, w, *args, gx),
+        emulated.grad_weight(x, gy, *args, gw),
+    ]
+    return (y, gx, gw), plans
+
+
+def torch_ops(conv, x, w, b, gy):
+    """F.conv2d's output and input and weight gradients, in float64."""
+    x, w, gy = x.double(), w.double(), gy.double()
+    b = None if b is None else b.double()
+    return (
+        F.conv2d(x, w, b, **conv.kwargs()),
+        torch.nn.grad.conv2d_input(x.shape, w, gy, **conv.kwargs()),
+        torch.nn.grad.conv2d_weight(x, w.shape, gy, **conv.kwargs()),
+    )
+
+
+def operands(conv, dtype, seed=0):
+    """(x, w, b, grad_output) with values in [-1, 1)."""
+    x, w, b = conv.tensors(dtype, "cpu", seed=seed)
+    out_size = [
+        (n + 2 * p - d * (k - 1) - 1) // s + 1
+        for n, p, d, k, s in zip(conv.size, conv.padding, conv.dilation, conv.kernel, conv.stride)
+    ]
+    gen = torch.Generator().manual_seed(seed + 1)
+    gy = torch.rand(conv.batch, conv.out_channels, *out_size, generator=gen, dtype=torch.float64) * 2 - 1
+    return x, w, b, gy.to(dtype)
+
+
+@settings(max_examples=40)
+@given(conv=gemm_convs(), multiprocessors=st.sampled_from([1, 132, 10**6]))
+def test_float64_matches_torch(emulated, conv, multiprocessors):
+    x, w, b, gy = operands(conv, torch.float64)
+    ours, _ = emulated_ops(emulated, conv, x, w, b, gy, multiprocessors)
+    for name, a, e in zip(("output", "grad_input", "grad_weight"), ours, torch_ops(conv, x, w, b, gy)):
+        assert_scaled_close(a, e, 1e-12, name)
+
+
+LAYERS = [  # (conv, multiprocessors): each op's depth split on the second
+    (Conv(2, 70, 67, (13, 11), (3, 3), (1, 1), (1, 1), (1, 1), 1, True), 132),
+    (Conv(3, 134, 134, (24, 23), (3, 3), (2, 1), (1, 0), (1, 2), 2, True), 10**6),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("conv,multiprocessors", LAYERS)
+def test_reduced_precision_rounds_a_float32_sum(emulated, conv, multiprocessors, dtype):
+    """float32 within 1e-5 of max|result| (scale-aware); float16 and bfloat16 summed in float32 and
+    rounded once: within half an ulp of the exact result plus the float32 sum's error."""
+    x, w, b, gy = operands(conv, dtype)
+    ours, plans = emulated_ops(emulated, conv, x, w, b, gy, multiprocessors)
+    if multiprocessors > 1000:
+        assert all(splits > 1 for _, _, splits in plans), plans
+    for name, a, e in zip(("output", "grad_input", "grad_weight"), ours, torch_ops(conv, x, w, b, gy)):
+        assert a.dtype == dtype
+        scale = e.abs().max().item()
+        if dtype == torch.float32:
+            assert_scaled_close(a, e, 1e-5, name)
+        else:
+            half_ulp = torch.finfo(dtype).eps / 2
+            torch.testing.assert_close(a.double(), e, rtol=half_ulp, atol=1e-5 * scale, msg=name)
+
+
+def test_no_input_channels_gives_the_bias(emulated):
+    conv = Conv(2, 0, 5, (4, 3), (3, 3), (1, 1), (1, 1), (1, 1), 1, True)
+    x, w, b, gy = operands(conv, torch.float32)
+    (y, gx, gw), _ = emulated_ops(emulated, conv, x, w, b, gy, 132)
+    assert y.shape == (2, 5, 4, 3) and torch.equal(y, b.view(1, -1, 1, 1).expand_as(y))
+    assert gx.numel() == 0 and gw.numel() == 0
