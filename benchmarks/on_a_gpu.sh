@@ -35,6 +35,7 @@ import torch
 import conv_ext
 
 ops = torch.ops.conv_ext
+torch.backends.cudnn.allow_tf32 = False  # float32 on the FMA kernel; bfloat16 takes the tensor cores
 for algorithm in ("gemm", "direct"):
     os.environ["CONV_EXT_CUDA_ALGORITHM"] = algorithm
     for dtype in (torch.float32, torch.bfloat16):

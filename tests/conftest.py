@@ -23,6 +23,16 @@ def device(request):
     return request.param
 
 
+@pytest.fixture(autouse=True)
+def ieee_float32_on_gpus():
+    """float32 on a GPU computed in float32, the tests' bounds, unless a test turns TF32 on:
+    PyTorch lets cuDNN use TF32 by default, and conv_ext follows it."""
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = saved
+
+
 # The CPU algorithms, forced by environment variables the kernels read on every call. "auto"
 # lets the kernels choose by shape; the tests run each path on every configuration. "gemm" and
 # "direct" force the CUDA backend's algorithms of those names too (its tiled implicit GEMM

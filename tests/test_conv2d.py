@@ -46,6 +46,18 @@ def assert_scaled_close(actual, expected, tol, what, scale=None):
     )
 
 
+def tf32(t):
+    """float32 t rounded to TF32 as the CUDA kernels round it (cvt.rna.tf32.f32): to 10 bits of
+    mantissa, to nearest, ties away from zero (adding half the dropped bits' range to the
+    magnitude's bits carries into the kept ones)."""
+    return ((t.view(torch.int32) + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+def test_tf32_rounding():
+    values = torch.tensor([1 + 2**-11, 1 + 2**-11 - 2**-20, -(1 + 3 * 2**-11), 3.0], dtype=torch.float32)
+    assert tf32(values).tolist() == [1 + 2**-10, 1.0, -(1 + 4 * 2**-11), 3.0]
+
+
 NAMES = ("output", "grad_input", "grad_weight", "grad_bias")
 
 
@@ -180,6 +192,32 @@ def test_large_reduction_float32(conv, device, path):
         ours, gy = forward_and_grads(conv_ext.conv2d, conv, x, w, b)
     for name, a, e, scale, tol in zip(NAMES, ours, *float64_results(conv, x, w, b, gy), TOLERANCES[torch.float32]):
         assert_scaled_close(a, e, tol, name, scale)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_float32_follows_the_tf32_switch():
+    """float32 on a GPU is TF32 exactly where F.conv2d's may be (torch.backends.cudnn.allow_tf32):
+    on, each op is the float32 sum of its operands rounded to TF32 (2e-5: the tensor cores' float32
+    sums are not IEEE's); off, within 1e-5 of the exact result, which TF32's 1e-3 would miss."""
+    conv = Conv(2, 70, 67, (13, 11), (3, 3), (1, 1), (1, 1), (1, 1), 1, True)
+    x, w, b = conv.tensors(torch.float32, "cuda")
+    gy = torch.rand(2, 67, 13, 11, device="cuda", generator=torch.Generator("cuda").manual_seed(0)) * 2 - 1
+    args = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
+    for allowed, rounded, tol in ((False, lambda t: t, 1e-5), (True, tf32, 2e-5)):
+        torch.backends.cudnn.allow_tf32 = allowed
+        ours = (
+            torch.ops.conv_ext.conv2d(x, w, b, *args),
+            torch.ops.conv_ext.conv2d_grad_input(gy, w, list(x.shape[2:]), *args),
+            torch.ops.conv_ext.conv2d_grad_weight(x, gy, list(w.shape[2:]), *args),
+        )
+        x64, w64, gy64 = (rounded(t).double() for t in (x, w, gy))
+        expected = (
+            F.conv2d(x64, w64, b.double(), **conv.kwargs()),
+            torch.nn.grad.conv2d_input(x.shape, w64, gy64, **conv.kwargs()),
+            torch.nn.grad.conv2d_weight(x64, w.shape, gy64, **conv.kwargs()),
+        )
+        for name, a, e in zip(NAMES, ours, expected):
+            assert_scaled_close(a, e, tol, f"{name}, TF32 allowed: {allowed}")
 
 
 @pytest.mark.parametrize("path", ["winograd", "winograd-generic-isa"])

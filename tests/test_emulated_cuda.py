@@ -1,8 +1,9 @@
 """The CUDA backend's tiled GEMM kernels (csrc/cuda/tiled_gemm.cuh), run on the CPU by a small
-emulator (emulated_cuda/cuda_on_cpu.h: a block's threads are std::threads meeting at
-__syncthreads), against torch: every op, dtype, stride, padding, dilation and group count, tiles
-cut by the edges, and the depth split across blocks. On a GPU the same kernels run for real in
-the device tests; here they check what the kernels compute where there is no GPU."""
+emulator (emulated_cuda/cuda_on_cpu.h: a block's threads are fibers meeting at __syncthreads, the
+tensor cores' wmma products computed on whole matrices), against torch: every op, dtype, stride,
+padding, dilation and group count, tiles cut by the edges, the depth split across blocks, on the
+tensor cores and not. On a GPU the same kernels run for real in the device tests; here they check
+what the kernels compute where there is no GPU."""
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from torch.utils.cpp_extension import load
 
 from configs import Conv, fitting_size
-from test_conv2d import assert_scaled_close
+from test_conv2d import assert_scaled_close, tf32
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,10 +45,10 @@ def gemm_convs(draw):
                 stride, padding, dilation, groups, draw(st.booleans()))
 
 
-def emulated_ops(emulated, conv, x, w, b, gy, multiprocessors):
+def emulated_ops(emulated, conv, x, w, b, gy, multiprocessors, tensor_cores=False):
     """The three ops' results by the emulated kernels (outputs poisoned with NaN first, so that an
     element left unwritten fails), and their plans (tiles_m, tiles_n, splits)."""
-    args = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups, multiprocessors)
+    args = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups, multiprocessors, tensor_cores)
     y = torch.full_like(gy, float("nan"))
     gx, gw = torch.full_like(x, float("nan")), torch.full_like(w, float("nan"))
     plans = [
@@ -82,10 +83,11 @@ def operands(conv, dtype, seed=0):
 
 
 @settings(max_examples=40)
-@given(conv=gemm_convs(), multiprocessors=st.sampled_from([1, 132, 10**6]))
-def test_float64_matches_torch(emulated, conv, multiprocessors):
+@given(conv=gemm_convs(), multiprocessors=st.sampled_from([1, 132, 10**6]), tensor_cores=st.booleans())
+def test_float64_matches_torch(emulated, conv, multiprocessors, tensor_cores):
+    """float64 within 1e-12 of the scale; it has no tensor core path, and asking for one changes nothing."""
     x, w, b, gy = operands(conv, torch.float64)
-    ours, _ = emulated_ops(emulated, conv, x, w, b, gy, multiprocessors)
+    ours, _ = emulated_ops(emulated, conv, x, w, b, gy, multiprocessors, tensor_cores)
     for name, a, e in zip(("output", "grad_input", "grad_weight"), ours, torch_ops(conv, x, w, b, gy)):
         assert_scaled_close(a, e, 1e-12, name)
 
@@ -96,13 +98,16 @@ LAYERS = [  # (conv, multiprocessors): each op's depth split on the second
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype,tensor_cores", [
+    (torch.float32, False), (torch.float16, False), (torch.bfloat16, False), (torch.float16, True), (torch.bfloat16, True),
+], ids=["float32", "float16", "bfloat16", "float16-tensor-cores", "bfloat16-tensor-cores"])
 @pytest.mark.parametrize("conv,multiprocessors", LAYERS)
-def test_reduced_precision_rounds_a_float32_sum(emulated, conv, multiprocessors, dtype):
+def test_reduced_precision_rounds_a_float32_sum(emulated, conv, multiprocessors, dtype, tensor_cores):
     """float32 within 1e-5 of max|result| (scale-aware); float16 and bfloat16 summed in float32 and
-    rounded once: within half an ulp of the exact result plus the float32 sum's error."""
+    rounded once, on the tensor cores or not: within half an ulp of the exact result plus the
+    float32 sum's error."""
     x, w, b, gy = operands(conv, dtype)
-    ours, plans = emulated_ops(emulated, conv, x, w, b, gy, multiprocessors)
+    ours, plans = emulated_ops(emulated, conv, x, w, b, gy, multiprocessors, tensor_cores)
     if multiprocessors > 1000:
         assert all(splits > 1 for _, _, splits in plans), plans
     for name, a, e in zip(("output", "grad_input", "grad_weight"), ours, torch_ops(conv, x, w, b, gy)):
@@ -113,6 +118,21 @@ def test_reduced_precision_rounds_a_float32_sum(emulated, conv, multiprocessors,
         else:
             half_ulp = torch.finfo(dtype).eps / 2
             torch.testing.assert_close(a.double(), e, rtol=half_ulp, atol=1e-5 * scale, msg=name)
+
+
+@settings(max_examples=25)
+@given(conv=gemm_convs(), multiprocessors=st.sampled_from([1, 132, 10**6]))
+def test_tf32_is_the_float32_sum_of_rounded_operands(emulated, conv, multiprocessors):
+    """float32 on the tensor cores (TF32): each op's operands rounded to TF32, their products summed
+    in float32: within 1e-5 of the scale of the float64 result on the rounded operands (and some
+    1e-3 from the float32 result, which the bound would not pass)."""
+    x, w, b, gy = operands(conv, torch.float32)
+    ours, _ = emulated_ops(emulated, conv, x, w, b, gy, multiprocessors, tensor_cores=True)
+    forward, _, _ = torch_ops(conv, tf32(x), tf32(w), b, gy)
+    _, grad_input, _ = torch_ops(conv, x, tf32(w), b, tf32(gy))
+    _, _, grad_weight = torch_ops(conv, tf32(x), w, b, tf32(gy))
+    for name, a, e in zip(("output", "grad_input", "grad_weight"), ours, (forward, grad_input, grad_weight)):
+        assert_scaled_close(a, e, 1e-5, name)
 
 
 def test_no_input_channels_gives_the_bias(emulated):

@@ -1,5 +1,7 @@
 // CUDA kernels of the three conv_ext operators. Two algorithms:
-// - the tiled implicit GEMM (tiled_gemm.cuh), wherever its 64 x 64 tiles are not mostly empty;
+// - the tiled implicit GEMM (tiled_gemm.cuh), wherever its 64 x 64 tiles are not mostly empty: on
+//   the tensor cores for float16 and bfloat16, and for float32 where PyTorch lets cuDNN use TF32
+//   (use_tensor_cores), in FMA instructions otherwise;
 // - direct kernels, one thread per element of the result summing its terms in a fixed order:
 //   depthwise and narrow groups (a product with fewer than 8 rows or columns per group), and
 //   the fallback for grids the tiled kernel cannot launch.
@@ -16,6 +18,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
+#include <torch/version.h>
 
 namespace conv_ext {
 namespace {
@@ -130,10 +133,31 @@ __global__ void conv2d_grad_weight_kernel(const scalar_t* __restrict__ x,
   }
 }
 
+// Whether F.conv2d may use TF32 for float32 here: torch.backends.cudnn.allow_tf32 (on by default),
+// or its newer form torch.backends.cudnn.conv.fp32_precision = "tf32".
+bool tf32_allowed() {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 10)
+  return at::globalContext().allowTF32CuDNN(at::Float32Op::CONV);
+#else
+  return at::globalContext().allowTF32CuDNN();
+#endif
+}
+
+// Whether the tiled GEMM of this dtype runs on the tensor cores: float16 and bfloat16 always,
+// float32 as TF32 where F.conv2d would; where the kernel this GPU runs was built from sm_80 code or
+// newer (wmma for these types).
+bool use_tensor_cores(at::ScalarType dtype) {
+  if (!(dtype == at::kHalf || dtype == at::kBFloat16 || (dtype == at::kFloat && tf32_allowed()))) return false;
+  cudaFuncAttributes kernel;
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&kernel, tiled_gemm::tensor_core_gemm_kernel<tiled_gemm::ForwardProblem<float>>));
+  return kernel.ptxVersion >= 80;
+}
+
 // The tiled GEMM's plan for this product on the current GPU, where it is the algorithm to run.
-std::optional<tiled_gemm::GemmPlan> tiled_gemm_plan(const tiled_gemm::GemmShape& shape) {
+std::optional<tiled_gemm::GemmPlan> tiled_gemm_plan(const tiled_gemm::GemmShape& shape, at::ScalarType dtype) {
   if (env_is("CONV_EXT_CUDA_ALGORITHM", "direct")) return std::nullopt;
-  const auto plan = tiled_gemm::plan_tiled_gemm(shape, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  const auto plan = tiled_gemm::plan_tiled_gemm(shape, at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
+                                                use_tensor_cores(dtype));
   if (!plan.fits()) return std::nullopt;
   if (env_is("CONV_EXT_CUDA_ALGORITHM", "gemm") || (shape.rows >= 8 && shape.cols >= 8)) return plan;
   return std::nullopt;
@@ -147,7 +171,7 @@ void compute(const Tensor& out, const Conv2dGeometry& g, const tiled_gemm::GemmS
              const Inputs&... inputs) {
   const int64_t n = out.numel();
   if (n == 0) return;
-  if (const auto plan = tiled_gemm_plan(shape)) {
+  if (const auto plan = tiled_gemm_plan(shape, out.scalar_type())) {
     tiled_gemm::run_tiled_gemm<Problem>(*plan, g, LaunchOnCurrentStream{}, out, inputs...);
     return;
   }

@@ -1,4 +1,4 @@
-// The tiled kernel of the three ops, written once. Per group, each op is a matrix product
+// The tiled kernels of the three ops, written once. Per group, each op is a matrix product
 // C[rows x cols] = A[rows x depth] B[depth x cols] whose operands are gathered from the tensors as
 // the tiles load (an implicit GEMM: no im2col matrix in memory):
 //
@@ -6,10 +6,14 @@
 //   grad_input   rows (n, ih, iw)  cols c (input channel)     depth (k, r, s)
 //   grad_weight  rows k            cols (c, r, s)             depth (n, oh, ow)
 //
-// A block computes a 64 x 64 tile of C through shared memory, 8 deep at a time, each of its 256
-// threads a 4 x 4 patch in registers, in the accumulation type. Where the grid has too few blocks
-// to fill the GPU (a weight gradient, small images), the depth is split across blocks whose partial
-// products a second kernel sums in a fixed order: deterministic, no atomics.
+// A block of 256 threads computes a 64 x 64 tile of C through shared memory, in one of two ways:
+// - tiled_gemm_kernel (every dtype): 8 deep at a time, each thread a 4 x 4 patch in registers, in
+//   the accumulation type;
+// - tensor_core_gemm_kernel (float16, bfloat16, and float32 as TF32): 16 deep at a time, each of
+//   its 8 warps a 16 x 32 slab on the tensor cores (wmma), accumulating in float32.
+// Where the grid has too few blocks to fill the GPU (a weight gradient, small images), the depth is
+// split across blocks whose partial products a second kernel sums in a fixed order:
+// deterministic, no atomics.
 //
 // Host code here too (the plan, the launches through a caller's launcher), so the tests can run
 // these kernels on the CPU (tests/emulated_cuda/) where there is no GPU.
@@ -21,15 +25,20 @@
 #include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
 
+#ifndef CONV_EXT_EMULATED_CUDA  // tests/emulated_cuda/cuda_on_cpu.h defines these on the CPU
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
+#endif
+
 namespace conv_ext {
 namespace tiled_gemm {
 
-constexpr int kTileM = 64, kTileN = 64, kTileK = 8;
-constexpr int kThreads = 256;
+constexpr int kTileM = 64, kTileN = 64, kTileK = 8, kTensorTileK = 16;
+constexpr int kThreads = 256, kWarpSize = 32;
 constexpr int kPatch = 4;                        // each thread's results: kPatch x kPatch
 constexpr int kThreadsAlong = kTileM / kPatch;   // 16 x 16 threads
 static_assert(kThreadsAlong * kThreadsAlong == kThreads && kTileM == kTileN, "one thread per patch");
-static_assert(2 * kThreads == kTileM * kTileK, "each thread loads two elements of each tile");
 
 // Enough blocks of kThreads for n elements with a grid-stride loop, capped so the grid stays legal.
 inline int64_t blocks_for(int64_t n) {
@@ -69,16 +78,17 @@ struct TilePosition {
   int outer, depth;
 };
 
-// The i-th (0 or 1) element of a kTileK x 64 operand tile that thread t loads.
-template <Fastest fastest>
+// The i-th element of a tile_k x 64 operand tile that thread t loads (i < tile_k / 4).
+template <Fastest fastest, int tile_k>
 __device__ __forceinline__ TilePosition load_position(int t, int i) {
   if (fastest == Fastest::outer) return {t % kTileM, t / kTileM + i * (kThreads / kTileM)};
-  return {t / kTileK + i * (kThreads / kTileK), t % kTileK};
+  return {t / tile_k + i * (kThreads / tile_k), t % tile_k};
 }
 
 // y[n, k, oh, ow] = bias[k] + sum_{c, r, s} x[n, c, oh * sh - ph + r * dh, ow * sw - pw + s * dw] w[k, c, r, s]
 template <typename scalar_t>
 struct ForwardProblem {
+  using value_t = scalar_t;
   using acc_t = at::acc_type<scalar_t, true>;
   static constexpr Fastest a_fastest = Fastest::outer, b_fastest = Fastest::depth;
   const scalar_t* x;
@@ -125,6 +135,7 @@ struct ForwardProblem {
 // gy[n, k, oh, ow] w[k, c, r, s]
 template <typename scalar_t>
 struct GradInputProblem {
+  using value_t = scalar_t;
   using acc_t = at::acc_type<scalar_t, true>;
   static constexpr Fastest a_fastest = Fastest::outer, b_fastest = Fastest::depth;
   const scalar_t* gy;
@@ -173,6 +184,7 @@ struct GradInputProblem {
 // gw[k, c, r, s] = sum_{n, oh, ow} gy[n, k, oh, ow] x[n, c, oh * sh - ph + r * dh, ow * sw - pw + s * dw]
 template <typename scalar_t>
 struct GradWeightProblem {
+  using value_t = scalar_t;
   using acc_t = at::acc_type<scalar_t, true>;
   static constexpr Fastest a_fastest = Fastest::depth, b_fastest = Fastest::depth;
   const scalar_t* x;
@@ -220,47 +232,90 @@ __device__ __forceinline__ int64_t partial_index(const GemmShape& s, int64_t spl
   return ((group * splits + split) * s.rows + m) * s.cols + n;
 }
 
-// Block (x, y): rows tile x; y = (group, split, cols tile), cols tile fastest. With splits > 1
-// the block covers its split's share of the depth and writes its partial product.
+// The block (x, y) of a grid over a product: rows tile x; y = (group, split, cols tile), cols tile
+// fastest. With splits > 1 the block covers its split's share of the depth, [k_begin, k_end), in
+// whole steps of tile_k, and writes its partial product.
+struct BlockTile {
+  int64_t m0, n0, group, split, k_begin, k_end;
+};
+
+template <int tile_k>
+__device__ BlockTile block_tile(const GemmShape& s, int64_t splits) {
+  const int64_t tiles_n = (s.cols + kTileN - 1) / kTileN;
+  const int64_t split = blockIdx.y / tiles_n % splits;
+  const int64_t steps_per_split = ((s.depth + tile_k - 1) / tile_k + splits - 1) / splits;
+  const int64_t k_begin = steps_per_split * tile_k * split;
+  return {blockIdx.x * int64_t{kTileM}, blockIdx.y % tiles_n * kTileN, blockIdx.y / tiles_n / splits, split,
+          k_begin, std::min(s.depth, k_begin + steps_per_split * tile_k)};
+}
+
+// One thread's share of loading a block's operand tiles, tile_k deep: where its elements go in
+// the tiles, and what their rows (of A) and columns (of B) have in common, found once.
+template <typename Problem, int tile_k>
+struct TileLoader {
+  static constexpr int kLoads = kTileM * tile_k / kThreads;
+  static_assert(kLoads * kThreads == kTileM * tile_k && kTileM == kTileN, "every thread loads as many");
+  TilePosition a_at[kLoads], b_at[kLoads];
+  typename Problem::Row rows[kLoads];
+  typename Problem::Col cols[kLoads];
+
+  __device__ TileLoader(const Problem& p, const BlockTile& b, int t) {
+#pragma unroll
+    for (int i = 0; i < kLoads; ++i) {
+      a_at[i] = load_position<Problem::a_fastest, tile_k>(t, i);
+      b_at[i] = load_position<Problem::b_fastest, tile_k>(t, i);
+      if (b.m0 + a_at[i].outer < p.shape.rows) rows[i] = p.row(b.group, b.m0 + a_at[i].outer);
+      if (b.n0 + b_at[i].outer < p.shape.cols) cols[i] = p.col(b.group, b.n0 + b_at[i].outer);
+    }
+  }
+
+  // a_tile[k][m] = A[m0 + m, k0 + k] and b_tile[k][n] = B[k0 + k, n0 + n], each converted by
+  // `to`, zero past the edges of C and past k_end.
+  template <typename T, int lda, int ldb, typename Convert>
+  __device__ void load(const Problem& p, const BlockTile& b, int64_t k0, T (*a_tile)[lda], T (*b_tile)[ldb],
+                       Convert to) const {
+    using acc_t = typename Problem::acc_t;
+#pragma unroll
+    for (int i = 0; i < kLoads; ++i) {
+      const int64_t ka = k0 + a_at[i].depth, kb = k0 + b_at[i].depth;
+      a_tile[a_at[i].depth][a_at[i].outer] =
+          to(b.m0 + a_at[i].outer < p.shape.rows && ka < b.k_end ? p.a(rows[i], ka) : acc_t(0));
+      b_tile[b_at[i].depth][b_at[i].outer] =
+          to(b.n0 + b_at[i].outer < p.shape.cols && kb < b.k_end ? p.b(cols[i], kb) : acc_t(0));
+    }
+  }
+};
+
+// C[m, n] = v, or the block's partial product of it, where (m, n) lies inside C.
+template <typename Problem>
+__device__ __forceinline__ void write_result(const Problem& p, const BlockTile& b, int64_t splits,
+                                             typename Problem::acc_t* partial, int64_t m, int64_t n,
+                                             typename Problem::acc_t v) {
+  if (m >= p.shape.rows || n >= p.shape.cols) return;
+  if (splits == 1) {
+    p.store(b.group, m, n, v);
+  } else {
+    partial[partial_index(p.shape, splits, b.group, b.split, m, n)] = v;
+  }
+}
+
 template <typename Problem>
 __global__ void __launch_bounds__(kThreads)
     tiled_gemm_kernel(Problem p, int64_t splits, typename Problem::acc_t* partial) {
   using acc_t = typename Problem::acc_t;
   __shared__ acc_t a_tile[kTileK][kTileM];
   __shared__ acc_t b_tile[kTileK][kTileN];
-  const GemmShape& s = p.shape;
   const int t = threadIdx.x;
-  const int64_t tiles_n = (s.cols + kTileN - 1) / kTileN;
-  const int64_t m0 = blockIdx.x * int64_t{kTileM}, n0 = blockIdx.y % tiles_n * kTileN;
-  const int64_t split = blockIdx.y / tiles_n % splits, group = blockIdx.y / tiles_n / splits;
-  const int64_t steps = (s.depth + kTileK - 1) / kTileK;
-  const int64_t k_begin = (steps + splits - 1) / splits * kTileK * split;
-  const int64_t k_end = std::min(s.depth, k_begin + (steps + splits - 1) / splits * kTileK);
-
-  // Each thread's two loads per tile, and what their rows and columns have in common.
-  TilePosition a_at[2], b_at[2];
-  typename Problem::Row rows[2];
-  typename Problem::Col cols[2];
-  for (int i = 0; i < 2; ++i) {
-    a_at[i] = load_position<Problem::a_fastest>(t, i);
-    b_at[i] = load_position<Problem::b_fastest>(t, i);
-    if (m0 + a_at[i].outer < s.rows) rows[i] = p.row(group, m0 + a_at[i].outer);
-    if (n0 + b_at[i].outer < s.cols) cols[i] = p.col(group, n0 + b_at[i].outer);
-  }
+  const BlockTile block = block_tile<kTileK>(p.shape, splits);
+  const TileLoader<Problem, kTileK> loader(p, block, t);
 
   // Thread t's results: rows tm + 16 i, columns tn + 16 j of the tile, so that a warp's 32 threads
   // read 16 consecutive a_tile words and 2 b_tile words (no bank conflicts) and store pixels
   // that neighbour in the forward and input gradient.
   const int tm = t % kThreadsAlong, tn = t / kThreadsAlong;
   acc_t sum[kPatch][kPatch] = {};
-  for (int64_t k0 = k_begin; k0 < k_end; k0 += kTileK) {
-    for (int i = 0; i < 2; ++i) {
-      const int64_t ka = k0 + a_at[i].depth, kb = k0 + b_at[i].depth;
-      a_tile[a_at[i].depth][a_at[i].outer] =
-          m0 + a_at[i].outer < s.rows && ka < k_end ? p.a(rows[i], ka) : acc_t(0);
-      b_tile[b_at[i].depth][b_at[i].outer] =
-          n0 + b_at[i].outer < s.cols && kb < k_end ? p.b(cols[i], kb) : acc_t(0);
-    }
+  for (int64_t k0 = block.k_begin; k0 < block.k_end; k0 += kTileK) {
+    loader.load(p, block, k0, a_tile, b_tile, [](acc_t v) { return v; });
     __syncthreads();
 #pragma unroll
     for (int k = 0; k < kTileK; ++k) {
@@ -283,15 +338,104 @@ __global__ void __launch_bounds__(kThreads)
   for (int i = 0; i < kPatch; ++i) {
 #pragma unroll
     for (int j = 0; j < kPatch; ++j) {
-      const int64_t m = m0 + tm + kThreadsAlong * i, n = n0 + tn + kThreadsAlong * j;
-      if (m >= s.rows || n >= s.cols) continue;
-      if (splits == 1) {
-        p.store(group, m, n, sum[i][j]);
-      } else {
-        partial[partial_index(s, splits, group, split, m, n)] = sum[i][j];
-      }
+      write_result(p, block, splits, partial, block.m0 + tm + kThreadsAlong * i, block.n0 + tn + kThreadsAlong * j,
+                   sum[i][j]);
     }
   }
+}
+
+// The tensor cores' view of a dtype: the operands' type in shared memory (rounded from the
+// float32 the gathers give), the fragments' element type, and the depth of one wmma product.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+// Compiling for a GPU without tensor cores for these types: tensor_core_gemm_kernel only traps
+// there (the host never launches it), and needs nothing but which dtypes it is instantiated for.
+template <typename scalar_t>
+struct TensorCoreOperand {
+  static constexpr bool available = !std::is_same_v<scalar_t, double>;
+};
+#else
+template <typename scalar_t>
+struct TensorCoreOperand {
+  static constexpr bool available = false;
+};
+template <typename T>  // float16 and bfloat16: the type itself in shared memory and fragments
+struct SixteenBitOperand {
+  static constexpr bool available = true;
+  static constexpr int kDepth = 16;
+  using shared_t = T;
+  using fragment_t = T;
+};
+template <>
+struct TensorCoreOperand<at::Half> : SixteenBitOperand<__half> {
+  __device__ static __half from(float v) { return __float2half(v); }
+};
+template <>
+struct TensorCoreOperand<at::BFloat16> : SixteenBitOperand<__nv_bfloat16> {
+  __device__ static __nv_bfloat16 from(float v) { return __float2bfloat16(v); }
+};
+template <>
+struct TensorCoreOperand<float> {  // TF32: 10 bits of mantissa, rounded to nearest
+  static constexpr bool available = true;
+  static constexpr int kDepth = 8;
+  using shared_t = float;
+  using fragment_t = nvcuda::wmma::precision::tf32;
+  __device__ static shared_t from(float v) { return nvcuda::wmma::__float_to_tf32(v); }
+};
+#endif
+
+// Padding of the shared tiles' rows: keeps each wmma fragment's rows 32-byte aligned while moving
+// consecutive rows to other banks.
+constexpr int kOperandPad = 8, kResultPad = 4;
+
+// The block grid and results of tiled_gemm_kernel, the products on tensor cores (sm_80 and newer:
+// the host launches it only where its PTX version says so). Warp w computes rows 16 (w % 4) and
+// columns 32 (w / 4) of the tile as two 16 x 16 wmma accumulators; the block then stages its C
+// tile through shared memory so that each thread writes neighbouring pixels.
+template <typename Problem>
+__global__ void __launch_bounds__(kThreads)
+    tensor_core_gemm_kernel(Problem p, int64_t splits, float* partial) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();
+#else
+  namespace wmma = nvcuda::wmma;
+  using Operand = TensorCoreOperand<typename Problem::value_t>;
+  using T = typename Operand::shared_t;
+  constexpr int kDepth = Operand::kDepth, lda = kTileM + kOperandPad, ldb = kTileN + kOperandPad;
+  constexpr int ldc = kTileM + kResultPad;
+  __shared__ __align__(32) T a_tile[kTensorTileK][lda];
+  __shared__ __align__(32) T b_tile[kTensorTileK][ldb];
+  __shared__ __align__(32) float c_tile[kTileN][ldc];  // C's tile transposed: c_tile[n][m]
+  const int t = threadIdx.x, warp = t / kWarpSize;
+  const int wm = warp % 4 * 16, wn = warp / 4 * 32;
+  const BlockTile block = block_tile<kTensorTileK>(p.shape, splits);
+  const TileLoader<Problem, kTensorTileK> loader(p, block, t);
+
+  wmma::fragment<wmma::accumulator, 16, 16, kDepth, float> sum[2];
+  for (auto& s : sum) wmma::fill_fragment(s, 0.0f);
+  for (int64_t k0 = block.k_begin; k0 < block.k_end; k0 += kTensorTileK) {
+    loader.load(p, block, k0, a_tile, b_tile, [](float v) { return Operand::from(v); });
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kTensorTileK; k += kDepth) {
+      wmma::fragment<wmma::matrix_a, 16, 16, kDepth, typename Operand::fragment_t, wmma::col_major> a;
+      wmma::load_matrix_sync(a, &a_tile[k][wm], lda);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        wmma::fragment<wmma::matrix_b, 16, 16, kDepth, typename Operand::fragment_t, wmma::row_major> b;
+        wmma::load_matrix_sync(b, &b_tile[k][wn + 16 * j], ldb);
+        wmma::mma_sync(sum[j], a, b, sum[j]);
+      }
+    }
+    __syncthreads();
+  }
+
+  for (int j = 0; j < 2; ++j) wmma::store_matrix_sync(&c_tile[wn + 16 * j][wm], sum[j], ldc, wmma::mem_col_major);
+  __syncthreads();
+  for (int e = t; e < kTileM * kTileN; e += kThreads) {
+    const int m = e % kTileM, n = e / kTileM;
+    write_result(p, block, splits, partial, block.m0 + m, block.n0 + n, c_tile[n][m]);
+  }
+#endif
 }
 
 // C[m, n] = the sum of the splits' partial products, in split order.
@@ -308,10 +452,12 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// The grid of one product: blocks of tiles, and into how many parts the depth is split.
+// The grid of one product: blocks of tiles, into how many parts the depth is split, and whether
+// the tensor cores compute it (where the dtype has a TensorCoreOperand; ignored elsewhere).
 struct GemmPlan {
   GemmShape shape;
   int64_t tiles_m, tiles_n, splits;
+  bool tensor_cores;
 
   // Whether the grid is legal (at most 2^31 - 1 blocks along x, 65535 along y).
   bool fits() const { return tiles_m < (int64_t{1} << 31) && tiles_n * shape.groups * splits <= 65535; }
@@ -319,14 +465,14 @@ struct GemmPlan {
 
 // Splits the depth where the tiles alone would give fewer than two blocks per multiprocessor,
 // into parts at least 32 steps (256) deep, at most 64.
-inline GemmPlan plan_tiled_gemm(const GemmShape& s, int64_t multiprocessors) {
+inline GemmPlan plan_tiled_gemm(const GemmShape& s, int64_t multiprocessors, bool tensor_cores) {
   const int64_t tiles_m = (s.rows + kTileM - 1) / kTileM, tiles_n = (s.cols + kTileN - 1) / kTileN;
   const int64_t blocks = std::max<int64_t>(1, tiles_m * tiles_n * s.groups);
   const int64_t wanted = (2 * multiprocessors + blocks - 1) / blocks;
   const int64_t deep_enough = s.depth / (32 * kTileK);
   int64_t splits = std::max<int64_t>(1, std::min<int64_t>({wanted, deep_enough, 64}));
   while (splits > 1 && tiles_n * s.groups * splits > 65535) --splits;
-  return {s, tiles_m, tiles_n, splits};
+  return {s, tiles_m, tiles_n, splits, tensor_cores};
 }
 
 // Runs Problem<dtype of out> over the plan: launch(kernel, grid, block, arguments...) launches a
@@ -340,14 +486,18 @@ void run_tiled_gemm(const GemmPlan& plan, const Conv2dGeometry& g, Launch launch
     using acc_t = typename P::acc_t;
     const P p(data_or_null<scalar_t>(inputs)..., out.mutable_data_ptr<scalar_t>(), g);
     const dim3 grid(plan.tiles_m, plan.tiles_n * plan.shape.groups * plan.splits);
+    auto kernel = tiled_gemm_kernel<P>;
+    if constexpr (TensorCoreOperand<scalar_t>::available) {
+      if (plan.tensor_cores) kernel = tensor_core_gemm_kernel<P>;
+    }
     if (plan.splits == 1) {
-      launch(tiled_gemm_kernel<P>, grid, dim3(kThreads), p, int64_t{1}, static_cast<acc_t*>(nullptr));
+      launch(kernel, grid, dim3(kThreads), p, int64_t{1}, static_cast<acc_t*>(nullptr));
       return;
     }
     const auto& s = plan.shape;
     at::Tensor partial = at::empty({plan.splits * s.groups * s.rows * s.cols},
                                    out.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    launch(tiled_gemm_kernel<P>, grid, dim3(kThreads), p, plan.splits, partial.mutable_data_ptr<acc_t>());
+    launch(kernel, grid, dim3(kThreads), p, plan.splits, partial.mutable_data_ptr<acc_t>());
     launch(sum_partials_kernel<P>, dim3(blocks_for(s.groups * s.rows * s.cols)), dim3(kThreads), p,
            plan.splits, static_cast<const acc_t*>(partial.const_data_ptr<acc_t>()));
   });

@@ -1,6 +1,6 @@
 // The tiled GEMM kernels of csrc/cuda/tiled_gemm.cuh, run on the CPU by cuda_on_cpu.h, as the three
 // ops on CPU tensors (contiguous, NCHW) with a chosen number of multiprocessors (which sets how
-// the depth is split): test_emulated_cuda.py compares them with torch.
+// the depth is split), on the tensor cores or not: test_emulated_cuda.py compares them with torch.
 #include <torch/extension.h>
 
 #include "cuda_on_cpu.h"
@@ -21,12 +21,18 @@ conv_ext::Conv2dGeometry geometry(at::IntArrayRef input, at::IntArrayRef weight,
           stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], groups};
 }
 
-// Fills out with Problem by the plan the CUDA backend would make on a GPU with this many
-// multiprocessors; returns the plan's (tiles_m, tiles_n, splits).
+// The GPU the plans are made for: its multiprocessors, and whether its tensor cores are used.
+struct Gpu {
+  int64_t multiprocessors;
+  bool tensor_cores;
+};
+
+// Fills out with Problem by the plan the CUDA backend would make on the gpu; returns the plan's
+// (tiles_m, tiles_n, splits).
 template <template <typename> class Problem, typename... Inputs>
-std::vector<int64_t> run(const conv_ext::Conv2dGeometry& g, const GemmShape& shape, int64_t multiprocessors,
+std::vector<int64_t> run(const conv_ext::Conv2dGeometry& g, const GemmShape& shape, const Gpu& gpu,
                          const Tensor& out, const Inputs&... inputs) {
-  const auto plan = plan_tiled_gemm(shape, multiprocessors);
+  const auto plan = plan_tiled_gemm(shape, gpu.multiprocessors, gpu.tensor_cores);
   TORCH_CHECK(plan.fits(), "the tiled GEMM's grid does not fit");
   run_tiled_gemm<Problem>(plan, g, emulated_cuda::Launch{}, out, inputs...);
   return {plan.tiles_m, plan.tiles_n, plan.splits};
@@ -34,24 +40,24 @@ std::vector<int64_t> run(const conv_ext::Conv2dGeometry& g, const GemmShape& sha
 
 std::vector<int64_t> forward(const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias,
                              std::vector<int64_t> stride, std::vector<int64_t> padding,
-                             std::vector<int64_t> dilation, int64_t groups, int64_t multiprocessors,
+                             std::vector<int64_t> dilation, int64_t groups, int64_t multiprocessors, bool tensor_cores,
                              Tensor y) {
   const auto g = geometry(x.sizes(), w.sizes(), w.size(0), stride, padding, dilation, groups);
-  return run<ForwardProblem>(g, forward_shape(g), multiprocessors, y, x, w, bias.value_or(Tensor()));
+  return run<ForwardProblem>(g, forward_shape(g), {multiprocessors, tensor_cores}, y, x, w, bias.value_or(Tensor()));
 }
 
 std::vector<int64_t> grad_input(const Tensor& gy, const Tensor& w, std::vector<int64_t> stride,
                                 std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t groups,
-                                int64_t multiprocessors, Tensor gx) {
+                                int64_t multiprocessors, bool tensor_cores, Tensor gx) {
   const auto g = geometry(gx.sizes(), w.sizes(), w.size(0), stride, padding, dilation, groups);
-  return run<GradInputProblem>(g, grad_input_shape(g), multiprocessors, gx, gy, w);
+  return run<GradInputProblem>(g, grad_input_shape(g), {multiprocessors, tensor_cores}, gx, gy, w);
 }
 
 std::vector<int64_t> grad_weight(const Tensor& x, const Tensor& gy, std::vector<int64_t> stride,
                                  std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t groups,
-                                 int64_t multiprocessors, Tensor gw) {
+                                 int64_t multiprocessors, bool tensor_cores, Tensor gw) {
   const auto g = geometry(x.sizes(), gw.sizes(), gw.size(0), stride, padding, dilation, groups);
-  return run<GradWeightProblem>(g, grad_weight_shape(g), multiprocessors, gw, x, gy);
+  return run<GradWeightProblem>(g, grad_weight_shape(g), {multiprocessors, tensor_cores}, gw, x, gy);
 }
 
 }  // namespace
