@@ -85,6 +85,37 @@ __device__ __forceinline__ TilePosition load_position(int t, int i) {
   return {t / tile_k + i * (kThreads / tile_k), t % tile_k};
 }
 
+// A position along a product's depth as the digits (outer, middle, inner) that an operand's
+// a() or b() reads it by, e.g. (c, r, s). Each thread finds its loads' digits once and steps them
+// a tile on by additions and carries, where finding them anew would take 64-bit divisions, on a
+// GPU dozens of instructions each, on every load.
+struct DepthDigits {
+  int64_t outer, middle, inner;
+};
+
+// The extents of the middle and inner digits; (1, 1) for an operand that reads its depth as one index.
+struct DepthRadix {
+  int64_t middle, inner;
+
+  __device__ DepthDigits digits(int64_t k) const { return {k / (middle * inner), k / inner % middle, k % inner}; }
+
+  // d += step, both in digits of this radix (each carry needs one subtraction: both digits were below
+  // their extents).
+  __device__ void advance(DepthDigits& d, const DepthDigits& step) const {
+    d.inner += step.inner;
+    if (d.inner >= inner) {
+      d.inner -= inner;
+      ++d.middle;
+    }
+    d.middle += step.middle;
+    if (d.middle >= middle) {
+      d.middle -= middle;
+      ++d.outer;
+    }
+    d.outer += step.outer;
+  }
+};
+
 // y[n, k, oh, ow] = bias[k] + sum_{c, r, s} x[n, c, oh * sh - ph + r * dh, ow * sw - pw + s * dw] w[k, c, r, s]
 template <typename scalar_t>
 struct ForwardProblem {
@@ -98,8 +129,10 @@ struct ForwardProblem {
   Conv2dGeometry g;
   GemmShape shape;
 
+  DepthRadix a_radix, b_radix;  // A by (c, r, s), B as one index
+
   ForwardProblem(const scalar_t* x, const scalar_t* w, const scalar_t* bias, scalar_t* y, const Conv2dGeometry& g)
-      : x(x), w(w), bias(bias), y(y), g(g), shape(forward_shape(g)) {}
+      : x(x), w(w), bias(bias), y(y), g(g), shape(forward_shape(g)), a_radix{g.kernel_h, g.kernel_w}, b_radix{1, 1} {}
 
   struct Row {  // an output pixel: its image's first channel of the group, its window's corner
     const scalar_t* x;
@@ -110,12 +143,10 @@ struct ForwardProblem {
     return {x + (n * g.in_channels + group * g.in_channels_per_group()) * g.in_h * g.in_w,
             oh * g.stride_h - g.pad_h, ow * g.stride_w - g.pad_w};
   }
-  __device__ acc_t a(const Row& p, int64_t crs) const {
-    const int64_t rs = g.kernel_h * g.kernel_w, c = crs / rs;
-    const int64_t ih = p.ih0 + crs % rs / g.kernel_w * g.dilation_h;
-    const int64_t iw = p.iw0 + crs % g.kernel_w * g.dilation_w;
+  __device__ acc_t a(const Row& p, const DepthDigits& crs) const {
+    const int64_t ih = p.ih0 + crs.middle * g.dilation_h, iw = p.iw0 + crs.inner * g.dilation_w;
     if (ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) return acc_t(0);
-    return static_cast<acc_t>(p.x[(c * g.in_h + ih) * g.in_w + iw]);
+    return static_cast<acc_t>(p.x[(crs.outer * g.in_h + ih) * g.in_w + iw]);
   }
   struct Col {  // an output channel's filter
     const scalar_t* w;
@@ -123,7 +154,7 @@ struct ForwardProblem {
   __device__ Col col(int64_t group, int64_t k) const {
     return {w + (group * shape.cols + k) * shape.depth};
   }
-  __device__ acc_t b(const Col& f, int64_t crs) const { return static_cast<acc_t>(f.w[crs]); }
+  __device__ acc_t b(const Col& f, const DepthDigits& crs) const { return static_cast<acc_t>(f.w[crs.outer]); }
   __device__ void store(int64_t group, int64_t m, int64_t k, acc_t v) const {
     const int64_t pixels = g.out_h * g.out_w, channel = group * shape.cols + k;
     if (bias != nullptr) v += static_cast<acc_t>(bias[channel]);
@@ -144,8 +175,11 @@ struct GradInputProblem {
   Conv2dGeometry g;
   GemmShape shape;
 
+  DepthRadix a_radix, b_radix;  // A by (k, r, s), B by (k, r s)
+
   GradInputProblem(const scalar_t* gy, const scalar_t* w, scalar_t* gx, const Conv2dGeometry& g)
-      : gy(gy), w(w), gx(gx), g(g), shape(grad_input_shape(g)) {}
+      : gy(gy), w(w), gx(gx), g(g), shape(grad_input_shape(g)), a_radix{g.kernel_h, g.kernel_w},
+        b_radix{1, g.kernel_h * g.kernel_w} {}
 
   struct Row {  // an input pixel: its image's first output channel of the group, its padded position
     const scalar_t* gy;
@@ -156,13 +190,15 @@ struct GradInputProblem {
     return {gy + (n * g.out_channels + group * g.out_channels_per_group()) * g.out_h * g.out_w,
             ih + g.pad_h, iw + g.pad_w};
   }
-  __device__ acc_t a(const Row& p, int64_t krs) const {
-    const int64_t rs = g.kernel_h * g.kernel_w, k = krs / rs;
-    const int64_t h = p.h - krs % rs / g.kernel_w * g.dilation_h, v = p.v - krs % g.kernel_w * g.dilation_w;
-    if (h < 0 || v < 0 || h % g.stride_h != 0 || v % g.stride_w != 0) return acc_t(0);
-    const int64_t oh = h / g.stride_h, ow = v / g.stride_w;
+  __device__ acc_t a(const Row& p, const DepthDigits& krs) const {
+    const int64_t h = p.h - krs.middle * g.dilation_h, v = p.v - krs.inner * g.dilation_w;
+    if (h < 0 || v < 0) return acc_t(0);
+    // Stride 1 (the common case) needs no division.
+    if (g.stride_h != 1 && h % g.stride_h != 0) return acc_t(0);
+    if (g.stride_w != 1 && v % g.stride_w != 0) return acc_t(0);
+    const int64_t oh = g.stride_h == 1 ? h : h / g.stride_h, ow = g.stride_w == 1 ? v : v / g.stride_w;
     if (oh >= g.out_h || ow >= g.out_w) return acc_t(0);
-    return static_cast<acc_t>(p.gy[(k * g.out_h + oh) * g.out_w + ow]);
+    return static_cast<acc_t>(p.gy[(krs.outer * g.out_h + oh) * g.out_w + ow]);
   }
   struct Col {  // an input channel's taps in the group's first filter
     const scalar_t* w;
@@ -171,9 +207,8 @@ struct GradInputProblem {
     const int64_t rs = g.kernel_h * g.kernel_w;
     return {w + (group * g.out_channels_per_group() * shape.cols + c) * rs};
   }
-  __device__ acc_t b(const Col& f, int64_t krs) const {
-    const int64_t rs = g.kernel_h * g.kernel_w;
-    return static_cast<acc_t>(f.w[krs / rs * shape.cols * rs + krs % rs]);
+  __device__ acc_t b(const Col& f, const DepthDigits& krs) const {
+    return static_cast<acc_t>(f.w[krs.outer * shape.cols * b_radix.inner + krs.inner]);
   }
   __device__ void store(int64_t group, int64_t m, int64_t c, acc_t v) const {
     const int64_t pixels = g.in_h * g.in_w;
@@ -193,8 +228,11 @@ struct GradWeightProblem {
   Conv2dGeometry g;
   GemmShape shape;
 
+  DepthRadix a_radix, b_radix;  // A by (n, oh ow), B by (n, oh, ow)
+
   GradWeightProblem(const scalar_t* x, const scalar_t* gy, scalar_t* gw, const Conv2dGeometry& g)
-      : x(x), gy(gy), gw(gw), g(g), shape(grad_weight_shape(g)) {}
+      : x(x), gy(gy), gw(gw), g(g), shape(grad_weight_shape(g)), a_radix{1, g.out_h * g.out_w},
+        b_radix{g.out_h, g.out_w} {}
 
   struct Row {  // an output channel's plane in the first image
     const scalar_t* gy;
@@ -202,9 +240,8 @@ struct GradWeightProblem {
   __device__ Row row(int64_t group, int64_t k) const {
     return {gy + (group * shape.rows + k) * g.out_h * g.out_w};
   }
-  __device__ acc_t a(const Row& p, int64_t nhw) const {
-    const int64_t pixels = g.out_h * g.out_w;
-    return static_cast<acc_t>(p.gy[nhw / pixels * g.out_channels * pixels + nhw % pixels]);
+  __device__ acc_t a(const Row& p, const DepthDigits& nhw) const {
+    return static_cast<acc_t>(p.gy[nhw.outer * g.out_channels * a_radix.inner + nhw.inner]);
   }
   struct Col {  // a tap: its input channel's plane in the first image, its offset from a window's corner
     const scalar_t* x;
@@ -215,11 +252,10 @@ struct GradWeightProblem {
     return {x + (group * g.in_channels_per_group() + c) * g.in_h * g.in_w,
             crs % rs / g.kernel_w * g.dilation_h - g.pad_h, crs % g.kernel_w * g.dilation_w - g.pad_w};
   }
-  __device__ acc_t b(const Col& tap, int64_t nhw) const {
-    const int64_t n = nhw / (g.out_h * g.out_w), oh = nhw / g.out_w % g.out_h, ow = nhw % g.out_w;
-    const int64_t ih = oh * g.stride_h + tap.dh, iw = ow * g.stride_w + tap.dw;
+  __device__ acc_t b(const Col& tap, const DepthDigits& nhw) const {
+    const int64_t ih = nhw.middle * g.stride_h + tap.dh, iw = nhw.inner * g.stride_w + tap.dw;
     if (ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) return acc_t(0);
-    return static_cast<acc_t>(tap.x[(n * g.in_channels * g.in_h + ih) * g.in_w + iw]);
+    return static_cast<acc_t>(tap.x[(nhw.outer * g.in_channels * g.in_h + ih) * g.in_w + iw]);
   }
   __device__ void store(int64_t group, int64_t k, int64_t crs, acc_t v) const {
     gw[(group * shape.rows + k) * shape.cols + crs] = static_cast<scalar_t>(v);
@@ -249,40 +285,63 @@ __device__ BlockTile block_tile(const GemmShape& s, int64_t splits) {
           k_begin, std::min(s.depth, k_begin + steps_per_split * tile_k)};
 }
 
-// One thread's share of loading a block's operand tiles, tile_k deep: where its elements go in
-// the tiles, and what their rows (of A) and columns (of B) have in common, found once.
+// One thread's share of loading a block's operand tiles, tile_k deep, a tile after another. Its
+// loads of an operand lie along one line of the tile: at one depth (Fastest::depth), so they share
+// their depth digits, or in one row or column of C (Fastest::outer), so they share what a() or b()
+// needs of that (a Problem's Row or Col), found once.
 template <typename Problem, int tile_k>
 struct TileLoader {
   static constexpr int kLoads = kTileM * tile_k / kThreads;
   static_assert(kLoads * kThreads == kTileM * tile_k && kTileM == kTileN, "every thread loads as many");
+  static constexpr bool a_one_depth = Problem::a_fastest == Fastest::depth;
+  static constexpr bool b_one_depth = Problem::b_fastest == Fastest::depth;
   TilePosition a_at[kLoads], b_at[kLoads];
-  typename Problem::Row rows[kLoads];
-  typename Problem::Col cols[kLoads];
+  typename Problem::Row rows[a_one_depth ? kLoads : 1];
+  typename Problem::Col cols[b_one_depth ? kLoads : 1];
+  DepthDigits a_depth[a_one_depth ? 1 : kLoads], b_depth[b_one_depth ? 1 : kLoads];
+  DepthDigits a_step, b_step;  // tile_k in each operand's digits
 
-  __device__ TileLoader(const Problem& p, const BlockTile& b, int t) {
+  __device__ TileLoader(const Problem& p, const BlockTile& b, int t)
+      : a_step(p.a_radix.digits(tile_k)), b_step(p.b_radix.digits(tile_k)) {
 #pragma unroll
     for (int i = 0; i < kLoads; ++i) {
       a_at[i] = load_position<Problem::a_fastest, tile_k>(t, i);
       b_at[i] = load_position<Problem::b_fastest, tile_k>(t, i);
+    }
+#pragma unroll
+    for (int i = 0; i < (a_one_depth ? kLoads : 1); ++i) {
       if (b.m0 + a_at[i].outer < p.shape.rows) rows[i] = p.row(b.group, b.m0 + a_at[i].outer);
+    }
+#pragma unroll
+    for (int i = 0; i < (b_one_depth ? kLoads : 1); ++i) {
       if (b.n0 + b_at[i].outer < p.shape.cols) cols[i] = p.col(b.group, b.n0 + b_at[i].outer);
     }
+#pragma unroll
+    for (int i = 0; i < (a_one_depth ? 1 : kLoads); ++i) a_depth[i] = p.a_radix.digits(b.k_begin + a_at[i].depth);
+#pragma unroll
+    for (int i = 0; i < (b_one_depth ? 1 : kLoads); ++i) b_depth[i] = p.b_radix.digits(b.k_begin + b_at[i].depth);
   }
 
   // a_tile[k][m] = A[m0 + m, k0 + k] and b_tile[k][n] = B[k0 + k, n0 + n], each converted by
-  // `to`, zero past the edges of C and past k_end.
+  // `to`, zero past the edges of C and past k_end, where k0 is block.k_begin on the first call
+  // and tile_k more on each next.
   template <typename T, int lda, int ldb, typename Convert>
-  __device__ void load(const Problem& p, const BlockTile& b, int64_t k0, T (*a_tile)[lda], T (*b_tile)[ldb],
-                       Convert to) const {
+  __device__ void load_next(const Problem& p, const BlockTile& b, int64_t k0, T (*a_tile)[lda], T (*b_tile)[ldb],
+                            Convert to) {
     using acc_t = typename Problem::acc_t;
 #pragma unroll
     for (int i = 0; i < kLoads; ++i) {
-      const int64_t ka = k0 + a_at[i].depth, kb = k0 + b_at[i].depth;
+      const auto& row = rows[a_one_depth ? i : 0];
+      const auto& col = cols[b_one_depth ? i : 0];
+      const DepthDigits& ka = a_depth[a_one_depth ? 0 : i];
+      const DepthDigits& kb = b_depth[b_one_depth ? 0 : i];
       a_tile[a_at[i].depth][a_at[i].outer] =
-          to(b.m0 + a_at[i].outer < p.shape.rows && ka < b.k_end ? p.a(rows[i], ka) : acc_t(0));
+          to(b.m0 + a_at[i].outer < p.shape.rows && k0 + a_at[i].depth < b.k_end ? p.a(row, ka) : acc_t(0));
       b_tile[b_at[i].depth][b_at[i].outer] =
-          to(b.n0 + b_at[i].outer < p.shape.cols && kb < b.k_end ? p.b(cols[i], kb) : acc_t(0));
+          to(b.n0 + b_at[i].outer < p.shape.cols && k0 + b_at[i].depth < b.k_end ? p.b(col, kb) : acc_t(0));
     }
+    for (auto& d : a_depth) p.a_radix.advance(d, a_step);
+    for (auto& d : b_depth) p.b_radix.advance(d, b_step);
   }
 };
 
@@ -307,7 +366,7 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ acc_t b_tile[kTileK][kTileN];
   const int t = threadIdx.x;
   const BlockTile block = block_tile<kTileK>(p.shape, splits);
-  const TileLoader<Problem, kTileK> loader(p, block, t);
+  TileLoader<Problem, kTileK> loader(p, block, t);
 
   // Thread t's results: rows tm + 16 i, columns tn + 16 j of the tile, so that a warp's 32 threads
   // read 16 consecutive a_tile words and 2 b_tile words (no bank conflicts) and store pixels
@@ -315,7 +374,7 @@ __global__ void __launch_bounds__(kThreads)
   const int tm = t % kThreadsAlong, tn = t / kThreadsAlong;
   acc_t sum[kPatch][kPatch] = {};
   for (int64_t k0 = block.k_begin; k0 < block.k_end; k0 += kTileK) {
-    loader.load(p, block, k0, a_tile, b_tile, [](acc_t v) { return v; });
+    loader.load_next(p, block, k0, a_tile, b_tile, [](acc_t v) { return v; });
     __syncthreads();
 #pragma unroll
     for (int k = 0; k < kTileK; ++k) {
@@ -408,12 +467,12 @@ __global__ void __launch_bounds__(kThreads)
   const int t = threadIdx.x, warp = t / kWarpSize;
   const int wm = warp % 4 * 16, wn = warp / 4 * 32;
   const BlockTile block = block_tile<kTensorTileK>(p.shape, splits);
-  const TileLoader<Problem, kTensorTileK> loader(p, block, t);
+  TileLoader<Problem, kTensorTileK> loader(p, block, t);
 
   wmma::fragment<wmma::accumulator, 16, 16, kDepth, float> sum[2];
   for (auto& s : sum) wmma::fill_fragment(s, 0.0f);
   for (int64_t k0 = block.k_begin; k0 < block.k_end; k0 += kTensorTileK) {
-    loader.load(p, block, k0, a_tile, b_tile, [](float v) { return Operand::from(v); });
+    loader.load_next(p, block, k0, a_tile, b_tile, [](float v) { return Operand::from(v); });
     __syncthreads();
 #pragma unroll
     for (int k = 0; k < kTensorTileK; k += kDepth) {
