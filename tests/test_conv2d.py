@@ -53,6 +53,17 @@ def tf32(t):
     return ((t.view(torch.int32) + 0x1000) & ~0x1FFF).view(torch.float32)
 
 
+def torch_ops(conv, x, w, b, gy):
+    """F.conv2d's output and input and weight gradients, in float64, without autograd."""
+    x, w, gy = x.double(), w.double(), gy.double()
+    b = None if b is None else b.double()
+    return (
+        F.conv2d(x, w, b, **conv.kwargs()),
+        torch.nn.grad.conv2d_input(x.shape, w, gy, **conv.kwargs()),
+        torch.nn.grad.conv2d_weight(x, w.shape, gy, **conv.kwargs()),
+    )
+
+
 def test_tf32_rounding():
     values = torch.tensor([1 + 2**-11, 1 + 2**-11 - 2**-20, -(1 + 3 * 2**-11), 3.0], dtype=torch.float32)
     assert tf32(values).tolist() == [1 + 2**-10, 1.0, -(1 + 4 * 2**-11), 3.0]
@@ -210,13 +221,7 @@ def test_cuda_float32_follows_the_tf32_switch():
             torch.ops.conv_ext.conv2d_grad_input(gy, w, list(x.shape[2:]), *args),
             torch.ops.conv_ext.conv2d_grad_weight(x, gy, list(w.shape[2:]), *args),
         )
-        x64, w64, gy64 = (rounded(t).double() for t in (x, w, gy))
-        expected = (
-            F.conv2d(x64, w64, b.double(), **conv.kwargs()),
-            torch.nn.grad.conv2d_input(x.shape, w64, gy64, **conv.kwargs()),
-            torch.nn.grad.conv2d_weight(x64, w.shape, gy64, **conv.kwargs()),
-        )
-        for name, a, e in zip(NAMES, ours, expected):
+        for name, a, e in zip(NAMES, ours, torch_ops(conv, rounded(x), rounded(w), b, rounded(gy))):
             assert_scaled_close(a, e, tol, f"{name}, TF32 allowed: {allowed}")
 
 

@@ -16,9 +16,13 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 #include <torch/version.h>
+
+#include <array>
+#include <mutex>
 
 namespace conv_ext {
 namespace {
@@ -143,14 +147,25 @@ bool tf32_allowed() {
 #endif
 }
 
+// Whether the current GPU runs tensor_core_gemm_kernel from sm_80 code or newer (wmma for these
+// types), asked of the runtime once per device.
+bool tensor_core_kernel_built_for_this_gpu() {
+  static std::array<std::once_flag, C10_COMPILE_TIME_MAX_GPUS> asked;
+  static std::array<bool, C10_COMPILE_TIME_MAX_GPUS> built{};
+  const c10::DeviceIndex device = c10::cuda::current_device();
+  std::call_once(asked[device], [device] {
+    cudaFuncAttributes kernel;
+    C10_CUDA_CHECK(cudaFuncGetAttributes(&kernel, tiled_gemm::tensor_core_gemm_kernel<tiled_gemm::ForwardProblem<float>>));
+    built[device] = kernel.ptxVersion >= 80;
+  });
+  return built[device];
+}
+
 // Whether the tiled GEMM of this dtype runs on the tensor cores: float16 and bfloat16 always,
-// float32 as TF32 where F.conv2d would; where the kernel this GPU runs was built from sm_80 code or
-// newer (wmma for these types).
+// float32 as TF32 where F.conv2d would; where the GPU runs the kernel built for them.
 bool use_tensor_cores(at::ScalarType dtype) {
-  if (!(dtype == at::kHalf || dtype == at::kBFloat16 || (dtype == at::kFloat && tf32_allowed()))) return false;
-  cudaFuncAttributes kernel;
-  C10_CUDA_CHECK(cudaFuncGetAttributes(&kernel, tiled_gemm::tensor_core_gemm_kernel<tiled_gemm::ForwardProblem<float>>));
-  return kernel.ptxVersion >= 80;
+  const bool wanted = dtype == at::kHalf || dtype == at::kBFloat16 || (dtype == at::kFloat && tf32_allowed());
+  return wanted && tensor_core_kernel_built_for_this_gpu();
 }
 
 // The tiled GEMM's plan for this product on the current GPU, where it is the algorithm to run.

@@ -295,10 +295,12 @@ struct TileLoader {
   static_assert(kLoads * kThreads == kTileM * tile_k && kTileM == kTileN, "every thread loads as many");
   static constexpr bool a_one_depth = Problem::a_fastest == Fastest::depth;
   static constexpr bool b_one_depth = Problem::b_fastest == Fastest::depth;
+  static constexpr int kRows = a_one_depth ? kLoads : 1, kADepths = a_one_depth ? 1 : kLoads;
+  static constexpr int kCols = b_one_depth ? kLoads : 1, kBDepths = b_one_depth ? 1 : kLoads;
   TilePosition a_at[kLoads], b_at[kLoads];
-  typename Problem::Row rows[a_one_depth ? kLoads : 1];
-  typename Problem::Col cols[b_one_depth ? kLoads : 1];
-  DepthDigits a_depth[a_one_depth ? 1 : kLoads], b_depth[b_one_depth ? 1 : kLoads];
+  typename Problem::Row rows[kRows];
+  typename Problem::Col cols[kCols];
+  DepthDigits a_depth[kADepths], b_depth[kBDepths];
   DepthDigits a_step, b_step;  // tile_k in each operand's digits
 
   __device__ TileLoader(const Problem& p, const BlockTile& b, int t)
@@ -309,17 +311,17 @@ struct TileLoader {
       b_at[i] = load_position<Problem::b_fastest, tile_k>(t, i);
     }
 #pragma unroll
-    for (int i = 0; i < (a_one_depth ? kLoads : 1); ++i) {
+    for (int i = 0; i < kRows; ++i) {
       if (b.m0 + a_at[i].outer < p.shape.rows) rows[i] = p.row(b.group, b.m0 + a_at[i].outer);
     }
 #pragma unroll
-    for (int i = 0; i < (b_one_depth ? kLoads : 1); ++i) {
+    for (int i = 0; i < kCols; ++i) {
       if (b.n0 + b_at[i].outer < p.shape.cols) cols[i] = p.col(b.group, b.n0 + b_at[i].outer);
     }
 #pragma unroll
-    for (int i = 0; i < (a_one_depth ? 1 : kLoads); ++i) a_depth[i] = p.a_radix.digits(b.k_begin + a_at[i].depth);
+    for (int i = 0; i < kADepths; ++i) a_depth[i] = p.a_radix.digits(b.k_begin + a_at[i].depth);
 #pragma unroll
-    for (int i = 0; i < (b_one_depth ? 1 : kLoads); ++i) b_depth[i] = p.b_radix.digits(b.k_begin + b_at[i].depth);
+    for (int i = 0; i < kBDepths; ++i) b_depth[i] = p.b_radix.digits(b.k_begin + b_at[i].depth);
   }
 
   // a_tile[k][m] = A[m0 + m, k0 + k] and b_tile[k][n] = B[k0 + k, n0 + n], each converted by
@@ -331,10 +333,10 @@ struct TileLoader {
     using acc_t = typename Problem::acc_t;
 #pragma unroll
     for (int i = 0; i < kLoads; ++i) {
-      const auto& row = rows[a_one_depth ? i : 0];
-      const auto& col = cols[b_one_depth ? i : 0];
-      const DepthDigits& ka = a_depth[a_one_depth ? 0 : i];
-      const DepthDigits& kb = b_depth[b_one_depth ? 0 : i];
+      const auto& row = rows[kRows == 1 ? 0 : i];
+      const auto& col = cols[kCols == 1 ? 0 : i];
+      const DepthDigits& ka = a_depth[kADepths == 1 ? 0 : i];
+      const DepthDigits& kb = b_depth[kBDepths == 1 ? 0 : i];
       a_tile[a_at[i].depth][a_at[i].outer] =
           to(b.m0 + a_at[i].outer < p.shape.rows && k0 + a_at[i].depth < b.k_end ? p.a(row, ka) : acc_t(0));
       b_tile[b_at[i].depth][b_at[i].outer] =
