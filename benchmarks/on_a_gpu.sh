@@ -28,7 +28,7 @@ cat "$out/gpu.txt"
 step build 400 "$python" setup.py -q build_ext --inplace || exit 1
 step tests 420 "$python" -m pytest -q -p no:cacheprovider -n 8 -k "cuda and not emulated" tests/
 
-# Each op on each CUDA algorithm, with tiles cut by the edges and the reduction split.
+# Each op on each CUDA algorithm, with tiles cut by the edges and the reductions split.
 cat > "$out/sanitized_calls.py" <<'EOF'
 import os
 import torch
@@ -36,13 +36,16 @@ import conv_ext
 
 ops = torch.ops.conv_ext
 torch.backends.cudnn.allow_tf32 = False  # float32 on the FMA kernel; bfloat16 takes the tensor cores
-for algorithm in ("gemm", "direct"):
+for algorithm in ("auto", "gemm", "direct"):  # auto: the depthwise kernels for the depthwise layers
     os.environ["CONV_EXT_CUDA_ALGORITHM"] = algorithm
     for dtype in (torch.float32, torch.bfloat16):
         for n, c, k, size, kernel, stride, padding, dilation, groups in [
             (2, 70, 67, (13, 11), (3, 3), (1, 1), (1, 1), (1, 1), 1),
             (3, 134, 134, (24, 23), (3, 3), (2, 1), (1, 0), (1, 2), 2),
             (2, 32, 32, (9, 9), (3, 3), (1, 1), (1, 1), (1, 1), 32),
+            (2, 32, 32, (64, 64), (3, 3), (1, 1), (1, 1), (1, 1), 32),  # weight gradient split in two
+            (2, 16, 32, (65, 128), (5, 5), (2, 1), (2, 2), (1, 1), 16),
+            (2, 16, 16, (67, 130), (3, 2), (1, 2), (1, 0), (2, 1), 16),
         ]:
             x = torch.randn(n, c, *size, device="cuda", dtype=dtype)
             w = torch.randn(k, c // groups, *kernel, device="cuda", dtype=dtype)

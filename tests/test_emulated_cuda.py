@@ -1,9 +1,9 @@
-"""The CUDA backend's tiled GEMM kernels (csrc/cuda/tiled_gemm.cuh), run on the CPU by a small
-emulator (emulated_cuda/cuda_on_cpu.h: a block's threads are fibers meeting at __syncthreads, the
-tensor cores' wmma products computed on whole matrices), against torch: every op, dtype, stride,
-padding, dilation and group count, tiles cut by the edges, the depth split across blocks, on the
-tensor cores and not. On a GPU the same kernels run for real in the device tests; here they check
-what the kernels compute where there is no GPU."""
+"""The CUDA backend's tiled GEMM kernels (csrc/cuda/tiled_gemm.cuh) and depthwise kernels
+(csrc/cuda/depthwise.cuh), run on the CPU by a small emulator (emulated_cuda/cuda_on_cpu.h: a
+block's threads are fibers meeting at __syncthreads, the tensor cores' wmma products computed on
+whole matrices), against torch: every op, dtype, stride, padding, dilation and group count, tiles
+cut by the edges, sums split across blocks, on the tensor cores and not. On a GPU the same kernels
+run for real in the device tests; here they check what the kernels compute where there is no GPU."""
 from pathlib import Path
 
 import pytest
@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def emulated(tmp_path_factory):
     # A fresh build directory: torch's extension cache would not notice a changed header.
     return load(
-        name="tiled_gemm_on_cpu",
-        sources=[str(ROOT / "tests/emulated_cuda/tiled_gemm_on_cpu.cpp")],
+        name="cuda_kernels_on_cpu",
+        sources=[str(ROOT / "tests/emulated_cuda/kernels_on_cpu.cpp")],
         extra_include_paths=[str(ROOT / "csrc")],
         extra_cflags=["-O2"],
-        build_directory=str(tmp_path_factory.mktemp("tiled_gemm_on_cpu")),
+        build_directory=str(tmp_path_factory.mktemp("cuda_kernels_on_cpu")),
     )
 
 
@@ -44,17 +44,20 @@ def gemm_convs(draw):
                 stride, padding, dilation, groups, draw(st.booleans()))
 
 
-def emulated_ops(emulated, conv, x, w, b, gy, multiprocessors, tensor_cores=False):
-    """The three ops' results by the emulated kernels (outputs poisoned with NaN first, so that an
-    element left unwritten fails), and their plans (tiles_m, tiles_n, splits)."""
-    args = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups, multiprocessors, tensor_cores)
+def emulated_ops(emulated, conv, x, w, b, gy, multiprocessors, tensor_cores=False, depthwise=False):
+    """The three ops' results by the emulated kernels, the tiled GEMM's (on the tensor cores or not)
+    or the depthwise ones (outputs poisoned with NaN first, so that an element left unwritten
+    fails), and their plans: (tiles_m, tiles_n, splits), or the blocks sharing a channel's work."""
+    args = [list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups, multiprocessors]
+    forward, grad_input, grad_weight = (
+        (emulated.depthwise_forward, emulated.depthwise_grad_input, emulated.depthwise_grad_weight) if depthwise
+        else (emulated.forward, emulated.grad_input, emulated.grad_weight)
+    )
+    if not depthwise:
+        args.append(tensor_cores)
     y = torch.full_like(gy, float("nan"))
     gx, gw = torch.full_like(x, float("nan")), torch.full_like(w, float("nan"))
-    plans = [
-        emulated.forward(x, w, b, *args, y),
-        emulated.grad_input(gy, w, *args, gx),
-        emulated.grad_weight(x, gy, *args, gw),
-    ]
+    plans = [forward(x, w, b, *args, y), grad_input(gy, w, *args, gx), grad_weight(x, gy, *args, gw)]
     return (y, gx, gw), plans
 
 
@@ -80,6 +83,18 @@ def test_float64_matches_torch(emulated, conv, multiprocessors, tensor_cores):
         assert_scaled_close(a, e, 1e-12, name)
 
 
+def assert_rounds_a_float32_sum(ours, expected, dtype):
+    """float32 within 1e-5 of max|result| (scale-aware); float16 and bfloat16 summed in float32 and
+    rounded once: within half an ulp of the exact result plus the float32 sum's error."""
+    for name, a, e in zip(("output", "grad_input", "grad_weight"), ours, expected):
+        assert a.dtype == dtype
+        if dtype == torch.float32:
+            assert_scaled_close(a, e, 1e-5, name)
+        else:
+            half_ulp = torch.finfo(dtype).eps / 2
+            torch.testing.assert_close(a.double(), e, rtol=half_ulp, atol=1e-5 * e.abs().max().item(), msg=name)
+
+
 LAYERS = [  # (conv, multiprocessors): each op's depth split on the second
     (Conv(2, 70, 67, (13, 11), (3, 3), (1, 1), (1, 1), (1, 1), 1, True), 132),
     (Conv(3, 134, 134, (24, 23), (3, 3), (2, 1), (1, 0), (1, 2), 2, True), 10**6),
@@ -91,21 +106,12 @@ LAYERS = [  # (conv, multiprocessors): each op's depth split on the second
 ], ids=["float32", "float16", "bfloat16", "float16-tensor-cores", "bfloat16-tensor-cores"])
 @pytest.mark.parametrize("conv,multiprocessors", LAYERS)
 def test_reduced_precision_rounds_a_float32_sum(emulated, conv, multiprocessors, dtype, tensor_cores):
-    """float32 within 1e-5 of max|result| (scale-aware); float16 and bfloat16 summed in float32 and
-    rounded once, on the tensor cores or not: within half an ulp of the exact result plus the
-    float32 sum's error."""
+    """On the tensor cores or not, and with each op's depth split across blocks or not."""
     x, w, b, gy = operands(conv, dtype)
     ours, plans = emulated_ops(emulated, conv, x, w, b, gy, multiprocessors, tensor_cores)
     if multiprocessors > 1000:
         assert all(splits > 1 for _, _, splits in plans), plans
-    for name, a, e in zip(("output", "grad_input", "grad_weight"), ours, torch_ops(conv, x, w, b, gy)):
-        assert a.dtype == dtype
-        scale = e.abs().max().item()
-        if dtype == torch.float32:
-            assert_scaled_close(a, e, 1e-5, name)
-        else:
-            half_ulp = torch.finfo(dtype).eps / 2
-            torch.testing.assert_close(a.double(), e, rtol=half_ulp, atol=1e-5 * scale, msg=name)
+    assert_rounds_a_float32_sum(ours, torch_ops(conv, x, w, b, gy), dtype)
 
 
 @settings(max_examples=25)
@@ -127,3 +133,44 @@ def test_no_input_channels_gives_the_bias(emulated):
     (y, gx, gw), _ = emulated_ops(emulated, conv, x, w, b, gy, 132)
     assert y.shape == (2, 5, 4, 3) and torch.equal(y, b.view(1, -1, 1, 1).expand_as(y))
     assert gx.numel() == 0 and gw.numel() == 0
+
+
+@st.composite
+def depthwise_convs(draw):
+    """Depthwise layers (groups == in_channels) with channel multipliers 1 to 3, filters of the sizes
+    the kernels compile in (3 x 3, 5 x 5) and of others."""
+    channels, multiplier = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    kernel = draw(st.sampled_from([(3, 3), (5, 5), (1, 1), (2, 4), (3, 1), (4, 4)]))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
+    size = fitting_size(draw, kernel, padding, dilation, draw(st.sampled_from([4, 12, 30])))
+    return Conv(draw(st.integers(0, 3)), channels, channels * multiplier, size, kernel, stride, padding, dilation,
+                channels, draw(st.booleans()))
+
+
+@settings(max_examples=40)
+@given(conv=depthwise_convs(), multiprocessors=st.sampled_from([1, 132, 10**6]))
+def test_depthwise_float64_matches_torch(emulated, conv, multiprocessors):
+    x, w, b, gy = operands(conv, torch.float64)
+    ours, _ = emulated_ops(emulated, conv, x, w, b, gy, multiprocessors, depthwise=True)
+    for name, a, e in zip(("output", "grad_input", "grad_weight"), ours, torch_ops(conv, x, w, b, gy)):
+        assert_scaled_close(a, e, 1e-12, name)
+
+
+DEPTHWISE_LAYERS = [  # each with 2 x 4096 pixels a channel: its weight gradient split in two blocks
+    Conv(2, 3, 3, (64, 64), (3, 3), (1, 1), (1, 1), (1, 1), 3, True),
+    Conv(2, 2, 4, (65, 128), (5, 5), (2, 1), (2, 2), (1, 1), 2, True),
+    Conv(2, 2, 4, (67, 130), (3, 2), (1, 2), (1, 0), (2, 1), 2, False),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("conv", DEPTHWISE_LAYERS, ids=["3x3", "5x5-stride-2", "3x2-dilated"])
+def test_depthwise_reduced_precision_rounds_a_float32_sum(emulated, conv, dtype):
+    """As for the tiled GEMM, with each channel's work shared by several blocks: its pixels in the
+    forward and input gradient, its long sum split in the weight gradient."""
+    x, w, b, gy = operands(conv, dtype)
+    ours, plans = emulated_ops(emulated, conv, x, w, b, gy, 10**6, depthwise=True)
+    assert plans[0] > 1 and plans[1] > 1 and plans[2] == 2, plans
+    assert_rounds_a_float32_sum(ours, torch_ops(conv, x, w, b, gy), dtype)

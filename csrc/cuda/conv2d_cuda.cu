@@ -1,15 +1,17 @@
-// CUDA kernels of the three conv_ext operators. Two algorithms:
+// CUDA kernels of the three conv_ext operators. Three algorithms:
+// - depthwise kernels (depthwise.cuh) where each output channel reads one input channel;
 // - the tiled implicit GEMM (tiled_gemm.cuh), wherever its 64 x 64 tiles are not mostly empty: on
 //   the tensor cores for float16 and bfloat16, and for float32 where PyTorch lets cuDNN use TF32
 //   (use_tensor_cores), in FMA instructions otherwise;
 // - direct kernels, one thread per element of the result summing its terms in a fixed order:
-//   depthwise and narrow groups (a product with fewer than 8 rows or columns per group), and
-//   the fallback for grids the tiled kernel cannot launch.
-// Both accumulate in the accumulation type (float for float16 and bfloat16), deterministically (no
+//   narrow groups (a product with fewer than 8 rows or columns per group), and the fallback for
+//   grids the tiled kernel cannot launch.
+// All accumulate in the accumulation type (float for float16 and bfloat16), deterministically (no
 // atomics), with 64-bit indices. Inputs in other layouts (channels_last) are made contiguous
 // (NCHW) first, and the result returned in F.conv2d's layout.
 // CONV_EXT_CUDA_ALGORITHM=direct or gemm forces one (gemm: wherever its grid fits), for the tests.
 #include "../conv2d.h"
+#include "depthwise.cuh"
 #include "tiled_gemm.cuh"
 
 #include <ATen/AccumulateType.h>
@@ -28,9 +30,6 @@ namespace conv_ext {
 namespace {
 
 using at::Tensor;
-using tiled_gemm::blocks_for;
-using tiled_gemm::data_or_null;
-using tiled_gemm::kThreads;
 
 // Launches a kernel on the current stream, checked.
 struct LaunchOnCurrentStream {
@@ -168,24 +167,36 @@ bool use_tensor_cores(at::ScalarType dtype) {
   return wanted && tensor_core_kernel_built_for_this_gpu();
 }
 
+int64_t multiprocessors() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
+
 // The tiled GEMM's plan for this product on the current GPU, where it is the algorithm to run.
 std::optional<tiled_gemm::GemmPlan> tiled_gemm_plan(const tiled_gemm::GemmShape& shape, at::ScalarType dtype) {
   if (env_is("CONV_EXT_CUDA_ALGORITHM", "direct")) return std::nullopt;
-  const auto plan = tiled_gemm::plan_tiled_gemm(shape, at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
-                                                use_tensor_cores(dtype));
+  const auto plan = tiled_gemm::plan_tiled_gemm(shape, multiprocessors(), use_tensor_cores(dtype));
   if (!plan.fits()) return std::nullopt;
   if (env_is("CONV_EXT_CUDA_ALGORITHM", "gemm") || (shape.rows >= 8 && shape.cols >= 8)) return plan;
   return std::nullopt;
 }
 
-// Fills out, the product `shape` of the inputs (contiguous): by the tiled GEMM Problem where it
-// applies, else by the direct kernel direct_for(scalar_t{}), launched with one thread per
-// element of out as kernel(inputs' data..., out's data, g).
-template <template <typename> class Problem, typename DirectFor, typename... Inputs>
-void compute(const Tensor& out, const Conv2dGeometry& g, const tiled_gemm::GemmShape& shape, DirectFor direct_for,
-             const Inputs&... inputs) {
+// Whether the depthwise kernels compute this convolution (unless a test forces another algorithm).
+bool use_depthwise(const Conv2dGeometry& g) {
+  return depthwise::applies(g) && !env_is("CONV_EXT_CUDA_ALGORITHM", "direct") &&
+         !env_is("CONV_EXT_CUDA_ALGORITHM", "gemm");
+}
+
+// Fills out, the product `shape` of the inputs (contiguous): by depthwise(g, multiprocessors,
+// launch, out, inputs...) where it applies, by the tiled GEMM Problem where that does, else by the
+// direct kernel direct_for(scalar_t{}), launched with one thread per element of out as
+// kernel(inputs' data..., out's data, g).
+template <template <typename> class Problem, typename Depthwise, typename DirectFor, typename... Inputs>
+void compute(const Tensor& out, const Conv2dGeometry& g, const tiled_gemm::GemmShape& shape, Depthwise depthwise,
+             DirectFor direct_for, const Inputs&... inputs) {
   const int64_t n = out.numel();
   if (n == 0) return;
+  if (use_depthwise(g)) {
+    depthwise(g, multiprocessors(), LaunchOnCurrentStream{}, out, inputs...);
+    return;
+  }
   if (const auto plan = tiled_gemm_plan(shape, out.scalar_type())) {
     tiled_gemm::run_tiled_gemm<Problem>(*plan, g, LaunchOnCurrentStream{}, out, inputs...);
     return;
@@ -204,7 +215,8 @@ Tensor conv2d_cuda(const Tensor& input, const Tensor& weight, const std::optiona
   const c10::cuda::CUDAGuard device_guard(input.device());
   Tensor y = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
   compute<tiled_gemm::ForwardProblem>(
-      y, g, tiled_gemm::forward_shape(g), [](auto zero) { return conv2d_forward_kernel<decltype(zero)>; },
+      y, g, tiled_gemm::forward_shape(g), [](auto&&... a) { return depthwise::run_forward(a...); },
+      [](auto zero) { return conv2d_forward_kernel<decltype(zero)>; },
       input.contiguous(), weight.contiguous(), bias.has_value() ? bias->contiguous() : Tensor());
   return in_memory_format(y, conv2d_memory_format(input, weight));
 }
@@ -220,7 +232,8 @@ Tensor conv2d_grad_input_cuda(const Tensor& grad_output, const Tensor& weight,
   const c10::cuda::CUDAGuard device_guard(grad_output.device());
   Tensor gx = at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output.options());
   compute<tiled_gemm::GradInputProblem>(
-      gx, g, tiled_gemm::grad_input_shape(g), [](auto zero) { return conv2d_grad_input_kernel<decltype(zero)>; },
+      gx, g, tiled_gemm::grad_input_shape(g), [](auto&&... a) { return depthwise::run_grad_input(a...); },
+      [](auto zero) { return conv2d_grad_input_kernel<decltype(zero)>; },
       grad_output.contiguous(), weight.contiguous());
   return in_memory_format(gx, conv2d_memory_format(grad_output, weight));
 }
@@ -237,7 +250,8 @@ Tensor conv2d_grad_weight_cuda(const Tensor& input, const Tensor& grad_output,
   Tensor gw = at::empty({g.out_channels, g.in_channels_per_group(), g.kernel_h, g.kernel_w},
                         input.options());
   compute<tiled_gemm::GradWeightProblem>(
-      gw, g, tiled_gemm::grad_weight_shape(g), [](auto zero) { return conv2d_grad_weight_kernel<decltype(zero)>; },
+      gw, g, tiled_gemm::grad_weight_shape(g), [](auto&&... a) { return depthwise::run_grad_weight(a...); },
+      [](auto zero) { return conv2d_grad_weight_kernel<decltype(zero)>; },
       input.contiguous(), grad_output.contiguous());
   return in_memory_format(gw, conv2d_memory_format(input, grad_output));
 }

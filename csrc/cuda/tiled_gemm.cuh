@@ -20,6 +20,7 @@
 #pragma once
 
 #include "../conv2d.h"
+#include "common.cuh"
 
 #include <ATen/ATen.h>
 #include <ATen/AccumulateType.h>
@@ -35,24 +36,10 @@ namespace conv_ext {
 namespace tiled_gemm {
 
 constexpr int kTileM = 64, kTileN = 64, kTileK = 8, kTensorTileK = 16;
-constexpr int kThreads = 256, kWarpSize = 32;
+constexpr int kWarpSize = 32;
 constexpr int kPatch = 4;                        // each thread's results: kPatch x kPatch
 constexpr int kThreadsAlong = kTileM / kPatch;   // 16 x 16 threads
 static_assert(kThreadsAlong * kThreadsAlong == kThreads && kTileM == kTileN, "one thread per patch");
-
-// Enough blocks of kThreads for n elements with a grid-stride loop, capped so the grid stays legal.
-inline int64_t blocks_for(int64_t n) {
-  return std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t{1} << 20);
-}
-
-#define CONV_EXT_GRID_STRIDE_LOOP(i, n)                                          \
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < (n);     \
-       i += int64_t{blockDim.x} * gridDim.x)
-
-template <typename scalar_t>
-const scalar_t* data_or_null(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr;
-}
 
 // The product each op computes, per group.
 struct GemmShape {
@@ -85,37 +72,6 @@ __device__ __forceinline__ TilePosition load_position(int t, int i) {
   return {t / tile_k + i * (kThreads / tile_k), t % tile_k};
 }
 
-// A position along a product's depth as the digits (outer, middle, inner) that an operand's
-// a() or b() reads it by, e.g. (c, r, s). Each thread finds its loads' digits once and steps them
-// a tile on by additions and carries, where finding them anew would take 64-bit divisions, on a
-// GPU dozens of instructions each, on every load.
-struct DepthDigits {
-  int64_t outer, middle, inner;
-};
-
-// The extents of the middle and inner digits; (1, 1) for an operand that reads its depth as one index.
-struct DepthRadix {
-  int64_t middle, inner;
-
-  __device__ DepthDigits digits(int64_t k) const { return {k / (middle * inner), k / inner % middle, k % inner}; }
-
-  // d += step, both in digits of this radix (each carry needs one subtraction: both digits were below
-  // their extents).
-  __device__ void advance(DepthDigits& d, const DepthDigits& step) const {
-    d.inner += step.inner;
-    if (d.inner >= inner) {
-      d.inner -= inner;
-      ++d.middle;
-    }
-    d.middle += step.middle;
-    if (d.middle >= middle) {
-      d.middle -= middle;
-      ++d.outer;
-    }
-    d.outer += step.outer;
-  }
-};
-
 // y[n, k, oh, ow] = bias[k] + sum_{c, r, s} x[n, c, oh * sh - ph + r * dh, ow * sw - pw + s * dw] w[k, c, r, s]
 template <typename scalar_t>
 struct ForwardProblem {
@@ -129,7 +85,7 @@ struct ForwardProblem {
   Conv2dGeometry g;
   GemmShape shape;
 
-  DepthRadix a_radix, b_radix;  // A by (c, r, s), B as one index
+  Radix a_radix, b_radix;  // A by (c, r, s), B as one index
 
   ForwardProblem(const scalar_t* x, const scalar_t* w, const scalar_t* bias, scalar_t* y, const Conv2dGeometry& g)
       : x(x), w(w), bias(bias), y(y), g(g), shape(forward_shape(g)), a_radix{g.kernel_h, g.kernel_w}, b_radix{1, 1} {}
@@ -143,7 +99,7 @@ struct ForwardProblem {
     return {x + (n * g.in_channels + group * g.in_channels_per_group()) * g.in_h * g.in_w,
             oh * g.stride_h - g.pad_h, ow * g.stride_w - g.pad_w};
   }
-  __device__ acc_t a(const Row& p, const DepthDigits& crs) const {
+  __device__ acc_t a(const Row& p, const Digits& crs) const {
     const int64_t ih = p.ih0 + crs.middle * g.dilation_h, iw = p.iw0 + crs.inner * g.dilation_w;
     if (ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) return acc_t(0);
     return static_cast<acc_t>(p.x[(crs.outer * g.in_h + ih) * g.in_w + iw]);
@@ -154,7 +110,7 @@ struct ForwardProblem {
   __device__ Col col(int64_t group, int64_t k) const {
     return {w + (group * shape.cols + k) * shape.depth};
   }
-  __device__ acc_t b(const Col& f, const DepthDigits& crs) const { return static_cast<acc_t>(f.w[crs.outer]); }
+  __device__ acc_t b(const Col& f, const Digits& crs) const { return static_cast<acc_t>(f.w[crs.outer]); }
   __device__ void store(int64_t group, int64_t m, int64_t k, acc_t v) const {
     const int64_t pixels = g.out_h * g.out_w, channel = group * shape.cols + k;
     if (bias != nullptr) v += static_cast<acc_t>(bias[channel]);
@@ -175,7 +131,7 @@ struct GradInputProblem {
   Conv2dGeometry g;
   GemmShape shape;
 
-  DepthRadix a_radix, b_radix;  // A by (k, r, s), B by (k, r s)
+  Radix a_radix, b_radix;  // A by (k, r, s), B by (k, r s)
 
   GradInputProblem(const scalar_t* gy, const scalar_t* w, scalar_t* gx, const Conv2dGeometry& g)
       : gy(gy), w(w), gx(gx), g(g), shape(grad_input_shape(g)), a_radix{g.kernel_h, g.kernel_w},
@@ -190,7 +146,7 @@ struct GradInputProblem {
     return {gy + (n * g.out_channels + group * g.out_channels_per_group()) * g.out_h * g.out_w,
             ih + g.pad_h, iw + g.pad_w};
   }
-  __device__ acc_t a(const Row& p, const DepthDigits& krs) const {
+  __device__ acc_t a(const Row& p, const Digits& krs) const {
     const int64_t h = p.h - krs.middle * g.dilation_h, v = p.v - krs.inner * g.dilation_w;
     if (h < 0 || v < 0) return acc_t(0);
     // Stride 1 (the common case) needs no division.
@@ -207,7 +163,7 @@ struct GradInputProblem {
     const int64_t rs = g.kernel_h * g.kernel_w;
     return {w + (group * g.out_channels_per_group() * shape.cols + c) * rs};
   }
-  __device__ acc_t b(const Col& f, const DepthDigits& krs) const {
+  __device__ acc_t b(const Col& f, const Digits& krs) const {
     return static_cast<acc_t>(f.w[krs.outer * shape.cols * b_radix.inner + krs.inner]);
   }
   __device__ void store(int64_t group, int64_t m, int64_t c, acc_t v) const {
@@ -228,7 +184,7 @@ struct GradWeightProblem {
   Conv2dGeometry g;
   GemmShape shape;
 
-  DepthRadix a_radix, b_radix;  // A by (n, oh ow), B by (n, oh, ow)
+  Radix a_radix, b_radix;  // A by (n, oh ow), B by (n, oh, ow)
 
   GradWeightProblem(const scalar_t* x, const scalar_t* gy, scalar_t* gw, const Conv2dGeometry& g)
       : x(x), gy(gy), gw(gw), g(g), shape(grad_weight_shape(g)), a_radix{1, g.out_h * g.out_w},
@@ -240,7 +196,7 @@ struct GradWeightProblem {
   __device__ Row row(int64_t group, int64_t k) const {
     return {gy + (group * shape.rows + k) * g.out_h * g.out_w};
   }
-  __device__ acc_t a(const Row& p, const DepthDigits& nhw) const {
+  __device__ acc_t a(const Row& p, const Digits& nhw) const {
     return static_cast<acc_t>(p.gy[nhw.outer * g.out_channels * a_radix.inner + nhw.inner]);
   }
   struct Col {  // a tap: its input channel's plane in the first image, its offset from a window's corner
@@ -252,7 +208,7 @@ struct GradWeightProblem {
     return {x + (group * g.in_channels_per_group() + c) * g.in_h * g.in_w,
             crs % rs / g.kernel_w * g.dilation_h - g.pad_h, crs % g.kernel_w * g.dilation_w - g.pad_w};
   }
-  __device__ acc_t b(const Col& tap, const DepthDigits& nhw) const {
+  __device__ acc_t b(const Col& tap, const Digits& nhw) const {
     const int64_t ih = nhw.middle * g.stride_h + tap.dh, iw = nhw.inner * g.stride_w + tap.dw;
     if (ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) return acc_t(0);
     return static_cast<acc_t>(tap.x[(nhw.outer * g.in_channels * g.in_h + ih) * g.in_w + iw]);
@@ -300,8 +256,8 @@ struct TileLoader {
   TilePosition a_at[kLoads], b_at[kLoads];
   typename Problem::Row rows[kRows];
   typename Problem::Col cols[kCols];
-  DepthDigits a_depth[kADepths], b_depth[kBDepths];
-  DepthDigits a_step, b_step;  // tile_k in each operand's digits
+  Digits a_depth[kADepths], b_depth[kBDepths];
+  Digits a_step, b_step;  // tile_k in each operand's digits
 
   __device__ TileLoader(const Problem& p, const BlockTile& b, int t)
       : a_step(p.a_radix.digits(tile_k)), b_step(p.b_radix.digits(tile_k)) {
@@ -335,8 +291,8 @@ struct TileLoader {
     for (int i = 0; i < kLoads; ++i) {
       const auto& row = rows[kRows == 1 ? 0 : i];
       const auto& col = cols[kCols == 1 ? 0 : i];
-      const DepthDigits& ka = a_depth[kADepths == 1 ? 0 : i];
-      const DepthDigits& kb = b_depth[kBDepths == 1 ? 0 : i];
+      const Digits& ka = a_depth[kADepths == 1 ? 0 : i];
+      const Digits& kb = b_depth[kBDepths == 1 ? 0 : i];
       a_tile[a_at[i].depth][a_at[i].outer] =
           to(b.m0 + a_at[i].outer < p.shape.rows && k0 + a_at[i].depth < b.k_end ? p.a(row, ka) : acc_t(0));
       b_tile[b_at[i].depth][b_at[i].outer] =

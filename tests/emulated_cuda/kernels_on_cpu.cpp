@@ -1,9 +1,11 @@
-// The tiled GEMM kernels of csrc/cuda/tiled_gemm.cuh, run on the CPU by cuda_on_cpu.h, as the three
-// ops on CPU tensors (contiguous, NCHW) with a chosen number of multiprocessors (which sets how
-// the depth is split), on the tensor cores or not: test_emulated_cuda.py compares them with torch.
+// The CUDA backend's kernels, run on the CPU by cuda_on_cpu.h, as the three ops on CPU tensors
+// (contiguous, NCHW) with a chosen number of multiprocessors (which sets how the work is split
+// across blocks): the tiled GEMM (csrc/cuda/tiled_gemm.cuh), on the tensor cores or not, and the
+// depthwise kernels (csrc/cuda/depthwise.cuh). test_emulated_cuda.py compares them with torch.
 #include <torch/extension.h>
 
 #include "cuda_on_cpu.h"
+#include "cuda/depthwise.cuh"
 #include "cuda/tiled_gemm.cuh"
 
 namespace {
@@ -60,10 +62,36 @@ std::vector<int64_t> grad_weight(const Tensor& x, const Tensor& gy, std::vector<
   return run<GradWeightProblem>(g, grad_weight_shape(g), {multiprocessors, tensor_cores}, gw, x, gy);
 }
 
+// The depthwise kernels' three ops; each returns how many blocks share a channel's (or tap's) work.
+int64_t depthwise_forward(const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias,
+                          std::vector<int64_t> stride, std::vector<int64_t> padding, std::vector<int64_t> dilation,
+                          int64_t groups, int64_t multiprocessors, Tensor y) {
+  const auto g = geometry(x.sizes(), w.sizes(), w.size(0), stride, padding, dilation, groups);
+  return conv_ext::depthwise::run_forward(g, multiprocessors, emulated_cuda::Launch{}, y, x, w,
+                                          bias.value_or(Tensor()));
+}
+
+int64_t depthwise_grad_input(const Tensor& gy, const Tensor& w, std::vector<int64_t> stride,
+                             std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t groups,
+                             int64_t multiprocessors, Tensor gx) {
+  const auto g = geometry(gx.sizes(), w.sizes(), w.size(0), stride, padding, dilation, groups);
+  return conv_ext::depthwise::run_grad_input(g, multiprocessors, emulated_cuda::Launch{}, gx, gy, w);
+}
+
+int64_t depthwise_grad_weight(const Tensor& x, const Tensor& gy, std::vector<int64_t> stride,
+                              std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t groups,
+                              int64_t multiprocessors, Tensor gw) {
+  const auto g = geometry(x.sizes(), gw.sizes(), gw.size(0), stride, padding, dilation, groups);
+  return conv_ext::depthwise::run_grad_weight(g, multiprocessors, emulated_cuda::Launch{}, gw, x, gy);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "fills y; returns (tiles_m, tiles_n, splits)");
   m.def("grad_input", &grad_input, "fills gx; returns (tiles_m, tiles_n, splits)");
   m.def("grad_weight", &grad_weight, "fills gw; returns (tiles_m, tiles_n, splits)");
+  m.def("depthwise_forward", &depthwise_forward, "fills y; returns the blocks per channel");
+  m.def("depthwise_grad_input", &depthwise_grad_input, "fills gx; returns the blocks per channel");
+  m.def("depthwise_grad_weight", &depthwise_grad_weight, "fills gw; returns the splits");
 }
