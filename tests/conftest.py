@@ -48,14 +48,14 @@ CPU_PATHS = {
     # elsewhere.
     "winograd": {"CONV_EXT_CPU_ALGORITHM": "winograd"},
     "winograd-generic-isa": {"CONV_EXT_CPU_ALGORITHM": "winograd", "CONV_EXT_CPU_ISA": "generic"},
-    # The paths chosen where torch's BLAS runs narrower kernels than ours (AMD's Zen 5 with
+    # The paths chosen where torch's BLAS runs narrower kernels than ours (AMD CPUs with
     # AVX-512; cpu_features.h, blas_keeps_up), on any CPU, in its widest build.
     "slow-blas": {"CONV_EXT_CPU_BLAS": "slow", "CONV_EXT_CPU_ISA": "avx512"},
     # bfloat16 on the pair kernels (bf16_pairs_conv2d.h): AMX's tiles where the CPU has them,
     # AVX512_BF16's vectors wherever they apply (even where Winograd is chosen for them).
     "bf16-tiles": {},
     "bf16-vectors": {"CONV_EXT_CPU_BF16": "vectors", "CONV_EXT_CPU_ISA": "avx512"},
-    # The choice by shape in the AVX-512 build, where it is not the default (AMD's Zen 4).
+    # The choice by shape in the AVX-512 build (the default wherever the CPU has AVX-512), forced.
     "auto-avx512-isa": {"CONV_EXT_CPU_ISA": "avx512"},
     # On a CPU with AVX-512 the kernels have an AVX2 and an AVX-512 build, and which one runs by
     # default depends on the CPU (cpu_features.h): these run each.

@@ -320,7 +320,7 @@ def test_wide_groups_take_the_direct_forward():
     """In the AVX-512 build, stride-1 layers of 9 to 16 channels per group run on the direct group
     kernel (forward, and the input gradient as the forward of the flipped filters), bit for bit
     its forced results, not the GEMM's (see test_forced_cpu_paths_take_effect). The build is
-    forced: it is not the default on every CPU with AVX-512 (cpu_features.h)."""
+    forced, so that the rule is checked whatever CONV_EXT_CPU_ISA the run was given."""
     conv = Conv(2, 32, 32, (12, 12), (5, 5), (1, 1), (2, 2), (1, 1), 2, True)  # 16 per group; 400 taps: two GEMM depth blocks
     x, w, b = conv.tensors(torch.float32, "cpu")
     x[:, 0] *= 1e6

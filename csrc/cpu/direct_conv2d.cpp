@@ -122,14 +122,16 @@ PlaneKernels<scalar_t, io_t> plane_kernels() {
     case Isa::avx512:
       if constexpr (std::is_same_v<scalar_t, io_t>) {
         return CONV_EXT_PLANE_KERNELS(avx512, &avx512::forward_plane_rows<scalar_t>, &avx512::grad_weight_rows_3x3<scalar_t>);
+      } else {
+        return CONV_EXT_PLANE_KERNELS(avx512, (&avx512::forward_plane_depthwise_3x3<scalar_t, io_t>),
+                                      (&avx512::grad_weight_rows_3x3<scalar_t, io_t>));
       }
-      return CONV_EXT_PLANE_KERNELS(avx512, (&avx512::forward_plane_depthwise_3x3<scalar_t, io_t>),
-                                    (&avx512::grad_weight_rows_3x3<scalar_t, io_t>));
     case Isa::avx2:
       if constexpr (std::is_same_v<scalar_t, io_t>) {
         return CONV_EXT_PLANE_KERNELS(avx2, &avx2::forward_plane_rows<scalar_t>, &avx2::grad_weight_rows_3x3<scalar_t>);
+      } else {
+        return CONV_EXT_PLANE_KERNELS(avx2, nullptr, nullptr);
       }
-      return CONV_EXT_PLANE_KERNELS(avx2, nullptr, nullptr);
     default:
       return CONV_EXT_PLANE_KERNELS(generic, nullptr, nullptr);
   }
