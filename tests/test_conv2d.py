@@ -336,6 +336,29 @@ def test_wide_groups_take_the_direct_forward():
         assert not torch.equal(results["auto"][i], results["gemm"][i]), what
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_pointwise_channels_last_is_one_matrix_product(dtype):
+    """A 1x1 stride-1 layer on channels_last tensors runs each op as one matrix product of its
+    pixels' channels, in place (pointwise_on_pixel_rows): bit for bit those products, results
+    channels_last, and within the bounds of F.conv2d's."""
+    conv = Conv(3, 37, 21, (9, 7), (1, 1), (1, 1), (0, 0), (1, 1), 1, True, "channels_last")
+    x, w, b = conv.tensors(dtype, "cpu", requires_grad=True)
+    gy = (torch.rand(3, 21, 9, 7, dtype=dtype) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    (y, gx, gw, gb), _ = forward_and_grads(conv_ext.conv2d, conv, x, w, b, gy)
+
+    def rows(t):  # (N, C, H, W) -> (N H W, C)
+        return t.detach().permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+    w2 = w.detach().reshape(21, 37)
+    assert torch.equal(rows(y), torch.addmm(b.detach(), rows(x), w2.t()))
+    assert torch.equal(rows(gx), rows(gy) @ w2)
+    assert torch.equal(gw.reshape(21, 37), rows(gy).t() @ rows(x))
+    assert y.is_contiguous(memory_format=torch.channels_last) and gx.is_contiguous(memory_format=torch.channels_last)
+    theirs, _ = forward_and_grads(F.conv2d, conv, x, w, b, gy)
+    for name, a, e in zip(NAMES, (y, gx, gw, gb), theirs):
+        assert_scaled_close(a, e, 1e-12 if dtype == torch.float64 else 1e-5, name)
+
+
 @pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the channels-last GEMM needs AVX2")
 @pytest.mark.parametrize("conv", [
     Conv(2, 64, 64, (24, 24), (3, 3), (2, 2), (1, 1), (1, 1), 8, True),  # 8 channels per group, stride 2

@@ -465,6 +465,25 @@ bool bf16_pairs_chosen(const Conv2dGeometry& g, at::ScalarType dtype, bool over_
          (g.in_channels_per_group() >= 32 && (over_winograd || !winograd_chosen(g)));
 }
 
+// A 1x1 stride-1 layer of one group on NHWC tensors (channels_last) is one matrix product over
+// the batch's pixels, which MKL runs on them in place, where the NCHW paths transpose the input
+// and the output (measured on Zen 4, 1x1 256->64 @56 at batch 8 with a channels_last input:
+// 26.9 ms, against 9.4 ms for an NCHW one). float32 and float64, where the algorithm is not forced.
+bool pointwise_on_pixel_rows(const Conv2dGeometry& g, const Tensor& t) {
+  return is_pointwise(g) && g.groups == 1 && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble) &&
+         t.suggest_memory_format() == at::MemoryFormat::ChannelsLast && !forced_algorithm();
+}
+
+// t (N, C, H, W) as the matrix (N H W, C) of its pixels' channels: a view of a channels_last t.
+Tensor pixel_rows(const Tensor& t) {
+  return t.permute({0, 2, 3, 1}).reshape({t.size(0) * t.size(2) * t.size(3), t.size(1)});
+}
+
+// The matrix (N H W, C) of pixel_rows as the (N, C, H, W) tensor, channels_last.
+Tensor from_pixel_rows(const Tensor& rows, int64_t n, int64_t h, int64_t w) {
+  return rows.view({n, h, w, rows.size(1)}).permute({0, 3, 1, 2});
+}
+
 // The forward on Winograd, reading the weight in the given order.
 Tensor winograd_forward(const Tensor& input, const Tensor& weight, FilterOrder order, const Tensor& bias,
                         const Conv2dGeometry& g, at::MemoryFormat result_format) {
@@ -478,6 +497,11 @@ Tensor forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
   if (bf16_pairs_chosen(g, input.scalar_type())) {
     const Tensor output = bf16_pairs_conv2d_forward(input.contiguous(), weight.contiguous(), FilterOrder::as_given, bias, g);
     return finish(output, input.scalar_type(), result_format);
+  }
+  if (pointwise_on_pixel_rows(g, input)) {
+    const Tensor w = weight.reshape({g.out_channels, g.in_channels}).t();
+    const Tensor rows = bias.defined() ? at::addmm(bias, pixel_rows(input), w) : at::mm(pixel_rows(input), w);
+    return in_memory_format(from_pixel_rows(rows, g.batch, g.out_h, g.out_w), result_format);
   }
   const Algorithm algorithm = choose_algorithm(g);
   if (algorithm == Algorithm::winograd) return winograd_forward(input, weight, FilterOrder::as_given, bias, g, result_format);
@@ -665,6 +689,10 @@ Tensor conv2d_grad_input_cpu(const Tensor& grad_output, const Tensor& weight,
     return complex_conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation, groups);
   }
   const at::MemoryFormat result_format = conv2d_memory_format(grad_output, weight);
+  if (pointwise_on_pixel_rows(g, grad_output)) {
+    const Tensor rows = at::mm(pixel_rows(grad_output), weight.reshape({g.out_channels, g.in_channels}));
+    return in_memory_format(from_pixel_rows(rows, g.batch, g.in_h, g.in_w), result_format);
+  }
   const Conv2dGeometry t = transposed_geometry(g);
   if (grad_input_is_forward(g, t)) {
     if (winograd_reads_flipped(t, grad_output.scalar_type())) {
@@ -707,6 +735,10 @@ Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
       check_conv2d_grad_weight(input, grad_output, kernel_size, stride, padding, dilation, groups);
   if (input.is_complex()) {
     return complex_conv2d_grad_weight(input, grad_output, kernel_size, stride, padding, dilation, groups);
+  }
+  if (pointwise_on_pixel_rows(g, input) && pointwise_on_pixel_rows(g, grad_output)) {
+    const Tensor grad_weight = at::mm(pixel_rows(grad_output).t(), pixel_rows(input));
+    return in_memory_format(grad_weight.view({g.out_channels, g.in_channels, 1, 1}), conv2d_memory_format(input, grad_output));
   }
   // The vectors' weight gradient beats Winograd's with at least 1024 output pixels in the batch
   // (Zen 5, 3x3 at batch 8: 64 @56 1.1-1.7x, 128 @28 1.0-1.3x, 256 @14 1.2-1.3x faster; with
