@@ -57,6 +57,8 @@ CPU_PATHS = {
     "bf16-vectors": {"CONV_EXT_CPU_BF16": "vectors", "CONV_EXT_CPU_ISA": "avx512"},
     # The choice by shape in the AVX-512 build (the default wherever the CPU has AVX-512), forced.
     "auto-avx512-isa": {"CONV_EXT_CPU_ISA": "avx512"},
+    # The choice by shape in the AVX2 build (at most), where MKL keeps up with it (blas_keeps_up).
+    "auto-avx2-isa": {"CONV_EXT_CPU_ISA": "avx2"},
     # On a CPU with AVX-512 the kernels have an AVX2 and an AVX-512 build, and which one runs by
     # default depends on the CPU (cpu_features.h): these run each.
     **{
