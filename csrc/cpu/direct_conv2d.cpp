@@ -49,11 +49,12 @@ inline void prefetch_plane(const void* plane, int64_t bytes) {
   for (int64_t b = 0; b < std::min(bytes, kMaxPrefetchBytes); b += 64) __builtin_prefetch(p + b, 0, 2);
 }
 
-// Per build, the output columns of the narrowest block of accumulators, and of the blocks of 3
-// to 8 output channels: 8 channels x 8 columns of AVX2's 16 registers; with AVX-512, 8 x 2
-// vectors of its 32 (grouped 3x3 with 8 channels per group: 1.8x faster than the AVX2 build,
-// measured).
+// Per build, its instruction set, the output columns of the narrowest block of accumulators,
+// and of the blocks of 3 to 8 output channels: 8 channels x 8 columns of AVX2's 16 registers;
+// with AVX-512, 8 x 2 vectors of its 32 (grouped 3x3 with 8 channels per group: 1.8x faster
+// than the AVX2 build, measured).
 namespace generic {
+constexpr Isa kIsa = Isa::generic;
 template <typename scalar_t>
 constexpr int kBlockColumns = 8;
 template <typename scalar_t>
@@ -64,6 +65,7 @@ constexpr int kGroupColumns = 8;
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 namespace avx2 {
+constexpr Isa kIsa = Isa::avx2;
 template <typename scalar_t>
 constexpr int kBlockColumns = 8;
 template <typename scalar_t>
@@ -76,6 +78,7 @@ constexpr int kGroupColumns = 8;
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx2,fma,f16c,prefer-vector-width=512")
 namespace avx512 {
+constexpr Isa kIsa = Isa::avx512;
 template <typename scalar_t>
 constexpr int kBlockColumns = 64 / sizeof(scalar_t);
 template <typename scalar_t>

@@ -163,20 +163,40 @@ using IoVec = std::conditional_t<std::is_floating_point_v<io_t>, Vec<io_t>, Wide
 #pragma GCC diagnostic pop
 
 // dst[i] = src[i] for i < n: float16 or bfloat16 widened to float32, float32 rounded to them, or a
-// copy, by the loops of this CPU's instruction set (asked once per call site, not per row).
+// copy, by the loops of instruction set `isa`.
+template <Isa isa, typename from_t, typename to_t>
+void convert_row(const from_t* src, int64_t n, to_t* dst) {
+  if constexpr (std::is_same_v<from_t, to_t>) {
+    std::copy(src, src + n, dst);
+  } else if constexpr (std::is_same_v<to_t, float>) {
+    if constexpr (isa == Isa::avx512) {
+      avx512::widen_row(src, n, dst);
+    } else if constexpr (isa == Isa::avx2) {
+      avx2::widen_row(src, n, dst);
+    } else {
+      generic::widen_row(src, n, dst);
+    }
+  } else {
+    static_assert(std::is_same_v<from_t, float>);
+    if constexpr (isa == Isa::avx512) {
+      avx512::narrow_row(src, n, dst);
+    } else if constexpr (isa == Isa::avx2) {
+      avx2::narrow_row(src, n, dst);
+    } else {
+      generic::narrow_row(src, n, dst);
+    }
+  }
+}
+
+// convert_row for this CPU's instruction set (asked once per call site, not per row).
 template <typename from_t, typename to_t>
 using ConvertRow = void (*)(const from_t* src, int64_t n, to_t* dst);
 
 template <typename from_t, typename to_t>
 ConvertRow<from_t, to_t> convert_row_for_this_cpu() {
-  if constexpr (std::is_same_v<from_t, to_t>) {
-    return [](const from_t* src, int64_t n, to_t* dst) { std::copy(src, src + n, dst); };
-  } else if constexpr (std::is_same_v<to_t, float>) {
-    return use_avx512() ? &avx512::widen_row<from_t> : use_avx2() ? &avx2::widen_row<from_t> : &generic::widen_row<from_t>;
-  } else {
-    static_assert(std::is_same_v<from_t, float>);
-    return use_avx512() ? &avx512::narrow_row<to_t> : use_avx2() ? &avx2::narrow_row<to_t> : &generic::narrow_row<to_t>;
-  }
+  return use_avx512() ? &convert_row<Isa::avx512, from_t, to_t>
+         : use_avx2() ? &convert_row<Isa::avx2, from_t, to_t>
+                      : &convert_row<Isa::generic, from_t, to_t>;
 }
 
 }  // namespace conv_ext
