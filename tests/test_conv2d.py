@@ -336,29 +336,36 @@ def test_wide_groups_take_the_direct_forward():
         assert not torch.equal(results["auto"][i], results["gemm"][i]), what
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=str)
 def test_pointwise_channels_last_is_one_matrix_product(dtype):
     """A 1x1 stride-1 layer on channels_last tensors runs each op as one matrix product of its
-    pixels' channels, in place (pointwise_on_pixel_rows; the weight gradient where MKL keeps up,
-    as in the AVX2 build): bit for bit those products, results channels_last, and within the
-    bounds of F.conv2d's."""
+    pixels' channels, in place (pointwise_on_pixel_rows; float16 widened to float32 and rounded
+    once; the weight gradient where MKL keeps up, as in the AVX2 build): bit for bit those
+    products, results channels_last, within float64's bounds of the exact result (float16: half
+    an ulp plus float32's)."""
     conv = Conv(3, 37, 21, (9, 7), (1, 1), (1, 1), (0, 0), (1, 1), 1, True, "channels_last")
     x, w, b = conv.tensors(dtype, "cpu", requires_grad=True)
-    gy = (torch.rand(3, 21, 9, 7, dtype=dtype) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    gy = (torch.rand(3, 21, 9, 7, dtype=torch.float64) * 2 - 1).to(dtype).contiguous(memory_format=torch.channels_last)
     with cpu_path("auto-avx2-isa"):
         (y, gx, gw, gb), _ = forward_and_grads(conv_ext.conv2d, conv, x, w, b, gy)
 
-    def rows(t):  # (N, C, H, W) -> (N H W, C)
-        return t.detach().permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+    product_type = torch.float32 if dtype == torch.float16 else dtype
 
-    w2 = w.detach().reshape(21, 37)
-    assert torch.equal(rows(y), torch.addmm(b.detach(), rows(x), w2.t()))
-    assert torch.equal(rows(gx), rows(gy) @ w2)
-    assert torch.equal(gw.reshape(21, 37), rows(gy).t() @ rows(x))
+    def rows(t):  # (N, C, H, W) -> (N H W, C), in the products' type
+        return t.detach().permute(0, 2, 3, 1).reshape(-1, t.shape[1]).to(product_type)
+
+    w2 = w.detach().reshape(21, 37).to(product_type)
+    assert torch.equal(rows(y), torch.addmm(b.detach().to(product_type), rows(x), w2.t()).to(dtype).to(product_type))
+    assert torch.equal(rows(gx), (rows(gy) @ w2).to(dtype).to(product_type))
+    assert torch.equal(gw.reshape(21, 37).to(product_type), (rows(gy).t() @ rows(x)).to(dtype).to(product_type))
+    assert y.dtype == gx.dtype == gw.dtype == dtype
     assert y.is_contiguous(memory_format=torch.channels_last) and gx.is_contiguous(memory_format=torch.channels_last)
-    theirs, _ = forward_and_grads(F.conv2d, conv, x, w, b, gy)
-    for name, a, e in zip(NAMES, (y, gx, gw, gb), theirs):
-        assert_scaled_close(a, e, 1e-12 if dtype == torch.float64 else 1e-5, name)
+    exact, _ = forward_and_grads(F.conv2d, conv, *(t.detach().double().requires_grad_() for t in (x, w, b)), gy.double())
+    for name, a, e in zip(NAMES, (y, gx, gw, gb), exact):
+        if dtype == torch.float16:
+            torch.testing.assert_close(a.double(), e, rtol=torch.finfo(dtype).eps / 2, atol=1e-5 * e.abs().max().item(), msg=name)
+        else:
+            assert_scaled_close(a, e, 1e-12 if dtype == torch.float64 else 1e-5, name)
 
 
 @pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the channels-last GEMM needs AVX2")

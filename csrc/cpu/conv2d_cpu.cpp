@@ -468,12 +468,17 @@ bool bf16_pairs_chosen(const Conv2dGeometry& g, at::ScalarType dtype, bool over_
 // A 1x1 stride-1 layer of one group on NHWC tensors (channels_last) is one matrix product over
 // the batch's pixels, which MKL runs on them in place, where the NCHW paths transpose the input
 // and the output (measured on Zen 4, 1x1 256->64 @56 at batch 8 with a channels_last input:
-// 26.9 ms, against 9.4 ms for an NCHW one; its input gradient 18.0 -> 13.0 ms). float32 and
-// float64, where the algorithm is not forced.
+// 26.9 ms, against 9.4 ms for an NCHW one; its input gradient 18.0 -> 13.0 ms). float32, float64
+// and float16 (its products summed in float32; bfloat16 has its pair kernels), where the algorithm
+// is not forced.
 bool pointwise_on_pixel_rows(const Conv2dGeometry& g, const Tensor& t) {
-  return is_pointwise(g) && g.groups == 1 && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble) &&
+  const auto dtype = t.scalar_type();
+  return is_pointwise(g) && g.groups == 1 && (dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf) &&
          t.suggest_memory_format() == at::MemoryFormat::ChannelsLast && !forced_algorithm();
 }
+
+// An operand of those products: float16 widened to float32 in its own layout (rows stay rows).
+Tensor product_operand(const Tensor& t) { return t.defined() && t.scalar_type() == at::kHalf ? t.to(at::kFloat) : t; }
 
 // t (N, C, H, W) as the matrix (N H W, C) of its pixels' channels: a view of a channels_last t.
 Tensor pixel_rows(const Tensor& t) {
@@ -500,9 +505,10 @@ Tensor forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
     return finish(output, input.scalar_type(), result_format);
   }
   if (pointwise_on_pixel_rows(g, input)) {
-    const Tensor w = weight.reshape({g.out_channels, g.in_channels}).t();
-    const Tensor rows = bias.defined() ? at::addmm(bias, pixel_rows(input), w) : at::mm(pixel_rows(input), w);
-    return in_memory_format(from_pixel_rows(rows, g.batch, g.out_h, g.out_w), result_format);
+    const Tensor x = product_operand(pixel_rows(input)), b = product_operand(bias);
+    const Tensor w = product_operand(weight.reshape({g.out_channels, g.in_channels}).t());
+    const Tensor rows = b.defined() ? at::addmm(b, x, w) : at::mm(x, w);
+    return finish(from_pixel_rows(rows, g.batch, g.out_h, g.out_w), input.scalar_type(), result_format);
   }
   const Algorithm algorithm = choose_algorithm(g);
   if (algorithm == Algorithm::winograd) return winograd_forward(input, weight, FilterOrder::as_given, bias, g, result_format);
@@ -691,8 +697,9 @@ Tensor conv2d_grad_input_cpu(const Tensor& grad_output, const Tensor& weight,
   }
   const at::MemoryFormat result_format = conv2d_memory_format(grad_output, weight);
   if (pointwise_on_pixel_rows(g, grad_output)) {
-    const Tensor rows = at::mm(pixel_rows(grad_output), weight.reshape({g.out_channels, g.in_channels}));
-    return in_memory_format(from_pixel_rows(rows, g.batch, g.in_h, g.in_w), result_format);
+    const Tensor rows = at::mm(product_operand(pixel_rows(grad_output)),
+                               product_operand(weight.reshape({g.out_channels, g.in_channels})));
+    return finish(from_pixel_rows(rows, g.batch, g.in_h, g.in_w), grad_output.scalar_type(), result_format);
   }
   const Conv2dGeometry t = transposed_geometry(g);
   if (grad_input_is_forward(g, t)) {
@@ -741,8 +748,9 @@ Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
   // (Zen 4, 1x1 256->64 @56 at batch 8: 10.8 against 11.2 ms).
   if (pointwise_on_pixel_rows(g, input) && pointwise_on_pixel_rows(g, grad_output) &&
       !channels_last_gemm_grad_weight_pays_off(g)) {
-    const Tensor grad_weight = at::mm(pixel_rows(grad_output).t(), pixel_rows(input));
-    return in_memory_format(grad_weight.view({g.out_channels, g.in_channels, 1, 1}), conv2d_memory_format(input, grad_output));
+    const Tensor grad_weight = at::mm(product_operand(pixel_rows(grad_output).t()), product_operand(pixel_rows(input)));
+    return finish(grad_weight.view({g.out_channels, g.in_channels, 1, 1}), input.scalar_type(),
+                  conv2d_memory_format(input, grad_output));
   }
   // The vectors' weight gradient beats Winograd's with at least 1024 output pixels in the batch
   // (Zen 5, 3x3 at batch 8: 64 @56 1.1-1.7x, 128 @28 1.0-1.3x, 256 @14 1.2-1.3x faster; with
