@@ -25,6 +25,15 @@ const scalar_t* data_or_null(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr;
 }
 
+// a / b where b divides a, else -1; for a >= 0 and b > 0. Division by 1 (stride 1, the common
+// case) is skipped, and operands below 2^32 take a 32-bit division: a 64-bit one is a subroutine
+// call on the GPU, and the registers it saves spill.
+__device__ __forceinline__ int64_t exact_quotient(int64_t a, int64_t b) {
+  if (b == 1) return a;
+  const int64_t q = (a | b) >> 32 == 0 ? int64_t{static_cast<uint32_t>(a) / static_cast<uint32_t>(b)} : a / b;
+  return q * b == a ? q : -1;
+}
+
 // A position in a three-level index space as its digits (outer, middle, inner), e.g. a filter's
 // (c, r, s) or the pixels' (n, oh, ow). A thread that visits positions a fixed step apart finds
 // the first one's digits once and steps them by additions and carries, where finding each anew

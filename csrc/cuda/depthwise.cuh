@@ -25,13 +25,7 @@
 namespace conv_ext {
 namespace depthwise {
 
-// Where each output channel reads one input channel; and where the input gradient's positions and
-// strides fit the 32-bit divisions it takes (exact_quotient).
-inline bool applies(const Conv2dGeometry& g) {
-  constexpr int64_t k32 = int64_t{1} << 31;
-  return g.in_channels_per_group() == 1 && g.in_h + g.pad_h < k32 && g.in_w + g.pad_w < k32 && g.stride_h < k32 &&
-         g.stride_w < k32;
-}
+inline bool applies(const Conv2dGeometry& g) { return g.in_channels_per_group() == 1; }
 
 // A filter's extent: kSize x kSize where kSize > 0, a compile-time size that lets the loops over
 // it unroll; the geometry's where kSize == 0.
@@ -117,15 +111,6 @@ __global__ void __launch_bounds__(kThreads)
 // The terms of one output channel in an input pixel's gradient: the sum over (r, s) with
 // h - r * dh = oh * sh and v - s * dw = ow * sw of gy_plane[oh, ow] f(r, s), where (h, v) is the
 // pixel's position in the padded input.
-// a / b where b divides a, else -1; for 0 <= a < 2^31 and 0 < b < 2^31. Stride 1, the common
-// case, takes no division, the others a 32-bit one: a 64-bit division is a subroutine call on
-// the GPU, and the registers it saves spill.
-__device__ __forceinline__ int64_t exact_quotient(int64_t a, int64_t b) {
-  if (b == 1) return a;
-  const uint32_t q = static_cast<uint32_t>(a) / static_cast<uint32_t>(b);
-  return int64_t{q} * b == a ? int64_t{q} : -1;
-}
-
 template <typename scalar_t, int kSize>
 __device__ __forceinline__ at::acc_type<scalar_t, true> transposed_window(const Filter<scalar_t, kSize>& f,
                                                                           const Taps<kSize>& taps,

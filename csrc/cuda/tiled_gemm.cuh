@@ -149,11 +149,8 @@ struct GradInputProblem {
   __device__ acc_t a(const Row& p, const Digits& krs) const {
     const int64_t h = p.h - krs.middle * g.dilation_h, v = p.v - krs.inner * g.dilation_w;
     if (h < 0 || v < 0) return acc_t(0);
-    // Stride 1 (the common case) needs no division.
-    if (g.stride_h != 1 && h % g.stride_h != 0) return acc_t(0);
-    if (g.stride_w != 1 && v % g.stride_w != 0) return acc_t(0);
-    const int64_t oh = g.stride_h == 1 ? h : h / g.stride_h, ow = g.stride_w == 1 ? v : v / g.stride_w;
-    if (oh >= g.out_h || ow >= g.out_w) return acc_t(0);
+    const int64_t oh = exact_quotient(h, g.stride_h), ow = exact_quotient(v, g.stride_w);
+    if (oh < 0 || ow < 0 || oh >= g.out_h || ow >= g.out_w) return acc_t(0);
     return static_cast<acc_t>(p.gy[(krs.outer * g.out_h + oh) * g.out_w + ow]);
   }
   struct Col {  // an input channel's taps in the group's first filter
