@@ -336,6 +336,18 @@ def test_wide_groups_take_the_direct_forward():
         assert not torch.equal(results["auto"][i], results["gemm"][i]), what
 
 
+def assert_pointwise_bounds(conv, x, w, b, gy, results):
+    """The results (output and gradients) of a pointwise layer whose products sum in float64 or
+    float32 within float64's or float32's bounds of the exact result (float16: half an ulp plus
+    float32's)."""
+    exact, _ = forward_and_grads(F.conv2d, conv, *(t.detach().double().requires_grad_() for t in (x, w, b)), gy.double())
+    for name, a, e in zip(NAMES, results, exact):
+        if a.dtype == torch.float16:
+            torch.testing.assert_close(a.double(), e, rtol=torch.finfo(a.dtype).eps / 2, atol=1e-5 * e.abs().max().item(), msg=name)
+        else:
+            assert_scaled_close(a, e, 1e-12 if a.dtype == torch.float64 else 1e-5, name)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=str)
 def test_pointwise_channels_last_is_one_matrix_product(dtype):
     """A 1x1 stride-1 layer on channels_last tensors runs each op as one matrix product of its
@@ -360,12 +372,44 @@ def test_pointwise_channels_last_is_one_matrix_product(dtype):
     assert torch.equal(gw.reshape(21, 37).to(product_type), (rows(gy).t() @ rows(x)).to(dtype).to(product_type))
     assert y.dtype == gx.dtype == gw.dtype == dtype
     assert y.is_contiguous(memory_format=torch.channels_last) and gx.is_contiguous(memory_format=torch.channels_last)
-    exact, _ = forward_and_grads(F.conv2d, conv, *(t.detach().double().requires_grad_() for t in (x, w, b)), gy.double())
-    for name, a, e in zip(NAMES, (y, gx, gw, gb), exact):
-        if dtype == torch.float16:
-            torch.testing.assert_close(a.double(), e, rtol=torch.finfo(dtype).eps / 2, atol=1e-5 * e.abs().max().item(), msg=name)
-        else:
-            assert_scaled_close(a, e, 1e-12 if dtype == torch.float64 else 1e-5, name)
+    assert_pointwise_bounds(conv, x, w, b, gy, (y, gx, gw, gb))
+
+
+@pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the micro-kernel needs AVX2")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=str)
+@pytest.mark.parametrize("channels", [
+    (256, 256, (3, 5), 2),     # rows read in place
+    (1024, 1024, (2, 3), 1),   # float32 rows 4 KiB apart (float64 8 KiB): packed per block of the depth
+    (256, 256, (40, 37), 2),   # outputs over 2 MiB, streamed
+], ids=["in-place", "packed", "streamed"])
+def test_pointwise_channels_last_on_the_micro_kernel(dtype, channels):
+    """Where MKL does not keep up (CONV_EXT_CPU_BLAS=slow), a 1x1 stride-1 layer on channels_last
+    tensors whose product's columns fill the micro-kernel's panels runs its forward and input
+    gradient on that kernel over the pixels' rows in place (channels_last_pointwise_*): bit for
+    bit the forced GEMM's results, whose implicit GEMM sums each output in the same order on
+    NCHW copies, and not MKL's, which the AVX2 build takes (its sums of 256 or more products
+    differ in float32 and float64; float16's rounding can hide that), results channels_last;
+    with a bias within the bounds of the exact result."""
+    in_channels, out_channels, size, batch = channels
+    conv = Conv(batch, in_channels, out_channels, size, (1, 1), (1, 1), (0, 0), (1, 1), 1, False, "channels_last")
+    x, w, _ = conv.tensors(dtype, "cpu")
+    x[:, 0] *= 1000  # sums in another order differ in their bits
+    x.requires_grad_()
+    w.requires_grad_()
+    gy = torch.rand(batch, out_channels, *size, dtype=torch.float64).to(dtype).contiguous(memory_format=torch.channels_last)
+    gy[:, 0] *= 1000
+    results = results_on_paths(conv, x, w, None, gy, ("slow-blas", "gemm-slow-blas", "auto-avx2-isa"))
+    for what in NAMES[:2]:
+        ours = results["slow-blas"][what]
+        assert ours.is_contiguous(memory_format=torch.channels_last), what
+        assert torch.equal(ours, results["gemm-slow-blas"][what]), what
+        assert dtype == torch.float16 or not torch.equal(ours, results["auto-avx2-isa"][what]), what
+    x, w, _ = conv.tensors(dtype, "cpu", requires_grad=True)  # unscaled: float16's gradients stay finite
+    b = torch.rand(out_channels, dtype=torch.float64).to(dtype).requires_grad_()
+    gy = torch.rand_like(gy, dtype=torch.float64).to(dtype)
+    with cpu_path("slow-blas"):
+        (y, gx, gw, gb), _ = forward_and_grads(conv_ext.conv2d, conv, x, w, b, gy)
+    assert_pointwise_bounds(conv, x, w, b, gy, (y, gx, gw, gb))
 
 
 @pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the channels-last GEMM needs AVX2")

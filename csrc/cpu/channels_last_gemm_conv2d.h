@@ -32,4 +32,16 @@ at::Tensor channels_last_gemm_conv2d_grad_input(const at::Tensor& grad_output, c
 at::Tensor channels_last_gemm_conv2d_grad_weight(const at::Tensor& input, const at::Tensor& grad_output,
                                                  const Conv2dGeometry& g);
 
+// A 1x1 stride-1 layer of one group on NHWC tensors is one matrix product of the pixels'
+// channels, which the micro-kernel takes in place (no bands), where this CPU runs it, the dtype
+// is float32 or float64 and the product's columns (output channels for the forward, input
+// channels for the input gradient) fill whole panels.
+bool channels_last_pointwise_applies(int64_t columns, at::ScalarType dtype);
+
+// Its forward and input gradient: tensors of one such dtype, the results channels_last.
+at::Tensor channels_last_pointwise_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
+                                           const Conv2dGeometry& g);
+at::Tensor channels_last_pointwise_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
+                                              const Conv2dGeometry& g);
+
 }  // namespace conv_ext
