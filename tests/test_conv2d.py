@@ -386,26 +386,25 @@ def test_pointwise_channels_last_on_the_micro_kernel(dtype, channels):
     """Where MKL does not keep up (CONV_EXT_CPU_BLAS=slow), a 1x1 stride-1 layer on channels_last
     tensors whose product's columns fill the micro-kernel's panels runs its forward and input
     gradient on that kernel over the pixels' rows in place (channels_last_pointwise_*): bit for
-    bit the forced GEMM's results, whose implicit GEMM sums each output in the same order on
-    NCHW copies, and not MKL's, which the AVX2 build takes (its sums of 256 or more products
-    differ in float32 and float64; float16's rounding can hide that), results channels_last;
-    with a bias within the bounds of the exact result."""
+    bit the forced GEMM's results, whose implicit GEMM sums each output in the same order (from
+    the bias) on NCHW copies, and not MKL's, which the AVX2 build takes (its sums of 256 or more
+    products differ in float32 and float64; float16's rounding can hide that); results
+    channels_last, within the bounds of the exact result."""
     in_channels, out_channels, size, batch = channels
-    conv = Conv(batch, in_channels, out_channels, size, (1, 1), (1, 1), (0, 0), (1, 1), 1, False, "channels_last")
-    x, w, _ = conv.tensors(dtype, "cpu")
+    conv = Conv(batch, in_channels, out_channels, size, (1, 1), (1, 1), (0, 0), (1, 1), 1, True, "channels_last")
+    x, w, b = conv.tensors(dtype, "cpu")
     x[:, 0] *= 1000  # sums in another order differ in their bits
     x.requires_grad_()
     w.requires_grad_()
     gy = torch.rand(batch, out_channels, *size, dtype=torch.float64).to(dtype).contiguous(memory_format=torch.channels_last)
     gy[:, 0] *= 1000
-    results = results_on_paths(conv, x, w, None, gy, ("slow-blas", "gemm-slow-blas", "auto-avx2-isa"))
+    results = results_on_paths(conv, x, w, b, gy, ("slow-blas", "gemm-slow-blas", "auto-avx2-isa"))
     for what in NAMES[:2]:
         ours = results["slow-blas"][what]
         assert ours.is_contiguous(memory_format=torch.channels_last), what
         assert torch.equal(ours, results["gemm-slow-blas"][what]), what
         assert dtype == torch.float16 or not torch.equal(ours, results["auto-avx2-isa"][what]), what
-    x, w, _ = conv.tensors(dtype, "cpu", requires_grad=True)  # unscaled: float16's gradients stay finite
-    b = torch.rand(out_channels, dtype=torch.float64).to(dtype).requires_grad_()
+    x, w, b = conv.tensors(dtype, "cpu", requires_grad=True)  # unscaled: float16's gradients stay finite
     gy = torch.rand_like(gy, dtype=torch.float64).to(dtype)
     with cpu_path("slow-blas"):
         (y, gx, gw, gb), _ = forward_and_grads(conv_ext.conv2d, conv, x, w, b, gy)

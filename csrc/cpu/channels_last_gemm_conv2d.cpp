@@ -174,7 +174,7 @@ void forward_band(const MicroKernel<scalar_t>& kernel, const scalar_t* band, int
         for (int64_t ow = 0; ow < g.out_w; ow += tile_pixels) {
           const int tile_rows = static_cast<int>(std::min(tile_pixels, g.out_w - ow));
           kernel.run(tile_rows, tile_panels, depth, a + ow * g.stride_w * channels, g.stride_w * channels, panel,
-                     patch * W, offsets + k0, nullptr, write, y + ow * out_pixel, out_pixel);
+                     patch * W, offsets + k0, {}, write, y + ow * out_pixel, out_pixel);
         }
       }
     }
@@ -182,36 +182,32 @@ void forward_band(const MicroKernel<scalar_t>& kernel, const scalar_t* band, int
 }
 
 // Rows [begin, end) of a pointwise layer's product on NHWC tensors: out (rows `columns` apart)
-// = a (rows `depth` apart) times the packed panels of B, plus bias, block by block of the depth
-// as forward_band sums them (bit for bit its results). The rows are read in place or, given
-// a_tiles, per block packed into it (kernel.rows x the block per tile).
+// = bias + a (rows `depth` apart) times the packed panels of B, block by block of the depth as
+// the implicit GEMM sums them. The rows are read in place or, given a_tiles, per block packed
+// into it (kernel.rows x the block per tile).
 template <typename scalar_t>
 void pointwise_rows(const MicroKernel<scalar_t>& kernel, const scalar_t* a, int64_t depth, const scalar_t* packed,
                     int64_t columns, const scalar_t* bias, int64_t begin, int64_t end, scalar_t* a_tiles, Write write,
                     scalar_t* out) {
   constexpr int64_t W = kPanelWidth<scalar_t>;
   const int64_t panels = columns / W, rows = kernel.rows;
-  const int64_t max_depth = depth <= kernel.depth * 5 / 4 ? depth : kernel.depth;
   const bool pack = a_tiles != nullptr;
   const auto transpose = transpose_for_this_cpu<scalar_t>();
-  for (int64_t k0 = 0; k0 < depth; k0 += max_depth) {
-    const int64_t block = std::min(max_depth, depth - k0);
+  for (int64_t k0 = 0; k0 < depth; k0 += kernel.depth) {
+    const int64_t block = std::min(kernel.depth, depth - k0);
     for (int64_t i = begin; pack && i < end; i += rows) {
       transpose(a + i * depth + k0, depth, std::min(rows, end - i), block, a_tiles + (i - begin) * block, rows, false);
     }
     for (int64_t p0 = 0; p0 < panels; p0 += kernel.panels) {
       const int tile_panels = static_cast<int>(std::min<int64_t>(kernel.panels, panels - p0));
       const scalar_t* panel = packed + (p0 * depth + k0) * W;
+      const Bias<scalar_t> start{bias != nullptr ? bias + p0 * W : nullptr, true};
       for (int64_t i = begin; i < end; i += rows) {
         const scalar_t* tile = pack ? a_tiles + (i - begin) * block : a + i * depth + k0;
         kernel.run(static_cast<int>(std::min(rows, end - i)), tile_panels, block, tile, pack ? 0 : depth, panel, depth * W,
-                   nullptr, nullptr, k0 > 0 ? Write::add : write, out + i * columns + p0 * W, columns);
+                   nullptr, start, k0 > 0 ? Write::add : write, out + i * columns + p0 * W, columns);
       }
     }
-  }
-  if (bias == nullptr) return;
-  for (int64_t i = begin; i < end; ++i) {
-    for (int64_t n = 0; n < columns; ++n) out[i * columns + n] += bias[n];
   }
 }
 
@@ -236,9 +232,9 @@ at::Tensor pointwise_product(const at::Tensor& rows, const at::Tensor& packed, i
     // 2048->512 @7 1.12x faster packed; 256->64 @56 1.08x and 384->64 @28 1.18x slower).
     const bool pack = depth * int64_t{sizeof(scalar_t)} % 4096 == 0;
     // Streamed where one block of the depth writes it whole (aligned: whole panels per row).
-    const bool stream = bias_data == nullptr && depth <= kernel.depth * 5 / 4 && streams(out);
+    const bool stream = depth <= kernel.depth && streams(out);
     at::parallel_for(0, (count + kernel.rows - 1) / kernel.rows, 1, [&](int64_t begin, int64_t end) {
-      AlignedVector<scalar_t> a_tiles(pack ? chunk * std::min<int64_t>(depth, kernel.depth * 5 / 4) : 0);
+      AlignedVector<scalar_t> a_tiles(pack ? chunk * std::min(depth, kernel.depth) : 0);
       for (int64_t first = begin * kernel.rows; first < std::min(count, end * kernel.rows); first += chunk) {
         pointwise_rows(kernel, a, depth, b, columns, bias_data, first, std::min({count, end * kernel.rows, first + chunk}),
                        pack ? a_tiles.data() : nullptr, stream ? Write::stream : Write::store, y);
@@ -426,7 +422,7 @@ at::Tensor channels_last_gemm_conv2d_grad_input(const at::Tensor& grad_output, c
                   scalar_t* y = out_band.data() + ((ih - ih0) * g.in_w + iw0) * in_pixel + p0 * W;
                   for (int64_t i = 0; i < count; i += tile_pixels) {
                     kernel.run(static_cast<int>(std::min(tile_pixels, count - i)), tile_panels, std::min(kernel.depth, depth - k0),
-                               x + i * K, K, panel, depth * W, phase.offsets.data() + k0, nullptr,
+                               x + i * K, K, panel, depth * W, phase.offsets.data() + k0, {},
                                k0 == 0 ? Write::store : Write::add, y + i * sw * in_pixel, sw * in_pixel);
                   }
                 }
@@ -515,7 +511,7 @@ at::Tensor channels_last_gemm_conv2d_grad_weight(const at::Tensor& input, const 
               for (int64_t i = 0; i < entries; i += kernel.rows) {
                 kernel.run(static_cast<int>(std::min<int64_t>(kernel.rows, entries - i)),
                            static_cast<int>(std::min<int64_t>(kernel.panels, panels - p0)), std::min(depth, pixels - d0),
-                           a + i, 1, panel, pixels * W, offsets.data() + d0, nullptr, Write::add,
+                           a + i, 1, panel, pixels * W, offsets.data() + d0, {}, Write::add,
                            group_sum + (run * entries + i) * padded + p0 * W, padded);
               }
             }

@@ -203,7 +203,7 @@ void forward_pixels(const MicroKernel<scalar_t>& kernel, PackPanels<scalar_t> pa
           }
           const bool aligned = reinterpret_cast<uintptr_t>(out) % 64 == 0 && out_row * sizeof(scalar_t) % 64 == 0;
           const Write write = accumulate ? Write::add : stream && last && columns.contiguous && aligned ? Write::stream : Write::store;
-          kernel.run(rows, static_cast<int>(columns.panels), depth, f, filters.a_row(), b_panels, b_step, gather ? taps : nullptr, b, write, out, out_row);
+          kernel.run(rows, static_cast<int>(columns.panels), depth, f, filters.a_row(), b_panels, b_step, gather ? taps : nullptr, {b}, write, out, out_row);
           if (!columns.contiguous) {
             for (int i = 0; i < rows; ++i) {
               for (int64_t j = 0; j < columns.width; ++j) yk[i * pixels + columns.out_offset[j]] = edge[i * kMaxWidth + j];

@@ -34,7 +34,7 @@ constexpr int64_t kDepth = 256;
 
 template <typename scalar_t>
 void run_micro_kernel(int rows, int /*panels: always 1*/, int64_t depth, const scalar_t* a, int64_t a_row,
-                      const scalar_t* panel, int64_t /*panel_step*/, const int64_t* taps, const scalar_t* bias,
+                      const scalar_t* panel, int64_t /*panel_step*/, const int64_t* taps, Bias<scalar_t> bias,
                       Write write, scalar_t* y, int64_t y_row) {
   constexpr int64_t W = kPanelWidth<scalar_t>;
   for (int i = 0; i < rows; ++i) {
@@ -46,8 +46,10 @@ void run_micro_kernel(int rows, int /*panels: always 1*/, int64_t depth, const s
       for (int64_t j = 0; j < W; ++j) acc[j] += ai * bk[j];
     }
     scalar_t* yi = y + i * y_row;
-    const scalar_t start = bias != nullptr ? bias[i] : scalar_t(0);
-    for (int64_t j = 0; j < W; ++j) yi[j] = (write == Write::add ? yi[j] : start) + acc[j];  // no streaming here
+    for (int64_t j = 0; j < W; ++j) {
+      const scalar_t start = bias.values == nullptr ? scalar_t(0) : bias.values[bias.per_column ? j : i];
+      yi[j] = (write == Write::add ? yi[j] : start) + acc[j];  // no streaming here
+    }
   }
 }
 }  // namespace generic

@@ -33,13 +33,22 @@ inline bool streams(const at::Tensor& output) {
   return output.numel() * static_cast<int64_t>(output.element_size()) > kStreamBytes;
 }
 
+// Where the micro-kernel's sums start unless it adds to y: zero, or a bias per row of its tile
+// (the implicit GEMM's output channels) or per column (the channels-last products' ones, at
+// values + j for the tile's column j).
+template <typename scalar_t>
+struct Bias {
+  const scalar_t* values = nullptr;
+  bool per_column = false;
+};
+
 // y's tile of `rows` (<= the kernel's rows) x `panels` (the kernel's panels, or 1) panels:
 // y (+)= a . panels over depth, where row i of a (a_row apart) holds channel i's values, or with
 // a_row = 0 a is packed (step k's values of the rows at a + k * rows of the kernel). Panel p's
 // step k holds kPanelWidth columns at panel + p * panel_step + k * kPanelWidth (packed). Given
 // taps, the operand read in place takes its step k at taps[k]: with a packed the panels, at
 // panel + p * panel_step + taps[k]; else a's rows, row i's value at a + i * a_row + taps[k].
-// Panel p's columns go to y + p * kPanelWidth. Starting from the bias (or zero) unless adding.
+// Panel p's columns go to y + p * kPanelWidth. Starting from the bias unless adding.
 template <typename scalar_t>
 struct MicroKernel {
   int rows, panels;  // the tile that fills the registers
@@ -49,7 +58,7 @@ struct MicroKernel {
   // core against 99 at 1024).
   int64_t depth;
   void (*run)(int rows, int panels, int64_t depth, const scalar_t* a, int64_t a_row,
-              const scalar_t* panel, int64_t panel_step, const int64_t* taps, const scalar_t* bias,
+              const scalar_t* panel, int64_t panel_step, const int64_t* taps, Bias<scalar_t> bias,
               Write write, scalar_t* y, int64_t y_row);
 };
 

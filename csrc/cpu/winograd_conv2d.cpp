@@ -328,7 +328,7 @@ void multiply_by_filters(const scalar_t* v, int64_t v_row, const scalar_t* u, in
           const int rows = static_cast<int>(std::min(tile_rows, count - t));
           const scalar_t* a = ve + t * v_row + c0;
           scalar_t* y = pe + t * panels * W + panel * W;
-          kernel.run(rows, n, depth, a, v_row, b, C * W, nullptr, nullptr, add || c0 > 0 ? Write::add : Write::store, y, panels * W);
+          kernel.run(rows, n, depth, a, v_row, b, C * W, nullptr, {}, add || c0 > 0 ? Write::add : Write::store, y, panels * W);
         }
       }
     }
@@ -386,7 +386,7 @@ void multiply_tiles_transposed(const scalar_t* w, int64_t w_row, int64_t rows, c
         const scalar_t* panel = packed_v + ((e * panels + p) * count + t0) * W;
         for (int64_t r0 = 0; r0 < rows; r0 += kernel.rows) {
           kernel.run(static_cast<int>(std::min<int64_t>(kernel.rows, rows - r0)), n, depth,
-                     w + (e * count + t0) * w_row + r0, 1, panel, count * W, taps.data(), nullptr, block_write,
+                     w + (e * count + t0) * w_row + r0, 1, panel, count * W, taps.data(), {}, block_write,
                      s + (e * rows + r0) * s_row + p * W, s_row);
         }
       }
