@@ -148,12 +148,14 @@ std::vector<int64_t> patch_offsets(const Conv2dGeometry& g, int64_t band_w) {
 }
 
 // Output rows [0, rows) of a band: out[r][ow][k] (pixels panels * W apart) from the input band
-// (pixels `channels` apart, rows band_w pixels long, starting at output row 0's first tap). The
+// (pixels `channels` apart, rows band_w pixels long, starting at output row 0's first tap), each
+// sum starting from bias[k] (bias null, or panels * W of them: zero past the channels). The
 // micro-kernel reads each pixel's patch in place through `offsets`, so its products are as deep
 // as it takes, whatever the channels (the stem's 7 x 7 x 3 in one).
 template <typename scalar_t>
 void forward_band(const MicroKernel<scalar_t>& kernel, const scalar_t* band, int64_t band_w, const scalar_t* packed,
-                  int64_t panels, const int64_t* offsets, const Conv2dGeometry& g, int64_t rows, scalar_t* out) {
+                  int64_t panels, const int64_t* offsets, const scalar_t* bias, const Conv2dGeometry& g, int64_t rows,
+                  scalar_t* out) {
   constexpr int64_t W = kPanelWidth<scalar_t>;
   const int64_t channels = g.in_channels, out_pixel = panels * W, band_row = band_w * channels;
   const int64_t patch = g.kernel_h * g.kernel_w * channels;
@@ -168,13 +170,14 @@ void forward_band(const MicroKernel<scalar_t>& kernel, const scalar_t* band, int
       const int64_t depth = std::min(max_depth, patch - k0);
       const Write write = k0 == 0 ? Write::store : Write::add;
       const scalar_t* panel = packed + (p0 * patch + k0) * W;
+      const Bias<scalar_t> start{bias != nullptr ? bias + p0 * W : nullptr, true};
       for (int64_t r = 0; r < rows; ++r) {
         const scalar_t* a = band + r * g.stride_h * band_row;
         scalar_t* y = out + r * g.out_w * out_pixel + p0 * W;
         for (int64_t ow = 0; ow < g.out_w; ow += tile_pixels) {
           const int tile_rows = static_cast<int>(std::min(tile_pixels, g.out_w - ow));
           kernel.run(tile_rows, tile_panels, depth, a + ow * g.stride_w * channels, g.stride_w * channels, panel,
-                     patch * W, offsets + k0, {}, write, y + ow * out_pixel, out_pixel);
+                     patch * W, offsets + k0, start, write, y + ow * out_pixel, out_pixel);
         }
       }
     }
@@ -275,7 +278,13 @@ at::Tensor channels_last_gemm_conv2d_forward(const at::Tensor& input, const at::
     const GroupedLayout x_layout(input, g), y_layout(output, g);
     const io_t* x = input.const_data_ptr<io_t>();
     const scalar_t* w = packed.const_data_ptr<scalar_t>();
-    const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
+    // Each group's bias padded to its panels, whose vectors the micro-kernel loads whole.
+    at::Tensor padded_bias;
+    if (bias.defined()) {
+      padded_bias = at::zeros({g.groups, out_pixel}, bias.options());
+      padded_bias.narrow(1, 0, K).copy_(bias.reshape({g.groups, K}));
+    }
+    const scalar_t* b = padded_bias.defined() ? padded_bias.const_data_ptr<scalar_t>() : nullptr;
     io_t* y = output.mutable_data_ptr<io_t>();
     const bool stream = streams(output);
     at::parallel_for(0, one.batch * bands_per_image, 1, [&](int64_t begin, int64_t end) {
@@ -285,13 +294,8 @@ at::Tensor channels_last_gemm_conv2d_forward(const at::Tensor& input, const at::
         const int64_t band_rows = std::min(rows, one.out_h - oh0);
         fill_band(read_x, x + x_layout.offset(p), x_layout.layout, x_layout.image(p), oh0 * one.stride_h - one.pad_h,
                   input_rows(band_rows), -one.pad_w, band_w, in_band.data());
-        forward_band(kernel, in_band.data(), band_w, w + group * panels * C * filter * W, panels, offsets.data(), one,
-                     band_rows, out_band.data());
-        if (b != nullptr) {
-          for (int64_t q = 0; q < band_rows * one.out_w; ++q) {
-            for (int64_t k = 0; k < K; ++k) out_band[q * out_pixel + k] += b[group * K + k];
-          }
-        }
+        forward_band(kernel, in_band.data(), band_w, w + group * panels * C * filter * W, panels, offsets.data(),
+                     b != nullptr ? b + group * out_pixel : nullptr, one, band_rows, out_band.data());
         store_band(write_y, out_band.data(), band_rows, one.out_w, y + y_layout.offset(p), y_layout.layout,
                    y_layout.image(p), oh0, out_pixel, stream);
       }
