@@ -8,6 +8,7 @@
 // place through a table of the patch's offsets.
 #include "implicit_gemm_conv2d.h"
 
+#include "bands.h"
 #include "cpu_features.h"
 #include "micro_kernel.h"
 #include "vec.h"
@@ -126,17 +127,16 @@ at::Tensor pack_filters(const at::Tensor& weight, const Conv2dGeometry& g, int64
   at::Tensor packed = at::empty({g.groups * tiles * patch * rows}, weight.options());
   const scalar_t* w = weight.const_data_ptr<scalar_t>();
   scalar_t* out = packed.mutable_data_ptr<scalar_t>();
+  // By register transposes: element by element, reading `rows` streams 4 KiB apart (1024
+  // channels), the packing had taken a fifth of 1x1 1024->256 @14 at batch 1 on one Zen 4 core.
+  const auto transpose = transpose_for_this_cpu<scalar_t>();
   at::parallel_for(0, g.groups * tiles, 1, [&](int64_t begin, int64_t end) {
     for (int64_t gt = begin; gt < end; ++gt) {
       const int64_t group = gt / tiles, first = gt % tiles * rows;
       scalar_t* dst = out + gt * patch * rows;
-      const scalar_t* src = w + (group * kg + first) * patch;
       const int64_t present = std::min(rows, kg - first);
-      // Written in order, read from `rows` streams (the other way round took 4% of a layer).
-      for (int64_t k = 0; k < patch; ++k, dst += rows) {
-        for (int64_t i = 0; i < present; ++i) dst[i] = src[i * patch + k];
-        std::fill(dst + present, dst + rows, scalar_t(0));
-      }
+      if (present < rows) std::fill(dst, dst + patch * rows, scalar_t(0));
+      transpose(w + (group * kg + first) * patch, patch, present, patch, dst, rows, false);
     }
   });
   return packed;
