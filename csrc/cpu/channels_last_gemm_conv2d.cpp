@@ -187,15 +187,14 @@ void forward_band(const MicroKernel<scalar_t>& kernel, const scalar_t* band, int
 // Rows [begin, end) of a pointwise layer's product on NHWC tensors: out (rows `columns` apart)
 // = bias + a (rows `depth` apart) times the packed panels of B, block by block of the depth as
 // the implicit GEMM sums them. The rows are read in place or, given a_tiles, per block packed
-// into it (kernel.rows x the block per tile).
+// into it by `transpose` (kernel.rows x the block per tile).
 template <typename scalar_t>
-void pointwise_rows(const MicroKernel<scalar_t>& kernel, const scalar_t* a, int64_t depth, const scalar_t* packed,
-                    int64_t columns, const scalar_t* bias, int64_t begin, int64_t end, scalar_t* a_tiles, Write write,
-                    scalar_t* out) {
+void pointwise_rows(const MicroKernel<scalar_t>& kernel, Transpose<scalar_t, scalar_t> transpose, const scalar_t* a,
+                    int64_t depth, const scalar_t* packed, int64_t columns, const scalar_t* bias, int64_t begin,
+                    int64_t end, scalar_t* a_tiles, Write write, scalar_t* out) {
   constexpr int64_t W = kPanelWidth<scalar_t>;
   const int64_t panels = columns / W, rows = kernel.rows;
   const bool pack = a_tiles != nullptr;
-  const auto transpose = transpose_for_this_cpu<scalar_t>();
   for (int64_t k0 = 0; k0 < depth; k0 += kernel.depth) {
     const int64_t block = std::min(kernel.depth, depth - k0);
     for (int64_t i = begin; pack && i < end; i += rows) {
@@ -224,6 +223,7 @@ at::Tensor pointwise_product(const at::Tensor& rows, const at::Tensor& packed, i
   if (count == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(rows.scalar_type(), "conv_ext_pointwise_product", [&] {
     const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
+    const auto transpose = transpose_for_this_cpu<scalar_t>();
     const int64_t row_bytes = (std::min<int64_t>(depth, kernel.depth) + columns) * int64_t{sizeof(scalar_t)};
     const int64_t chunk = std::max<int64_t>(1, kBandBytes / 2 / row_bytes / kernel.rows) * kernel.rows;
     const scalar_t* a = rows.const_data_ptr<scalar_t>();
@@ -239,8 +239,9 @@ at::Tensor pointwise_product(const at::Tensor& rows, const at::Tensor& packed, i
     at::parallel_for(0, (count + kernel.rows - 1) / kernel.rows, 1, [&](int64_t begin, int64_t end) {
       AlignedVector<scalar_t> a_tiles(pack ? chunk * std::min(depth, kernel.depth) : 0);
       for (int64_t first = begin * kernel.rows; first < std::min(count, end * kernel.rows); first += chunk) {
-        pointwise_rows(kernel, a, depth, b, columns, bias_data, first, std::min({count, end * kernel.rows, first + chunk}),
-                       pack ? a_tiles.data() : nullptr, stream ? Write::stream : Write::store, y);
+        pointwise_rows(kernel, transpose, a, depth, b, columns, bias_data, first,
+                       std::min({count, end * kernel.rows, first + chunk}), pack ? a_tiles.data() : nullptr,
+                       stream ? Write::stream : Write::store, y);
       }
       if (stream) _mm_sfence();  // the non-temporal stores reach memory before the threads join
     });
