@@ -31,6 +31,7 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <utility>
 #include <cstring>
 #include <vector>
 
@@ -98,25 +99,9 @@ struct PairLayout {
   int64_t phase_plane, plane;      // elements (pairs) per phase and per channel pair
   std::vector<int64_t> taps;       // per tap (ki, kj): its offset in a plane
 
-  explicit PairLayout(const Conv2dGeometry& g)
-      : grid_w(ceil_div(g.in_w + 2 * g.pad_w, g.stride_w)),
-        pixels(ceil_div(g.out_h * grid_w, kStripPixels) * kStripPixels),
-        blocks(ceil_div(g.in_channels_per_group(), kTileChannels)) {
-    std::vector<int64_t> phases;  // per tap; taps first hold the offsets within a phase
-    for (int64_t dy = 0; dy < g.kernel_h * g.dilation_h; dy += g.dilation_h) {
-      for (int64_t dx = 0; dx < g.kernel_w * g.dilation_w; dx += g.dilation_w) {
-        phases.push_back(dy % g.stride_h * g.stride_w + dx % g.stride_w);
-        taps.push_back(dy / g.stride_h * grid_w + dx / g.stride_w);
-      }
-    }
-    // A phase covers its share of the padded image and the last strip's reach.
-    const int64_t reach = *std::max_element(taps.begin(), taps.end());
-    phase_plane = ceil_div(std::max(ceil_div(g.in_h + 2 * g.pad_h, g.stride_h) * grid_w, pixels + reach), kTilePixels) * kTilePixels;
-    for (size_t t = 0; t < taps.size(); ++t) taps[t] += phases[t] * phase_plane;
-    // An odd number of cache lines, so that a tile's 16 rows fall into different sets of L1.
-    plane = g.stride_h * g.stride_w * phase_plane;
-    if (plane / kTilePixels % 2 == 0) plane += kTilePixels;
-  }
+  std::vector<std::pair<int64_t, int64_t>> gaps;  // [begin, end) of a plane that no row of the image fills
+
+  explicit PairLayout(const Conv2dGeometry& g);
   int64_t pairs() const { return blocks * kTileRows; }
   int64_t image() const { return pairs() * plane * 2; }  // elements per image and group
 };
@@ -143,6 +128,37 @@ void for_each_plane_run(const Conv2dGeometry& g, const PairLayout& l, Fn&& fn) {
       fn(ih, iw, one_run ? g.in_h * g.in_w : count, position);
     });
   }
+}
+
+PairLayout::PairLayout(const Conv2dGeometry& g)
+    : grid_w(ceil_div(g.in_w + 2 * g.pad_w, g.stride_w)),
+      pixels(ceil_div(g.out_h * grid_w, kStripPixels) * kStripPixels),
+      blocks(ceil_div(g.in_channels_per_group(), kTileChannels)) {
+  std::vector<int64_t> phases;  // per tap; taps first hold the offsets within a phase
+  for (int64_t dy = 0; dy < g.kernel_h * g.dilation_h; dy += g.dilation_h) {
+    for (int64_t dx = 0; dx < g.kernel_w * g.dilation_w; dx += g.dilation_w) {
+      phases.push_back(dy % g.stride_h * g.stride_w + dx % g.stride_w);
+      taps.push_back(dy / g.stride_h * grid_w + dx / g.stride_w);
+    }
+  }
+  // A phase covers its share of the padded image and the last strip's reach.
+  const int64_t reach = *std::max_element(taps.begin(), taps.end());
+  phase_plane = ceil_div(std::max(ceil_div(g.in_h + 2 * g.pad_h, g.stride_h) * grid_w, pixels + reach), kTilePixels) * kTilePixels;
+  for (size_t t = 0; t < taps.size(); ++t) taps[t] += phases[t] * phase_plane;
+  // An odd number of cache lines, so that a tile's 16 rows fall into different sets of L1.
+  plane = g.stride_h * g.stride_w * phase_plane;
+  if (plane / kTilePixels % 2 == 0) plane += kTilePixels;
+  // The padding and what lies past the image: zeroed per copy, where the image's rows are
+  // copied (zeroing whole planes first doubled the copy's writes to memory).
+  std::vector<std::pair<int64_t, int64_t>> runs;
+  for_each_plane_run(g, *this, [&](int64_t, int64_t, int64_t count, int64_t position) { runs.emplace_back(position, position + count); });
+  std::sort(runs.begin(), runs.end());
+  int64_t filled = 0;
+  for (const auto& [begin, end] : runs) {
+    if (begin > filled) gaps.emplace_back(filled, begin);
+    filled = std::max(filled, end);
+  }
+  if (filled < plane) gaps.emplace_back(filled, plane);
 }
 
 struct alignas(64) TileConfig {
@@ -188,8 +204,11 @@ void interleave_pair(const uint16_t* a, const uint16_t* b, int64_t step, int64_t
 void copy_pair_plane(const uint16_t* x, const Conv2dGeometry& g, const PairLayout& l, int64_t n, int64_t group,
                      int64_t pair, uint16_t* plane) {
   const int64_t cg = g.in_channels_per_group(), area = g.in_h * g.in_w, c = 2 * pair;
-  std::memset(plane, 0, l.plane * 2 * sizeof(uint16_t));
-  if (c >= cg) return;
+  if (c >= cg) {
+    std::memset(plane, 0, l.plane * 2 * sizeof(uint16_t));
+    return;
+  }
+  for (const auto& [begin, end] : l.gaps) std::memset(plane + 2 * begin, 0, (end - begin) * 2 * sizeof(uint16_t));
   const uint16_t* first = x + (n * g.in_channels + group * cg + c) * area;
   const uint16_t* second = c + 1 < cg ? first + area : nullptr;
   // In runs as long as they come, of whole vectors (1x1 256 @56's input at batch 8: 1.1-1.5 ms on
@@ -441,10 +460,16 @@ using ::conv_ext::avx512::transpose_16x16;
 // padding columns.
 void copy_grad_row(const uint16_t* gy, const Conv2dGeometry& g, const PairLayout& l, const GradWeightLayout& w,
                    int64_t n, int64_t group, int64_t row, uint16_t* dst) {
-  std::memset(dst, 0, w.grad_row * sizeof(uint16_t));
-  if (row >= g.out_channels_per_group()) return;
+  if (row >= g.out_channels_per_group()) {
+    std::memset(dst, 0, w.grad_row * sizeof(uint16_t));
+    return;
+  }
   const uint16_t* src = gy + (n * g.out_channels + group * g.out_channels_per_group() + row) * g.out_h * g.out_w;
-  for (int64_t oh = 0; oh < g.out_h; ++oh) std::memcpy(dst + oh * l.grid_w, src + oh * g.out_w, g.out_w * sizeof(uint16_t));
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {  // each row, then zeros up to the next (or the end)
+    std::memcpy(dst + oh * l.grid_w, src + oh * g.out_w, g.out_w * sizeof(uint16_t));
+    const int64_t next = oh + 1 < g.out_h ? (oh + 1) * l.grid_w : w.grad_row;
+    std::memset(dst + oh * l.grid_w + g.out_w, 0, (next - oh * l.grid_w - g.out_w) * sizeof(uint16_t));
+  }
 }
 
 // Block `block` of 16 channels of image n's group: their planes, as PairLayout's but of single
