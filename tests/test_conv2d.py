@@ -678,6 +678,30 @@ def test_implicit_gemm_whole_runs_and_streamed_output(conv, dtype, path):
     check_layer_on_path(conv, dtype, path)
 
 
+# With fewer than 128 output pixels per thread the implicit GEMM's threads split the output
+# channels. Filters whose rows lie a multiple of 4 KiB apart (1024 float32 or 512 float64 patch
+# elements) they pack from 128 pixels in the batch on, and read in place below: 1x1 layers with 20
+# output channels (a partial tile of the kernel's rows) at 156 pixels read in place from the
+# input, 182 from a stride-2 layer's phases, and 120 pixels (filters in place).
+SPLIT_CHANNELS_LAYERS = [
+    (Conv(1, 1024, 20, (12, 13), (1, 1), (1, 1), (0, 0), (1, 1), 1, True), torch.float32),
+    (Conv(1, 512, 20, (25, 27), (1, 1), (2, 2), (0, 0), (1, 1), 1, False), torch.float64),
+    (Conv(1, 1024, 20, (10, 12), (1, 1), (1, 1), (0, 0), (1, 1), 1, True), torch.float32),
+]
+
+
+@pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the implicit GEMM needs AVX2")
+@pytest.mark.parametrize("path", ["gemm", "gemm-slow-blas"])
+@pytest.mark.parametrize("conv,dtype", SPLIT_CHANNELS_LAYERS, ids=["packed-float32", "packed-strided-float64", "in-place-float32"])
+def test_implicit_gemm_split_by_output_channels(conv, dtype, path):
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        check_layer_on_path(conv, dtype, path)
+    finally:
+        torch.set_num_threads(threads)
+
+
 # Layers the GEMM path runs over channels-last bands, forward and both gradients (strided,
 # kernels larger than 1x1, one group, at least 16 input channels, more than 1024 output pixels
 # in the batch): output channels that fill no whole panel (20 of float32, 13 of float64), NCHW
