@@ -13,10 +13,12 @@ the peak memory one forward call allocates, then forward and forward+backward of
 with torch.utils.benchmark, interleaved round by round on the same inputs; medians, GFLOP/s and
 the ratio torch-time / our-time (> 1: we are faster), the median of the rounds' ratios: each
 round times both sides of a mode back to back, in turns (ours first, then torch first), so a
-shared machine's changes of speed between rounds cancel out of it. Writes JSON and a PNG chart to
-benchmarks/results/, prints a Markdown table and, with --readme, puts it into README.md.
+shared machine's changes of speed between rounds cancel out of it. On the CPU the rounds run in 3
+fresh processes (one round each, by default), so that no one process's addresses and heap decide
+the figures. Writes JSON and a PNG chart to benchmarks/results/, prints a Markdown table and, with
+--readme, puts it into README.md.
 
-    python benchmarks/bench_conv2d.py [--device cpu|cuda] [--batches 8,1] [--rounds 3] [--readme]
+    python benchmarks/bench_conv2d.py [--device cpu|cuda] [--batches 8,1] [--processes 3] [--rounds 1] [--readme]
     python benchmarks/bench_conv2d.py --device cuda [--precisions float32,tf32,bfloat16,float16]
 
 The script runs itself with glibc's malloc thresholds fixed (see STEADY_HEAP): otherwise whether a
@@ -30,6 +32,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -189,7 +192,7 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def measure(layer, batch, device, precision, rounds, min_run_time):
+def measure(layer, batch, device, precision, rounds, min_run_time, first_round=0):
     allow_tf32(precision == "tf32")
     x, w, b = make_inputs(layer, batch, device, DTYPES[precision])
     ours_error, torch_error = relative_errors(layer, x, w, b)
@@ -197,7 +200,7 @@ def measure(layer, batch, device, precision, rounds, min_run_time):
     ts = timers(layer, x, w, b)
     times = {key: [] for key in ts}
     modes = list(dict.fromkeys(mode for mode, _ in ts))
-    for round_ in range(rounds):
+    for round_ in range(first_round, first_round + rounds):
         # Each mode's sides back to back, which of them goes first alternating from round to round:
         # a drift in a shared machine's speed then hits both sides of a ratio alike.
         for mode in modes:
@@ -208,22 +211,50 @@ def measure(layer, batch, device, precision, rounds, min_run_time):
     allow_tf32(False)
     rows = []
     for mode in ("forward", "forward+backward"):
-        ours = statistics.median(times[mode, "ours"])
-        theirs = statistics.median(times[mode, "torch"])
-        flops = layer.flops(batch) * (1 if mode == "forward" else 3)
-        nchw = {f"{side.replace(' ', '_')}_ms": statistics.median(v) * 1e3
-                for (m, side), v in times.items() if m == mode and side.startswith("torch NCHW")}
-        rows.append(dict(
+        rows.append(with_medians(dict(
             layer=layer.name, **asdict(layer), batch=batch, mode=mode, dtype=precision,
-            ours_ms=ours * 1e3, torch_ms=theirs * 1e3,
-            ratio=statistics.median(t / o for o, t in zip(times[mode, "ours"], times[mode, "torch"])),
-            ours_gflops=flops / ours / 1e9, torch_gflops=flops / theirs / 1e9,
             ours_error=ours_error, torch_error=torch_error,
             ours_peak_mib=memory[0], torch_peak_mib=memory[1],
-            ours_all_ms=[t * 1e3 for t in times[mode, "ours"]],
-            torch_all_ms=[t * 1e3 for t in times[mode, "torch"]], **nchw,
-        ))
+            **{f"{side.replace(' ', '_')}_all_ms": [t * 1e3 for t in v] for (m, side), v in times.items() if m == mode},
+        )))
     return rows
+
+
+def with_medians(row):
+    """The row with its medians from its rounds' times (ours_all_ms, torch_all_ms and, on a GPU,
+    torch_NCHW*_all_ms): ours_ms, torch_ms, GFLOP/s and the ratio torch/ours, the median of the
+    rounds' ratios."""
+    layer = Layer(**{f: row[f] for f in Layer.__dataclass_fields__})
+    flops = layer.flops(row["batch"]) * (1 if row["mode"] == "forward" else 3)
+    for key in [k for k in row if k.endswith("_all_ms")]:
+        row[key[: -len("_all_ms")] + "_ms"] = statistics.median(row[key])
+    ours, theirs = row["ours_all_ms"], row["torch_all_ms"]
+    row["ratio"] = statistics.median(t / o for o, t in zip(ours, theirs))
+    row["ours_gflops"], row["torch_gflops"] = (flops / (row[k] * 1e-3) / 1e9 for k in ("ours_ms", "torch_ms"))
+    return row
+
+
+def rows_of_processes(args):
+    """The suite's rows from args.processes runs of this script, each in a fresh process with
+    args.rounds rounds, their rounds' times pooled. A process keeps its addresses and its heap
+    for good: on a shared VM one of ours has run a layer 1.6x slower throughout than the next
+    (Zen 4, 3x3/2 128->256 @28 at batch 1; torch's side alike in both), which medians over the
+    rounds of one process cannot tell from the layer's speed."""
+    child = [a for a in sys.argv[1:] if a != "--readme"]
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.processes):
+            out = Path(tmp) / str(i)
+            print(f"process {i + 1} of {args.processes}", flush=True)
+            subprocess.run([sys.executable, __file__, *child, "--processes", "1", "--rounds", str(args.rounds),
+                            "--first-round", str(i * args.rounds), "--out", str(out), "--rows-only"], check=True)
+            runs.append(json.loads((out / f"bench_conv2d_{args.device.split(':')[0]}.json").read_text())["rows"])
+    rows = runs[0]
+    for other in runs[1:]:
+        for row, more in zip(rows, other):
+            for key in [k for k in row if k.endswith("_all_ms")]:
+                row[key] += more[key]
+    return [with_medians(row) for row in rows]
 
 
 def device_name(device):
@@ -361,34 +392,53 @@ def main():
                              "whole suite, float64 and bfloat16 for a few layers; on a GPU float32, tf32, "
                              "bfloat16 and float16)")
     parser.add_argument("--batches", default="", help="default: 8,1 on the CPU, 32,256 on a GPU")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median taken)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="interleaved timing rounds per process (median taken; default: 1 with several "
+                             "processes, else 3)")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="fresh processes to run the rounds in, their times pooled (default: 3 on the CPU, "
+                             "1 on a GPU)")
+    parser.add_argument("--first-round", type=int, default=0, help=argparse.SUPPRESS)  # of a child process
+    parser.add_argument("--rows-only", action="store_true", help=argparse.SUPPRESS)  # a child: JSON only
     parser.add_argument("--min-run-time", type=float, default=0.15, help="seconds per measurement")
     parser.add_argument("--layers", default="", help="comma-separated substrings selecting layers")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--readme", action="store_true", help="put the table into README.md")
     args = parser.parse_args()
 
+    if args.processes is None:
+        args.processes = 1 if args.device.startswith("cuda") else 3
+    if args.rounds is None:
+        args.rounds = 3 if args.processes == 1 else 1
+
     started = time.time()
     rows = []
-    for layer, batch, precision in suite(args):
-        rows += measure(layer, batch, args.device, precision, args.rounds, args.min_run_time)
-        print(f"  {row_label(rows[-1])}: " + ", ".join(f"{r['mode']} {r['ratio']:.2f}x" for r in rows[-2:]),
-              flush=True)
+    if args.processes > 1:
+        rows = rows_of_processes(args)
+    else:
+        for layer, batch, precision in suite(args):
+            rows += measure(layer, batch, args.device, precision, args.rounds, args.min_run_time, args.first_round)
+            print(f"  {row_label(rows[-1])}: " + ", ".join(f"{r['mode']} {r['ratio']:.2f}x" for r in rows[-2:]),
+                  flush=True)
 
     kind = args.device.split(":")[0]
     meta = dict(
         device=device_name(args.device), device_type=kind, threads=torch.get_num_threads(), malloc=STEADY_HEAP,
-        torch=torch.__version__, commit=commit(), rounds=args.rounds, min_run_time=args.min_run_time,
-        date=time.strftime("%Y-%m-%d %H:%M:%S"), seconds=round(time.time() - started),
+        torch=torch.__version__, commit=commit(), processes=args.processes, rounds=args.rounds,
+        min_run_time=args.min_run_time, date=time.strftime("%Y-%m-%d %H:%M:%S"), seconds=round(time.time() - started),
     )
-    heading = (f"{meta['device']}, {meta['threads']} threads, torch {meta['torch']}, commit {meta['commit']}, "
-               f"{meta['date']}; medians of {args.rounds} interleaved rounds (torch/ours: the median of the rounds' ratios)")
-    table = markdown_table(rows)
-    print(f"\n{heading}\n\n{table}")
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"bench_conv2d_{kind}"
     (args.out / f"{stem}.json").write_text(
         json.dumps(dict(**meta, summary=summary(rows), rows=rows), indent=1) + "\n")
+    if args.rows_only:
+        return
+    rounds = args.processes * args.rounds
+    where = f" in {args.processes} processes" if args.processes > 1 else ""
+    heading = (f"{meta['device']}, {meta['threads']} threads, torch {meta['torch']}, commit {meta['commit']}, "
+               f"{meta['date']}; medians of {rounds} interleaved rounds{where} (torch/ours: the median of the rounds' ratios)")
+    table = markdown_table(rows)
+    print(f"\n{heading}\n\n{table}")
     print(f"wrote {args.out / (stem + '.json')}")
     chart(rows, args.out / f"{stem}.png", f"conv_ext vs F.conv2d: {meta['device']}, {meta['threads']} threads")
     if args.readme:
