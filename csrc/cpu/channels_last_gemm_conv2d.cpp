@@ -230,10 +230,10 @@ at::Tensor pointwise_product(const at::Tensor& rows, const at::Tensor& packed, i
     const scalar_t* b = packed.const_data_ptr<scalar_t>();
     const scalar_t* bias_data = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* y = out.mutable_data_ptr<scalar_t>();
-    // Rows a multiple of 4 KiB apart (1024 float32 channels) fall into one set of L1, so their
-    // tiles are packed (measured on one Zen 4 core: 1x1 1024->256 @14 at batch 8 1.13x and
-    // 2048->512 @7 1.12x faster packed; 256->64 @56 1.08x and 384->64 @28 1.18x slower).
-    const bool pack = depth * int64_t{sizeof(scalar_t)} % 4096 == 0;
+    // Rows that share a set of L1 (1024 float32 channels) have their tiles packed (measured on
+    // one Zen 4 core: 1x1 1024->256 @14 at batch 8 1.13x and 2048->512 @7 1.12x faster packed;
+    // 256->64 @56 1.08x and 384->64 @28 1.18x slower).
+    const bool pack = rows_share_l1_set<scalar_t>(depth);
     // Streamed where one block of the depth writes it whole (aligned: whole panels per row).
     const bool stream = depth <= kernel.depth && streams(out);
     at::parallel_for(0, (count + kernel.rows - 1) / kernel.rows, 1, [&](int64_t begin, int64_t end) {

@@ -29,7 +29,7 @@ namespace {
 constexpr int64_t kChunkElements = int64_t{1} << 17;
 constexpr int64_t kMinChunkPixels = 64, kBlockPixels = 32;
 // Below this many pixels per thread, the threads split the output channels instead; from
-// kPackedFilterPixels in the batch on, they pack filters whose rows alias in L1.
+// kPackedFilterPixels in the batch on, they pack filters whose rows share a set of L1.
 constexpr int64_t kSplitPixels = 4 * kBlockPixels, kPackedFilterPixels = 4 * kBlockPixels;
 
 // The input as the panels read it: zero-padded and split by stride phase, plane (n, c, a, b)
@@ -256,10 +256,10 @@ at::Tensor implicit_gemm_conv2d_forward(const at::Tensor& input, const at::Tenso
       // Few pixels (deep layers of single images): chunks of them would not balance, and each
       // would read all the filters. The threads split the output channels instead, reading
       // the filters in place (packing them would cost more than the few blocks of pixels save),
-      // unless their rows lie a multiple of 4 KiB apart, all in one set of L1, and enough
-      // pixels repay the packing (2 threads on Zen 4: 1x1 1024->256 @14, 196 pixels, 1.2-1.5x
-      // faster packed; 2048->512 @7, 49 pixels, alike).
-      const bool pack = g.patch_size() * int64_t{sizeof(scalar_t)} % 4096 == 0 && total >= kPackedFilterPixels;
+      // unless their rows share a set of L1 and enough pixels repay the packing (2 threads on
+      // Zen 4: 1x1 1024->256 @14, 196 pixels, 1.2-1.5x faster packed; 2048->512 @7, 49 pixels,
+      // alike).
+      const bool pack = rows_share_l1_set<scalar_t>(g.patch_size()) && total >= kPackedFilterPixels;
       const at::Tensor packed = pack ? pack_filters<scalar_t>(weight, g, kernel.rows) : weight;
       const Filters<scalar_t> filters{packed.const_data_ptr<scalar_t>(), pack, kernel.rows, g.patch_size(), tiles};
       at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {

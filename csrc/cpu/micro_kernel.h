@@ -33,6 +33,14 @@ inline bool streams(const at::Tensor& output) {
   return output.numel() * static_cast<int64_t>(output.element_size()) > kStreamBytes;
 }
 
+// Whether rows of `elements` values apart, read in place as the micro-kernel's operand, lie a
+// multiple of 4 KiB apart: L1 holds 4 KiB per way, so a tile's rows all fall into one set of it
+// and evict one another; the callers pack such rows instead.
+template <typename scalar_t>
+bool rows_share_l1_set(int64_t elements) {
+  return elements * int64_t{sizeof(scalar_t)} % 4096 == 0;
+}
+
 // Where the micro-kernel's sums start unless it adds to y: zero, or a bias per row of its tile
 // (the implicit GEMM's output channels) or per column (the channels-last products' ones, at
 // values + j for the tile's column j).
