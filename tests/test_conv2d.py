@@ -706,7 +706,9 @@ def test_implicit_gemm_split_by_output_channels(conv, dtype, path):
 # kernels larger than 1x1, one group, at least 16 input channels, more than 1024 output pixels
 # in the batch): output channels that fill no whole panel (20 of float32, 13 of float64), NCHW
 # and NHWC inputs, a 3x5 kernel with strides (2, 3), padding (2, 1) and dilation (2, 1), and a
-# 2x2 kernel at stride 4, whose input gradient has stride phases that no tap reaches (zero).
+# 2x2 kernel at stride 4, whose input gradient has stride phases that no tap reaches (zero),
+# and filters whose packing (over 1 MiB) is streamed, with partial panels both ways (403 output
+# and 41 input channels).
 # Grouped layers (grouped_channels_last_pays_off; at least 128 output pixels, so that the weight
 # gradient runs there too), each group on bands of its own channels: 10 output channels per group
 # at stride 2 (less than a panel); 48 channels per group at stride 1 in NHWC; 8 input and 4 output
@@ -718,6 +720,7 @@ CHANNELS_LAST_GEMM_LAYERS = [
     (Conv(1, 17, 13, (75, 81), (3, 5), (2, 3), (2, 1), (2, 1), 1, False), torch.float64),
     (Conv(1, 17, 13, (75, 81), (3, 5), (2, 3), (2, 1), (2, 1), 1, True, "channels_last"), torch.float64),
     (Conv(9, 20, 16, (50, 41), (2, 2), (4, 4), (0, 0), (1, 1), 1, True), torch.float64),
+    (Conv(1, 41, 403, (66, 64), (3, 3), (2, 2), (1, 1), (1, 1), 1, True), torch.float64),
     (Conv(2, 64, 40, (24, 22), (3, 3), (2, 2), (1, 1), (1, 1), 4, True), torch.float32),
     (Conv(1, 96, 96, (17, 18), (3, 3), (1, 1), (1, 1), (1, 1), 2, True, "channels_last"), torch.float64),
     (Conv(2, 24, 12, (33, 35), (3, 5), (2, 3), (2, 1), (2, 1), 3, False), torch.float32),
@@ -728,7 +731,7 @@ CHANNELS_LAST_GEMM_LAYERS = [
 @pytest.mark.parametrize("path", [p for p in FORCED_CPU_PATHS if p.startswith("gemm")])
 @pytest.mark.parametrize("conv,dtype", CHANNELS_LAST_GEMM_LAYERS,
                          ids=["partial-panel-float32", "nhwc-float32", "dilated-float64", "nhwc-float64",
-                              "tapless-phases-float64", "groups-partial-panel-float32", "groups-nhwc-float64",
+                              "tapless-phases-float64", "streamed-pack-float64", "groups-partial-panel-float32", "groups-nhwc-float64",
                               "groups-dilated-float32", "groups-grad-weight-float32"])
 def test_channels_last_gemm_layers(conv, dtype, path):
     output = check_layer_on_path(conv, dtype, path)[0]
