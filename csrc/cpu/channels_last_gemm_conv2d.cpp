@@ -95,7 +95,7 @@ at::Tensor pack_panels(const at::Tensor& weight, int64_t groups, int64_t group_s
   const scalar_t* w = weight.const_data_ptr<scalar_t>();
   scalar_t* out = packed.mutable_data_ptr<scalar_t>();
   const auto transpose = transpose_for_this_cpu<scalar_t>();
-  const bool stream = packed.nbytes() / groups > kStreamedPackBytes;
+  const bool stream = packed.nbytes() / groups > kStreamedPackBytes && reinterpret_cast<uintptr_t>(out) % 64 == 0;
   at::parallel_for(0, groups * panels, 1, [&](int64_t begin, int64_t end) {
     AlignedVector<scalar_t> lines(filter > 1 ? W * filter * W : 0);
     for (int64_t gp = begin; gp < end; ++gp) {
