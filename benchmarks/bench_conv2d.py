@@ -14,9 +14,9 @@ with torch.utils.benchmark, interleaved round by round on the same inputs; media
 the ratio torch-time / our-time (> 1: we are faster), the median of the rounds' ratios: each
 round times both sides of a mode back to back, in turns (ours first, then torch first), so a
 shared machine's changes of speed between rounds cancel out of it. On the CPU the rounds run in 3
-fresh processes (one round each, by default), so that no one process's addresses and heap decide
-the figures. Writes JSON and a PNG chart to benchmarks/results/, prints a Markdown table and, with
---readme, puts it into README.md.
+fresh processes (one round each, by default), so that no one process, nor the minutes it ran in,
+decides the figures. Writes JSON and a PNG chart to benchmarks/results/, prints a Markdown table
+and, with --readme, puts it into README.md.
 
     python benchmarks/bench_conv2d.py [--device cpu|cuda] [--batches 8,1] [--processes 3] [--rounds 1] [--readme]
     python benchmarks/bench_conv2d.py --device cuda [--precisions float32,tf32,bfloat16,float16]
@@ -236,10 +236,11 @@ def with_medians(row):
 
 def rows_of_processes(args):
     """The suite's rows from args.processes runs of this script, each in a fresh process with
-    args.rounds rounds, their rounds' times pooled. A process keeps its addresses and its heap
-    for good: on a shared VM one of ours has run a layer 1.6x slower throughout than the next
-    (Zen 4, 3x3/2 128->256 @28 at batch 1; torch's side alike in both), which medians over the
-    rounds of one process cannot tell from the layer's speed."""
+    args.rounds rounds, their rounds' times pooled, so that they spread over processes and time:
+    on a shared VM one of ours has run a layer 1.6x slower throughout than the next (Zen 4,
+    3x3/2 128->256 @28 at batch 1, torch's side alike; whole minutes of the VM were slow for
+    every process, not one process's addresses or heap), which medians over the rounds of one
+    process cannot tell from the layer's speed."""
     child = [a for a in sys.argv[1:] if a != "--readme"]
     runs = []
     with tempfile.TemporaryDirectory() as tmp:

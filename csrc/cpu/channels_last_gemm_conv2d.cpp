@@ -83,8 +83,8 @@ inline void copy_line(void* dst, const void* src, bool stream) {
 // w + g * group_stride, its panels at packed + g * panels * steps * W):
 // packed[panel][t][d][j] = w[(panel * W + j) * column_stride + d * depth_stride + taps[t]] for the
 // columns that exist (zero past them), step t * depth + d of the product at that times W. The
-// forward's columns are the output channels, the input gradient's the input channels. Kernels
-// larger than 1x1: taps is an order of all the filter's taps, each column's a run.
+// forward's columns are the output channels, the input gradient's the input channels. taps is
+// an order of all the filter's taps (0 to filter - 1; {0} for 1x1 filters).
 template <typename scalar_t>
 at::Tensor pack_panels(const at::Tensor& weight, int64_t groups, int64_t group_stride, int64_t columns,
                        int64_t column_stride, int64_t depth, int64_t depth_stride, const std::vector<int64_t>& taps) {
