@@ -405,7 +405,14 @@ def main():
     parser.add_argument("--layers", default="", help="comma-separated substrings selecting layers")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--readme", action="store_true", help="put the table into README.md")
+    parser.add_argument("--render", type=Path, metavar="JSON",
+                        help="measure nothing: print the table of a saved result, write its chart beside it "
+                             "and, with --readme, put the table into README.md (for a GPU run whose chart "
+                             "did not come back)")
     args = parser.parse_args()
+    if args.render:
+        saved = json.loads(args.render.read_text())
+        return report(saved, saved["rows"], args.render.with_suffix(""), args.readme)
 
     if args.processes is None:
         args.processes = 1 if args.device.startswith("cuda") else 3
@@ -432,18 +439,23 @@ def main():
     stem = f"bench_conv2d_{kind}"
     (args.out / f"{stem}.json").write_text(
         json.dumps(dict(**meta, summary=summary(rows), rows=rows), indent=1) + "\n")
-    if args.rows_only:
-        return
-    rounds = args.processes * args.rounds
-    where = f" in {args.processes} processes" if args.processes > 1 else ""
+    print(f"wrote {args.out / (stem + '.json')}")
+    if not args.rows_only:
+        report(meta, rows, args.out / stem, args.readme)
+
+
+def report(meta, rows, stem, readme):
+    """Prints the Markdown table, writes the chart (stem.png) and, if asked, puts the table into
+    README.md."""
+    rounds = meta["processes"] * meta["rounds"]
+    where = f" in {meta['processes']} processes" if meta["processes"] > 1 else ""
     heading = (f"{meta['device']}, {meta['threads']} threads, torch {meta['torch']}, commit {meta['commit']}, "
                f"{meta['date']}; medians of {rounds} interleaved rounds{where} (torch/ours: the median of the rounds' ratios)")
     table = markdown_table(rows)
     print(f"\n{heading}\n\n{table}")
-    print(f"wrote {args.out / (stem + '.json')}")
-    chart(rows, args.out / f"{stem}.png", f"conv_ext vs F.conv2d: {meta['device']}, {meta['threads']} threads")
-    if args.readme:
-        update_readme(kind, f"{heading}:\n\n{table}")
+    chart(rows, stem.with_suffix(".png"), f"conv_ext vs F.conv2d: {meta['device']}, {meta['threads']} threads")
+    if readme:
+        update_readme(meta["device_type"], f"{heading}:\n\n{table}")
 
 
 if __name__ == "__main__":
