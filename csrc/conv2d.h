@@ -70,7 +70,8 @@ at::Tensor complex_conv2d_grad_weight(const at::Tensor& input, const at::Tensor&
                                       at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                                       at::IntArrayRef dilation, int64_t groups);
 
-// The layout F.conv2d gives its result: channels_last when the input or the weight is.
+// The layout F.conv2d gives its result: channels_last when the input or the weight is, on the
+// CPU, and on CUDA where cuDNN computes it.
 at::MemoryFormat conv2d_memory_format(const at::Tensor& input, const at::Tensor& weight);
 
 // The result with exactly the strides of a fresh tensor in the given layout (itself when it has

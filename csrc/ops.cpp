@@ -15,6 +15,7 @@
 #include <ATen/autocast_mode.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <c10/util/Exception.h>
 #include <c10/util/strides.h>
 #include <torch/library.h>
@@ -253,7 +254,12 @@ Tensor complex_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output
 at::MemoryFormat conv2d_memory_format(const at::Tensor& input, const at::Tensor& weight) {
   const bool channels_last = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast ||
                              weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
-  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  if (!channels_last) return at::MemoryFormat::Contiguous;
+  // On CUDA only cuDNN gives F.conv2d channels_last results, and it runs no float64 (complex128
+  // is computed as float64 convolutions) and can be switched off.
+  const bool cudnn_runs_it = at::detail::getCUDAHooks().compiledWithCuDNN() && at::globalContext().userEnabledCuDNN() &&
+                             c10::toRealValueType(input.scalar_type()) != at::kDouble;
+  return !input.is_cuda() || cudnn_runs_it ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
 at::Tensor in_memory_format(const at::Tensor& result, at::MemoryFormat format) {

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import conv_ext
 from conv_ext import reference
@@ -161,6 +162,26 @@ def test_complex_against_complex128(conv, dtype, device, path):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex128])
+@pytest.mark.parametrize("cudnn", [True, False])
+def test_result_layout_follows_f_conv2d(device, dtype, cudnn):
+    """channels_last in gives F.conv2d's layout out, from the kernels and the fake kernels alike:
+    on the CPU channels_last, on CUDA channels_last only where cuDNN computes it (not float64,
+    whose complex128 is made of, and not with cuDNN off)."""
+    conv = Conv(2, 4, 6, (9, 8), (3, 3), (1, 1), (1, 1), (1, 1), 1, True, "channels_last")
+    x, w, b = conv.tensors(dtype, device)
+    with torch.backends.cudnn.flags(enabled=cudnn):
+        expected = F.conv2d(x, w, b, **conv.kwargs())
+        y = conv_ext.conv2d(x, w, b, **conv.kwargs())
+        with FakeTensorMode() as mode:
+            fake = conv_ext.conv2d(*(mode.from_tensor(t) for t in (x, w, b)), **conv.kwargs())
+    assert y.stride() == fake.stride() == expected.stride()
+    assert expected.is_contiguous(memory_format=torch.channels_last) == (
+        device == "cpu" or (cudnn and dtype == torch.float32)
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_complex_without_autograd(device):
     """Under inference_mode the backends get the complex operands themselves, each op on its
     own: the forward matches F.conv2d in its layout, and the grad ops are its plain adjoints (no
@@ -175,8 +196,9 @@ def test_complex_without_autograd(device):
         gy = torch.randn_like(y)
         gx = ops.conv2d_grad_input(gy, w, x.shape[2:], *args)
         gw = ops.conv2d_grad_weight(x, gy, w.shape[2:], *args)
-    torch.testing.assert_close(y, F.conv2d(x, w, b, *args), rtol=0, atol=1e-12)
-    assert y.is_contiguous(memory_format=torch.channels_last)
+    expected = F.conv2d(x, w, b, *args)
+    torch.testing.assert_close(y, expected, rtol=0, atol=1e-12)
+    assert y.stride() == expected.stride()
     inner = (y_without_bias * gy).sum()
     torch.testing.assert_close((x * gx).sum(), inner, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close((w * gw).sum(), inner, rtol=1e-12, atol=1e-12)
