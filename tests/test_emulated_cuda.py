@@ -1,9 +1,10 @@
-"""The CUDA backend's tiled GEMM kernels (csrc/cuda/tiled_gemm.cuh) and depthwise kernels
-(csrc/cuda/depthwise.cuh), run on the CPU by a small emulator (emulated_cuda/cuda_on_cpu.h: a
-block's threads are fibers meeting at __syncthreads, the tensor cores' wmma products computed on
-whole matrices), against torch: every op, dtype, stride, padding, dilation and group count, tiles
-cut by the edges, sums split across blocks, on the tensor cores and not. On a GPU the same kernels
-run for real in the device tests; here they check what the kernels compute where there is no GPU."""
+"""The CUDA backend's tiled GEMM kernels (csrc/cuda/tiled_gemm.cuh), depthwise kernels
+(csrc/cuda/depthwise.cuh) and direct kernels (csrc/cuda/direct.cuh), run on the CPU by a small
+emulator (emulated_cuda/cuda_on_cpu.h: a block's threads are fibers meeting at __syncthreads, the
+tensor cores' wmma products computed on whole matrices), against torch: every op, dtype, stride,
+padding, dilation and group count, tiles cut by the edges, sums split across blocks, on the
+tensor cores and not. On a GPU the same kernels run for real in the device tests; here they check
+what the kernels compute where there is no GPU."""
 from pathlib import Path
 
 import pytest
@@ -31,29 +32,34 @@ def emulated(tmp_path_factory):
 
 
 @st.composite
-def gemm_convs(draw):
-    """Layers with channel counts that leave partial 64-wide tiles and depths that can be split."""
+def grouped_convs(draw, channels, max_kernel, max_stride, sizes, max_batch):
+    """Layers of 1 to 3 groups of `channels` (a strategy) input and output channels each."""
     groups = draw(st.integers(1, 3))
-    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
-    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    kernel = (draw(st.integers(1, max_kernel)), draw(st.integers(1, max_kernel)))
+    stride = (draw(st.integers(1, max_stride)), draw(st.integers(1, max_stride)))
     dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     padding = (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
-    size = fitting_size(draw, kernel, padding, dilation, draw(st.sampled_from([4, 12, 30])))
-    channels = st.sampled_from([1, 3, 8, 17, 67])
-    return Conv(draw(st.integers(0, 3)), groups * draw(channels), groups * draw(channels), size, kernel,
+    size = fitting_size(draw, kernel, padding, dilation, draw(st.sampled_from(sizes)))
+    return Conv(draw(st.integers(0, max_batch)), groups * draw(channels), groups * draw(channels), size, kernel,
                 stride, padding, dilation, groups, draw(st.booleans()))
 
 
-def emulated_ops(emulated, conv, x, w, b, gy, multiprocessors, tensor_cores=False, depthwise=False):
-    """The three ops' results by the emulated kernels, the tiled GEMM's (on the tensor cores or not)
-    or the depthwise ones (outputs poisoned with NaN first, so that an element left unwritten
-    fails), and their plans: (tiles_m, tiles_n, splits), or the blocks sharing a channel's work."""
-    args = [list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups, multiprocessors]
-    forward, grad_input, grad_weight = (
-        (emulated.depthwise_forward, emulated.depthwise_grad_input, emulated.depthwise_grad_weight) if depthwise
-        else (emulated.forward, emulated.grad_input, emulated.grad_weight)
-    )
-    if not depthwise:
+def gemm_convs():
+    """Layers with channel counts that leave partial 64-wide tiles and depths that can be split."""
+    return grouped_convs(st.sampled_from([1, 3, 8, 17, 67]), 4, 3, [4, 12, 30], 3)
+
+
+def emulated_ops(emulated, conv, x, w, b, gy, multiprocessors=None, tensor_cores=False, algorithm="gemm"):
+    """The three ops' results by the emulated kernels of an algorithm: the tiled GEMM's (on the
+    tensor cores or not), the depthwise ones or the direct ones (outputs poisoned with NaN first,
+    so that an element left unwritten fails), and their plans: (tiles_m, tiles_n, splits), the
+    blocks sharing a channel's work, or None (direct)."""
+    args = [list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups]
+    prefix = "" if algorithm == "gemm" else algorithm + "_"
+    forward, grad_input, grad_weight = (getattr(emulated, prefix + op) for op in ("forward", "grad_input", "grad_weight"))
+    if algorithm != "direct":
+        args.append(multiprocessors)
+    if algorithm == "gemm":
         args.append(tensor_cores)
     y = torch.full_like(gy, float("nan"))
     gx, gw = torch.full_like(x, float("nan")), torch.full_like(w, float("nan"))
@@ -95,9 +101,9 @@ def assert_rounds_a_float32_sum(ours, expected, dtype):
             torch.testing.assert_close(a.double(), e, rtol=half_ulp, atol=1e-5 * e.abs().max().item(), msg=name)
 
 
-LAYERS = [  # (conv, multiprocessors): each op's depth split on the second
+LAYERS = [  # (conv, multiprocessors): each op's depth split on the second (the input gradient's first stride phase)
     (Conv(2, 70, 67, (13, 11), (3, 3), (1, 1), (1, 1), (1, 1), 1, True), 132),
-    (Conv(3, 134, 134, (24, 23), (3, 3), (2, 1), (1, 0), (1, 2), 2, True), 10**6),
+    (Conv(3, 134, 134, (24, 23), (5, 3), (2, 1), (2, 0), (1, 2), 2, True), 10**6),
 ]
 
 
@@ -153,7 +159,7 @@ def depthwise_convs(draw):
 @given(conv=depthwise_convs(), multiprocessors=st.sampled_from([1, 132, 10**6]))
 def test_depthwise_float64_matches_torch(emulated, conv, multiprocessors):
     x, w, b, gy = operands(conv, torch.float64)
-    ours, _ = emulated_ops(emulated, conv, x, w, b, gy, multiprocessors, depthwise=True)
+    ours, _ = emulated_ops(emulated, conv, x, w, b, gy, multiprocessors, algorithm="depthwise")
     for name, a, e in zip(("output", "grad_input", "grad_weight"), ours, torch_ops(conv, x, w, b, gy)):
         assert_scaled_close(a, e, 1e-12, name)
 
@@ -171,6 +177,31 @@ def test_depthwise_reduced_precision_rounds_a_float32_sum(emulated, conv, dtype)
     """As for the tiled GEMM, with each channel's work shared by several blocks: its pixels in the
     forward and input gradient, its long sum split in the weight gradient."""
     x, w, b, gy = operands(conv, dtype)
-    ours, plans = emulated_ops(emulated, conv, x, w, b, gy, 10**6, depthwise=True)
+    ours, plans = emulated_ops(emulated, conv, x, w, b, gy, 10**6, algorithm="depthwise")
     assert plans[0] > 1 and plans[1] > 1 and plans[2] == 2, plans
+    assert_rounds_a_float32_sum(ours, torch_ops(conv, x, w, b, gy), dtype)
+
+
+def narrow_convs():
+    """Layers of few channels per group, as the direct kernels take them, with strides and
+    dilations that leave some input positions fed by no tap."""
+    return grouped_convs(st.integers(1, 4), 7, 4, [4, 12, 23], 2)
+
+
+@settings(max_examples=60)
+@given(conv=narrow_convs())
+def test_direct_float64_matches_torch(emulated, conv):
+    x, w, b, gy = operands(conv, torch.float64)
+    ours, _ = emulated_ops(emulated, conv, x, w, b, gy, algorithm="direct")
+    for name, a, e in zip(("output", "grad_input", "grad_weight"), ours, torch_ops(conv, x, w, b, gy)):
+        assert_scaled_close(a, e, 1e-12, name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_direct_reduced_precision_rounds_a_float32_sum(emulated, dtype):
+    """A stem-like layer (3 input channels, 7 x 7 at stride 2, whose input gradient is the direct
+    kernel's on a GPU)."""
+    conv = Conv(2, 3, 8, (23, 20), (7, 7), (2, 2), (3, 3), (1, 1), 1, True)
+    x, w, b, gy = operands(conv, dtype)
+    ours, _ = emulated_ops(emulated, conv, x, w, b, gy, algorithm="direct")
     assert_rounds_a_float32_sum(ours, torch_ops(conv, x, w, b, gy), dtype)

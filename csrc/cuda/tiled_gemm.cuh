@@ -6,6 +6,11 @@
 //   grad_input   rows (n, ih, iw)  cols c (input channel)     depth (k, r, s)
 //   grad_weight  rows k            cols (c, r, s)             depth (n, oh, ow)
 //
+// The input gradient is one such product per stride phase (sh x sw of them): the input positions
+// whose (ih + ph) mod sh, (iw + pw) mod sw agree are fed by the same taps, so each phase's depth
+// holds only those (a quarter of the filter at stride 2, where one product over every tap would
+// multiply zeros for three quarters of its terms).
+//
 // A block of 256 threads computes a 64 x 64 tile of C through shared memory, in one of two ways:
 // - tiled_gemm_kernel (every dtype): 8 deep at a time, each thread a 4 x 4 patch in registers, in
 //   the accumulation type;
@@ -25,6 +30,9 @@
 #include <ATen/ATen.h>
 #include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
+
+#include <numeric>
+#include <vector>
 
 #ifndef CONV_EXT_EMULATED_CUDA  // tests/emulated_cuda/cuda_on_cpu.h defines these on the CPU
 #include <cuda_bf16.h>
@@ -49,12 +57,52 @@ struct GemmShape {
 inline GemmShape forward_shape(const Conv2dGeometry& g) {
   return {g.groups, g.batch * g.out_h * g.out_w, g.out_channels_per_group(), g.patch_size()};
 }
-inline GemmShape grad_input_shape(const Conv2dGeometry& g) {
-  return {g.groups, g.batch * g.in_h * g.in_w, g.in_channels_per_group(),
-          g.out_channels_per_group() * g.kernel_h * g.kernel_w};
-}
 inline GemmShape grad_weight_shape(const Conv2dGeometry& g) {
   return {g.groups, g.out_channels_per_group(), g.patch_size(), g.batch * g.out_h * g.out_w};
+}
+
+// One stride phase of the input along a dimension: the positions i = first + j * stride (j <
+// count) with (i + pad) mod stride = residue, fed by the taps first_tap + t * tap_step (t < taps)
+// through the outputs first_out + j - t * out_step (those outside the output feed nothing).
+struct AxisPhase {
+  int64_t first, count, first_tap, taps, tap_step, first_out, out_step;
+};
+
+inline AxisPhase axis_phase(int64_t in, int64_t pad, int64_t kernel, int64_t stride, int64_t dilation,
+                            int64_t residue) {
+  const int64_t first = ((residue - pad) % stride + stride) % stride;
+  const int64_t count = first < in ? (in - 1 - first) / stride + 1 : 0;
+  // The taps t with t * dilation = residue (mod stride) recur every tap_step.
+  const int64_t tap_step = stride / std::gcd(stride, dilation);
+  int64_t first_tap = 0;
+  while (first_tap < tap_step && first_tap * dilation % stride != residue) ++first_tap;
+  const int64_t taps = first_tap < std::min(tap_step, kernel) ? (kernel - 1 - first_tap) / tap_step + 1 : 0;
+  return {first, count, first_tap, taps, tap_step, (first + pad - first_tap * dilation) / stride,
+          tap_step * dilation / stride};
+}
+
+// The part of the input gradient one product computes: a stride phase of both dimensions.
+struct InputPhase {
+  Conv2dGeometry g;
+  AxisPhase h, w;
+};
+
+// The input gradient's phases that hold input positions (with stride 1, one: every position).
+inline std::vector<InputPhase> input_phases(const Conv2dGeometry& g) {
+  std::vector<InputPhase> phases;
+  for (int64_t rh = 0; rh < g.stride_h; ++rh) {
+    for (int64_t rw = 0; rw < g.stride_w; ++rw) {
+      const InputPhase p{g, axis_phase(g.in_h, g.pad_h, g.kernel_h, g.stride_h, g.dilation_h, rh),
+                         axis_phase(g.in_w, g.pad_w, g.kernel_w, g.stride_w, g.dilation_w, rw)};
+      if (p.h.count > 0 && p.w.count > 0) phases.push_back(p);
+    }
+  }
+  return phases;
+}
+
+inline GemmShape grad_input_shape(const InputPhase& p) {
+  return {p.g.groups, p.g.batch * p.h.count * p.w.count, p.g.in_channels_per_group(),
+          p.g.out_channels_per_group() * p.h.taps * p.w.taps};
 }
 
 // Which index of an operand's tile consecutive threads load: the one along which the tensor is
@@ -86,6 +134,10 @@ struct ForwardProblem {
   GemmShape shape;
 
   Radix a_radix, b_radix;  // A by (c, r, s), B as one index
+
+  using Part = Conv2dGeometry;  // one product: the whole op
+  static std::vector<Part> parts(const Conv2dGeometry& g) { return {g}; }
+  static GemmShape shape_of(const Part& g) { return forward_shape(g); }
 
   ForwardProblem(const scalar_t* x, const scalar_t* w, const scalar_t* bias, scalar_t* y, const Conv2dGeometry& g)
       : x(x), w(w), bias(bias), y(y), g(g), shape(forward_shape(g)), a_radix{g.kernel_h, g.kernel_w}, b_radix{1, 1} {}
@@ -119,7 +171,9 @@ struct ForwardProblem {
 };
 
 // gx[n, c, ih, iw] = sum over (k, r, s) with ih + ph - r * dh = oh * sh (likewise the width) of
-// gy[n, k, oh, ow] w[k, c, r, s]
+// gy[n, k, oh, ow] w[k, c, r, s], over one stride phase's positions (n, ih, iw) and the taps
+// (r, s) that feed them: rows (n, j, i) for ih = h.first + j * sh, iw = w.first + i * sw, depth
+// (k, t, u) for r = h.first_tap + t * h.tap_step, s = w.first_tap + u * w.tap_step.
 template <typename scalar_t>
 struct GradInputProblem {
   using value_t = scalar_t;
@@ -129,43 +183,48 @@ struct GradInputProblem {
   const scalar_t* w;
   scalar_t* gx;
   Conv2dGeometry g;
+  AxisPhase ph, pw;
   GemmShape shape;
 
-  Radix a_radix, b_radix;  // A by (k, r, s), B by (k, r s)
+  Radix a_radix, b_radix;  // both by (k, t, u)
 
-  GradInputProblem(const scalar_t* gy, const scalar_t* w, scalar_t* gx, const Conv2dGeometry& g)
-      : gy(gy), w(w), gx(gx), g(g), shape(grad_input_shape(g)), a_radix{g.kernel_h, g.kernel_w},
-        b_radix{1, g.kernel_h * g.kernel_w} {}
+  using Part = InputPhase;
+  static std::vector<Part> parts(const Conv2dGeometry& g) { return input_phases(g); }
+  static GemmShape shape_of(const Part& p) { return grad_input_shape(p); }
 
-  struct Row {  // an input pixel: its image's first output channel of the group, its padded position
+  GradInputProblem(const scalar_t* gy, const scalar_t* w, scalar_t* gx, const InputPhase& p)
+      : gy(gy), w(w), gx(gx), g(p.g), ph(p.h), pw(p.w), shape(grad_input_shape(p)),
+        // A phase fed by no tap has no depth (its positions' gradient is 0); its radix only must not divide by 0.
+        a_radix{std::max<int64_t>(p.h.taps, 1), std::max<int64_t>(p.w.taps, 1)}, b_radix(a_radix) {}
+
+  struct Row {  // an input position: its image's first output channel of the group, the outputs its first taps feed
     const scalar_t* gy;
-    int64_t h, v;
+    int64_t oh, ow;
   };
   __device__ Row row(int64_t group, int64_t m) const {
-    const int64_t n = m / (g.in_h * g.in_w), ih = m / g.in_w % g.in_h, iw = m % g.in_w;
-    return {gy + (n * g.out_channels + group * g.out_channels_per_group()) * g.out_h * g.out_w,
-            ih + g.pad_h, iw + g.pad_w};
+    const int64_t n = m / (ph.count * pw.count), j = m / pw.count % ph.count, i = m % pw.count;
+    return {gy + (n * g.out_channels + group * g.out_channels_per_group()) * g.out_h * g.out_w, ph.first_out + j,
+            pw.first_out + i};
   }
-  __device__ acc_t a(const Row& p, const Digits& krs) const {
-    const int64_t h = p.h - krs.middle * g.dilation_h, v = p.v - krs.inner * g.dilation_w;
-    if (h < 0 || v < 0) return acc_t(0);
-    const int64_t oh = exact_quotient(h, g.stride_h), ow = exact_quotient(v, g.stride_w);
+  __device__ acc_t a(const Row& p, const Digits& ktu) const {
+    const int64_t oh = p.oh - ktu.middle * ph.out_step, ow = p.ow - ktu.inner * pw.out_step;
     if (oh < 0 || ow < 0 || oh >= g.out_h || ow >= g.out_w) return acc_t(0);
-    return static_cast<acc_t>(p.gy[(krs.outer * g.out_h + oh) * g.out_w + ow]);
+    return static_cast<acc_t>(p.gy[(ktu.outer * g.out_h + oh) * g.out_w + ow]);
   }
   struct Col {  // an input channel's taps in the group's first filter
     const scalar_t* w;
   };
   __device__ Col col(int64_t group, int64_t c) const {
-    const int64_t rs = g.kernel_h * g.kernel_w;
-    return {w + (group * g.out_channels_per_group() * shape.cols + c) * rs};
+    return {w + (group * g.out_channels_per_group() * shape.cols + c) * g.kernel_h * g.kernel_w};
   }
-  __device__ acc_t b(const Col& f, const Digits& krs) const {
-    return static_cast<acc_t>(f.w[krs.outer * shape.cols * b_radix.inner + krs.inner]);
+  __device__ acc_t b(const Col& f, const Digits& ktu) const {
+    const int64_t r = ph.first_tap + ktu.middle * ph.tap_step, s = pw.first_tap + ktu.inner * pw.tap_step;
+    return static_cast<acc_t>(f.w[(ktu.outer * shape.cols * g.kernel_h + r) * g.kernel_w + s]);
   }
   __device__ void store(int64_t group, int64_t m, int64_t c, acc_t v) const {
-    const int64_t pixels = g.in_h * g.in_w;
-    gx[(m / pixels * g.in_channels + group * shape.cols + c) * pixels + m % pixels] = static_cast<scalar_t>(v);
+    const int64_t n = m / (ph.count * pw.count), j = m / pw.count % ph.count, i = m % pw.count;
+    const int64_t ih = ph.first + j * g.stride_h, iw = pw.first + i * g.stride_w;
+    gx[((n * g.in_channels + group * shape.cols + c) * g.in_h + ih) * g.in_w + iw] = static_cast<scalar_t>(v);
   }
 };
 
@@ -182,6 +241,10 @@ struct GradWeightProblem {
   GemmShape shape;
 
   Radix a_radix, b_radix;  // A by (n, oh ow), B by (n, oh, ow)
+
+  using Part = Conv2dGeometry;  // one product: the whole op
+  static std::vector<Part> parts(const Conv2dGeometry& g) { return {g}; }
+  static GemmShape shape_of(const Part& g) { return grad_weight_shape(g); }
 
   GradWeightProblem(const scalar_t* x, const scalar_t* gy, scalar_t* gw, const Conv2dGeometry& g)
       : x(x), gy(gy), gw(gw), g(g), shape(grad_weight_shape(g)), a_radix{1, g.out_h * g.out_w},
@@ -489,16 +552,17 @@ inline GemmPlan plan_tiled_gemm(const GemmShape& s, int64_t multiprocessors, boo
   return {s, tiles_m, tiles_n, splits, tensor_cores};
 }
 
-// Runs Problem<dtype of out> over the plan: launch(kernel, grid, block, arguments...) launches a
-// kernel, on the GPU's current stream or, in the tests, on the CPU. Inputs must be contiguous.
-template <template <typename> class Problem, typename Launch, typename... Inputs>
-void run_tiled_gemm(const GemmPlan& plan, const Conv2dGeometry& g, Launch launch, const at::Tensor& out,
+// Runs Problem<dtype of out> on one of its parts (Problem::parts) over the plan made for its shape:
+// launch(kernel, grid, block, arguments...) launches a kernel, on the GPU's current stream or, in
+// the tests, on the CPU. Inputs must be contiguous.
+template <template <typename> class Problem, typename Part, typename Launch, typename... Inputs>
+void run_tiled_gemm(const GemmPlan& plan, const Part& part, Launch launch, const at::Tensor& out,
                     const Inputs&... inputs) {
   if (out.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "conv_ext_tiled_gemm", [&] {
     using P = Problem<scalar_t>;
     using acc_t = typename P::acc_t;
-    const P p(data_or_null<scalar_t>(inputs)..., out.mutable_data_ptr<scalar_t>(), g);
+    const P p(data_or_null<scalar_t>(inputs)..., out.mutable_data_ptr<scalar_t>(), part);
     const dim3 grid(plan.tiles_m, plan.tiles_n * plan.shape.groups * plan.splits);
     auto kernel = tiled_gemm_kernel<P>;
     if constexpr (TensorCoreOperand<scalar_t>::available) {

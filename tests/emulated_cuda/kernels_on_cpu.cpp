@@ -1,11 +1,13 @@
 // The CUDA backend's kernels, run on the CPU by cuda_on_cpu.h, as the three ops on CPU tensors
 // (contiguous, NCHW) with a chosen number of multiprocessors (which sets how the work is split
-// across blocks): the tiled GEMM (csrc/cuda/tiled_gemm.cuh), on the tensor cores or not, and the
-// depthwise kernels (csrc/cuda/depthwise.cuh). test_emulated_cuda.py compares them with torch.
+// across blocks): the tiled GEMM (csrc/cuda/tiled_gemm.cuh), on the tensor cores or not, the
+// depthwise kernels (csrc/cuda/depthwise.cuh) and the direct ones (csrc/cuda/direct.cuh).
+// test_emulated_cuda.py compares them with torch.
 #include <torch/extension.h>
 
 #include "cuda_on_cpu.h"
 #include "cuda/depthwise.cuh"
+#include "cuda/direct.cuh"
 #include "cuda/tiled_gemm.cuh"
 
 namespace {
@@ -29,15 +31,18 @@ struct Gpu {
   bool tensor_cores;
 };
 
-// Fills out with Problem by the plan the CUDA backend would make on the gpu; returns the plan's
-// (tiles_m, tiles_n, splits).
+// Fills out with Problem's products by the plans the CUDA backend would make on the gpu; returns
+// the first product's plan (tiles_m, tiles_n, splits).
 template <template <typename> class Problem, typename... Inputs>
-std::vector<int64_t> run(const conv_ext::Conv2dGeometry& g, const GemmShape& shape, const Gpu& gpu,
-                         const Tensor& out, const Inputs&... inputs) {
-  const auto plan = plan_tiled_gemm(shape, gpu.multiprocessors, gpu.tensor_cores);
-  TORCH_CHECK(plan.fits(), "the tiled GEMM's grid does not fit");
-  run_tiled_gemm<Problem>(plan, g, emulated_cuda::Launch{}, out, inputs...);
-  return {plan.tiles_m, plan.tiles_n, plan.splits};
+std::vector<int64_t> run(const conv_ext::Conv2dGeometry& g, const Gpu& gpu, const Tensor& out, const Inputs&... inputs) {
+  std::vector<int64_t> first;
+  for (const auto& part : Problem<float>::parts(g)) {
+    const auto plan = plan_tiled_gemm(Problem<float>::shape_of(part), gpu.multiprocessors, gpu.tensor_cores);
+    TORCH_CHECK(plan.fits(), "the tiled GEMM's grid does not fit");
+    run_tiled_gemm<Problem>(plan, part, emulated_cuda::Launch{}, out, inputs...);
+    if (first.empty()) first = {plan.tiles_m, plan.tiles_n, plan.splits};
+  }
+  return first;
 }
 
 std::vector<int64_t> forward(const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias,
@@ -45,21 +50,21 @@ std::vector<int64_t> forward(const Tensor& x, const Tensor& w, const std::option
                              std::vector<int64_t> dilation, int64_t groups, int64_t multiprocessors, bool tensor_cores,
                              Tensor y) {
   const auto g = geometry(x.sizes(), w.sizes(), w.size(0), stride, padding, dilation, groups);
-  return run<ForwardProblem>(g, forward_shape(g), {multiprocessors, tensor_cores}, y, x, w, bias.value_or(Tensor()));
+  return run<ForwardProblem>(g, {multiprocessors, tensor_cores}, y, x, w, bias.value_or(Tensor()));
 }
 
 std::vector<int64_t> grad_input(const Tensor& gy, const Tensor& w, std::vector<int64_t> stride,
                                 std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t groups,
                                 int64_t multiprocessors, bool tensor_cores, Tensor gx) {
   const auto g = geometry(gx.sizes(), w.sizes(), w.size(0), stride, padding, dilation, groups);
-  return run<GradInputProblem>(g, grad_input_shape(g), {multiprocessors, tensor_cores}, gx, gy, w);
+  return run<GradInputProblem>(g, {multiprocessors, tensor_cores}, gx, gy, w);
 }
 
 std::vector<int64_t> grad_weight(const Tensor& x, const Tensor& gy, std::vector<int64_t> stride,
                                  std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t groups,
                                  int64_t multiprocessors, bool tensor_cores, Tensor gw) {
   const auto g = geometry(x.sizes(), gw.sizes(), gw.size(0), stride, padding, dilation, groups);
-  return run<GradWeightProblem>(g, grad_weight_shape(g), {multiprocessors, tensor_cores}, gw, x, gy);
+  return run<GradWeightProblem>(g, {multiprocessors, tensor_cores}, gw, x, gy);
 }
 
 // The depthwise kernels' three ops; each returns how many blocks share a channel's (or tap's) work.
@@ -85,6 +90,28 @@ int64_t depthwise_grad_weight(const Tensor& x, const Tensor& gy, std::vector<int
   return conv_ext::depthwise::run_grad_weight(g, multiprocessors, emulated_cuda::Launch{}, gw, x, gy);
 }
 
+// The direct kernels' three ops.
+void direct_forward(const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, std::vector<int64_t> stride,
+                    std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t groups, Tensor y) {
+  const auto g = geometry(x.sizes(), w.sizes(), w.size(0), stride, padding, dilation, groups);
+  conv_ext::direct::run([](auto zero) { return conv_ext::direct::forward_kernel<decltype(zero)>; }, g,
+                        emulated_cuda::Launch{}, y, x, w, bias.value_or(Tensor()));
+}
+
+void direct_grad_input(const Tensor& gy, const Tensor& w, std::vector<int64_t> stride, std::vector<int64_t> padding,
+                       std::vector<int64_t> dilation, int64_t groups, Tensor gx) {
+  const auto g = geometry(gx.sizes(), w.sizes(), w.size(0), stride, padding, dilation, groups);
+  conv_ext::direct::run([](auto zero) { return conv_ext::direct::grad_input_kernel<decltype(zero)>; }, g,
+                        emulated_cuda::Launch{}, gx, gy, w);
+}
+
+void direct_grad_weight(const Tensor& x, const Tensor& gy, std::vector<int64_t> stride, std::vector<int64_t> padding,
+                        std::vector<int64_t> dilation, int64_t groups, Tensor gw) {
+  const auto g = geometry(x.sizes(), gw.sizes(), gw.size(0), stride, padding, dilation, groups);
+  conv_ext::direct::run([](auto zero) { return conv_ext::direct::grad_weight_kernel<decltype(zero)>; }, g,
+                        emulated_cuda::Launch{}, gw, x, gy);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -94,4 +121,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("depthwise_forward", &depthwise_forward, "fills y; returns the blocks per channel");
   m.def("depthwise_grad_input", &depthwise_grad_input, "fills gx; returns the blocks per channel");
   m.def("depthwise_grad_weight", &depthwise_grad_weight, "fills gw; returns the splits");
+  m.def("direct_forward", &direct_forward, "fills y");
+  m.def("direct_grad_input", &direct_grad_input, "fills gx");
+  m.def("direct_grad_weight", &direct_grad_weight, "fills gw");
 }
