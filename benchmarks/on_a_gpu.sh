@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What a session lent a GPU runs first, in one call (device time is short): builds the extension
 # against the machine's torch, runs the test suite's CUDA tests (both CUDA algorithms),
-# compute-sanitizer's memcheck over every CUDA kernel, the GPU benchmark, then racecheck. On an
-# H200 (2026-12-04, --batches 32 --rounds 1) these took 46, 84, 5, 163 and 59 s.
+# compute-sanitizer's memcheck over every CUDA kernel, the GPU benchmark, each op's time against
+# cuDNN's and its floor (gpu_ops.py), then racecheck. On an H200 (2026-12-04, --batches 32
+# --rounds 1) build, tests, memcheck, benchmark and racecheck took 46, 84, 5, 163 and 59 s.
 # Each step's log goes to $OUT (default ./gpu-run); a summary line per step goes to stdout.
 # GPU_RUN_SECONDS caps the whole run (a lease's device time): each step gets what is left of it,
 # and the steps come in the order of what a short lease needs most (the benchmark before racecheck).
@@ -70,4 +71,5 @@ EOF
 sanitizer=(compute-sanitizer --error-exitcode 1 --tool)
 step memcheck 240 "${sanitizer[@]}" memcheck "$python" "$out/sanitized_calls.py"
 step bench 600 "$python" benchmarks/bench_conv2d.py --device cuda --out "$out/results" "$@"
+step ops 180 "$python" benchmarks/gpu_ops.py --out "$out/results"
 step racecheck 240 "${sanitizer[@]}" racecheck "$python" "$out/sanitized_calls.py"
