@@ -52,6 +52,7 @@ CPU_PATHS = {
     # AVX-512; cpu_features.h, blas_keeps_up), on any CPU, in its widest build.
     "slow-blas": {"CONV_EXT_CPU_BLAS": "slow", "CONV_EXT_CPU_ISA": "avx512"},
     "gemm-slow-blas": {"CONV_EXT_CPU_ALGORITHM": "gemm", "CONV_EXT_CPU_BLAS": "slow", "CONV_EXT_CPU_ISA": "avx512"},
+    "winograd-slow-blas": {"CONV_EXT_CPU_ALGORITHM": "winograd", "CONV_EXT_CPU_BLAS": "slow", "CONV_EXT_CPU_ISA": "avx512"},
     # bfloat16 on the pair kernels (bf16_pairs_conv2d.h): AMX's tiles where the CPU has them,
     # AVX512_BF16's vectors wherever they apply (even where Winograd is chosen for them).
     "bf16-tiles": {},

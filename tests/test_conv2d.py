@@ -291,6 +291,23 @@ def test_winograd_by_panels_in_channel_blocks(dtype):
     check_layer_on_path(conv, dtype, "winograd")
 
 
+@pytest.mark.parametrize("paths", [("auto-avx2-isa", "winograd-avx2-isa", "gemm-avx2-isa"),
+                                   ("slow-blas", "winograd-slow-blas", "gemm-slow-blas")], ids=["mkl", "slow-blas"])
+def test_few_tiles_take_winograd(paths):
+    """3x3 layers of a few tiles (4 here, a 7x7 image) run on Winograd by panels whether or not
+    MKL keeps up, as it repaid its filter transform against either GEMM: the chosen forward is
+    Winograd's bit for bit, not the GEMM's."""
+    conv = Conv(1, 64, 48, (7, 7), (3, 3), (1, 1), (1, 1), (1, 1), 1, True)
+    x, w, b = conv.tensors(torch.float32, "cpu")
+    x[:, 0] *= 1e6  # sums in another order round away other small terms
+    chosen, winograd, gemm = paths
+    results = {}
+    for path in paths:
+        with cpu_path(path):
+            results[path] = conv_ext.conv2d(x, w, b, **conv.kwargs())
+    assert torch.equal(results[chosen], results[winograd]) and not torch.equal(results[chosen], results[gemm])
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_workspace_tiles_cover_large_images(device):
     """An image whose im2col matrix exceeds one tile is computed in several row tiles."""

@@ -776,15 +776,16 @@ bool winograd_applies(const Conv2dGeometry& g) {
          g.in_channels > 0 && g.batch * g.out_h * g.out_w * g.out_channels > 0;
 }
 
-// By panels, 16 tiles repay the filter transform against GEMMs on MKL (512x512 at batch 4 of
-// 7x7 images: 1.4x faster in the forward and 1.25x in the weight gradient, measured); where MKL
-// does not keep up and the other paths run on our implicit GEMM (blas_keeps_up), any number
-// does (Zen 5, 3x3 with 64 to 512 channels @7 at batch 1 and 2: forward 1.1-2x faster, input
-// gradient 1.4-2.5x, weight gradient 0.7-0.8x at batch 1 with 128 and 512 channels, 1.2-1.9x
-// elsewhere).
+// By panels, any number of tiles repays the filter transform: against our implicit GEMM where
+// MKL does not keep up (Zen 5, 3x3 with 64 to 512 channels @7 at batch 1 and 2: forward 1.1-2x
+// faster, input gradient 1.4-2.5x, weight gradient 0.7-0.8x at batch 1 with 128 and 512
+// channels, 1.2-1.9x elsewhere), and against GEMMs on MKL where it does (an Intel Xeon with
+// AVX-512 and AMX, 3x3 @7 against the im2col+MKL path, in ratios to torch: 64 to 512 channels at
+// batch 1, forward 1.20-1.44x against 0.94-0.97x, forward+backward 1.06-1.10x against
+// 0.88-1.06x; 512 channels at batch 2 and 3, 1.51-1.58x against 0.85-0.87x and 1.35-1.44x
+// against 0.92-0.94x).
 bool winograd_pays_off(const Conv2dGeometry& g) {
-  const int64_t by_panels = blas_keeps_up() ? 16 : 1;
-  return winograd_may_pay_off(g) && batch_tiles(g) >= (runs_by_panels(g) ? by_panels : tiles_repaying_chunks(g));
+  return winograd_may_pay_off(g) && (runs_by_panels(g) || batch_tiles(g) >= tiles_repaying_chunks(g));
 }
 
 Tensor winograd_conv2d_forward(const Tensor& input, const Tensor& weight, FilterOrder order, const Tensor& bias,
