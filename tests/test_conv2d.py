@@ -37,7 +37,7 @@ def results_on_paths(conv, x, w, b, gy, paths):
 
 
 # torch's matrix products, which call its BLAS (MKL on x86 CPUs).
-BLAS_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
+BLAS_OPS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::baddbmm_"}
 
 
 def blas_calls_on_path(path, conv, x, w, b, gy):
@@ -476,13 +476,14 @@ def test_pointwise_channels_last_on_the_micro_kernel(dtype, channels):
 @pytest.mark.parametrize("conv", [
     Conv(2, 64, 64, (24, 24), (3, 3), (2, 2), (1, 1), (1, 1), 8, True),  # 8 channels per group, stride 2
     Conv(2, 128, 128, (12, 12), (3, 3), (1, 1), (1, 1), (1, 1), 4, True),  # 32 per group at stride 1
-], ids=["strided", "wide"])
+    Conv(1, 256, 256, (7, 7), (3, 3), (1, 1), (1, 1), (1, 1), 8, True),  # 49 output pixels
+], ids=["strided", "wide", "few-pixels"])
 def test_grouped_layers_take_the_channels_last_gemm(conv):
     """Grouped layers of 4 or more channels per group run on the channels-last GEMM where their
     direct kernels lose (grouped_channels_last_pays_off): at stride 2, and above 16 channels per
-    group at stride 1; their weight gradients with at least 128 output pixels in the batch. Bit
-    for bit the forced GEMM's results there (whose grouped layers take the channels-last GEMM by
-    the same rules), not the direct kernels', forward and both gradients."""
+    group at stride 1; their weight gradients of any number of output pixels, with MKL or not
+    (calling no BLAS). Bit for bit the forced GEMM's results there (whose grouped layers take the
+    channels-last GEMM by the same rules), not the direct kernels', forward and both gradients."""
     x, w, b = conv.tensors(torch.float32, "cpu")
     x[:, 0] *= 1e6  # sums in another order differ in their bits
     x.requires_grad_()
@@ -492,6 +493,7 @@ def test_grouped_layers_take_the_channels_last_gemm(conv):
     for what in NAMES[:3]:
         assert torch.equal(results["auto"][what], results["gemm"][what]), what
         assert not torch.equal(results["auto"][what], results["direct"][what]), what
+    assert not blas_calls_on_path("auto", conv, x.detach(), w.detach(), b, gy)["grad_weight"]
 
 
 CPU_FLAGS = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()

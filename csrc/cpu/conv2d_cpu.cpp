@@ -49,9 +49,6 @@ constexpr int64_t kOneGemmColumns = 1024;
 constexpr int64_t kThinPatch = 160, kStrideOnePatch = 640;
 // Input channels the channels-last GEMM wants (measured down to 16; the stem's 3 lose).
 constexpr int64_t kChannelsLastGemmChannels = 16;
-// Output pixels in the batch that repay the per-thread sums of the channels-last GEMM's weight
-// gradient on grouped layers (channels_last_gemm_grad_weight_pays_off).
-constexpr int64_t kGroupedGradWeightPixels = 128;
 
 // Output rows [row_begin, row_end) of one image form a tile.
 struct RowTile {
@@ -318,18 +315,19 @@ bool channels_last_gemm_pays_off(const Conv2dGeometry& g) {
 // 3->64 @224 2.2x, 3x3/2 3->32 @224 and 8->32 @112 1.8-2.1x, 5x5 3->16 and 10->32 @64 2.1-2.3x;
 // 8 output channels, half a panel, 2x slower). Grouped layers' weight gradients run there at
 // strides above 1 and, at stride 1, beyond the direct kernel's 64 channel pairs (see
-// choose_grad_weight_algorithm), with kGroupedGradWeightPixels in the batch: at batch 8, 16
-// channels per group @14 0.32x -> 0.75x torch, 32 @7 0.17x -> 0.83x, 3x3/2 with 8 to 64
-// 0.39x-0.65x -> 0.99x-1.14x; at batch 1, 3x3/2 512 ch @28 (196 pixels) 0.53x -> 1.23x, but
-// with 49 pixels alike (32 channels per group) or 1.7x slower (64) than im2col+MKL. Where MKL
-// does not keep up (blas_keeps_up), grouped layers of any number of pixels (Zen 5: 32 channels
-// per group @7 at batch 1 1.3x faster) and 1x1 kernels run there too (Zen 5, 1x1 @56 and @14:
-// 1.3-2x faster at batch 8, alike to 1.7x at batch 1).
+// choose_grad_weight_algorithm), of any number of pixels: at batch 8, 16 channels per group @14
+// 0.32x -> 0.75x torch, 32 @7 0.17x -> 0.83x, 3x3/2 with 8 to 64 0.39x-0.65x -> 0.99x-1.14x; at
+// batch 1, 3x3/2 512 ch @28 (196 pixels) 0.53x -> 1.23x; with 49 pixels (3x3 @7 at batch 1, 32
+// groups) against im2col+MKL's per-image products, Zen 5 32 channels per group 1.3x faster, an Intel Xeon (AVX-512,
+// AMX) 16, 32 and 64 channels per group 2.5x, 1.7x and 1.1x faster (0.43x -> 1.05x torch, 0.53x
+// -> 0.85x, 0.68x -> 0.76x), 32 at batch 2 2.3x. Where MKL does not keep up (blas_keeps_up), 1x1
+// kernels run there too (Zen 5, 1x1 @56 and @14: 1.3-2x faster at batch 8, alike to 1.7x at
+// batch 1).
 bool channels_last_gemm_grad_weight_pays_off(const Conv2dGeometry& g) {
   const int64_t pixels = g.batch * g.out_h * g.out_w;
   const bool few_channels = channels_last_gemm_may_pay_off(g) && g.in_channels > 0 &&
                             g.in_channels < kChannelsLastGemmChannels && g.out_channels >= kChannelsLastGemmChannels;
-  const bool grouped = grouped_channels_last_may_pay_off(g) && pixels >= (blas_keeps_up() ? kGroupedGradWeightPixels : 1) &&
+  const bool grouped = grouped_channels_last_may_pay_off(g) && pixels > 0 &&
                        (!g.unit_stride() || g.in_channels_per_group() * g.out_channels_per_group() > 64);
   const bool pointwise = !blas_keeps_up() && channels_last_gemm_available() && g.groups == 1 &&
                          g.kernel_h * g.kernel_w == 1 && g.in_channels > 0 && pixels > 0;
