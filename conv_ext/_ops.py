@@ -21,12 +21,13 @@ def _output_size(size, kernel, stride, padding, dilation):
 def _memory_format(a, b):
     """The layout of the result, as in F.conv2d: channels_last when either operand is, on the
     CPU, and on CUDA where cuDNN computes it (not float64 or complex128, not with cuDNN off)."""
+    if torch.channels_last not in (suggest_memory_format(a), suggest_memory_format(b)):
+        return torch.contiguous_format
+    if a.device.type != "cuda":
+        return torch.channels_last
     cudnn_runs_it = (torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled
                      and a.dtype not in (torch.float64, torch.complex128))
-    if torch.channels_last in (suggest_memory_format(a), suggest_memory_format(b)) and (
-            a.device.type != "cuda" or cudnn_runs_it):
-        return torch.channels_last
-    return torch.contiguous_format
+    return torch.channels_last if cudnn_runs_it else torch.contiguous_format
 
 
 def _empty(shape, like, other):

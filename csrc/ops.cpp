@@ -255,11 +255,12 @@ at::MemoryFormat conv2d_memory_format(const at::Tensor& input, const at::Tensor&
   const bool channels_last = input.suggest_memory_format() == at::MemoryFormat::ChannelsLast ||
                              weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
   if (!channels_last) return at::MemoryFormat::Contiguous;
+  if (!input.is_cuda()) return at::MemoryFormat::ChannelsLast;
   // On CUDA only cuDNN gives F.conv2d channels_last results, and it runs no float64 (complex128
   // is computed as float64 convolutions) and can be switched off.
   const bool cudnn_runs_it = at::detail::getCUDAHooks().compiledWithCuDNN() && at::globalContext().userEnabledCuDNN() &&
                              c10::toRealValueType(input.scalar_type()) != at::kDouble;
-  return !input.is_cuda() || cudnn_runs_it ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  return cudnn_runs_it ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
 at::Tensor in_memory_format(const at::Tensor& result, at::MemoryFormat format) {

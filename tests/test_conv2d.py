@@ -188,8 +188,8 @@ def test_complex_against_complex128(conv, dtype, device, path):
 @pytest.mark.parametrize("cudnn", [True, False])
 def test_result_layout_follows_f_conv2d(device, dtype, cudnn):
     """channels_last in gives F.conv2d's layout out, from the kernels and the fake kernels alike:
-    on the CPU channels_last, on CUDA channels_last only where cuDNN computes it (not float64,
-    whose complex128 is made of, and not with cuDNN off)."""
+    on the CPU channels_last, on CUDA channels_last only where cuDNN computes it (not float64
+    nor complex128, which is computed as float64 convolutions, and not with cuDNN off)."""
     conv = Conv(2, 4, 6, (9, 8), (3, 3), (1, 1), (1, 1), (1, 1), 1, True, "channels_last")
     x, w, b = conv.tensors(dtype, device)
     with torch.backends.cudnn.flags(enabled=cudnn):

@@ -79,14 +79,20 @@ def operands(conv, dtype, seed=0):
     return x, w, b, gy.to(dtype)
 
 
+def assert_float64_matches_torch(emulated, conv, *how, **more):
+    """The emulated kernels' three ops (emulated_ops(..., *how, **more)) in float64 within 1e-12 of
+    the scale of torch's."""
+    x, w, b, gy = operands(conv, torch.float64)
+    ours, _ = emulated_ops(emulated, conv, x, w, b, gy, *how, **more)
+    for name, a, e in zip(("output", "grad_input", "grad_weight"), ours, torch_ops(conv, x, w, b, gy)):
+        assert_scaled_close(a, e, 1e-12, name)
+
+
 @settings(max_examples=40)
 @given(conv=gemm_convs(), multiprocessors=st.sampled_from([1, 132, 10**6]), tensor_cores=st.booleans())
 def test_float64_matches_torch(emulated, conv, multiprocessors, tensor_cores):
     """float64 within 1e-12 of the scale; it has no tensor core path, and asking for one changes nothing."""
-    x, w, b, gy = operands(conv, torch.float64)
-    ours, _ = emulated_ops(emulated, conv, x, w, b, gy, multiprocessors, tensor_cores)
-    for name, a, e in zip(("output", "grad_input", "grad_weight"), ours, torch_ops(conv, x, w, b, gy)):
-        assert_scaled_close(a, e, 1e-12, name)
+    assert_float64_matches_torch(emulated, conv, multiprocessors, tensor_cores)
 
 
 def assert_rounds_a_float32_sum(ours, expected, dtype):
@@ -158,10 +164,7 @@ def depthwise_convs(draw):
 @settings(max_examples=40)
 @given(conv=depthwise_convs(), multiprocessors=st.sampled_from([1, 132, 10**6]))
 def test_depthwise_float64_matches_torch(emulated, conv, multiprocessors):
-    x, w, b, gy = operands(conv, torch.float64)
-    ours, _ = emulated_ops(emulated, conv, x, w, b, gy, multiprocessors, algorithm="depthwise")
-    for name, a, e in zip(("output", "grad_input", "grad_weight"), ours, torch_ops(conv, x, w, b, gy)):
-        assert_scaled_close(a, e, 1e-12, name)
+    assert_float64_matches_torch(emulated, conv, multiprocessors, algorithm="depthwise")
 
 
 DEPTHWISE_LAYERS = [  # each with 2 x 4096 pixels a channel: its weight gradient split in two blocks
@@ -191,10 +194,7 @@ def narrow_convs():
 @settings(max_examples=60)
 @given(conv=narrow_convs())
 def test_direct_float64_matches_torch(emulated, conv):
-    x, w, b, gy = operands(conv, torch.float64)
-    ours, _ = emulated_ops(emulated, conv, x, w, b, gy, algorithm="direct")
-    for name, a, e in zip(("output", "grad_input", "grad_weight"), ours, torch_ops(conv, x, w, b, gy)):
-        assert_scaled_close(a, e, 1e-12, name)
+    assert_float64_matches_torch(emulated, conv, algorithm="direct")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)

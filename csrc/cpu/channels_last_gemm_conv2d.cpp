@@ -61,7 +61,7 @@ struct Bands {
 
 // A group's packed filters larger than a core's L2 (every thread on the group's problems reads
 // them all) are written with non-temporal stores, sparing the reads of the lines they overwrite:
-// 3x3/2 128->256 @28 at batch 1 (1.2 MB) ran 0.70-0.73 ms so against 0.90-1.15 ms through the
+// 3x3/2 128->256 @28 at batch 1 (1.2 MB) ran 0.70-0.73 ms streamed against 0.90-1.15 ms through the
 // cache in the same minutes (the machine's shared caches busy), forward 0.89x -> 1.06x torch (8
 // alternating processes); at batch 8 alike. Where a thread's groups' filters stay in its L2
 // (ResNeXt's 32 groups, 1.2 MB in all) streaming them cost 3%.

@@ -318,11 +318,11 @@ bool channels_last_gemm_pays_off(const Conv2dGeometry& g) {
 // choose_grad_weight_algorithm), of any number of pixels: at batch 8, 16 channels per group @14
 // 0.32x -> 0.75x torch, 32 @7 0.17x -> 0.83x, 3x3/2 with 8 to 64 0.39x-0.65x -> 0.99x-1.14x; at
 // batch 1, 3x3/2 512 ch @28 (196 pixels) 0.53x -> 1.23x; with 49 pixels (3x3 @7 at batch 1, 32
-// groups) against im2col+MKL's per-image products, Zen 5 32 channels per group 1.3x faster, an Intel Xeon (AVX-512,
-// AMX) 16, 32 and 64 channels per group 2.5x, 1.7x and 1.1x faster (0.43x -> 1.05x torch, 0.53x
-// -> 0.85x, 0.68x -> 0.76x), 32 at batch 2 2.3x. Where MKL does not keep up (blas_keeps_up), 1x1
-// kernels run there too (Zen 5, 1x1 @56 and @14: 1.3-2x faster at batch 8, alike to 1.7x at
-// batch 1).
+// groups) against im2col+MKL's per-image products: Zen 5, 32 channels per group 1.3x faster; an
+// Intel Xeon (AVX-512, AMX), 16, 32 and 64 channels per group 2.5x, 1.7x and 1.1x faster (0.43x
+// -> 1.05x torch, 0.53x -> 0.85x, 0.68x -> 0.76x), 32 at batch 2 2.3x. Where MKL does not keep up
+// (blas_keeps_up), 1x1 kernels run there too (Zen 5, 1x1 @56 and @14: 1.3-2x faster at batch 8,
+// alike to 1.7x at batch 1).
 bool channels_last_gemm_grad_weight_pays_off(const Conv2dGeometry& g) {
   const int64_t pixels = g.batch * g.out_h * g.out_w;
   const bool few_channels = channels_last_gemm_may_pay_off(g) && g.in_channels > 0 &&

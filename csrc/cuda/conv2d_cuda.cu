@@ -74,20 +74,19 @@ bool use_tensor_cores(at::ScalarType dtype) {
 
 int64_t multiprocessors() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
 
-// The tiled GEMM's plans for the products of Problem (Problem::parts) on the current GPU, where it
-// is the algorithm to run them all.
+// The tiled GEMM's products of Problem (Problem::parts), planned for the current GPU, where it is
+// the algorithm to run them all.
 template <template <typename> class Problem>
-std::optional<std::vector<tiled_gemm::GemmPlan>> tiled_gemm_plans(const Conv2dGeometry& g, at::ScalarType dtype) {
+std::optional<std::vector<tiled_gemm::PlannedPart<Problem>>> tiled_gemm_plans(const Conv2dGeometry& g,
+                                                                                at::ScalarType dtype) {
   if (env_is("CONV_EXT_CUDA_ALGORITHM", "direct")) return std::nullopt;
   const bool forced = env_is("CONV_EXT_CUDA_ALGORITHM", "gemm");
-  std::vector<tiled_gemm::GemmPlan> plans;
-  for (const auto& part : Problem<float>::parts(g)) {
-    const auto shape = Problem<float>::shape_of(part);
-    const auto plan = tiled_gemm::plan_tiled_gemm(shape, multiprocessors(), use_tensor_cores(dtype));
-    if (!plan.fits() || !(forced || (shape.rows >= 8 && shape.cols >= 8))) return std::nullopt;
-    plans.push_back(plan);
+  auto planned = tiled_gemm::plan_parts<Problem>(g, multiprocessors(), use_tensor_cores(dtype));
+  for (const auto& p : planned) {
+    const auto& shape = p.plan.shape;
+    if (!p.plan.fits() || !(forced || (shape.rows >= 8 && shape.cols >= 8))) return std::nullopt;
   }
-  return plans;
+  return planned;
 }
 
 // Whether the depthwise kernels compute this convolution (unless a test forces another algorithm).
@@ -97,24 +96,23 @@ bool use_depthwise(const Conv2dGeometry& g) {
 }
 
 // Fills out from the inputs (contiguous): by depthwise(g, multiprocessors, launch, out, inputs...)
-// where it applies, by the tiled GEMM's Problem where that does, else by the direct kernel
-// direct_for(scalar_t{}).
-template <template <typename> class Problem, typename Depthwise, typename DirectFor, typename... Inputs>
-void compute(const Tensor& out, const Conv2dGeometry& g, Depthwise depthwise, DirectFor direct_for,
+// where it applies, by the tiled GEMM's Problem where that does, else by direct(g, launch, out,
+// inputs...).
+template <template <typename> class Problem, typename Depthwise, typename Direct, typename... Inputs>
+void compute(const Tensor& out, const Conv2dGeometry& g, Depthwise depthwise, Direct direct,
              const Inputs&... inputs) {
   if (out.numel() == 0) return;
   if (use_depthwise(g)) {
     depthwise(g, multiprocessors(), LaunchOnCurrentStream{}, out, inputs...);
     return;
   }
-  if (const auto plans = tiled_gemm_plans<Problem>(g, out.scalar_type())) {
-    const auto parts = Problem<float>::parts(g);
-    for (size_t i = 0; i < parts.size(); ++i) {
-      tiled_gemm::run_tiled_gemm<Problem>((*plans)[i], parts[i], LaunchOnCurrentStream{}, out, inputs...);
+  if (const auto planned = tiled_gemm_plans<Problem>(g, out.scalar_type())) {
+    for (const auto& p : *planned) {
+      tiled_gemm::run_tiled_gemm<Problem>(p.plan, p.part, LaunchOnCurrentStream{}, out, inputs...);
     }
     return;
   }
-  direct::run(direct_for, g, LaunchOnCurrentStream{}, out, inputs...);
+  direct(g, LaunchOnCurrentStream{}, out, inputs...);
 }
 
 Tensor conv2d_cuda(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
@@ -126,7 +124,7 @@ Tensor conv2d_cuda(const Tensor& input, const Tensor& weight, const std::optiona
   Tensor y = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
   compute<tiled_gemm::ForwardProblem>(
       y, g, [](auto&&... a) { return depthwise::run_forward(a...); },
-      [](auto zero) { return direct::forward_kernel<decltype(zero)>; },
+      [](auto&&... a) { direct::run_forward(a...); },
       input.contiguous(), weight.contiguous(), bias.has_value() ? bias->contiguous() : Tensor());
   return in_memory_format(y, conv2d_memory_format(input, weight));
 }
@@ -143,7 +141,7 @@ Tensor conv2d_grad_input_cuda(const Tensor& grad_output, const Tensor& weight,
   Tensor gx = at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output.options());
   compute<tiled_gemm::GradInputProblem>(
       gx, g, [](auto&&... a) { return depthwise::run_grad_input(a...); },
-      [](auto zero) { return direct::grad_input_kernel<decltype(zero)>; },
+      [](auto&&... a) { direct::run_grad_input(a...); },
       grad_output.contiguous(), weight.contiguous());
   return in_memory_format(gx, conv2d_memory_format(grad_output, weight));
 }
@@ -161,7 +159,7 @@ Tensor conv2d_grad_weight_cuda(const Tensor& input, const Tensor& grad_output,
                         input.options());
   compute<tiled_gemm::GradWeightProblem>(
       gw, g, [](auto&&... a) { return depthwise::run_grad_weight(a...); },
-      [](auto zero) { return direct::grad_weight_kernel<decltype(zero)>; },
+      [](auto&&... a) { direct::run_grad_weight(a...); },
       input.contiguous(), grad_output.contiguous());
   return in_memory_format(gw, conv2d_memory_format(input, grad_output));
 }

@@ -175,5 +175,24 @@ void run(KernelFor kernel_for, const Conv2dGeometry& g, Launch launch, const at:
   });
 }
 
+// The three ops (inputs contiguous; bias may be undefined), launched as run() says.
+template <typename Launch>
+void run_forward(const Conv2dGeometry& g, Launch launch, const at::Tensor& y, const at::Tensor& x,
+                 const at::Tensor& w, const at::Tensor& bias) {
+  run([](auto zero) { return forward_kernel<decltype(zero)>; }, g, launch, y, x, w, bias);
+}
+
+template <typename Launch>
+void run_grad_input(const Conv2dGeometry& g, Launch launch, const at::Tensor& gx, const at::Tensor& gy,
+                    const at::Tensor& w) {
+  run([](auto zero) { return grad_input_kernel<decltype(zero)>; }, g, launch, gx, gy, w);
+}
+
+template <typename Launch>
+void run_grad_weight(const Conv2dGeometry& g, Launch launch, const at::Tensor& gw, const at::Tensor& x,
+                     const at::Tensor& gy) {
+  run([](auto zero) { return grad_weight_kernel<decltype(zero)>; }, g, launch, gw, x, gy);
+}
+
 }  // namespace direct
 }  // namespace conv_ext

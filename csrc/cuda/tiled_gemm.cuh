@@ -552,6 +552,23 @@ inline GemmPlan plan_tiled_gemm(const GemmShape& s, int64_t multiprocessors, boo
   return {s, tiles_m, tiles_n, splits, tensor_cores};
 }
 
+// One of a Problem's products (Problem::parts) and its plan.
+template <template <typename> class Problem>
+struct PlannedPart {
+  typename Problem<float>::Part part;
+  GemmPlan plan;
+};
+
+// Problem's products for geometry g, each planned for a GPU of `multiprocessors`.
+template <template <typename> class Problem>
+std::vector<PlannedPart<Problem>> plan_parts(const Conv2dGeometry& g, int64_t multiprocessors, bool tensor_cores) {
+  std::vector<PlannedPart<Problem>> planned;
+  for (const auto& part : Problem<float>::parts(g)) {
+    planned.push_back({part, plan_tiled_gemm(Problem<float>::shape_of(part), multiprocessors, tensor_cores)});
+  }
+  return planned;
+}
+
 // Runs Problem<dtype of out> on one of its parts (Problem::parts) over the plan made for its shape:
 // launch(kernel, grid, block, arguments...) launches a kernel, on the GPU's current stream or, in
 // the tests, on the CPU. Inputs must be contiguous.

@@ -35,14 +35,14 @@ struct Gpu {
 // the first product's plan (tiles_m, tiles_n, splits).
 template <template <typename> class Problem, typename... Inputs>
 std::vector<int64_t> run(const conv_ext::Conv2dGeometry& g, const Gpu& gpu, const Tensor& out, const Inputs&... inputs) {
-  std::vector<int64_t> first;
-  for (const auto& part : Problem<float>::parts(g)) {
-    const auto plan = plan_tiled_gemm(Problem<float>::shape_of(part), gpu.multiprocessors, gpu.tensor_cores);
-    TORCH_CHECK(plan.fits(), "the tiled GEMM's grid does not fit");
-    run_tiled_gemm<Problem>(plan, part, emulated_cuda::Launch{}, out, inputs...);
-    if (first.empty()) first = {plan.tiles_m, plan.tiles_n, plan.splits};
+  const auto planned = plan_parts<Problem>(g, gpu.multiprocessors, gpu.tensor_cores);
+  for (const auto& p : planned) {
+    TORCH_CHECK(p.plan.fits(), "the tiled GEMM's grid does not fit");
+    run_tiled_gemm<Problem>(p.plan, p.part, emulated_cuda::Launch{}, out, inputs...);
   }
-  return first;
+  if (planned.empty()) return {};
+  const GemmPlan& first = planned.front().plan;
+  return {first.tiles_m, first.tiles_n, first.splits};
 }
 
 std::vector<int64_t> forward(const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias,
@@ -94,22 +94,19 @@ int64_t depthwise_grad_weight(const Tensor& x, const Tensor& gy, std::vector<int
 void direct_forward(const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, std::vector<int64_t> stride,
                     std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t groups, Tensor y) {
   const auto g = geometry(x.sizes(), w.sizes(), w.size(0), stride, padding, dilation, groups);
-  conv_ext::direct::run([](auto zero) { return conv_ext::direct::forward_kernel<decltype(zero)>; }, g,
-                        emulated_cuda::Launch{}, y, x, w, bias.value_or(Tensor()));
+  conv_ext::direct::run_forward(g, emulated_cuda::Launch{}, y, x, w, bias.value_or(Tensor()));
 }
 
 void direct_grad_input(const Tensor& gy, const Tensor& w, std::vector<int64_t> stride, std::vector<int64_t> padding,
                        std::vector<int64_t> dilation, int64_t groups, Tensor gx) {
   const auto g = geometry(gx.sizes(), w.sizes(), w.size(0), stride, padding, dilation, groups);
-  conv_ext::direct::run([](auto zero) { return conv_ext::direct::grad_input_kernel<decltype(zero)>; }, g,
-                        emulated_cuda::Launch{}, gx, gy, w);
+  conv_ext::direct::run_grad_input(g, emulated_cuda::Launch{}, gx, gy, w);
 }
 
 void direct_grad_weight(const Tensor& x, const Tensor& gy, std::vector<int64_t> stride, std::vector<int64_t> padding,
                         std::vector<int64_t> dilation, int64_t groups, Tensor gw) {
   const auto g = geometry(x.sizes(), gw.sizes(), gw.size(0), stride, padding, dilation, groups);
-  conv_ext::direct::run([](auto zero) { return conv_ext::direct::grad_weight_kernel<decltype(zero)>; }, g,
-                        emulated_cuda::Launch{}, gw, x, gy);
+  conv_ext::direct::run_grad_weight(g, emulated_cuda::Launch{}, gw, x, gy);
 }
 
 }  // namespace
