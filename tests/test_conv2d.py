@@ -269,6 +269,50 @@ def test_cuda_float32_follows_the_tf32_switch():
             assert_scaled_close(a, e, tol, f"{name}, TF32 allowed: {allowed}")
 
 
+def cuda_kernels_launched(run):
+    """The names of the CUDA kernels run() launches."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
+CHANNELS_LAST_MMA_LAYERS = [
+    Conv(2, 72, 80, (13, 11), (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
+    Conv(2, 72, 80, (13, 11), (3, 3), (1, 1), (1, 1), (1, 1), 1, True, "channels_last"),
+    Conv(3, 80, 48, (14, 13), (3, 2), (2, 1), (3, 2), (2, 1), 2, False, "channels_last"),  # forward only
+]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("conv", CHANNELS_LAST_MMA_LAYERS, ids=["nchw", "channels-last", "grouped-strided"])
+def test_cuda_channels_last_mma(conv, dtype):
+    """The forward, and at stride 1 the input gradient, on the channels-last tensor-core GEMM (float32
+    as TF32, allowed here), from NCHW and channels_last inputs alike: float16 and bfloat16 summed in
+    float32 and rounded once, TF32 the float32 sum of operands rounded to TF32."""
+    torch.backends.cudnn.allow_tf32 = True
+    x, w, b = conv.tensors(dtype, "cuda")
+    args = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
+    layout = torch.channels_last if conv.layout == "channels_last" else torch.contiguous_format
+    ops = [lambda: torch.ops.conv_ext.conv2d(x, w, b, *args)]
+    gy = torch.rand(ops[0]().shape, device="cuda", generator=torch.Generator("cuda").manual_seed(1)) * 2 - 1
+    gy = gy.to(dtype).contiguous(memory_format=layout)
+    if conv.stride == (1, 1):
+        ops.append(lambda: torch.ops.conv_ext.conv2d_grad_input(gy, w, list(x.shape[2:]), *args))
+    for op in ops:
+        assert any("channels_last_mma" in name for name in cuda_kernels_launched(op))
+    rounded = tf32 if dtype == torch.float32 else (lambda t: t)
+    for name, run, e in zip(NAMES, ops, torch_ops(conv, rounded(x), rounded(w), b, rounded(gy))):
+        a = run()
+        assert a.dtype == dtype and a.is_contiguous(memory_format=layout)
+        if dtype == torch.float32:
+            assert_scaled_close(a, e, 2e-5, name)
+        else:
+            torch.testing.assert_close(a.double(), e, rtol=torch.finfo(dtype).eps / 2, atol=1e-5 * e.abs().max().item(),
+                                       msg=name)
+
+
 @pytest.mark.parametrize("path", ["winograd", "winograd-generic-isa"])
 def test_winograd_output_channel_slices(path):
     """36 x 360 x 350 transformed filters exceed Winograd's bound and 147 tiles are too many to

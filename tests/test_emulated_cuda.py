@@ -205,3 +205,73 @@ def test_direct_reduced_precision_rounds_a_float32_sum(emulated, dtype):
     x, w, b, gy = operands(conv, dtype)
     ours, _ = emulated_ops(emulated, conv, x, w, b, gy, algorithm="direct")
     assert_rounds_a_float32_sum(ours, torch_ops(conv, x, w, b, gy), dtype)
+
+
+def mma_ops(emulated, conv, x, w, b, gy, multiprocessors):
+    """The forward, and the input gradient where the kernel computes it (stride 1, output channels
+    in whole 16-byte chunks), by the channels-last tensor-core kernel (csrc/cuda/channels_last_mma.cuh)
+    on channels_last copies of the operands, its outputs poisoned with NaN first; and the tiles it took (channels_last_mma::TileChoice: 0 for 128 x 128, 1 for
+    128 x 64, 2 for 64 x 64)."""
+    args = [list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups, multiprocessors]
+    cl = torch.channels_last
+    y = torch.full_like(gy, float("nan"), memory_format=cl)
+    results, tiles = [y], [emulated.mma_forward(x.contiguous(memory_format=cl), w, b, *args, y)]
+    if conv.stride == (1, 1) and conv.out_channels // conv.groups * x.element_size() % 16 == 0:
+        gx = torch.full_like(x, float("nan"), memory_format=cl)
+        tiles.append(emulated.mma_grad_input(gy.contiguous(memory_format=cl), w, *args, gx))
+        results.append(gx)
+    return results, tiles
+
+
+def assert_mma_ops_match(emulated, conv, dtype, multiprocessors):
+    """float16 and bfloat16 summed in float32 and rounded once; float32 as TF32: its operands rounded
+    (cvt.rna), their products summed in float32 (within 1e-5 of the scale of the float64 result on
+    the rounded operands)."""
+    x, w, b, gy = operands(conv, dtype)
+    ours, tiles = mma_ops(emulated, conv, x, w, b, gy, multiprocessors)
+    if dtype == torch.float32:
+        for name, a, e in zip(("output", "grad_input"), ours, torch_ops(conv, tf32(x), tf32(w), b, tf32(gy))):
+            assert a.is_contiguous(memory_format=torch.channels_last)
+            assert_scaled_close(a, e, 1e-5, name)
+    else:
+        assert_rounds_a_float32_sum(ours, torch_ops(conv, x, w, b, gy), dtype)
+    return tiles
+
+
+MMA_LAYERS = [  # (conv, multiprocessors, the tile the plan takes)
+    # 72 filters a group (a 128-wide tile's second half past the edge), 3 steps of 32 channels with
+    # the last one a quarter full, rows past the tile's edge
+    (Conv(2, 72, 72, (9, 8), (3, 3), (1, 1), (1, 1), (1, 1), 1, True), 1, 0),
+    # two groups of 40 -> 24 channels, strided and dilated, padding wider than the filter reaches
+    (Conv(3, 80, 48, (14, 13), (3, 2), (2, 1), (3, 2), (2, 1), 2, False), 1, 1),
+    # stride 1, dilated, a 5 x 5 filter, many small tiles
+    (Conv(2, 16, 24, (12, 11), (5, 5), (1, 1), (4, 1), (2, 1), 1, True), 10**6, 2),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("conv,multiprocessors,tile", MMA_LAYERS, ids=["128x128", "128x64-grouped-strided", "64x64"])
+def test_channels_last_mma(emulated, conv, multiprocessors, tile, dtype):
+    tiles = assert_mma_ops_match(emulated, conv, dtype, multiprocessors)
+    assert tiles[0] == tile, tiles
+
+
+@st.composite
+def mma_convs(draw):
+    """Layers of 1 to 3 groups of 8, 16 or 40 input channels each (whole 16-byte chunks in every
+    dtype) and 8 to 70 output channels, any filter, stride, padding, dilation."""
+    groups = draw(st.integers(1, 3))
+    kernel = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
+    size = fitting_size(draw, kernel, padding, dilation, draw(st.sampled_from([5, 11])))
+    return Conv(draw(st.integers(1, 2)), groups * draw(st.sampled_from([8, 16, 40])),
+                groups * draw(st.integers(8, 70)), size, kernel, stride, padding, dilation, groups, draw(st.booleans()))
+
+
+@settings(max_examples=12)
+@given(conv=mma_convs(), dtype=st.sampled_from([torch.bfloat16, torch.float32]),
+       multiprocessors=st.sampled_from([1, 10**6]))
+def test_channels_last_mma_random_layers(emulated, conv, dtype, multiprocessors):
+    assert_mma_ops_match(emulated, conv, dtype, multiprocessors)

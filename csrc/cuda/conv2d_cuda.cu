@@ -1,5 +1,10 @@
-// CUDA kernels of the three conv_ext operators. Three algorithms:
+// CUDA kernels of the three conv_ext operators. Four algorithms:
 // - depthwise kernels (depthwise.cuh) where each output channel reads one input channel;
+// - the channels-last tensor-core GEMM (channels_last_mma.cuh) for the forward and the stride-1
+//   input gradient, in float16, bfloat16 and float32 where PyTorch lets cuDNN use TF32, where the
+//   channels per group fill whole 16-byte chunks (multiples of 8, or of 4 in float32): its
+//   operands are made channels_last (one conversion, none for channels_last inputs) and the filters
+//   reordered (K, R, S, C / groups);
 // - the tiled implicit GEMM (tiled_gemm.cuh), wherever its 64 x 64 tiles are not mostly empty: on
 //   the tensor cores for float16 and bfloat16, and for float32 where PyTorch lets cuDNN use TF32
 //   (use_tensor_cores), in FMA instructions otherwise;
@@ -7,10 +12,12 @@
 //   with fewer than 8 rows or columns per group), and the fallback for grids the tiled kernel
 //   cannot launch.
 // All accumulate in the accumulation type (float for float16 and bfloat16), deterministically (no
-// atomics), with 64-bit indices. Inputs in other layouts (channels_last) are made contiguous
-// (NCHW) first, and the result returned in F.conv2d's layout.
-// CONV_EXT_CUDA_ALGORITHM=direct or gemm forces one (gemm: wherever its grid fits), for the tests.
+// atomics), with 64-bit indices. The other algorithms make their inputs contiguous (NCHW) first.
+// Every result is returned in F.conv2d's layout.
+// CONV_EXT_CUDA_ALGORITHM=direct or gemm forces one of those (gemm: wherever its grid fits), and
+// disables the channels-last GEMM, for the tests.
 #include "../conv2d.h"
+#include "channels_last_mma.cuh"
 #include "depthwise.cuh"
 #include "direct.cuh"
 #include "tiled_gemm.cuh"
@@ -51,8 +58,9 @@ bool tf32_allowed() {
 #endif
 }
 
-// Whether the current GPU runs tensor_core_gemm_kernel from sm_80 code or newer (wmma for these
-// types), asked of the runtime once per device.
+// Whether the current GPU runs the tensor-core kernels (tensor_core_gemm_kernel, and
+// channels_last_mma_kernel from the same build) from sm_80 code or newer, asked of the runtime once
+// per device.
 bool tensor_core_kernel_built_for_this_gpu() {
   static std::array<std::once_flag, C10_COMPILE_TIME_MAX_GPUS> asked;
   static std::array<bool, C10_COMPILE_TIME_MAX_GPUS> built{};
@@ -95,6 +103,24 @@ bool use_depthwise(const Conv2dGeometry& g) {
          !env_is("CONV_EXT_CUDA_ALGORITHM", "gemm");
 }
 
+// Whether the channels-last tensor-core GEMM computes a forward of geometry g (unless a test forces
+// another algorithm).
+bool use_channels_last_mma(const Conv2dGeometry& g, at::ScalarType dtype) {
+  return channels_last_mma::applies(g, dtype) && use_tensor_cores(dtype) && !depthwise::applies(g) &&
+         !env_is("CONV_EXT_CUDA_ALGORITHM", "direct") && !env_is("CONV_EXT_CUDA_ALGORITHM", "gemm");
+}
+
+// t contiguous in `format` (a 4-d tensor's memory order), starting at a 16-byte boundary as the
+// channels-last GEMM's copies need.
+Tensor aligned_contiguous(const Tensor& t, at::MemoryFormat format = at::MemoryFormat::Contiguous) {
+  Tensor c = t.contiguous(format);
+  return reinterpret_cast<uintptr_t>(c.const_data_ptr()) % 16 == 0 ? c : c.clone(format);
+}
+
+Tensor empty_channels_last(at::IntArrayRef sizes, const Tensor& like) {
+  return at::empty(sizes, like.options().memory_format(at::MemoryFormat::ChannelsLast));
+}
+
 // Fills out from the inputs (contiguous): by depthwise(g, multiprocessors, launch, out, inputs...)
 // where it applies, by the tiled GEMM's Problem where that does, else by direct(g, launch, out,
 // inputs...).
@@ -121,6 +147,13 @@ Tensor conv2d_cuda(const Tensor& input, const Tensor& weight, const std::optiona
   const auto g = check_conv2d(input, weight, bias, stride, padding, dilation, groups);
   if (input.is_complex()) return complex_conv2d(input, weight, bias, stride, padding, dilation, groups);
   const c10::cuda::CUDAGuard device_guard(input.device());
+  if (use_channels_last_mma(g, input.scalar_type())) {
+    Tensor y = empty_channels_last({g.batch, g.out_channels, g.out_h, g.out_w}, input);
+    channels_last_mma::run_forward(g, multiprocessors(), LaunchOnCurrentStream{}, y, aligned_contiguous(input, at::MemoryFormat::ChannelsLast),
+                                   aligned_contiguous(weight.permute({0, 2, 3, 1})),
+                                   bias.has_value() ? bias->contiguous() : Tensor());
+    return in_memory_format(y, conv2d_memory_format(input, weight));
+  }
   Tensor y = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
   compute<tiled_gemm::ForwardProblem>(
       y, g, [](auto&&... a) { return depthwise::run_forward(a...); },
@@ -138,6 +171,12 @@ Tensor conv2d_grad_input_cuda(const Tensor& grad_output, const Tensor& weight,
     return complex_conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation, groups);
   }
   const c10::cuda::CUDAGuard device_guard(grad_output.device());
+  if (g.unit_stride() && use_channels_last_mma(channels_last_mma::transposed_layer(g), grad_output.scalar_type())) {
+    Tensor gx = empty_channels_last({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output);
+    channels_last_mma::run_grad_input(g, multiprocessors(), LaunchOnCurrentStream{}, gx,
+                                      aligned_contiguous(grad_output, at::MemoryFormat::ChannelsLast), weight);
+    return in_memory_format(gx, conv2d_memory_format(grad_output, weight));
+  }
   Tensor gx = at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output.options());
   compute<tiled_gemm::GradInputProblem>(
       gx, g, [](auto&&... a) { return depthwise::run_grad_input(a...); },

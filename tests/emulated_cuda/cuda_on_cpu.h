@@ -7,8 +7,13 @@
 // the others wrote it, or overwrites what they have yet to read, gives a wrong result every time.
 // Tensor cores (wmma) compute as the API defines them on whole matrices: each thread of a warp
 // holds the whole fragment (the real layout is opaque to the kernels), and loads and stores check
-// the alignment the GPU requires. It checks what the kernels compute (indexing, masking,
-// barriers), not their speed nor the GPU's memory model.
+// the alignment the GPU requires. The warp-wide instructions of warp_mma.cuh (ldmatrix, mma.sync)
+// move data between lanes in the fragment layouts the PTX ISA defines: each lane posts its operands,
+// the block meets at a barrier, each lane takes its results, and they meet again (so a kernel must
+// issue them uniformly across its block). cp.async copies land as late as the GPU may let them: at
+// the cp.async.wait_group that requires them, so a read before its wait sees stale data. It checks
+// what the kernels compute (indexing, masking, barriers), not their speed nor the GPU's memory
+// model.
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -17,6 +22,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <stdexcept>
@@ -47,6 +53,28 @@ inline const std::function<void()>* body = nullptr;
 
 inline void sync_threads() { swapcontext(&running->context, &scheduler); }
 
+inline unsigned linear_thread_index() {
+  return thread_idx.x + block_dim.x * (thread_idx.y + block_dim.y * thread_idx.z);
+}
+
+// A thread's cp.async copies: the groups it committed, oldest first, and the one it is filling.
+struct Copy {
+  void* dst;
+  const void* src;  // null: 16 zeros
+};
+struct AsyncCopies {
+  std::deque<std::vector<Copy>> committed;
+  std::vector<Copy> open;
+};
+inline std::vector<AsyncCopies> async_copies;  // per thread of the running block
+
+// What the lanes of each warp post for a warp-wide instruction.
+struct WarpExchange {
+  uint32_t row[32][4];  // ldmatrix: the 16 bytes at each lane's row address
+  uint32_t a[32][4], b[32][2];
+};
+inline std::vector<WarpExchange> warp_exchanges;  // per warp of the running block
+
 inline void fiber_main() {
   (*body)();
   running->done = true;  // returning resumes uc_link, the scheduler
@@ -57,6 +85,8 @@ inline void run_block(dim3 block, const std::function<void()>& kernel_body) {
   constexpr size_t kStack = 256 * 1024;
   const unsigned threads = block.x * block.y * block.z;
   std::vector<Fiber> fibers(threads);
+  async_copies.assign(threads, {});
+  warp_exchanges.assign((threads + 31) / 32, {});
   body = &kernel_body;
   for (unsigned t = 0; t < threads; ++t) {
     Fiber& f = fibers[t];
@@ -107,6 +137,96 @@ using __nv_bfloat16 = c10::BFloat16;
 inline __half __float2half(float v) { return __half(v); }
 inline __nv_bfloat16 __float2bfloat16(float v) { return __nv_bfloat16(v); }
 
+namespace conv_ext {
+namespace warp_mma {
+
+inline void cp_async_16(void* dst, const void* src, bool valid) {
+  if (reinterpret_cast<uintptr_t>(dst) % 16 != 0 || (valid && reinterpret_cast<uintptr_t>(src) % 16 != 0)) {
+    throw std::logic_error("cp.async: a 16-byte copy not 16-byte aligned");
+  }
+  emulated_cuda::async_copies[emulated_cuda::linear_thread_index()].open.push_back({dst, valid ? src : nullptr});
+}
+
+inline void cp_async_commit() {
+  auto& copies = emulated_cuda::async_copies[emulated_cuda::linear_thread_index()];
+  copies.committed.push_back(std::move(copies.open));
+  copies.open.clear();
+}
+
+template <int pending>
+void cp_async_wait() {
+  auto& copies = emulated_cuda::async_copies[emulated_cuda::linear_thread_index()];
+  for (; copies.committed.size() > pending; copies.committed.pop_front()) {
+    for (const auto& c : copies.committed.front()) {
+      if (c.src != nullptr) {
+        std::memcpy(c.dst, c.src, 16);
+      } else {
+        std::memset(c.dst, 0, 16);
+      }
+    }
+  }
+}
+
+inline emulated_cuda::WarpExchange& warp_exchange() {
+  return emulated_cuda::warp_exchanges[emulated_cuda::linear_thread_index() / 32];
+}
+
+inline void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+  if (reinterpret_cast<uintptr_t>(row) % 16 != 0) throw std::logic_error("ldmatrix: a row not 16-byte aligned");
+  const unsigned lane = emulated_cuda::linear_thread_index() % 32;
+  auto& exchange = warp_exchange();
+  std::memcpy(exchange.row[lane], row, 16);  // read where this thread is: a missing barrier before shows
+  emulated_cuda::sync_threads();
+  for (unsigned j = 0; j < 4; ++j) r[j] = exchange.row[8 * j + lane / 4][lane % 4];
+  emulated_cuda::sync_threads();
+}
+
+// Element i (0 or 1) of a register holding two 16-bit values, or the register as TF32.
+template <typename scalar_t>
+float operand(uint32_t word, int i) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    word &= 0xffffe000u;  // the tensor cores read 19 bits
+    float v;
+    std::memcpy(&v, &word, sizeof v);
+    return v;
+  } else {
+    return static_cast<float>(scalar_t(static_cast<uint16_t>(word >> (16 * i)), scalar_t::from_bits()));
+  }
+}
+
+template <typename scalar_t>
+void mma_16x8(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  const unsigned lane = emulated_cuda::linear_thread_index() % 32;
+  auto& exchange = warp_exchange();
+  std::memcpy(exchange.a[lane], a, sizeof a);
+  std::memcpy(exchange.b[lane], b, sizeof b);
+  emulated_cuda::sync_threads();
+  constexpr bool tf32 = std::is_same_v<scalar_t, float>;
+  constexpr int depth = tf32 ? 8 : 16, half = depth / 2;  // a register covers half the depth
+  for (int e = 0; e < 4; ++e) {
+    const int row = lane / 4 + 8 * (e / 2), col = 2 * (lane % 4) + e % 2;
+    float sum = d[e];
+    for (int k = 0; k < depth; ++k) {
+      // The lane and register holding A[row][k] and B[k][col], and the element within it.
+      const int kk = k % half, reg = k / half, lane_a = row % 8 * 4 + (tf32 ? kk : kk / 2);
+      const int lane_b = col * 4 + (tf32 ? kk : kk / 2), element = tf32 ? 0 : kk % 2;
+      sum += operand<scalar_t>(exchange.a[lane_a][row / 8 + 2 * reg], element) *
+             operand<scalar_t>(exchange.b[lane_b][reg], element);
+    }
+    d[e] = sum;
+  }
+  emulated_cuda::sync_threads();
+}
+
+// cvt.rna.tf32.f32, on a float's bits.
+inline uint32_t round_to_tf32(uint32_t bits) {
+  if ((bits & 0x7f800000u) != 0x7f800000u) bits = (bits + 0x1000u) & 0xffffe000u;
+  return bits;
+}
+
+}  // namespace warp_mma
+}  // namespace conv_ext
+
 namespace nvcuda {
 namespace wmma {
 
@@ -114,7 +234,7 @@ namespace wmma {
 inline float __float_to_tf32(float v) {
   uint32_t bits;
   std::memcpy(&bits, &v, sizeof bits);
-  if ((bits & 0x7f800000u) != 0x7f800000u) bits = (bits + 0x1000u) & 0xffffe000u;
+  bits = conv_ext::warp_mma::round_to_tf32(bits);
   std::memcpy(&v, &bits, sizeof bits);
   return v;
 }

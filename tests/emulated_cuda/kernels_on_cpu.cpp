@@ -1,11 +1,13 @@
 // The CUDA backend's kernels, run on the CPU by cuda_on_cpu.h, as the three ops on CPU tensors
 // (contiguous, NCHW) with a chosen number of multiprocessors (which sets how the work is split
 // across blocks): the tiled GEMM (csrc/cuda/tiled_gemm.cuh), on the tensor cores or not, the
-// depthwise kernels (csrc/cuda/depthwise.cuh) and the direct ones (csrc/cuda/direct.cuh).
+// depthwise kernels (csrc/cuda/depthwise.cuh), the direct ones (csrc/cuda/direct.cuh), and the
+// channels-last tensor-core GEMM (csrc/cuda/channels_last_mma.cuh) on channels_last tensors.
 // test_emulated_cuda.py compares them with torch.
 #include <torch/extension.h>
 
 #include "cuda_on_cpu.h"
+#include "cuda/channels_last_mma.cuh"
 #include "cuda/depthwise.cuh"
 #include "cuda/direct.cuh"
 #include "cuda/tiled_gemm.cuh"
@@ -109,6 +111,35 @@ void direct_grad_weight(const Tensor& x, const Tensor& gy, std::vector<int64_t> 
   conv_ext::direct::run_grad_weight(g, emulated_cuda::Launch{}, gw, x, gy);
 }
 
+// The channels-last tensor-core GEMM's forward and stride-1 input gradient, on channels_last tensors;
+// each returns the tile it took (channels_last_mma::TileChoice).
+void check_channels_last(const Tensor& t) {
+  TORCH_CHECK(t.is_contiguous(at::MemoryFormat::ChannelsLast), "the kernel reads and writes channels_last tensors");
+}
+
+int64_t mma_forward(const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, std::vector<int64_t> stride,
+                    std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t groups,
+                    int64_t multiprocessors, Tensor y) {
+  check_channels_last(x);
+  check_channels_last(y);
+  const auto g = geometry(x.sizes(), w.sizes(), w.size(0), stride, padding, dilation, groups);
+  TORCH_CHECK(conv_ext::channels_last_mma::applies(g, x.scalar_type()), "the kernel does not apply");
+  return static_cast<int64_t>(conv_ext::channels_last_mma::run_forward(
+      g, multiprocessors, emulated_cuda::Launch{}, y, x, w.permute({0, 2, 3, 1}).contiguous(), bias.value_or(Tensor())));
+}
+
+int64_t mma_grad_input(const Tensor& gy, const Tensor& w, std::vector<int64_t> stride, std::vector<int64_t> padding,
+                       std::vector<int64_t> dilation, int64_t groups, int64_t multiprocessors, Tensor gx) {
+  check_channels_last(gy);
+  check_channels_last(gx);
+  const auto g = geometry(gx.sizes(), w.sizes(), w.size(0), stride, padding, dilation, groups);
+  TORCH_CHECK(g.unit_stride(), "the input gradient by the forward kernel needs stride 1");
+  TORCH_CHECK(conv_ext::channels_last_mma::applies(conv_ext::channels_last_mma::transposed_layer(g), gy.scalar_type()),
+              "the kernel does not apply");
+  return static_cast<int64_t>(
+      conv_ext::channels_last_mma::run_grad_input(g, multiprocessors, emulated_cuda::Launch{}, gx, gy, w));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -121,4 +152,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("direct_forward", &direct_forward, "fills y");
   m.def("direct_grad_input", &direct_grad_input, "fills gx");
   m.def("direct_grad_weight", &direct_grad_weight, "fills gw");
+  m.def("mma_forward", &mma_forward, "fills y (channels_last); returns the tile taken");
+  m.def("mma_grad_input", &mma_grad_input, "fills gx (channels_last); returns the tile taken");
 }
