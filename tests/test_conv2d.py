@@ -280,34 +280,42 @@ def cuda_kernels_launched(run):
 CHANNELS_LAST_MMA_LAYERS = [
     Conv(2, 72, 80, (13, 11), (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
     Conv(2, 72, 80, (13, 11), (3, 3), (1, 1), (1, 1), (1, 1), 1, True, "channels_last"),
-    Conv(3, 80, 48, (14, 13), (3, 2), (2, 1), (3, 2), (2, 1), 2, False, "channels_last"),  # forward only
+    # stride 2 and dilation 2: rows of the input gradient that no tap feeds
+    Conv(3, 80, 48, (14, 13), (3, 2), (2, 1), (3, 2), (2, 1), 2, False, "channels_last"),
 ]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("dtype,tf32_allowed", [
+    (torch.float16, True), (torch.bfloat16, True), (torch.float32, True), (torch.float32, False),
+], ids=["float16", "bfloat16", "tf32", "float32-3xtf32"])
 @pytest.mark.parametrize("conv", CHANNELS_LAST_MMA_LAYERS, ids=["nchw", "channels-last", "grouped-strided"])
-def test_cuda_channels_last_mma(conv, dtype):
-    """The forward, and at stride 1 the input gradient, on the channels-last tensor-core GEMM (float32
-    as TF32, allowed here), from NCHW and channels_last inputs alike: float16 and bfloat16 summed in
-    float32 and rounded once, TF32 the float32 sum of operands rounded to TF32."""
-    torch.backends.cudnn.allow_tf32 = True
+def test_cuda_channels_last_mma(conv, dtype, tf32_allowed):
+    """The forward, the input gradient, and in float16 and bfloat16 the weight gradient, on the
+    channels-last tensor-core GEMMs, from NCHW and channels_last inputs alike: float16 and bfloat16
+    summed in float32 and rounded once; float32 as TF32 where allowed, the float32 sum of operands
+    rounded to TF32, else by 3xTF32, within float32's 1e-5 of the exact result."""
+    torch.backends.cudnn.allow_tf32 = tf32_allowed
     x, w, b = conv.tensors(dtype, "cuda")
     args = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
     layout = torch.channels_last if conv.layout == "channels_last" else torch.contiguous_format
     ops = [lambda: torch.ops.conv_ext.conv2d(x, w, b, *args)]
     gy = torch.rand(ops[0]().shape, device="cuda", generator=torch.Generator("cuda").manual_seed(1)) * 2 - 1
     gy = gy.to(dtype).contiguous(memory_format=layout)
-    if conv.stride == (1, 1):
-        ops.append(lambda: torch.ops.conv_ext.conv2d_grad_input(gy, w, list(x.shape[2:]), *args))
+    names = ["output", "grad_input"]
+    ops.append(lambda: torch.ops.conv_ext.conv2d_grad_input(gy, w, list(x.shape[2:]), *args))
+    if dtype != torch.float32:
+        names.append("grad_weight")
+        ops.append(lambda: torch.ops.conv_ext.conv2d_grad_weight(x, gy, list(w.shape[2:]), *args))
     for op in ops:
         assert any("channels_last_mma" in name for name in cuda_kernels_launched(op))
-    rounded = tf32 if dtype == torch.float32 else (lambda t: t)
-    for name, run, e in zip(NAMES, ops, torch_ops(conv, rounded(x), rounded(w), b, rounded(gy))):
-        a = run()
+    rounded = tf32 if dtype == torch.float32 and tf32_allowed else (lambda t: t)
+    expected = dict(zip(NAMES, torch_ops(conv, rounded(x), rounded(w), b, rounded(gy))))
+    for name, run in zip(names, ops):
+        a, e = run(), expected[name]
         assert a.dtype == dtype and a.is_contiguous(memory_format=layout)
         if dtype == torch.float32:
-            assert_scaled_close(a, e, 2e-5, name)
+            assert_scaled_close(a, e, 2e-5 if tf32_allowed else 1e-5, name)
         else:
             torch.testing.assert_close(a.double(), e, rtol=torch.finfo(dtype).eps / 2, atol=1e-5 * e.abs().max().item(),
                                        msg=name)

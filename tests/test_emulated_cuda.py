@@ -207,53 +207,81 @@ def test_direct_reduced_precision_rounds_a_float32_sum(emulated, dtype):
     assert_rounds_a_float32_sum(ours, torch_ops(conv, x, w, b, gy), dtype)
 
 
-def mma_ops(emulated, conv, x, w, b, gy, multiprocessors):
-    """The forward, and the input gradient where the kernel computes it (stride 1, output channels
-    in whole 16-byte chunks), by the channels-last tensor-core kernel (csrc/cuda/channels_last_mma.cuh)
-    on channels_last copies of the operands, its outputs poisoned with NaN first; and the tiles it took (channels_last_mma::TileChoice: 0 for 128 x 128, 1 for
-    128 x 64, 2 for 64 x 64)."""
+def mma_ops(emulated, conv, x, w, b, gy, multiprocessors, tf32_allowed):
+    """The ops the channels-last tensor-core kernels (csrc/cuda/channels_last_mma.cuh) compute for
+    this layer and dtype, on channels_last copies of the operands, their outputs poisoned with NaN
+    first: {name: result} and {name: plan (tile, splits)}. The forward always; the input gradient
+    with output channels in whole 16-byte chunks (its first stride phase's plan); the weight gradient
+    in float16 and bfloat16 with input and output channels in whole chunks; float32 as TF32 or by
+    3xTF32 (tf32_allowed). Tiles are
+    channels_last_mma::TileChoice: 0 for 128 x 128, 1 for 128 x 64, 2 for 64 x 128, 3 for 64 x 64."""
     args = [list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups, multiprocessors]
+    float32_args = args + [tf32_allowed]
     cl = torch.channels_last
-    y = torch.full_like(gy, float("nan"), memory_format=cl)
-    results, tiles = [y], [emulated.mma_forward(x.contiguous(memory_format=cl), w, b, *args, y)]
-    if conv.stride == (1, 1) and conv.out_channels // conv.groups * x.element_size() % 16 == 0:
-        gx = torch.full_like(x, float("nan"), memory_format=cl)
-        tiles.append(emulated.mma_grad_input(gy.contiguous(memory_format=cl), w, *args, gx))
-        results.append(gx)
-    return results, tiles
+    x, gy = x.contiguous(memory_format=cl), gy.contiguous(memory_format=cl)
+
+    def poisoned(t):
+        return torch.full_like(t, float("nan"), memory_format=cl)
+
+    def whole_chunks(channels):
+        return channels // conv.groups * x.element_size() % 16 == 0
+
+    results, plans = {"output": poisoned(gy)}, {}
+    plans["output"] = emulated.mma_forward(x, w, b, *float32_args, results["output"])
+    if whole_chunks(conv.out_channels):
+        results["grad_input"] = poisoned(x)
+        plans["grad_input"] = emulated.mma_grad_input(gy, w, *float32_args, results["grad_input"])
+    if x.element_size() == 2 and whole_chunks(conv.out_channels):
+        results["grad_weight"] = poisoned(w)
+        plans["grad_weight"] = emulated.mma_grad_weight(x, gy, *args, results["grad_weight"])
+    return results, plans
 
 
-def assert_mma_ops_match(emulated, conv, dtype, multiprocessors):
+def assert_mma_ops_match(emulated, conv, dtype, multiprocessors, tf32_allowed=True):
     """float16 and bfloat16 summed in float32 and rounded once; float32 as TF32: its operands rounded
     (cvt.rna), their products summed in float32 (within 1e-5 of the scale of the float64 result on
-    the rounded operands)."""
+    the rounded operands); float32 by 3xTF32: within 1e-5 of the scale of the float64 result on
+    the operands themselves, where TF32's 1e-3 would fail. Returns the plans."""
     x, w, b, gy = operands(conv, dtype)
-    ours, tiles = mma_ops(emulated, conv, x, w, b, gy, multiprocessors)
-    if dtype == torch.float32:
-        for name, a, e in zip(("output", "grad_input"), ours, torch_ops(conv, tf32(x), tf32(w), b, tf32(gy))):
-            assert a.is_contiguous(memory_format=torch.channels_last)
-            assert_scaled_close(a, e, 1e-5, name)
-    else:
-        assert_rounds_a_float32_sum(ours, torch_ops(conv, x, w, b, gy), dtype)
-    return tiles
+    ours, plans = mma_ops(emulated, conv, x, w, b, gy, multiprocessors, tf32_allowed)
+    rounded = tf32 if dtype == torch.float32 and tf32_allowed else (lambda t: t)
+    expected = dict(zip(("output", "grad_input", "grad_weight"), torch_ops(conv, *map(rounded, (x, w)), b, rounded(gy))))
+    for name, a in ours.items():
+        assert a.dtype == dtype and a.shape == expected[name].shape, name
+        if dtype == torch.float32:
+            assert_scaled_close(a, expected[name], 1e-5, name)
+        else:
+            half_ulp = torch.finfo(dtype).eps / 2
+            torch.testing.assert_close(a.double(), expected[name], rtol=half_ulp,
+                                       atol=1e-5 * expected[name].abs().max().item(), msg=name)
+    return plans
 
 
-MMA_LAYERS = [  # (conv, multiprocessors, the tile the plan takes)
+MMA_LAYERS = [  # (conv, multiprocessors, the forward's tile, the weight gradient's plan)
     # 72 filters a group (a 128-wide tile's second half past the edge), 3 steps of 32 channels with
     # the last one a quarter full, rows past the tile's edge
-    (Conv(2, 72, 72, (9, 8), (3, 3), (1, 1), (1, 1), (1, 1), 1, True), 1, 0),
-    # two groups of 40 -> 24 channels, strided and dilated, padding wider than the filter reaches
-    (Conv(3, 80, 48, (14, 13), (3, 2), (2, 1), (3, 2), (2, 1), 2, False), 1, 1),
-    # stride 1, dilated, a 5 x 5 filter, many small tiles
-    (Conv(2, 16, 24, (12, 11), (5, 5), (1, 1), (4, 1), (2, 1), 1, True), 10**6, 2),
+    (Conv(2, 72, 72, (9, 8), (3, 3), (1, 1), (1, 1), (1, 1), 1, True), 1, 0, [0, 1]),
+    # the same in 3 blocks
+    (Conv(2, 72, 72, (9, 8), (3, 3), (1, 1), (1, 1), (1, 1), 1, True), 3, 2, [0, 1]),
+    # two groups of 40 -> 24 channels, strided and dilated, padding wider than the filter reaches;
+    # rows of odd input positions that no tap feeds (stride 2, dilation 2)
+    (Conv(3, 80, 48, (14, 13), (3, 2), (2, 1), (3, 2), (2, 1), 2, False), 1, 1, [2, 1]),
+    # stride 1, dilated, a 5 x 5 filter, many small tiles; 1920 output pixels: the weight
+    # gradient's 60 steps split in 7 (of 9 steps, the last of 6)
+    (Conv(4, 16, 24, (24, 22), (5, 5), (1, 1), (4, 1), (2, 1), 1, True), 10**6, 3, [2, 7]),
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
-@pytest.mark.parametrize("conv,multiprocessors,tile", MMA_LAYERS, ids=["128x128", "128x64-grouped-strided", "64x64"])
-def test_channels_last_mma(emulated, conv, multiprocessors, tile, dtype):
-    tiles = assert_mma_ops_match(emulated, conv, dtype, multiprocessors)
-    assert tiles[0] == tile, tiles
+@pytest.mark.parametrize("dtype,tf32_allowed", [
+    (torch.float16, True), (torch.bfloat16, True), (torch.float32, True), (torch.float32, False),
+], ids=["float16", "bfloat16", "tf32", "float32-3xtf32"])
+@pytest.mark.parametrize("conv,multiprocessors,tile,grad_weight_plan", MMA_LAYERS,
+                         ids=["128x128", "64x128", "128x64-grouped-strided", "64x64-split"])
+def test_channels_last_mma(emulated, conv, multiprocessors, tile, grad_weight_plan, dtype, tf32_allowed):
+    plans = assert_mma_ops_match(emulated, conv, dtype, multiprocessors, tf32_allowed)
+    assert plans["output"] == [tile, 1], plans
+    assert "grad_input" in plans, plans
+    assert plans.get("grad_weight", grad_weight_plan) == grad_weight_plan and ("grad_weight" in plans) == (dtype != torch.float32)
 
 
 @st.composite
@@ -272,6 +300,28 @@ def mma_convs(draw):
 
 @settings(max_examples=12)
 @given(conv=mma_convs(), dtype=st.sampled_from([torch.bfloat16, torch.float32]),
-       multiprocessors=st.sampled_from([1, 10**6]))
-def test_channels_last_mma_random_layers(emulated, conv, dtype, multiprocessors):
-    assert_mma_ops_match(emulated, conv, dtype, multiprocessors)
+       multiprocessors=st.sampled_from([1, 10**6]), tf32_allowed=st.booleans())
+def test_channels_last_mma_random_layers(emulated, conv, dtype, multiprocessors, tf32_allowed):
+    assert_mma_ops_match(emulated, conv, dtype, multiprocessors, tf32_allowed)
+
+
+@pytest.mark.parametrize("tf32_allowed", [True, False], ids=["tf32", "3xtf32"])
+def test_channels_last_mma_special_values(emulated, tf32_allowed):
+    """NaN and infinities propagate as in torch's float32 result, whose finite elements ours match,
+    by 3xTF32 too (where inf - inf would turn an infinity's small part into NaN); by 3xTF32
+    float32's largest value, which rounding to TF32 carries to infinity, stays finite."""
+    conv = Conv(2, 8, 8, (9, 9), (3, 3), (1, 1), (1, 1), (1, 1), 1, False)
+    x, w, _, gy = operands(conv, torch.float32)
+    x[0, 0, 2, 3], x[1, 1, 6, 6], x[1, 2, 0, 0] = float("nan"), float("inf"), -float("inf")
+    if not tf32_allowed:
+        x[0, 5, 4, 4] = torch.finfo(torch.float32).max
+    w = (w.abs() + 0.1) / 100  # positive, so infinities of one sign stay; small, so the largest value's products do
+    w[:, ::2] = tf32(w[:, ::2])  # TF32 values, whose small parts (3xTF32) are nothing
+    y = mma_ops(emulated, conv, x, w, None, gy, 1, tf32_allowed)[0]["output"]
+    theirs = torch.nn.functional.conv2d(x, w, padding=1)
+    for special in (torch.isnan, torch.isposinf, torch.isneginf):
+        assert torch.equal(special(y), special(theirs)), special
+    finite = theirs.isfinite()
+    assert finite.sum() > 0.8 * finite.numel()
+    scale = theirs[finite].abs().max().item()
+    torch.testing.assert_close(y[finite], theirs[finite], rtol=0, atol=(1e-3 if tf32_allowed else 1e-5) * scale)

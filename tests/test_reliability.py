@@ -282,6 +282,41 @@ def test_input_over_2_to_the_31_elements():
         torch.testing.assert_close(y[0, :, i, j], F.conv2d(crop, w)[0, :, 0, 0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.mem_get_info()[0] < 48 * 2**30,
+                    reason="needs a CUDA GPU with 48 GiB free")
+def test_cuda_channels_last_mma_over_2_to_the_31_elements():
+    """The channels-last tensor-core GEMMs (bfloat16, 8 channels) on an input and output of more
+    than 2**31 elements each: the forward's sampled outputs, the last among them, match F.conv2d
+    on their crops; the weight gradient, a sum over 2.7e8 pixels split across blocks, matches a
+    float32 sum within bfloat16's rounding."""
+    side = 16_400  # 8 * side**2 > 2**31
+    x = torch.empty(1, 8, side, side, device="cuda", dtype=torch.bfloat16, memory_format=torch.channels_last)
+    x.uniform_(-1, 1)
+    assert x.numel() > 2**31
+    w = torch.randn(8, 8, 3, 3, device="cuda", dtype=torch.bfloat16)
+    y = conv_ext.conv2d(x, w, padding=1)
+    gen = torch.Generator().manual_seed(0)
+    samples = [(0, 0), (side - 1, side - 1), (side - 1, 0), (0, side - 1)]
+    samples += [tuple(int(v) for v in torch.randint(0, side, (2,), generator=gen)) for _ in range(60)]
+    for i, j in samples:
+        # Output (i, j) reads the 3x3 window at input (i - 1, j - 1), zero outside (padding 1).
+        top, left = i - 1, j - 1
+        r0, c0, r1, c1 = max(top, 0), max(left, 0), min(top + 3, side), min(left + 3, side)
+        crop = torch.zeros(1, 8, 3, 3, dtype=torch.float64, device="cuda")
+        crop[..., r0 - top : r1 - top, c0 - left : c1 - left] = x[..., r0:r1, c0:c1].double()
+        expected = F.conv2d(crop, w.double())[0, :, 0, 0]
+        torch.testing.assert_close(y[0, :, i, j].double(), expected, rtol=torch.finfo(torch.bfloat16).eps / 2,
+                                   atol=1e-5 * expected.abs().max().item())
+
+    gw = torch.ops.conv_ext.conv2d_grad_weight(x, y, [3, 3], [1, 1], [1, 1], [1, 1], 1)
+    padded, gy = F.pad(x[0].float(), (1, 1, 1, 1)), y[0].float().reshape(8, -1)
+    expected = torch.empty(8, 8, 3, 3, device="cuda")
+    for r in range(3):
+        for s in range(3):
+            expected[:, :, r, s] = gy @ padded[:, r : r + side, s : s + side].reshape(8, -1).T
+    torch.testing.assert_close(gw.float(), expected, rtol=0, atol=8e-3 * expected.abs().max().item())
+
+
 def test_impossible_size_raises_a_clear_error():
     """A 2**40-element input (a stride-0 view, no memory behind it) must be materialised: the
     allocation fails with an ordinary error rather than overflowing."""

@@ -1,23 +1,34 @@
-// The forward convolution on the tensor cores over channels-last tensors (sm_80 and newer):
-// float16 and bfloat16, and float32 as TF32. The input gradient at stride 1 is the same kernel, run
-// on the transposed layer (run_grad_input).
+// The convolution on the tensor cores over channels-last tensors (sm_80 and newer), as implicit
+// GEMMs, per group:
 //
-// Per group, an implicit GEMM: C[rows x cols] = A[rows x depth] B[depth x cols] with
-//   rows (n, oh, ow), the output pixels; cols k, the output channels; depth (r, s, c),
-// A gathered from x (N, H, W, C) and B read from the filters in (K, R, S, C / groups) order, so
-// that both operands' depth runs along channels, contiguous in memory: each thread copies whole
-// 16-byte chunks (8 elements of 16 bits, 4 of 32) straight into shared memory (cp.async), and a
-// chunk is in the layer or outside it (padding, past the channels) as a whole, where the copy
-// writes zeros. That needs the channels per group to be whole chunks (applies()).
+//   forward      rows (n, oh, ow)  cols k (output channel)   depth (r, s, c)   float16, bfloat16, float32
+//   grad_weight  rows k            cols (r, s, c)            depth (n, oh, ow) float16, bfloat16
 //
-// A block of 256 threads computes a tile of C (128 x 128, 128 x 64 or 64 x 64: plan()) kChunksK
-// chunks deep per step, with kStages steps in flight: while the warps multiply one step's tiles,
-// the next steps' copies land. Each warp multiplies its part of the tile from fragments that
-// ldmatrix loads, in m16 n8 tensor-core products (mma.sync), accumulating in float32; the chunks
-// of shared memory are permuted (swizzled) so that those loads meet no bank conflicts.
+// float32 as TF32 where PyTorch lets cuDNN use it, else each operand split into two TF32 parts
+// (big + small) and multiplied as big * big + big * small + small * big: three TF32 products that
+// keep about 21 bits of each operand, float32's accuracy at tensor-core speed (3xTF32).
 //
-// Host code here too (the plan, the launches through a caller's launcher), so the tests can run
-// the kernel on the CPU (tests/emulated_cuda/) where there is no GPU.
+// with the input (N, H, W, C), the gradient of the output (N, OH, OW, K) and the filters
+// (K, R, S, C / groups), so that every operand runs along channels, contiguous in memory: each
+// thread copies whole 16-byte chunks (8 elements of 16 bits, 4 of 32) straight into shared memory
+// (cp.async), and a chunk lies inside the layer or outside it (padding, past the channels) as a
+// whole, where the copy writes zeros. That needs the channels per group to be whole chunks
+// (applies_*). The input gradient is the forward's kernel too, once per stride phase: each phase's
+// positions are the output of a stride-1 layer over the output gradient with the taps that feed
+// them, rotated (run_grad_input).
+//
+// A block of 256 threads computes a tile of C (128 or 64 by 128 or 64: plan_*) 32 elements deep
+// per step, with kStages steps in flight: while the warps multiply one step's tiles, the next
+// steps' copies land. Each warp multiplies its part of the tile from fragments that ldmatrix loads,
+// in m16 n8 tensor-core products (mma.sync), accumulating in float32. The forward's operand tiles
+// hold their rows along the depth (4 chunks each); the weight gradient's hold rows of the depth
+// (pixels) along C's rows and columns, which ldmatrix transposes as it loads. Shared memory's
+// chunks are permuted (swizzled) so that those loads meet no bank conflicts. The weight gradient's
+// long depth is split across blocks whose float32 partial products a second kernel sums in a fixed
+// order: deterministic, no atomics.
+//
+// Host code here too (the plans, the launches through a caller's launcher), so the tests can run
+// the kernels on the CPU (tests/emulated_cuda/) where there is no GPU.
 #pragma once
 
 #include "../conv2d.h"
@@ -27,23 +38,29 @@
 #include <ATen/ATen.h>
 
 #include <type_traits>
+#include <vector>
 
 namespace conv_ext {
 namespace channels_last_mma {
 
 constexpr int kWarpSize = 32, kWarps = kThreads / kWarpSize;
 constexpr int kChunkBytes = 16;
-constexpr int kChunksK = 4;  // a step's depth in chunks: 32 elements of 16 bits, 16 of float32
+constexpr int kStepBytes = 64;  // a step's depth: 32 elements of 16 bits, 16 of float32
 constexpr int kStages = 3;
 
 struct alignas(kChunkBytes) Chunk {
   uint32_t words[4];
 };
 
-// Where chunk `chunk` of a tile's row `row` lies in its shared array: row-major, each row's chunks
-// permuted by bits 1-2 of the row, so that the eight rows of one chunk column that ldmatrix reads
-// at once (64 bytes apart) land in eight different groups of four banks.
-__device__ __forceinline__ int swizzled(int row, int chunk) { return row * kChunksK + (chunk ^ (row >> 1 & 3)); }
+// Where chunk `chunk` of row `row` lies in a shared tile of `chunks` chunks a row: row-major, each
+// row's chunks permuted by a few bits of the row, so that the eight rows of one chunk column that
+// ldmatrix reads at once land in eight different groups of four banks (128 bytes hold eight
+// chunks: rows of four share them in pairs).
+template <int chunks>
+__device__ __forceinline__ int swizzled(int row, int chunk) {
+  const int key = chunks >= 8 ? row % 8 : row / (8 / chunks) % chunks;
+  return row * chunks + (chunk ^ key);
+}
 
 // A block's tile of C and how its 8 warps share it (warps_m along the rows).
 template <int tile_m, int tile_n, int warps_m>
@@ -51,153 +68,337 @@ struct Tile {
   static constexpr int m = tile_m, n = tile_n;
   static constexpr int warp_m = tile_m / warps_m, warp_n = tile_n / (kWarps / warps_m);
   static constexpr int frags_m = warp_m / 16, frags_n = warp_n / 8;  // each warp's m16 n8 products
-  static constexpr int a_copies = tile_m * kChunksK / kThreads, b_copies = tile_n * kChunksK / kThreads;
-  static_assert(frags_m >= 1 && frags_n % 2 == 0 && a_copies >= 1 && b_copies >= 1, "tile too small");
+  static_assert(frags_m >= 1 && frags_n % 2 == 0, "tile too small for its warps");
 };
 using Tiles128x128 = Tile<128, 128, 2>;
 using Tiles128x64 = Tile<128, 64, 4>;
+using Tiles64x128 = Tile<64, 128, 2>;
 using Tiles64x64 = Tile<64, 64, 2>;
+enum class TileChoice { m128_n128, m128_n64, m64_n128, m64_n64 };
 
-// The kernel's tensors: x (N, H, W, C), the filters (K, R, S, C / groups), the bias (K) or null,
-// the result y (N, OH, OW, K).
-template <typename scalar_t>
-struct Operands {
+// The block (x, y) of a grid over a product: rows tile x; y = (group, split, cols tile), cols tile
+// fastest; the block covers its split's share of the steps, [first_step, end_step).
+struct BlockTile {
+  int64_t m0, n0, group, split, first_step, end_step;
+};
+
+template <typename Tile>
+__device__ BlockTile block_tile(int64_t cols, int64_t steps, int64_t splits) {
+  const int64_t tiles_n = (cols + Tile::n - 1) / Tile::n;
+  const int64_t split = blockIdx.y / tiles_n % splits, per_split = (steps + splits - 1) / splits;
+  return {blockIdx.x * int64_t{Tile::m}, blockIdx.y % tiles_n * Tile::n, blockIdx.y / tiles_n / splits, split,
+          split * per_split, std::min(steps, (split + 1) * per_split)};
+}
+
+// Which rows of a shared tile of `chunks` chunks a row thread t copies, and its chunk in them.
+template <int rows, int chunks>
+struct CopyPlace {
+  static constexpr int chunks_a_row = chunks;
+  static constexpr int copies = rows * chunks / kThreads, rows_apart = kThreads / chunks;
+  static_assert(copies >= 1 && copies * kThreads == rows * chunks, "every thread copies as many chunks");
+  __device__ static int row(int t, int i) { return t / chunks + i * rows_apart; }
+  __device__ static int chunk(int t) { return t % chunks; }
+};
+
+// Where a forward's output pixel (n, oh, ow) lies in y (N, h, w, K): at (n, first_h + oh * step_h,
+// first_w + ow * step_w); the whole of y for a layer's forward, one stride phase of the input
+// gradient for the input gradient's.
+struct Placement {
+  int64_t h, w, first_h, first_w, step_h, step_w;
+};
+
+inline Placement whole_output(const Conv2dGeometry& g) { return {g.out_h, g.out_w, 0, 0, 1, 1}; }
+
+// y (N, OH, OW, K) = bias + x (N, H, W, C) * w (K, R, S, C / groups): steps over (r, s, c0), every
+// tap 32 elements of channels at a time; both tiles hold rows of C (pixels, filters) along the depth.
+// split_float32: float32 by 3xTF32 rather than TF32.
+template <typename scalar_t, bool split_float32 = false>
+struct ForwardProblem {
+  using value_t = scalar_t;
+  static constexpr bool depth_major = false, kSplitFloat32 = split_float32;
+  static constexpr int kElements = kChunkBytes / sizeof(scalar_t), kStepDepth = kStepBytes / sizeof(scalar_t);
+  static constexpr int kChunks = kStepBytes / kChunkBytes;  // a tile row
   const scalar_t* x;
   const scalar_t* w;
   const scalar_t* bias;
   scalar_t* y;
   Conv2dGeometry g;
-};
+  Placement out;
 
-// The block (x, y): rows tile x; y = (group, cols tile), cols tile fastest.
-template <typename Tile, typename scalar_t>
-__global__ void __launch_bounds__(kThreads) channels_last_mma_kernel(Operands<scalar_t> p) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-  __trap();
-#else
-  constexpr int kElements = kChunkBytes / sizeof(scalar_t);  // per chunk
-  constexpr int kStepDepth = kChunksK * kElements;
-  __shared__ Chunk a_tiles[kStages][Tile::m * kChunksK];
-  __shared__ Chunk b_tiles[kStages][Tile::n * kChunksK];
-  const Conv2dGeometry& g = p.g;
-  const int64_t channels = g.in_channels_per_group(), filters = g.out_channels_per_group();
-  const int64_t rows = g.batch * g.out_h * g.out_w;
-  const int64_t tiles_n = (filters + Tile::n - 1) / Tile::n;
-  const int64_t group = blockIdx.y / tiles_n, m0 = blockIdx.x * int64_t{Tile::m};
-  const int64_t n0 = blockIdx.y % tiles_n * Tile::n;
-  const int t = threadIdx.x, lane = t % kWarpSize, warp = t / kWarpSize;
-  const int chunk = t % kChunksK;  // the chunk of a tile row this thread copies
-
-  // This thread's rows of the A tile (output pixels: their image's channels of the group at this
-  // chunk, their window's corner) and of the B tile (filters at this chunk); null past C's edges.
-  const scalar_t* image[Tile::a_copies];
-  int64_t ih0[Tile::a_copies], iw0[Tile::a_copies];
-#pragma unroll
-  for (int i = 0; i < Tile::a_copies; ++i) {
-    const int64_t m = m0 + t / kChunksK + i * (kThreads / kChunksK);
-    const int64_t n = m / (g.out_h * g.out_w), oh = m / g.out_w % g.out_h, ow = m % g.out_w;
-    image[i] = m < rows ? p.x + n * g.in_h * g.in_w * g.in_channels + group * channels + chunk * kElements : nullptr;
-    ih0[i] = oh * g.stride_h - g.pad_h;
-    iw0[i] = ow * g.stride_w - g.pad_w;
+  C10_HOST_DEVICE int64_t rows() const { return g.batch * g.out_h * g.out_w; }
+  C10_HOST_DEVICE int64_t cols() const { return g.out_channels_per_group(); }
+  C10_HOST_DEVICE int64_t channel_steps() const {
+    return (g.in_channels_per_group() + kStepDepth - 1) / kStepDepth;
   }
-  const scalar_t* filter[Tile::b_copies];
-#pragma unroll
-  for (int i = 0; i < Tile::b_copies; ++i) {
-    const int64_t k = n0 + t / kChunksK + i * (kThreads / kChunksK);
-    filter[i] = k < filters ? p.w + (group * filters + k) * g.kernel_h * g.kernel_w * channels + chunk * kElements
-                            : nullptr;
-  }
+  C10_HOST_DEVICE int64_t steps() const { return g.kernel_h * g.kernel_w * channel_steps(); }
 
-  // The steps run over (r, s, c0): every tap, kStepDepth channels at a time.
-  const int64_t channel_steps = (channels + kStepDepth - 1) / kStepDepth;
-  const int64_t steps = g.kernel_h * g.kernel_w * channel_steps;
-  int64_t r = 0, s = 0, c0 = 0;  // the next step to copy
-  auto copy_next_step = [&](int stage) {
-    const bool channel_inside = c0 + chunk * kElements < channels;
+  template <typename Tile>
+  struct Loader {
+    using A = CopyPlace<Tile::m, kChunks>;
+    using B = CopyPlace<Tile::n, kChunks>;
+    // This thread's rows of the A tile (output pixels: their image's channels of the group at
+    // this thread's chunk, their window's corner) and of the B tile (filters at that chunk); null
+    // past C's edges. The next step to copy: tap (r, s), channels from c0.
+    const scalar_t* image[A::copies];
+    int64_t ih0[A::copies], iw0[A::copies];
+    const scalar_t* filter[B::copies];
+    int64_t r, s, c0;
+
+    __device__ Loader(const ForwardProblem& p, const BlockTile& b, int t) {
+      const Conv2dGeometry& g = p.g;
+      const int64_t channels = g.in_channels_per_group();
 #pragma unroll
-    for (int i = 0; i < Tile::a_copies; ++i) {
-      const int64_t ih = ih0[i] + r * g.dilation_h, iw = iw0[i] + s * g.dilation_w;
-      const bool inside = image[i] != nullptr && channel_inside && ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w;
-      const scalar_t* src = inside ? image[i] + (ih * g.in_w + iw) * g.in_channels + c0 : p.x;
-      warp_mma::cp_async_16(&a_tiles[stage][swizzled(t / kChunksK + i * (kThreads / kChunksK), chunk)], src, inside);
-    }
+      for (int i = 0; i < A::copies; ++i) {
+        const int64_t m = b.m0 + A::row(t, i);
+        const int64_t n = m / (g.out_h * g.out_w), oh = m / g.out_w % g.out_h, ow = m % g.out_w;
+        image[i] = m < p.rows() ? p.x + n * g.in_h * g.in_w * g.in_channels + b.group * channels + A::chunk(t) * kElements
+                                : nullptr;
+        ih0[i] = oh * g.stride_h - g.pad_h;
+        iw0[i] = ow * g.stride_w - g.pad_w;
+      }
 #pragma unroll
-    for (int i = 0; i < Tile::b_copies; ++i) {
-      const bool inside = filter[i] != nullptr && channel_inside;
-      const scalar_t* src = inside ? filter[i] + (r * g.kernel_w + s) * channels + c0 : p.w;
-      warp_mma::cp_async_16(&b_tiles[stage][swizzled(t / kChunksK + i * (kThreads / kChunksK), chunk)], src, inside);
+      for (int i = 0; i < B::copies; ++i) {
+        const int64_t k = b.n0 + B::row(t, i);
+        filter[i] = k < p.cols() ? p.w + (b.group * p.cols() + k) * g.kernel_h * g.kernel_w * channels + B::chunk(t) * kElements
+                                 : nullptr;
+      }
+      const int64_t steps_a_tap = p.channel_steps();
+      r = b.first_step / (steps_a_tap * g.kernel_w);
+      s = b.first_step / steps_a_tap % g.kernel_w;
+      c0 = b.first_step % steps_a_tap * kStepDepth;
     }
-    c0 += kStepDepth;
-    if (c0 >= channels) {
-      c0 = 0;
-      if (++s == g.kernel_w) {
-        s = 0;
-        ++r;
+
+    __device__ void copy_next_step(const ForwardProblem& p, int t, Chunk* a_tile, Chunk* b_tile) {
+      const Conv2dGeometry& g = p.g;
+      const int64_t channels = g.in_channels_per_group();
+      const bool channel_inside = c0 + A::chunk(t) * kElements < channels;
+#pragma unroll
+      for (int i = 0; i < A::copies; ++i) {
+        const int64_t ih = ih0[i] + r * g.dilation_h, iw = iw0[i] + s * g.dilation_w;
+        const bool inside = image[i] != nullptr && channel_inside && ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w;
+        const scalar_t* src = inside ? image[i] + (ih * g.in_w + iw) * g.in_channels + c0 : p.x;
+        warp_mma::cp_async_16(&a_tile[swizzled<A::chunks_a_row>(A::row(t, i), A::chunk(t))], src, inside);
+      }
+#pragma unroll
+      for (int i = 0; i < B::copies; ++i) {
+        const bool inside = filter[i] != nullptr && channel_inside;
+        const scalar_t* src = inside ? filter[i] + (r * g.kernel_w + s) * channels + c0 : p.w;
+        warp_mma::cp_async_16(&b_tile[swizzled<B::chunks_a_row>(B::row(t, i), B::chunk(t))], src, inside);
+      }
+      c0 += kStepDepth;
+      if (c0 >= channels) {
+        c0 = 0;
+        if (++s == g.kernel_w) {
+          s = 0;
+          ++r;
+        }
       }
     }
   };
+
+  // Where row m of C (pixel (n, oh, ow)) starts in y, at the block's group.
+  __device__ int64_t row_start(const BlockTile& b, int64_t splits, int64_t m) const {
+    const int64_t n = m / (g.out_h * g.out_w), oh = m / g.out_w % g.out_h, ow = m % g.out_w;
+    return ((n * out.h + out.first_h + oh * out.step_h) * out.w + out.first_w + ow * out.step_w) * g.out_channels +
+           b.group * cols();
+  }
+  __device__ void store(const BlockTile& b, int64_t row, int64_t k, float v) const {
+    if (bias != nullptr) v += static_cast<float>(bias[b.group * cols() + k]);
+    y[row + k] = static_cast<scalar_t>(v);
+  }
+};
+
+// The float32 partial products (group, split, k, (r, s, c)) of gw (K, R, S, C / groups) =
+// sum over pixels of gy (N, OH, OW, K) x (N, H, W, C) at the pixel's tap: steps over the pixels,
+// 32 at a time; both tiles hold rows of pixels, along C's rows (filters) and columns (taps).
+template <typename scalar_t>
+struct GradWeightProblem {
+  using value_t = scalar_t;
+  static_assert(sizeof(scalar_t) == 2, "ldmatrix transposes 16-bit elements only");
+  static constexpr bool depth_major = true, kSplitFloat32 = false;
+  static constexpr int kElements = kChunkBytes / sizeof(scalar_t), kStepDepth = kStepBytes / sizeof(scalar_t);
+  const scalar_t* x;
+  const scalar_t* gy;
+  float* partial;
+  Conv2dGeometry g;
+
+  C10_HOST_DEVICE int64_t rows() const { return g.out_channels_per_group(); }
+  C10_HOST_DEVICE int64_t cols() const { return g.kernel_h * g.kernel_w * g.in_channels_per_group(); }
+  C10_HOST_DEVICE int64_t pixels() const { return g.batch * g.out_h * g.out_w; }
+  C10_HOST_DEVICE int64_t steps() const { return (pixels() + kStepDepth - 1) / kStepDepth; }
+
+  template <typename Tile>
+  struct Loader {
+    using A = CopyPlace<kStepDepth, Tile::m / kElements>;
+    using B = CopyPlace<kStepDepth, Tile::n / kElements>;
+    // A: this thread's filters (a chunk of them) in the first pixel, null past C's rows, and its
+    // pixels. B: its taps (a chunk of a tap's channels), in the first image, null past C's columns,
+    // their offsets from a window's corner, and its pixels (n, oh, ow) as digits.
+    const scalar_t* filters;
+    int64_t a_pixel[A::copies];
+    const scalar_t* tap;
+    int64_t dh, dw;
+    Digits b_pixel[B::copies];
+    Radix pixel_radix;
+    Digits step;
+
+    __device__ Loader(const GradWeightProblem& p, const BlockTile& b, int t)
+        : pixel_radix{p.g.out_h, p.g.out_w}, step(pixel_radix.digits(kStepDepth)) {
+      const Conv2dGeometry& g = p.g;
+      const int64_t k = b.m0 + A::chunk(t) * kElements;
+      filters = k < p.rows() ? p.gy + b.group * p.rows() + k : nullptr;
+      const int64_t crs = b.n0 + B::chunk(t) * kElements, channels = g.in_channels_per_group();
+      const int64_t rs = crs / channels;
+      tap = crs < p.cols() ? p.x + b.group * channels + crs % channels : nullptr;
+      dh = rs / g.kernel_w * g.dilation_h - g.pad_h;
+      dw = rs % g.kernel_w * g.dilation_w - g.pad_w;
+#pragma unroll
+      for (int i = 0; i < A::copies; ++i) a_pixel[i] = b.first_step * kStepDepth + A::row(t, i);
+#pragma unroll
+      for (int i = 0; i < B::copies; ++i) b_pixel[i] = pixel_radix.digits(b.first_step * kStepDepth + B::row(t, i));
+    }
+
+    __device__ void copy_next_step(const GradWeightProblem& p, int t, Chunk* a_tile, Chunk* b_tile) {
+      const Conv2dGeometry& g = p.g;
+#pragma unroll
+      for (int i = 0; i < A::copies; ++i) {
+        const bool inside = filters != nullptr && a_pixel[i] < p.pixels();
+        const scalar_t* src = inside ? filters + a_pixel[i] * g.out_channels : p.gy;
+        warp_mma::cp_async_16(&a_tile[swizzled<A::chunks_a_row>(A::row(t, i), A::chunk(t))], src, inside);
+        a_pixel[i] += kStepDepth;
+      }
+#pragma unroll
+      for (int i = 0; i < B::copies; ++i) {
+        const Digits& q = b_pixel[i];  // (n, oh, ow)
+        const int64_t ih = q.middle * g.stride_h + dh, iw = q.inner * g.stride_w + dw;
+        const bool inside = tap != nullptr && q.outer < g.batch && ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w;
+        const scalar_t* src = inside ? tap + ((q.outer * g.in_h + ih) * g.in_w + iw) * g.in_channels : p.x;
+        warp_mma::cp_async_16(&b_tile[swizzled<B::chunks_a_row>(B::row(t, i), B::chunk(t))], src, inside);
+        pixel_radix.advance(b_pixel[i], step);
+      }
+    }
+  };
+
+  __device__ int64_t row_start(const BlockTile& b, int64_t splits, int64_t k) const {
+    return ((b.group * splits + b.split) * rows() + k) * cols();
+  }
+  __device__ void store(const BlockTile&, int64_t row, int64_t crs, float v) const { partial[row + crs] = v; }
+};
+
+// C's tile for block (blockIdx.x, blockIdx.y) of Problem: its products over its split of the steps,
+// stored by Problem::store where Problem::row_start says each row of C goes.
+template <typename Problem, typename Tile>
+__global__ void __launch_bounds__(kThreads) channels_last_mma_kernel(Problem p, int64_t splits) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();
+#else
+  using scalar_t = typename Problem::value_t;
+  constexpr int kElements = kChunkBytes / sizeof(scalar_t);
+  // The tiles' rows: along the depth, kStepBytes each, or of the depth, a tile's width each.
+  constexpr int a_chunks = Problem::depth_major ? Tile::m / kElements : kStepBytes / kChunkBytes;
+  constexpr int b_chunks = Problem::depth_major ? Tile::n / kElements : kStepBytes / kChunkBytes;
+  __shared__ Chunk a_tiles[kStages][Tile::m * kStepBytes / kChunkBytes];
+  __shared__ Chunk b_tiles[kStages][Tile::n * kStepBytes / kChunkBytes];
+  const int t = threadIdx.x, lane = t % kWarpSize, warp = t / kWarpSize;
+  const BlockTile block = block_tile<Tile>(p.cols(), p.steps(), splits);
+  typename Problem::template Loader<Tile> loader(p, block, t);
+  const int64_t steps = block.end_step - block.first_step;
 
   const int warp_m0 = warp % (Tile::m / Tile::warp_m) * Tile::warp_m;
   const int warp_n0 = warp / (Tile::m / Tile::warp_m) * Tile::warp_n;
   float sum[Tile::frags_m][Tile::frags_n][4] = {};
 #pragma unroll
   for (int stage = 0; stage < kStages - 1; ++stage) {
-    if (stage < steps) copy_next_step(stage);
+    if (stage < steps) loader.copy_next_step(p, t, a_tiles[stage], b_tiles[stage]);
     warp_mma::cp_async_commit();  // empty groups too: one group per step keeps the count below right
   }
   for (int64_t step = 0; step < steps; ++step) {
     warp_mma::cp_async_wait<kStages - 2>();  // this thread's copies of `step` have landed
     __syncthreads();  // everyone's have, and no warp still reads the stage refilled next
-    if (step + kStages - 1 < steps) copy_next_step((step + kStages - 1) % kStages);
+    const int next = (step + kStages - 1) % kStages;
+    if (step + kStages - 1 < steps) loader.copy_next_step(p, t, a_tiles[next], b_tiles[next]);
     warp_mma::cp_async_commit();
     const Chunk* a_tile = a_tiles[step % kStages];
     const Chunk* b_tile = b_tiles[step % kStages];
 #pragma unroll
-    for (int k = 0; k < kChunksK; k += 2) {  // one product's depth: two chunks
+    for (int k = 0; k < kStepBytes / kChunkBytes; k += 2) {  // a product's depth: two chunks' worth
+      constexpr bool split = Problem::kSplitFloat32;
       uint32_t a[Tile::frags_m][4], b[Tile::frags_n][2];
+      uint32_t a_small[split ? Tile::frags_m : 1][4], b_small[split ? Tile::frags_n : 1][2];
 #pragma unroll
       for (int i = 0; i < Tile::frags_m; ++i) {
-        // Matrices (rows 0-7, chunk k), (rows 8-15, k), (rows 0-7, k + 1), (rows 8-15, k + 1): a's registers in order.
-        warp_mma::ldmatrix_x4(a[i], &a_tile[swizzled(warp_m0 + 16 * i + lane % 16, k + lane / 16)]);
-        warp_mma::round_operands<scalar_t>(a[i]);
+        // a's registers in order: matrices (rows 0-7, depth 0-7), (rows 8-15, 0-7), (rows 0-7,
+        // 8-15), (rows 8-15, 8-15), depth counted in 16-bit elements.
+        const int row = warp_m0 + 16 * i;
+        if constexpr (Problem::depth_major) {
+          warp_mma::ldmatrix_x4_trans(
+              a[i], &a_tile[swizzled<a_chunks>(8 * k + lane % 8 + lane / 16 * 8, row / kElements + lane / 8 % 2)]);
+        } else {
+          warp_mma::ldmatrix_x4(a[i], &a_tile[swizzled<a_chunks>(row + lane % 16, k + lane / 16)]);
+        }
+        if constexpr (split) {
+          warp_mma::split_operands(a[i], a_small[i]);
+        } else {
+          warp_mma::round_operands<scalar_t>(a[i]);
+        }
       }
 #pragma unroll
       for (int j = 0; j < Tile::frags_n; j += 2) {
-        // Matrices (cols 0-7, chunk k), (cols 0-7, k + 1), (cols 8-15, k), (cols 8-15, k + 1): two products' b.
+        // Two products' b: matrices (cols 0-7, depth 0-7), (cols 0-7, 8-15), (cols 8-15, 0-7), (cols 8-15, 8-15).
+        const int col = warp_n0 + 8 * j;
         uint32_t pair[4];
-        warp_mma::ldmatrix_x4(pair, &b_tile[swizzled(warp_n0 + 8 * j + lane % 8 + lane / 16 * 8, k + lane / 8 % 2)]);
-        warp_mma::round_operands<scalar_t>(pair);
-        b[j][0] = pair[0];
-        b[j][1] = pair[1];
-        b[j + 1][0] = pair[2];
-        b[j + 1][1] = pair[3];
+        if constexpr (Problem::depth_major) {
+          warp_mma::ldmatrix_x4_trans(
+              pair, &b_tile[swizzled<b_chunks>(8 * k + lane % 8 + lane / 8 % 2 * 8, col / kElements + lane / 16)]);
+        } else {
+          warp_mma::ldmatrix_x4(pair, &b_tile[swizzled<b_chunks>(col + lane % 8 + lane / 16 * 8, k + lane / 8 % 2)]);
+        }
+        uint32_t pair_small[4];
+        if constexpr (split) {
+          warp_mma::split_operands(pair, pair_small);
+        } else {
+          warp_mma::round_operands<scalar_t>(pair);
+        }
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          b[j + e][0] = pair[2 * e];
+          b[j + e][1] = pair[2 * e + 1];
+          if constexpr (split) {
+            b_small[j + e][0] = pair_small[2 * e];
+            b_small[j + e][1] = pair_small[2 * e + 1];
+          }
+        }
       }
 #pragma unroll
       for (int i = 0; i < Tile::frags_m; ++i) {
 #pragma unroll
-        for (int j = 0; j < Tile::frags_n; ++j) warp_mma::mma_16x8<scalar_t>(sum[i][j], a[i], b[j]);
+        for (int j = 0; j < Tile::frags_n; ++j) {
+          if constexpr (split) {  // the small terms first
+            warp_mma::mma_16x8<scalar_t>(sum[i][j], a_small[i], b[j]);
+            warp_mma::mma_16x8<scalar_t>(sum[i][j], a[i], b_small[j]);
+          }
+          warp_mma::mma_16x8<scalar_t>(sum[i][j], a[i], b[j]);
+        }
       }
     }
   }
   warp_mma::cp_async_wait<0>();
 
-  // Each lane holds, of each m16 n8 product, rows lane / 4 and lane / 4 + 8, columns 2 (lane % 4) and
-  // the next.
+  // Each lane holds, of each m16 n8 product, rows lane / 4 and lane / 4 + 8, columns 2 (lane % 4)
+  // and the next.
 #pragma unroll
   for (int i = 0; i < Tile::frags_m; ++i) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const int64_t m = m0 + warp_m0 + 16 * i + lane / 4 + 8 * half;
-      if (m >= rows) continue;
-      scalar_t* out = p.y + m * g.out_channels + group * filters;
+      const int64_t m = block.m0 + warp_m0 + 16 * i + lane / 4 + 8 * half;
+      if (m >= p.rows()) continue;
+      const int64_t row = p.row_start(block, splits, m);
 #pragma unroll
       for (int j = 0; j < Tile::frags_n; ++j) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const int64_t k = n0 + warp_n0 + 8 * j + 2 * (lane % 4) + e;
-          if (k >= filters) continue;
-          const float bias = p.bias != nullptr ? static_cast<float>(p.bias[group * filters + k]) : 0.0f;
-          out[k] = static_cast<scalar_t>(sum[i][j][2 * half + e] + bias);
+          const int64_t n = block.n0 + warp_n0 + 8 * j + 2 * (lane % 4) + e;
+          if (n < p.cols()) p.store(block, row, n, sum[i][j][2 * half + e]);
         }
       }
     }
@@ -205,87 +406,202 @@ __global__ void __launch_bounds__(kThreads) channels_last_mma_kernel(Operands<sc
 #endif
 }
 
-// Whether the kernel computes a forward of geometry g in dtype (float32 meaning TF32): float16,
-// bfloat16 or float32, channels per group in whole chunks, a grid that fits (the caller checks
-// that tensors start at 16-byte boundaries).
-inline bool applies(const Conv2dGeometry& g, at::ScalarType dtype) {
+// gw (K, R, S, C / groups) = the sum of the weight gradient's partial products, in split order.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    sum_partials_kernel(GradWeightProblem<scalar_t> p, int64_t splits, scalar_t* gw) {
+  const int64_t rows = p.rows(), cols = p.cols();
+  CONV_EXT_GRID_STRIDE_LOOP(index, p.g.groups * rows * cols) {
+    const int64_t group = index / (rows * cols), element = index % (rows * cols);
+    float sum = 0;
+    for (int64_t split = 0; split < splits; ++split) sum += p.partial[(group * splits + split) * rows * cols + element];
+    gw[index] = static_cast<scalar_t>(sum);
+  }
+}
+
+inline int64_t elements_a_chunk(at::ScalarType dtype) { return kChunkBytes / c10::elementSize(dtype); }
+
+// Whether the grid of a product of `rows` x `cols` per group, `splits` deep, fits (at most 2^31 - 1
+// blocks along x, 65535 along y) with the smallest tiles.
+inline bool grid_fits(int64_t rows, int64_t cols, int64_t groups, int64_t splits = 1) {
+  return (rows + 63) / 64 < (int64_t{1} << 31) && (cols + 63) / 64 * groups * splits <= 65535;
+}
+
+// Whether the kernel computes the forward of geometry g in dtype: float16, bfloat16 or float32, channels per group in whole chunks, a grid that fits (the caller checks that
+// tensors start at 16-byte boundaries).
+inline bool applies_forward(const Conv2dGeometry& g, at::ScalarType dtype) {
   if (dtype != at::kHalf && dtype != at::kBFloat16 && dtype != at::kFloat) return false;
-  const int64_t elements = kChunkBytes / c10::elementSize(dtype);
   const int64_t channels = g.in_channels_per_group();
-  const int64_t rows = g.batch * g.out_h * g.out_w;
-  return channels > 0 && channels % elements == 0 && (rows + 63) / 64 < (int64_t{1} << 31) &&
-         (g.out_channels_per_group() + 63) / 64 * g.groups <= 65535;
+  return channels > 0 && channels % elements_a_chunk(dtype) == 0 &&
+         grid_fits(g.batch * g.out_h * g.out_w, g.out_channels_per_group(), g.groups);
 }
 
-// The tiles, largest first: 128 x 128 where a group has more than 64 filters, then 128 x 64, then
-// 64 x 64, the first whose grid has a block for each multiprocessor (else the smallest).
-enum class TileChoice { m128_n128, m128_n64, m64_n64 };
-
-inline TileChoice plan(const Conv2dGeometry& g, int64_t multiprocessors) {
-  const int64_t rows = g.batch * g.out_h * g.out_w, filters = g.out_channels_per_group();
-  auto blocks = [&](int64_t m, int64_t n) { return (rows + m - 1) / m * ((filters + n - 1) / n) * g.groups; };
-  if (filters > 64 && blocks(128, 128) >= multiprocessors) return TileChoice::m128_n128;
-  if (blocks(128, 64) >= multiprocessors) return TileChoice::m128_n64;
-  return TileChoice::m64_n64;
+// Whether it computes the input gradient of geometry g in dtype: as the forward, with the output
+// channels per group in whole chunks.
+inline bool applies_grad_input(const Conv2dGeometry& g, at::ScalarType dtype) {
+  if (dtype != at::kHalf && dtype != at::kBFloat16 && dtype != at::kFloat) return false;
+  const int64_t filters = g.out_channels_per_group();
+  return filters > 0 && filters % elements_a_chunk(dtype) == 0 &&
+         grid_fits(g.batch * g.in_h * g.in_w, g.in_channels_per_group(), g.groups);
 }
 
-template <typename Tile, typename scalar_t, typename Launch>
-void launch_tiles(Launch launch, const Operands<scalar_t>& p) {
-  const Conv2dGeometry& g = p.g;
-  const int64_t rows = g.batch * g.out_h * g.out_w;
-  const dim3 grid((rows + Tile::m - 1) / Tile::m, (g.out_channels_per_group() + Tile::n - 1) / Tile::n * g.groups);
-  launch(channels_last_mma_kernel<Tile, scalar_t>, grid, dim3(kThreads), p);
+// Whether it computes the weight gradient of geometry g in dtype: float16 or bfloat16, input and
+// output channels per group in whole chunks.
+inline bool applies_grad_weight(const Conv2dGeometry& g, at::ScalarType dtype) {
+  if (dtype != at::kHalf && dtype != at::kBFloat16) return false;
+  const int64_t channels = g.in_channels_per_group(), filters = g.out_channels_per_group();
+  return channels > 0 && filters > 0 && channels % elements_a_chunk(dtype) == 0 &&
+         filters % elements_a_chunk(dtype) == 0 &&
+         grid_fits(filters, g.kernel_h * g.kernel_w * channels, g.groups);
+}
+
+// The grid of a product: its tile, and into how many parts its steps are split.
+struct Plan {
+  TileChoice tile;
+  int64_t splits;
+};
+
+inline int64_t tile_rows(TileChoice t) { return t == TileChoice::m128_n128 || t == TileChoice::m128_n64 ? 128 : 64; }
+inline int64_t tile_cols(TileChoice t) { return t == TileChoice::m128_n128 || t == TileChoice::m64_n128 ? 128 : 64; }
+
+inline int64_t blocks(TileChoice t, int64_t rows, int64_t cols, int64_t groups) {
+  return (rows + tile_rows(t) - 1) / tile_rows(t) * ((cols + tile_cols(t) - 1) / tile_cols(t)) * groups;
+}
+
+// The forward's tile: 128 columns (filters) where a group has more than 64, else 64; 128 rows
+// where that gives a block for each multiprocessor, else 64, and 64 x 64 where even that does not;
+// its steps are not split.
+inline Plan plan_forward(const Conv2dGeometry& g, int64_t multiprocessors) {
+  const int64_t rows = g.batch * g.out_h * g.out_w, cols = g.out_channels_per_group();
+  const auto candidates = cols > 64 ? std::vector<TileChoice>{TileChoice::m128_n128, TileChoice::m64_n128}
+                                    : std::vector<TileChoice>{TileChoice::m128_n64};
+  for (TileChoice t : candidates) {
+    if (blocks(t, rows, cols, g.groups) >= multiprocessors) return {t, 1};
+  }
+  return {TileChoice::m64_n64, 1};
+}
+
+// The weight gradient's tile: 128 rows (filters) where a group has more than 64, else 64, and
+// likewise its columns; its steps (32 pixels each) split into parts at least 8 steps long, for two
+// blocks per multiprocessor.
+inline Plan plan_grad_weight(const Conv2dGeometry& g, int64_t multiprocessors) {
+  const int64_t rows = g.out_channels_per_group(), cols = g.kernel_h * g.kernel_w * g.in_channels_per_group();
+  const TileChoice t = rows > 64 ? (cols > 64 ? TileChoice::m128_n128 : TileChoice::m128_n64)
+                                 : (cols > 64 ? TileChoice::m64_n128 : TileChoice::m64_n64);
+  const int64_t grid = blocks(t, rows, cols, g.groups);
+  const int64_t steps = (g.batch * g.out_h * g.out_w + 31) / 32;
+  int64_t splits = std::max<int64_t>(1, std::min<int64_t>((2 * multiprocessors + grid - 1) / grid, steps / 8));
+  while (splits > 1 && !grid_fits(rows, cols, g.groups, splits)) --splits;
+  return {t, splits};
+}
+
+template <typename Tile, typename Problem, typename Launch>
+void launch_tiles(Launch launch, const Problem& p, int64_t splits) {
+  const dim3 grid((p.rows() + Tile::m - 1) / Tile::m, (p.cols() + Tile::n - 1) / Tile::n * p.g.groups * splits);
+  launch(channels_last_mma_kernel<Problem, Tile>, grid, dim3(kThreads), p, splits);
+}
+
+template <typename Problem, typename Launch>
+void launch_plan(Launch launch, const Problem& p, const Plan& plan) {
+  switch (plan.tile) {
+    case TileChoice::m128_n128: launch_tiles<Tiles128x128>(launch, p, plan.splits); break;
+    case TileChoice::m128_n64: launch_tiles<Tiles128x64>(launch, p, plan.splits); break;
+    case TileChoice::m64_n128: launch_tiles<Tiles64x128>(launch, p, plan.splits); break;
+    case TileChoice::m64_n64: launch_tiles<Tiles64x64>(launch, p, plan.splits); break;
+  }
 }
 
 // y (N, OH, OW, K in memory) = the forward of geometry g on x (N, H, W, C in memory), the filters
 // w_krsc (K, R, S, C / groups) and bias (or undefined), all starting at 16-byte boundaries, by
 // launch(kernel, grid, block, arguments...): on the GPU's current stream or, in the tests, on the
-// CPU. Returns the tile it took.
+// CPU; its output pixels placed in y by `out`; float32 as TF32 or by 3xTF32. Returns its plan.
 template <typename Launch>
-TileChoice run_forward(const Conv2dGeometry& g, int64_t multiprocessors, Launch launch, const at::Tensor& y,
-                       const at::Tensor& x, const at::Tensor& w_krsc, const at::Tensor& bias) {
-  const TileChoice tile = plan(g, multiprocessors);
-  if (y.numel() == 0) return tile;
+Plan run_forward(const Conv2dGeometry& g, int64_t multiprocessors, Launch launch, const at::Tensor& y,
+                 const at::Tensor& x, const at::Tensor& w_krsc, const at::Tensor& bias, const Placement& out,
+                 bool tf32) {
+  const Plan plan = plan_forward(g, multiprocessors);
+  if (g.batch * g.out_h * g.out_w * g.out_channels == 0) return plan;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "conv_ext_channels_last_mma", [&] {
-    if constexpr (!std::is_same_v<scalar_t, double>) {
-      const Operands<scalar_t> p{x.const_data_ptr<scalar_t>(), w_krsc.const_data_ptr<scalar_t>(),
-                                 data_or_null<scalar_t>(bias), y.mutable_data_ptr<scalar_t>(), g};
-      switch (tile) {
-        case TileChoice::m128_n128: launch_tiles<Tiles128x128>(launch, p); break;
-        case TileChoice::m128_n64: launch_tiles<Tiles128x64>(launch, p); break;
-        case TileChoice::m64_n64: launch_tiles<Tiles64x64>(launch, p); break;
+    auto run = [&](auto precision) {
+      const ForwardProblem<scalar_t, decltype(precision)::value> p{
+          x.const_data_ptr<scalar_t>(), w_krsc.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(bias),
+          y.mutable_data_ptr<scalar_t>(), g, out};
+      launch_plan(launch, p, plan);
+    };
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (tf32) {
+        run(std::false_type{});
+      } else {
+        run(std::true_type{});
       }
+    } else if constexpr (!std::is_same_v<scalar_t, double>) {
+      run(std::false_type{});
     }
   });
-  return tile;
+  return plan;
 }
 
-// The layer whose forward is the input gradient of g at stride 1: from grad_output (OH x OW, K
-// channels) to the input's C channels, each filter rotated by 180 degrees, the padding what
-// keeps the sizes: gx[ih] = sum_r gy[ih + ph - r dh] w[r] = sum_r' gy[ih - ph' + r' dh] w[R - 1 - r'].
-inline Conv2dGeometry transposed_layer(const Conv2dGeometry& g) {
-  return {g.batch, g.out_channels, g.out_h, g.out_w, g.in_channels, g.kernel_h, g.kernel_w, g.in_h, g.in_w,
-          1, 1, g.dilation_h * (g.kernel_h - 1) - g.pad_h, g.dilation_w * (g.kernel_w - 1) - g.pad_w,
-          g.dilation_h, g.dilation_w, g.groups};
+// The layer whose forward computes an input gradient phase of g: from grad_output (OH x OW, K
+// channels) to the phase's positions of the input's C channels, over the taps that feed them in
+// reverse order, so that output j reads gy[first_out + j - t * out_step] for tap t = T - 1 - t':
+// dilation out_step, padding (T - 1) out_step - first_out.
+inline Conv2dGeometry phase_layer(const InputPhase& p) {
+  const Conv2dGeometry& g = p.g;
+  return {g.batch, g.out_channels, g.out_h, g.out_w, g.in_channels, p.h.taps, p.w.taps, p.h.count, p.w.count,
+          1, 1, (p.h.taps - 1) * p.h.out_step - p.h.first_out, (p.w.taps - 1) * p.w.out_step - p.w.first_out,
+          p.h.out_step, p.w.out_step, g.groups};
 }
 
-// The transposed layer's filters (C, R, S, K / groups) from w (K, C / groups, R, S).
-inline at::Tensor transposed_filters(const at::Tensor& w, int64_t groups) {
-  const int64_t k = w.size(0), c = w.size(1), kernel_h = w.size(2), kernel_w = w.size(3);
-  return w.reshape({groups, k / groups, c, kernel_h, kernel_w})
-      .flip({3, 4})
+// The phase layer's filters (C, T_h, T_w, K / groups) from w (K, C / groups, R, S): its taps, reversed.
+inline at::Tensor phase_filters(const at::Tensor& w, const InputPhase& p) {
+  const int64_t k = w.size(0), c = w.size(1), groups = p.g.groups;
+  auto reversed_taps = [&](const AxisPhase& a) {
+    return at::arange(a.taps - 1, -1, -1, w.options().dtype(at::kLong)).mul_(a.tap_step).add_(a.first_tap);
+  };
+  return w.index_select(2, reversed_taps(p.h))
+      .index_select(3, reversed_taps(p.w))
+      .reshape({groups, k / groups, c, p.h.taps, p.w.taps})
       .permute({0, 2, 3, 4, 1})
-      .reshape({groups * c, kernel_h, kernel_w, k / groups})
+      .reshape({groups * c, p.h.taps, p.w.taps, k / groups})
       .contiguous();
 }
 
-// gx (N, H, W, C in memory) = the input gradient of geometry g (stride 1) from gy (N, OH, OW, K in
-// memory) and the filters w (K, C / groups, R, S), as the transposed layer's forward.
+// gx (N, H, W, C in memory) = the input gradient of geometry g from gy (N, OH, OW, K in memory,
+// starting at a 16-byte boundary) and the filters w (K, C / groups, R, S): each stride phase the
+// forward of its phase layer (float32 as TF32 or by 3xTF32), zeros where no tap feeds a phase.
+// Returns the first phase's plan.
 template <typename Launch>
-TileChoice run_grad_input(const Conv2dGeometry& g, int64_t multiprocessors, Launch launch, const at::Tensor& gx,
-                          const at::Tensor& gy, const at::Tensor& w) {
-  return run_forward(transposed_layer(g), multiprocessors, launch, gx, gy, transposed_filters(w, g.groups),
-                     at::Tensor());
+Plan run_grad_input(const Conv2dGeometry& g, int64_t multiprocessors, Launch launch, const at::Tensor& gx,
+                    const at::Tensor& gy, const at::Tensor& w, bool tf32) {
+  std::vector<Plan> plans;
+  for (const InputPhase& p : input_phases(g)) {
+    if (p.h.taps == 0 || p.w.taps == 0) {
+      // No tap feeds these positions: their gradient is 0.
+      gx.slice(2, p.h.first, g.in_h, g.stride_h).slice(3, p.w.first, g.in_w, g.stride_w).zero_();
+      continue;
+    }
+    plans.push_back(run_forward(phase_layer(p), multiprocessors, launch, gx, gy, phase_filters(w, p), at::Tensor(),
+                                {g.in_h, g.in_w, p.h.first, p.w.first, g.stride_h, g.stride_w}, tf32));
+  }
+  return plans.empty() ? plan_forward(g, multiprocessors) : plans.front();
+}
+
+// gw_krsc (K, R, S, C / groups) = the weight gradient of geometry g from x (N, H, W, C in memory)
+// and gy (N, OH, OW, K in memory), both starting at 16-byte boundaries.
+template <typename Launch>
+Plan run_grad_weight(const Conv2dGeometry& g, int64_t multiprocessors, Launch launch, const at::Tensor& gw_krsc,
+                     const at::Tensor& x, const at::Tensor& gy) {
+  const Plan plan = plan_grad_weight(g, multiprocessors);
+  if (gw_krsc.numel() == 0) return plan;
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(gw_krsc.scalar_type(), "conv_ext_channels_last_mma_grad_weight", [&] {
+    at::Tensor partial = at::empty({plan.splits * gw_krsc.numel()}, gw_krsc.options().dtype(at::kFloat));
+    const GradWeightProblem<scalar_t> p{x.const_data_ptr<scalar_t>(), gy.const_data_ptr<scalar_t>(),
+                                        partial.mutable_data_ptr<float>(), g};
+    launch_plan(launch, p, plan);
+    launch(sum_partials_kernel<scalar_t>, dim3(blocks_for(gw_krsc.numel())), dim3(kThreads), p, plan.splits,
+           gw_krsc.mutable_data_ptr<scalar_t>());
+  });
+  return plan;
 }
 
 }  // namespace channels_last_mma

@@ -1,11 +1,16 @@
-// What the CUDA kernels of every algorithm share: the block size, grid-stride loops, and positions
-// held as digits that a thread steps by additions and carries.
+// What the CUDA kernels of every algorithm share: the block size, grid-stride loops, positions
+// held as digits that a thread steps by additions and carries, and the input gradient's stride
+// phases.
 #pragma once
+
+#include "../conv2d.h"
 
 #include <ATen/core/Tensor.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <numeric>
+#include <vector>
 
 namespace conv_ext {
 
@@ -64,5 +69,45 @@ struct Radix {
     d.outer += step.outer;
   }
 };
+
+// One stride phase of the input along a dimension: the positions i = first + j * stride (j <
+// count) with (i + pad) mod stride = residue, fed by the taps first_tap + t * tap_step (t < taps)
+// through the outputs first_out + j - t * out_step (those outside the output feed nothing).
+struct AxisPhase {
+  int64_t first, count, first_tap, taps, tap_step, first_out, out_step;
+};
+
+inline AxisPhase axis_phase(int64_t in, int64_t pad, int64_t kernel, int64_t stride, int64_t dilation,
+                            int64_t residue) {
+  const int64_t first = ((residue - pad) % stride + stride) % stride;
+  const int64_t count = first < in ? (in - 1 - first) / stride + 1 : 0;
+  // The taps t with t * dilation = residue (mod stride) recur every tap_step.
+  const int64_t tap_step = stride / std::gcd(stride, dilation);
+  int64_t first_tap = 0;
+  while (first_tap < tap_step && first_tap * dilation % stride != residue) ++first_tap;
+  const int64_t taps = first_tap < std::min(tap_step, kernel) ? (kernel - 1 - first_tap) / tap_step + 1 : 0;
+  return {first, count, first_tap, taps, tap_step, (first + pad - first_tap * dilation) / stride,
+          tap_step * dilation / stride};
+}
+
+// A stride phase of both dimensions of the input gradient: the part of it whose positions the same
+// taps feed.
+struct InputPhase {
+  Conv2dGeometry g;
+  AxisPhase h, w;
+};
+
+// The input gradient's phases that hold input positions (with stride 1, one: every position).
+inline std::vector<InputPhase> input_phases(const Conv2dGeometry& g) {
+  std::vector<InputPhase> phases;
+  for (int64_t rh = 0; rh < g.stride_h; ++rh) {
+    for (int64_t rw = 0; rw < g.stride_w; ++rw) {
+      const InputPhase p{g, axis_phase(g.in_h, g.pad_h, g.kernel_h, g.stride_h, g.dilation_h, rh),
+                         axis_phase(g.in_w, g.pad_w, g.kernel_w, g.stride_w, g.dilation_w, rw)};
+      if (p.h.count > 0 && p.w.count > 0) phases.push_back(p);
+    }
+  }
+  return phases;
+}
 
 }  // namespace conv_ext

@@ -1,10 +1,12 @@
 // CUDA kernels of the three conv_ext operators. Four algorithms:
 // - depthwise kernels (depthwise.cuh) where each output channel reads one input channel;
-// - the channels-last tensor-core GEMM (channels_last_mma.cuh) for the forward and the stride-1
-//   input gradient, in float16, bfloat16 and float32 where PyTorch lets cuDNN use TF32, where the
-//   channels per group fill whole 16-byte chunks (multiples of 8, or of 4 in float32): its
-//   operands are made channels_last (one conversion, none for channels_last inputs) and the filters
-//   reordered (K, R, S, C / groups);
+// - the channels-last tensor-core GEMMs (channels_last_mma.cuh): the forward and the input gradient
+//   in float16, bfloat16 and float32 (as TF32 where PyTorch lets cuDNN use TF32, else by 3xTF32,
+//   float32's accuracy: tf32_allowed()), the weight gradient
+//   in float16 and bfloat16, where the channels per group fill whole 16-byte chunks (multiples of
+//   8, or of 4 in float32; the weight gradient's input and output channels both): the activations
+//   are made channels_last (one conversion, none for channels_last inputs) and the filters ordered
+//   (K, R, S, C / groups);
 // - the tiled implicit GEMM (tiled_gemm.cuh), wherever its 64 x 64 tiles are not mostly empty: on
 //   the tensor cores for float16 and bfloat16, and for float32 where PyTorch lets cuDNN use TF32
 //   (use_tensor_cores), in FMA instructions otherwise;
@@ -103,10 +105,10 @@ bool use_depthwise(const Conv2dGeometry& g) {
          !env_is("CONV_EXT_CUDA_ALGORITHM", "gemm");
 }
 
-// Whether the channels-last tensor-core GEMM computes a forward of geometry g (unless a test forces
-// another algorithm).
-bool use_channels_last_mma(const Conv2dGeometry& g, at::ScalarType dtype) {
-  return channels_last_mma::applies(g, dtype) && use_tensor_cores(dtype) && !depthwise::applies(g) &&
+// Whether the channels-last tensor-core GEMMs may compute geometry g (unless a test forces another
+// algorithm); `applies` says whether the op's kernel does.
+bool use_channels_last_mma(const Conv2dGeometry& g, bool applies) {
+  return applies && tensor_core_kernel_built_for_this_gpu() && !depthwise::applies(g) &&
          !env_is("CONV_EXT_CUDA_ALGORITHM", "direct") && !env_is("CONV_EXT_CUDA_ALGORITHM", "gemm");
 }
 
@@ -147,11 +149,14 @@ Tensor conv2d_cuda(const Tensor& input, const Tensor& weight, const std::optiona
   const auto g = check_conv2d(input, weight, bias, stride, padding, dilation, groups);
   if (input.is_complex()) return complex_conv2d(input, weight, bias, stride, padding, dilation, groups);
   const c10::cuda::CUDAGuard device_guard(input.device());
-  if (use_channels_last_mma(g, input.scalar_type())) {
+  const auto dtype = input.scalar_type();
+  if (use_channels_last_mma(g, channels_last_mma::applies_forward(g, dtype))) {
     Tensor y = empty_channels_last({g.batch, g.out_channels, g.out_h, g.out_w}, input);
-    channels_last_mma::run_forward(g, multiprocessors(), LaunchOnCurrentStream{}, y, aligned_contiguous(input, at::MemoryFormat::ChannelsLast),
+    channels_last_mma::run_forward(g, multiprocessors(), LaunchOnCurrentStream{}, y,
+                                   aligned_contiguous(input, at::MemoryFormat::ChannelsLast),
                                    aligned_contiguous(weight.permute({0, 2, 3, 1})),
-                                   bias.has_value() ? bias->contiguous() : Tensor());
+                                   bias.has_value() ? bias->contiguous() : Tensor(), channels_last_mma::whole_output(g),
+                                   tf32_allowed());
     return in_memory_format(y, conv2d_memory_format(input, weight));
   }
   Tensor y = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
@@ -171,10 +176,12 @@ Tensor conv2d_grad_input_cuda(const Tensor& grad_output, const Tensor& weight,
     return complex_conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation, groups);
   }
   const c10::cuda::CUDAGuard device_guard(grad_output.device());
-  if (g.unit_stride() && use_channels_last_mma(channels_last_mma::transposed_layer(g), grad_output.scalar_type())) {
+  const auto dtype = grad_output.scalar_type();
+  if (use_channels_last_mma(g, channels_last_mma::applies_grad_input(g, dtype))) {
     Tensor gx = empty_channels_last({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output);
     channels_last_mma::run_grad_input(g, multiprocessors(), LaunchOnCurrentStream{}, gx,
-                                      aligned_contiguous(grad_output, at::MemoryFormat::ChannelsLast), weight);
+                                      aligned_contiguous(grad_output, at::MemoryFormat::ChannelsLast), weight,
+                                      tf32_allowed());
     return in_memory_format(gx, conv2d_memory_format(grad_output, weight));
   }
   Tensor gx = at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output.options());
@@ -194,6 +201,14 @@ Tensor conv2d_grad_weight_cuda(const Tensor& input, const Tensor& grad_output,
     return complex_conv2d_grad_weight(input, grad_output, kernel_size, stride, padding, dilation, groups);
   }
   const c10::cuda::CUDAGuard device_guard(input.device());
+  const auto dtype = input.scalar_type();
+  if (use_channels_last_mma(g, channels_last_mma::applies_grad_weight(g, dtype))) {
+    Tensor gw_krsc = at::empty({g.out_channels, g.kernel_h, g.kernel_w, g.in_channels_per_group()}, input.options());
+    channels_last_mma::run_grad_weight(g, multiprocessors(), LaunchOnCurrentStream{}, gw_krsc,
+                                       aligned_contiguous(input, at::MemoryFormat::ChannelsLast),
+                                       aligned_contiguous(grad_output, at::MemoryFormat::ChannelsLast));
+    return in_memory_format(gw_krsc.permute({0, 3, 1, 2}), conv2d_memory_format(input, grad_output));
+  }
   Tensor gw = at::empty({g.out_channels, g.in_channels_per_group(), g.kernel_h, g.kernel_w},
                         input.options());
   compute<tiled_gemm::GradWeightProblem>(

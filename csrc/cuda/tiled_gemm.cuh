@@ -31,7 +31,6 @@
 #include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
 
-#include <numeric>
 #include <vector>
 
 #ifndef CONV_EXT_EMULATED_CUDA  // tests/emulated_cuda/cuda_on_cpu.h defines these on the CPU
@@ -59,45 +58,6 @@ inline GemmShape forward_shape(const Conv2dGeometry& g) {
 }
 inline GemmShape grad_weight_shape(const Conv2dGeometry& g) {
   return {g.groups, g.out_channels_per_group(), g.patch_size(), g.batch * g.out_h * g.out_w};
-}
-
-// One stride phase of the input along a dimension: the positions i = first + j * stride (j <
-// count) with (i + pad) mod stride = residue, fed by the taps first_tap + t * tap_step (t < taps)
-// through the outputs first_out + j - t * out_step (those outside the output feed nothing).
-struct AxisPhase {
-  int64_t first, count, first_tap, taps, tap_step, first_out, out_step;
-};
-
-inline AxisPhase axis_phase(int64_t in, int64_t pad, int64_t kernel, int64_t stride, int64_t dilation,
-                            int64_t residue) {
-  const int64_t first = ((residue - pad) % stride + stride) % stride;
-  const int64_t count = first < in ? (in - 1 - first) / stride + 1 : 0;
-  // The taps t with t * dilation = residue (mod stride) recur every tap_step.
-  const int64_t tap_step = stride / std::gcd(stride, dilation);
-  int64_t first_tap = 0;
-  while (first_tap < tap_step && first_tap * dilation % stride != residue) ++first_tap;
-  const int64_t taps = first_tap < std::min(tap_step, kernel) ? (kernel - 1 - first_tap) / tap_step + 1 : 0;
-  return {first, count, first_tap, taps, tap_step, (first + pad - first_tap * dilation) / stride,
-          tap_step * dilation / stride};
-}
-
-// The part of the input gradient one product computes: a stride phase of both dimensions.
-struct InputPhase {
-  Conv2dGeometry g;
-  AxisPhase h, w;
-};
-
-// The input gradient's phases that hold input positions (with stride 1, one: every position).
-inline std::vector<InputPhase> input_phases(const Conv2dGeometry& g) {
-  std::vector<InputPhase> phases;
-  for (int64_t rh = 0; rh < g.stride_h; ++rh) {
-    for (int64_t rw = 0; rw < g.stride_w; ++rw) {
-      const InputPhase p{g, axis_phase(g.in_h, g.pad_h, g.kernel_h, g.stride_h, g.dilation_h, rh),
-                         axis_phase(g.in_w, g.pad_w, g.kernel_w, g.stride_w, g.dilation_w, rw)};
-      if (p.h.count > 0 && p.w.count > 0) phases.push_back(p);
-    }
-  }
-  return phases;
 }
 
 inline GemmShape grad_input_shape(const InputPhase& p) {

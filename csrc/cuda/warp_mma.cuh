@@ -8,6 +8,7 @@
 #include <c10/util/Half.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace conv_ext {
 namespace warp_mma {
@@ -45,6 +46,17 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   const unsigned shared = static_cast<unsigned>(__cvta_generic_to_shared(row));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(shared));
+#endif
+}
+
+// As ldmatrix_x4, each matrix transposed: lane receives in r[j] the elements of matrix j at rows
+// 2 (lane % 4) and 2 (lane % 4) + 1, column lane / 4 (16-bit elements only).
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned shared = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(shared));
 #endif
@@ -95,6 +107,33 @@ __device__ __forceinline__ void round_operands(uint32_t (&r)[n]) {
 #pragma unroll
     for (auto& v : r) v = round_to_tf32(v);
   }
+}
+
+// v (a float32's bits) as the sum of two TF32 values, big + small (the bits of each), so that
+// products of such pairs carry about 21 bits of each operand: big is v cut to TF32 (toward zero:
+// it cannot overflow), small the rest rounded to TF32, of v's sign. The three products of two
+// pairs, small big + big small + big big, must give IEEE's infinities and NaNs: so small is never
+// 0 but for v = 0 (it is 2^-126 then, float32's least normal value, with v's sign: inf * small
+// must be an infinity of the right sign, not NaN), an infinity is itself plus such a small part,
+// and a NaN is itself twice.
+__device__ __forceinline__ uint32_t split_to_tf32(uint32_t& small, uint32_t v) {
+  constexpr uint32_t kSign = 0x80000000u, kInfinity = 0x7f800000u, kLeastNormal = 0x00800000u;
+  const uint32_t magnitude = v & ~kSign;
+  if (magnitude > kInfinity) {
+    small = v;
+    return v;
+  }
+  const uint32_t big = magnitude == kInfinity ? v : v & 0xffffe000u;
+  small = magnitude == kInfinity ? 0 : round_to_tf32(__float_as_uint(__uint_as_float(v) - __uint_as_float(big)));
+  if (small == 0 && magnitude != 0) small = (v & kSign) | kLeastNormal;
+  return big;
+}
+
+// Splits each float32 operand register r into big + small (split_to_tf32): r keeps the big part.
+template <int n>
+__device__ __forceinline__ void split_operands(uint32_t (&r)[n], uint32_t (&small)[n]) {
+#pragma unroll
+  for (int i = 0; i < n; ++i) r[i] = split_to_tf32(small[i], r[i]);
 }
 
 }  // namespace warp_mma

@@ -132,6 +132,17 @@ struct Launch {
 
 }  // namespace emulated_cuda
 
+inline float __uint_as_float(uint32_t bits) {
+  float v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+inline uint32_t __float_as_uint(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  return bits;
+}
+
 using __half = c10::Half;
 using __nv_bfloat16 = c10::BFloat16;
 inline __half __float2half(float v) { return __half(v); }
@@ -178,6 +189,22 @@ inline void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
   std::memcpy(exchange.row[lane], row, 16);  // read where this thread is: a missing barrier before shows
   emulated_cuda::sync_threads();
   for (unsigned j = 0; j < 4; ++j) r[j] = exchange.row[8 * j + lane / 4][lane % 4];
+  emulated_cuda::sync_threads();
+}
+
+inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {
+  if (reinterpret_cast<uintptr_t>(row) % 16 != 0) throw std::logic_error("ldmatrix: a row not 16-byte aligned");
+  const unsigned lane = emulated_cuda::linear_thread_index() % 32;
+  auto& exchange = warp_exchange();
+  std::memcpy(exchange.row[lane], row, 16);
+  emulated_cuda::sync_threads();
+  for (unsigned j = 0; j < 4; ++j) {
+    uint16_t pair[2];  // column lane / 4 of rows 2 (lane % 4) and the next
+    for (unsigned i = 0; i < 2; ++i) {
+      std::memcpy(&pair[i], reinterpret_cast<const char*>(exchange.row[8 * j + 2 * (lane % 4) + i]) + 2 * (lane / 4), 2);
+    }
+    r[j] = pair[0] | uint32_t{pair[1]} << 16;
+  }
   emulated_cuda::sync_threads();
 }
 

@@ -111,33 +111,52 @@ void direct_grad_weight(const Tensor& x, const Tensor& gy, std::vector<int64_t> 
   conv_ext::direct::run_grad_weight(g, emulated_cuda::Launch{}, gw, x, gy);
 }
 
-// The channels-last tensor-core GEMM's forward and stride-1 input gradient, on channels_last tensors;
-// each returns the tile it took (channels_last_mma::TileChoice).
+// The channels-last tensor-core GEMMs' forward, input gradient (the first stride phase's plan) and
+// weight gradient, on channels_last tensors (the weight gradient's in any layout), float32 as TF32
+// or by 3xTF32; each returns its plan (tile, splits).
 void check_channels_last(const Tensor& t) {
   TORCH_CHECK(t.is_contiguous(at::MemoryFormat::ChannelsLast), "the kernel reads and writes channels_last tensors");
 }
 
-int64_t mma_forward(const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias, std::vector<int64_t> stride,
-                    std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t groups,
-                    int64_t multiprocessors, Tensor y) {
+std::vector<int64_t> plan_of(const conv_ext::channels_last_mma::Plan& plan) {
+  return {static_cast<int64_t>(plan.tile), plan.splits};
+}
+
+std::vector<int64_t> mma_forward(const Tensor& x, const Tensor& w, const std::optional<Tensor>& bias,
+                                 std::vector<int64_t> stride, std::vector<int64_t> padding,
+                                 std::vector<int64_t> dilation, int64_t groups, int64_t multiprocessors, bool tf32,
+                                 Tensor y) {
   check_channels_last(x);
   check_channels_last(y);
   const auto g = geometry(x.sizes(), w.sizes(), w.size(0), stride, padding, dilation, groups);
-  TORCH_CHECK(conv_ext::channels_last_mma::applies(g, x.scalar_type()), "the kernel does not apply");
-  return static_cast<int64_t>(conv_ext::channels_last_mma::run_forward(
-      g, multiprocessors, emulated_cuda::Launch{}, y, x, w.permute({0, 2, 3, 1}).contiguous(), bias.value_or(Tensor())));
+  TORCH_CHECK(conv_ext::channels_last_mma::applies_forward(g, x.scalar_type()), "the kernel does not apply");
+  return plan_of(conv_ext::channels_last_mma::run_forward(g, multiprocessors, emulated_cuda::Launch{}, y, x,
+                                                          w.permute({0, 2, 3, 1}).contiguous(), bias.value_or(Tensor()),
+                                                          conv_ext::channels_last_mma::whole_output(g), tf32));
 }
 
-int64_t mma_grad_input(const Tensor& gy, const Tensor& w, std::vector<int64_t> stride, std::vector<int64_t> padding,
-                       std::vector<int64_t> dilation, int64_t groups, int64_t multiprocessors, Tensor gx) {
+std::vector<int64_t> mma_grad_input(const Tensor& gy, const Tensor& w, std::vector<int64_t> stride,
+                                    std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t groups,
+                                    int64_t multiprocessors, bool tf32, Tensor gx) {
   check_channels_last(gy);
   check_channels_last(gx);
   const auto g = geometry(gx.sizes(), w.sizes(), w.size(0), stride, padding, dilation, groups);
-  TORCH_CHECK(g.unit_stride(), "the input gradient by the forward kernel needs stride 1");
-  TORCH_CHECK(conv_ext::channels_last_mma::applies(conv_ext::channels_last_mma::transposed_layer(g), gy.scalar_type()),
-              "the kernel does not apply");
-  return static_cast<int64_t>(
-      conv_ext::channels_last_mma::run_grad_input(g, multiprocessors, emulated_cuda::Launch{}, gx, gy, w));
+  TORCH_CHECK(conv_ext::channels_last_mma::applies_grad_input(g, gy.scalar_type()), "the kernel does not apply");
+  return plan_of(conv_ext::channels_last_mma::run_grad_input(g, multiprocessors, emulated_cuda::Launch{}, gx, gy, w, tf32));
+}
+
+std::vector<int64_t> mma_grad_weight(const Tensor& x, const Tensor& gy, std::vector<int64_t> stride,
+                                     std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t groups,
+                                     int64_t multiprocessors, Tensor gw) {
+  check_channels_last(x);
+  check_channels_last(gy);
+  const auto g = geometry(x.sizes(), gw.sizes(), gw.size(0), stride, padding, dilation, groups);
+  TORCH_CHECK(conv_ext::channels_last_mma::applies_grad_weight(g, x.scalar_type()), "the kernel does not apply");
+  Tensor gw_krsc = at::empty({gw.size(0), gw.size(2), gw.size(3), gw.size(1)}, gw.options());
+  const auto plan = conv_ext::channels_last_mma::run_grad_weight(g, multiprocessors, emulated_cuda::Launch{},
+                                                                 gw_krsc, x, gy);
+  gw.copy_(gw_krsc.permute({0, 3, 1, 2}));
+  return plan_of(plan);
 }
 
 }  // namespace
@@ -152,6 +171,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("direct_forward", &direct_forward, "fills y");
   m.def("direct_grad_input", &direct_grad_input, "fills gx");
   m.def("direct_grad_weight", &direct_grad_weight, "fills gw");
-  m.def("mma_forward", &mma_forward, "fills y (channels_last); returns the tile taken");
-  m.def("mma_grad_input", &mma_grad_input, "fills gx (channels_last); returns the tile taken");
+  m.def("mma_forward", &mma_forward, "fills y (channels_last); returns (tile, splits)");
+  m.def("mma_grad_input", &mma_grad_input, "fills gx (channels_last); returns (tile, splits)");
+  m.def("mma_grad_weight", &mma_grad_weight, "fills gw; returns (tile, splits)");
 }
