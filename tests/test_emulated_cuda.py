@@ -211,9 +211,8 @@ def mma_ops(emulated, conv, x, w, b, gy, multiprocessors, tf32_allowed):
     """The ops the channels-last tensor-core kernels (csrc/cuda/channels_last_mma.cuh) compute for
     this layer and dtype, on channels_last copies of the operands, their outputs poisoned with NaN
     first: {name: result} and {name: plan (tile, splits)}. The forward always; the input gradient
-    with output channels in whole 16-byte chunks (its first stride phase's plan); the weight gradient
-    in float16 and bfloat16 with input and output channels in whole chunks; float32 as TF32 or by
-    3xTF32 (tf32_allowed). Tiles are
+    (its first stride phase's plan) and the weight gradient with output channels in whole 16-byte
+    chunks too; float32 as TF32 or by 3xTF32 (tf32_allowed). Tiles are
     channels_last_mma::TileChoice: 0 for 128 x 128, 1 for 128 x 64, 2 for 64 x 128, 3 for 64 x 64."""
     args = [list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups, multiprocessors]
     float32_args = args + [tf32_allowed]
@@ -231,9 +230,9 @@ def mma_ops(emulated, conv, x, w, b, gy, multiprocessors, tf32_allowed):
     if whole_chunks(conv.out_channels):
         results["grad_input"] = poisoned(x)
         plans["grad_input"] = emulated.mma_grad_input(gy, w, *float32_args, results["grad_input"])
-    if x.element_size() == 2 and whole_chunks(conv.out_channels):
+    if whole_chunks(conv.out_channels):
         results["grad_weight"] = poisoned(w)
-        plans["grad_weight"] = emulated.mma_grad_weight(x, gy, *args, results["grad_weight"])
+        plans["grad_weight"] = emulated.mma_grad_weight(x, gy, *float32_args, results["grad_weight"])
     return results, plans
 
 
@@ -245,7 +244,7 @@ def assert_mma_ops_match(emulated, conv, dtype, multiprocessors, tf32_allowed=Tr
     x, w, b, gy = operands(conv, dtype)
     ours, plans = mma_ops(emulated, conv, x, w, b, gy, multiprocessors, tf32_allowed)
     rounded = tf32 if dtype == torch.float32 and tf32_allowed else (lambda t: t)
-    expected = dict(zip(("output", "grad_input", "grad_weight"), torch_ops(conv, *map(rounded, (x, w)), b, rounded(gy))))
+    expected = dict(zip(("output", "grad_input", "grad_weight"), torch_ops(conv, rounded(x), rounded(w), b, rounded(gy))))
     for name, a in ours.items():
         assert a.dtype == dtype and a.shape == expected[name].shape, name
         if dtype == torch.float32:
@@ -257,18 +256,19 @@ def assert_mma_ops_match(emulated, conv, dtype, multiprocessors, tf32_allowed=Tr
     return plans
 
 
-MMA_LAYERS = [  # (conv, multiprocessors, the forward's tile, the weight gradient's plan)
+# (conv, multiprocessors, the forward's tile, the weight gradient's (tile, splits, splits in float32))
+MMA_LAYERS = [
     # 72 filters a group (a 128-wide tile's second half past the edge), 3 steps of 32 channels with
     # the last one a quarter full, rows past the tile's edge
-    (Conv(2, 72, 72, (9, 8), (3, 3), (1, 1), (1, 1), (1, 1), 1, True), 1, 0, [0, 1]),
+    (Conv(2, 72, 72, (9, 8), (3, 3), (1, 1), (1, 1), (1, 1), 1, True), 1, 0, (0, 1, 1)),
     # the same in 3 blocks
-    (Conv(2, 72, 72, (9, 8), (3, 3), (1, 1), (1, 1), (1, 1), 1, True), 3, 2, [0, 1]),
+    (Conv(2, 72, 72, (9, 8), (3, 3), (1, 1), (1, 1), (1, 1), 1, True), 3, 2, (0, 1, 1)),
     # two groups of 40 -> 24 channels, strided and dilated, padding wider than the filter reaches;
     # rows of odd input positions that no tap feeds (stride 2, dilation 2)
-    (Conv(3, 80, 48, (14, 13), (3, 2), (2, 1), (3, 2), (2, 1), 2, False), 1, 1, [2, 1]),
+    (Conv(3, 80, 48, (14, 13), (3, 2), (2, 1), (3, 2), (2, 1), 2, False), 1, 1, (2, 1, 1)),
     # stride 1, dilated, a 5 x 5 filter, many small tiles; 1920 output pixels: the weight
-    # gradient's 60 steps split in 7 (of 9 steps, the last of 6)
-    (Conv(4, 16, 24, (24, 22), (5, 5), (1, 1), (4, 1), (2, 1), 1, True), 10**6, 3, [2, 7]),
+    # gradient's 60 steps split in 7 (of 9 steps, the last of 6; in float32 120 steps in 15)
+    (Conv(4, 16, 24, (24, 22), (5, 5), (1, 1), (4, 1), (2, 1), 1, True), 10**6, 3, (2, 7, 15)),
 ]
 
 
@@ -279,9 +279,9 @@ MMA_LAYERS = [  # (conv, multiprocessors, the forward's tile, the weight gradien
                          ids=["128x128", "64x128", "128x64-grouped-strided", "64x64-split"])
 def test_channels_last_mma(emulated, conv, multiprocessors, tile, grad_weight_plan, dtype, tf32_allowed):
     plans = assert_mma_ops_match(emulated, conv, dtype, multiprocessors, tf32_allowed)
-    assert plans["output"] == [tile, 1], plans
-    assert "grad_input" in plans, plans
-    assert plans.get("grad_weight", grad_weight_plan) == grad_weight_plan and ("grad_weight" in plans) == (dtype != torch.float32)
+    assert plans["output"] == [tile, 1] and "grad_input" in plans, plans
+    tile, splits, float32_splits = grad_weight_plan
+    assert plans["grad_weight"] == [tile, float32_splits if dtype == torch.float32 else splits], plans
 
 
 @st.composite

@@ -1,12 +1,8 @@
 // The convolution on the tensor cores over channels-last tensors (sm_80 and newer), as implicit
 // GEMMs, per group:
 //
-//   forward      rows (n, oh, ow)  cols k (output channel)   depth (r, s, c)   float16, bfloat16, float32
-//   grad_weight  rows k            cols (r, s, c)            depth (n, oh, ow) float16, bfloat16
-//
-// float32 as TF32 where PyTorch lets cuDNN use it, else each operand split into two TF32 parts
-// (big + small) and multiplied as big * big + big * small + small * big: three TF32 products that
-// keep about 21 bits of each operand, float32's accuracy at tensor-core speed (3xTF32).
+//   forward      rows (n, oh, ow)  cols k (output channel)   depth (r, s, c)
+//   grad_weight  rows k            cols (r, s, c)            depth (n, oh, ow)
 //
 // with the input (N, H, W, C), the gradient of the output (N, OH, OW, K) and the filters
 // (K, R, S, C / groups), so that every operand runs along channels, contiguous in memory: each
@@ -17,15 +13,19 @@
 // positions are the output of a stride-1 layer over the output gradient with the taps that feed
 // them, rotated (run_grad_input).
 //
-// A block of 256 threads computes a tile of C (128 or 64 by 128 or 64: plan_*) 32 elements deep
-// per step, with kStages steps in flight: while the warps multiply one step's tiles, the next
-// steps' copies land. Each warp multiplies its part of the tile from fragments that ldmatrix loads,
-// in m16 n8 tensor-core products (mma.sync), accumulating in float32. The forward's operand tiles
-// hold their rows along the depth (4 chunks each); the weight gradient's hold rows of the depth
-// (pixels) along C's rows and columns, which ldmatrix transposes as it loads. Shared memory's
-// chunks are permuted (swizzled) so that those loads meet no bank conflicts. The weight gradient's
-// long depth is split across blocks whose float32 partial products a second kernel sums in a fixed
-// order: deterministic, no atomics.
+// in float16, bfloat16 and float32: float32 as TF32 where PyTorch lets cuDNN use it, else each operand split into two TF32 parts
+// (big + small) and multiplied as big * big + big * small + small * big: three TF32 products that
+// keep about 21 bits of each operand, float32's accuracy at tensor-core speed (3xTF32).
+//
+// A block of 256 threads computes a tile of C (128 or 64 by 128 or 64: plan_*) 64 bytes deep per
+// step (32 elements of 16 bits, 16 of float32), with kStages steps in flight: while the warps
+// multiply one step's tiles, the next steps' copies land. Each warp multiplies its part of the
+// tile from fragments that ldmatrix loads, in m16 n8 tensor-core products (mma.sync),
+// accumulating in float32. The forward's operand tiles hold their rows along the depth (4 chunks
+// each); the weight gradient's hold rows of the depth (pixels) along C's rows and columns, which
+// ldmatrix transposes as it loads (16-bit elements; 32-bit ones are read one by one). Shared memory's chunks are permuted (swizzled) so that those
+// loads meet no bank conflicts. The weight gradient's long depth is split across blocks whose
+// float32 partial products a second kernel sums in a fixed order: deterministic, no atomics.
 //
 // Host code here too (the plans, the launches through a caller's launcher), so the tests can run
 // the kernels on the CPU (tests/emulated_cuda/) where there is no GPU.
@@ -151,16 +151,16 @@ struct ForwardProblem {
       for (int i = 0; i < A::copies; ++i) {
         const int64_t m = b.m0 + A::row(t, i);
         const int64_t n = m / (g.out_h * g.out_w), oh = m / g.out_w % g.out_h, ow = m % g.out_w;
-        image[i] = m < p.rows() ? p.x + n * g.in_h * g.in_w * g.in_channels + b.group * channels + A::chunk(t) * kElements
-                                : nullptr;
+        const int64_t first_element = n * g.in_h * g.in_w * g.in_channels + b.group * channels;
+        image[i] = m < p.rows() ? p.x + first_element + A::chunk(t) * kElements : nullptr;
         ih0[i] = oh * g.stride_h - g.pad_h;
         iw0[i] = ow * g.stride_w - g.pad_w;
       }
 #pragma unroll
       for (int i = 0; i < B::copies; ++i) {
         const int64_t k = b.n0 + B::row(t, i);
-        filter[i] = k < p.cols() ? p.w + (b.group * p.cols() + k) * g.kernel_h * g.kernel_w * channels + B::chunk(t) * kElements
-                                 : nullptr;
+        const int64_t first_element = (b.group * p.cols() + k) * g.kernel_h * g.kernel_w * channels;
+        filter[i] = k < p.cols() ? p.w + first_element + B::chunk(t) * kElements : nullptr;
       }
       const int64_t steps_a_tap = p.channel_steps();
       r = b.first_step / (steps_a_tap * g.kernel_w);
@@ -210,12 +210,12 @@ struct ForwardProblem {
 
 // The float32 partial products (group, split, k, (r, s, c)) of gw (K, R, S, C / groups) =
 // sum over pixels of gy (N, OH, OW, K) x (N, H, W, C) at the pixel's tap: steps over the pixels,
-// 32 at a time; both tiles hold rows of pixels, along C's rows (filters) and columns (taps).
-template <typename scalar_t>
+// 32 (16 in float32) at a time; both tiles hold rows of pixels, along C's rows (filters) and
+// columns (taps). split_float32: float32 by 3xTF32 rather than TF32.
+template <typename scalar_t, bool split_float32 = false>
 struct GradWeightProblem {
   using value_t = scalar_t;
-  static_assert(sizeof(scalar_t) == 2, "ldmatrix transposes 16-bit elements only");
-  static constexpr bool depth_major = true, kSplitFloat32 = false;
+  static constexpr bool depth_major = true, kSplitFloat32 = split_float32;
   static constexpr int kElements = kChunkBytes / sizeof(scalar_t), kStepDepth = kStepBytes / sizeof(scalar_t);
   const scalar_t* x;
   const scalar_t* gy;
@@ -285,6 +285,45 @@ struct GradWeightProblem {
   __device__ void store(const BlockTile&, int64_t row, int64_t crs, float v) const { partial[row + crs] = v; }
 };
 
+// A warp's a fragment of one product: rows row to row + 15 of C, the depth of chunks k and k + 1 of
+// the step, from a tile of `chunks` chunks a row holding 16-byte chunks of `elements` elements.
+// Its registers in order: (rows 0-7, depth 0-7), (rows 8-15, 0-7), (rows 0-7, 8-15), (rows 8-15,
+// 8-15), depth counted in 16-bit halves: ldmatrix's four matrices, transposed where the tile's
+// rows run along the depth (depth_major), read one by one for 32-bit elements, which ldmatrix
+// cannot transpose.
+template <bool depth_major, int chunks, int elements>
+__device__ __forceinline__ void load_a_fragment(uint32_t (&a)[4], const Chunk* tile, int row, int k, int lane) {
+  if constexpr (!depth_major) {
+    warp_mma::ldmatrix_x4(a, &tile[swizzled<chunks>(row + lane % 16, k + lane / 16)]);
+  } else if constexpr (elements == 8) {
+    warp_mma::ldmatrix_x4_trans(a, &tile[swizzled<chunks>(8 * k + lane % 8 + lane / 16 * 8, row / 8 + lane / 8 % 2)]);
+  } else {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {  // (row lane / 4, depth lane % 4), 8 rows on, 4 deep on, both
+      const int r = row + lane / 4 + 8 * (e % 2), depth = 4 * k + lane % 4 + 4 * (e / 2);
+      a[e] = tile[swizzled<chunks>(depth, r / 4)].words[r % 4];
+    }
+  }
+}
+
+// A warp's b fragments of two products: columns col to col + 7 and col + 8 to col + 15 of C, the
+// depth of chunks k and k + 1; in order (cols 0-7, depth 0-7), (cols 0-7, 8-15), (cols 8-15, 0-7),
+// (cols 8-15, 8-15), loaded as load_a_fragment's.
+template <bool depth_major, int chunks, int elements>
+__device__ __forceinline__ void load_b_fragments(uint32_t (&b)[4], const Chunk* tile, int col, int k, int lane) {
+  if constexpr (!depth_major) {
+    warp_mma::ldmatrix_x4(b, &tile[swizzled<chunks>(col + lane % 8 + lane / 16 * 8, k + lane / 8 % 2)]);
+  } else if constexpr (elements == 8) {
+    warp_mma::ldmatrix_x4_trans(b, &tile[swizzled<chunks>(8 * k + lane % 8 + lane / 8 % 2 * 8, col / 8 + lane / 16)]);
+  } else {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {  // (depth lane % 4, col lane / 4), 4 deep on, 8 columns on, both
+      const int c = col + lane / 4 + 8 * (e / 2), depth = 4 * k + lane % 4 + 4 * (e % 2);
+      b[e] = tile[swizzled<chunks>(depth, c / 4)].words[c % 4];
+    }
+  }
+}
+
 // C's tile for block (blockIdx.x, blockIdx.y) of Problem: its products over its split of the steps,
 // stored by Problem::store where Problem::row_start says each row of C goes.
 template <typename Problem, typename Tile>
@@ -327,15 +366,7 @@ __global__ void __launch_bounds__(kThreads) channels_last_mma_kernel(Problem p, 
       uint32_t a_small[split ? Tile::frags_m : 1][4], b_small[split ? Tile::frags_n : 1][2];
 #pragma unroll
       for (int i = 0; i < Tile::frags_m; ++i) {
-        // a's registers in order: matrices (rows 0-7, depth 0-7), (rows 8-15, 0-7), (rows 0-7,
-        // 8-15), (rows 8-15, 8-15), depth counted in 16-bit elements.
-        const int row = warp_m0 + 16 * i;
-        if constexpr (Problem::depth_major) {
-          warp_mma::ldmatrix_x4_trans(
-              a[i], &a_tile[swizzled<a_chunks>(8 * k + lane % 8 + lane / 16 * 8, row / kElements + lane / 8 % 2)]);
-        } else {
-          warp_mma::ldmatrix_x4(a[i], &a_tile[swizzled<a_chunks>(row + lane % 16, k + lane / 16)]);
-        }
+        load_a_fragment<Problem::depth_major, a_chunks, kElements>(a[i], a_tile, warp_m0 + 16 * i, k, lane);
         if constexpr (split) {
           warp_mma::split_operands(a[i], a_small[i]);
         } else {
@@ -344,15 +375,8 @@ __global__ void __launch_bounds__(kThreads) channels_last_mma_kernel(Problem p, 
       }
 #pragma unroll
       for (int j = 0; j < Tile::frags_n; j += 2) {
-        // Two products' b: matrices (cols 0-7, depth 0-7), (cols 0-7, 8-15), (cols 8-15, 0-7), (cols 8-15, 8-15).
-        const int col = warp_n0 + 8 * j;
         uint32_t pair[4];
-        if constexpr (Problem::depth_major) {
-          warp_mma::ldmatrix_x4_trans(
-              pair, &b_tile[swizzled<b_chunks>(8 * k + lane % 8 + lane / 8 % 2 * 8, col / kElements + lane / 16)]);
-        } else {
-          warp_mma::ldmatrix_x4(pair, &b_tile[swizzled<b_chunks>(col + lane % 8 + lane / 16 * 8, k + lane / 8 % 2)]);
-        }
+        load_b_fragments<Problem::depth_major, b_chunks, kElements>(pair, b_tile, warp_n0 + 8 * j, k, lane);
         uint32_t pair_small[4];
         if constexpr (split) {
           warp_mma::split_operands(pair, pair_small);
@@ -407,15 +431,15 @@ __global__ void __launch_bounds__(kThreads) channels_last_mma_kernel(Problem p, 
 }
 
 // gw (K, R, S, C / groups) = the sum of the weight gradient's partial products, in split order.
-template <typename scalar_t>
+template <typename Problem>
 __global__ void __launch_bounds__(kThreads)
-    sum_partials_kernel(GradWeightProblem<scalar_t> p, int64_t splits, scalar_t* gw) {
+    sum_partials_kernel(Problem p, int64_t splits, typename Problem::value_t* gw) {
   const int64_t rows = p.rows(), cols = p.cols();
   CONV_EXT_GRID_STRIDE_LOOP(index, p.g.groups * rows * cols) {
     const int64_t group = index / (rows * cols), element = index % (rows * cols);
     float sum = 0;
     for (int64_t split = 0; split < splits; ++split) sum += p.partial[(group * splits + split) * rows * cols + element];
-    gw[index] = static_cast<scalar_t>(sum);
+    gw[index] = static_cast<typename Problem::value_t>(sum);
   }
 }
 
@@ -427,8 +451,9 @@ inline bool grid_fits(int64_t rows, int64_t cols, int64_t groups, int64_t splits
   return (rows + 63) / 64 < (int64_t{1} << 31) && (cols + 63) / 64 * groups * splits <= 65535;
 }
 
-// Whether the kernel computes the forward of geometry g in dtype: float16, bfloat16 or float32, channels per group in whole chunks, a grid that fits (the caller checks that
-// tensors start at 16-byte boundaries).
+// Whether the kernel computes the forward of geometry g in dtype: float16, bfloat16 or float32,
+// channels per group in whole chunks, a grid that fits (the caller checks that tensors start at
+// 16-byte boundaries).
 inline bool applies_forward(const Conv2dGeometry& g, at::ScalarType dtype) {
   if (dtype != at::kHalf && dtype != at::kBFloat16 && dtype != at::kFloat) return false;
   const int64_t channels = g.in_channels_per_group();
@@ -445,10 +470,10 @@ inline bool applies_grad_input(const Conv2dGeometry& g, at::ScalarType dtype) {
          grid_fits(g.batch * g.in_h * g.in_w, g.in_channels_per_group(), g.groups);
 }
 
-// Whether it computes the weight gradient of geometry g in dtype: float16 or bfloat16, input and
-// output channels per group in whole chunks.
+// Whether it computes the weight gradient of geometry g in dtype: as the forward, with the output
+// channels per group in whole chunks too.
 inline bool applies_grad_weight(const Conv2dGeometry& g, at::ScalarType dtype) {
-  if (dtype != at::kHalf && dtype != at::kBFloat16) return false;
+  if (dtype != at::kHalf && dtype != at::kBFloat16 && dtype != at::kFloat) return false;
   const int64_t channels = g.in_channels_per_group(), filters = g.out_channels_per_group();
   return channels > 0 && filters > 0 && channels % elements_a_chunk(dtype) == 0 &&
          filters % elements_a_chunk(dtype) == 0 &&
@@ -482,17 +507,33 @@ inline Plan plan_forward(const Conv2dGeometry& g, int64_t multiprocessors) {
 }
 
 // The weight gradient's tile: 128 rows (filters) where a group has more than 64, else 64, and
-// likewise its columns; its steps (32 pixels each) split into parts at least 8 steps long, for two
-// blocks per multiprocessor.
-inline Plan plan_grad_weight(const Conv2dGeometry& g, int64_t multiprocessors) {
+// likewise its columns; its steps (64 bytes of pixels each: 32 of 16 bits, 16 of float32) split
+// into parts at least 8 steps long, for two blocks per multiprocessor.
+inline Plan plan_grad_weight(const Conv2dGeometry& g, at::ScalarType dtype, int64_t multiprocessors) {
   const int64_t rows = g.out_channels_per_group(), cols = g.kernel_h * g.kernel_w * g.in_channels_per_group();
   const TileChoice t = rows > 64 ? (cols > 64 ? TileChoice::m128_n128 : TileChoice::m128_n64)
                                  : (cols > 64 ? TileChoice::m64_n128 : TileChoice::m64_n64);
   const int64_t grid = blocks(t, rows, cols, g.groups);
-  const int64_t steps = (g.batch * g.out_h * g.out_w + 31) / 32;
+  const int64_t step_depth = kStepBytes / c10::elementSize(dtype);
+  const int64_t steps = (g.batch * g.out_h * g.out_w + step_depth - 1) / step_depth;
   int64_t splits = std::max<int64_t>(1, std::min<int64_t>((2 * multiprocessors + grid - 1) / grid, steps / 8));
   while (splits > 1 && !grid_fits(rows, cols, g.groups, splits)) --splits;
   return {t, splits};
+}
+
+// run(split) with split std::true_type for float32 by 3xTF32 (!tf32), std::false_type for TF32 and
+// the 16-bit types; nothing for float64, which the kernels do not compute.
+template <typename scalar_t, typename Run>
+void on_precision(bool tf32, Run run) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (tf32) {
+      run(std::false_type{});
+    } else {
+      run(std::true_type{});
+    }
+  } else if constexpr (!std::is_same_v<scalar_t, double>) {
+    run(std::false_type{});
+  }
 }
 
 template <typename Tile, typename Problem, typename Launch>
@@ -522,21 +563,12 @@ Plan run_forward(const Conv2dGeometry& g, int64_t multiprocessors, Launch launch
   const Plan plan = plan_forward(g, multiprocessors);
   if (g.batch * g.out_h * g.out_w * g.out_channels == 0) return plan;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "conv_ext_channels_last_mma", [&] {
-    auto run = [&](auto precision) {
-      const ForwardProblem<scalar_t, decltype(precision)::value> p{
+    on_precision<scalar_t>(tf32, [&](auto split) {
+      const ForwardProblem<scalar_t, decltype(split)::value> p{
           x.const_data_ptr<scalar_t>(), w_krsc.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(bias),
           y.mutable_data_ptr<scalar_t>(), g, out};
       launch_plan(launch, p, plan);
-    };
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      if (tf32) {
-        run(std::false_type{});
-      } else {
-        run(std::true_type{});
-      }
-    } else if constexpr (!std::is_same_v<scalar_t, double>) {
-      run(std::false_type{});
-    }
+    });
   });
   return plan;
 }
@@ -587,19 +619,22 @@ Plan run_grad_input(const Conv2dGeometry& g, int64_t multiprocessors, Launch lau
 }
 
 // gw_krsc (K, R, S, C / groups) = the weight gradient of geometry g from x (N, H, W, C in memory)
-// and gy (N, OH, OW, K in memory), both starting at 16-byte boundaries.
+// and gy (N, OH, OW, K in memory), both starting at 16-byte boundaries; float32 as TF32 or by
+// 3xTF32.
 template <typename Launch>
 Plan run_grad_weight(const Conv2dGeometry& g, int64_t multiprocessors, Launch launch, const at::Tensor& gw_krsc,
-                     const at::Tensor& x, const at::Tensor& gy) {
-  const Plan plan = plan_grad_weight(g, multiprocessors);
+                     const at::Tensor& x, const at::Tensor& gy, bool tf32) {
+  const Plan plan = plan_grad_weight(g, gw_krsc.scalar_type(), multiprocessors);
   if (gw_krsc.numel() == 0) return plan;
-  AT_DISPATCH_REDUCED_FLOATING_TYPES(gw_krsc.scalar_type(), "conv_ext_channels_last_mma_grad_weight", [&] {
-    at::Tensor partial = at::empty({plan.splits * gw_krsc.numel()}, gw_krsc.options().dtype(at::kFloat));
-    const GradWeightProblem<scalar_t> p{x.const_data_ptr<scalar_t>(), gy.const_data_ptr<scalar_t>(),
-                                        partial.mutable_data_ptr<float>(), g};
-    launch_plan(launch, p, plan);
-    launch(sum_partials_kernel<scalar_t>, dim3(blocks_for(gw_krsc.numel())), dim3(kThreads), p, plan.splits,
-           gw_krsc.mutable_data_ptr<scalar_t>());
+  at::Tensor partial = at::empty({plan.splits * gw_krsc.numel()}, gw_krsc.options().dtype(at::kFloat));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gw_krsc.scalar_type(), "conv_ext_mma_grad_weight", [&] {
+    on_precision<scalar_t>(tf32, [&](auto split) {
+      const GradWeightProblem<scalar_t, decltype(split)::value> p{
+          x.const_data_ptr<scalar_t>(), gy.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<float>(), g};
+      launch_plan(launch, p, plan);
+      launch(sum_partials_kernel<decltype(p)>, dim3(blocks_for(gw_krsc.numel())), dim3(kThreads), p, plan.splits,
+             gw_krsc.mutable_data_ptr<scalar_t>());
+    });
   });
   return plan;
 }

@@ -1,11 +1,10 @@
 // CUDA kernels of the three conv_ext operators. Four algorithms:
 // - depthwise kernels (depthwise.cuh) where each output channel reads one input channel;
-// - the channels-last tensor-core GEMMs (channels_last_mma.cuh): the forward and the input gradient
-//   in float16, bfloat16 and float32 (as TF32 where PyTorch lets cuDNN use TF32, else by 3xTF32,
-//   float32's accuracy: tf32_allowed()), the weight gradient
-//   in float16 and bfloat16, where the channels per group fill whole 16-byte chunks (multiples of
-//   8, or of 4 in float32; the weight gradient's input and output channels both): the activations
-//   are made channels_last (one conversion, none for channels_last inputs) and the filters ordered
+// - the channels-last tensor-core GEMMs (channels_last_mma.cuh), all three ops in float16, bfloat16
+//   and float32 (as TF32 where PyTorch lets cuDNN use TF32, else by 3xTF32, float32's accuracy:
+//   tf32_allowed()), where the channels per group fill whole 16-byte chunks (multiples of 8, or of
+//   4 in float32; the input and weight gradients' output channels too): the activations are made
+//   channels_last (one conversion, none for channels_last inputs) and the filters ordered
 //   (K, R, S, C / groups);
 // - the tiled implicit GEMM (tiled_gemm.cuh), wherever its 64 x 64 tiles are not mostly empty: on
 //   the tensor cores for float16 and bfloat16, and for float32 where PyTorch lets cuDNN use TF32
@@ -206,7 +205,7 @@ Tensor conv2d_grad_weight_cuda(const Tensor& input, const Tensor& grad_output,
     Tensor gw_krsc = at::empty({g.out_channels, g.kernel_h, g.kernel_w, g.in_channels_per_group()}, input.options());
     channels_last_mma::run_grad_weight(g, multiprocessors(), LaunchOnCurrentStream{}, gw_krsc,
                                        aligned_contiguous(input, at::MemoryFormat::ChannelsLast),
-                                       aligned_contiguous(grad_output, at::MemoryFormat::ChannelsLast));
+                                       aligned_contiguous(grad_output, at::MemoryFormat::ChannelsLast), tf32_allowed());
     return in_memory_format(gw_krsc.permute({0, 3, 1, 2}), conv2d_memory_format(input, grad_output));
   }
   Tensor gw = at::empty({g.out_channels, g.in_channels_per_group(), g.kernel_h, g.kernel_w},

@@ -201,7 +201,8 @@ inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {
   for (unsigned j = 0; j < 4; ++j) {
     uint16_t pair[2];  // column lane / 4 of rows 2 (lane % 4) and the next
     for (unsigned i = 0; i < 2; ++i) {
-      std::memcpy(&pair[i], reinterpret_cast<const char*>(exchange.row[8 * j + 2 * (lane % 4) + i]) + 2 * (lane / 4), 2);
+      const char* row_bytes = reinterpret_cast<const char*>(exchange.row[8 * j + 2 * (lane % 4) + i]);
+      std::memcpy(&pair[i], row_bytes + 2 * (lane / 4), 2);
     }
     r[j] = pair[0] | uint32_t{pair[1]} << 16;
   }

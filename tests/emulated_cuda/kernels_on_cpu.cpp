@@ -142,19 +142,20 @@ std::vector<int64_t> mma_grad_input(const Tensor& gy, const Tensor& w, std::vect
   check_channels_last(gx);
   const auto g = geometry(gx.sizes(), w.sizes(), w.size(0), stride, padding, dilation, groups);
   TORCH_CHECK(conv_ext::channels_last_mma::applies_grad_input(g, gy.scalar_type()), "the kernel does not apply");
-  return plan_of(conv_ext::channels_last_mma::run_grad_input(g, multiprocessors, emulated_cuda::Launch{}, gx, gy, w, tf32));
+  return plan_of(
+      conv_ext::channels_last_mma::run_grad_input(g, multiprocessors, emulated_cuda::Launch{}, gx, gy, w, tf32));
 }
 
 std::vector<int64_t> mma_grad_weight(const Tensor& x, const Tensor& gy, std::vector<int64_t> stride,
                                      std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t groups,
-                                     int64_t multiprocessors, Tensor gw) {
+                                     int64_t multiprocessors, bool tf32, Tensor gw) {
   check_channels_last(x);
   check_channels_last(gy);
   const auto g = geometry(x.sizes(), gw.sizes(), gw.size(0), stride, padding, dilation, groups);
   TORCH_CHECK(conv_ext::channels_last_mma::applies_grad_weight(g, x.scalar_type()), "the kernel does not apply");
   Tensor gw_krsc = at::empty({gw.size(0), gw.size(2), gw.size(3), gw.size(1)}, gw.options());
   const auto plan = conv_ext::channels_last_mma::run_grad_weight(g, multiprocessors, emulated_cuda::Launch{},
-                                                                 gw_krsc, x, gy);
+                                                                 gw_krsc, x, gy, tf32);
   gw.copy_(gw_krsc.permute({0, 3, 1, 2}));
   return plan_of(plan);
 }
