@@ -100,6 +100,21 @@ struct CopyPlace {
   __device__ static int chunk(int t) { return t % chunks; }
 };
 
+// Stores v[0] at out[0] and, where `both`, v[1] at out[1]: the two in one store where out lies on
+// a boundary of their size.
+template <typename T>
+__device__ __forceinline__ void store_one_or_two(T* out, const T (&v)[2], bool both) {
+  struct alignas(2 * sizeof(T)) Two {
+    T v[2];
+  };
+  if (both && reinterpret_cast<uintptr_t>(out) % sizeof(Two) == 0) {
+    *reinterpret_cast<Two*>(out) = Two{{v[0], v[1]}};
+    return;
+  }
+  out[0] = v[0];
+  if (both) out[1] = v[1];
+}
+
 // Where a forward's output pixel (n, oh, ow) lies in y (N, h, w, K): at (n, first_h + oh * step_h,
 // first_w + ow * step_w); the whole of y for a layer's forward, one stride phase of the input
 // gradient for the input gradient's.
@@ -202,9 +217,16 @@ struct ForwardProblem {
     return ((n * out.h + out.first_h + oh * out.step_h) * out.w + out.first_w + ow * out.step_w) * g.out_channels +
            b.group * cols();
   }
-  __device__ void store(const BlockTile& b, int64_t row, int64_t k, float v) const {
-    if (bias != nullptr) v += static_cast<float>(bias[b.group * cols() + k]);
-    y[row + k] = static_cast<scalar_t>(v);
+  // C[m][k] = sum[0] and, where both lie inside C, C[m][k + 1] = sum[1], for the row starting at row.
+  __device__ void store(const BlockTile& b, int64_t row, int64_t k, const float (&sum)[2]) const {
+    const bool both = k + 1 < cols();
+    scalar_t v[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int64_t channel = b.group * cols() + k + (both ? e : 0);
+      v[e] = static_cast<scalar_t>(sum[e] + (bias != nullptr ? static_cast<float>(bias[channel]) : 0.0f));
+    }
+    store_one_or_two(y + row + k, v, both);
   }
 };
 
@@ -282,7 +304,9 @@ struct GradWeightProblem {
   __device__ int64_t row_start(const BlockTile& b, int64_t splits, int64_t k) const {
     return ((b.group * splits + b.split) * rows() + k) * cols();
   }
-  __device__ void store(const BlockTile&, int64_t row, int64_t crs, float v) const { partial[row + crs] = v; }
+  __device__ void store(const BlockTile&, int64_t row, int64_t crs, const float (&sum)[2]) const {
+    store_one_or_two(partial + row + crs, sum, crs + 1 < cols());
+  }
 };
 
 // A warp's a fragment of one product: rows row to row + 15 of C, the depth of chunks k and k + 1 of
@@ -325,7 +349,7 @@ __device__ __forceinline__ void load_b_fragments(uint32_t (&b)[4], const Chunk* 
 }
 
 // C's tile for block (blockIdx.x, blockIdx.y) of Problem: its products over its split of the steps,
-// stored by Problem::store where Problem::row_start says each row of C goes.
+// stored two columns at a time by Problem::store where Problem::row_start says each row of C goes.
 template <typename Problem, typename Tile>
 __global__ void __launch_bounds__(kThreads) channels_last_mma_kernel(Problem p, int64_t splits) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
@@ -419,11 +443,9 @@ __global__ void __launch_bounds__(kThreads) channels_last_mma_kernel(Problem p, 
       const int64_t row = p.row_start(block, splits, m);
 #pragma unroll
       for (int j = 0; j < Tile::frags_n; ++j) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int64_t n = block.n0 + warp_n0 + 8 * j + 2 * (lane % 4) + e;
-          if (n < p.cols()) p.store(block, row, n, sum[i][j][2 * half + e]);
-        }
+        const int64_t n = block.n0 + warp_n0 + 8 * j + 2 * (lane % 4);
+        const float pair[2] = {sum[i][j][2 * half], sum[i][j][2 * half + 1]};
+        if (n < p.cols()) p.store(block, row, n, pair);
       }
     }
   }
