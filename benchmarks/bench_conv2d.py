@@ -4,9 +4,9 @@ The suite: ResNet-18/50 layers (the 7x7/2 stem, 3x3 at 56, 28, 14 and 7 with 64-
 3x3 stride 2, 1x1 reductions and expansions), ResNeXt's grouped 3x3 (8 and 32 channels per group,
 and 16 at stride 2), MobileNet's depthwise 3x3 and a 5x5 layer, at batch 8 and 1, in float32; and a few of them in float64 and bfloat16. On a GPU
 (--device cuda): ResNet-50 layers and MobileNet depthwise layers at batch 32 and 256, in float32
-(TF32 off on both sides), TF32, bfloat16 and float16; torch's side is cuDNN on channels_last
-tensors with benchmark mode on (the fair anchor), and its NCHW forward times with benchmark mode
-off and on are recorded too.
+(TF32 off on both sides), TF32, bfloat16 and float16; both sides run on the same channels_last
+tensors, torch's as cuDNN with benchmark mode on (the fair anchor), and its NCHW forward times
+with benchmark mode off and on are recorded too.
 
 For each row: the error of both sides' forward against a float64 result (max |error| / max |exact|),
 the peak memory one forward call allocates, then forward and forward+backward of both sides timed
@@ -160,15 +160,17 @@ def peak_memory_mib(fn, layer, x, w, b):
 
 
 def timers(layer, x, w, b):
-    """{(mode, side): Timer}: forward and forward+backward of ours and of torch's. On a GPU torch's
-    side runs cuDNN on channels_last tensors in benchmark mode (the fair anchor), and the forward
-    of NCHW tensors is timed too, with benchmark mode off and on."""
+    """{(mode, side): Timer}: forward and forward+backward of ours and of torch's. On a GPU both
+    sides run on the same channels_last tensors, torch's as cuDNN in benchmark mode (the fair
+    anchor), and torch's forward of NCHW tensors is timed too, with benchmark mode off and on."""
     kw = dict(stride=layer.stride, padding=layer.padding, groups=layer.groups)
     gy = torch.randn_like(F.conv2d(x, w, b, **kw))
     sides = [("ours", conv_ext.conv2d, x, w, gy, False), ("torch", F.conv2d, x, w, gy, False)]
     if x.is_cuda:
         x_cl, w_cl, gy_cl = (t.detach().contiguous(memory_format=torch.channels_last) for t in (x, w, gy))
-        sides = [sides[0], ("torch", F.conv2d, x_cl.requires_grad_(), w_cl.requires_grad_(), gy_cl, True),
+        x_cl.requires_grad_()
+        w_cl.requires_grad_()
+        sides = [("ours", conv_ext.conv2d, x_cl, w_cl, gy_cl, False), ("torch", F.conv2d, x_cl, w_cl, gy_cl, True),
                  ("torch NCHW", F.conv2d, x, w, gy, False), ("torch NCHW benchmark", F.conv2d, x, w, gy, True)]
     out = {}
     for side, fn, xs, ws, gys, cudnn_benchmark in sides:

@@ -4,8 +4,8 @@ cuDNN timed alone on bench_conv2d.py's GPU layers, against the op's floor on thi
 The floor is the larger of two times (METHOD.md of the device notes): the op's multiply-adds at
 the rate a large matrix product of the precision runs here (torch.matmul, 8192^3), and the bytes
 it must move at least (each operand read once, the result written once) at the rate a large
-device-to-device copy runs. Both ceilings are measured first, on random data. cuDNN runs on
-channels_last tensors in benchmark mode, as in bench_conv2d.py; its gradients are
+device-to-device copy runs. Both ceilings are measured first, on random data. Both sides run on
+channels_last tensors, cuDNN in benchmark mode, as in bench_conv2d.py; its gradients are
 aten.convolution_backward with one output asked for. Medians of torch.utils.benchmark's
 blocked_autorange, each op's two sides timed back to back. Writes
 benchmarks/results/gpu_ops_cuda.json and prints a Markdown table.
@@ -57,10 +57,12 @@ def op_calls(layer, x, w, b, gy):
             gy_cl, x_cl, w_cl, None, *args[:3], False, [0, 0], layer.groups, mask)
 
     return dict(
-        forward=(lambda: ops.conv2d(x, w, b, *args), lambda: F.conv2d(x_cl, w_cl, b, layer.stride, layer.padding,
-                                                                        1, layer.groups)),
-        grad_input=(lambda: ops.conv2d_grad_input(gy, w, list(x.shape[2:]), *args), cudnn_backward([True, False, False])),
-        grad_weight=(lambda: ops.conv2d_grad_weight(x, gy, list(w.shape[2:]), *args), cudnn_backward([False, True, False])),
+        forward=(lambda: ops.conv2d(x_cl, w_cl, b, *args),
+                 lambda: F.conv2d(x_cl, w_cl, b, layer.stride, layer.padding, 1, layer.groups)),
+        grad_input=(lambda: ops.conv2d_grad_input(gy_cl, w_cl, list(x.shape[2:]), *args),
+                    cudnn_backward([True, False, False])),
+        grad_weight=(lambda: ops.conv2d_grad_weight(x_cl, gy_cl, list(w.shape[2:]), *args),
+                     cudnn_backward([False, True, False])),
     )
 
 

@@ -46,7 +46,7 @@ import torch
 import conv_ext
 
 ops = torch.ops.conv_ext
-torch.backends.cudnn.allow_tf32 = False  # float32 on the FMA kernel; bfloat16 takes the tensor cores
+torch.backends.cudnn.allow_tf32 = False  # float32 exact: FMAs, or 3xTF32 on the channels-last kernels
 for algorithm in ("auto", "gemm", "direct"):  # auto: the depthwise kernels for the depthwise layers
     os.environ["CONV_EXT_CUDA_ALGORITHM"] = algorithm
     for dtype in (torch.float32, torch.bfloat16):
@@ -57,6 +57,11 @@ for algorithm in ("auto", "gemm", "direct"):  # auto: the depthwise kernels for 
             (2, 32, 32, (64, 64), (3, 3), (1, 1), (1, 1), (1, 1), 32),  # weight gradient split in two
             (2, 16, 32, (65, 128), (5, 5), (2, 1), (2, 2), (1, 1), 16),
             (2, 16, 16, (67, 130), (3, 2), (1, 2), (1, 0), (2, 1), 16),
+            # the channels-last kernels (auto): every tile, stride phases no tap feeds, a split weight gradient
+            (2, 72, 72, (9, 8), (3, 3), (1, 1), (1, 1), (1, 1), 1),
+            (3, 80, 48, (14, 13), (3, 2), (2, 1), (3, 2), (2, 1), 2),
+            (4, 16, 24, (24, 22), (5, 5), (1, 1), (4, 1), (2, 1), 1),
+            (32, 64, 64, (28, 28), (3, 3), (1, 1), (1, 1), (1, 1), 1),
         ]:
             x = torch.randn(n, c, *size, device="cuda", dtype=dtype)
             w = torch.randn(k, c // groups, *kernel, device="cuda", dtype=dtype)
