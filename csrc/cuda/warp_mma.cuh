@@ -112,10 +112,10 @@ __device__ __forceinline__ void round_operands(uint32_t (&r)[n]) {
 // v (a float32's bits) as the sum of two TF32 values, big + small (the bits of each), so that
 // products of such pairs carry about 21 bits of each operand: big is v cut to TF32 (toward zero:
 // it cannot overflow), small the rest rounded to TF32, of v's sign. The three products of two
-// pairs, small big + big small + big big, must give IEEE's infinities and NaNs: so small is never
-// 0 but for v = 0 (it is 2^-126 then, float32's least normal value, with v's sign: inf * small
-// must be an infinity of the right sign, not NaN), an infinity is itself plus such a small part,
-// and a NaN is itself twice.
+// pairs, small big + big small + big big, must give IEEE's infinities and NaNs, so where the rest
+// is 0 (v a TF32 value already, or an infinity) small is 2^-126, float32's least normal value,
+// with v's sign: an infinity times it is an infinity of the right sign, where times 0 it would be
+// NaN. Only v = 0 has small = 0; a NaN is itself twice.
 __device__ __forceinline__ uint32_t split_to_tf32(uint32_t& small, uint32_t v) {
   constexpr uint32_t kSign = 0x80000000u, kInfinity = 0x7f800000u, kLeastNormal = 0x00800000u;
   const uint32_t magnitude = v & ~kSign;
