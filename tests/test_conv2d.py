@@ -319,6 +319,30 @@ def test_cuda_channels_last_mma(conv, dtype, tf32_allowed):
                                        msg=name)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("conv", [
+    Conv(8, 512, 512, (7, 7), (3, 3), (1, 1), (1, 1), (1, 1), 1, False, "channels_last"),  # 4608 deep
+    Conv(32, 64, 64, (28, 28), (1, 1), (1, 1), (0, 0), (1, 1), 1, False, "channels_last"),  # 25088 pixels
+], ids=["3x3-512", "1x1-64"])
+def test_cuda_3xtf32_deep_sums(conv):
+    """float32 by 3xTF32 on deep sums of positive activations (as after a ReLU) within 2e-6 of the
+    result's scale, a float32 sum's own error: each step's products summed apart from the running
+    sum, which the tensor cores' truncating additions would make drift (2.4e-5 on an H200)."""
+    torch.backends.cudnn.allow_tf32 = False
+    x, w, b = conv.tensors(torch.float32, "cuda")
+    x = x.abs().contiguous(memory_format=torch.channels_last)
+    args = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
+    y = torch.ops.conv_ext.conv2d(x, w, b, *args)
+    gy = (torch.rand(y.shape, device="cuda", generator=torch.Generator("cuda").manual_seed(1)) * 2 - 1)
+    gy = gy.contiguous(memory_format=torch.channels_last)
+    ours = (y, torch.ops.conv_ext.conv2d_grad_input(gy, w, list(x.shape[2:]), *args),
+            torch.ops.conv_ext.conv2d_grad_weight(x, gy, list(w.shape[2:]), *args))
+    assert any("channels_last_mma" in name for name in cuda_kernels_launched(
+        lambda: torch.ops.conv_ext.conv2d(x, w, b, *args)))
+    for name, a, e in zip(NAMES, ours, torch_ops(conv, x, w, b, gy)):
+        assert_scaled_close(a, e, 2e-6, name)
+
+
 @pytest.mark.parametrize("path", ["winograd", "winograd-generic-isa"])
 def test_winograd_output_channel_slices(path):
     """36 x 360 x 350 transformed filters exceed Winograd's bound and 147 tiles are too many to

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.cpp_extension import load
 
-from configs import Conv, fitting_size
+from configs import Conv, fitting_size, make_layout
 from test_conv2d import assert_scaled_close, tf32, torch_ops
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def emulated_ops(emulated, conv, x, w, b, gy, multiprocessors=None, tensor_cores
 
 
 def operands(conv, dtype, seed=0):
-    """(x, w, b, grad_output) with values in [-1, 1)."""
+    """(x, w, b, grad_output) with values in [-1, 1), x and grad_output in the layer's layout."""
     x, w, b = conv.tensors(dtype, "cpu", seed=seed)
     out_size = [
         (n + 2 * p - d * (k - 1) - 1) // s + 1
@@ -76,7 +76,7 @@ def operands(conv, dtype, seed=0):
     ]
     gen = torch.Generator().manual_seed(seed + 1)
     gy = torch.rand(conv.batch, conv.out_channels, *out_size, generator=gen, dtype=torch.float64) * 2 - 1
-    return x, w, b, gy.to(dtype)
+    return x, w, b, make_layout(gy.to(dtype), conv.layout)
 
 
 def assert_float64_matches_torch(emulated, conv, *how, **more):
@@ -150,15 +150,17 @@ def test_no_input_channels_gives_the_bias(emulated):
 @st.composite
 def depthwise_convs(draw):
     """Depthwise layers (groups == in_channels) with channel multipliers 1 to 3, filters of the sizes
-    the kernels compile in (3 x 3, 5 x 5) and of others."""
-    channels, multiplier = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    the kernels compile in (3 x 3, 5 x 5) and of others, NCHW or channels_last (whose blocks take
+    32 channels: 1 to 4 or 30 to 40 channels leave the last tile part empty)."""
+    channels = draw(st.one_of(st.integers(1, 4), st.integers(30, 40)))
+    multiplier = draw(st.integers(1, 3))
     kernel = draw(st.sampled_from([(3, 3), (5, 5), (1, 1), (2, 4), (3, 1), (4, 4)]))
     stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     padding = (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
     size = fitting_size(draw, kernel, padding, dilation, draw(st.sampled_from([4, 12, 30])))
     return Conv(draw(st.integers(0, 3)), channels, channels * multiplier, size, kernel, stride, padding, dilation,
-                channels, draw(st.booleans()))
+                channels, draw(st.booleans()), draw(st.sampled_from(["contiguous", "channels_last"])))
 
 
 @settings(max_examples=40)
@@ -167,21 +169,27 @@ def test_depthwise_float64_matches_torch(emulated, conv, multiprocessors):
     assert_float64_matches_torch(emulated, conv, multiprocessors, algorithm="depthwise")
 
 
-DEPTHWISE_LAYERS = [  # each with 2 x 4096 pixels a channel: its weight gradient split in two blocks
+DEPTHWISE_LAYERS = [  # each with 2 x 4096 pixels a channel: its NCHW weight gradient split in two blocks
     Conv(2, 3, 3, (64, 64), (3, 3), (1, 1), (1, 1), (1, 1), 3, True),
     Conv(2, 2, 4, (65, 128), (5, 5), (2, 1), (2, 2), (1, 1), 2, True),
     Conv(2, 2, 4, (67, 130), (3, 2), (1, 2), (1, 0), (2, 1), 2, False),
+    # channels_last: 34 channels, two tiles of 32, the second with 2; its weight gradient split in 64
+    Conv(2, 34, 34, (64, 64), (3, 3), (1, 1), (1, 1), (1, 1), 34, True, "channels_last"),
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("conv", DEPTHWISE_LAYERS, ids=["3x3", "5x5-stride-2", "3x2-dilated"])
+@pytest.mark.parametrize("conv", DEPTHWISE_LAYERS, ids=["3x3", "5x5-stride-2", "3x2-dilated", "3x3-channels-last"])
 def test_depthwise_reduced_precision_rounds_a_float32_sum(emulated, conv, dtype):
     """As for the tiled GEMM, with each channel's work shared by several blocks: its pixels in the
-    forward and input gradient, its long sum split in the weight gradient."""
+    forward and input gradient, its long sum split in the weight gradient; the results in the
+    activations' layout."""
     x, w, b, gy = operands(conv, dtype)
     ours, plans = emulated_ops(emulated, conv, x, w, b, gy, 10**6, algorithm="depthwise")
-    assert plans[0] > 1 and plans[1] > 1 and plans[2] == 2, plans
+    splits = 64 if conv.layout == "channels_last" else 2
+    assert plans[0] > 1 and plans[1] > 1 and plans[2] == splits, plans
+    layout = torch.channels_last if conv.layout == "channels_last" else torch.contiguous_format
+    assert ours[0].is_contiguous(memory_format=layout) and ours[1].is_contiguous(memory_format=layout)
     assert_rounds_a_float32_sum(ours, torch_ops(conv, x, w, b, gy), dtype)
 
 
@@ -325,3 +333,20 @@ def test_channels_last_mma_special_values(emulated, tf32_allowed):
     assert finite.sum() > 0.8 * finite.numel()
     scale = theirs[finite].abs().max().item()
     torch.testing.assert_close(y[finite], theirs[finite], rtol=0, atol=(1e-3 if tf32_allowed else 1e-5) * scale)
+
+
+@pytest.mark.parametrize("conv", [
+    Conv(1, 512, 64, (5, 5), (3, 3), (1, 1), (1, 1), (1, 1), 1, False),  # the output 4608 deep
+    Conv(1, 8, 8, (64, 72), (1, 1), (1, 1), (0, 0), (1, 1), 1, False),  # the weight gradient 4608 deep
+], ids=["output", "grad_weight"])
+def test_channels_last_mma_3xtf32_deep_sums(emulated, conv):
+    """float32 by 3xTF32 on sums 4608 deep, of positive activations (as after a ReLU), within 2e-6
+    of the scale of the float64 result: a float32 sum's own error at that depth (cuDNN's float32
+    measured 2e-7 to 2e-6 on the GPU). The emulator adds as the tensor cores do, cutting every term
+    to the largest one's 24 bits: added into the running sum, the products would lose their low
+    bits at every step (1e-5 here, 2.4e-5 on the GPU at batch 32)."""
+    x, w, b, gy = operands(conv, torch.float32)
+    x = x.abs()
+    ours = mma_ops(emulated, conv, x, w, b, gy, 1, tf32_allowed=False)[0]
+    for name, expected in zip(("output", "grad_input", "grad_weight"), torch_ops(conv, x, w, b, gy)):
+        assert_scaled_close(ours[name], expected, 2e-6, name)

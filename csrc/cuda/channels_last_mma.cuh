@@ -386,8 +386,7 @@ __global__ void __launch_bounds__(kThreads) channels_last_mma_kernel(Problem p, 
 #pragma unroll
     for (int k = 0; k < kStepBytes / kChunkBytes; k += 2) {  // a product's depth: two chunks' worth
       constexpr bool split = Problem::kSplitFloat32;
-      uint32_t a[Tile::frags_m][4], b[Tile::frags_n][2];
-      uint32_t a_small[split ? Tile::frags_m : 1][4], b_small[split ? Tile::frags_n : 1][2];
+      uint32_t a[Tile::frags_m][4], a_small[split ? Tile::frags_m : 1][4];
 #pragma unroll
       for (int i = 0; i < Tile::frags_m; ++i) {
         load_a_fragment<Problem::depth_major, a_chunks, kElements>(a[i], a_tile, warp_m0 + 16 * i, k, lane);
@@ -398,10 +397,9 @@ __global__ void __launch_bounds__(kThreads) channels_last_mma_kernel(Problem p, 
         }
       }
 #pragma unroll
-      for (int j = 0; j < Tile::frags_n; j += 2) {
-        uint32_t pair[4];
+      for (int j = 0; j < Tile::frags_n; j += 2) {  // b fragments two at a time: fewer registers live
+        uint32_t pair[4], pair_small[4];
         load_b_fragments<Problem::depth_major, b_chunks, kElements>(pair, b_tile, warp_n0 + 8 * j, k, lane);
-        uint32_t pair_small[4];
         if constexpr (split) {
           warp_mma::split_operands(pair, pair_small);
         } else {
@@ -409,23 +407,16 @@ __global__ void __launch_bounds__(kThreads) channels_last_mma_kernel(Problem p, 
         }
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          b[j + e][0] = pair[2 * e];
-          b[j + e][1] = pair[2 * e + 1];
-          if constexpr (split) {
-            b_small[j + e][0] = pair_small[2 * e];
-            b_small[j + e][1] = pair_small[2 * e + 1];
-          }
-        }
-      }
+          const uint32_t b[2] = {pair[2 * e], pair[2 * e + 1]};
 #pragma unroll
-      for (int i = 0; i < Tile::frags_m; ++i) {
-#pragma unroll
-        for (int j = 0; j < Tile::frags_n; ++j) {
-          if constexpr (split) {  // the small terms first
-            warp_mma::mma_16x8<scalar_t>(sum[i][j], a_small[i], b[j]);
-            warp_mma::mma_16x8<scalar_t>(sum[i][j], a[i], b_small[j]);
+          for (int i = 0; i < Tile::frags_m; ++i) {
+            if constexpr (split) {
+              const uint32_t b_small[2] = {pair_small[2 * e], pair_small[2 * e + 1]};
+              warp_mma::mma_16x8_split(sum[i][j + e], a[i], a_small[i], b, b_small);
+            } else {
+              warp_mma::mma_16x8<scalar_t>(sum[i][j + e], a[i], b);
+            }
           }
-          warp_mma::mma_16x8<scalar_t>(sum[i][j], a[i], b[j]);
         }
       }
     }

@@ -1,5 +1,6 @@
-// CUDA kernels of the three conv_ext operators. Four algorithms:
-// - depthwise kernels (depthwise.cuh) where each output channel reads one input channel;
+// CUDA kernels of the three conv_ext operators. Four algorithms (choose_algorithm):
+// - depthwise kernels (depthwise.cuh) where each output channel reads one input channel, on NCHW
+//   or channels_last activations as they come;
 // - the channels-last tensor-core GEMMs (channels_last_mma.cuh), all three ops in float16, bfloat16
 //   and float32 (as TF32 where PyTorch lets cuDNN use TF32, else by 3xTF32, float32's accuracy:
 //   tf32_allowed()), where the channels per group fill whole 16-byte chunks (multiples of 8, or of
@@ -13,10 +14,10 @@
 //   with fewer than 8 rows or columns per group), and the fallback for grids the tiled kernel
 //   cannot launch.
 // All accumulate in the accumulation type (float for float16 and bfloat16), deterministically (no
-// atomics), with 64-bit indices. The other algorithms make their inputs contiguous (NCHW) first.
-// Every result is returned in F.conv2d's layout.
-// CONV_EXT_CUDA_ALGORITHM=direct or gemm forces one of those (gemm: wherever its grid fits), and
-// disables the channels-last GEMM, for the tests.
+// atomics), with 64-bit indices. The tiled and direct kernels make their inputs contiguous (NCHW)
+// first. Every result is returned in F.conv2d's layout.
+// CONV_EXT_CUDA_ALGORITHM=direct or gemm forces one of those two (gemm: wherever its grid fits),
+// for the tests.
 #include "../conv2d.h"
 #include "channels_last_mma.cuh"
 #include "depthwise.cuh"
@@ -30,6 +31,7 @@
 #include <torch/library.h>
 #include <torch/version.h>
 
+#include <algorithm>
 #include <array>
 #include <mutex>
 #include <optional>
@@ -83,32 +85,28 @@ bool use_tensor_cores(at::ScalarType dtype) {
 
 int64_t multiprocessors() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
 
-// The tiled GEMM's products of Problem (Problem::parts), planned for the current GPU, where it is
-// the algorithm to run them all.
-template <template <typename> class Problem>
-std::optional<std::vector<tiled_gemm::PlannedPart<Problem>>> tiled_gemm_plans(const Conv2dGeometry& g,
-                                                                                at::ScalarType dtype) {
-  if (env_is("CONV_EXT_CUDA_ALGORITHM", "direct")) return std::nullopt;
-  const bool forced = env_is("CONV_EXT_CUDA_ALGORITHM", "gemm");
-  auto planned = tiled_gemm::plan_parts<Problem>(g, multiprocessors(), use_tensor_cores(dtype));
-  for (const auto& p : planned) {
-    const auto& shape = p.plan.shape;
-    if (!p.plan.fits() || !(forced || (shape.rows >= 8 && shape.cols >= 8))) return std::nullopt;
+enum class Algorithm { kDepthwise, kChannelsLastMma, kTiledGemm, kDirect };
+
+// The algorithm for geometry g, for an op whose channels-last GEMM takes g where `mma_applies`;
+// CONV_EXT_CUDA_ALGORITHM=direct or gemm forces one, for the tests.
+Algorithm choose_algorithm(const Conv2dGeometry& g, bool mma_applies) {
+  if (env_is("CONV_EXT_CUDA_ALGORITHM", "direct")) return Algorithm::kDirect;
+  if (env_is("CONV_EXT_CUDA_ALGORITHM", "gemm")) return Algorithm::kTiledGemm;
+  if (depthwise::applies(g)) return Algorithm::kDepthwise;
+  if (mma_applies && tensor_core_kernel_built_for_this_gpu()) return Algorithm::kChannelsLastMma;
+  return Algorithm::kTiledGemm;
+}
+
+// The memory format an algorithm works in: channels_last for the channels-last GEMM, the
+// activations' own for the depthwise kernels (which read and write either), NCHW for the others.
+at::MemoryFormat working_format(Algorithm algorithm, const Tensor& activations) {
+  switch (algorithm) {
+    case Algorithm::kChannelsLastMma: return at::MemoryFormat::ChannelsLast;
+    case Algorithm::kDepthwise:
+      return activations.suggest_memory_format() == at::MemoryFormat::ChannelsLast ? at::MemoryFormat::ChannelsLast
+                                                                                     : at::MemoryFormat::Contiguous;
+    default: return at::MemoryFormat::Contiguous;
   }
-  return planned;
-}
-
-// Whether the depthwise kernels compute this convolution (unless a test forces another algorithm).
-bool use_depthwise(const Conv2dGeometry& g) {
-  return depthwise::applies(g) && !env_is("CONV_EXT_CUDA_ALGORITHM", "direct") &&
-         !env_is("CONV_EXT_CUDA_ALGORITHM", "gemm");
-}
-
-// Whether the channels-last tensor-core GEMMs may compute geometry g (unless a test forces another
-// algorithm); `applies` says whether the op's kernel does.
-bool use_channels_last_mma(const Conv2dGeometry& g, bool applies) {
-  return applies && tensor_core_kernel_built_for_this_gpu() && !depthwise::applies(g) &&
-         !env_is("CONV_EXT_CUDA_ALGORITHM", "direct") && !env_is("CONV_EXT_CUDA_ALGORITHM", "gemm");
 }
 
 // t contiguous in `format` (a 4-d tensor's memory order), starting at a 16-byte boundary as the
@@ -118,28 +116,21 @@ Tensor aligned_contiguous(const Tensor& t, at::MemoryFormat format = at::MemoryF
   return reinterpret_cast<uintptr_t>(c.const_data_ptr()) % 16 == 0 ? c : c.clone(format);
 }
 
-Tensor empty_channels_last(at::IntArrayRef sizes, const Tensor& like) {
-  return at::empty(sizes, like.options().memory_format(at::MemoryFormat::ChannelsLast));
-}
-
-// Fills out from the inputs (contiguous): by depthwise(g, multiprocessors, launch, out, inputs...)
-// where it applies, by the tiled GEMM's Problem where that does, else by direct(g, launch, out,
-// inputs...).
-template <template <typename> class Problem, typename Depthwise, typename Direct, typename... Inputs>
-void compute(const Tensor& out, const Conv2dGeometry& g, Depthwise depthwise, Direct direct,
-             const Inputs&... inputs) {
-  if (out.numel() == 0) return;
-  if (use_depthwise(g)) {
-    depthwise(g, multiprocessors(), LaunchOnCurrentStream{}, out, inputs...);
-    return;
+// Fills out (NCHW) from the inputs (NCHW) by the tiled GEMM's Problem (Problem::parts, planned for
+// the current GPU), where its grids fit and, unless CONV_EXT_CUDA_ALGORITHM=gemm forces it, its
+// 64 x 64 tiles have at least 8 rows and columns; else by direct(g, launch, out, inputs...).
+template <template <typename> class Problem, typename Direct, typename... Inputs>
+void tiled_gemm_or_direct(bool direct_only, const Tensor& out, const Conv2dGeometry& g, Direct direct,
+                          const Inputs&... inputs) {
+  const bool any_width = env_is("CONV_EXT_CUDA_ALGORITHM", "gemm");
+  const auto planned = tiled_gemm::plan_parts<Problem>(g, multiprocessors(), use_tensor_cores(out.scalar_type()));
+  const bool gemm = !direct_only && std::all_of(planned.begin(), planned.end(), [&](const auto& p) {
+    return p.plan.fits() && (any_width || (p.plan.shape.rows >= 8 && p.plan.shape.cols >= 8));
+  });
+  if (!gemm) return direct(g, LaunchOnCurrentStream{}, out, inputs...);
+  for (const auto& p : planned) {
+    tiled_gemm::run_tiled_gemm<Problem>(p.plan, p.part, LaunchOnCurrentStream{}, out, inputs...);
   }
-  if (const auto planned = tiled_gemm_plans<Problem>(g, out.scalar_type())) {
-    for (const auto& p : *planned) {
-      tiled_gemm::run_tiled_gemm<Problem>(p.plan, p.part, LaunchOnCurrentStream{}, out, inputs...);
-    }
-    return;
-  }
-  direct(g, LaunchOnCurrentStream{}, out, inputs...);
 }
 
 Tensor conv2d_cuda(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
@@ -148,21 +139,26 @@ Tensor conv2d_cuda(const Tensor& input, const Tensor& weight, const std::optiona
   const auto g = check_conv2d(input, weight, bias, stride, padding, dilation, groups);
   if (input.is_complex()) return complex_conv2d(input, weight, bias, stride, padding, dilation, groups);
   const c10::cuda::CUDAGuard device_guard(input.device());
-  const auto dtype = input.scalar_type();
-  if (use_channels_last_mma(g, channels_last_mma::applies_forward(g, dtype))) {
-    Tensor y = empty_channels_last({g.batch, g.out_channels, g.out_h, g.out_w}, input);
-    channels_last_mma::run_forward(g, multiprocessors(), LaunchOnCurrentStream{}, y,
-                                   aligned_contiguous(input, at::MemoryFormat::ChannelsLast),
-                                   aligned_contiguous(weight.permute({0, 2, 3, 1})),
-                                   bias.has_value() ? bias->contiguous() : Tensor(), channels_last_mma::whole_output(g),
-                                   tf32_allowed());
-    return in_memory_format(y, conv2d_memory_format(input, weight));
+  const Algorithm algorithm = choose_algorithm(g, channels_last_mma::applies_forward(g, input.scalar_type()));
+  const at::MemoryFormat format = working_format(algorithm, input);
+  Tensor y = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options().memory_format(format));
+  if (y.numel() > 0) {
+    const Tensor x = aligned_contiguous(input, format), b = bias.has_value() ? bias->contiguous() : Tensor();
+    switch (algorithm) {
+      case Algorithm::kChannelsLastMma:
+        channels_last_mma::run_forward(g, multiprocessors(), LaunchOnCurrentStream{}, y, x,
+                                       aligned_contiguous(weight.permute({0, 2, 3, 1})), b,
+                                       channels_last_mma::whole_output(g), tf32_allowed());
+        break;
+      case Algorithm::kDepthwise:
+        depthwise::run_forward(g, multiprocessors(), LaunchOnCurrentStream{}, y, x, weight.contiguous(), b);
+        break;
+      default:
+        tiled_gemm_or_direct<tiled_gemm::ForwardProblem>(
+            algorithm == Algorithm::kDirect, y, g, [](auto&&... a) { direct::run_forward(a...); }, x,
+            weight.contiguous(), b);
+    }
   }
-  Tensor y = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
-  compute<tiled_gemm::ForwardProblem>(
-      y, g, [](auto&&... a) { return depthwise::run_forward(a...); },
-      [](auto&&... a) { direct::run_forward(a...); },
-      input.contiguous(), weight.contiguous(), bias.has_value() ? bias->contiguous() : Tensor());
   return in_memory_format(y, conv2d_memory_format(input, weight));
 }
 
@@ -175,19 +171,26 @@ Tensor conv2d_grad_input_cuda(const Tensor& grad_output, const Tensor& weight,
     return complex_conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation, groups);
   }
   const c10::cuda::CUDAGuard device_guard(grad_output.device());
-  const auto dtype = grad_output.scalar_type();
-  if (use_channels_last_mma(g, channels_last_mma::applies_grad_input(g, dtype))) {
-    Tensor gx = empty_channels_last({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output);
-    channels_last_mma::run_grad_input(g, multiprocessors(), LaunchOnCurrentStream{}, gx,
-                                      aligned_contiguous(grad_output, at::MemoryFormat::ChannelsLast), weight,
-                                      tf32_allowed());
-    return in_memory_format(gx, conv2d_memory_format(grad_output, weight));
+  const Algorithm algorithm =
+      choose_algorithm(g, channels_last_mma::applies_grad_input(g, grad_output.scalar_type()));
+  const at::MemoryFormat format = working_format(algorithm, grad_output);
+  Tensor gx = at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output.options().memory_format(format));
+  if (gx.numel() > 0) {
+    const Tensor gy = aligned_contiguous(grad_output, format);
+    switch (algorithm) {
+      case Algorithm::kChannelsLastMma:
+        channels_last_mma::run_grad_input(g, multiprocessors(), LaunchOnCurrentStream{}, gx, gy, weight,
+                                          tf32_allowed());
+        break;
+      case Algorithm::kDepthwise:
+        depthwise::run_grad_input(g, multiprocessors(), LaunchOnCurrentStream{}, gx, gy, weight.contiguous());
+        break;
+      default:
+        tiled_gemm_or_direct<tiled_gemm::GradInputProblem>(
+            algorithm == Algorithm::kDirect, gx, g, [](auto&&... a) { direct::run_grad_input(a...); }, gy,
+            weight.contiguous());
+    }
   }
-  Tensor gx = at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output.options());
-  compute<tiled_gemm::GradInputProblem>(
-      gx, g, [](auto&&... a) { return depthwise::run_grad_input(a...); },
-      [](auto&&... a) { direct::run_grad_input(a...); },
-      grad_output.contiguous(), weight.contiguous());
   return in_memory_format(gx, conv2d_memory_format(grad_output, weight));
 }
 
@@ -200,20 +203,28 @@ Tensor conv2d_grad_weight_cuda(const Tensor& input, const Tensor& grad_output,
     return complex_conv2d_grad_weight(input, grad_output, kernel_size, stride, padding, dilation, groups);
   }
   const c10::cuda::CUDAGuard device_guard(input.device());
-  const auto dtype = input.scalar_type();
-  if (use_channels_last_mma(g, channels_last_mma::applies_grad_weight(g, dtype))) {
-    Tensor gw_krsc = at::empty({g.out_channels, g.kernel_h, g.kernel_w, g.in_channels_per_group()}, input.options());
-    channels_last_mma::run_grad_weight(g, multiprocessors(), LaunchOnCurrentStream{}, gw_krsc,
-                                       aligned_contiguous(input, at::MemoryFormat::ChannelsLast),
-                                       aligned_contiguous(grad_output, at::MemoryFormat::ChannelsLast), tf32_allowed());
-    return in_memory_format(gw_krsc.permute({0, 3, 1, 2}), conv2d_memory_format(input, grad_output));
+  const Algorithm algorithm = choose_algorithm(g, channels_last_mma::applies_grad_weight(g, input.scalar_type()));
+  const at::MemoryFormat format = working_format(algorithm, input);
+  // (K, C / groups, R, S); the channels-last GEMM's in (K, R, S, C / groups) order, as its filters.
+  const Tensor gw = algorithm == Algorithm::kChannelsLastMma
+      ? at::empty({g.out_channels, g.kernel_h, g.kernel_w, g.in_channels_per_group()}, input.options())
+            .permute({0, 3, 1, 2})
+      : at::empty({g.out_channels, g.in_channels_per_group(), g.kernel_h, g.kernel_w}, input.options());
+  if (gw.numel() > 0) {
+    const Tensor x = aligned_contiguous(input, format), gy = aligned_contiguous(grad_output, format);
+    switch (algorithm) {
+      case Algorithm::kChannelsLastMma:
+        channels_last_mma::run_grad_weight(g, multiprocessors(), LaunchOnCurrentStream{}, gw.permute({0, 2, 3, 1}), x,
+                                           gy, tf32_allowed());
+        break;
+      case Algorithm::kDepthwise:
+        depthwise::run_grad_weight(g, multiprocessors(), LaunchOnCurrentStream{}, gw, x, gy);
+        break;
+      default:
+        tiled_gemm_or_direct<tiled_gemm::GradWeightProblem>(
+            algorithm == Algorithm::kDirect, gw, g, [](auto&&... a) { direct::run_grad_weight(a...); }, x, gy);
+    }
   }
-  Tensor gw = at::empty({g.out_channels, g.in_channels_per_group(), g.kernel_h, g.kernel_w},
-                        input.options());
-  compute<tiled_gemm::GradWeightProblem>(
-      gw, g, [](auto&&... a) { return depthwise::run_grad_weight(a...); },
-      [](auto&&... a) { direct::run_grad_weight(a...); },
-      input.contiguous(), grad_output.contiguous());
   return in_memory_format(gw, conv2d_memory_format(input, grad_output));
 }
 

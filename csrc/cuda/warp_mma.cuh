@@ -136,5 +136,19 @@ __device__ __forceinline__ void split_operands(uint32_t (&r)[n], uint32_t (&smal
   for (int i = 0; i < n; ++i) r[i] = split_to_tf32(small[i], r[i]);
 }
 
+// d += a b by 3xTF32, each operand given as big + small (split_operands): the small terms first,
+// big big last. The tensor cores add by cutting every term to the largest one's 24 bits, toward
+// zero: into d, which grows with the depth, the products would lose their low bits at every step, a
+// bias that grows too. They sum in a fresh accumulator, which an IEEE add (to nearest) adds to d.
+__device__ __forceinline__ void mma_16x8_split(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&a_small)[4],
+                                               const uint32_t (&b)[2], const uint32_t (&b_small)[2]) {
+  float step[4] = {};
+  mma_16x8<float>(step, a_small, b);
+  mma_16x8<float>(step, a, b_small);
+  mma_16x8<float>(step, a, b);
+#pragma unroll
+  for (int e = 0; e < 4; ++e) d[e] += step[e];
+}
+
 }  // namespace warp_mma
 }  // namespace conv_ext

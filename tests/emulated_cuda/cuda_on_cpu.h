@@ -10,7 +10,8 @@
 // the alignment the GPU requires. The warp-wide instructions of warp_mma.cuh (ldmatrix, mma.sync)
 // move data between lanes in the fragment layouts the PTX ISA defines: each lane posts its operands,
 // the block meets at a barrier, each lane takes its results, and they meet again (so a kernel must
-// issue them uniformly across its block). cp.async copies land as late as the GPU may let them: at
+// issue them uniformly across its block), and mma.sync adds as the tensor cores do (tensor_core_sum,
+// below). cp.async copies land as late as the GPU may let them: at
 // the cp.async.wait_group that requires them, so a read before its wait sees stale data. It checks
 // what the kernels compute (indexing, masking, barriers), not their speed nor the GPU's memory
 // model.
@@ -20,6 +21,7 @@
 #include <c10/util/Half.h>
 #include <ucontext.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <deque>
@@ -222,6 +224,25 @@ float operand(uint32_t word, int i) {
   }
 }
 
+// c plus the products, added as the tensor cores add (Fasi, Higham, Mikaitis and Pranesh, "Numerical
+// behavior of NVIDIA tensor cores", 2021): the products exact, every term cut toward zero to 24 bits
+// below the largest one's leading bit, the sum cut toward zero to a float32. Not IEEE's rounding
+// to nearest: an accumulator that is much larger than the products drops their low bits every time.
+inline float tensor_core_sum(float c, const double* products, int count) {
+  double largest = std::fabs(c), exact = c;
+  for (int k = 0; k < count; ++k) {
+    largest = std::fmax(largest, std::fabs(products[k]));
+    exact += products[k];
+  }
+  if (largest == 0 || !std::isfinite(largest)) return static_cast<float>(exact);  // IEEE's infinities and NaNs
+  const double unit = std::ldexp(1.0, std::ilogb(largest) - 23);
+  double sum = std::trunc(c / unit) * unit;
+  for (int k = 0; k < count; ++k) sum += std::trunc(products[k] / unit) * unit;  // exact: few bits
+  float rounded = static_cast<float>(sum);
+  if (std::isfinite(rounded) && std::fabs(rounded) > std::fabs(sum)) rounded = std::nextafter(rounded, 0.0f);
+  return rounded;
+}
+
 template <typename scalar_t>
 void mma_16x8(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   const unsigned lane = emulated_cuda::linear_thread_index() % 32;
@@ -233,15 +254,15 @@ void mma_16x8(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   constexpr int depth = tf32 ? 8 : 16, half = depth / 2;  // a register covers half the depth
   for (int e = 0; e < 4; ++e) {
     const int row = lane / 4 + 8 * (e / 2), col = 2 * (lane % 4) + e % 2;
-    float sum = d[e];
+    double products[depth];
     for (int k = 0; k < depth; ++k) {
       // The lane and register holding A[row][k] and B[k][col], and the element within it.
       const int kk = k % half, reg = k / half, lane_a = row % 8 * 4 + (tf32 ? kk : kk / 2);
       const int lane_b = col * 4 + (tf32 ? kk : kk / 2), element = tf32 ? 0 : kk % 2;
-      sum += operand<scalar_t>(exchange.a[lane_a][row / 8 + 2 * reg], element) *
-             operand<scalar_t>(exchange.b[lane_b][reg], element);
+      products[k] = double{operand<scalar_t>(exchange.a[lane_a][row / 8 + 2 * reg], element)} *
+                    operand<scalar_t>(exchange.b[lane_b][reg], element);
     }
-    d[e] = sum;
+    d[e] = tensor_core_sum(d[e], products, depth);
   }
   emulated_cuda::sync_threads();
 }
