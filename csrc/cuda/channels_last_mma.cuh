@@ -124,9 +124,22 @@ struct Placement {
 
 inline Placement whole_output(const Conv2dGeometry& g) { return {g.out_h, g.out_w, 0, 0, 1, 1}; }
 
-// y (N, OH, OW, K) = bias + x (N, H, W, C) * w (K, R, S, C / groups): steps over (r, s, c0), every
-// tap 32 elements of channels at a time; both tiles hold rows of C (pixels, filters) along the depth.
-// split_float32: float32 by 3xTF32 rather than TF32.
+// Where a forward's filter k's channels at tap (r, s) start in w: at first + k * filter + r * tap_h
+// + s * tap_w elements, the channels running on from there. A layer's (K, R, S, C / groups)
+// filters, or an input gradient phase's taps read in reverse from the layer's filters without a
+// copy (the tap steps negative).
+struct FilterPlace {
+  int64_t first, filter, tap_h, tap_w;
+};
+
+inline FilterPlace krsc_filters(const Conv2dGeometry& g) {
+  const int64_t channels = g.in_channels_per_group();
+  return {0, g.kernel_h * g.kernel_w * channels, g.kernel_w * channels, channels};
+}
+
+// y (N, OH, OW, K) = bias + x (N, H, W, C) * w (K, R, S, C / groups, placed as `filters` says):
+// steps over (r, s, c0), every tap 32 elements of channels at a time; both tiles hold rows of C
+// (pixels, filters) along the depth. split_float32: float32 by 3xTF32 rather than TF32.
 template <typename scalar_t, bool split_float32 = false>
 struct ForwardProblem {
   using value_t = scalar_t;
@@ -139,6 +152,7 @@ struct ForwardProblem {
   scalar_t* y;
   Conv2dGeometry g;
   Placement out;
+  FilterPlace filters;
 
   C10_HOST_DEVICE int64_t rows() const { return g.batch * g.out_h * g.out_w; }
   C10_HOST_DEVICE int64_t cols() const { return g.out_channels_per_group(); }
@@ -174,7 +188,7 @@ struct ForwardProblem {
 #pragma unroll
       for (int i = 0; i < B::copies; ++i) {
         const int64_t k = b.n0 + B::row(t, i);
-        const int64_t first_element = (b.group * p.cols() + k) * g.kernel_h * g.kernel_w * channels;
+        const int64_t first_element = p.filters.first + (b.group * p.cols() + k) * p.filters.filter;
         filter[i] = k < p.cols() ? p.w + first_element + B::chunk(t) * kElements : nullptr;
       }
       const int64_t steps_a_tap = p.channel_steps();
@@ -197,7 +211,7 @@ struct ForwardProblem {
 #pragma unroll
       for (int i = 0; i < B::copies; ++i) {
         const bool inside = filter[i] != nullptr && channel_inside;
-        const scalar_t* src = inside ? filter[i] + (r * g.kernel_w + s) * channels + c0 : p.w;
+        const scalar_t* src = inside ? filter[i] + r * p.filters.tap_h + s * p.filters.tap_w + c0 : p.w;
         warp_mma::cp_async_16(&b_tile[swizzled<B::chunks_a_row>(B::row(t, i), B::chunk(t))], src, inside);
       }
       c0 += kStepDepth;
@@ -566,20 +580,21 @@ void launch_plan(Launch launch, const Problem& p, const Plan& plan) {
 }
 
 // y (N, OH, OW, K in memory) = the forward of geometry g on x (N, H, W, C in memory), the filters
-// w_krsc (K, R, S, C / groups) and bias (or undefined), all starting at 16-byte boundaries, by
-// launch(kernel, grid, block, arguments...): on the GPU's current stream or, in the tests, on the
-// CPU; its output pixels placed in y by `out`; float32 as TF32 or by 3xTF32. Returns its plan.
+// in w placed as `filters` says (krsc_filters(g) for w (K, R, S, C / groups)) and bias (or
+// undefined), all starting at 16-byte boundaries, by launch(kernel, grid, block, arguments...): on
+// the GPU's current stream or, in the tests, on the CPU; its output pixels placed in y by `out`;
+// float32 as TF32 or by 3xTF32. Returns its plan.
 template <typename Launch>
 Plan run_forward(const Conv2dGeometry& g, int64_t multiprocessors, Launch launch, const at::Tensor& y,
-                 const at::Tensor& x, const at::Tensor& w_krsc, const at::Tensor& bias, const Placement& out,
-                 bool tf32) {
+                 const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const Placement& out,
+                 bool tf32, const FilterPlace& filters) {
   const Plan plan = plan_forward(g, multiprocessors);
   if (g.batch * g.out_h * g.out_w * g.out_channels == 0) return plan;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "conv_ext_channels_last_mma", [&] {
     on_precision<scalar_t>(tf32, [&](auto split) {
       const ForwardProblem<scalar_t, decltype(split)::value> p{
-          x.const_data_ptr<scalar_t>(), w_krsc.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(bias),
-          y.mutable_data_ptr<scalar_t>(), g, out};
+          x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(bias),
+          y.mutable_data_ptr<scalar_t>(), g, out, filters};
       launch_plan(launch, p, plan);
     });
   });
@@ -597,27 +612,28 @@ inline Conv2dGeometry phase_layer(const InputPhase& p) {
           p.h.out_step, p.w.out_step, g.groups};
 }
 
-// The phase layer's filters (C, T_h, T_w, K / groups) from w (K, C / groups, R, S): its taps, reversed.
-inline at::Tensor phase_filters(const at::Tensor& w, const InputPhase& p) {
-  const int64_t k = w.size(0), c = w.size(1), groups = p.g.groups;
-  auto reversed_taps = [&](const AxisPhase& a) {
-    return at::arange(a.taps - 1, -1, -1, w.options().dtype(at::kLong)).mul_(a.tap_step).add_(a.first_tap);
-  };
-  return w.index_select(2, reversed_taps(p.h))
-      .index_select(3, reversed_taps(p.w))
-      .reshape({groups, k / groups, c, p.h.taps, p.w.taps})
-      .permute({0, 2, 3, 4, 1})
-      .reshape({groups * c, p.h.taps, p.w.taps, k / groups})
-      .contiguous();
+// The phase layer's filters (C, T_h, T_w, K / groups) as they lie in w_crsk (C, R, S, K / groups):
+// the phase's taps, reversed.
+inline FilterPlace phase_filters(const InputPhase& p) {
+  const Conv2dGeometry& g = p.g;
+  const int64_t depth = g.out_channels_per_group(), last_h = p.h.first_tap + (p.h.taps - 1) * p.h.tap_step,
+                last_w = p.w.first_tap + (p.w.taps - 1) * p.w.tap_step;
+  return {(last_h * g.kernel_w + last_w) * depth, g.kernel_h * g.kernel_w * depth,
+          -p.h.tap_step * g.kernel_w * depth, -p.w.tap_step * depth};
 }
 
 // gx (N, H, W, C in memory) = the input gradient of geometry g from gy (N, OH, OW, K in memory,
 // starting at a 16-byte boundary) and the filters w (K, C / groups, R, S): each stride phase the
 // forward of its phase layer (float32 as TF32 or by 3xTF32), zeros where no tap feeds a phase.
-// Returns the first phase's plan.
+// The phases read their taps from one copy of the filters, (C, R, S, K / groups). Returns the first
+// phase's plan.
 template <typename Launch>
 Plan run_grad_input(const Conv2dGeometry& g, int64_t multiprocessors, Launch launch, const at::Tensor& gx,
                     const at::Tensor& gy, const at::Tensor& w, bool tf32) {
+  const int64_t groups = g.groups, filters = g.out_channels_per_group(), channels = g.in_channels_per_group();
+  const at::Tensor w_crsk = at::empty({g.in_channels, g.kernel_h, g.kernel_w, filters}, w.options());
+  w_crsk.view({groups, channels, g.kernel_h, g.kernel_w, filters})
+      .copy_(w.reshape({groups, filters, channels, g.kernel_h, g.kernel_w}).permute({0, 2, 3, 4, 1}));
   std::vector<Plan> plans;
   for (const InputPhase& p : input_phases(g)) {
     if (p.h.taps == 0 || p.w.taps == 0) {
@@ -625,8 +641,9 @@ Plan run_grad_input(const Conv2dGeometry& g, int64_t multiprocessors, Launch lau
       gx.slice(2, p.h.first, g.in_h, g.stride_h).slice(3, p.w.first, g.in_w, g.stride_w).zero_();
       continue;
     }
-    plans.push_back(run_forward(phase_layer(p), multiprocessors, launch, gx, gy, phase_filters(w, p), at::Tensor(),
-                                {g.in_h, g.in_w, p.h.first, p.w.first, g.stride_h, g.stride_w}, tf32));
+    plans.push_back(run_forward(phase_layer(p), multiprocessors, launch, gx, gy, w_crsk, at::Tensor(),
+                                {g.in_h, g.in_w, p.h.first, p.w.first, g.stride_h, g.stride_w}, tf32,
+                                phase_filters(p)));
   }
   return plans.empty() ? plan_forward(g, multiprocessors) : plans.front();
 }

@@ -148,7 +148,8 @@ Tensor conv2d_cuda(const Tensor& input, const Tensor& weight, const std::optiona
       case Algorithm::kChannelsLastMma:
         channels_last_mma::run_forward(g, multiprocessors(), LaunchOnCurrentStream{}, y, x,
                                        aligned_contiguous(weight.permute({0, 2, 3, 1})), b,
-                                       channels_last_mma::whole_output(g), tf32_allowed());
+                                       channels_last_mma::whole_output(g), tf32_allowed(),
+                                       channels_last_mma::krsc_filters(g));
         break;
       case Algorithm::kDepthwise:
         depthwise::run_forward(g, multiprocessors(), LaunchOnCurrentStream{}, y, x, weight.contiguous(), b);

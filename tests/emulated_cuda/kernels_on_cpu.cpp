@@ -132,7 +132,8 @@ std::vector<int64_t> mma_forward(const Tensor& x, const Tensor& w, const std::op
   TORCH_CHECK(conv_ext::channels_last_mma::applies_forward(g, x.scalar_type()), "the kernel does not apply");
   return plan_of(conv_ext::channels_last_mma::run_forward(g, multiprocessors, emulated_cuda::Launch{}, y, x,
                                                           w.permute({0, 2, 3, 1}).contiguous(), bias.value_or(Tensor()),
-                                                          conv_ext::channels_last_mma::whole_output(g), tf32));
+                                                          conv_ext::channels_last_mma::whole_output(g), tf32,
+                                                          conv_ext::channels_last_mma::krsc_filters(g)));
 }
 
 std::vector<int64_t> mma_grad_input(const Tensor& gy, const Tensor& w, std::vector<int64_t> stride,
