@@ -264,30 +264,34 @@ def assert_mma_ops_match(emulated, conv, dtype, multiprocessors, tf32_allowed=Tr
     return plans
 
 
-# (conv, multiprocessors, the forward's tile, the weight gradient's (tile, splits, splits in float32))
+# (conv, multiprocessors, the forward's (tile, splits), the weight gradient's (tile, splits, splits in
+# float32))
 MMA_LAYERS = [
     # 72 filters a group (a 128-wide tile's second half past the edge), 3 steps of 32 channels with
     # the last one a quarter full, rows past the tile's edge
-    (Conv(2, 72, 72, (9, 8), (3, 3), (1, 1), (1, 1), (1, 1), 1, True), 1, 0, (0, 1, 1)),
+    (Conv(2, 72, 72, (9, 8), (3, 3), (1, 1), (1, 1), (1, 1), 1, True), 1, (0, 1), (0, 1, 1)),
     # the same in 3 blocks
-    (Conv(2, 72, 72, (9, 8), (3, 3), (1, 1), (1, 1), (1, 1), 1, True), 3, 2, (0, 1, 1)),
+    (Conv(2, 72, 72, (9, 8), (3, 3), (1, 1), (1, 1), (1, 1), 1, True), 3, (2, 1), (0, 1, 1)),
     # two groups of 40 -> 24 channels, strided and dilated, padding wider than the filter reaches;
     # rows of odd input positions that no tap feeds (stride 2, dilation 2)
-    (Conv(3, 80, 48, (14, 13), (3, 2), (2, 1), (3, 2), (2, 1), 2, False), 1, 1, (2, 1, 1)),
-    # stride 1, dilated, a 5 x 5 filter, many small tiles; 1920 output pixels: the weight
-    # gradient's 60 steps split in 7 (of 9 steps, the last of 6; in float32 120 steps in 15)
-    (Conv(4, 16, 24, (24, 22), (5, 5), (1, 1), (4, 1), (2, 1), 1, True), 10**6, 3, (2, 7, 15)),
+    (Conv(3, 80, 48, (14, 13), (3, 2), (2, 1), (3, 2), (2, 1), 2, False), 1, (1, 1), (2, 1, 1)),
+    # stride 1, dilated, a 5 x 5 filter; 1920 output pixels in 15 blocks: the forward's 25 steps
+    # split in 3 (9, 9 and 7; the input gradient's likewise), the weight gradient's 60 steps in 7
+    # (of 9 steps, the last of 6; in float32 120 steps in 15)
+    (Conv(4, 16, 24, (24, 22), (5, 5), (1, 1), (4, 1), (2, 1), 1, True), 10**6, (1, 3), (2, 7, 15)),
+    # 36 pixels, 8 channels: too few steps (1) to split, the 64 x 64 tile
+    (Conv(1, 8, 8, (6, 6), (1, 1), (1, 1), (0, 0), (1, 1), 1, True), 10**6, (3, 1), (3, 1, 1)),
 ]
 
 
 @pytest.mark.parametrize("dtype,tf32_allowed", [
     (torch.float16, True), (torch.bfloat16, True), (torch.float32, True), (torch.float32, False),
 ], ids=["float16", "bfloat16", "tf32", "float32-3xtf32"])
-@pytest.mark.parametrize("conv,multiprocessors,tile,grad_weight_plan", MMA_LAYERS,
-                         ids=["128x128", "64x128", "128x64-grouped-strided", "64x64-split"])
-def test_channels_last_mma(emulated, conv, multiprocessors, tile, grad_weight_plan, dtype, tf32_allowed):
+@pytest.mark.parametrize("conv,multiprocessors,forward_plan,grad_weight_plan", MMA_LAYERS,
+                         ids=["128x128", "64x128", "128x64-grouped-strided", "128x64-split", "64x64"])
+def test_channels_last_mma(emulated, conv, multiprocessors, forward_plan, grad_weight_plan, dtype, tf32_allowed):
     plans = assert_mma_ops_match(emulated, conv, dtype, multiprocessors, tf32_allowed)
-    assert plans["output"] == [tile, 1] and "grad_input" in plans, plans
+    assert plans["output"] == list(forward_plan) and "grad_input" in plans, plans
     tile, splits, float32_splits = grad_weight_plan
     assert plans["grad_weight"] == [tile, float32_splits if dtype == torch.float32 else splits], plans
 

@@ -25,7 +25,8 @@
 // each); the weight gradient's hold rows of the depth (pixels) along C's rows and columns, which
 // ldmatrix transposes as it loads (16-bit elements; 32-bit ones are read one by one). Shared memory's chunks are permuted (swizzled) so that those
 // loads meet no bank conflicts. The weight gradient's long depth is split across blocks whose
-// float32 partial products a second kernel sums in a fixed order: deterministic, no atomics.
+// float32 partial products a second kernel sums in a fixed order: deterministic, no atomics; so is
+// the forward's where its grid would leave multiprocessors idle.
 //
 // Host code here too (the plans, the launches through a caller's launcher), so the tests can run
 // the kernels on the CPU (tests/emulated_cuda/) where there is no GPU.
@@ -139,7 +140,9 @@ inline FilterPlace krsc_filters(const Conv2dGeometry& g) {
 
 // y (N, OH, OW, K) = bias + x (N, H, W, C) * w (K, R, S, C / groups, placed as `filters` says):
 // steps over (r, s, c0), every tap 32 elements of channels at a time; both tiles hold rows of C
-// (pixels, filters) along the depth. split_float32: float32 by 3xTF32 rather than TF32.
+// (pixels, filters) along the depth. Where the steps are split across blocks, each stores its float32
+// partial products in `partial` (split, pixel, K), which sum_forward_partials_kernel adds up.
+// split_float32: float32 by 3xTF32 rather than TF32.
 template <typename scalar_t, bool split_float32 = false>
 struct ForwardProblem {
   using value_t = scalar_t;
@@ -153,6 +156,7 @@ struct ForwardProblem {
   Conv2dGeometry g;
   Placement out;
   FilterPlace filters;
+  float* partial;  // null where the steps are not split
 
   C10_HOST_DEVICE int64_t rows() const { return g.batch * g.out_h * g.out_w; }
   C10_HOST_DEVICE int64_t cols() const { return g.out_channels_per_group(); }
@@ -225,15 +229,20 @@ struct ForwardProblem {
     }
   };
 
-  // Where row m of C (pixel (n, oh, ow)) starts in y, at the block's group.
-  __device__ int64_t row_start(const BlockTile& b, int64_t splits, int64_t m) const {
+  // Where pixel m = (n, oh, ow)'s output channels start in y.
+  __device__ int64_t pixel_start(int64_t m) const {
     const int64_t n = m / (g.out_h * g.out_w), oh = m / g.out_w % g.out_h, ow = m % g.out_w;
-    return ((n * out.h + out.first_h + oh * out.step_h) * out.w + out.first_w + ow * out.step_w) * g.out_channels +
-           b.group * cols();
+    return ((n * out.h + out.first_h + oh * out.step_h) * out.w + out.first_w + ow * out.step_w) * g.out_channels;
+  }
+  // Where row m of C starts, at the block's group: in y, or in its split's partial products.
+  __device__ int64_t row_start(const BlockTile& b, int64_t, int64_t m) const {
+    const int64_t start = partial != nullptr ? (b.split * rows() + m) * g.out_channels : pixel_start(m);
+    return start + b.group * cols();
   }
   // C[m][k] = sum[0] and, where both lie inside C, C[m][k + 1] = sum[1], for the row starting at row.
   __device__ void store(const BlockTile& b, int64_t row, int64_t k, const float (&sum)[2]) const {
     const bool both = k + 1 < cols();
+    if (partial != nullptr) return store_one_or_two(partial + row + k, sum, both);
     scalar_t v[2];
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
@@ -457,10 +466,23 @@ __global__ void __launch_bounds__(kThreads) channels_last_mma_kernel(Problem p, 
 #endif
 }
 
+// y = bias + the sum of a split forward's partial products, in split order.
+template <typename Problem>
+__global__ void __launch_bounds__(kThreads) sum_forward_partials_kernel(Problem p, int64_t splits) {
+  const int64_t channels = p.g.out_channels, count = p.rows() * channels;
+  CONV_EXT_GRID_STRIDE_LOOP(index, count) {
+    const int64_t m = index / channels, k = index % channels;
+    float sum = 0;
+    for (int64_t split = 0; split < splits; ++split) sum += p.partial[split * count + index];
+    if (p.bias != nullptr) sum += static_cast<float>(p.bias[k]);
+    p.y[p.pixel_start(m) + k] = static_cast<typename Problem::value_t>(sum);
+  }
+}
+
 // gw (K, R, S, C / groups) = the sum of the weight gradient's partial products, in split order.
 template <typename Problem>
 __global__ void __launch_bounds__(kThreads)
-    sum_partials_kernel(Problem p, int64_t splits, typename Problem::value_t* gw) {
+    sum_grad_weight_partials_kernel(Problem p, int64_t splits, typename Problem::value_t* gw) {
   const int64_t rows = p.rows(), cols = p.cols();
   CONV_EXT_GRID_STRIDE_LOOP(index, p.g.groups * rows * cols) {
     const int64_t group = index / (rows * cols), element = index % (rows * cols);
@@ -521,15 +543,21 @@ inline int64_t blocks(TileChoice t, int64_t rows, int64_t cols, int64_t groups) 
 }
 
 // The forward's tile: 128 columns (filters) where a group has more than 64, else 64; 128 rows
-// where that gives a block for each multiprocessor, else 64, and 64 x 64 where even that does not;
-// its steps are not split.
-inline Plan plan_forward(const Conv2dGeometry& g, int64_t multiprocessors) {
+// where that gives a block for each multiprocessor, else 64. Where even that does not, the 128-row
+// tile's steps split into as many parts as keep the grid within one block per multiprocessor, at
+// least 8 steps each (a second kernel adds them); 64 x 64 tiles where fewer than two parts would.
+inline Plan plan_forward(const Conv2dGeometry& g, at::ScalarType dtype, int64_t multiprocessors) {
   const int64_t rows = g.batch * g.out_h * g.out_w, cols = g.out_channels_per_group();
   const auto candidates = cols > 64 ? std::vector<TileChoice>{TileChoice::m128_n128, TileChoice::m64_n128}
                                     : std::vector<TileChoice>{TileChoice::m128_n64};
   for (TileChoice t : candidates) {
     if (blocks(t, rows, cols, g.groups) >= multiprocessors) return {t, 1};
   }
+  const TileChoice t = candidates.front();
+  const int64_t step_depth = kStepBytes / c10::elementSize(dtype);
+  const int64_t steps = g.kernel_h * g.kernel_w * ((g.in_channels_per_group() + step_depth - 1) / step_depth);
+  const int64_t splits = std::min(multiprocessors / blocks(t, rows, cols, g.groups), steps / 8);
+  if (splits >= 2 && grid_fits(rows, cols, g.groups, splits)) return {t, splits};
   return {TileChoice::m64_n64, 1};
 }
 
@@ -588,14 +616,21 @@ template <typename Launch>
 Plan run_forward(const Conv2dGeometry& g, int64_t multiprocessors, Launch launch, const at::Tensor& y,
                  const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const Placement& out,
                  bool tf32, const FilterPlace& filters) {
-  const Plan plan = plan_forward(g, multiprocessors);
-  if (g.batch * g.out_h * g.out_w * g.out_channels == 0) return plan;
+  const Plan plan = plan_forward(g, y.scalar_type(), multiprocessors);
+  const int64_t outputs = g.batch * g.out_h * g.out_w * g.out_channels;
+  if (outputs == 0) return plan;
+  at::Tensor partial;
+  if (plan.splits > 1) partial = at::empty({plan.splits * outputs}, y.options().dtype(at::kFloat));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "conv_ext_channels_last_mma", [&] {
     on_precision<scalar_t>(tf32, [&](auto split) {
       const ForwardProblem<scalar_t, decltype(split)::value> p{
           x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(bias),
-          y.mutable_data_ptr<scalar_t>(), g, out, filters};
+          y.mutable_data_ptr<scalar_t>(), g, out, filters,
+          partial.defined() ? partial.mutable_data_ptr<float>() : nullptr};
       launch_plan(launch, p, plan);
+      if (plan.splits > 1) {
+        launch(sum_forward_partials_kernel<decltype(p)>, dim3(blocks_for(outputs)), dim3(kThreads), p, plan.splits);
+      }
     });
   });
   return plan;
@@ -645,7 +680,7 @@ Plan run_grad_input(const Conv2dGeometry& g, int64_t multiprocessors, Launch lau
                                 {g.in_h, g.in_w, p.h.first, p.w.first, g.stride_h, g.stride_w}, tf32,
                                 phase_filters(p)));
   }
-  return plans.empty() ? plan_forward(g, multiprocessors) : plans.front();
+  return plans.empty() ? plan_forward(g, gx.scalar_type(), multiprocessors) : plans.front();
 }
 
 // gw_krsc (K, R, S, C / groups) = the weight gradient of geometry g from x (N, H, W, C in memory)
@@ -662,7 +697,7 @@ Plan run_grad_weight(const Conv2dGeometry& g, int64_t multiprocessors, Launch la
       const GradWeightProblem<scalar_t, decltype(split)::value> p{
           x.const_data_ptr<scalar_t>(), gy.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<float>(), g};
       launch_plan(launch, p, plan);
-      launch(sum_partials_kernel<decltype(p)>, dim3(blocks_for(gw_krsc.numel())), dim3(kThreads), p, plan.splits,
+      launch(sum_grad_weight_partials_kernel<decltype(p)>, dim3(blocks_for(gw_krsc.numel())), dim3(kThreads), p, plan.splits,
              gw_krsc.mutable_data_ptr<scalar_t>());
     });
   });
