@@ -281,6 +281,8 @@ MMA_LAYERS = [
     (Conv(4, 16, 24, (24, 22), (5, 5), (1, 1), (4, 1), (2, 1), 1, True), 10**6, (1, 3), (2, 7, 15)),
     # 36 pixels, 8 channels: too few steps (1) to split, the 64 x 64 tile
     (Conv(1, 8, 8, (6, 6), (1, 1), (1, 1), (0, 0), (1, 1), 1, True), 10**6, (3, 1), (3, 1, 1)),
+    # a first layer: 3 input channels, padded with zeros to a chunk (8, or 4 in float32)
+    (Conv(2, 3, 16, (15, 14), (7, 7), (2, 2), (3, 3), (1, 1), 1, True), 1, (1, 1), (2, 1, 1)),
 ]
 
 
@@ -288,7 +290,7 @@ MMA_LAYERS = [
     (torch.float16, True), (torch.bfloat16, True), (torch.float32, True), (torch.float32, False),
 ], ids=["float16", "bfloat16", "tf32", "float32-3xtf32"])
 @pytest.mark.parametrize("conv,multiprocessors,forward_plan,grad_weight_plan", MMA_LAYERS,
-                         ids=["128x128", "64x128", "128x64-grouped-strided", "128x64-split", "64x64"])
+                         ids=["128x128", "64x128", "128x64-grouped-strided", "128x64-split", "64x64", "3-channels"])
 def test_channels_last_mma(emulated, conv, multiprocessors, forward_plan, grad_weight_plan, dtype, tf32_allowed):
     plans = assert_mma_ops_match(emulated, conv, dtype, multiprocessors, tf32_allowed)
     assert plans["output"] == list(forward_plan) and "grad_input" in plans, plans
@@ -299,14 +301,16 @@ def test_channels_last_mma(emulated, conv, multiprocessors, forward_plan, grad_w
 @st.composite
 def mma_convs(draw):
     """Layers of 1 to 3 groups of 8, 16 or 40 input channels each (whole 16-byte chunks in every
-    dtype) and 8 to 70 output channels, any filter, stride, padding, dilation."""
+    dtype; one group also 3 or 5, which the kernels pad) and 8 to 70 output channels, any filter,
+    stride, padding, dilation."""
     groups = draw(st.integers(1, 3))
     kernel = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
     dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
     padding = (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
     size = fitting_size(draw, kernel, padding, dilation, draw(st.sampled_from([5, 11])))
-    return Conv(draw(st.integers(1, 2)), groups * draw(st.sampled_from([8, 16, 40])),
+    channels = st.sampled_from([8, 16, 40] if groups > 1 else [3, 5, 8, 16, 40])  # one group's padded
+    return Conv(draw(st.integers(1, 2)), groups * draw(channels),
                 groups * draw(st.integers(8, 70)), size, kernel, stride, padding, dilation, groups, draw(st.booleans()))
 
 
@@ -354,3 +358,21 @@ def test_channels_last_mma_3xtf32_deep_sums(emulated, conv):
     ours = mma_ops(emulated, conv, x, w, b, gy, 1, tf32_allowed=False)[0]
     for name, expected in zip(("output", "grad_input", "grad_weight"), torch_ops(conv, x, w, b, gy)):
         assert_scaled_close(ours[name], expected, 2e-6, name)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_channels_last_mma_grad_input_by_columns_in_batches(emulated, dtype):
+    """A first layer's input gradient (3 channels: by columns, gy times the filters, then gathered)
+    with the columns' budget one image's worth: three batches of one image, as the whole."""
+    conv = Conv(3, 3, 16, (13, 12), (5, 5), (2, 2), (2, 2), (1, 1), 1, False)
+    _, w, _, gy = operands(conv, dtype)
+    gy = gy.contiguous(memory_format=torch.channels_last)
+    args = [list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups, 1, True]
+    gx = {}
+    for budget in (7 * 6 * 3 * 25, 2**26):
+        gx[budget] = torch.full((3, 3, 13, 12), float("nan"), dtype=dtype).contiguous(memory_format=torch.channels_last)
+        emulated.mma_grad_input(gy, w, *args, gx[budget], columns_budget=budget)
+    assert torch.equal(gx[7 * 6 * 3 * 25], gx[2**26])
+    rounded = tf32 if dtype == torch.float32 else (lambda t: t)
+    expected = torch.nn.grad.conv2d_input(gx[2**26].shape, rounded(w).double(), rounded(gy).double(), **conv.kwargs())
+    assert_scaled_close(gx[2**26], expected, 1e-5 if dtype == torch.float32 else 4e-3, "grad_input")

@@ -669,7 +669,9 @@ struct PhaseDimension {
 Tensor grad_input_by_phases(const Tensor& grad_output, const Tensor& weight, const Conv2dGeometry& g,
                             at::MemoryFormat result_format) {
   const Tensor flipped = flipped_transposed_filters(weight, g);
-  Tensor grad_input = at::zeros({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output.options().memory_format(result_format));
+  // at::zeros would drop the memory format.
+  Tensor grad_input =
+      at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output.options().memory_format(result_format)).zero_();
   for (int64_t a = 0; a < g.stride_h; ++a) {
     const PhaseDimension rows(a, g.in_h, g.out_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
     if (rows.empty()) continue;

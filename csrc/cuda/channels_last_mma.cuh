@@ -38,6 +38,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <type_traits>
 #include <vector>
 
@@ -500,13 +501,26 @@ inline bool grid_fits(int64_t rows, int64_t cols, int64_t groups, int64_t splits
   return (rows + 63) / 64 < (int64_t{1} << 31) && (cols + 63) / 64 * groups * splits <= 65535;
 }
 
+// The input channels per group the kernels run layer g with in dtype: its own where they fill
+// whole chunks, else, for one group, padded with zero channels to the next chunk (as a first
+// layer's 3 channels are: more work, but on the tensor cores); 0 where neither.
+inline int64_t chunked_channels(const Conv2dGeometry& g, at::ScalarType dtype) {
+  const int64_t channels = g.in_channels_per_group(), elements = elements_a_chunk(dtype);
+  if (channels % elements == 0) return channels;
+  return g.groups == 1 ? (channels + elements - 1) / elements * elements : 0;
+}
+
+// Layer g with `channels` input channels a group.
+inline Conv2dGeometry with_channels(Conv2dGeometry g, int64_t channels) {
+  g.in_channels = channels * g.groups;
+  return g;
+}
+
 // Whether the kernel computes the forward of geometry g in dtype: float16, bfloat16 or float32,
-// channels per group in whole chunks, a grid that fits (the caller checks that tensors start at
-// 16-byte boundaries).
+// channels per group in whole chunks (chunked_channels), a grid that fits.
 inline bool applies_forward(const Conv2dGeometry& g, at::ScalarType dtype) {
   if (dtype != at::kHalf && dtype != at::kBFloat16 && dtype != at::kFloat) return false;
-  const int64_t channels = g.in_channels_per_group();
-  return channels > 0 && channels % elements_a_chunk(dtype) == 0 &&
+  return g.in_channels_per_group() > 0 && chunked_channels(g, dtype) > 0 &&
          grid_fits(g.batch * g.out_h * g.out_w, g.out_channels_per_group(), g.groups);
 }
 
@@ -523,10 +537,26 @@ inline bool applies_grad_input(const Conv2dGeometry& g, at::ScalarType dtype) {
 // channels per group in whole chunks too.
 inline bool applies_grad_weight(const Conv2dGeometry& g, at::ScalarType dtype) {
   if (dtype != at::kHalf && dtype != at::kBFloat16 && dtype != at::kFloat) return false;
-  const int64_t channels = g.in_channels_per_group(), filters = g.out_channels_per_group();
-  return channels > 0 && filters > 0 && channels % elements_a_chunk(dtype) == 0 &&
-         filters % elements_a_chunk(dtype) == 0 &&
+  const int64_t channels = chunked_channels(g, dtype), filters = g.out_channels_per_group();
+  return g.in_channels_per_group() > 0 && channels > 0 && filters > 0 && filters % elements_a_chunk(dtype) == 0 &&
          grid_fits(filters, g.kernel_h * g.kernel_w * channels, g.groups);
+}
+
+// t contiguous in `format` (a 4-d tensor's memory order), starting at a 16-byte boundary as the
+// kernels' copies need.
+inline at::Tensor aligned_contiguous(const at::Tensor& t, at::MemoryFormat format = at::MemoryFormat::Contiguous) {
+  at::Tensor c = t.contiguous(format);
+  return reinterpret_cast<uintptr_t>(c.const_data_ptr()) % 16 == 0 ? c : c.clone(format);
+}
+
+// x (N, C, H, W) channels_last at a 16-byte boundary, with zero channels appended up to `channels`.
+inline at::Tensor padded_channels(const at::Tensor& x, int64_t channels) {
+  if (x.size(1) == channels) return aligned_contiguous(x, at::MemoryFormat::ChannelsLast);
+  at::Tensor padded = at::empty({x.size(0), channels, x.size(2), x.size(3)},
+                                x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  padded.narrow(1, x.size(1), channels - x.size(1)).zero_();
+  padded.narrow(1, 0, x.size(1)).copy_(x);
+  return padded;
 }
 
 // The grid of a product: its tile, and into how many parts its steps are split.
@@ -611,29 +641,44 @@ void launch_plan(Launch launch, const Problem& p, const Plan& plan) {
 // in w placed as `filters` says (krsc_filters(g) for w (K, R, S, C / groups)) and bias (or
 // undefined), all starting at 16-byte boundaries, by launch(kernel, grid, block, arguments...): on
 // the GPU's current stream or, in the tests, on the CPU; its output pixels placed in y by `out`;
-// float32 as TF32 or by 3xTF32. Returns its plan.
+// float32 as TF32 or by 3xTF32. Where `products` is given (float32, plan.splits x the outputs), the
+// float32 products of every split go there, (split, pixel, K), for the caller to gather, and y is
+// not written. Returns its plan.
 template <typename Launch>
 Plan run_forward(const Conv2dGeometry& g, int64_t multiprocessors, Launch launch, const at::Tensor& y,
                  const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const Placement& out,
-                 bool tf32, const FilterPlace& filters) {
-  const Plan plan = plan_forward(g, y.scalar_type(), multiprocessors);
+                 bool tf32, const FilterPlace& filters, const at::Tensor& products = {}) {
+  const Plan plan = plan_forward(g, x.scalar_type(), multiprocessors);
   const int64_t outputs = g.batch * g.out_h * g.out_w * g.out_channels;
   if (outputs == 0) return plan;
-  at::Tensor partial;
-  if (plan.splits > 1) partial = at::empty({plan.splits * outputs}, y.options().dtype(at::kFloat));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "conv_ext_channels_last_mma", [&] {
+  at::Tensor partial = products;
+  if (!partial.defined() && plan.splits > 1) partial = at::empty({plan.splits * outputs}, x.options().dtype(at::kFloat));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "conv_ext_channels_last_mma", [&] {
     on_precision<scalar_t>(tf32, [&](auto split) {
       const ForwardProblem<scalar_t, decltype(split)::value> p{
           x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(bias),
-          y.mutable_data_ptr<scalar_t>(), g, out, filters,
+          products.defined() ? nullptr : y.mutable_data_ptr<scalar_t>(), g, out, filters,
           partial.defined() ? partial.mutable_data_ptr<float>() : nullptr};
       launch_plan(launch, p, plan);
-      if (plan.splits > 1) {
+      if (!products.defined() && plan.splits > 1) {
         launch(sum_forward_partials_kernel<decltype(p)>, dim3(blocks_for(outputs)), dim3(kThreads), p, plan.splits);
       }
     });
   });
   return plan;
+}
+
+// y (N, OH, OW, K in memory) = the forward of layer g on x and the filters w (K, C / groups, R, S),
+// with bias (or undefined): run_forward on x and the filters ordered (K, R, S, C / groups), both
+// with their channels padded to chunked_channels. Returns its plan.
+template <typename Launch>
+Plan run_layer_forward(const Conv2dGeometry& g, int64_t multiprocessors, Launch launch, const at::Tensor& y,
+                       const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, bool tf32) {
+  const Conv2dGeometry padded = with_channels(g, chunked_channels(g, y.scalar_type()));
+  const int64_t extra = padded.in_channels_per_group() - g.in_channels_per_group();
+  const at::Tensor w_krsc = aligned_contiguous(at::constant_pad_nd(w.permute({0, 2, 3, 1}), {0, extra}));
+  return run_forward(padded, multiprocessors, launch, y, padded_channels(x, padded.in_channels), w_krsc,
+                     bias.defined() ? bias.contiguous() : bias, whole_output(padded), tf32, krsc_filters(padded));
 }
 
 // The layer whose forward computes an input gradient phase of g: from grad_output (OH x OW, K
@@ -657,18 +702,97 @@ inline FilterPlace phase_filters(const InputPhase& p) {
           -p.h.tap_step * g.kernel_w * depth, -p.w.tap_step * depth};
 }
 
+// The 1 x 1 layer whose forward gives the input gradient's columns: from gy (OH x OW pixels, K
+// channels) to C R S channels a pixel, (c, r, s) = the rows of w_crsk (C, R, S, K / groups).
+inline Conv2dGeometry columns_layer(const Conv2dGeometry& g) {
+  return {g.batch, g.out_channels, g.out_h, g.out_w, g.in_channels * g.kernel_h * g.kernel_w, 1, 1, g.out_h, g.out_w,
+          1, 1, 0, 0, 1, 1, g.groups};
+}
+
+// Whether the input gradient goes by columns: where the input's channels per group would fill
+// under a quarter of the phases' 64-column tiles (a first layer's 3 channels): the columns' C R S
+// fill them instead.
+inline bool grad_input_by_columns(const Conv2dGeometry& g) { return g.in_channels_per_group() < 16; }
+
+// gx (N, H, W, C in memory) = the sum over the taps (r, s) that reach each input pixel from an
+// output pixel of the columns (split, pixel (n, oh, ow), (c, r, s)) that columns_layer's forward
+// wrote, and over their splits, in order.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    gather_columns_kernel(const float* __restrict__ columns, int64_t splits, scalar_t* __restrict__ gx,
+                          Conv2dGeometry g) {
+  const int64_t width = g.in_channels * g.kernel_h * g.kernel_w, split_size = g.batch * g.out_h * g.out_w * width;
+  CONV_EXT_GRID_STRIDE_LOOP(index, g.batch * g.in_h * g.in_w * g.in_channels) {
+    const int64_t c = index % g.in_channels, pixel = index / g.in_channels;
+    const int64_t iw = pixel % g.in_w, ih = pixel / g.in_w % g.in_h, n = pixel / (g.in_w * g.in_h);
+    float sum = 0;
+    for (int64_t r = 0; r < g.kernel_h; ++r) {
+      const int64_t h = ih + g.pad_h - r * g.dilation_h;
+      if (h < 0) break;  // and every later row
+      const int64_t oh = exact_quotient(h, g.stride_h);
+      if (oh < 0 || oh >= g.out_h) continue;
+      for (int64_t s = 0; s < g.kernel_w; ++s) {
+        const int64_t v = iw + g.pad_w - s * g.dilation_w;
+        if (v < 0) break;
+        const int64_t ow = exact_quotient(v, g.stride_w);
+        if (ow < 0 || ow >= g.out_w) continue;
+        const int64_t at = ((n * g.out_h + oh) * g.out_w + ow) * width + (c * g.kernel_h + r) * g.kernel_w + s;
+        for (int64_t split = 0; split < splits; ++split) sum += columns[split * split_size + at];
+      }
+    }
+    gx[index] = static_cast<scalar_t>(sum);
+  }
+}
+
+// The input gradient's columns hold at most this many float32 elements at a time (256 MiB): its
+// images go in batches that fit.
+constexpr int64_t kColumnsBudget = int64_t{1} << 26;
+
+// gx = the input gradient of geometry g by columns: for a batch of images at a time (as many as
+// keep the columns within `budget` elements), gy times the filters w_crsk (C, R, S, K / groups)
+// into float32 columns (columns_layer), which gather_columns_kernel sums into gx. Returns the
+// first batch's plan.
+template <typename Launch>
+Plan run_grad_input_by_columns(const Conv2dGeometry& g, int64_t multiprocessors, Launch launch, const at::Tensor& gx,
+                               const at::Tensor& gy, const at::Tensor& w_crsk, bool tf32, int64_t budget) {
+  const int64_t image_columns = g.out_h * g.out_w * g.in_channels * g.kernel_h * g.kernel_w;
+  const int64_t batch = std::max<int64_t>(1, budget / image_columns);
+  std::vector<Plan> plans;
+  for (int64_t n0 = 0; n0 < g.batch; n0 += batch) {
+    Conv2dGeometry part = g;
+    part.batch = std::min(batch, g.batch - n0);
+    const Conv2dGeometry layer = columns_layer(part);
+    const Plan plan = plan_forward(layer, gy.scalar_type(), multiprocessors);
+    const at::Tensor columns = at::empty({plan.splits * part.batch * image_columns}, gy.options().dtype(at::kFloat));
+    const at::Tensor gx_part = gx.narrow(0, n0, part.batch);
+    run_forward(layer, multiprocessors, launch, gx_part, gy.narrow(0, n0, part.batch), w_crsk, at::Tensor(),
+                whole_output(layer), tf32, krsc_filters(layer), columns);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gx.scalar_type(), "conv_ext_gather_columns", [&] {
+      launch(gather_columns_kernel<scalar_t>, dim3(blocks_for(gx_part.numel())), dim3(kThreads),
+             static_cast<const float*>(columns.const_data_ptr<float>()), plan.splits,
+             gx_part.mutable_data_ptr<scalar_t>(), part);
+    });
+    plans.push_back(plan);
+  }
+  return plans.empty() ? plan_forward(columns_layer(g), gy.scalar_type(), multiprocessors) : plans.front();
+}
+
 // gx (N, H, W, C in memory) = the input gradient of geometry g from gy (N, OH, OW, K in memory,
 // starting at a 16-byte boundary) and the filters w (K, C / groups, R, S): each stride phase the
 // forward of its phase layer (float32 as TF32 or by 3xTF32), zeros where no tap feeds a phase.
-// The phases read their taps from one copy of the filters, (C, R, S, K / groups). Returns the first
-// phase's plan.
+// The phases read their taps from one copy of the filters, (C, R, S, K / groups). Few channels go
+// by columns instead (grad_input_by_columns): gy times those filters, in float32, then gathered.
+// Returns the plan of the first phase (of the columns' product).
 template <typename Launch>
 Plan run_grad_input(const Conv2dGeometry& g, int64_t multiprocessors, Launch launch, const at::Tensor& gx,
-                    const at::Tensor& gy, const at::Tensor& w, bool tf32) {
+                    const at::Tensor& gy, const at::Tensor& w, bool tf32, int64_t columns_budget = kColumnsBudget) {
   const int64_t groups = g.groups, filters = g.out_channels_per_group(), channels = g.in_channels_per_group();
   const at::Tensor w_crsk = at::empty({g.in_channels, g.kernel_h, g.kernel_w, filters}, w.options());
   w_crsk.view({groups, channels, g.kernel_h, g.kernel_w, filters})
       .copy_(w.reshape({groups, filters, channels, g.kernel_h, g.kernel_w}).permute({0, 2, 3, 4, 1}));
+  if (grad_input_by_columns(g)) {
+    return run_grad_input_by_columns(g, multiprocessors, launch, gx, gy, w_crsk, tf32, columns_budget);
+  }
   std::vector<Plan> plans;
   for (const InputPhase& p : input_phases(g)) {
     if (p.h.taps == 0 || p.w.taps == 0) {
@@ -684,23 +808,32 @@ Plan run_grad_input(const Conv2dGeometry& g, int64_t multiprocessors, Launch lau
 }
 
 // gw_krsc (K, R, S, C / groups) = the weight gradient of geometry g from x (N, H, W, C in memory)
-// and gy (N, OH, OW, K in memory), both starting at 16-byte boundaries; float32 as TF32 or by
-// 3xTF32.
+// and gy (N, OH, OW, K in memory, starting at a 16-byte boundary); float32 as TF32 or by 3xTF32.
+// Where x's channels are padded (chunked_channels), so is the gradient, which then keeps the
+// layer's channels.
 template <typename Launch>
 Plan run_grad_weight(const Conv2dGeometry& g, int64_t multiprocessors, Launch launch, const at::Tensor& gw_krsc,
                      const at::Tensor& x, const at::Tensor& gy, bool tf32) {
-  const Plan plan = plan_grad_weight(g, gw_krsc.scalar_type(), multiprocessors);
+  const Conv2dGeometry padded = with_channels(g, chunked_channels(g, gw_krsc.scalar_type()));
+  const Plan plan = plan_grad_weight(padded, gw_krsc.scalar_type(), multiprocessors);
   if (gw_krsc.numel() == 0) return plan;
-  at::Tensor partial = at::empty({plan.splits * gw_krsc.numel()}, gw_krsc.options().dtype(at::kFloat));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gw_krsc.scalar_type(), "conv_ext_mma_grad_weight", [&] {
+  const bool pads = padded.in_channels != g.in_channels;
+  const at::Tensor gw = pads ? at::empty({g.out_channels, g.kernel_h, g.kernel_w, padded.in_channels_per_group()},
+                                         gw_krsc.options())
+                             : gw_krsc;
+  const at::Tensor x_padded = padded_channels(x, padded.in_channels);
+  at::Tensor partial = at::empty({plan.splits * gw.numel()}, gw.options().dtype(at::kFloat));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gw.scalar_type(), "conv_ext_mma_grad_weight", [&] {
     on_precision<scalar_t>(tf32, [&](auto split) {
       const GradWeightProblem<scalar_t, decltype(split)::value> p{
-          x.const_data_ptr<scalar_t>(), gy.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<float>(), g};
+          x_padded.const_data_ptr<scalar_t>(), gy.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<float>(),
+          padded};
       launch_plan(launch, p, plan);
-      launch(sum_grad_weight_partials_kernel<decltype(p)>, dim3(blocks_for(gw_krsc.numel())), dim3(kThreads), p, plan.splits,
-             gw_krsc.mutable_data_ptr<scalar_t>());
+      launch(sum_grad_weight_partials_kernel<decltype(p)>, dim3(blocks_for(gw.numel())), dim3(kThreads), p,
+             plan.splits, gw.mutable_data_ptr<scalar_t>());
     });
   });
+  if (pads) gw_krsc.copy_(gw.narrow(3, 0, g.in_channels_per_group()));
   return plan;
 }
 

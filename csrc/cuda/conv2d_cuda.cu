@@ -4,7 +4,8 @@
 // - the channels-last tensor-core GEMMs (channels_last_mma.cuh), all three ops in float16, bfloat16
 //   and float32 (as TF32 where PyTorch lets cuDNN use TF32, else by 3xTF32, float32's accuracy:
 //   tf32_allowed()), where the channels per group fill whole 16-byte chunks (multiples of 8, or of
-//   4 in float32; the input and weight gradients' output channels too): the activations are made
+//   4 in float32; the input and weight gradients' output channels too; a single group's input
+//   channels are padded to fill them where they do not, chunked_channels): the activations are made
 //   channels_last (one conversion, none for channels_last inputs) and the filters ordered
 //   (K, R, S, C / groups);
 // - the tiled implicit GEMM (tiled_gemm.cuh), wherever its 64 x 64 tiles are not mostly empty: on
@@ -41,6 +42,7 @@ namespace conv_ext {
 namespace {
 
 using at::Tensor;
+using channels_last_mma::aligned_contiguous;
 
 // Launches a kernel on the current stream, checked.
 struct LaunchOnCurrentStream {
@@ -109,13 +111,6 @@ at::MemoryFormat working_format(Algorithm algorithm, const Tensor& activations) 
   }
 }
 
-// t contiguous in `format` (a 4-d tensor's memory order), starting at a 16-byte boundary as the
-// channels-last GEMM's copies need.
-Tensor aligned_contiguous(const Tensor& t, at::MemoryFormat format = at::MemoryFormat::Contiguous) {
-  Tensor c = t.contiguous(format);
-  return reinterpret_cast<uintptr_t>(c.const_data_ptr()) % 16 == 0 ? c : c.clone(format);
-}
-
 // Fills out (NCHW) from the inputs (NCHW) by the tiled GEMM's Problem (Problem::parts, planned for
 // the current GPU), where its grids fit and, unless CONV_EXT_CUDA_ALGORITHM=gemm forces it, its
 // 64 x 64 tiles have at least 8 rows and columns; else by direct(g, launch, out, inputs...).
@@ -146,10 +141,8 @@ Tensor conv2d_cuda(const Tensor& input, const Tensor& weight, const std::optiona
     const Tensor x = aligned_contiguous(input, format), b = bias.has_value() ? bias->contiguous() : Tensor();
     switch (algorithm) {
       case Algorithm::kChannelsLastMma:
-        channels_last_mma::run_forward(g, multiprocessors(), LaunchOnCurrentStream{}, y, x,
-                                       aligned_contiguous(weight.permute({0, 2, 3, 1})), b,
-                                       channels_last_mma::whole_output(g), tf32_allowed(),
-                                       channels_last_mma::krsc_filters(g));
+        channels_last_mma::run_layer_forward(g, multiprocessors(), LaunchOnCurrentStream{}, y, x, weight, b,
+                                             tf32_allowed());
         break;
       case Algorithm::kDepthwise:
         depthwise::run_forward(g, multiprocessors(), LaunchOnCurrentStream{}, y, x, weight.contiguous(), b);

@@ -130,21 +130,20 @@ std::vector<int64_t> mma_forward(const Tensor& x, const Tensor& w, const std::op
   check_channels_last(y);
   const auto g = geometry(x.sizes(), w.sizes(), w.size(0), stride, padding, dilation, groups);
   TORCH_CHECK(conv_ext::channels_last_mma::applies_forward(g, x.scalar_type()), "the kernel does not apply");
-  return plan_of(conv_ext::channels_last_mma::run_forward(g, multiprocessors, emulated_cuda::Launch{}, y, x,
-                                                          w.permute({0, 2, 3, 1}).contiguous(), bias.value_or(Tensor()),
-                                                          conv_ext::channels_last_mma::whole_output(g), tf32,
-                                                          conv_ext::channels_last_mma::krsc_filters(g)));
+  return plan_of(conv_ext::channels_last_mma::run_layer_forward(g, multiprocessors, emulated_cuda::Launch{}, y, x, w,
+                                                                bias.value_or(Tensor()), tf32));
 }
 
 std::vector<int64_t> mma_grad_input(const Tensor& gy, const Tensor& w, std::vector<int64_t> stride,
                                     std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t groups,
-                                    int64_t multiprocessors, bool tf32, Tensor gx) {
+                                    int64_t multiprocessors, bool tf32, Tensor gx, int64_t columns_budget) {
   check_channels_last(gy);
   check_channels_last(gx);
   const auto g = geometry(gx.sizes(), w.sizes(), w.size(0), stride, padding, dilation, groups);
   TORCH_CHECK(conv_ext::channels_last_mma::applies_grad_input(g, gy.scalar_type()), "the kernel does not apply");
   return plan_of(
-      conv_ext::channels_last_mma::run_grad_input(g, multiprocessors, emulated_cuda::Launch{}, gx, gy, w, tf32));
+      conv_ext::channels_last_mma::run_grad_input(g, multiprocessors, emulated_cuda::Launch{}, gx, gy, w, tf32,
+                                                  columns_budget));
 }
 
 std::vector<int64_t> mma_grad_weight(const Tensor& x, const Tensor& gy, std::vector<int64_t> stride,
@@ -174,6 +173,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("direct_grad_input", &direct_grad_input, "fills gx");
   m.def("direct_grad_weight", &direct_grad_weight, "fills gw");
   m.def("mma_forward", &mma_forward, "fills y (channels_last); returns (tile, splits)");
-  m.def("mma_grad_input", &mma_grad_input, "fills gx (channels_last); returns (tile, splits)");
+  m.def("mma_grad_input", &mma_grad_input, "fills gx (channels_last); returns (tile, splits)", py::arg("gy"),
+        py::arg("w"), py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("groups"),
+        py::arg("multiprocessors"), py::arg("tf32"), py::arg("gx"),
+        py::arg("columns_budget") = conv_ext::channels_last_mma::kColumnsBudget);
   m.def("mma_grad_weight", &mma_grad_weight, "fills gw; returns (tile, splits)");
 }
