@@ -4,7 +4,10 @@
 # compute-sanitizer's memcheck over every CUDA kernel, the GPU benchmark, each op's time against
 # cuDNN's and its floor (gpu_ops.py), then racecheck. On an H200 (2026-12-04, --batches 32
 # --rounds 1) build, tests, memcheck, benchmark and racecheck took 46, 84, 5, 163 and 59 s.
-# Each step's log goes to $OUT (default ./gpu-run); a summary line per step goes to stdout.
+# The benchmarks' results go to $OUT/results (default ./gpu-run/results), and every step's log into
+# one archive, $OUT/logs.tar.gz, renewed after each step: few files, since the device tool brings
+# back only so many (2026-12-04: a run's results were left out when its logs made too many); a
+# summary line per step goes to stdout.
 # GPU_RUN_SECONDS caps the whole run (a lease's device time): each step gets what is left of it,
 # and the steps come in the order of what a short lease needs most (the benchmark before racecheck).
 #
@@ -12,6 +15,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-run}
+logs=$(mktemp -d)
 mkdir -p "$out"
 python=${PYTHON:-python3}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
@@ -27,20 +31,20 @@ step() {
   shift 2
   if (( budget > 0 && budget - SECONDS < limit )); then limit=$((budget - SECONDS)); fi
   if (( limit < 10 )); then echo "== $name: not run, out of time"; return 1; fi
-  timeout "$limit" "$@" > "$out/$name.log" 2>&1
+  timeout "$limit" "$@" > "$logs/$name.log" 2>&1
   status=$?
   echo "== $name: exit $status in $((SECONDS - start)) s"
-  tail -n 4 "$out/$name.log"
+  tail -n 4 "$logs/$name.log"
+  tar czf "$out/logs.tar.gz" -C "$logs" .
   return "$status"
 }
 
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,memory.used --format=csv > "$out/gpu.txt" 2>&1
-cat "$out/gpu.txt"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,memory.used --format=csv 2>&1 | tee "$logs/gpu.txt"
 step build 400 "$python" setup.py -q build_ext --inplace || exit 1
 step tests 300 "$python" -m pytest -q -p no:cacheprovider -n 12 --timeout 120 -k "cuda and not emulated" tests/
 
 # Each op on each CUDA algorithm, with tiles cut by the edges and the reductions split.
-cat > "$out/sanitized_calls.py" <<'EOF'
+cat > "$logs/sanitized_calls.py" <<'EOF'
 import os
 import torch
 import conv_ext
@@ -74,7 +78,7 @@ torch.cuda.synchronize()
 print("done")
 EOF
 sanitizer=(compute-sanitizer --error-exitcode 1 --tool)
-step memcheck 240 "${sanitizer[@]}" memcheck "$python" "$out/sanitized_calls.py"
+step memcheck 240 "${sanitizer[@]}" memcheck "$python" "$logs/sanitized_calls.py"
 step bench 600 "$python" benchmarks/bench_conv2d.py --device cuda --out "$out/results" "$@"
 step ops 180 "$python" benchmarks/gpu_ops.py --out "$out/results"
-step racecheck 240 "${sanitizer[@]}" racecheck "$python" "$out/sanitized_calls.py"
+step racecheck 240 "${sanitizer[@]}" racecheck "$python" "$logs/sanitized_calls.py"

@@ -320,6 +320,33 @@ def test_cuda_channels_last_mma(conv, dtype, tf32_allowed):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_depthwise_channels_last_without_conversions():
+    """A depthwise layer on channels_last tensors runs on the depthwise kernels laid out for it (32
+    channels a block), which read and write through strides: no copy kernel before or after the
+    forward and the input gradient, results in F.conv2d's layout, within float32's bounds."""
+    conv = Conv(4, 40, 40, (17, 15), (3, 3), (1, 1), (1, 1), (1, 1), 40, True, "channels_last")
+    x, w, b = conv.tensors(torch.float32, "cuda")
+    gy = torch.rand(4, 40, 17, 15, device="cuda", generator=torch.Generator("cuda").manual_seed(1)) * 2 - 1
+    gy = gy.contiguous(memory_format=torch.channels_last)
+    args = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
+    ops = {
+        "output": (lambda: torch.ops.conv_ext.conv2d(x, w, b, *args), "depthwise_forward_kernel<float, 3, 32>"),
+        "grad_input": (lambda: torch.ops.conv_ext.conv2d_grad_input(gy, w, list(x.shape[2:]), *args),
+                       "depthwise_grad_input_kernel<float, 3, 32>"),
+        "grad_weight": (lambda: torch.ops.conv_ext.conv2d_grad_weight(x, gy, list(w.shape[2:]), *args),
+                        "depthwise_grad_weight_kernel<float, 3, 32>"),
+    }
+    expected = dict(zip(NAMES, torch_ops(conv, x, w, b, gy)))
+    for name, (op, kernel) in ops.items():
+        launched = cuda_kernels_launched(op)
+        assert any(kernel in k for k in launched), launched
+        if name != "grad_weight":  # its (K, 1, R, S) result may be copied into F.conv2d's layout
+            assert all("depthwise" in k for k in launched), launched
+            assert op().is_contiguous(memory_format=torch.channels_last)
+        assert_scaled_close(op(), expected[name], 1e-5, name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("conv", [
     Conv(8, 512, 512, (7, 7), (3, 3), (1, 1), (1, 1), (1, 1), 1, False, "channels_last"),  # 4608 deep
     Conv(32, 64, 64, (28, 28), (1, 1), (1, 1), (0, 0), (1, 1), 1, False, "channels_last"),  # 25088 pixels
