@@ -117,15 +117,20 @@ at::MemoryFormat working_format(Algorithm algorithm, const Tensor& activations) 
 template <template <typename> class Problem, typename Direct, typename... Inputs>
 void tiled_gemm_or_direct(bool direct_only, const Tensor& out, const Conv2dGeometry& g, Direct direct,
                           const Inputs&... inputs) {
-  const bool any_width = env_is("CONV_EXT_CUDA_ALGORITHM", "gemm");
-  const auto planned = tiled_gemm::plan_parts<Problem>(g, multiprocessors(), use_tensor_cores(out.scalar_type()));
-  const bool gemm = !direct_only && std::all_of(planned.begin(), planned.end(), [&](const auto& p) {
-    return p.plan.fits() && (any_width || (p.plan.shape.rows >= 8 && p.plan.shape.cols >= 8));
-  });
-  if (!gemm) return direct(g, LaunchOnCurrentStream{}, out, inputs...);
-  for (const auto& p : planned) {
-    tiled_gemm::run_tiled_gemm<Problem>(p.plan, p.part, LaunchOnCurrentStream{}, out, inputs...);
+  if (!direct_only) {
+    const bool any_width = env_is("CONV_EXT_CUDA_ALGORITHM", "gemm");
+    const auto planned = tiled_gemm::plan_parts<Problem>(g, multiprocessors(), use_tensor_cores(out.scalar_type()));
+    const bool gemm = std::all_of(planned.begin(), planned.end(), [&](const auto& p) {
+      return p.plan.fits() && (any_width || (p.plan.shape.rows >= 8 && p.plan.shape.cols >= 8));
+    });
+    if (gemm) {
+      for (const auto& p : planned) {
+        tiled_gemm::run_tiled_gemm<Problem>(p.plan, p.part, LaunchOnCurrentStream{}, out, inputs...);
+      }
+      return;
+    }
   }
+  direct(g, LaunchOnCurrentStream{}, out, inputs...);
 }
 
 Tensor conv2d_cuda(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
