@@ -51,23 +51,31 @@ import conv_ext
 
 ops = torch.ops.conv_ext
 torch.backends.cudnn.allow_tf32 = False  # float32 exact: FMAs, or 3xTF32 on the channels-last kernels
+layers = [  # (n, c, k, size, kernel, stride, padding, dilation, groups), NCHW
+    (2, 70, 67, (13, 11), (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    (3, 134, 134, (24, 23), (3, 3), (2, 1), (1, 0), (1, 2), 2),
+    (2, 32, 32, (9, 9), (3, 3), (1, 1), (1, 1), (1, 1), 32),
+    (2, 32, 32, (64, 64), (3, 3), (1, 1), (1, 1), (1, 1), 32),  # weight gradient split in two
+    (2, 16, 32, (65, 128), (5, 5), (2, 1), (2, 2), (1, 1), 16),
+    (2, 16, 16, (67, 130), (3, 2), (1, 2), (1, 0), (2, 1), 16),
+    # the channels-last kernels (auto): every tile, stride phases no tap feeds, a split weight gradient
+    (2, 72, 72, (9, 8), (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    (3, 80, 48, (14, 13), (3, 2), (2, 1), (3, 2), (2, 1), 2),
+    (4, 16, 24, (24, 22), (5, 5), (1, 1), (4, 1), (2, 1), 1),
+    (32, 64, 64, (28, 28), (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    (2, 3, 64, (31, 29), (7, 7), (2, 2), (3, 3), (1, 1), 1),  # 3 channels padded; input gradient by columns
+]
+channels_last_layers = [
+    (2, 40, 40, (17, 15), (3, 3), (1, 1), (1, 1), (1, 1), 40),  # depthwise, 32 channels a block
+]
 for algorithm in ("auto", "gemm", "direct"):  # auto: the depthwise kernels for the depthwise layers
     os.environ["CONV_EXT_CUDA_ALGORITHM"] = algorithm
     for dtype in (torch.float32, torch.bfloat16):
-        for n, c, k, size, kernel, stride, padding, dilation, groups in [
-            (2, 70, 67, (13, 11), (3, 3), (1, 1), (1, 1), (1, 1), 1),
-            (3, 134, 134, (24, 23), (3, 3), (2, 1), (1, 0), (1, 2), 2),
-            (2, 32, 32, (9, 9), (3, 3), (1, 1), (1, 1), (1, 1), 32),
-            (2, 32, 32, (64, 64), (3, 3), (1, 1), (1, 1), (1, 1), 32),  # weight gradient split in two
-            (2, 16, 32, (65, 128), (5, 5), (2, 1), (2, 2), (1, 1), 16),
-            (2, 16, 16, (67, 130), (3, 2), (1, 2), (1, 0), (2, 1), 16),
-            # the channels-last kernels (auto): every tile, stride phases no tap feeds, a split weight gradient
-            (2, 72, 72, (9, 8), (3, 3), (1, 1), (1, 1), (1, 1), 1),
-            (3, 80, 48, (14, 13), (3, 2), (2, 1), (3, 2), (2, 1), 2),
-            (4, 16, 24, (24, 22), (5, 5), (1, 1), (4, 1), (2, 1), 1),
-            (32, 64, 64, (28, 28), (3, 3), (1, 1), (1, 1), (1, 1), 1),
-        ]:
-            x = torch.randn(n, c, *size, device="cuda", dtype=dtype)
+        for (n, c, k, size, kernel, stride, padding, dilation, groups), layout in (
+            [(layer, torch.contiguous_format) for layer in layers]
+            + [(layer, torch.channels_last) for layer in channels_last_layers]
+        ):
+            x = torch.randn(n, c, *size, device="cuda", dtype=dtype).contiguous(memory_format=layout)
             w = torch.randn(k, c // groups, *kernel, device="cuda", dtype=dtype)
             b = torch.randn(k, device="cuda", dtype=dtype)
             args = (list(stride), list(padding), list(dilation), groups)

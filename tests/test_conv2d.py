@@ -282,6 +282,8 @@ CHANNELS_LAST_MMA_LAYERS = [
     Conv(2, 72, 80, (13, 11), (3, 3), (1, 1), (1, 1), (1, 1), 1, True, "channels_last"),
     # stride 2 and dilation 2: rows of the input gradient that no tap feeds
     Conv(3, 80, 48, (14, 13), (3, 2), (2, 1), (3, 2), (2, 1), 2, False, "channels_last"),
+    # a first layer: 3 channels padded to a chunk, its input gradient by columns
+    Conv(2, 3, 64, (31, 29), (7, 7), (2, 2), (3, 3), (1, 1), 1, True, "channels_last"),
 ]
 
 
@@ -289,7 +291,7 @@ CHANNELS_LAST_MMA_LAYERS = [
 @pytest.mark.parametrize("dtype,tf32_allowed", [
     (torch.float16, True), (torch.bfloat16, True), (torch.float32, True), (torch.float32, False),
 ], ids=["float16", "bfloat16", "tf32", "float32-3xtf32"])
-@pytest.mark.parametrize("conv", CHANNELS_LAST_MMA_LAYERS, ids=["nchw", "channels-last", "grouped-strided"])
+@pytest.mark.parametrize("conv", CHANNELS_LAST_MMA_LAYERS, ids=["nchw", "channels-last", "grouped-strided", "3-channels"])
 def test_cuda_channels_last_mma(conv, dtype, tf32_allowed):
     """The three ops on the channels-last tensor-core GEMMs, from NCHW and channels_last inputs
     alike: float16 and bfloat16 summed in float32 and rounded once; float32 as TF32 where allowed,
