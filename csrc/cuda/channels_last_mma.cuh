@@ -9,13 +9,15 @@
 // thread copies whole 16-byte chunks (8 elements of 16 bits, 4 of 32) straight into shared memory
 // (cp.async), and a chunk lies inside the layer or outside it (padding, past the channels) as a
 // whole, where the copy writes zeros. That needs the channels per group to be whole chunks
-// (applies_*). The input gradient is the forward's kernel too, once per stride phase: each phase's
-// positions are the output of a stride-1 layer over the output gradient with the taps that feed
-// them, rotated (run_grad_input).
+// (applies_*; a single group's input channels are padded to them: chunked_channels). The input
+// gradient is the forward's kernel too, once per stride phase: each phase's positions are the
+// output of a stride-1 layer over the output gradient with the taps that feed them, rotated; or,
+// for few input channels, a 1 x 1 layer into columns that a second kernel gathers (run_grad_input).
 //
-// in float16, bfloat16 and float32: float32 as TF32 where PyTorch lets cuDNN use it, else each operand split into two TF32 parts
-// (big + small) and multiplied as big * big + big * small + small * big: three TF32 products that
-// keep about 21 bits of each operand, float32's accuracy at tensor-core speed (3xTF32).
+// In float16, bfloat16 and float32: float32 as TF32 where PyTorch lets cuDNN use it, else each
+// operand split into two TF32 parts (big + small) and multiplied as big * big + big * small +
+// small * big: three TF32 products that keep about 21 bits of each operand, float32's accuracy at
+// tensor-core speed (3xTF32).
 //
 // A block of 256 threads computes a tile of C (128 or 64 by 128 or 64: plan_*) 64 bytes deep per
 // step (32 elements of 16 bits, 16 of float32), with kStages steps in flight: while the warps
@@ -23,10 +25,11 @@
 // tile from fragments that ldmatrix loads, in m16 n8 tensor-core products (mma.sync),
 // accumulating in float32. The forward's operand tiles hold their rows along the depth (4 chunks
 // each); the weight gradient's hold rows of the depth (pixels) along C's rows and columns, which
-// ldmatrix transposes as it loads (16-bit elements; 32-bit ones are read one by one). Shared memory's chunks are permuted (swizzled) so that those
-// loads meet no bank conflicts. The weight gradient's long depth is split across blocks whose
-// float32 partial products a second kernel sums in a fixed order: deterministic, no atomics; so is
-// the forward's where its grid would leave multiprocessors idle.
+// ldmatrix transposes as it loads (16-bit elements; 32-bit ones are read one by one). Shared
+// memory's chunks are permuted (swizzled) so that those loads meet no bank conflicts. The weight
+// gradient's long depth is split across blocks whose float32 partial products a second kernel
+// sums in a fixed order: deterministic, no atomics; so is the forward's where its grid would leave
+// multiprocessors idle.
 //
 // Host code here too (the plans, the launches through a caller's launcher), so the tests can run
 // the kernels on the CPU (tests/emulated_cuda/) where there is no GPU.
@@ -494,6 +497,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 inline int64_t elements_a_chunk(at::ScalarType dtype) { return kChunkBytes / c10::elementSize(dtype); }
+inline int64_t elements_a_step(at::ScalarType dtype) { return kStepBytes / c10::elementSize(dtype); }
 
 // Whether the grid of a product of `rows` x `cols` per group, `splits` deep, fits (at most 2^31 - 1
 // blocks along x, 65535 along y) with the smallest tiles.
@@ -584,7 +588,7 @@ inline Plan plan_forward(const Conv2dGeometry& g, at::ScalarType dtype, int64_t 
     if (blocks(t, rows, cols, g.groups) >= multiprocessors) return {t, 1};
   }
   const TileChoice t = candidates.front();
-  const int64_t step_depth = kStepBytes / c10::elementSize(dtype);
+  const int64_t step_depth = elements_a_step(dtype);
   const int64_t steps = g.kernel_h * g.kernel_w * ((g.in_channels_per_group() + step_depth - 1) / step_depth);
   const int64_t splits = std::min(multiprocessors / blocks(t, rows, cols, g.groups), steps / 8);
   if (splits >= 2 && grid_fits(rows, cols, g.groups, splits)) return {t, splits};
@@ -599,7 +603,7 @@ inline Plan plan_grad_weight(const Conv2dGeometry& g, at::ScalarType dtype, int6
   const TileChoice t = rows > 64 ? (cols > 64 ? TileChoice::m128_n128 : TileChoice::m128_n64)
                                  : (cols > 64 ? TileChoice::m64_n128 : TileChoice::m64_n64);
   const int64_t grid = blocks(t, rows, cols, g.groups);
-  const int64_t step_depth = kStepBytes / c10::elementSize(dtype);
+  const int64_t step_depth = elements_a_step(dtype);
   const int64_t steps = (g.batch * g.out_h * g.out_w + step_depth - 1) / step_depth;
   int64_t splits = std::max<int64_t>(1, std::min<int64_t>((2 * multiprocessors + grid - 1) / grid, steps / 8));
   while (splits > 1 && !grid_fits(rows, cols, g.groups, splits)) --splits;
