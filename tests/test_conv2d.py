@@ -389,8 +389,9 @@ def test_winograd_output_channel_slices(path):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_winograd_by_panels_in_channel_blocks(dtype):
     """4 tiles run by panels of output channels; 260 input channels' transformed filters (and
-    250 for the input gradient) outgrow half an L2 and are multiplied in blocks (on up to four
-    threads three, of 87 or 84 channels; on more, two): no whole number of the transpose's 16."""
+    250 for the input gradient) outgrow half an L2 and are multiplied in blocks (with a 1 MiB L2
+    on up to four threads three, of 87 or 84 channels, on more two; with 2 MiB two, of 130 or
+    125): no whole number of the transpose's 16."""
     conv = Conv(1, 260, 250, (7, 6), (3, 3), (1, 1), (1, 1), (1, 1), 1, True)
     check_layer_on_path(conv, dtype, "winograd")
 
