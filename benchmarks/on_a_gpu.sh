@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What a session lent a GPU runs first, in one call (device time is short): builds the extension
 # against the machine's torch, runs the test suite's CUDA tests (both CUDA algorithms),
-# compute-sanitizer's memcheck over every CUDA kernel, the GPU benchmark, each op's time against
-# cuDNN's and its floor (gpu_ops.py), then racecheck. On an H200 (2026-12-04, --batches 32
+# compute-sanitizer's memcheck over every CUDA kernel, the GPU benchmark, Nsight Compute's counters
+# for the channels-last kernels, each op's time against cuDNN's and its floor (gpu_ops.py), then
+# racecheck. On an H200 (2026-12-04, --batches 32
 # --rounds 1) build, tests, memcheck, benchmark and racecheck took 46, 84, 5, 163 and 59 s.
 # The benchmarks' results go to $OUT/results (default ./gpu-run/results), and every step's log into
 # one archive, $OUT/logs.tar.gz, renewed after each step: few files, since the device tool brings
@@ -88,5 +89,32 @@ EOF
 sanitizer=(compute-sanitizer --error-exitcode 1 --tool)
 step memcheck 240 "${sanitizer[@]}" memcheck "$python" "$logs/sanitized_calls.py"
 step bench 600 "$python" benchmarks/bench_conv2d.py --device cuda --out "$out/results" "$@"
+
+# Where the channels-last kernels' time goes: Nsight Compute's counters for each op of a bf16
+# layer, and the 3xTF32 forward (what limits them, the warps' stall reasons, shared-memory bank
+# conflicts, occupancy), read on Firecracker machines only (the device library's KINDS.md).
+cat > "$logs/profiled_calls.py" <<'EOF'
+import torch
+import conv_ext
+
+ops = torch.ops.conv_ext
+torch.backends.cudnn.allow_tf32 = False  # the float32 call: 3xTF32
+args = ([1, 1], [1, 1], [1, 1], 1)
+for dtype in (torch.bfloat16, torch.float32):  # ResNet-50's 3x3 256 @14 at batch 32
+    x = torch.randn(32, 256, 14, 14, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(256, 256, 3, 3, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last)
+    y = ops.conv2d(x, w, None, *args)
+    if dtype == torch.bfloat16:
+        ops.conv2d_grad_input(y, w, [14, 14], *args)
+        ops.conv2d_grad_weight(x, y, [3, 3], *args)
+torch.cuda.synchronize()
+print("done")
+EOF
+ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
+step ncu 120 "${ncu_bin:-ncu}" --clock-control none -k regex:channels_last_mma_kernel --launch-count 4 \
+  --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+  --section WarpStateStats --section Occupancy --section LaunchStats \
+  --metrics l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum \
+  "$python" "$logs/profiled_calls.py"
 step ops 180 "$python" benchmarks/gpu_ops.py --out "$out/results"
 step racecheck 240 "${sanitizer[@]}" racecheck "$python" "$logs/sanitized_calls.py"
