@@ -413,6 +413,29 @@ def test_few_tiles_take_winograd(paths):
     assert torch.equal(results[chosen], results[winograd]) and not torch.equal(results[chosen], results[gemm])
 
 
+@pytest.mark.parametrize("paths", [("auto", "winograd", "gemm"), ("slow-blas", "winograd-slow-blas", "gemm-slow-blas")],
+                         ids=["mkl", "slow-blas"])
+def test_weight_gradient_takes_winograd_from_eight_tiles(paths):
+    """The weight gradient of 3x3 layers runs on Winograd from 8 tiles in the batch (two 7x7
+    images) on, and with fewer (4: one image), whose 36 sums of 4 products per filter cost more
+    to transform than they save, on im2col's GEMM where MKL keeps up (else still on Winograd):
+    bit for bit the one path's, not the other's."""
+    chosen, winograd, gemm = paths
+    few_tiles = gemm if chosen == "auto" else winograd
+    for batch, expected in ((1, few_tiles), (2, winograd)):
+        other = gemm if expected == winograd else winograd
+        conv = Conv(batch, 64, 48, (7, 7), (3, 3), (1, 1), (1, 1), (1, 1), 1, False)
+        x, w, _ = conv.tensors(torch.float32, "cpu")
+        x[:, 0] *= 1e6  # sums in another order round away other small terms
+        gy = torch.randn(batch, 48, 7, 7, generator=torch.Generator().manual_seed(2))
+        results = {}
+        for path in paths:
+            with cpu_path(path):
+                results[path] = torch.ops.conv_ext.conv2d_grad_weight(x, gy, [3, 3], [1, 1], [1, 1], [1, 1], 1)
+        assert torch.equal(results[chosen], results[expected]), f"batch {batch}"
+        assert not torch.equal(results[chosen], results[other]), f"batch {batch}"
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_workspace_tiles_cover_large_images(device):
     """An image whose im2col matrix exceeds one tile is computed in several row tiles."""

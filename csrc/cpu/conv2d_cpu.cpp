@@ -169,9 +169,10 @@ std::optional<Algorithm> forced_algorithm() {
   return std::nullopt;
 }
 
-// winograd_pays_off is asked only where Winograd applies (its tiles exist only for 3x3 and 5x5).
-bool winograd_chosen(const Conv2dGeometry& g) {
-  return winograd_applies(g) && (env_is("CONV_EXT_CPU_ALGORITHM", "winograd") || winograd_pays_off(g));
+// pays_off (winograd_pays_off, or the weight gradient's) is asked only where Winograd applies
+// (its tiles exist only for 3x3 and 5x5).
+bool winograd_chosen(const Conv2dGeometry& g, bool (*pays_off)(const Conv2dGeometry&) = winograd_pays_off) {
+  return winograd_applies(g) && (env_is("CONV_EXT_CPU_ALGORITHM", "winograd") || pays_off(g));
 }
 
 bool implicit_gemm_pays_off(const Conv2dGeometry& g);
@@ -196,7 +197,7 @@ Algorithm choose_algorithm(const Conv2dGeometry& g) {
 Algorithm choose_grad_weight_algorithm(const Conv2dGeometry& g) {
   if (const auto forced = forced_algorithm()) return *forced;
   if (channels_last_gemm_grad_weight_pays_off(g)) return Algorithm::gemm;
-  if (winograd_chosen(g)) return Algorithm::winograd;
+  if (winograd_chosen(g, winograd_grad_weight_pays_off)) return Algorithm::winograd;
   const int64_t pairs = g.in_channels_per_group() * g.out_channels_per_group();
   return pairs <= (g.unit_stride() ? 64 : 2) ? Algorithm::direct : Algorithm::gemm;
 }

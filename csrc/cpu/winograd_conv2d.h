@@ -13,8 +13,9 @@ namespace conv_ext {
 bool winograd_applies(const Conv2dGeometry& g);
 
 // Whether it is the fastest CPU algorithm for a geometry it applies to: for the forward (and so
-// the stride-1 input gradient) and the weight gradient alike.
+// the stride-1 input gradient), and for the weight gradient, which needs more tiles.
 bool winograd_pays_off(const Conv2dGeometry& g);
+bool winograd_grad_weight_pays_off(const Conv2dGeometry& g);
 
 // Input and grad_output float64, float32, float16 or bfloat16, dense in NCHW or NHWC order; the
 // weight and bias contiguous, in the type the kernels compute in (float32 for float16 and
