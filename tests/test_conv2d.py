@@ -624,6 +624,20 @@ def test_grouped_layers_take_the_channels_last_gemm(conv):
     assert not blas_calls_on_path("auto", conv, x.detach(), w.detach(), b, gy)["grad_weight"]
 
 
+@pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the channels-last GEMM needs AVX2")
+@pytest.mark.parametrize("path", ["auto", "auto-avx2-isa"])
+@pytest.mark.parametrize("conv,dtype", [
+    (Conv(2, 64, 64, (30, 31), (3, 3), (2, 2), (1, 1), (1, 1), 4, True), torch.float32),  # 16 channels per group
+    (Conv(2, 32, 32, (27, 29), (3, 3), (2, 2), (1, 1), (1, 1), 4, True), torch.float64),  # 8: one panel of float64
+], ids=["float32", "float64"])
+def test_one_panel_products_in_wide_tiles(conv, dtype, path):
+    """Grouped strided layers whose groups fill one panel of output channels: with AVX-512 the
+    channels-last GEMM's forward and input-gradient phases multiply 13 to 16 pixels at a time
+    (rows of 16 and 15 output pixels, phases of 16 and 15 input pixels), beyond the two-panel
+    kernel's 12 rows; right against float64 there and with AVX2's 6-row tiles."""
+    check_layer_on_path(conv, dtype, path)
+
+
 CPU_FLAGS = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
 HAS_BF16_VECTORS = {"avx512bw", "avx512_bf16", "avx512_vbmi2"} <= CPU_FLAGS
 HAS_AMX = HAS_BF16_VECTORS and "amx_bf16" in CPU_FLAGS

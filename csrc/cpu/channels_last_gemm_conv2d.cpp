@@ -199,7 +199,7 @@ void forward_band(const MicroKernel<scalar_t>& kernel, const scalar_t* band, int
   constexpr int64_t W = kPanelWidth<scalar_t>;
   const int64_t channels = g.in_channels, out_pixel = panels * W, band_row = band_w * channels;
   const int64_t patch = g.kernel_h * g.kernel_w * channels;
-  const int64_t tile_pixels = even_tile_pixels(g.out_w, kernel.rows);
+  const int64_t tile_pixels = even_tile_pixels(g.out_w, kernel.rows_in_place(panels));
   // Blocks of the kernel's depth, but a patch up to a quarter deeper in one, whose panels still
   // fit in L1: a short second block costs a pass over the output for little work (32 channels
   // per group, 288 deep: the grouped 3x3 @7 at batch 8 1.07x faster, Zen 5).
@@ -459,7 +459,7 @@ at::Tensor channels_last_gemm_conv2d_grad_input(const at::Tensor& grad_output, c
             const int64_t iw0 = ((b - g.pad_w) % sw + sw) % sw;  // a row's first pixel of phase b
             if (depth == 0 || iw0 >= g.in_w) continue;
             const int64_t count = (g.in_w - iw0 + sw - 1) / sw;
-            const int64_t tile_pixels = even_tile_pixels(count, kernel.rows);
+            const int64_t tile_pixels = even_tile_pixels(count, kernel.rows_in_place(panels));
             for (int64_t p0 = 0; p0 < panels; p0 += kernel.panels) {
               const int tile_panels = static_cast<int>(std::min<int64_t>(kernel.panels, panels - p0));
               for (int64_t k0 = 0; k0 < depth; k0 += kernel.depth) {

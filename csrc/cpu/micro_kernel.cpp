@@ -11,25 +11,26 @@ namespace conv_ext {
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace avx2 {
-constexpr int kRows = 6, kPanels = 1;
+constexpr int kRows = 6, kPanels = 1, kOnePanelRows = 6;
 constexpr int64_t kDepth = 1024;
 #include "micro_kernel.inc"
 }  // namespace avx2
 #pragma GCC pop_options
 
 // 12 rows x two panels (one vector each): 24 of AVX-512's 32 registers. With one panel, the 12
-// broadcasts per step of depth, one per FMA, kept the FMA units half idle (measured).
+// broadcasts per step of depth, one per FMA, kept the FMA units half idle (measured); where one
+// panel is all there is, 16 rows of it.
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx2,fma")
 namespace avx512 {
-constexpr int kRows = 12, kPanels = 2;
+constexpr int kRows = 12, kPanels = 2, kOnePanelRows = 16;
 constexpr int64_t kDepth = 256;
 #include "micro_kernel.inc"
 }  // namespace avx512
 #pragma GCC pop_options
 
 namespace generic {
-constexpr int kRows = 6, kPanels = 1;
+constexpr int kRows = 6, kPanels = 1, kOnePanelRows = 6;
 constexpr int64_t kDepth = 256;
 
 template <typename scalar_t>
@@ -60,11 +61,11 @@ MicroKernel<scalar_t> micro_kernel_for_this_cpu() {
                 avx2::kDepth <= kMaxMicroKernelDepth);
   switch (cpu_isa()) {
     case Isa::avx512:
-      return {avx512::kRows, avx512::kPanels, avx512::kDepth, &avx512::run_micro_kernel<scalar_t>};
+      return {avx512::kRows, avx512::kPanels, avx512::kOnePanelRows, avx512::kDepth, &avx512::run_micro_kernel<scalar_t>};
     case Isa::avx2:
-      return {avx2::kRows, avx2::kPanels, avx2::kDepth, &avx2::run_micro_kernel<scalar_t>};
+      return {avx2::kRows, avx2::kPanels, avx2::kOnePanelRows, avx2::kDepth, &avx2::run_micro_kernel<scalar_t>};
     default:
-      return {generic::kRows, generic::kPanels, generic::kDepth, &generic::run_micro_kernel<scalar_t>};
+      return {generic::kRows, generic::kPanels, generic::kOnePanelRows, generic::kDepth, &generic::run_micro_kernel<scalar_t>};
   }
 }
 
