@@ -548,15 +548,15 @@ at::Tensor channels_last_gemm_conv2d_grad_weight(const at::Tensor& input, const 
         }
         scalar_t* group_sum = sum + (gy_layout.group(p) - first_group) * runs * entries * padded;
         // Per block of pixels and of grad_output's panels (in L1), every run's entries.
-        const int64_t depth = even_tile_pixels(pixels, kernel.depth);
+        const int64_t depth = even_tile_pixels(pixels, kernel.depth), tile = kernel.rows_in_place(panels);
         for (int64_t d0 = 0; d0 < pixels; d0 += depth) {
           for (int64_t p0 = 0; p0 < panels; p0 += kernel.panels) {
             const scalar_t* panel = gy_band.data() + p0 * pixels * W + d0 * W;
             for (int64_t run = 0; run < runs; ++run) {
               const int64_t tap = run * run_taps;  // the run's first
               const scalar_t* a = in_band.data() + (tap / g.kernel_w * g.dilation_h * band_w + tap % g.kernel_w * g.dilation_w) * C;
-              for (int64_t i = 0; i < entries; i += kernel.rows) {
-                kernel.run(static_cast<int>(std::min<int64_t>(kernel.rows, entries - i)),
+              for (int64_t i = 0; i < entries; i += tile) {
+                kernel.run(static_cast<int>(std::min(tile, entries - i)),
                            static_cast<int>(std::min<int64_t>(kernel.panels, panels - p0)), std::min(depth, pixels - d0),
                            a + i, 1, panel, pixels * W, offsets.data() + d0, {}, Write::add,
                            group_sum + (run * entries + i) * padded + p0 * W, padded);
