@@ -507,7 +507,8 @@ inline bool grid_fits(int64_t rows, int64_t cols, int64_t groups, int64_t splits
 
 // The input channels per group the kernels run layer g with in dtype: its own where they fill
 // whole chunks, else, for one group, padded with zero channels to the next chunk (as a first
-// layer's 3 channels are: more work, but on the tensor cores); 0 where neither.
+// layer's 3 channels are: more work, but on the tensor cores); 0 where neither, or where a group
+// has none.
 inline int64_t chunked_channels(const Conv2dGeometry& g, at::ScalarType dtype) {
   const int64_t channels = g.in_channels_per_group(), elements = elements_a_chunk(dtype);
   if (channels % elements == 0) return channels;
@@ -524,7 +525,7 @@ inline Conv2dGeometry with_channels(Conv2dGeometry g, int64_t channels) {
 // channels per group in whole chunks (chunked_channels), a grid that fits.
 inline bool applies_forward(const Conv2dGeometry& g, at::ScalarType dtype) {
   if (dtype != at::kHalf && dtype != at::kBFloat16 && dtype != at::kFloat) return false;
-  return g.in_channels_per_group() > 0 && chunked_channels(g, dtype) > 0 &&
+  return chunked_channels(g, dtype) > 0 &&
          grid_fits(g.batch * g.out_h * g.out_w, g.out_channels_per_group(), g.groups);
 }
 
@@ -542,7 +543,7 @@ inline bool applies_grad_input(const Conv2dGeometry& g, at::ScalarType dtype) {
 inline bool applies_grad_weight(const Conv2dGeometry& g, at::ScalarType dtype) {
   if (dtype != at::kHalf && dtype != at::kBFloat16 && dtype != at::kFloat) return false;
   const int64_t channels = chunked_channels(g, dtype), filters = g.out_channels_per_group();
-  return g.in_channels_per_group() > 0 && channels > 0 && filters > 0 && filters % elements_a_chunk(dtype) == 0 &&
+  return channels > 0 && filters > 0 && filters % elements_a_chunk(dtype) == 0 &&
          grid_fits(filters, g.kernel_h * g.kernel_w * channels, g.groups);
 }
 
