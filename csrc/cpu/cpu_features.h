@@ -42,6 +42,11 @@ inline int64_t core_l2_bytes() {
   return bytes;
 }
 
+inline bool cpu_is_intel() {
+  static const bool intel = __builtin_cpu_is("intel");
+  return intel;
+}
+
 inline bool use_avx2() { return cpu_isa() >= Isa::avx2; }
 inline bool use_avx512() { return cpu_isa() == Isa::avx512; }
 
@@ -52,8 +57,7 @@ inline bool use_avx512() { return cpu_isa() == Isa::avx512; }
 // CONV_EXT_CPU_BLAS=slow takes the paths chosen where it does not, so the tests can run them on
 // any CPU.
 inline bool blas_keeps_up() {
-  static const bool intel = __builtin_cpu_is("intel");
-  return !env_is("CONV_EXT_CPU_BLAS", "slow") && (intel || !use_avx512());
+  return !env_is("CONV_EXT_CPU_BLAS", "slow") && (cpu_is_intel() || !use_avx512());
 }
 
 // CONV_EXT_CPU_BF16=vectors: bfloat16 on AVX512_BF16's vectors wherever they apply, also where

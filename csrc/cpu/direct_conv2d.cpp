@@ -37,14 +37,16 @@ inline bool depthwise_3x3_rows_apply(const Conv2dGeometry& g) {
   return g.kernel_h == 3 && g.kernel_w == 3 && g.dilation_h == 1 && g.pad_h == 1 && g.in_channels_per_group() == 1;
 }
 
-// A plane into L2 ahead of its kernel, which walks it in strips of columns (or blocks of rows)
-// that the hardware prefetchers do not follow, from 2 KiB, up to 64 KiB of it. (Measured on
-// depthwise 3x3 at batch 8 with AVX-512: forwards alone 144 channels @56 1.5x faster, 32 @112
-// 1.15-1.3x, 256 @28 alike; forward and backward of 256 @28, whose tensors outgrow the caches,
-// 1.6x faster. 7 x 7 planes alike or slower.)
+// A plane into L2 ahead of its kernel, which walks it in strips of columns (or blocks of rows),
+// from 2 KiB, up to 64 KiB of it, where the hardware prefetchers do not follow such walks: on
+// AMD's (Zen 5, depthwise 3x3 at batch 8 with AVX-512: forwards alone 144 channels @56 1.5x
+// faster, 32 @112 1.15-1.3x, 256 @28 alike; forward and backward of 256 @28, whose tensors
+// outgrow the caches, 1.6x faster; 7 x 7 planes alike or slower). Intel's do: there the same
+// prefetches cost (Xeon with AMX: 144 @56 and 32 @112 forwards 1.15-1.25x slower, forward and
+// backward of 256 @28 1.2x slower).
 constexpr int64_t kPrefetchedPlaneBytes = int64_t{2} << 10, kMaxPrefetchBytes = int64_t{64} << 10;
 inline void prefetch_plane(const void* plane, int64_t bytes) {
-  if (bytes < kPrefetchedPlaneBytes) return;
+  if (bytes < kPrefetchedPlaneBytes || cpu_is_intel()) return;
   const char* p = static_cast<const char*>(plane);
   for (int64_t b = 0; b < std::min(bytes, kMaxPrefetchBytes); b += 64) __builtin_prefetch(p + b, 0, 2);
 }
