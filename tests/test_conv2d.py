@@ -883,6 +883,29 @@ def test_implicit_gemm_whole_runs_and_streamed_output(conv, dtype, path):
     check_layer_on_path(conv, dtype, path)
 
 
+# A pointwise layer of one group that reduces its channels runs as each image's product over all
+# its pixels, the images in one batched MKL call written in place, bias added or none
+# (pointwise_reduction_in_one_call): 192->40 at batch 3 (1440 pixels, beyond one GEMM over the
+# batch), and 176->176 at batch 1. An expansion stays on tiles of rows, 7 rows on 2 threads as 4
+# + 3 (equal tiles).
+POINTWISE_REDUCTION_LAYERS = [
+    (Conv(3, 192, 40, (24, 20), (1, 1), (1, 1), (0, 0), (1, 1), 1, True), torch.float32),
+    (Conv(1, 176, 176, (9, 13), (1, 1), (1, 1), (0, 0), (1, 1), 1, False), torch.float64),
+    (Conv(1, 24, 48, (7, 30), (1, 1), (1, 1), (0, 0), (1, 1), 1, True), torch.float64),
+]
+
+
+@pytest.mark.parametrize("path", ["gemm", "gemm-generic-isa", "auto-avx2-isa"])
+@pytest.mark.parametrize("conv,dtype", POINTWISE_REDUCTION_LAYERS, ids=["bias-float32", "float64", "expansion-float64"])
+def test_pointwise_reductions_in_one_call(conv, dtype, path):
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        check_layer_on_path(conv, dtype, path)
+    finally:
+        torch.set_num_threads(threads)
+
+
 # With fewer than 128 output pixels per thread the implicit GEMM's threads split the output
 # channels. Filters whose rows lie a multiple of 4 KiB apart (1024 float32 or 512 float64 patch
 # elements) they pack from 128 pixels in the batch on, and read in place below: 1x1 layers with 20
