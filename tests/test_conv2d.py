@@ -883,21 +883,21 @@ def test_implicit_gemm_whole_runs_and_streamed_output(conv, dtype, path):
     check_layer_on_path(conv, dtype, path)
 
 
-# A pointwise layer of one group that reduces its channels runs as each image's product over all
-# its pixels, the images in one batched MKL call written in place, bias added or none
-# (pointwise_reduction_in_one_call): 192->40 at batch 3 (1440 pixels, beyond one GEMM over the
-# batch), and 176->176 at batch 1. An expansion stays on tiles of rows, 7 rows on 2 threads as 4
-# + 3 (equal tiles).
-POINTWISE_REDUCTION_LAYERS = [
+# A pointwise layer of one group runs as each image's product over all its pixels, the images in
+# one batched MKL call written in place, bias added or none (pointwise_in_one_call): 192->40 at
+# batch 3 (1440 pixels, beyond one GEMM over the batch), a thin reduction 96->24 (which the
+# AVX-512 build takes there too, not to the implicit GEMM), 176->176 and an expansion at batch 1.
+POINTWISE_LAYERS = [
     (Conv(3, 192, 40, (24, 20), (1, 1), (1, 1), (0, 0), (1, 1), 1, True), torch.float32),
+    (Conv(3, 96, 24, (20, 21), (1, 1), (1, 1), (0, 0), (1, 1), 1, True), torch.float32),
     (Conv(1, 176, 176, (9, 13), (1, 1), (1, 1), (0, 0), (1, 1), 1, False), torch.float64),
     (Conv(1, 24, 48, (7, 30), (1, 1), (1, 1), (0, 0), (1, 1), 1, True), torch.float64),
 ]
 
 
 @pytest.mark.parametrize("path", ["gemm", "gemm-generic-isa", "auto-avx2-isa"])
-@pytest.mark.parametrize("conv,dtype", POINTWISE_REDUCTION_LAYERS, ids=["bias-float32", "float64", "expansion-float64"])
-def test_pointwise_reductions_in_one_call(conv, dtype, path):
+@pytest.mark.parametrize("conv,dtype", POINTWISE_LAYERS, ids=["bias-float32", "thin-float32", "float64", "expansion-float64"])
+def test_pointwise_in_one_call(conv, dtype, path):
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)

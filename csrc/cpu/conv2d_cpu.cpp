@@ -229,6 +229,13 @@ bool batch_in_one_gemm(const Conv2dGeometry& g) {
   return g.batch > 1 && columns <= kOneGemmColumns && columns * g.in_channels * g.kernel_h * g.kernel_w <= kMaxTileElements;
 }
 
+// A pointwise layer of one group: each image's product over all its pixels, the images in one
+// batched call that MKL threads, writing the output in place (gemm_conv2d_forward_pointwise).
+// Against tiles of rows multiplied one per task (Xeon with AVX-512, at batch 8 and 1): float32
+// 256->64 @56 1.3x and 1.15x faster, 512->128 @28 1.2x, 1024->256 @14 alike and 1.3x, 256->1024
+// @14 alike and 1.3x; float64 256->64 @56 1.4x.
+bool pointwise_in_one_call(const Conv2dGeometry& g) { return is_pointwise(g) && g.groups == 1; }
+
 // The im2col matrices of all images side by side: (groups, patch, batch * pixels).
 Tensor batch_im2col(const Tensor& input, const Conv2dGeometry& g) {
   const int64_t pixels = g.out_h * g.out_w;
@@ -248,7 +255,9 @@ Tensor batch_im2col(const Tensor& input, const Conv2dGeometry& g) {
 // 256->64 @56 at batch 1 1.2x, 256->64 at batch 8 0.85x). With AVX-512, MKL's kernels (in
 // place, or on tiles of im2col) win on long patches and pointwise kernels (measured: 1x1 1.2-1.3x,
 // 3x3/2 128->256 1.1-1.25x and 256->512 1.5x for MKL), the implicit GEMM on thin patches, where
-// MKL's packing costs more than it saves, and on stride-1 layers of up to 600-odd, whose panels
+// MKL's packing costs more than it saves (but for pointwise reductions of more pixels than one
+// GEMM over the batch takes, in one call: 96->24 and 144->24 @56 1.2-1.4x faster on MKL; the
+// expansions 64->256 @56 and 32->64 @112 1.1-1.2x slower there), and on stride-1 layers of up to 600-odd, whose panels
 // it reads in place (measured: 3x3 16->16 and 24->24 1.5-2x, 5x5 10->32 to 24->32 1.5x; the
 // 3-channel 7x7/2 stem 1.1x, 3x3/2 layers alike). Where MKL runs only its AVX2 kernels (AMD's
 // Zen 5), the AVX-512 implicit GEMM wins on every layer (measured: 1x1 256->64 @56 1.6x at
@@ -258,7 +267,8 @@ bool implicit_gemm_pays_off(const Conv2dGeometry& g) {
   if (!use_avx512()) {
     return !is_pointwise(g) || (!batch_in_one_gemm(g) && (g.out_channels > g.in_channels || g.batch == 1));
   }
-  return !blas_keeps_up() || g.patch_size() <= kThinPatch ||
+  const bool thin_reduction = pointwise_in_one_call(g) && g.out_channels <= g.in_channels && !batch_in_one_gemm(g);
+  return !blas_keeps_up() || (g.patch_size() <= kThinPatch && !thin_reduction) ||
          (g.unit_stride() && !is_pointwise(g) && g.patch_size() <= kStrideOnePatch);
 }
 
@@ -349,18 +359,8 @@ Tensor gemm_conv2d_forward_batch_in_one_gemm(const Tensor& input, const Tensor& 
   return output;
 }
 
-// A pointwise layer of one group with no more output channels than input channels (ResNet's
-// reductions): each image's product over all its pixels, the images in one batched call that
-// MKL threads, writing the output in place. Against tiles of rows multiplied one per task (Xeon
-// with AVX-512, at batch 8 and 1): float32 256->64 @56 1.3x and 1.15x faster, 512->128 @28 1.2x,
-// 1024->256 @14 alike and 1.3x; float64 256->64 @56 1.4x. Expansions write 4x their input, which
-// the tiles keep in cache (64->256 @56: the one call 1.7x slower).
-bool pointwise_reduction_in_one_call(const Conv2dGeometry& g) {
-  return is_pointwise(g) && g.groups == 1 && g.out_channels <= g.in_channels;
-}
-
-Tensor gemm_conv2d_forward_pointwise_reduction(const Tensor& input, const Tensor& weight, const Tensor& bias,
-                                               const Conv2dGeometry& g) {
+Tensor gemm_conv2d_forward_pointwise(const Tensor& input, const Tensor& weight, const Tensor& bias,
+                                     const Conv2dGeometry& g) {
   const int64_t pixels = g.out_h * g.out_w;
   Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
   Tensor out = output.view({g.batch, g.out_channels, pixels});
@@ -378,17 +378,15 @@ Tensor gemm_conv2d_forward_pointwise_reduction(const Tensor& input, const Tensor
 // task builds the im2col matrix of a few output rows of one image, which with their output
 // stays in the core's cache, and runs their GEMM single-threaded (inside the parallel region);
 // the rows are split finely enough that every thread gets work, in tiles of equal rows (56 rows
-// as 18 + 18 + 18 + 2 had left one of two threads 36 rows, the other 20: 1x1 256->64 @56 at
-// batch 1 1.2x slower).
+// as 18 + 18 + 18 + 2 had left one of two threads 36 rows, the other 20: 1.2x slower).
 Tensor gemm_conv2d_forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
                            const Conv2dGeometry& g) {
   if (implicit_gemm_available() && implicit_gemm_pays_off(g)) return implicit_gemm_conv2d_forward(input, weight, bias, g);
   if (batch_in_one_gemm(g)) return gemm_conv2d_forward_batch_in_one_gemm(input, weight, bias, g);
-  if (pointwise_reduction_in_one_call(g)) return gemm_conv2d_forward_pointwise_reduction(input, weight, bias, g);
+  if (pointwise_in_one_call(g)) return gemm_conv2d_forward_pointwise(input, weight, bias, g);
   Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
   const Tensor w = weight_matrix(weight, g);
-  // The larger of a row's im2col and output (a pointwise expansion's output is 4x its input:
-  // whole 56x56 images made MKL 1.6x slower than quarters, measured).
+  // The larger of a row's im2col and output (an expansion's output outgrows its input).
   const int64_t row_elements = std::max<int64_t>(1, std::max(g.patch_size() * g.groups, g.out_channels) * g.out_w);
   const int64_t rows_per_thread = (g.batch * g.out_h + at::get_num_threads() - 1) / at::get_num_threads();
   const int64_t most_rows =
