@@ -40,6 +40,33 @@ def test_opcheck(device):
         torch.library.opcheck(op, args)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_autograd_records_only_calls_with_a_gradient(device):
+    """Calls without a gradient to record (grad mode off, or no operand requiring one) run the op
+    directly; a call where any one operand requires a gradient, the bias alone too, records it."""
+    for op, args in sample_calls(device):
+        expected = op(*args)
+        for grad_mode in (False, True):
+            with torch.set_grad_enabled(grad_mode):
+                result = op(*args)
+            assert result.grad_fn is None and not result.requires_grad
+            torch.testing.assert_close(result, expected, rtol=0, atol=0)
+        with torch.inference_mode():
+            torch.testing.assert_close(op(*args), expected, rtol=0, atol=0)
+        for i, a in enumerate(args):
+            if not isinstance(a, torch.Tensor):
+                continue
+            one = [b.detach().requires_grad_(j == i) if isinstance(b, torch.Tensor) else b for j, b in enumerate(args)]
+            result = op(*one)
+            assert result.grad_fn is not None, (op, i)
+            (grad,) = torch.autograd.grad(result, one[i], torch.ones_like(result))
+            assert grad.shape == a.shape
+    x, w, b = (torch.randn(*shape, device=device) for shape in ((2, 3, 7, 6), (5, 3, 3, 3), (5,)))
+    y = ops.conv2d(x, w, b.requires_grad_(), [1, 1], [1, 1], [1, 1], 1)
+    gy = torch.randn_like(y)
+    torch.testing.assert_close(torch.autograd.grad(y, b, gy)[0], gy.sum((0, 2, 3)))
+
+
 # CI sets CONV_EXT_EXPECT_CUDA=1 where it builds the CUDA sources on a machine without a GPU.
 EXPECT_CUDA = torch.cuda.is_available() or os.environ.get("CONV_EXT_EXPECT_CUDA") == "1"
 
