@@ -11,6 +11,11 @@ from ._ops import Conv2dOp, OpArgs, conv2d_grads, conv2d_jvp, ops, transforms_ac
 def _as_pair(value):
     """An int or a sequence of 1 or 2 ints as a pair; longer sequences pass through for the
     operator to reject with a message naming them."""
+    # The common cases (F.conv2d's ints, nn.Conv2d's pairs) without _pair's checks: ~0.5 us each.
+    if type(value) is int:
+        return (value, value)
+    if type(value) is tuple and len(value) == 2:
+        return value
     value = tuple(_pair(value))
     return value * 2 if len(value) == 1 else value
 
