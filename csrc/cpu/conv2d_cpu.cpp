@@ -255,10 +255,9 @@ Tensor batch_im2col(const Tensor& input, const Conv2dGeometry& g) {
 // 256->64 @56 at batch 1 1.2x, 256->64 at batch 8 0.85x). With AVX-512, MKL's kernels (in
 // place, or on tiles of im2col) win on long patches and pointwise kernels (measured: 1x1 1.2-1.3x,
 // 3x3/2 128->256 1.1-1.25x and 256->512 1.5x for MKL), the implicit GEMM on thin patches, where
-// MKL's packing costs more than it saves (but for pointwise reductions of more pixels than one
-// GEMM over the batch takes, in one call: 96->24 and 144->24 @56 1.2-1.4x faster on MKL; the
-// expansions 64->256 @56 and 32->64 @112 1.1-1.2x slower there), and on stride-1 layers of up to 600-odd, whose panels
-// it reads in place (measured: 3x3 16->16 and 24->24 1.5-2x, 5x5 10->32 to 24->32 1.5x; the
+// MKL's packing costs more than it saves (but see one_call_beats_implicit_gemm), and on stride-1
+// layers of up to 600-odd, whose panels it reads in place (measured: 3x3 16->16 and 24->24
+// 1.5-2x, 5x5 10->32 to 24->32 1.5x; the
 // 3-channel 7x7/2 stem 1.1x, 3x3/2 layers alike). Where MKL runs only its AVX2 kernels (AMD's
 // Zen 5), the AVX-512 implicit GEMM wins on every layer (measured: 1x1 256->64 @56 1.6x at
 // batch 8 and 2.6x at batch 1, 1024->256 @14 1.9x, 3x3/2 128->256 @28 and 3x3 512 @7 at batch 1
@@ -267,9 +266,19 @@ bool implicit_gemm_pays_off(const Conv2dGeometry& g) {
   if (!use_avx512()) {
     return !is_pointwise(g) || (!batch_in_one_gemm(g) && (g.out_channels > g.in_channels || g.batch == 1));
   }
-  const bool thin_reduction = pointwise_in_one_call(g) && g.out_channels <= g.in_channels && !batch_in_one_gemm(g);
-  return !blas_keeps_up() || (g.patch_size() <= kThinPatch && !thin_reduction) ||
+  return !blas_keeps_up() || g.patch_size() <= kThinPatch ||
          (g.unit_stride() && !is_pointwise(g) && g.patch_size() <= kStrideOnePatch);
+}
+
+// Thin pointwise layers (which implicit_gemm_pays_off gives the implicit GEMM) of more pixels
+// than one GEMM over the batch takes run faster in MKL's one call per batch
+// (pointwise_in_one_call) where it keeps up with the AVX-512 build: reductions (96->24 and
+// 144->24 @56 1.2-1.4x faster), and expansions in float64 (64->256 @56 1.05x and 1.15x at batch
+// 8 and 1, 32->64 @112 1.1x). The implicit GEMM keeps float32 expansions (64->256 @56 and 32->64
+// @112 1.1-1.2x faster there).
+bool one_call_beats_implicit_gemm(const Conv2dGeometry& g, at::ScalarType dtype) {
+  return use_avx512() && blas_keeps_up() && pointwise_in_one_call(g) && !batch_in_one_gemm(g) &&
+         (g.out_channels <= g.in_channels || dtype == at::kDouble);
 }
 
 // What every use of the channels-last GEMM on one group asks: this CPU runs it, a kernel larger
@@ -381,7 +390,9 @@ Tensor gemm_conv2d_forward_pointwise(const Tensor& input, const Tensor& weight, 
 // as 18 + 18 + 18 + 2 had left one of two threads 36 rows, the other 20: 1.2x slower).
 Tensor gemm_conv2d_forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
                            const Conv2dGeometry& g) {
-  if (implicit_gemm_available() && implicit_gemm_pays_off(g)) return implicit_gemm_conv2d_forward(input, weight, bias, g);
+  if (implicit_gemm_available() && implicit_gemm_pays_off(g) && !one_call_beats_implicit_gemm(g, input.scalar_type())) {
+    return implicit_gemm_conv2d_forward(input, weight, bias, g);
+  }
   if (batch_in_one_gemm(g)) return gemm_conv2d_forward_batch_in_one_gemm(input, weight, bias, g);
   if (pointwise_in_one_call(g)) return gemm_conv2d_forward_pointwise(input, weight, bias, g);
   Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
