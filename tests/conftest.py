@@ -76,6 +76,17 @@ if torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
 
 
 @contextmanager
+def num_threads(n):
+    """torch's intra-op threads set to n inside the block, restored after it."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+@contextmanager
 def cpu_path(name):
     saved = {key: os.environ.get(key) for key in (
         "CONV_EXT_CPU_ALGORITHM", "CONV_EXT_CPU_ISA", "CONV_EXT_CPU_BLAS", "CONV_EXT_CPU_BF16", "CONV_EXT_CUDA_ALGORITHM",

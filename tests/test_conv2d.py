@@ -13,7 +13,7 @@ import conv_ext
 from conv_ext import reference
 
 from configs import Conv, bf16_pairs_convs, convs
-from conftest import DEVICES, FORCED_CPU_PATHS, cpu_path
+from conftest import DEVICES, FORCED_CPU_PATHS, cpu_path, num_threads
 
 
 def forward_and_grads(fn, conv, x, w, b, grad_output=None):
@@ -466,14 +466,10 @@ def test_results_do_not_depend_on_thread_count(device):
     weight gradient sums then split a group between threads)."""
     conv = Conv(4, 12, 10, (17, 15), (3, 3), (2, 1), (1, 1), (1, 2), 2, True)
     x, w, b = conv.tensors(torch.float32, device, requires_grad=True)
-    threads = torch.get_num_threads()
-    try:
-        results = []
-        for n in sorted({1, threads, 3}):
-            torch.set_num_threads(n)
+    results = []
+    for n in sorted({1, torch.get_num_threads(), 3}):
+        with num_threads(n):
             results.append(forward_and_grads(conv_ext.conv2d, conv, x, w, b)[0])
-    finally:
-        torch.set_num_threads(threads)
     for name, serial, *parallel in zip(NAMES, *results):
         for p in parallel:
             torch.testing.assert_close(p, serial, rtol=1e-6, atol=1e-6, msg=name)
@@ -719,15 +715,10 @@ def test_bf16_pairs_results_do_not_depend_on_thread_count(units):
     chunks, blocks of the weight gradient): one thread and all of them agree bit for bit."""
     conv = Conv(3, 48, 80, (15, 13), (3, 3), (2, 1), (1, 1), (1, 1), 1, True)
     x, w, b = conv.tensors(torch.bfloat16, "cpu", requires_grad=True)
-    threads = torch.get_num_threads()
-    try:
-        results = []
-        for n in (1, max(threads, 2)):
-            torch.set_num_threads(n)
-            with cpu_path(units):
-                results.append(forward_and_grads(conv_ext.conv2d, conv, x, w, b)[0])
-    finally:
-        torch.set_num_threads(threads)
+    results = []
+    for n in (1, max(torch.get_num_threads(), 2)):
+        with num_threads(n), cpu_path(units):
+            results.append(forward_and_grads(conv_ext.conv2d, conv, x, w, b)[0])
     for name, serial, parallel in zip(NAMES, *results):
         assert torch.equal(parallel, serial), name
 
@@ -898,12 +889,8 @@ POINTWISE_LAYERS = [
 @pytest.mark.parametrize("path", ["gemm", "gemm-generic-isa", "auto-avx2-isa"])
 @pytest.mark.parametrize("conv,dtype", POINTWISE_LAYERS, ids=["bias-float32", "thin-float32", "float64", "expansion-float64"])
 def test_pointwise_in_one_call(conv, dtype, path):
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
+    with num_threads(2):
         check_layer_on_path(conv, dtype, path)
-    finally:
-        torch.set_num_threads(threads)
 
 
 # With fewer than 128 output pixels per thread the implicit GEMM's threads split the output
@@ -922,12 +909,8 @@ SPLIT_CHANNELS_LAYERS = [
 @pytest.mark.parametrize("path", ["gemm", "gemm-slow-blas"])
 @pytest.mark.parametrize("conv,dtype", SPLIT_CHANNELS_LAYERS, ids=["packed-float32", "packed-strided-float64", "in-place-float32"])
 def test_implicit_gemm_split_by_output_channels(conv, dtype, path):
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
+    with num_threads(2):
         check_layer_on_path(conv, dtype, path)
-    finally:
-        torch.set_num_threads(threads)
 
 
 # Layers the GEMM path runs over channels-last bands, forward and both gradients (strided,
