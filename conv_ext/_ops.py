@@ -7,6 +7,7 @@ take C++ autograd kernels; under them the Python layer calls Conv2dOp, GradInput
 GradWeightOp, autograd.Functions with the same derivatives, forward-mode ones and vmap rules.
 """
 import torch
+import torch.autograd.forward_ad as forward_ad
 from torch._prims_common import suggest_memory_format
 
 from . import _C  # noqa: F401  (importing it registers torch.ops.conv_ext.*)
@@ -57,11 +58,12 @@ def _conv2d_grad_weight_fake(input, grad_output, kernel_size, stride, padding, d
     return _empty(shape, input, grad_output)
 
 
-def transforms_active():
-    """Whether a torch.func transform (grad, vjp, jacrev, jvp, jacfwd, vmap) is running: those do
-    not take the C++ autograd kernels, so the Python layer then calls the Functions below, which
-    compute the same derivatives."""
-    return torch._C._are_functorch_transforms_active()
+def needs_python_functions():
+    """Whether a torch.func transform (grad, vjp, jacrev, jvp, jacfwd, vmap) is running, or
+    forward-mode AD (torch.autograd.forward_ad.dual_level): neither takes the C++ autograd
+    kernels (forward AD's tangents they refuse), so the Python layer then calls the Functions
+    below, which compute the same derivatives, forward-mode ones too."""
+    return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
 
 
 class OpArgs:

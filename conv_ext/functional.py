@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.utils import _pair, _single
 
-from ._ops import Conv2dOp, OpArgs, conv2d_grads, conv2d_jvp, ops, transforms_active
+from ._ops import Conv2dOp, OpArgs, conv2d_grads, conv2d_jvp, needs_python_functions, ops
 
 
 def _as_pair(value):
@@ -71,9 +71,9 @@ class Conv2dArgs(NamedTuple):
 
     def conv2d(self, input, weight, bias):
         """The convolution of input (as F.conv2d takes it) by the operator (under torch.func's
-        transforms, by Conv2dOp)."""
+        transforms and forward-mode AD, by Conv2dOp)."""
         x = self.prepare_input(input)
-        if transforms_active():
+        if needs_python_functions():
             return self.unbatched_like_input(Conv2dOp.apply(x, weight, bias, OpArgs(None, self.conv)))
         return self.unbatched_like_input(ops.conv2d(x, weight, bias, *self.conv))
 
@@ -157,8 +157,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     The operator differentiates itself (its autograd kernel is C++), and so do the padding and
     reshapes around it: no autograd.Function here, whose Python layer would cost more per call
     than PyTorch's whole F.conv2d on a small layer. Conv2dFunction computes the same. Under
-    torch.func's transforms, which do not take the C++ autograd kernel, the operator's autograd.Function
-    Conv2dOp runs instead.
+    torch.func's transforms and forward-mode AD (torch.autograd.forward_ad), which do not take the
+    C++ autograd kernel, the operator's autograd.Function Conv2dOp runs instead.
     """
     return Conv2dArgs.parse(input, weight, stride, padding, dilation, groups).conv2d(input, weight, bias)
 

@@ -135,12 +135,16 @@ class Conv2dGradWeight : public torch::autograd::Function<Conv2dGradWeight> {
   }
 };
 
-// Whether a call has a gradient to record: grad mode on and an operand that requires one. Calls
-// without run the op directly, as PyTorch's own autograd kernels do: an autograd Function's
-// context and saved data cost ~2 us a call (a tiny layer's forward 1.3x slower).
+// Whether a call has a gradient to record: grad mode on and an operand that requires one, or an
+// operand with a forward-mode tangent (which the Function refuses with a message, rather than
+// let the direct call drop it). Calls without run the op directly, as PyTorch's own autograd
+// kernels do: an autograd Function's context and saved data cost ~2 us a call (a tiny layer's
+// forward 1.3x slower).
 bool records_grad(const Tensor& first, const Tensor& second, const std::optional<Tensor>& bias = std::nullopt) {
-  return at::GradMode::is_enabled() &&
-         (first.requires_grad() || second.requires_grad() || (bias.has_value() && bias->defined() && bias->requires_grad()));
+  const auto records = [](const Tensor& t) {
+    return t.defined() && ((at::GradMode::is_enabled() && t.requires_grad()) || t._fw_grad(/*level=*/0).defined());
+  };
+  return records(first) || records(second) || (bias.has_value() && records(*bias));
 }
 
 Tensor conv2d_autograd(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,

@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -34,9 +35,16 @@ def test_torch_export_keeps_the_conv_ext_ops():
     torch.testing.assert_close(exported.module()(x), model(x))
 
 
+def dual_tangent(f, x, w, b):
+    """f's forward-mode derivative along ones, on torch.autograd.forward_ad's dual tensors."""
+    with fwAD.dual_level():
+        return fwAD.unpack_dual(f(*(fwAD.make_dual(t, torch.ones_like(t)) for t in (x, w, b)))).tangent
+
+
 TRANSFORMS = {
     # name: (transform of f(x, w, b), its arguments from (x, w, b))
     "jvp": lambda f, x, w, b: torch.func.jvp(f, (x, w, b), tuple(torch.ones_like(t) for t in (x, w, b)))[1],
+    "forward_ad": dual_tangent,
     "grad": lambda f, x, w, b: torch.func.grad(lambda *a: f(*a).square().sum(), argnums=(0, 1, 2))(x, w, b),
     "jacrev": lambda f, x, w, b: torch.func.jacrev(f, argnums=(0, 1))(x[:1], w, b),
     "jacfwd": lambda f, x, w, b: torch.func.jacfwd(f, argnums=(0, 1))(x[:1], w, b),
@@ -53,6 +61,21 @@ TRANSFORMS = {
 }
 
 
+def test_operators_refuse_dual_tensors():
+    """Called directly, each operator refuses a forward-mode tangent with a message (its C++
+    autograd kernel has no jvp) rather than drop it."""
+    ops = torch.ops.conv_ext
+    x, w, b, gy = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3), torch.randn(3), torch.randn(1, 3, 3, 3)
+    conv = ([1, 1], [0, 0], [1, 1], 1)
+    calls = [  # (the operand given a tangent, the call)
+        (x, lambda t: ops.conv2d(t, w, b, *conv)), (b, lambda t: ops.conv2d(x, w, t, *conv)),
+        (w, lambda t: ops.conv2d_grad_input(gy, t, [5, 5], *conv)), (gy, lambda t: ops.conv2d_grad_weight(x, t, [3, 3], *conv)),
+    ]
+    for primal, call in calls:
+        with fwAD.dual_level(), pytest.raises(RuntimeError, match="jvp is not implemented"):
+            call(fwAD.make_dual(primal, torch.ones_like(primal)))
+
+
 # The operators' own vmap rules run, not PyTorch's per-sample loop (which warns).
 @pytest.mark.filterwarnings("error:There is a performance drop")
 @pytest.mark.parametrize("device", DEVICES)
@@ -63,8 +86,9 @@ TRANSFORMS = {
 ], ids=["strided", "same"])
 @pytest.mark.parametrize("fn", ["conv2d", "Conv2dFunction"])
 def test_torch_func_transforms_match_f_conv2d(fn, conv, transform, device):
-    """torch.func's transforms, which do not take the C++ autograd kernels, go through the
-    autograd.Functions of the operators, and give what they give on F.conv2d (float64)."""
+    """torch.func's transforms and forward-mode AD, which do not take the C++ autograd kernels, go
+    through the autograd.Functions of the operators, and give what they give on F.conv2d
+    (float64)."""
     conv = dict(conv)
     kernel = conv.pop("kernel")
     gen = torch.Generator().manual_seed(0)
