@@ -257,11 +257,10 @@ Tensor batch_im2col(const Tensor& input, const Conv2dGeometry& g) {
 // 3x3/2 128->256 1.1-1.25x and 256->512 1.5x for MKL), the implicit GEMM on thin patches, where
 // MKL's packing costs more than it saves (but see one_call_beats_implicit_gemm), and on stride-1
 // layers of up to 600-odd, whose panels it reads in place (measured: 3x3 16->16 and 24->24
-// 1.5-2x, 5x5 10->32 to 24->32 1.5x; the
-// 3-channel 7x7/2 stem 1.1x, 3x3/2 layers alike). Where MKL runs only its AVX2 kernels (AMD's
-// Zen 5), the AVX-512 implicit GEMM wins on every layer (measured: 1x1 256->64 @56 1.6x at
-// batch 8 and 2.6x at batch 1, 1024->256 @14 1.9x, 3x3/2 128->256 @28 and 3x3 512 @7 at batch 1
-// 1.8x and 2.5x).
+// 1.5-2x, 5x5 10->32 to 24->32 1.5x; the 3-channel 7x7/2 stem 1.1x, 3x3/2 layers alike). Where
+// MKL runs only its AVX2 kernels (AMD's Zen 5), the AVX-512 implicit GEMM wins on every layer
+// (measured: 1x1 256->64 @56 1.6x at batch 8 and 2.6x at batch 1, 1024->256 @14 1.9x, 3x3/2
+// 128->256 @28 and 3x3 512 @7 at batch 1 1.8x and 2.5x).
 bool implicit_gemm_pays_off(const Conv2dGeometry& g) {
   if (!use_avx512()) {
     return !is_pointwise(g) || (!batch_in_one_gemm(g) && (g.out_channels > g.in_channels || g.batch == 1));
@@ -368,18 +367,23 @@ Tensor gemm_conv2d_forward_batch_in_one_gemm(const Tensor& input, const Tensor& 
   return output;
 }
 
+// out (n, K, pixels) = the n products a b, each output row k plus bias[k] (bias undefined, or K
+// values, or n times K: the tiles' groups).
+void multiply_into(Tensor& out, const Tensor& a, const Tensor& b, const Tensor& bias) {
+  if (bias.defined()) {
+    at::baddbmm_out(out, bias.view({-1, out.size(1), 1}).expand_as(out), a, b);
+  } else {
+    at::bmm_out(out, a, b);
+  }
+}
+
 Tensor gemm_conv2d_forward_pointwise(const Tensor& input, const Tensor& weight, const Tensor& bias,
                                      const Conv2dGeometry& g) {
   const int64_t pixels = g.out_h * g.out_w;
   Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
   Tensor out = output.view({g.batch, g.out_channels, pixels});
   const Tensor w = weight.view({1, g.out_channels, g.in_channels}).expand({g.batch, g.out_channels, g.in_channels});
-  const Tensor x = input.view({g.batch, g.in_channels, pixels});
-  if (bias.defined()) {
-    at::baddbmm_out(out, bias.view({1, g.out_channels, 1}).expand_as(out), w, x);
-  } else {
-    at::bmm_out(out, w, x);
-  }
+  multiply_into(out, w, input.view({g.batch, g.in_channels, pixels}), bias);
   return output;
 }
 
@@ -411,13 +415,7 @@ Tensor gemm_conv2d_forward(const Tensor& input, const Tensor& weight, const Tens
       const int64_t n = task / tiles_per_image, row = task % tiles_per_image * rows_per_tile;
       const RowTile tile{row, std::min(row + rows_per_tile, g.out_h)};
       Tensor out = output_tile(output[n], g, tile);
-      const Tensor cols = im2col(input[n], g, tile);
-      if (bias.defined()) {
-        at::baddbmm_out(out, bias.view({g.groups, g.out_channels_per_group(), 1}).expand_as(out),
-                        w, cols);
-      } else {
-        at::bmm_out(out, w, cols);
-      }
+      multiply_into(out, w, im2col(input[n], g, tile), bias);
     }
   });
   return output;
