@@ -2,7 +2,8 @@
 
 Fake kernels give the output's shape, dtype and layout without computing it (torch.compile,
 torch.export, opcheck). The ops' autograd kernels are in C++ (csrc/autograd.cpp): the three ops
-differentiate each other, so derivatives of any order exist. torch.func's transforms do not
+differentiate each other, so derivatives of any order exist (conv2d's backward calls
+conv2d_backward, the three in one call). torch.func's transforms do not
 take C++ autograd kernels; under them the Python layer calls Conv2dOp, GradInputOp and
 GradWeightOp, autograd.Functions with the same derivatives, forward-mode ones and vmap rules.
 """
@@ -56,6 +57,14 @@ def _conv2d_grad_input_fake(grad_output, weight, input_size, stride, padding, di
 def _conv2d_grad_weight_fake(input, grad_output, kernel_size, stride, padding, dilation, groups):
     shape = (grad_output.shape[1], input.shape[1] // groups, *kernel_size)
     return _empty(shape, input, grad_output)
+
+
+@torch.library.register_fake("conv_ext::conv2d_backward")
+def _conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
+    grad_input = _conv2d_grad_input_fake(grad_output, weight, input.shape[2:], stride, padding, dilation, groups)
+    grad_weight = _conv2d_grad_weight_fake(input, grad_output, weight.shape[2:], stride, padding, dilation, groups)
+    grad_bias = grad_output.new_empty(grad_output.shape[1])
+    return tuple(t if wanted else None for t, wanted in zip((grad_input, grad_weight, grad_bias), output_mask))
 
 
 def needs_python_functions():

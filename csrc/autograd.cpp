@@ -1,4 +1,4 @@
-// Autograd kernels of the three conv_ext operators, for every device. They are in C++, as
+// Autograd kernels of the conv_ext operators, for every device. They are in C++, as
 // torchvision's are, because a Python autograd kernel (torch.library.register_autograd) cost
 // ~12 us per call, twice PyTorch's whole F.conv2d on a small layer.
 //
@@ -12,8 +12,9 @@
 // and for complex operands the same with the saved operand conjugated (dL/dx = GI(g, conj(w)),
 // as PyTorch's complex gradients are the conjugate Wirtinger derivatives).
 //
-// Every backward calls the three ops through the dispatcher, so they are differentiable again:
-// derivatives of any order exist.
+// Every backward calls the ops through the dispatcher, so they are differentiable again:
+// derivatives of any order exist. conv2d's calls conv2d_backward, which is the three ops' calls
+// wherever a gradient is recorded through it.
 #include "conv2d.h"
 
 #include <torch/autograd.h>
@@ -74,15 +75,10 @@ class Conv2d : public torch::autograd::Function<Conv2d> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto s = Saved::load(ctx);
-    const Tensor &input = s.first, &weight = s.second, &grad = grads[0];
-    Tensor grad_input, grad_weight, grad_bias;
-    if (ctx->needs_input_grad(0)) {
-      grad_input = grad_input_op(grad, weight, spatial_size(input), s.stride, s.padding, s.dilation, s.groups);
-    }
-    if (ctx->needs_input_grad(1)) {
-      grad_weight = grad_weight_op(input, grad, spatial_size(weight), s.stride, s.padding, s.dilation, s.groups);
-    }
-    if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) grad_bias = grad.sum({0, 2, 3});
+    const bool bias = ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2);
+    auto [grad_input, grad_weight, grad_bias] =
+        conv2d_backward_op(grads[0], s.first, s.second, s.stride, s.padding, s.dilation, s.groups,
+                           {ctx->needs_input_grad(0), ctx->needs_input_grad(1), bias});
     return with_no_more_grads(grad_input, grad_weight, grad_bias);
   }
 };
@@ -174,12 +170,26 @@ Tensor conv2d_grad_weight_autograd(const Tensor& input, const Tensor& grad_outpu
   return Conv2dGradWeight::apply(input, grad_output, kernel_size, stride, padding, dilation, groups);
 }
 
+// conv2d_backward: where it has a gradient to record (a double backward), the three ops' calls,
+// each recorded by its own kernel above; else the op, which a backend may compute in one pass.
+std::tuple<Tensor, Tensor, Tensor> conv2d_backward_autograd(const Tensor& grad_output, const Tensor& input,
+                                                            const Tensor& weight, IntArrayRef stride, IntArrayRef padding,
+                                                            IntArrayRef dilation, int64_t groups,
+                                                            std::array<bool, 3> output_mask) {
+  if (!records_grad(grad_output, input, weight)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return conv2d_backward_op(grad_output, input, weight, stride, padding, dilation, groups, output_mask);
+  }
+  return conv2d_backward_by_three_ops(grad_output, input, weight, stride, padding, dilation, groups, output_mask);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(conv_ext, Autograd, m) {
   m.impl("conv2d", &conv2d_autograd);
   m.impl("conv2d_grad_input", &conv2d_grad_input_autograd);
   m.impl("conv2d_grad_weight", &conv2d_grad_weight_autograd);
+  m.impl("conv2d_backward", &conv2d_backward_autograd);
 }
 
 }  // namespace conv_ext

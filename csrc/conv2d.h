@@ -1,4 +1,4 @@
-// The three conv_ext operators, shared between ops.cpp (schemas, checks) and the backends.
+// The conv_ext operators, shared between ops.cpp (schemas, checks) and the backends.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -6,9 +6,11 @@
 #include <c10/core/SymIntArrayRef.h>
 #include <c10/util/ArrayRef.h>
 
+#include <array>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <tuple>
 
 namespace conv_ext {
 
@@ -51,13 +53,27 @@ Conv2dGeometry check_conv2d_grad_weight(
     const at::Tensor& input, const at::Tensor& grad_output, at::IntArrayRef kernel_size,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
 
-// The three ops through the dispatcher (named apart from ATen's at::conv2d, which ADL finds).
+// grad_output's shape checked against conv2d(input, weight) as well.
+Conv2dGeometry check_conv2d_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
+
+// The ops through the dispatcher (named apart from ATen's at::conv2d, which ADL finds).
 at::Tensor conv2d_op(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
 at::Tensor grad_input_op(const at::Tensor& grad_output, const at::Tensor& weight, c10::SymIntArrayRef input_size,
                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
 at::Tensor grad_weight_op(const at::Tensor& input, const at::Tensor& grad_output, c10::SymIntArrayRef kernel_size,
                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_op(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> output_mask);
+
+// conv2d_backward as calls of the three ops (and a sum for the bias), those output_mask asks for;
+// the ops check their arguments (check_conv2d_backward checks them all, but not symbolic ones).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_by_three_ops(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> output_mask);
 
 // The three ops on complex operands (complex64, complex128), for every backend: from the ops on
 // their real and imaginary parts (see ops.cpp).

@@ -1,12 +1,17 @@
-// Schemas of the three conv_ext operators, the argument checks every backend shares, and what
-// every backend does with complex operands.
+// Schemas of the conv_ext operators, the argument checks every backend shares, and what every
+// backend does with complex operands.
 //
-// The ops are bilinear and differentiate each other (see conv_ext/_ops.py):
+// The three ops are bilinear and differentiate each other (see conv_ext/_ops.py):
 //   conv2d(x, w, b)                  y  = F(x, w) + b
 //   conv2d_grad_input(gy, w, size)   gx = adjoint of F in x (a transposed convolution)
 //   conv2d_grad_weight(x, gy, size)  gw = adjoint of F in w
 // The grad ops take the spatial size they cannot infer when stride > 1. Complex operands (as
 // F.conv2d takes them) are computed by the ops on their real and imaginary parts.
+//
+// conv2d_backward(gy, x, w, mask) = (gx, gw, sum of gy), those the mask asks for, as ATen's
+// convolution_backward: conv2d's backward in one call, so that a backend can compute the three
+// together (the CPU's depthwise layers read grad_output once for all three). Everywhere else it
+// is the three calls.
 #include <Python.h>
 
 #include "conv2d.h"
@@ -183,6 +188,20 @@ Conv2dGeometry check_conv2d_grad_weight(const at::Tensor& input, const at::Tenso
   return g;
 }
 
+Conv2dGeometry check_conv2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                     const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
+                                     at::IntArrayRef dilation, int64_t groups) {
+  auto g = check_conv2d(input, weight, std::nullopt, stride, padding, dilation, groups);
+  check_4d(grad_output, "grad_output", "(N, out_channels, H_out, W_out)");
+  check_same_type(grad_output, "grad_output", input, "input");
+  TORCH_CHECK(grad_output.size(0) == g.batch && grad_output.size(1) == g.out_channels,
+              "expected grad_output of size (", g.batch, ", ", g.out_channels, ", ", g.out_h, ", ", g.out_w,
+              ") for input of size ", input.sizes(), " and weight of size ", weight.sizes(),
+              ", but got grad_output of size ", grad_output.sizes());
+  check_grad_output_size(g, grad_output);
+  return g;
+}
+
 namespace {
 
 // The operator of that name, to call through the dispatcher with that signature.
@@ -209,6 +228,26 @@ Tensor grad_weight_op(const Tensor& input, const Tensor& grad_output, c10::SymIn
                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   static const auto op = typed_op<decltype(grad_weight_op)>("conv_ext::conv2d_grad_weight");
   return op.call(input, grad_output, kernel_size, stride, padding, dilation, groups);
+}
+
+std::tuple<Tensor, Tensor, Tensor> conv2d_backward_op(const Tensor& grad_output, const Tensor& input,
+                                                      const Tensor& weight, at::IntArrayRef stride,
+                                                      at::IntArrayRef padding, at::IntArrayRef dilation,
+                                                      int64_t groups, std::array<bool, 3> output_mask) {
+  static const auto op = typed_op<decltype(conv2d_backward_op)>("conv_ext::conv2d_backward");
+  return op.call(grad_output, input, weight, stride, padding, dilation, groups, output_mask);
+}
+
+std::tuple<Tensor, Tensor, Tensor> conv2d_backward_by_three_ops(const Tensor& grad_output, const Tensor& input,
+                                                                const Tensor& weight, at::IntArrayRef stride,
+                                                                at::IntArrayRef padding, at::IntArrayRef dilation,
+                                                                int64_t groups, std::array<bool, 3> output_mask) {
+  const auto [want_input, want_weight, want_bias] = output_mask;
+  return {want_input ? grad_input_op(grad_output, weight, input.sym_sizes().slice(2), stride, padding, dilation, groups)
+                     : Tensor(),
+          want_weight ? grad_weight_op(input, grad_output, weight.sym_sizes().slice(2), stride, padding, dilation, groups)
+                      : Tensor(),
+          want_bias ? grad_output.sum({0, 2, 3}) : Tensor()};
 }
 
 namespace {
@@ -300,6 +339,26 @@ TORCH_LIBRARY(conv_ext, m) {
   m.def(
       "conv2d_grad_weight(Tensor input, Tensor grad_output, SymInt[2] kernel_size, int[2] stride, "
       "int[2] padding, int[2] dilation, int groups) -> Tensor");
+  m.def(
+      "conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, int[2] padding, "
+      "int[2] dilation, int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+}
+
+namespace {
+
+std::tuple<Tensor, Tensor, Tensor> conv2d_backward_checked(const Tensor& grad_output, const Tensor& input,
+                                                           const Tensor& weight, at::IntArrayRef stride,
+                                                           at::IntArrayRef padding, at::IntArrayRef dilation,
+                                                           int64_t groups, std::array<bool, 3> output_mask) {
+  check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups);
+  return conv2d_backward_by_three_ops(grad_output, input, weight, stride, padding, dilation, groups, output_mask);
+}
+
+}  // namespace
+
+// Every backend but the CPU's (CUDA) runs conv2d_backward as the three calls.
+TORCH_LIBRARY_IMPL(conv_ext, CompositeExplicitAutograd, m) {
+  m.impl("conv2d_backward", &conv2d_backward_checked);
 }
 
 TORCH_LIBRARY_IMPL(conv_ext, AutocastCPU, m) {

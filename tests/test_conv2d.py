@@ -1,6 +1,7 @@
 """Forward and every gradient against F.conv2d and the reference, over randomized configurations
 (sizes, stride, padding incl. 'same'/'valid', dilation, groups, bias, batch 0..3, unbatched,
 channels_last and non-contiguous inputs)."""
+import itertools
 from pathlib import Path
 
 import pytest
@@ -1061,3 +1062,45 @@ DIRECT_ROWS_LAYERS = [
                          ids=["row-of-1", "wide-padding", "dilated-columns", "5x5-two-channels", "pairs", "1x17"])
 def test_direct_rows_layers(conv, dtype, path):
     check_layer_on_path(conv, dtype, path)
+
+
+@pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the one-pass kernel needs AVX2")
+@pytest.mark.parametrize("path", ["auto-avx2-isa", "auto-avx512-isa"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("conv", [
+    Conv(3, 16, 16, (13, 11), (3, 3), (1, 1), (1, 1), (1, 1), 16, True),  # odd sizes
+    Conv(2, 24, 24, (9, 20), (3, 3), (1, 1), (1, 0), (1, 1), 24, True),  # columns unpadded
+    Conv(2, 16, 16, (6, 23), (3, 3), (1, 1), (1, 3), (1, 2), 16, True),  # columns dilated
+], ids=["odd", "unpadded-columns", "dilated-columns"])
+def test_depthwise_backward_in_one_pass(conv, dtype, path):
+    """conv2d's backward of a depthwise 3x3 stride-1 layer with rows padded by 1 and undilated
+    runs on the CPU as one pass over grad_output (conv2d_backward, direct_conv2d_backward),
+    calling neither gradient op: for every output_mask, the input and weight gradients bit for
+    bit the two ops' (the same plane kernels, summing in the same order), the bias gradient
+    grad_output's sum; and conv_ext.conv2d's gradients within float64's bound of F.conv2d's."""
+    if path.endswith("avx512-isa") and not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        pytest.skip("needs AVX-512")
+    ops = torch.ops.conv_ext
+    x, w, b = conv.tensors(dtype, "cpu")
+    args = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
+    gy = torch.rand_like(ops.conv2d(x, w, b, *args)) * 2 - 1
+    with num_threads(2), cpu_path(path):
+        separate = (ops.conv2d_grad_input(gy, w, list(x.shape[2:]), *args),
+                    ops.conv2d_grad_weight(x, gy, list(w.shape[2:]), *args), gy.sum((0, 2, 3)))
+        for mask in itertools.product((False, True), repeat=3):
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                results = ops.conv2d_backward(gy, x, w, *args, list(mask))
+            assert not {e.name for e in prof.events()} & {"conv_ext::conv2d_grad_input", "conv_ext::conv2d_grad_weight"}
+            for name, wanted, result, expected in zip(NAMES[1:], mask, results, separate):
+                if not wanted:
+                    assert result is None, name
+                elif name == "grad_bias":
+                    torch.testing.assert_close(result, expected, msg=name)
+                else:
+                    assert torch.equal(result, expected), name
+        if dtype == torch.float64:
+            x, w, b = (t.requires_grad_() for t in (x, w, b))
+            ours, _ = forward_and_grads(conv_ext.conv2d, conv, x, w, b, gy)
+            theirs, _ = forward_and_grads(F.conv2d, conv, x, w, b, gy)
+            for name, a, t in zip(NAMES, ours, theirs):
+                assert_scaled_close(a, t, 1e-12, f"{name} vs F.conv2d")

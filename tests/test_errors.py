@@ -92,6 +92,12 @@ BAD_OP_CALLS = [
     ("gw-kernel", lambda: ops.conv2d_grad_weight(x(2, 4, 5, 5), G, [2, 2], *CONV), r"expected grad_output of spatial size \(4, 4\)"),
     ("gw-kernel-0", lambda: ops.conv2d_grad_weight(x(2, 4, 5, 5), G, [0, 3], *CONV), r"kernel size must be positive"),
     ("gw-groups", lambda: ops.conv2d_grad_weight(x(2, 4, 5, 5), G, [3, 3], [1, 1], [0, 0], [1, 1], 3), r"divisible by groups"),
+    ("bw-size", lambda: ops.conv2d_backward(x(2, 6, 4, 3), x(2, 4, 5, 5), W, *CONV, [True] * 3), r"expected grad_output of spatial size \(3, 3\)"),
+    ("bw-batch", lambda: ops.conv2d_backward(x(3, 6, 3, 3), x(2, 4, 5, 5), W, *CONV, [False, False, True]), r"expected grad_output of size \(2, 6, 3, 3\)"),
+    ("bw-channels", lambda: ops.conv2d_backward(G, x(2, 5, 5, 5), W, *CONV, [True] * 3), r"to have 4 channels, but got 5"),
+    ("bw-3d", lambda: ops.conv2d_backward(x(6, 3, 3), x(2, 4, 5, 5), W, *CONV, [True] * 3), r"expected grad_output to be 4-D"),
+    ("bw-dtype", lambda: ops.conv2d_backward(G.double(), x(2, 4, 5, 5), W, *CONV, [True] * 3), r"should be the same"),
+    ("bw-mask", lambda: ops.conv2d_backward(G, x(2, 4, 5, 5), W, *CONV, [True] * 2), r"fixed-size array of size 3"),
 ]
 
 

@@ -1,5 +1,6 @@
 """The operators in the PyTorch ecosystem: registration, opcheck (schema, fake kernels, autograd
 registration, torch.compile), and torch.compile of the public function."""
+import itertools
 import os
 
 import pytest
@@ -33,11 +34,52 @@ def sample_calls(device, dtype=torch.float32):
     return calls
 
 
+def backward_calls(device, dtype=torch.float32):
+    """conv2d_backward's calls: sample_calls' layers, and a depthwise layer of the kind the CPU
+    computes in one pass (direct_conv2d_backward), with every output_mask."""
+    calls = [(args[3:], args[:2]) for op, args in sample_calls(device, dtype) if op is ops.conv2d and args[2] is not None]
+    x, w = torch.randn(2, 16, 7, 9, dtype=dtype, device=device), torch.randn(16, 1, 3, 3, dtype=dtype, device=device)
+    calls.append((([1, 1], [1, 1], [1, 1], 16), (x, w)))
+    out = []
+    for conv, (x, w) in calls:
+        gy = torch.randn_like(ops.conv2d(x, w, None, *conv))
+        for mask in itertools.product((False, True), repeat=3):
+            out.append((gy, x, w, *conv, list(mask)))
+    return out
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
     for op, args in sample_calls(device):
         args = [a.requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
         torch.library.opcheck(op, args)
+    for args in backward_calls(device):
+        torch.library.opcheck(ops.conv2d_backward, args)
+        torch.library.opcheck(ops.conv2d_backward, [a.requires_grad_() if isinstance(a, torch.Tensor) else a for a in args])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_op_is_the_three_ops(device):
+    """conv2d_backward(gy, x, w, mask): the input gradient, the weight gradient and the bias
+    gradient (grad_output summed) that the mask asks for, None for the others; recorded for a
+    double backward where its operands require gradients."""
+    for gy, x, w, *conv, mask in backward_calls(device, torch.float64):
+        expected = (ops.conv2d_grad_input(gy, w, list(x.shape[2:]), *conv),
+                    ops.conv2d_grad_weight(x, gy, list(w.shape[2:]), *conv), gy.sum((0, 2, 3)))
+        for result, wanted, e in zip(ops.conv2d_backward(gy, x, w, *conv, mask), mask, expected):
+            if not wanted:
+                assert result is None
+                continue
+            torch.testing.assert_close(result, e, rtol=1e-13, atol=1e-13)
+            assert result.stride() == e.stride()
+        if not any(mask):
+            continue
+        leaves = [t.detach().requires_grad_() for t in (gy, x, w)]
+        results = [r for r in ops.conv2d_backward(*leaves, *conv, mask) if r is not None]
+        assert all(r.grad_fn is not None for r in results)
+        assert torch.autograd.gradcheck(
+            lambda *t: [r for r in ops.conv2d_backward(*t, *conv, mask) if r is not None],
+            [t.detach()[:1].clone().requires_grad_() for t in leaves[:2]] + [leaves[2].detach().clone().requires_grad_()])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -78,6 +120,10 @@ EXPECT_CUDA = torch.cuda.is_available() or os.environ.get("CONV_EXT_EXPECT_CUDA"
 def test_every_op_has_a_kernel_for(key):
     for name in ("conv2d", "conv2d_grad_input", "conv2d_grad_weight"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"conv_ext::{name}", key), name
+    # conv2d_backward: the CPU's own kernel (one pass for depthwise layers), elsewhere the three
+    # ops' calls, a composite kernel.
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(
+        "conv_ext::conv2d_backward", "CPU" if key == "CPU" else "CompositeExplicitAutograd")
 
 
 @pytest.mark.parametrize("device", DEVICES)
