@@ -110,7 +110,7 @@ struct PlaneKernels {
   decltype(&generic::grad_weight_planes<scalar_t>) grad_weight;
   decltype(&generic::grad_weight_planes_unit_stride<scalar_t, io_t>) grad_weight_unit_stride;
   decltype(&avx512::grad_weight_rows_3x3<scalar_t, io_t>) grad_weight_rows_3x3;
-  decltype(&generic::sum_plane<scalar_t>) sum_plane;
+  decltype(&generic::sum_plane<scalar_t, io_t>) sum_plane;
 };
 
 // The plane loops of one build.
@@ -119,7 +119,7 @@ struct PlaneKernels {
     &isa::forward_plane<scalar_t>, &isa::forward_plane_unit_stride<scalar_t, io_t>, forward_rows,     \
         &isa::forward_group_unit_stride_for<scalar_t>, &isa::grad_input_plane<scalar_t>,              \
         &isa::grad_weight_planes<scalar_t>, &isa::grad_weight_planes_unit_stride<scalar_t, io_t>,     \
-        grad_weight_rows_3x3, &isa::sum_plane<scalar_t>                                               \
+        grad_weight_rows_3x3, &isa::sum_plane<scalar_t, io_t>                                         \
   }
 
 template <typename scalar_t, typename io_t = scalar_t>
@@ -372,52 +372,58 @@ Tensor direct_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
 }
 
 bool direct_backward_fuses(const Conv2dGeometry& g, const Conv2dGeometry& t, at::ScalarType dtype) {
-  return (dtype == at::kFloat || dtype == at::kDouble) && cpu_isa() != Isa::generic && g.unit_stride() &&
-         g.groups == g.in_channels && g.groups == g.out_channels && depthwise_3x3_rows_apply(g) &&
-         depthwise_3x3_rows_apply(t) && t.pad_w >= 0 && g.in_channels >= 4 * at::get_num_threads();
+  // float16 and bfloat16 planes are read (and the input gradient's written) in place, widened
+  // in registers, by the AVX-512 build's kernels only.
+  const bool has_kernels = dtype == at::kFloat || dtype == at::kDouble ? cpu_isa() != Isa::generic
+                                                                       : use_avx512() && at::isReducedFloatingType(dtype);
+  return has_kernels && g.unit_stride() && g.groups == g.in_channels && g.groups == g.out_channels &&
+         depthwise_3x3_rows_apply(g) && depthwise_3x3_rows_apply(t) && t.pad_w >= 0 &&
+         g.in_channels >= 4 * at::get_num_threads();
 }
 
 std::array<Tensor, 3> direct_conv2d_backward(const Tensor& input, const Tensor& grad_output, const Tensor& weight,
                                              const Conv2dGeometry& g, const Conv2dGeometry& t,
                                              std::array<bool, 3> output_mask) {
   const auto [want_input, want_weight, want_bias] = output_mask;
-  const auto options = grad_output.options();
-  Tensor grad_input = want_input ? at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, options) : Tensor();
-  Tensor grad_weight = want_weight ? at::empty({g.out_channels, 1, 3, 3}, options) : Tensor();
-  Tensor grad_bias = want_bias ? at::empty({g.out_channels}, options) : Tensor();
-  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "conv_ext_direct_backward", [&] {
-    const auto kernels = plane_kernels<scalar_t>();
-    const scalar_t* x = input.const_data_ptr<scalar_t>();
-    const scalar_t* gy = grad_output.const_data_ptr<scalar_t>();
-    const scalar_t* w = weight.const_data_ptr<scalar_t>();
-    scalar_t* gx = want_input ? grad_input.mutable_data_ptr<scalar_t>() : nullptr;
-    scalar_t* gw = want_weight ? grad_weight.mutable_data_ptr<scalar_t>() : nullptr;
-    scalar_t* gb = want_bias ? grad_bias.mutable_data_ptr<scalar_t>() : nullptr;
-    const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
-    // Tasks over channels, images summed in order (as direct_conv2d_grad_weight sums them), each
-    // image's planes of a task's channels in turn: consecutive planes, which the hardware
-    // prefetchers follow (a channel's planes image by image, apart by the image's size, ran the
-    // backward of 256 @28 at batch 8 1.2x slower).
-    at::parallel_for(0, g.in_channels, 1, [&](int64_t begin, int64_t end) {
-      std::vector<double> bias_sums(want_bias ? end - begin : 0);  // float32 would lose digits to a large batch
-      if (gw != nullptr) std::fill(gw + begin * 9, gw + end * 9, scalar_t(0));
-      for (int64_t n = 0; n < g.batch; ++n) {
-        for (int64_t c = begin; c < end; ++c) {
-          const int64_t plane = n * g.in_channels + c;
-          const scalar_t* const gy_planes[2] = {gy + plane * out_plane, nullptr};
-          if (gx != nullptr) {
-            scalar_t flipped[9];  // the input gradient's filter: the layer's rotated by 180 degrees
-            std::reverse_copy(w + c * 9, w + c * 9 + 9, flipped);
-            kernels.forward_rows(gy_planes[0], flipped, scalar_t(0), gx + plane * in_plane, t);
+  Tensor grad_input = want_input ? at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output.options()) : Tensor();
+  Tensor grad_weight = want_weight ? at::empty({g.out_channels, 1, 3, 3}, weight.options()) : Tensor();
+  Tensor grad_bias = want_bias ? at::empty({g.out_channels}, weight.options()) : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "conv_ext_direct_backward", [&] {
+    with_io_type<scalar_t>(grad_output, [&](auto io) {
+      using io_t = decltype(io);
+      const auto kernels = plane_kernels<scalar_t, io_t>();
+      const io_t* x = input.const_data_ptr<io_t>();
+      const io_t* gy = grad_output.const_data_ptr<io_t>();
+      const scalar_t* w = weight.const_data_ptr<scalar_t>();
+      io_t* gx = want_input ? grad_input.mutable_data_ptr<io_t>() : nullptr;
+      scalar_t* gw = want_weight ? grad_weight.mutable_data_ptr<scalar_t>() : nullptr;
+      scalar_t* gb = want_bias ? grad_bias.mutable_data_ptr<scalar_t>() : nullptr;
+      const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+      // Tasks over channels, images summed in order (as direct_conv2d_grad_weight sums them), each
+      // image's planes of a task's channels in turn: consecutive planes, which the hardware
+      // prefetchers follow (a channel's planes image by image, apart by the image's size, ran the
+      // backward of 256 @28 at batch 8 1.2x slower).
+      at::parallel_for(0, g.in_channels, 1, [&](int64_t begin, int64_t end) {
+        std::vector<double> bias_sums(want_bias ? end - begin : 0);  // float32 would lose digits to a large batch
+        if (gw != nullptr) std::fill(gw + begin * 9, gw + end * 9, scalar_t(0));
+        for (int64_t n = 0; n < g.batch; ++n) {
+          for (int64_t c = begin; c < end; ++c) {
+            const int64_t plane = n * g.in_channels + c;
+            const io_t* const gy_planes[2] = {gy + plane * out_plane, nullptr};
+            if (gx != nullptr) {
+              scalar_t flipped[9];  // the input gradient's filter: the layer's rotated by 180 degrees
+              std::reverse_copy(w + c * 9, w + c * 9 + 9, flipped);
+              kernels.forward_rows(gy_planes[0], flipped, scalar_t(0), gx + plane * in_plane, t);
+            }
+            if (gw != nullptr) {
+              scalar_t* const filters[2] = {gw + c * 9, nullptr};
+              kernels.grad_weight_rows_3x3(x + plane * in_plane, gy_planes, filters, g);
+            }
+            if (gb != nullptr) bias_sums[c - begin] += kernels.sum_plane(gy_planes[0], out_plane);
           }
-          if (gw != nullptr) {
-            scalar_t* const filters[2] = {gw + c * 9, nullptr};
-            kernels.grad_weight_rows_3x3(x + plane * in_plane, gy_planes, filters, g);
-          }
-          if (gb != nullptr) bias_sums[c - begin] += kernels.sum_plane(gy_planes[0], out_plane);
         }
-      }
-      for (int64_t c = begin; c < end && gb != nullptr; ++c) gb[c] = static_cast<scalar_t>(bias_sums[c - begin]);
+        for (int64_t c = begin; c < end && gb != nullptr; ++c) gb[c] = static_cast<scalar_t>(bias_sums[c - begin]);
+      });
     });
   });
   return {grad_input, grad_weight, grad_bias};

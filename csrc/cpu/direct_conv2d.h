@@ -29,13 +29,16 @@ at::Tensor direct_conv2d_grad_weight(const at::Tensor& input, const at::Tensor& 
                                      const Conv2dGeometry& g);
 
 // Whether direct_conv2d_backward takes a layer (g; t, its input gradient's geometry as a forward
-// convolution): depthwise 3x3 of stride 1, rows padded by 1 and undilated, in float32 or float64,
-// where the build has the kernels that read planes in place, and with channels for every thread.
+// convolution): depthwise 3x3 of stride 1, rows padded by 1 and undilated, where the build has
+// the kernels that read planes in place (float32 and float64; float16 and bfloat16 with
+// AVX-512), and with channels for every thread.
 bool direct_backward_fuses(const Conv2dGeometry& g, const Conv2dGeometry& t, at::ScalarType dtype);
 // The input, weight and bias gradients of such a layer that output_mask asks for (the others
 // undefined) in one pass over grad_output: per channel and image, the kernels of the input and
 // the weight gradient and the bias gradient's sum read its plane while it is in L1, where the
-// three ops read all of grad_output from memory each. Operands contiguous; the results too.
+// three ops read all of grad_output from memory each. Operands contiguous, the weight in the
+// type computed in (float32 for float16 and bfloat16); the input gradient in grad_output's
+// dtype, the others in the weight's.
 std::array<at::Tensor, 3> direct_conv2d_backward(const at::Tensor& input, const at::Tensor& grad_output,
                                                  const at::Tensor& weight, const Conv2dGeometry& g,
                                                  const Conv2dGeometry& t, std::array<bool, 3> output_mask);
