@@ -53,7 +53,10 @@ def test_opcheck(device):
     for op, args in sample_calls(device):
         args = [a.requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
         torch.library.opcheck(op, args)
-    for args in backward_calls(device):
+    # Each layer with every gradient, and some masks on the first and the depthwise layer (each
+    # opcheck compiles the op: all 40 calls took 20 s).
+    calls = backward_calls(device)
+    for args in [c for c in calls if all(c[-1])] + [c for c in calls[:8] + calls[-8:] if c[-1] in ([True, False, True], [False, True, False])]:
         torch.library.opcheck(ops.conv2d_backward, args)
         torch.library.opcheck(ops.conv2d_backward, [a.requires_grad_() if isinstance(a, torch.Tensor) else a for a in args])
 
@@ -61,8 +64,8 @@ def test_opcheck(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_backward_op_is_the_three_ops(device):
     """conv2d_backward(gy, x, w, mask): the input gradient, the weight gradient and the bias
-    gradient (grad_output summed) that the mask asks for, None for the others; recorded for a
-    double backward where its operands require gradients."""
+    gradient (grad_output summed) that the mask asks for, None for the others; recorded (and
+    right: gradcheck) for a double backward where its operands require gradients."""
     for gy, x, w, *conv, mask in backward_calls(device, torch.float64):
         expected = (ops.conv2d_grad_input(gy, w, list(x.shape[2:]), *conv),
                     ops.conv2d_grad_weight(x, gy, list(w.shape[2:]), *conv), gy.sum((0, 2, 3)))
@@ -72,7 +75,7 @@ def test_backward_op_is_the_three_ops(device):
                 continue
             torch.testing.assert_close(result, e, rtol=1e-13, atol=1e-13)
             assert result.stride() == e.stride()
-        if not any(mask):
+        if not all(mask):  # the gradcheck of every gradient covers the masks' subsets
             continue
         leaves = [t.detach().requires_grad_() for t in (gy, x, w)]
         results = [r for r in ops.conv2d_backward(*leaves, *conv, mask) if r is not None]
