@@ -1071,19 +1071,22 @@ def test_direct_rows_layers(conv, dtype, path):
     Conv(3, 16, 16, (13, 11), (3, 3), (1, 1), (1, 1), (1, 1), 16, True),  # odd sizes
     Conv(2, 24, 24, (9, 20), (3, 3), (1, 1), (1, 0), (1, 1), 24, True),  # columns unpadded
     Conv(2, 16, 16, (6, 23), (3, 3), (1, 1), (1, 3), (1, 2), 16, True),  # columns dilated
-], ids=["odd", "unpadded-columns", "dilated-columns"])
+    Conv(2, 16, 16, (11, 12), (5, 5), (1, 1), (2, 2), (1, 1), 16, True),  # 5x5, on padded copies
+    Conv(2, 16, 16, (9, 10), (3, 3), (1, 1), (0, 2), (2, 1), 16, False),  # rows unpadded, dilated
+], ids=["odd", "unpadded-columns", "dilated-columns", "5x5", "dilated-rows"])
 def test_depthwise_backward_in_one_pass(conv, dtype, path):
-    """conv2d's backward of a depthwise 3x3 stride-1 layer with rows padded by 1 and undilated
-    runs on the CPU as one pass over grad_output (conv2d_backward, direct_conv2d_backward),
-    calling neither gradient op: for every output_mask, the input and weight gradients bit for
-    bit the two ops' (the same plane kernels, summing in the same order), the bias gradient
-    grad_output's sum; and conv_ext.conv2d's gradients within float64's bound of F.conv2d's.
-    float16 and bfloat16 read in place (widened in registers) with AVX-512; with AVX2 the three
-    ops' calls."""
+    """conv2d's backward of a depthwise stride-1 layer runs on the CPU as one pass over
+    grad_output (conv2d_backward, direct_conv2d_backward), calling neither gradient op: for every
+    output_mask, the input and weight gradients bit for bit the two ops' (the same plane kernels,
+    summing in the same order), the bias gradient grad_output's sum; and conv_ext.conv2d's
+    gradients within float64's bound of F.conv2d's. float16 and bfloat16 read in place (widened
+    in registers) with AVX-512, 3x3 kernels with rows padded by 1 and undilated; elsewhere the
+    three ops' calls."""
     avx512 = path.endswith("avx512-isa")
     if avx512 and not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
         pytest.skip("needs AVX-512")
-    one_pass = avx512 or dtype in (torch.float32, torch.float64)
+    rows_3x3 = conv.kernel == (3, 3) and conv.padding[0] == 1 and conv.dilation[0] == 1
+    one_pass = dtype in (torch.float32, torch.float64) or (avx512 and rows_3x3)
     ops = torch.ops.conv_ext
     x, w, b = conv.tensors(dtype, "cpu")
     args = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
@@ -1105,8 +1108,24 @@ def test_depthwise_backward_in_one_pass(conv, dtype, path):
                 else:
                     assert torch.equal(result, expected), name
         if dtype == torch.float64:
-            x, w, b = (t.requires_grad_() for t in (x, w, b))
+            x, w, b = (None if t is None else t.requires_grad_() for t in (x, w, b))
             ours, _ = forward_and_grads(conv_ext.conv2d, conv, x, w, b, gy)
             theirs, _ = forward_and_grads(F.conv2d, conv, x, w, b, gy)
             for name, a, t in zip(NAMES, ours, theirs):
                 assert_scaled_close(a, t, 1e-12, f"{name} vs F.conv2d")
+
+
+@pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the row kernels need AVX2")
+@pytest.mark.parametrize("path", ["auto-avx2-isa", "auto-avx512-isa"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("conv", [
+    Conv(2, 16, 16, (37, 40), (5, 5), (1, 1), (2, 2), (1, 1), 16, True),  # blocks inside and on every edge
+    Conv(2, 6, 2, (21, 35), (5, 5), (1, 1), (1, 3), (1, 2), 2, True),  # 3 channels per group, columns dilated
+], ids=["depthwise", "grouped-dilated-columns"])
+def test_square_kernels_by_blocks_of_rows(conv, dtype, path):
+    """5x5 kernels with undilated rows and one output channel per group run their forward, and
+    at stride 1 their input gradient, by blocks of 4 output rows (forward_plane_rows_square),
+    the blocks inside the plane unmasked: right against float64 in both vector builds."""
+    if path.endswith("avx512-isa") and not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        pytest.skip("needs AVX-512")
+    check_layer_on_path(conv, dtype, path)

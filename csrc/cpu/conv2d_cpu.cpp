@@ -827,8 +827,9 @@ Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
   return finish(grad_weight, input.scalar_type(), format);
 }
 
-// Depthwise layers' gradients in one pass over grad_output (direct_conv2d_backward) where the
-// three ops would each run their direct kernels (measured against them, Xeon with AVX-512: the
+// Depthwise stride-1 layers' gradients in one pass over grad_output (direct_conv2d_backward)
+// where the three ops would each run their direct kernels (measured against them, Xeon with
+// AVX-512, 3x3: the
 // three gradients of 256 @28 1.2x faster at batch 8 and 1, 144 @56, 32 @112 and 512 @14 at batch
 // 8 1.15-1.3x, 1024 @7 1.08x; forward and backward of 256 @28 at batch 8 1.36-1.41 -> 1.10-1.17
 // ms; in bfloat16, whose bias gradient had been torch's sum over bfloat16, 256 @28 1.45x and 144

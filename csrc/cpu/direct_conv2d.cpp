@@ -372,13 +372,15 @@ Tensor direct_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
 }
 
 bool direct_backward_fuses(const Conv2dGeometry& g, const Conv2dGeometry& t, at::ScalarType dtype) {
-  // float16 and bfloat16 planes are read (and the input gradient's written) in place, widened
-  // in registers, by the AVX-512 build's kernels only.
-  const bool has_kernels = dtype == at::kFloat || dtype == at::kDouble ? cpu_isa() != Isa::generic
-                                                                       : use_avx512() && at::isReducedFloatingType(dtype);
-  return has_kernels && g.unit_stride() && g.groups == g.in_channels && g.groups == g.out_channels &&
-         depthwise_3x3_rows_apply(g) && depthwise_3x3_rows_apply(t) && t.pad_w >= 0 &&
-         g.in_channels >= 4 * at::get_num_threads();
+  // The kernels that read planes in place: for float32 and float64 in the vector builds, kernels
+  // up to kMaxRowsKernelWidth wide; for float16 and bfloat16 (widened in registers) in the
+  // AVX-512 build, 3x3 ones padded by 1.
+  const bool in_place = dtype == at::kFloat || dtype == at::kDouble
+                            ? cpu_isa() != Isa::generic && g.kernel_w <= kMaxRowsKernelWidth
+                            : at::isReducedFloatingType(dtype) && use_avx512() && depthwise_3x3_rows_apply(g) &&
+                                  depthwise_3x3_rows_apply(t);
+  return in_place && g.unit_stride() && g.groups == g.in_channels && g.groups == g.out_channels && t.pad_h >= 0 &&
+         t.pad_w >= 0 && g.in_channels >= 4 * at::get_num_threads();
 }
 
 std::array<Tensor, 3> direct_conv2d_backward(const Tensor& input, const Tensor& grad_output, const Tensor& weight,
@@ -386,7 +388,7 @@ std::array<Tensor, 3> direct_conv2d_backward(const Tensor& input, const Tensor& 
                                              std::array<bool, 3> output_mask) {
   const auto [want_input, want_weight, want_bias] = output_mask;
   Tensor grad_input = want_input ? at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output.options()) : Tensor();
-  Tensor grad_weight = want_weight ? at::empty({g.out_channels, 1, 3, 3}, weight.options()) : Tensor();
+  Tensor grad_weight = want_weight ? at::empty({g.out_channels, 1, g.kernel_h, g.kernel_w}, weight.options()) : Tensor();
   Tensor grad_bias = want_bias ? at::empty({g.out_channels}, weight.options()) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "conv_ext_direct_backward", [&] {
     with_io_type<scalar_t>(grad_output, [&](auto io) {
@@ -403,21 +405,30 @@ std::array<Tensor, 3> direct_conv2d_backward(const Tensor& input, const Tensor& 
       // image's planes of a task's channels in turn: consecutive planes, which the hardware
       // prefetchers follow (a channel's planes image by image, apart by the image's size, ran the
       // backward of 256 @28 at batch 8 1.2x slower).
+      const int64_t area = g.kernel_h * g.kernel_w;
+      // As direct_conv2d_grad_weight: 3x3 kernels with undilated rows on the planes in place, the
+      // others on padded copies.
+      const bool rows_3x3 = g.kernel_h == 3 && g.kernel_w == 3 && g.dilation_h == 1;
       at::parallel_for(0, g.in_channels, 1, [&](int64_t begin, int64_t end) {
         std::vector<double> bias_sums(want_bias ? end - begin : 0);  // float32 would lose digits to a large batch
-        if (gw != nullptr) std::fill(gw + begin * 9, gw + end * 9, scalar_t(0));
+        std::vector<scalar_t> flipped(area);  // the input gradient's filter: the layer's rotated by 180 degrees
+        AlignedVector<scalar_t> work(rows_3x3 || gw == nullptr ? 0 : generic::unit_stride_work_size(g, 2), scalar_t(0));
+        if (gw != nullptr) std::fill(gw + begin * area, gw + end * area, scalar_t(0));
         for (int64_t n = 0; n < g.batch; ++n) {
           for (int64_t c = begin; c < end; ++c) {
             const int64_t plane = n * g.in_channels + c;
             const io_t* const gy_planes[2] = {gy + plane * out_plane, nullptr};
             if (gx != nullptr) {
-              scalar_t flipped[9];  // the input gradient's filter: the layer's rotated by 180 degrees
-              std::reverse_copy(w + c * 9, w + c * 9 + 9, flipped);
-              kernels.forward_rows(gy_planes[0], flipped, scalar_t(0), gx + plane * in_plane, t);
+              std::reverse_copy(w + c * area, w + (c + 1) * area, flipped.begin());
+              kernels.forward_rows(gy_planes[0], flipped.data(), scalar_t(0), gx + plane * in_plane, t);
             }
             if (gw != nullptr) {
-              scalar_t* const filters[2] = {gw + c * 9, nullptr};
-              kernels.grad_weight_rows_3x3(x + plane * in_plane, gy_planes, filters, g);
+              scalar_t* const filters[2] = {gw + c * area, nullptr};
+              if (rows_3x3) {
+                kernels.grad_weight_rows_3x3(x + plane * in_plane, gy_planes, filters, g);
+              } else {
+                kernels.grad_weight_unit_stride(x + plane * in_plane, gy_planes, filters, g, work.data());
+              }
             }
             if (gb != nullptr) bias_sums[c - begin] += kernels.sum_plane(gy_planes[0], out_plane);
           }

@@ -29,9 +29,9 @@ at::Tensor direct_conv2d_grad_weight(const at::Tensor& input, const at::Tensor& 
                                      const Conv2dGeometry& g);
 
 // Whether direct_conv2d_backward takes a layer (g; t, its input gradient's geometry as a forward
-// convolution): depthwise 3x3 of stride 1, rows padded by 1 and undilated, where the build has
-// the kernels that read planes in place (float32 and float64; float16 and bfloat16 with
-// AVX-512), and with channels for every thread.
+// convolution): depthwise of stride 1, where the build has the kernels that read planes in place
+// (float32 and float64; float16 and bfloat16 with AVX-512, 3x3 kernels padded by 1), and with
+// channels for every thread.
 bool direct_backward_fuses(const Conv2dGeometry& g, const Conv2dGeometry& t, at::ScalarType dtype);
 // The input, weight and bias gradients of such a layer that output_mask asks for (the others
 // undefined) in one pass over grad_output: per channel and image, the kernels of the input and
