@@ -1121,11 +1121,13 @@ def test_depthwise_backward_in_one_pass(conv, dtype, path):
 @pytest.mark.parametrize("conv", [
     Conv(2, 16, 16, (37, 40), (5, 5), (1, 1), (2, 2), (1, 1), 16, True),  # blocks inside and on every edge
     Conv(2, 6, 2, (21, 35), (5, 5), (1, 1), (1, 3), (1, 2), 2, True),  # 3 channels per group, columns dilated
-], ids=["depthwise", "grouped-dilated-columns"])
+    Conv(2, 16, 16, (37, 40), (7, 7), (1, 1), (3, 3), (1, 1), 16, True),  # ConvNeXt's 7x7
+], ids=["depthwise", "grouped-dilated-columns", "depthwise-7x7"])
 def test_square_kernels_by_blocks_of_rows(conv, dtype, path):
-    """5x5 kernels with undilated rows and one output channel per group run their forward, and
-    at stride 1 their input gradient, by blocks of 4 output rows (forward_plane_rows_square),
-    the blocks inside the plane unmasked: right against float64 in both vector builds."""
+    """5x5 and 7x7 kernels with undilated rows and one output channel per group run their
+    forward, and at stride 1 their input gradient, by blocks of 8 output rows
+    (forward_plane_rows_square), the blocks inside the plane unmasked: right against float64 in
+    both vector builds."""
     if path.endswith("avx512-isa") and not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
         pytest.skip("needs AVX-512")
     check_layer_on_path(conv, dtype, path)
