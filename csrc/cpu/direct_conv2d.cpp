@@ -400,15 +400,14 @@ std::array<Tensor, 3> direct_conv2d_backward(const Tensor& input, const Tensor& 
       io_t* gx = want_input ? grad_input.mutable_data_ptr<io_t>() : nullptr;
       scalar_t* gw = want_weight ? grad_weight.mutable_data_ptr<scalar_t>() : nullptr;
       scalar_t* gb = want_bias ? grad_bias.mutable_data_ptr<scalar_t>() : nullptr;
-      const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+      const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w, area = g.kernel_h * g.kernel_w;
+      // As direct_conv2d_grad_weight: 3x3 kernels with undilated rows on the planes in place, the
+      // others on padded copies.
+      const bool rows_3x3 = g.kernel_h == 3 && g.kernel_w == 3 && g.dilation_h == 1;
       // Tasks over channels, images summed in order (as direct_conv2d_grad_weight sums them), each
       // image's planes of a task's channels in turn: consecutive planes, which the hardware
       // prefetchers follow (a channel's planes image by image, apart by the image's size, ran the
       // backward of 256 @28 at batch 8 1.2x slower).
-      const int64_t area = g.kernel_h * g.kernel_w;
-      // As direct_conv2d_grad_weight: 3x3 kernels with undilated rows on the planes in place, the
-      // others on padded copies.
-      const bool rows_3x3 = g.kernel_h == 3 && g.kernel_w == 3 && g.dilation_h == 1;
       at::parallel_for(0, g.in_channels, 1, [&](int64_t begin, int64_t end) {
         std::vector<double> bias_sums(want_bias ? end - begin : 0);  // float32 would lose digits to a large batch
         std::vector<scalar_t> flipped(area);  // the input gradient's filter: the layer's rotated by 180 degrees
