@@ -829,11 +829,11 @@ Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
 
 // Depthwise stride-1 layers' gradients in one pass over grad_output (direct_conv2d_backward)
 // where the three ops would each run their direct kernels (measured against them, Xeon with
-// AVX-512, 3x3: the
-// three gradients of 256 @28 1.2x faster at batch 8 and 1, 144 @56, 32 @112 and 512 @14 at batch
-// 8 1.15-1.3x, 1024 @7 1.08x; forward and backward of 256 @28 at batch 8 1.36-1.41 -> 1.10-1.17
-// ms; in bfloat16, whose bias gradient had been torch's sum over bfloat16, 256 @28 1.45x and 144
-// @56 1.65x); elsewhere the three ops.
+// AVX-512, 3x3: the three gradients of 256 @28 1.2x faster at batch 8 and 1, 144 @56, 32 @112
+// and 512 @14 at batch 8 1.15-1.3x, 1024 @7 1.08x; forward and backward of 256 @28 at batch 8
+// 1.36-1.41 -> 1.10-1.17 ms; in bfloat16, whose bias gradient had been torch's sum over
+// bfloat16, 256 @28 1.45x and 144 @56 1.65x; 5x5 240 @28 and 672 @14 1.1x); elsewhere the three
+// ops.
 std::tuple<Tensor, Tensor, Tensor> conv2d_backward_cpu(const Tensor& grad_output, const Tensor& input,
                                                        const Tensor& weight, at::IntArrayRef stride,
                                                        at::IntArrayRef padding, at::IntArrayRef dilation,
@@ -841,7 +841,7 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward_cpu(const Tensor& grad_output
   const auto g = check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups);
   const Conv2dGeometry t = transposed_geometry(g);
   const bool one_pass = !grad_output.is_complex() && grad_output.is_contiguous() && input.is_contiguous() &&
-                        grad_input_is_forward(g, t) && direct_backward_fuses(g, t, grad_output.scalar_type()) &&
+                        direct_backward_fuses(g, t, grad_output.scalar_type()) &&
                         choose_algorithm(t) == Algorithm::direct && choose_grad_weight_algorithm(g) == Algorithm::direct;
   if (!one_pass) {
     return conv2d_backward_by_three_ops(grad_output, input, weight, stride, padding, dilation, groups, output_mask);

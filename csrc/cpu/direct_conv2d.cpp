@@ -146,6 +146,14 @@ PlaneKernels<scalar_t, io_t> plane_kernels() {
 
 }  // namespace
 
+// Whether the stride-1 weight gradient reads the planes in place (grad_weight_rows_3x3, for 3x3
+// kernels with undilated rows where the build has it) rather than padded copies: what
+// direct_conv2d_grad_weight and direct_conv2d_backward both ask, so that they sum alike.
+template <typename scalar_t, typename io_t>
+bool grad_weight_reads_rows(const PlaneKernels<scalar_t, io_t>& kernels, const Conv2dGeometry& g) {
+  return kernels.grad_weight_rows_3x3 != nullptr && g.kernel_h == 3 && g.kernel_w == 3 && g.dilation_h == 1;
+}
+
 // fn(io) with a value of the tensor's element type: float16 or bfloat16 (computed in float32),
 // or scalar_t.
 template <typename scalar_t, typename Fn>
@@ -324,7 +332,7 @@ Tensor direct_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
       // build has vectors (float16 and bfloat16 with AVX-512, widened as loaded: against the
       // padded copies, depthwise 256 @28 1.25x faster, 512 @14 1.8x, 32 groups of 8 @28 1.4x),
       // the others on padded copies (float16 and bfloat16 widened in them).
-      const bool rows = io_kernels.grad_weight_rows_3x3 != nullptr && g.kernel_h == 3 && g.kernel_w == 3 && g.dilation_h == 1;
+      const bool rows = grad_weight_reads_rows(io_kernels, g);
       at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
         AlignedVector<scalar_t> work(rows ? 0 : generic::unit_stride_work_size(g, 2), scalar_t(0));  // per task: the zero borders
         struct Unit {
@@ -401,9 +409,7 @@ std::array<Tensor, 3> direct_conv2d_backward(const Tensor& input, const Tensor& 
       scalar_t* gw = want_weight ? grad_weight.mutable_data_ptr<scalar_t>() : nullptr;
       scalar_t* gb = want_bias ? grad_bias.mutable_data_ptr<scalar_t>() : nullptr;
       const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w, area = g.kernel_h * g.kernel_w;
-      // As direct_conv2d_grad_weight: 3x3 kernels with undilated rows on the planes in place, the
-      // others on padded copies.
-      const bool rows_3x3 = g.kernel_h == 3 && g.kernel_w == 3 && g.dilation_h == 1;
+      const bool rows_3x3 = grad_weight_reads_rows(kernels, g);
       // Tasks over channels, images summed in order (as direct_conv2d_grad_weight sums them), each
       // image's planes of a task's channels in turn: consecutive planes, which the hardware
       // prefetchers follow (a channel's planes image by image, apart by the image's size, ran the
