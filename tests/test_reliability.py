@@ -265,12 +265,15 @@ def test_input_over_2_to_the_31_elements():
     """An input of more than 2**31 elements: 64-bit indexing everywhere. Sampled outputs, the last
     ones among them, match F.conv2d on the corresponding crop."""
     side = 46_341  # side**2 > 2**31
-    x = torch.empty(1, 1, side, side).uniform_(-1, 1)
+    # Row plus column values: distinct wherever an index goes wrong, and 50x faster to fill than
+    # uniform_ (94 s for 2**31 elements, serially).
+    gen = torch.Generator().manual_seed(0)
+    rows, columns = (torch.rand(side, generator=gen) - 0.5 for _ in range(2))
+    x = (rows[:, None] + columns).view(1, 1, side, side)
     assert x.numel() > 2**31
     w = torch.randn(2, 1, 3, 3)
     y = conv_ext.conv2d(x, w, stride=3, padding=1)
     out = y.shape[-1]
-    gen = torch.Generator().manual_seed(0)
     samples = [(0, 0), (out - 1, out - 1), (out - 1, 0), (0, out - 1)]
     samples += [tuple(int(v) for v in torch.randint(0, out, (2,), generator=gen)) for _ in range(60)]
     for i, j in samples:

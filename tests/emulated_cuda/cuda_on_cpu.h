@@ -1,5 +1,5 @@
 // Runs conv_ext's CUDA kernels on the CPU, so that the tests check them where there is no GPU.
-// A launch runs its blocks one after another; a block's threads are fibers (ucontext) on the
+// A launch runs its blocks one after another; a block's threads are fibers (stacks of their own) on the
 // calling thread, each running until its next __syncthreads() before the next one starts, and a
 // barrier is passed once every thread has reached it. __shared__ variables become function
 // statics, which a block's threads therefore share. Running each thread alone up to the barrier
@@ -19,8 +19,8 @@
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
-#include <ucontext.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -42,18 +42,56 @@ namespace emulated_cuda {
 
 inline dim3 thread_idx, block_idx, block_dim, grid_dim;
 
+// Switching to another stack: saves what a call must preserve (x86-64 System V: rbx, rbp,
+// r12-r15, MXCSR's and the x87 unit's control words) on the running stack, stores its pointer in
+// *save, and resumes the stack at `load`. swapcontext did the same plus two system calls for the
+// signal mask on every switch, which took half the emulator's time.
+extern "C" void emulated_cuda_switch(void** save, void* load);
+asm(R"(
+  .text
+  .p2align 4
+  .local emulated_cuda_switch
+  .type emulated_cuda_switch, @function
+emulated_cuda_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size emulated_cuda_switch, .-emulated_cuda_switch
+)");
+
 struct Fiber {
-  ucontext_t context;
-  std::unique_ptr<char[]> stack;
+  void* stack_pointer;  // where emulated_cuda_switch left it
   dim3 index;
   bool done = false;
 };
 
-inline ucontext_t scheduler;
+// The fibers' stacks, kept from block to block: allocated anew, each block's first touch of them
+// (page faults clearing 256 KB a thread) cost more time than the kernels.
+inline std::vector<std::unique_ptr<char[]>> fiber_stacks;
+
+inline void* scheduler = nullptr;  // the stack pointer of run_block's loop
 inline Fiber* running = nullptr;
 inline const std::function<void()>* body = nullptr;
 
-inline void sync_threads() { swapcontext(&running->context, &scheduler); }
+inline void sync_threads() { emulated_cuda_switch(&running->stack_pointer, scheduler); }
 
 inline unsigned linear_thread_index() {
   return thread_idx.x + block_dim.x * (thread_idx.y + block_dim.y * thread_idx.z);
@@ -77,9 +115,23 @@ struct WarpExchange {
 };
 inline std::vector<WarpExchange> warp_exchanges;  // per warp of the running block
 
-inline void fiber_main() {
+[[noreturn]] inline void fiber_main() {
   (*body)();
-  running->done = true;  // returning resumes uc_link, the scheduler
+  running->done = true;
+  emulated_cuda_switch(&running->stack_pointer, scheduler);  // never resumed
+  __builtin_unreachable();
+}
+
+// A stack that the first switch to it enters fiber_main on, as if called (rsp = 8 mod 16 there).
+inline void* fiber_start(char* stack, size_t size) {
+  auto top = reinterpret_cast<void**>((reinterpret_cast<uintptr_t>(stack) + size) & ~uintptr_t{15});
+  *--top = nullptr;  // fiber_main's return address: it never returns
+  *--top = reinterpret_cast<void*>(&fiber_main);
+  for (int saved = 0; saved < 6; ++saved) *--top = nullptr;  // the six registers
+  uint32_t control[2] = {};
+  asm volatile("stmxcsr %0\n\tfnstcw %1" : "=m"(control[0]), "=m"(control[1]));
+  std::memcpy(--top, control, sizeof control);
+  return top;
 }
 
 // Runs body as each thread of one block of `block` threads.
@@ -90,15 +142,10 @@ inline void run_block(dim3 block, const std::function<void()>& kernel_body) {
   async_copies.assign(threads, {});
   warp_exchanges.assign((threads + 31) / 32, {});
   body = &kernel_body;
+  while (fiber_stacks.size() < threads) fiber_stacks.emplace_back(new char[kStack]);
   for (unsigned t = 0; t < threads; ++t) {
-    Fiber& f = fibers[t];
-    f.stack.reset(new char[kStack]);
-    f.index = dim3(t % block.x, t / block.x % block.y, t / (block.x * block.y));
-    getcontext(&f.context);
-    f.context.uc_stack.ss_sp = f.stack.get();
-    f.context.uc_stack.ss_size = kStack;
-    f.context.uc_link = &scheduler;
-    makecontext(&f.context, fiber_main, 0);
+    fibers[t].index = dim3(t % block.x, t / block.x % block.y, t / (block.x * block.y));
+    fibers[t].stack_pointer = fiber_start(fiber_stacks[t].get(), kStack);
   }
   for (unsigned finished = 0; finished < threads;) {  // one pass: every thread to its next barrier
     finished = 0;
@@ -106,7 +153,7 @@ inline void run_block(dim3 block, const std::function<void()>& kernel_body) {
       if (!f.done) {
         running = &f;
         thread_idx = f.index;
-        swapcontext(&scheduler, &f.context);
+        emulated_cuda_switch(&scheduler, f.stack_pointer);
       }
       finished += f.done;
     }
@@ -341,10 +388,15 @@ void fill_fragment(F& f, V v) {
 template <int m, int n, int k, typename T, typename LayoutA, typename LayoutB>
 void mma_sync(fragment<accumulator, m, n, k, float>& d, const fragment<matrix_a, m, n, k, T, LayoutA>& a,
               const fragment<matrix_b, m, n, k, T, LayoutB>& b, const fragment<accumulator, m, n, k, float>& c) {
+  // The operands widened once, not once per product: c10::Half's conversion is the emulator's
+  // slowest step otherwise (float16 took 7x bfloat16's time).
+  float a_wide[m * k], b_wide[k * n];
+  std::copy(a.x, a.x + m * k, a_wide);
+  std::copy(b.x, b.x + k * n, b_wide);
   for (int i = 0; i < m; ++i)
     for (int j = 0; j < n; ++j) {
       float sum = c.x[i * n + j];
-      for (int l = 0; l < k; ++l) sum += static_cast<float>(a.x[i * k + l]) * static_cast<float>(b.x[l * n + j]);
+      for (int l = 0; l < k; ++l) sum += a_wide[i * k + l] * b_wide[l * n + j];
       d.x[i * n + j] = sum;
     }
 }
