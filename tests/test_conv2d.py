@@ -630,7 +630,7 @@ def test_dilated_layers_take_the_channels_last_gemm(conv, on_channels_last_gemm)
     """Dilated layers at stride 1, which Winograd does not take, run on the channels-last GEMM
     (dilated_channels_last_gemm_may_pay_off) from 32 input channels, and their weight gradients
     from 16 channels with 32 pixels in the batch per input channel: no BLAS call there, where
-    im2col+MKL had been (mutation-checked: without the rule each of them calls bmm)."""
+    im2col+MKL had been (mutation-checked: without the rule each of them calls baddbmm_)."""
     x, w, b = conv.tensors(torch.float32, "cpu")
     gy = torch.randn_like(F.conv2d(x, w, b, **conv.kwargs()))
     calls = blas_calls_on_path("auto", conv, x, w, b, gy)

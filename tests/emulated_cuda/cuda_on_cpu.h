@@ -1,5 +1,5 @@
 // Runs conv_ext's CUDA kernels on the CPU, so that the tests check them where there is no GPU.
-// A launch runs its blocks one after another; a block's threads are fibers (stacks of their own) on the
+// A launch runs its blocks one after another; a block's threads are fibers (own stacks) on the
 // calling thread, each running until its next __syncthreads() before the next one starts, and a
 // barrier is passed once every thread has reached it. __shared__ variables become function
 // statics, which a block's threads therefore share. Running each thread alone up to the barrier
