@@ -704,7 +704,10 @@ def test_bf16_pairs_round_float64_result_once(units, conv):
     Conv(4, 128, 64, (28, 28), (3, 3), (2, 2), (1, 1), (1, 1), 1, True),
     # 1x1: 98 strips per image, copied two images (1.6 MB each) at a time.
     Conv(6, 256, 64, (56, 56), (1, 1), (1, 1), (0, 0), (1, 1), 1, False),
-], ids=["64ch", "96-48ch-channels-last", "512-160ch", "stride-2", "1x1"])
+    # Filters (1.2 MB) smaller than the input's copy (1.9 MB): the threads split the strips, each
+    # running both groups' 8 pairs of filter tiles in chunks of 7 and 1.
+    Conv(4, 256, 512, (28, 28), (3, 3), (1, 1), (1, 1), (1, 1), 2, True),
+], ids=["64ch", "96-48ch-channels-last", "512-160ch", "stride-2", "1x1", "groups-by-strips"])
 def test_bf16_pairs_large_layers(units, conv):
     """Long sums (256 to 4608 terms per output, 8 * 28 * 28 per weight) and the pair kernels'
     blocking: chunks of output channels, of pixels, of images, and the threads' shares of them."""
