@@ -731,10 +731,15 @@ def test_bf16_vectors_take_large_3x3_weight_gradients_from_winograd():
 
 
 @pytest.mark.parametrize("units", BF16_UNITS)
-def test_bf16_pairs_results_do_not_depend_on_thread_count(units):
+@pytest.mark.parametrize("conv", [
+    Conv(3, 48, 80, (15, 13), (3, 3), (2, 1), (1, 1), (1, 1), 1, True),
+    # The weight gradient's sums in two partitions of the batch's pixels (its 4 images one chunk).
+    Conv(4, 64, 64, (20, 20), (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
+], ids=["strided", "partitioned-pixels"])
+def test_bf16_pairs_results_do_not_depend_on_thread_count(units, conv):
     """Each sum of the pair kernels runs in one order whatever the threads split (strips, filter
-    chunks, blocks of the weight gradient): one thread and all of them agree bit for bit."""
-    conv = Conv(3, 48, 80, (15, 13), (3, 3), (2, 1), (1, 1), (1, 1), 1, True)
+    chunks, blocks and partitions of pixels of the weight gradient): one thread and all of them
+    agree bit for bit."""
     x, w, b = conv.tensors(torch.bfloat16, "cpu", requires_grad=True)
     results = []
     for n in (1, max(torch.get_num_threads(), 2)):
