@@ -688,8 +688,8 @@ at::Tensor bf16_pairs_conv2d_grad_weight(const at::Tensor& input, const at::Tens
   // where they take at most half the bytes of the operands' copies and of a core's L2: the
   // threads then split the pixels too, each reading its share of the copies rather than all of
   // them, whatever their number (measured on 2 threads, AMX, at batch 8: 3x3 64 @56 1.17x
-  // faster, 128 @28 1.06x, 1x1 256->64 and 64->256 @56 1.2x, 1024->256 @14 1.1x; with sums of
-  // 1.2 MB, 3x3/2 128->256 @28, 0.93x).
+  // faster, 128 @28 1.06x, 3x3/2 64->64 @56 and 128->128 @28 1.1x, 1x1 256->64 and 64->256 @56
+  // 1.2x, 1024->256 @14 1.1x; with sums of 1.2 MB, 3x3/2 128->256 @28, 0.93x).
   const int64_t acc_bytes = blocks * kBlock * int64_t{sizeof(float)};
   const int64_t partitions = 2 * acc_bytes <= images * image_bytes && acc_bytes <= core_l2_bytes() / 2 ? 2 : 1;
   std::vector<float> acc(partitions * blocks * kBlock, 0.f);
@@ -724,21 +724,31 @@ at::Tensor bf16_pairs_conv2d_grad_weight(const at::Tensor& input, const at::Tens
       for (int64_t partition = begin / blocks; partition * blocks < end; ++partition) {
         const int64_t first_block = std::max(begin, partition * blocks) - partition * blocks;
         const int64_t last_block = std::min(end, (partition + 1) * blocks) - partition * blocks;
-        // The partition's share of the batch's steps of 32 pixels, chunk by chunk in order.
-        const int64_t image_steps = l.pixels / kStripPixels, batch_steps = ceil_div(n_end - n_begin, chunk_images) * image_steps;
-        const int64_t share_begin = batch_steps * partition / partitions, share_end = batch_steps * (partition + 1) / partitions;
+        // The partition's share of the batch's pixels, in order: whole images where a chunk holds
+        // several (a share of each image's few steps had doubled the loads and stores of the sums
+        // per step), else steps of 32 pixels.
+        const int64_t image_steps = l.pixels / kStripPixels;
+        const int64_t units = (n_end - n_begin) * (chunk_images > 1 ? 1 : image_steps);
+        const int64_t share_begin = units * partition / partitions, share_end = units * (partition + 1) / partitions;
         for (int64_t n = n_begin; n < n_end; n += chunk_images) {
           for (int64_t chunk_q = 0; chunk_q < l.pixels; chunk_q += chunk) {
-            const int64_t chunk_begin = (n - n_begin) / chunk_images * image_steps + chunk_q / kStripPixels;
-            const int64_t chunk_end = chunk_begin + std::min(chunk, l.pixels - chunk_q) / kStripPixels;
-            const int64_t first = std::max(share_begin, chunk_begin), steps = std::min(share_end, chunk_end) - first;
-            const int64_t q = chunk_q + (first - chunk_begin) * kStripPixels;
+            int64_t first_image = n, last_image = std::min(n_end, n + chunk_images), q = chunk_q;
+            int64_t steps = std::min(chunk, l.pixels - chunk_q) / kStripPixels;
+            if (chunk_images > 1) {
+              first_image = std::max(first_image, n_begin + share_begin);
+              last_image = std::min(last_image, n_begin + share_end);
+            } else {
+              const int64_t chunk_begin = (n - n_begin) * image_steps + chunk_q / kStripPixels;
+              const int64_t first = std::max(share_begin, chunk_begin);
+              steps = std::min(share_end, chunk_begin + steps) - first;
+              q += (first - chunk_begin) * kStripPixels;
+            }
             for (int64_t block = first_block; block < last_block && steps > 0; ++block) {
               const int64_t tap = block % taps, column_pair = block / taps % column_pairs;
               const int64_t row_pair = block / taps / column_pairs % row_pairs, group = block / taps / column_pairs / row_pairs;
               const int64_t offset = l.taps[tap] + q;
               const bool two_rows = 2 * row_pair + 1 < w.filter_rows / kTileRows, two_columns = 2 * column_pair + 1 < w.channel_blocks;
-              for (int64_t image = n; image < std::min(n_end, n + chunk_images); ++image) {
+              for (int64_t image = first_image; image < last_image; ++image) {
                 const int64_t image_group = (image - n_begin) * g.groups + group;
                 const uint16_t* a = grad + image_group * w.grad_image() + 2 * row_pair * kTileRows * w.grad_row + q;
                 const uint16_t* b = (offset % 2 == 0 ? even : odd) + image_group * w.input_image() +
