@@ -632,13 +632,15 @@ at::Tensor bf16_pairs_conv2d_forward(const at::Tensor& input, const at::Tensor& 
     // 1024->256 @14 1.2x, 3x3 64 @56 and 3x3/2 128->256 @28 1.15x, 1x1 256->64 at batch 1 1.4x).
     const int64_t copy_bytes = (n_end - n_begin) * g.groups * l.image() * int64_t{sizeof(uint16_t)};
     const bool by_strips = packed.nbytes() < copy_bytes && batch_strips >= at::get_num_threads();
+    // Where a chunk of filters from row_pair ends: pairs_per_chunk on, or at its group's end.
+    const auto chunk_end = [&](int64_t row_pair) {
+      return std::min(row_pair + pairs_per_chunk, (row_pair / row_pairs + 1) * row_pairs);
+    };
     at::parallel_for(0, (by_strips ? 1 : g.groups * row_pairs) * batch_strips, 1, [&](int64_t begin, int64_t end) {
       if (tiles) _tile_loadconfig(&config);
       if (by_strips) {
-        for (int64_t first = 0; first < g.groups * row_pairs;) {  // chunks within a group
-          const int64_t last = std::min(first + pairs_per_chunk, (first / row_pairs + 1) * row_pairs);
-          run(first, last, begin, end);
-          first = last;
+        for (int64_t first = 0; first < g.groups * row_pairs; first = chunk_end(first)) {
+          run(first, chunk_end(first), begin, end);
         }
       } else {
         // Each thread takes an equal share of the (row pair, strip) units, in order: a row
@@ -651,8 +653,7 @@ at::Tensor bf16_pairs_conv2d_forward(const at::Tensor& input, const at::Tensor& 
             run(row_pair, row_pair + 1, strip, last_strip);
             unit += last_strip - strip;
           } else {
-            const int64_t last_row_pair = std::min({row_pair + pairs_per_chunk, (row_pair / row_pairs + 1) * row_pairs,
-                                                    row_pair + (end - unit) / batch_strips});
+            const int64_t last_row_pair = std::min(chunk_end(row_pair), row_pair + (end - unit) / batch_strips);
             run(row_pair, last_row_pair, 0, batch_strips);
             unit += (last_row_pair - row_pair) * batch_strips;
           }
@@ -684,7 +685,7 @@ at::Tensor bf16_pairs_conv2d_grad_weight(const at::Tensor& input, const at::Tens
   // Chunks of one image's pixels, or of several small images.
   const int64_t chunk = std::min(chunk_pixels, l.pixels), chunk_images = std::max<int64_t>(1, chunk_pixels / l.pixels);
 
-  // The sums in two partitions of each batch's steps of pixels, added in order at the end,
+  // The sums in two partitions of each batch's pixels, added in order at the end,
   // where they take at most half the bytes of the operands' copies and of a core's L2: the
   // threads then split the pixels too, each reading its share of the copies rather than all of
   // them, whatever their number (measured on 2 threads, AMX, at batch 8: 3x3 64 @56 1.17x
@@ -783,9 +784,11 @@ at::Tensor bf16_pairs_conv2d_grad_weight(const at::Tensor& input, const at::Tens
     });
   }
 
-  if (partitions == 2) {
+  if (partitions > 1) {  // the partitions' sums, in order, into the first
     at::parallel_for(0, blocks * kBlock, kBlock, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) acc[i] += acc[blocks * kBlock + i];
+      for (int64_t p = 1; p < partitions; ++p) {
+        for (int64_t i = begin; i < end; ++i) acc[i] += acc[p * blocks * kBlock + i];
+      }
     });
   }
   at::Tensor grad_weight = at::empty({g.out_channels, cg, g.kernel_h, g.kernel_w}, input.options().dtype(at::kFloat));
