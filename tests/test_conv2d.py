@@ -919,6 +919,27 @@ def test_pointwise_in_one_call(conv, dtype, path):
         check_layer_on_path(conv, dtype, path)
 
 
+# A single image of long patches (1024 elements or more) and 64 pixels or more runs its forward
+# as one GEMM over its im2col, written in place, on the paths that take MKL (image_in_one_gemm):
+# a 3x3/2 130->70 (patch 1170, 117 pixels) with a bias, a 3x3 dilated by 2 of 120 channels
+# (patch 1080, 130 pixels) without, and a 7x7 24->8 (patch 1176, 64 pixels); and, for contrast,
+# a batch of two images of few pixels (one GEMM over the batch, permuted into the output).
+IN_ONE_GEMM_LAYERS = [
+    (Conv(1, 130, 70, (18, 26), (3, 3), (2, 2), (1, 1), (1, 1), 1, True), torch.float32),
+    (Conv(1, 120, 40, (10, 13), (3, 3), (1, 1), (2, 2), (2, 2), 1, False), torch.float64),
+    (Conv(1, 24, 8, (8, 8), (7, 7), (1, 1), (3, 3), (1, 1), 1, True), torch.float32),
+    (Conv(2, 130, 70, (9, 11), (3, 3), (2, 2), (1, 1), (1, 1), 1, True), torch.float64),
+]
+
+
+@pytest.mark.parametrize("path", ["auto", "gemm", "gemm-generic-isa"])
+@pytest.mark.parametrize("conv,dtype", IN_ONE_GEMM_LAYERS, ids=["strided-float32", "dilated-float64", "7x7-float32",
+                                                                "batch-float64"])
+def test_forward_in_one_gemm(conv, dtype, path):
+    with num_threads(2):
+        check_layer_on_path(conv, dtype, path)
+
+
 # With fewer than 128 output pixels per thread the implicit GEMM's threads split the output
 # channels. Filters whose rows lie a multiple of 4 KiB apart (1024 float32 or 512 float64 patch
 # elements) they pack from 128 pixels in the batch on, and read in place below: 1x1 layers with 20

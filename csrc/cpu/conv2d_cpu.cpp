@@ -72,37 +72,25 @@ bool is_pointwise(const Conv2dGeometry& g) {
 }
 
 // cols[(c, ki, kj), (oh, ow)] = image[c, oh*sh - ph + ki*dh, ow*sw - pw + kj*dw], zero outside.
-// Per kernel column kj, the output columns whose input column exists form one range
-// [ow_begin, ow_end): zeros around it, a copy (stride 1) or a strided gather inside.
 // Rows of cols are row_stride apart (the tile's size, or more when several images share cols).
 template <typename scalar_t>
 void im2col_tile(const scalar_t* image, const Conv2dGeometry& g, RowTile tile, scalar_t* cols,
                  int64_t row_stride) {
   const int64_t kernel_area = g.kernel_h * g.kernel_w;
+  const GatherRow<scalar_t> gather_row = row_gatherer<scalar_t>();
   at::parallel_for(0, g.in_channels * kernel_area, 1, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t c = row / kernel_area, ki = (row / g.kernel_w) % g.kernel_h,
                     kj = row % g.kernel_w;
-      const int64_t shift = g.pad_w - kj * g.dilation_w;  // iw = ow * sw - shift
-      const int64_t ow_begin = std::clamp<int64_t>(shift > 0 ? (shift + g.stride_w - 1) / g.stride_w : 0, 0, g.out_w);
-      const int64_t last = g.in_w - 1 + shift;  // the last ow has ow * sw <= last
-      const int64_t ow_end = last < 0 ? ow_begin : std::clamp<int64_t>(last / g.stride_w + 1, ow_begin, g.out_w);
       const scalar_t* plane = image + c * g.in_h * g.in_w;
       scalar_t* out = cols + row * row_stride;
       for (int64_t oh = tile.row_begin; oh < tile.row_end; ++oh, out += g.out_w) {
         const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dilation_h;
         if (ih < 0 || ih >= g.in_h) {
           std::fill(out, out + g.out_w, scalar_t(0));
-          continue;
-        }
-        const scalar_t* in = plane + ih * g.in_w - shift;
-        std::fill(out, out + ow_begin, scalar_t(0));
-        if (g.stride_w == 1) {
-          std::copy(in + ow_begin, in + ow_end, out + ow_begin);
         } else {
-          for (int64_t ow = ow_begin; ow < ow_end; ++ow) out[ow] = in[ow * g.stride_w];
+          gather_row(plane + ih * g.in_w, g.in_w, kj * g.dilation_w - g.pad_w, g.stride_w, g.out_w, out);
         }
-        std::fill(out + ow_end, out + g.out_w, scalar_t(0));
       }
     }
   });
@@ -221,12 +209,28 @@ Tensor finish(const Tensor& result, at::ScalarType dtype, at::MemoryFormat forma
   return at::empty(result.sizes(), result.options().dtype(dtype).memory_format(format)).copy_(result);
 }
 
+// Whether the batch's im2col makes one GEMM's operand: few columns, the workspace bounded.
+bool fits_one_gemm(const Conv2dGeometry& g) {
+  const int64_t columns = g.batch * g.out_h * g.out_w;
+  return columns <= kOneGemmColumns && columns * g.in_channels * g.kernel_h * g.kernel_w <= kMaxTileElements;
+}
+
 // Few output pixels in a batch of images (the last stages of a network) with large filters: one
 // multi-threaded GEMM over all images' columns reads the filters once instead of per image. (A
-// single image runs faster split into per-thread row tiles: measured.)
-bool batch_in_one_gemm(const Conv2dGeometry& g) {
-  const int64_t columns = g.batch * g.out_h * g.out_w;
-  return g.batch > 1 && columns <= kOneGemmColumns && columns * g.in_channels * g.kernel_h * g.kernel_w <= kMaxTileElements;
+// single image runs faster split into per-thread row tiles, but see image_in_one_gemm.)
+bool batch_in_one_gemm(const Conv2dGeometry& g) { return g.batch > 1 && fits_one_gemm(g); }
+
+// A single image's forward in one GEMM too, where its patches are long and its pixels not too
+// few: MKL's threads then beat per-thread row tiles, each of which reads all the filters.
+// Measured at batch 1 (Xeon, AVX-512), ratio to torch per-thread tiles -> one GEMM: 3x3/2 128->256
+// @28 0.87x -> 0.97x, 256 @28 0.86x -> 0.97x, 256->512 @28 0.87x -> 0.99x, 256 @20 0.80x ->
+// 0.95x; 3x3 dilated by 2, 256 @14 0.71x -> 0.80x, 512 @14 0.58x -> 0.85x; 7x7 64 @14 0.31x ->
+// 0.60x. Shorter patches and fewer pixels lose: 3x3/2 64->128 @28 and @56 (patch 576) 1.07x ->
+// 0.96x and 1.01x -> 0.91x, 256->512 @14 (49 pixels) 1.04x -> 0.93x; 128->256 @56 alike.
+constexpr int64_t kLongPatch = 1024, kImageInOneGemmPixels = 64;
+bool image_in_one_gemm(const Conv2dGeometry& g) {
+  return g.batch == 1 && fits_one_gemm(g) && !is_pointwise(g) && g.patch_size() >= kLongPatch &&
+         g.out_h * g.out_w >= kImageInOneGemmPixels;
 }
 
 // A pointwise layer of one group: each image's product over all its pixels, the images in one
@@ -368,20 +372,6 @@ bool channels_last_gemm_grad_weight_pays_off(const Conv2dGeometry& g) {
   return few_channels || grouped || pointwise || dilated || strided_channels_last_gemm_pays_off(g);
 }
 
-Tensor gemm_conv2d_forward_batch_in_one_gemm(const Tensor& input, const Tensor& weight,
-                                             const Tensor& bias, const Conv2dGeometry& g) {
-  const int64_t pixels = g.out_h * g.out_w;
-  const Tensor cols = batch_im2col(input, g);
-  const Tensor w = weight_matrix(weight, g);
-  const Tensor result = bias.defined()
-      ? at::baddbmm(bias.view({g.groups, g.out_channels_per_group(), 1}), w, cols)
-      : at::bmm(w, cols);
-  Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
-  output.view({g.batch, g.groups, g.out_channels_per_group(), pixels})
-      .copy_(result.view({g.groups, g.out_channels_per_group(), g.batch, pixels}).permute({2, 0, 1, 3}));
-  return output;
-}
-
 // out (n, K, pixels) = the n products a b, each output row k plus bias[k] (bias undefined, or K
 // values, or n times K: the tiles' groups).
 void multiply_into(Tensor& out, const Tensor& a, const Tensor& b, const Tensor& bias) {
@@ -390,6 +380,22 @@ void multiply_into(Tensor& out, const Tensor& a, const Tensor& b, const Tensor& 
   } else {
     at::bmm_out(out, a, b);
   }
+}
+
+Tensor gemm_conv2d_forward_in_one_gemm(const Tensor& input, const Tensor& weight, const Tensor& bias,
+                                       const Conv2dGeometry& g) {
+  const int64_t pixels = g.out_h * g.out_w;
+  const Tensor cols = batch_im2col(input, g);
+  Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
+  // One image's product is its output; a batch's, (groups, channels, images, pixels), is permuted into it.
+  Tensor product = g.batch == 1 ? output.view({g.groups, g.out_channels_per_group(), pixels})
+                                : at::empty({g.groups, g.out_channels_per_group(), g.batch * pixels}, input.options());
+  multiply_into(product, weight_matrix(weight, g), cols, bias);
+  if (g.batch > 1) {
+    output.view({g.batch, g.groups, g.out_channels_per_group(), pixels})
+        .copy_(product.view({g.groups, g.out_channels_per_group(), g.batch, pixels}).permute({2, 0, 1, 3}));
+  }
+  return output;
 }
 
 Tensor gemm_conv2d_forward_pointwise(const Tensor& input, const Tensor& weight, const Tensor& bias,
@@ -412,7 +418,7 @@ Tensor gemm_conv2d_forward(const Tensor& input, const Tensor& weight, const Tens
   if (implicit_gemm_available() && implicit_gemm_pays_off(g) && !one_call_beats_implicit_gemm(g, input.scalar_type())) {
     return implicit_gemm_conv2d_forward(input, weight, bias, g);
   }
-  if (batch_in_one_gemm(g)) return gemm_conv2d_forward_batch_in_one_gemm(input, weight, bias, g);
+  if (batch_in_one_gemm(g) || image_in_one_gemm(g)) return gemm_conv2d_forward_in_one_gemm(input, weight, bias, g);
   if (pointwise_in_one_call(g)) return gemm_conv2d_forward_pointwise(input, weight, bias, g);
   Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
   const Tensor w = weight_matrix(weight, g);

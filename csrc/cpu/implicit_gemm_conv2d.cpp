@@ -237,6 +237,25 @@ at::Tensor phase_planes(const at::Tensor& input, const Conv2dGeometry& g, const 
 
 bool implicit_gemm_available() { return use_avx2(); }
 
+namespace {
+template <typename scalar_t>
+void gather_row_one_by_one(const scalar_t* row, int64_t width, int64_t first, int64_t step, int64_t count,
+                           scalar_t* dst) {
+  for (int64_t j = 0; j < count; ++j) {
+    const int64_t column = first + j * step;
+    dst[j] = column >= 0 && column < width ? row[column] : scalar_t(0);
+  }
+}
+}  // namespace
+
+template <typename scalar_t>
+GatherRow<scalar_t> row_gatherer() {
+  if (use_avx512()) return &avx512::gather_row<scalar_t>;
+  return use_avx2() ? &avx2::gather_row<scalar_t> : &gather_row_one_by_one<scalar_t>;
+}
+template GatherRow<float> row_gatherer<float>();
+template GatherRow<double> row_gatherer<double>();
+
 at::Tensor implicit_gemm_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
                                         const at::Tensor& bias, const Conv2dGeometry& g) {
   at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
