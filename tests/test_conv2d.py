@@ -625,12 +625,16 @@ def test_grouped_layers_take_the_channels_last_gemm(conv):
 @pytest.mark.parametrize("conv,on_channels_last_gemm", [
     (Conv(2, 33, 40, (26, 25), (3, 3), (1, 1), (2, 3), (2, 3), 1, True), NAMES[:3]),
     (Conv(2, 16, 16, (40, 40), (3, 3), (1, 1), (2, 2), (2, 2), 1, False), ["grad_weight"]),
-], ids=["33-channels", "16-channels"])
-def test_dilated_layers_take_the_channels_last_gemm(conv, on_channels_last_gemm):
-    """Dilated layers at stride 1, which Winograd does not take, run on the channels-last GEMM
-    (dilated_channels_last_gemm_may_pay_off) from 32 input channels, and their weight gradients
-    from 16 channels with 32 pixels in the batch per input channel: no BLAS call there, where
-    im2col+MKL had been (mutation-checked: without the rule each of them calls baddbmm_)."""
+    (Conv(2, 40, 36, (28, 30), (7, 7), (1, 1), (3, 3), (1, 1), 1, True), NAMES[:3]),
+    (Conv(4, 96, 96, (17, 17), (1, 7), (1, 1), (0, 3), (1, 1), 1, True), NAMES[:2]),
+    (Conv(2, 168, 168, (25, 25), (2, 2), (1, 1), (0, 0), (1, 1), 1, False), NAMES[:2]),
+], ids=["dilated-33-channels", "dilated-16-channels", "7x7", "1x7", "2x2"])
+def test_stride_one_layers_winograd_leaves_take_the_channels_last_gemm(conv, on_channels_last_gemm):
+    """Stride-1 layers which Winograd does not take (dilated ones, kernels other than 3x3 and
+    5x5) run on the channels-last GEMM (stride_one_channels_last_gemm_may_pay_off) from 32 input
+    channels, and their weight gradients from 16 channels with 32 pixels in the batch per input
+    channel: no BLAS call there, where im2col+MKL had been (mutation-checked: without the rule
+    each of them calls baddbmm_)."""
     x, w, b = conv.tensors(torch.float32, "cpu")
     gy = torch.randn_like(F.conv2d(x, w, b, **conv.kwargs()))
     calls = blas_calls_on_path("auto", conv, x, w, b, gy)
@@ -971,8 +975,9 @@ def test_implicit_gemm_split_by_output_channels(conv, dtype, path):
 # gradient runs there too), each group on bands of its own channels: 10 output channels per group
 # at stride 2 (less than a panel); 48 channels per group at stride 1 in NHWC; 8 input and 4 output
 # channels per group with the strided, dilated 3x5 kernel; and the weight gradient alone of 16
-# channels per group at stride 1. Dilated layers at stride 1 (dilated_channels_last_gemm_may_pay_off):
-# dilations (2, 3) with 33 -> 40 channels in NHWC, and (4, 2) with 40 -> 35 in float64.
+# channels per group at stride 1. Stride-1 layers Winograd does not take
+# (stride_one_channels_last_gemm_may_pay_off): dilations (2, 3) with 33 -> 40 channels in NHWC,
+# and (4, 2) with 40 -> 35 in float64; a 1x7 kernel (padding 0 and 3) and an even 2x2 one.
 CHANNELS_LAST_GEMM_LAYERS = [
     (Conv(2, 16, 20, (70, 66), (3, 3), (2, 2), (1, 1), (1, 1), 1, True), torch.float32),
     (Conv(2, 24, 40, (64, 64), (3, 3), (2, 2), (1, 1), (1, 1), 1, True, "channels_last"), torch.float32),
@@ -986,6 +991,8 @@ CHANNELS_LAST_GEMM_LAYERS = [
     (Conv(2, 64, 64, (16, 16), (3, 3), (1, 1), (1, 1), (1, 1), 4, False), torch.float32),
     (Conv(2, 33, 40, (26, 25), (3, 3), (1, 1), (2, 3), (2, 3), 1, True, "channels_last"), torch.float32),
     (Conv(1, 40, 35, (40, 38), (3, 3), (1, 1), (4, 2), (4, 2), 1, False), torch.float64),
+    (Conv(4, 48, 40, (17, 17), (1, 7), (1, 1), (0, 3), (1, 1), 1, True), torch.float32),
+    (Conv(2, 32, 24, (33, 35), (2, 2), (1, 1), (0, 0), (1, 1), 1, False, "channels_last"), torch.float64),
 ]
 
 
@@ -994,7 +1001,7 @@ CHANNELS_LAST_GEMM_LAYERS = [
                          ids=["partial-panel-float32", "nhwc-float32", "dilated-float64", "nhwc-float64",
                               "tapless-phases-float64", "streamed-pack-float64", "groups-partial-panel-float32", "groups-nhwc-float64",
                               "groups-dilated-float32", "groups-grad-weight-float32", "dilated-stride-1-nhwc-float32",
-                              "dilated-stride-1-float64"])
+                              "dilated-stride-1-float64", "1x7-float32", "2x2-nhwc-float64"])
 def test_channels_last_gemm_layers(conv, dtype, path):
     output = check_layer_on_path(conv, dtype, path)[0]
     assert output.is_contiguous(memory_format=torch.channels_last) == (conv.layout == "channels_last")

@@ -327,17 +327,21 @@ bool strided_channels_last_gemm_pays_off(const Conv2dGeometry& g) {
          g.in_channels >= kChannelsLastGemmChannels;
 }
 
-// Dilated layers at stride 1, which Winograd does not take: the channels-last GEMM reads the
-// dilated taps in place where im2col copies them. Measured (Xeon, AVX-512, batch 8, 3x3 dilated
-// by 2, against im2col+MKL), forward and input gradient: 32 @56 1.2x faster, 64 @56 1.35-1.4x
-// (by 4 too), 128 @28 1.35x, 256 @14 1.25x, 512 @14 1.2x; 16 channels @64 0.9x, left to MKL.
-bool dilated_channels_last_gemm_may_pay_off(const Conv2dGeometry& g) {
-  return channels_last_gemm_may_pay_off(g) && g.unit_stride() && (g.dilation_h > 1 || g.dilation_w > 1);
+// Stride-1 layers which Winograd does not take (dilated ones, and kernels other than 3x3 and
+// 5x5): the channels-last GEMM reads their taps in place where im2col copies them. Measured
+// (Xeon, AVX-512, batch 8, against im2col+MKL), forward and input gradient, 3x3 dilated by 2: 32
+// @56 1.2x faster, 64 @56 1.35-1.4x (by 4 too), 128 @28 1.35x, 256 @14 1.25x, 512 @14 1.2x; 16
+// channels @64 0.9x, left to MKL. Forward, in ratios to torch: 7x7 64 @28 0.46x -> 0.90x (and
+// 0.42x -> 0.89x forward and backward), 128 @14 0.28x -> 0.72x, 64 @56 at batch 1 0.53x -> 1.0x;
+// Inception's 1x7 128 @17 0.72x -> 0.93x, 7x1 192 @17 0.67x -> 0.83x, 1x3 384 @8 and 3x1 448->384
+// @8 at batch 32 0.72x -> 0.93x and 0.72x -> 0.85x; 2x2 64 @56 0.66x -> 1.02x.
+bool stride_one_channels_last_gemm_may_pay_off(const Conv2dGeometry& g) {
+  return channels_last_gemm_may_pay_off(g) && g.unit_stride() && !winograd_applies(g);
 }
 
 bool channels_last_gemm_pays_off(const Conv2dGeometry& g) {
-  const bool dilated = dilated_channels_last_gemm_may_pay_off(g) && g.in_channels >= 2 * kChannelsLastGemmChannels;
-  return strided_channels_last_gemm_pays_off(g) || grouped_channels_last_pays_off(g) || dilated;
+  const bool stride_one = stride_one_channels_last_gemm_may_pay_off(g) && g.in_channels >= 2 * kChannelsLastGemmChannels;
+  return strided_channels_last_gemm_pays_off(g) || grouped_channels_last_pays_off(g) || stride_one;
 }
 
 // The weight gradient runs there too for few input channels (up to 15) and at least 16 output
@@ -363,13 +367,13 @@ bool channels_last_gemm_grad_weight_pays_off(const Conv2dGeometry& g) {
                        (!g.unit_stride() || g.in_channels_per_group() * g.out_channels_per_group() > 64);
   const bool pointwise = !blas_keeps_up() && channels_last_gemm_available() && g.groups == 1 &&
                          g.kernel_h * g.kernel_w == 1 && g.in_channels > 0 && pixels > 0;
-  // Dilated layers' weight gradients (dilated_channels_last_gemm_may_pay_off) with 32 pixels in
-  // the batch per input channel or more, measured at batch 8 (3x3 dilated by 2): 16 @64 3.3x
-  // faster, 32 @56 1.75x, 64 @56 1.35x, 128 @28 1.07x; with fewer pixels MKL's longer products
-  // win (256 @28 alike, 256 @14 0.9x, 512 @14 0.77x).
-  const bool dilated = dilated_channels_last_gemm_may_pay_off(g) &&
-                       std::min(g.in_channels, g.out_channels) >= kChannelsLastGemmChannels && pixels >= 32 * g.in_channels;
-  return few_channels || grouped || pointwise || dilated || strided_channels_last_gemm_pays_off(g);
+  // The weight gradients of stride-1 layers Winograd does not take (stride_one_channels_last_gemm_may_pay_off)
+  // with 32 pixels in the batch per input channel or more, measured at batch 8 (3x3 dilated by
+  // 2): 16 @64 3.3x faster, 32 @56 1.75x, 64 @56 1.35x, 128 @28 1.07x; with fewer pixels MKL's
+  // longer products win (256 @28 alike, 256 @14 0.9x, 512 @14 0.77x).
+  const bool stride_one = stride_one_channels_last_gemm_may_pay_off(g) &&
+                          std::min(g.in_channels, g.out_channels) >= kChannelsLastGemmChannels && pixels >= 32 * g.in_channels;
+  return few_channels || grouped || pointwise || stride_one || strided_channels_last_gemm_pays_off(g);
 }
 
 // out (n, K, pixels) = the n products a b, each output row k plus bias[k] (bias undefined, or K
