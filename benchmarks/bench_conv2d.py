@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import torch.utils.benchmark as benchmark
+from torch.nn.modules.utils import _pair
 
 import conv_ext
 
@@ -49,19 +50,26 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 @dataclass(frozen=True)
 class Layer:
+    """A layer on square images: kernel and padding an int or (height, width)."""
     name: str
     in_channels: int
     out_channels: int
     size: int
-    kernel: int
+    kernel: int | tuple[int, int]
     stride: int = 1
-    padding: int = 0
+    padding: int | tuple[int, int] = 0
     groups: int = 1
+    dilation: int = 1
+
+    def kwargs(self):
+        return dict(stride=self.stride, padding=_pair(self.padding), dilation=self.dilation, groups=self.groups)
 
     def flops(self, batch):
-        out = (self.size + 2 * self.padding - self.kernel) // self.stride + 1
-        per_output = 2 * (self.in_channels // self.groups) * self.kernel**2
-        return batch * self.out_channels * out * out * per_output
+        kernel = _pair(self.kernel)
+        out_h, out_w = ((self.size + 2 * p - self.dilation * (k - 1) - 1) // self.stride + 1
+                        for k, p in zip(kernel, _pair(self.padding)))
+        per_output = 2 * (self.in_channels // self.groups) * kernel[0] * kernel[1]
+        return batch * self.out_channels * out_h * out_w * per_output
 
 
 LAYERS = [
@@ -99,6 +107,21 @@ GPU_LAYERS = [
     Layer("depthwise 3x3/2, 512 ch @14", 512, 512, 14, 3, 2, 1, 512),
 ]
 
+# Beyond the suite (--suite beyond): Inception-v3's factorised 1x7, 7x1 and 1x3 kernels, DeepLab's
+# dilated 3x3, a dense 7x7, EfficientNet's depthwise 5x5, ConvNeXt's depthwise 7x7 and ResNet-50's
+# strided 1x1 projection.
+BEYOND_LAYERS = [
+    Layer("Inception 1x7, 128 ch @17", 128, 128, 17, (1, 7), 1, (0, 3)),
+    Layer("Inception 7x1, 192 ch @17", 192, 192, 17, (7, 1), 1, (3, 0)),
+    Layer("Inception 1x3, 384 ch @8", 384, 384, 8, (1, 3), 1, (0, 1)),
+    Layer("3x3 dilated 2, 256 ch @28", 256, 256, 28, 3, 1, 2, dilation=2),
+    Layer("3x3 dilated 4, 512 ch @14", 512, 512, 14, 3, 1, 4, dilation=4),
+    Layer("7x7, 64 ch @28", 64, 64, 28, 7, 1, 3),
+    Layer("depthwise 5x5, 240 ch @28", 240, 240, 28, 5, 1, 2, 240),
+    Layer("depthwise 7x7, 384 ch @14", 384, 384, 14, 7, 1, 3, 384),
+    Layer("1x1/2, 256->512 @56", 256, 512, 56, 1, 2),
+]
+
 # Precision names: a dtype, or "tf32" (float32 tensors, TF32 allowed on both sides).
 DTYPES = dict(float32=torch.float32, tf32=torch.float32, float64=torch.float64,
               bfloat16=torch.bfloat16, float16=torch.float16)
@@ -112,16 +135,16 @@ def allow_tf32(enabled):
 
 def make_inputs(layer, batch, device, dtype):
     gen = torch.Generator().manual_seed(0)
-    shape_w = (layer.out_channels, layer.in_channels // layer.groups, layer.kernel, layer.kernel)
+    shape_w = (layer.out_channels, layer.in_channels // layer.groups, *_pair(layer.kernel))
     x = torch.randn(batch, layer.in_channels, layer.size, layer.size, generator=gen)
-    w = torch.randn(*shape_w, generator=gen) / (shape_w[1] * layer.kernel**2) ** 0.5
+    w = torch.randn(*shape_w, generator=gen) / (shape_w[1] * shape_w[2] * shape_w[3]) ** 0.5
     b = torch.randn(layer.out_channels, generator=gen)
     return [t.to(device, dtype).requires_grad_() for t in (x, w, b)]
 
 
 def relative_errors(layer, x, w, b):
     """max |result - float64 result| / max |float64 result| of both sides' forward."""
-    kw = dict(stride=layer.stride, padding=layer.padding, groups=layer.groups)
+    kw = layer.kwargs()
     with torch.no_grad():
         exact = F.conv2d(x.double(), w.double(), b.double(), **kw)
         scale = exact.abs().max()
@@ -133,7 +156,7 @@ def peak_memory_mib(fn, layer, x, w, b):
     """Peak memory allocated while one forward call runs (its output included): on a GPU from the
     caching allocator's statistics, on the CPU as the profiler's memory timeline counts it; None
     where the profiler cannot say."""
-    kw = dict(stride=layer.stride, padding=layer.padding, groups=layer.groups)
+    kw = layer.kwargs()
     if x.is_cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -163,7 +186,7 @@ def timers(layer, x, w, b):
     """{(mode, side): Timer}: forward and forward+backward of ours and of torch's. On a GPU both
     sides run on the same channels_last tensors, torch's as cuDNN in benchmark mode (the fair
     anchor), and torch's forward of NCHW tensors is timed too, with benchmark mode off and on."""
-    kw = dict(stride=layer.stride, padding=layer.padding, groups=layer.groups)
+    kw = layer.kwargs()
     gy = torch.randn_like(F.conv2d(x, w, b, **kw))
     sides = [("ours", conv_ext.conv2d, x, w, gy, False), ("torch", F.conv2d, x, w, gy, False)]
     if x.is_cuda:
@@ -251,13 +274,19 @@ def rows_of_processes(args):
             print(f"process {i + 1} of {args.processes}", flush=True)
             subprocess.run([sys.executable, __file__, *child, "--processes", "1", "--rounds", str(args.rounds),
                             "--first-round", str(i * args.rounds), "--out", str(out), "--rows-only"], check=True)
-            runs.append(json.loads((out / f"bench_conv2d_{args.device.split(':')[0]}.json").read_text())["rows"])
+            runs.append(json.loads((out / f"{result_stem(args.device.split(':')[0], args.suite)}.json").read_text())["rows"])
     rows = runs[0]
     for other in runs[1:]:
         for row, more in zip(rows, other):
             for key in [k for k in row if k.endswith("_all_ms")]:
                 row[key] += more[key]
     return [with_medians(row) for row in rows]
+
+
+def result_stem(kind, suite):
+    """The name of a run's JSON and chart, and of its README section: bench_conv2d_cpu, or
+    bench_conv2d_cpu_beyond for the layers beyond the suite."""
+    return f"bench_conv2d_{kind}" + ("" if suite == "default" else f"_{suite}")
 
 
 def device_name(device):
@@ -365,8 +394,8 @@ def suite(args):
     """(layer, batch, precision) to measure. CPU: every layer and batch in float32, a few layers in
     the other precisions at the first batch size. GPU: every layer, batch and precision."""
     gpu = args.device.startswith("cuda")
-    chosen = [l for l in (GPU_LAYERS if gpu else LAYERS)
-              if not args.layers or any(s in l.name for s in args.layers.split(","))]
+    layers = BEYOND_LAYERS if args.suite == "beyond" else GPU_LAYERS if gpu else LAYERS
+    chosen = [l for l in layers if not args.layers or any(s in l.name for s in args.layers.split(","))]
     batches = [int(b) for b in (args.batches or ("32,256" if gpu else "8,1")).split(",")]
     default = "float32,tf32,bfloat16,float16" if gpu else "float32,float64,bfloat16"
     runs = []
@@ -404,6 +433,8 @@ def main():
     parser.add_argument("--first-round", type=int, default=0, help=argparse.SUPPRESS)  # of a child process
     parser.add_argument("--rows-only", action="store_true", help=argparse.SUPPRESS)  # a child: JSON only
     parser.add_argument("--min-run-time", type=float, default=0.15, help="seconds per measurement")
+    parser.add_argument("--suite", choices=["default", "beyond"], default="default",
+                        help="beyond: layers outside the issue's suite (BEYOND_LAYERS), written apart")
     parser.add_argument("--layers", default="", help="comma-separated substrings selecting layers")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--readme", action="store_true", help="put the table into README.md")
@@ -434,11 +465,11 @@ def main():
     kind = args.device.split(":")[0]
     meta = dict(
         device=device_name(args.device), device_type=kind, threads=torch.get_num_threads(), malloc=STEADY_HEAP,
-        torch=torch.__version__, commit=commit(), processes=args.processes, rounds=args.rounds,
+        suite=args.suite, torch=torch.__version__, commit=commit(), processes=args.processes, rounds=args.rounds,
         min_run_time=args.min_run_time, date=time.strftime("%Y-%m-%d %H:%M:%S"), seconds=round(time.time() - started),
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"bench_conv2d_{kind}"
+    stem = result_stem(kind, args.suite)
     (args.out / f"{stem}.json").write_text(
         json.dumps(dict(**meta, summary=summary(rows), rows=rows), indent=1) + "\n")
     print(f"wrote {args.out / (stem + '.json')}")
@@ -457,7 +488,8 @@ def report(meta, rows, stem, readme):
     print(f"\n{heading}\n\n{table}")
     chart(rows, stem.with_suffix(".png"), f"conv_ext vs F.conv2d: {meta['device']}, {meta['threads']} threads")
     if readme:
-        update_readme(meta["device_type"], f"{heading}:\n\n{table}")
+        suite = meta.get("suite", "default")
+        update_readme(meta["device_type"] + ("" if suite == "default" else f"-{suite}"), f"{heading}:\n\n{table}")
 
 
 if __name__ == "__main__":
