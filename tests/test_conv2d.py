@@ -978,6 +978,9 @@ def test_implicit_gemm_split_by_output_channels(conv, dtype, path):
 # channels per group at stride 1. Stride-1 layers Winograd does not take
 # (stride_one_channels_last_gemm_may_pay_off): dilations (2, 3) with 33 -> 40 channels in NHWC,
 # and (4, 2) with 40 -> 35 in float64; a 1x7 kernel (padding 0 and 3) and an even 2x2 one.
+# Kernel rows in the padding are skipped (kernel_row_inside): padding 5 with dilation 2 leaves
+# the first and last output rows no kernel row inside the image (their outputs the bias alone),
+# the next ones one; at stride 2, padding 3 leaves the first output row none.
 CHANNELS_LAST_GEMM_LAYERS = [
     (Conv(2, 16, 20, (70, 66), (3, 3), (2, 2), (1, 1), (1, 1), 1, True), torch.float32),
     (Conv(2, 24, 40, (64, 64), (3, 3), (2, 2), (1, 1), (1, 1), 1, True, "channels_last"), torch.float32),
@@ -993,6 +996,8 @@ CHANNELS_LAST_GEMM_LAYERS = [
     (Conv(1, 40, 35, (40, 38), (3, 3), (1, 1), (4, 2), (4, 2), 1, False), torch.float64),
     (Conv(4, 48, 40, (17, 17), (1, 7), (1, 1), (0, 3), (1, 1), 1, True), torch.float32),
     (Conv(2, 32, 24, (33, 35), (2, 2), (1, 1), (0, 0), (1, 1), 1, False, "channels_last"), torch.float64),
+    (Conv(2, 32, 40, (20, 34), (3, 3), (1, 1), (5, 1), (2, 1), 1, True), torch.float64),
+    (Conv(5, 40, 36, (29, 27), (3, 3), (2, 2), (3, 1), (1, 1), 1, True), torch.float32),
 ]
 
 
@@ -1001,7 +1006,8 @@ CHANNELS_LAST_GEMM_LAYERS = [
                          ids=["partial-panel-float32", "nhwc-float32", "dilated-float64", "nhwc-float64",
                               "tapless-phases-float64", "streamed-pack-float64", "groups-partial-panel-float32", "groups-nhwc-float64",
                               "groups-dilated-float32", "groups-grad-weight-float32", "dilated-stride-1-nhwc-float32",
-                              "dilated-stride-1-float64", "1x7-float32", "2x2-nhwc-float64"])
+                              "dilated-stride-1-float64", "1x7-float32", "2x2-nhwc-float64",
+                              "rows-in-padding-float64", "strided-rows-in-padding-float32"])
 def test_channels_last_gemm_layers(conv, dtype, path):
     output = check_layer_on_path(conv, dtype, path)[0]
     assert output.is_contiguous(memory_format=torch.channels_last) == (conv.layout == "channels_last")
