@@ -622,24 +622,32 @@ def test_grouped_layers_take_the_channels_last_gemm(conv):
 
 
 @pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the channels-last GEMM needs AVX2")
-@pytest.mark.parametrize("conv,on_channels_last_gemm", [
-    (Conv(2, 33, 40, (26, 25), (3, 3), (1, 1), (2, 3), (2, 3), 1, True), NAMES[:3]),
-    (Conv(2, 16, 16, (40, 40), (3, 3), (1, 1), (2, 2), (2, 2), 1, False), ["grad_weight"]),
-    (Conv(2, 40, 36, (28, 30), (7, 7), (1, 1), (3, 3), (1, 1), 1, True), NAMES[:3]),
-    (Conv(4, 96, 96, (17, 17), (1, 7), (1, 1), (0, 3), (1, 1), 1, True), NAMES[:2]),
-    (Conv(2, 168, 168, (25, 25), (2, 2), (1, 1), (0, 0), (1, 1), 1, False), NAMES[:2]),
-], ids=["dilated-33-channels", "dilated-16-channels", "7x7", "1x7", "2x2"])
-def test_stride_one_layers_winograd_leaves_take_the_channels_last_gemm(conv, on_channels_last_gemm):
+@pytest.mark.parametrize("conv,on_channels_last_gemm,on_mkl", [
+    (Conv(2, 33, 40, (26, 25), (3, 3), (1, 1), (2, 3), (2, 3), 1, True), NAMES[:3], []),
+    (Conv(2, 16, 16, (40, 40), (3, 3), (1, 1), (2, 2), (2, 2), 1, False), ["grad_weight"], []),
+    (Conv(2, 40, 36, (28, 30), (7, 7), (1, 1), (3, 3), (1, 1), 1, True), NAMES[:3], []),
+    (Conv(4, 96, 96, (17, 17), (1, 7), (1, 1), (0, 3), (1, 1), 1, True), NAMES[:2], []),
+    (Conv(2, 168, 168, (25, 25), (2, 2), (1, 1), (0, 0), (1, 1), 1, False), NAMES[:2], []),
+    (Conv(1, 40, 36, (20, 22), (7, 7), (1, 1), (3, 3), (1, 1), 1, True), NAMES[:3], []),
+    (Conv(1, 256, 160, (8, 8), (1, 3), (1, 1), (0, 1), (1, 1), 1, True), [], ["output"]),
+    (Conv(1, 160, 160, (20, 20), (3, 3), (1, 1), (2, 2), (2, 2), 1, False), ["output"], ["grad_weight"]),
+], ids=["dilated-33-channels", "dilated-16-channels", "7x7", "1x7", "2x2", "7x7-batch-1", "1x3-few-pixels",
+        "dilated-many-channels"])
+def test_stride_one_layers_winograd_leaves_take_the_channels_last_gemm(conv, on_channels_last_gemm, on_mkl):
     """Stride-1 layers which Winograd does not take (dilated ones, kernels other than 3x3 and
     5x5) run on the channels-last GEMM (stride_one_channels_last_gemm_may_pay_off) from 32 input
-    channels, and their weight gradients from 16 channels with 32 pixels in the batch per input
-    channel: no BLAS call there, where im2col+MKL had been (mutation-checked: without the rule
-    each of them calls baddbmm_)."""
+    channels, with more than 1024 output pixels in the batch or at least as many as output
+    channels (at batch 1: 440 pixels for 36 channels, but not 64 for 160); and their weight
+    gradients from 16 channels, with 32 pixels in the batch per input channel or at most 128 output
+    channels (not 160 channels with 400 pixels): no BLAS call there, where im2col+MKL had been
+    (mutation-checked: without the rules each of them calls baddbmm_ or bmm)."""
     x, w, b = conv.tensors(torch.float32, "cpu")
     gy = torch.randn_like(F.conv2d(x, w, b, **conv.kwargs()))
     calls = blas_calls_on_path("auto", conv, x, w, b, gy)
     for name in on_channels_last_gemm:
         assert not calls[name], (name, calls)
+    for name in on_mkl:
+        assert calls[name], (name, calls)
 
 
 @pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the channels-last GEMM needs AVX2")

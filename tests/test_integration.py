@@ -3,7 +3,6 @@ fake-tensor layouts, DistributedDataParallel, pickling and torch.save."""
 import io
 import os
 import pickle
-import socket
 
 import pytest
 import torch
@@ -167,9 +166,10 @@ def test_pickle_and_torch_save_round_trip():
     torch.testing.assert_close(torch.load(buffer, weights_only=False)(x), model(x))
 
 
-def _ddp_worker(rank, world_size, port, data, out_dir):
+def _ddp_worker(rank, world_size, data, out_dir):
+    # A file store in the test's directory: a TCP port found free may be taken before it is bound.
     dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
+        "gloo", init_method=f"file://{os.path.join(out_dir, 'store')}", rank=rank, world_size=world_size
     )
     try:
         torch.set_num_threads(1)
@@ -183,17 +183,11 @@ def _ddp_worker(rank, world_size, port, data, out_dir):
         dist.destroy_process_group()
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_gradients_equal_one_process_on_the_whole_batch(tmp_path):
     """Two gloo processes each take half the batch; DDP's averaged gradients equal the gradients
     of one process on the whole batch."""
     data = torch.randn(4, 3, 10, 10, dtype=torch.float64)
-    mp.spawn(_ddp_worker, args=(2, free_port(), data, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, data, str(tmp_path)), nprocs=2, join=True)
     ddp_grads = torch.load(tmp_path / "grads.pt")
     model = small_model().double()
     model(data).square().mean().backward()

@@ -335,8 +335,16 @@ bool strided_channels_last_gemm_pays_off(const Conv2dGeometry& g) {
 // 0.42x -> 0.89x forward and backward), 128 @14 0.28x -> 0.72x, 64 @56 at batch 1 0.53x -> 1.0x;
 // Inception's 1x7 128 @17 0.72x -> 0.93x, 7x1 192 @17 0.67x -> 0.83x, 1x3 384 @8 and 3x1 448->384
 // @8 at batch 32 0.72x -> 0.93x and 0.72x -> 0.85x; 2x2 64 @56 0.66x -> 1.02x.
+// Fewer pixels in the batch repay the packed filters too where they are at least as many as the
+// output channels (at batch 1, ratios to torch, forward against im2col+MKL: 7x7 64 @14 0.63x ->
+// 0.91x, @28 0.59x -> 0.95x, 128 @14 0.65x -> 0.77x, 1x7 128 @17 0.76x -> 1.03x, 7x1 192 @17
+// 0.89x -> 0.94x, 3x3 dilated by 2 256 @28 alike; fewer lose: 1x3 384 @8 1.13x -> 0.74x, 3x3
+// dilated by 2 256 @14 0.83x -> 0.77x, by 4 512 @14 0.76x -> 0.70x).
 bool stride_one_channels_last_gemm_may_pay_off(const Conv2dGeometry& g) {
-  return channels_last_gemm_may_pay_off(g) && g.unit_stride() && !winograd_applies(g);
+  const bool repaid = channels_last_gemm_may_pay_off(g) ||
+                      (channels_last_gemm_available() && g.groups == 1 && g.kernel_h * g.kernel_w > 1 &&
+                       g.batch * g.out_h * g.out_w >= std::max<int64_t>(g.out_channels, 1));
+  return repaid && g.unit_stride() && !winograd_applies(g);
 }
 
 bool channels_last_gemm_pays_off(const Conv2dGeometry& g) {
@@ -368,11 +376,15 @@ bool channels_last_gemm_grad_weight_pays_off(const Conv2dGeometry& g) {
   const bool pointwise = !blas_keeps_up() && channels_last_gemm_available() && g.groups == 1 &&
                          g.kernel_h * g.kernel_w == 1 && g.in_channels > 0 && pixels > 0;
   // The weight gradients of stride-1 layers Winograd does not take (stride_one_channels_last_gemm_may_pay_off)
-  // with 32 pixels in the batch per input channel or more, measured at batch 8 (3x3 dilated by
-  // 2): 16 @64 3.3x faster, 32 @56 1.75x, 64 @56 1.35x, 128 @28 1.07x; with fewer pixels MKL's
-  // longer products win (256 @28 alike, 256 @14 0.9x, 512 @14 0.77x).
+  // with 32 pixels in the batch per input channel or more, or at most 128 output channels (the
+  // rows of im2col+MKL's product, too few to repay its copy of every tap), measured at batch 8
+  // (3x3 dilated by 2): 16 @64 3.3x faster, 32 @56 1.75x, 64 @56 1.35x, 128 @28 1.07x; with fewer
+  // pixels and more channels MKL's longer products win (256 @28 alike, 256 @14 0.9x, 512 @14
+  // 0.77x); and in ratios to torch, forward and weight gradient: 7x7 64 @28 at batch 1 0.55x ->
+  // 0.91x, 64 @14 0.75x -> 0.86x, 128 @14 at batch 8 0.64x -> 0.81x.
   const bool stride_one = stride_one_channels_last_gemm_may_pay_off(g) &&
-                          std::min(g.in_channels, g.out_channels) >= kChannelsLastGemmChannels && pixels >= 32 * g.in_channels;
+                          std::min(g.in_channels, g.out_channels) >= kChannelsLastGemmChannels &&
+                          (pixels >= 32 * g.in_channels || g.out_channels <= 128);
   return few_channels || grouped || pointwise || stride_one || strided_channels_last_gemm_pays_off(g);
 }
 
