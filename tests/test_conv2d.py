@@ -631,16 +631,21 @@ def test_grouped_layers_take_the_channels_last_gemm(conv):
     (Conv(1, 40, 36, (20, 22), (7, 7), (1, 1), (3, 3), (1, 1), 1, True), NAMES[:3], []),
     (Conv(1, 256, 160, (8, 8), (1, 3), (1, 1), (0, 1), (1, 1), 1, True), [], ["output"]),
     (Conv(1, 160, 160, (20, 20), (3, 3), (1, 1), (2, 2), (2, 2), 1, False), ["output"], ["grad_weight"]),
+    (Conv(1, 64, 40, (28, 26), (3, 3), (2, 2), (1, 1), (1, 1), 1, True), NAMES[:3], []),
+    (Conv(1, 120, 64, (24, 24), (3, 3), (2, 2), (1, 1), (1, 1), 1, True), [], ["output"]),
 ], ids=["dilated-33-channels", "dilated-16-channels", "7x7", "1x7", "2x2", "7x7-batch-1", "1x3-few-pixels",
-        "dilated-many-channels"])
-def test_stride_one_layers_winograd_leaves_take_the_channels_last_gemm(conv, on_channels_last_gemm, on_mkl):
+        "dilated-many-channels", "strided-batch-1", "strided-long-patch"])
+def test_channels_last_gemm_takes_layers_by_shape(conv, on_channels_last_gemm, on_mkl):
     """Stride-1 layers which Winograd does not take (dilated ones, kernels other than 3x3 and
     5x5) run on the channels-last GEMM (stride_one_channels_last_gemm_may_pay_off) from 32 input
     channels, with more than 1024 output pixels in the batch or at least as many as output
-    channels (at batch 1: 440 pixels for 36 channels, but not 64 for 160); and their weight
-    gradients from 16 channels, with 32 pixels in the batch per input channel or at most 128 output
-    channels (not 160 channels with 400 pixels): no BLAS call there, where im2col+MKL had been
-    (mutation-checked: without the rules each of them calls baddbmm_ or bmm)."""
+    channels (pixels_repay_packed_filters; at batch 1: 440 pixels for 36 channels, but not 64
+    for 160); and their weight gradients from 16 channels, with 32 pixels in the batch per input
+    channel or at most 128 output channels (not 160 channels with 400 pixels). Strided layers
+    of few pixels too where those repay the filters and the patch is shorter than 1024 (182
+    pixels for 40 channels with 576-long patches, but not 1080-long ones). No BLAS call there,
+    where im2col+MKL had been (mutation-checked: without the rules each of them calls baddbmm_
+    or bmm)."""
     x, w, b = conv.tensors(torch.float32, "cpu")
     gy = torch.randn_like(F.conv2d(x, w, b, **conv.kwargs()))
     calls = blas_calls_on_path("auto", conv, x, w, b, gy)
@@ -988,7 +993,8 @@ def test_implicit_gemm_split_by_output_channels(conv, dtype, path):
 # and (4, 2) with 40 -> 35 in float64; a 1x7 kernel (padding 0 and 3) and an even 2x2 one.
 # Kernel rows in the padding are skipped (kernel_row_inside): padding 5 with dilation 2 leaves
 # the first and last output rows no kernel row inside the image (their outputs the bias alone),
-# the next ones one; at stride 2, padding 3 leaves the first output row none.
+# the next ones one; at stride 2, padding 3 leaves the first output row none. Single images whose
+# pixels repay the packed filters (pixels_repay_packed_filters): a 3x3/2 and a 7x7 in NHWC.
 CHANNELS_LAST_GEMM_LAYERS = [
     (Conv(2, 16, 20, (70, 66), (3, 3), (2, 2), (1, 1), (1, 1), 1, True), torch.float32),
     (Conv(2, 24, 40, (64, 64), (3, 3), (2, 2), (1, 1), (1, 1), 1, True, "channels_last"), torch.float32),
@@ -1006,6 +1012,8 @@ CHANNELS_LAST_GEMM_LAYERS = [
     (Conv(2, 32, 24, (33, 35), (2, 2), (1, 1), (0, 0), (1, 1), 1, False, "channels_last"), torch.float64),
     (Conv(2, 32, 40, (20, 34), (3, 3), (1, 1), (5, 1), (2, 1), 1, True), torch.float64),
     (Conv(5, 40, 36, (29, 27), (3, 3), (2, 2), (3, 1), (1, 1), 1, True), torch.float32),
+    (Conv(1, 64, 40, (28, 26), (3, 3), (2, 2), (1, 1), (1, 1), 1, True), torch.float64),
+    (Conv(1, 40, 36, (20, 22), (7, 7), (1, 1), (3, 3), (1, 1), 1, True, "channels_last"), torch.float32),
 ]
 
 
@@ -1015,7 +1023,8 @@ CHANNELS_LAST_GEMM_LAYERS = [
                               "tapless-phases-float64", "streamed-pack-float64", "groups-partial-panel-float32", "groups-nhwc-float64",
                               "groups-dilated-float32", "groups-grad-weight-float32", "dilated-stride-1-nhwc-float32",
                               "dilated-stride-1-float64", "1x7-float32", "2x2-nhwc-float64",
-                              "rows-in-padding-float64", "strided-rows-in-padding-float32"])
+                              "rows-in-padding-float64", "strided-rows-in-padding-float32", "strided-batch-1-float64",
+                              "7x7-batch-1-nhwc-float32"])
 def test_channels_last_gemm_layers(conv, dtype, path):
     output = check_layer_on_path(conv, dtype, path)[0]
     assert output.is_contiguous(memory_format=torch.channels_last) == (conv.layout == "channels_last")

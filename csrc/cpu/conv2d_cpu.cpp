@@ -311,6 +311,16 @@ bool grouped_channels_last_pays_off(const Conv2dGeometry& g) {
          (!g.unit_stride() || std::max(g.in_channels_per_group(), g.out_channels_per_group()) > 16);
 }
 
+// Whether fewer pixels than channels_last_gemm_may_pay_off asks for still repay the filters the
+// channels-last GEMM packs per call: at least as many as the output channels. Strided layers
+// take it with patches shorter than kLongPatch (at batch 1, 3x3/2 64->128 @28 and @56 forward
+// 1.04x -> 1.18x and 1.0x -> 1.14x torch); longer ones run faster as MKL's one GEMM
+// (image_in_one_gemm: 128->128 and 128->256 @56 1.0x against 0.83x and 0.74x).
+bool pixels_repay_packed_filters(const Conv2dGeometry& g) {
+  return channels_last_gemm_available() && g.groups == 1 && g.kernel_h * g.kernel_w > 1 &&
+         g.batch * g.out_h * g.out_w >= std::max<int64_t>(g.out_channels, 1);
+}
+
 // Strided layers of many pixels and kernels larger than 1x1: the channels-last GEMM reads its
 // input in place whatever the stride, where the implicit GEMM packs panels of short output rows
 // and MKL multiplies copied im2col tiles (measured at batch 8, 3x3/2: with AVX-512 64->128 @56 1.1x,
@@ -323,8 +333,8 @@ bool grouped_channels_last_pays_off(const Conv2dGeometry& g) {
 // batch 8: 3x3/2 64->128 @56 1.4x, 32->64 @112 1.9x, 128->256 @28 alike), and its input
 // gradient, by stride phase, col2im (1.1-1.4x, 1.35-2x, 1.1-1.4x).
 bool strided_channels_last_gemm_pays_off(const Conv2dGeometry& g) {
-  return channels_last_gemm_may_pay_off(g) && !g.unit_stride() &&
-         g.in_channels >= kChannelsLastGemmChannels;
+  const bool repaid = channels_last_gemm_may_pay_off(g) || (pixels_repay_packed_filters(g) && g.patch_size() < kLongPatch);
+  return repaid && !g.unit_stride() && g.in_channels >= kChannelsLastGemmChannels;
 }
 
 // Stride-1 layers which Winograd does not take (dilated ones, and kernels other than 3x3 and
@@ -341,10 +351,7 @@ bool strided_channels_last_gemm_pays_off(const Conv2dGeometry& g) {
 // 0.89x -> 0.94x, 3x3 dilated by 2 256 @28 alike; fewer lose: 1x3 384 @8 1.13x -> 0.74x, 3x3
 // dilated by 2 256 @14 0.83x -> 0.77x, by 4 512 @14 0.76x -> 0.70x).
 bool stride_one_channels_last_gemm_may_pay_off(const Conv2dGeometry& g) {
-  const bool repaid = channels_last_gemm_may_pay_off(g) ||
-                      (channels_last_gemm_available() && g.groups == 1 && g.kernel_h * g.kernel_w > 1 &&
-                       g.batch * g.out_h * g.out_w >= std::max<int64_t>(g.out_channels, 1));
-  return repaid && g.unit_stride() && !winograd_applies(g);
+  return (channels_last_gemm_may_pay_off(g) || pixels_repay_packed_filters(g)) && g.unit_stride() && !winograd_applies(g);
 }
 
 bool channels_last_gemm_pays_off(const Conv2dGeometry& g) {
