@@ -938,12 +938,13 @@ def test_pointwise_in_one_call(conv, dtype, path):
 
 # A single image of long patches (1024 elements or more) and 64 pixels or more runs its forward
 # as one GEMM over its im2col, written in place, on the paths that take MKL (image_in_one_gemm):
-# a 3x3/2 130->70 (patch 1170, 117 pixels) with a bias, a 3x3 dilated by 2 of 120 channels
-# (patch 1080, 130 pixels) without, and a 7x7 24->8 (patch 1176, 64 pixels); and, for contrast,
+# a 3x3/2 130->70 (patch 1170, 117 pixels) with a bias, a 3x3 dilated by 2, 120->140 (patch
+# 1080, 130 pixels: too few for the channels-last GEMM's packed filters) without, and a 7x7 24->8
+# (patch 1176, 64 pixels); and, for contrast,
 # a batch of two images of few pixels (one GEMM over the batch, permuted into the output).
 IN_ONE_GEMM_LAYERS = [
     (Conv(1, 130, 70, (18, 26), (3, 3), (2, 2), (1, 1), (1, 1), 1, True), torch.float32),
-    (Conv(1, 120, 40, (10, 13), (3, 3), (1, 1), (2, 2), (2, 2), 1, False), torch.float64),
+    (Conv(1, 120, 140, (10, 13), (3, 3), (1, 1), (2, 2), (2, 2), 1, False), torch.float64),
     (Conv(1, 24, 8, (8, 8), (7, 7), (1, 1), (3, 3), (1, 1), 1, True), torch.float32),
     (Conv(2, 130, 70, (9, 11), (3, 3), (2, 2), (1, 1), (1, 1), 1, True), torch.float64),
 ]
