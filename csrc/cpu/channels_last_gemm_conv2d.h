@@ -2,8 +2,9 @@
 // channels) = input (pixels x patch, read in place from a zero-padded, channels-innermost band
 // of the input's rows) times the filters (patch x channels, packed once per call), on the
 // micro-kernel of micro_kernel.h with its rows as output pixels and its panels as output
-// channels. No panel of the input is copied, whatever the stride: for the strided layers,
-// whose short output rows make implicit_gemm_conv2d.cpp pack its panels.
+// channels. No panel of the input is copied, whatever the stride or dilation: for the strided
+// layers, whose short output rows make implicit_gemm_conv2d.cpp pack its panels, grouped
+// layers, and the stride-1 layers Winograd does not take, whose taps im2col would copy.
 #pragma once
 
 #include "../conv2d.h"

@@ -1,8 +1,9 @@
 // CPU kernels of the three conv_ext operators. Three algorithms, chosen by shape:
-// - GEMM: the forward as an implicit GEMM with AVX2 (implicit_gemm_conv2d.cpp; for strided
-//   layers over channels-last bands, channels_last_gemm_conv2d.cpp, which also serves their
-//   weight gradient) or im2col in bounded tiles and a batched GEMM per tile (at::bmm over
-//   groups); im2col+GEMM for the weight gradient and col2im for the input gradient;
+// - GEMM: the forward as an implicit GEMM with AVX2 (implicit_gemm_conv2d.cpp; for strided and
+//   grouped layers, and stride-1 ones Winograd does not take, over channels-last bands,
+//   channels_last_gemm_conv2d.cpp, which also serves their gradients) or im2col in bounded
+//   tiles and a batched GEMM per tile (at::bmm over groups); im2col+GEMM for the weight
+//   gradient and col2im for the input gradient;
 // - direct (direct_conv2d.cpp), for few channels per group (depthwise, narrow groups);
 // - Winograd F(4x4, 3x3) and F(2x2, 5x5) (winograd_conv2d.cpp), for 3x3 and 5x5 stride-1
 //   layers, forward and weight gradient.
