@@ -285,13 +285,17 @@ bool one_call_beats_implicit_gemm(const Conv2dGeometry& g, at::ScalarType dtype)
          (g.out_channels <= g.in_channels || dtype == at::kDouble);
 }
 
-// What every use of the channels-last GEMM on one group asks: this CPU runs it, a kernel larger
-// than 1x1 and more than kOneGemmColumns output pixels in the batch, unless MKL does not keep
-// up (Zen 5: 3x3/2 128->256 @28 at batch 1, 196 pixels, input gradient 1.45x faster, forward
-// and weight gradient 1.1x).
+// What every use of the channels-last GEMM on one group asks: this CPU runs it and a kernel
+// larger than 1x1.
+bool channels_last_gemm_applies(const Conv2dGeometry& g) {
+  return channels_last_gemm_available() && g.groups == 1 && g.kernel_h * g.kernel_w > 1;
+}
+
+// Where it applies, more than kOneGemmColumns output pixels in the batch, unless MKL does not
+// keep up (Zen 5: 3x3/2 128->256 @28 at batch 1, 196 pixels, input gradient 1.45x faster,
+// forward and weight gradient 1.1x).
 bool channels_last_gemm_may_pay_off(const Conv2dGeometry& g) {
-  return channels_last_gemm_available() && g.groups == 1 && g.kernel_h * g.kernel_w > 1 &&
-         g.batch * g.out_h * g.out_w > (blas_keeps_up() ? kOneGemmColumns : 0);
+  return channels_last_gemm_applies(g) && g.batch * g.out_h * g.out_w > (blas_keeps_up() ? kOneGemmColumns : 0);
 }
 
 // Grouped layers (ResNeXt's, 4 to 64 channels per group) whose direct kernels lose, forward and
@@ -318,8 +322,7 @@ bool grouped_channels_last_pays_off(const Conv2dGeometry& g) {
 // 1.04x -> 1.18x and 1.0x -> 1.14x torch); longer ones run faster as MKL's one GEMM
 // (image_in_one_gemm: 128->128 and 128->256 @56 1.0x against 0.83x and 0.74x).
 bool pixels_repay_packed_filters(const Conv2dGeometry& g) {
-  return channels_last_gemm_available() && g.groups == 1 && g.kernel_h * g.kernel_w > 1 &&
-         g.batch * g.out_h * g.out_w >= std::max<int64_t>(g.out_channels, 1);
+  return channels_last_gemm_applies(g) && g.batch * g.out_h * g.out_w >= std::max<int64_t>(g.out_channels, 1);
 }
 
 // Strided layers of many pixels and kernels larger than 1x1: the channels-last GEMM reads its
