@@ -274,7 +274,7 @@ def rows_of_processes(args):
             print(f"process {i + 1} of {args.processes}", flush=True)
             subprocess.run([sys.executable, __file__, *child, "--processes", "1", "--rounds", str(args.rounds),
                             "--first-round", str(i * args.rounds), "--out", str(out), "--rows-only"], check=True)
-            runs.append(json.loads((out / f"{result_stem(args.device.split(':')[0], args.suite)}.json").read_text())["rows"])
+            runs.append(json.loads((out / f"bench_conv2d_{suite_kind(args.device.split(':')[0], args.suite)}.json").read_text())["rows"])
     rows = runs[0]
     for other in runs[1:]:
         for row, more in zip(rows, other):
@@ -283,10 +283,10 @@ def rows_of_processes(args):
     return [with_medians(row) for row in rows]
 
 
-def result_stem(kind, suite):
-    """The name of a run's JSON and chart, and of its README section: bench_conv2d_cpu, or
-    bench_conv2d_cpu_beyond for the layers beyond the suite."""
-    return f"bench_conv2d_{kind}" + ("" if suite == "default" else f"_{suite}")
+def suite_kind(kind, suite):
+    """A run's device kind and suite as its JSON and chart (bench_conv2d_<this>) and its README
+    section name them: cpu, or cpu_beyond for the layers beyond the suite."""
+    return kind + ("" if suite == "default" else f"_{suite}")
 
 
 def device_name(device):
@@ -469,7 +469,7 @@ def main():
         min_run_time=args.min_run_time, date=time.strftime("%Y-%m-%d %H:%M:%S"), seconds=round(time.time() - started),
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = result_stem(kind, args.suite)
+    stem = f"bench_conv2d_{suite_kind(kind, args.suite)}"
     (args.out / f"{stem}.json").write_text(
         json.dumps(dict(**meta, summary=summary(rows), rows=rows), indent=1) + "\n")
     print(f"wrote {args.out / (stem + '.json')}")
@@ -488,8 +488,7 @@ def report(meta, rows, stem, readme):
     print(f"\n{heading}\n\n{table}")
     chart(rows, stem.with_suffix(".png"), f"conv_ext vs F.conv2d: {meta['device']}, {meta['threads']} threads")
     if readme:
-        suite = meta.get("suite", "default")
-        update_readme(meta["device_type"] + ("" if suite == "default" else f"-{suite}"), f"{heading}:\n\n{table}")
+        update_readme(suite_kind(meta["device_type"], meta.get("suite", "default")), f"{heading}:\n\n{table}")
 
 
 if __name__ == "__main__":
