@@ -996,6 +996,10 @@ def test_implicit_gemm_split_by_output_channels(conv, dtype, path):
 # the first and last output rows no kernel row inside the image (their outputs the bias alone),
 # the next ones one; at stride 2, padding 3 leaves the first output row none. Single images whose
 # pixels repay the packed filters (pixels_repay_packed_filters): a 3x3/2 and a 7x7 in NHWC.
+# Rows cut where the kernel columns inside the image change (column_tiles), tiles skipping the
+# columns in the padding: dilation 4 on 14 columns (with kernel rows skipped too), dilation 6 on
+# 30 in float64, and a 1x5 kernel with dilation 6 on 40 columns, whose five runs of columns each
+# take a different range of kernel columns.
 CHANNELS_LAST_GEMM_LAYERS = [
     (Conv(2, 16, 20, (70, 66), (3, 3), (2, 2), (1, 1), (1, 1), 1, True), torch.float32),
     (Conv(2, 24, 40, (64, 64), (3, 3), (2, 2), (1, 1), (1, 1), 1, True, "channels_last"), torch.float32),
@@ -1015,6 +1019,9 @@ CHANNELS_LAST_GEMM_LAYERS = [
     (Conv(5, 40, 36, (29, 27), (3, 3), (2, 2), (3, 1), (1, 1), 1, True), torch.float32),
     (Conv(1, 64, 40, (28, 26), (3, 3), (2, 2), (1, 1), (1, 1), 1, True), torch.float64),
     (Conv(1, 40, 36, (20, 22), (7, 7), (1, 1), (3, 3), (1, 1), 1, True, "channels_last"), torch.float32),
+    (Conv(2, 40, 32, (14, 14), (3, 3), (1, 1), (4, 4), (4, 4), 1, True), torch.float32),
+    (Conv(1, 33, 40, (9, 30), (3, 3), (1, 1), (1, 6), (1, 6), 1, False, "channels_last"), torch.float64),
+    (Conv(2, 32, 40, (5, 40), (1, 5), (1, 1), (0, 12), (1, 6), 1, True, "channels_last"), torch.float32),
 ]
 
 
@@ -1025,7 +1032,8 @@ CHANNELS_LAST_GEMM_LAYERS = [
                               "groups-dilated-float32", "groups-grad-weight-float32", "dilated-stride-1-nhwc-float32",
                               "dilated-stride-1-float64", "1x7-float32", "2x2-nhwc-float64",
                               "rows-in-padding-float64", "strided-rows-in-padding-float32", "strided-batch-1-float64",
-                              "7x7-batch-1-nhwc-float32"])
+                              "7x7-batch-1-nhwc-float32", "columns-in-padding-float32",
+                              "columns-in-padding-nhwc-float64", "1x5-columns-in-padding-nhwc-float32"])
 def test_channels_last_gemm_layers(conv, dtype, path):
     output = check_layer_on_path(conv, dtype, path)[0]
     assert output.is_contiguous(memory_format=torch.channels_last) == (conv.layout == "channels_last")
