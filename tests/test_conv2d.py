@@ -633,15 +633,21 @@ def test_grouped_layers_take_the_channels_last_gemm(conv):
     (Conv(1, 160, 160, (20, 20), (3, 3), (1, 1), (2, 2), (2, 2), 1, False), ["output"], ["grad_weight"]),
     (Conv(1, 64, 40, (28, 26), (3, 3), (2, 2), (1, 1), (1, 1), 1, True), NAMES[:3], []),
     (Conv(1, 120, 64, (24, 24), (3, 3), (2, 2), (1, 1), (1, 1), 1, True), [], ["output"]),
+    (Conv(4, 192, 192, (17, 17), (7, 1), (1, 1), (3, 0), (1, 1), 1, True), NAMES[:3], []),
+    (Conv(2, 192, 192, (17, 17), (7, 1), (1, 1), (3, 0), (1, 1), 1, True), NAMES[:2], ["grad_weight"]),
+    (Conv(8, 320, 320, (14, 14), (3, 3), (1, 1), (2, 2), (2, 2), 1, True), NAMES[:2], ["grad_weight"]),
 ], ids=["dilated-33-channels", "dilated-16-channels", "7x7", "1x7", "2x2", "7x7-batch-1", "1x3-few-pixels",
-        "dilated-many-channels", "strided-batch-1", "strided-long-patch"])
+        "dilated-many-channels", "strided-batch-1", "strided-long-patch", "7x1-192-channels", "7x1-few-pixels",
+        "dilated-320-channels"])
 def test_channels_last_gemm_takes_layers_by_shape(conv, on_channels_last_gemm, on_mkl):
     """Stride-1 layers which Winograd does not take (dilated ones, kernels other than 3x3 and
     5x5) run on the channels-last GEMM (stride_one_channels_last_gemm_may_pay_off) from 32 input
     channels, with more than 1024 output pixels in the batch or at least as many as output
     channels (pixels_repay_packed_filters; at batch 1: 440 pixels for 36 channels, but not 64
     for 160); and their weight gradients from 16 channels, with 32 pixels in the batch per input
-    channel or at most 128 output channels (not 160 channels with 400 pixels). Strided layers
+    channel or at most 128 output channels (not 160 channels with 400 pixels), or up to 256 input
+    channels with 4 pixels per channel (192 channels with 1156 pixels, not 578; not 320 channels
+    with 1568). Strided layers
     of few pixels too where those repay the filters and the patch is shorter than 1024 (182
     pixels for 40 channels with 576-long patches, but not 1080-long ones). No BLAS call there,
     where im2col+MKL had been (mutation-checked: without the rules each of them calls baddbmm_

@@ -389,13 +389,18 @@ bool channels_last_gemm_grad_weight_pays_off(const Conv2dGeometry& g) {
   // The weight gradients of stride-1 layers Winograd does not take (stride_one_channels_last_gemm_may_pay_off)
   // with 32 pixels in the batch per input channel or more, or at most 128 output channels (the
   // rows of im2col+MKL's product, too few to repay its copy of every tap), measured at batch 8
-  // (3x3 dilated by 2): 16 @64 3.3x faster, 32 @56 1.75x, 64 @56 1.35x, 128 @28 1.07x; with fewer
-  // pixels and more channels MKL's longer products win (256 @28 alike, 256 @14 0.9x, 512 @14
-  // 0.77x); and in ratios to torch, forward and weight gradient: 7x7 64 @28 at batch 1 0.55x ->
-  // 0.91x, 64 @14 0.75x -> 0.86x, 128 @14 at batch 8 0.64x -> 0.81x.
+  // (3x3 dilated by 2): 16 @64 3.3x faster, 32 @56 1.75x, 64 @56 1.35x, 128 @28 1.07x; and in
+  // ratios to torch, forward and weight gradient: 7x7 64 @28 at batch 1 0.55x -> 0.91x, 64 @14
+  // 0.75x -> 0.86x, 128 @14 at batch 8 0.64x -> 0.81x. Up to 256 input channels 4 pixels per
+  // channel are enough since it skips the padding's kernel rows (Xeon, AVX-512, weight gradient
+  // alone, against im2col+MKL): 3x3 dilated by 2 256 @28 and @14 at batch 8 1.12x and 1.07x
+  // faster, Inception's 7x1 192 @17 at batch 8 and 4 1.23x and 1.17x, 1x7 160 @17 1.14x, 7x7 256
+  // @14 1.04x; 3 per channel alike (256 @14 at batch 4, @28 at batch 1). More channels lose
+  // (dilated 384 @14 and 512 @14 at batch 8 0.93x and 0.73x, 1x3 and 3x1 384 @8 0.79x).
   const bool stride_one = stride_one_channels_last_gemm_may_pay_off(g) &&
                           std::min(g.in_channels, g.out_channels) >= kChannelsLastGemmChannels &&
-                          (pixels >= 32 * g.in_channels || g.out_channels <= 128);
+                          (pixels >= 32 * g.in_channels || g.out_channels <= 128 ||
+                           (g.in_channels <= 256 && pixels >= 4 * g.in_channels));
   return few_channels || grouped || pointwise || stride_one || strided_channels_last_gemm_pays_off(g);
 }
 
