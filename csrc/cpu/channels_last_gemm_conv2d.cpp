@@ -396,7 +396,7 @@ at::Tensor pointwise_product(const at::Tensor& rows, const at::Tensor& packed, i
 
 bool channels_last_gemm_available() { return use_avx2(); }
 
-at::Tensor channels_last_gemm_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
+at::Tensor channels_last_gemm_conv2d_forward(const at::Tensor& input, const at::Tensor& weight, FilterOrder order,
                                              const at::Tensor& bias, const Conv2dGeometry& g,
                                              at::MemoryFormat result_format) {
   TORCH_INTERNAL_ASSERT(g.in_channels > 0);
@@ -412,9 +412,14 @@ at::Tensor channels_last_gemm_conv2d_forward(const at::Tensor& input, const at::
     const BandMoves<scalar_t, io_t> write_y;
     const int64_t C = one.in_channels, K = one.out_channels, panels = (K + W - 1) / W, out_pixel = panels * W;
     const int64_t filter = g.kernel_h * g.kernel_w;
+    // Column k, step (tap, c): weight[group * K + k][c][tap] as given; flipped and transposed,
+    // weight[group * C + c][k][filter - 1 - tap].
+    const bool flipped = order == FilterOrder::flipped_transposed;
     std::vector<int64_t> taps(filter);
     std::iota(taps.begin(), taps.end(), int64_t{0});
-    const at::Tensor packed = pack_panels<scalar_t>(weight, g.groups, K * C * filter, K, C * filter, C, filter, taps);
+    if (flipped) std::reverse(taps.begin(), taps.end());
+    const at::Tensor packed = pack_panels<scalar_t>(weight, g.groups, K * C * filter, K, flipped ? filter : C * filter, C,
+                                                    flipped ? K * filter : filter, taps);
     const Bands bands = Bands::of_output(one, out_pixel, sizeof(scalar_t));
     const int64_t band_w = Bands::input_width(one), rows = bands.rows, bands_per_image = bands.per_image;
     const auto input_rows = [&](int64_t r) { return Bands::input_rows(one, r); };

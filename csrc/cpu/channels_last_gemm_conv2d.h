@@ -15,10 +15,10 @@ namespace conv_ext {
 bool channels_last_gemm_available();
 
 // The forward (any groups, at least one input channel): the input dense NCHW or NHWC, float64,
-// float32, float16 or bfloat16; the weight contiguous and bias (possibly undefined) in the type
-// computed in (float32 for float16 and bfloat16, which are widened as read). The result in the
-// input's dtype (rounded once) and result_format.
-at::Tensor channels_last_gemm_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
+// float32, float16 or bfloat16; the weight contiguous, read in the given order, and bias
+// (possibly undefined) in the type computed in (float32 for float16 and bfloat16, which are
+// widened as read). The result in the input's dtype (rounded once) and result_format.
+at::Tensor channels_last_gemm_conv2d_forward(const at::Tensor& input, const at::Tensor& weight, FilterOrder order,
                                              const at::Tensor& bias, const Conv2dGeometry& g,
                                              at::MemoryFormat result_format);
 

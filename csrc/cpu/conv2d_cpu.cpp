@@ -596,6 +596,14 @@ Tensor winograd_forward(const Tensor& input, const Tensor& weight, FilterOrder o
   return finish(output, input.scalar_type(), result_format);
 }
 
+// The forward on the channels-last GEMM, reading the weight in the given order.
+Tensor channels_last_gemm_forward(const Tensor& input, const Tensor& weight, FilterOrder order, const Tensor& bias,
+                                  const Conv2dGeometry& g, at::MemoryFormat result_format) {
+  const Tensor output = channels_last_gemm_conv2d_forward(band_operand(input), compute_operand(weight), order,
+                                                          compute_operand(bias), g, result_format);
+  return finish(output, input.scalar_type(), result_format);
+}
+
 Tensor forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
                const Conv2dGeometry& g, at::MemoryFormat result_format) {
   if (bf16_pairs_chosen(g, input.scalar_type())) {
@@ -614,9 +622,7 @@ Tensor forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
   const Algorithm algorithm = choose_algorithm(g);
   if (algorithm == Algorithm::winograd) return winograd_forward(input, weight, FilterOrder::as_given, bias, g, result_format);
   if (algorithm == Algorithm::gemm && channels_last_gemm_pays_off(g)) {
-    const Tensor x = band_operand(input);
-    const Tensor output = channels_last_gemm_conv2d_forward(x, compute_operand(weight), compute_operand(bias), g, result_format);
-    return finish(output, input.scalar_type(), result_format);
+    return channels_last_gemm_forward(input, weight, FilterOrder::as_given, bias, g, result_format);
   }
   const bool reads_reduced = algorithm == Algorithm::direct && direct_forward_reads_reduced(g);
   const Tensor x = reads_reduced ? input.contiguous() : compute_operand(input);
@@ -820,7 +826,13 @@ Tensor conv2d_grad_input_cpu(const Tensor& grad_output, const Tensor& weight,
                                                           FilterOrder::flipped_transposed, Tensor(), t);
       return finish(grad_input, grad_output.scalar_type(), result_format);
     }
-    if (flipping_pays_off(g)) return forward(grad_output, flipped_transposed_filters(weight, g), Tensor(), t, result_format);
+    if (flipping_pays_off(g)) {
+      // The channels-last GEMM packs the filters flipped as it reads them: no copy first.
+      if (choose_algorithm(t) == Algorithm::gemm && channels_last_gemm_pays_off(t)) {
+        return channels_last_gemm_forward(grad_output, weight, FilterOrder::flipped_transposed, Tensor(), t, result_format);
+      }
+      return forward(grad_output, flipped_transposed_filters(weight, g), Tensor(), t, result_format);
+    }
   }
   // Per stride phase on the tiles; on the vectors the phases' small forwards lose to the widened
   // paths (Zen 5, 3x3/2 128->256 @28 at batch 1: 1.0 against 0.68 ms; level at batch 8).
