@@ -177,20 +177,23 @@ struct TileGrid {
 
 // Work comes in chunks of whole rows of tiles, numbered across the batch: the chunk's
 // transformed blocks in cache, but enough tiles that the GEMMs repay packing their operands,
-// and the same number of chunks for every thread (measured: 3 chunks on 2 threads cost 1.3x).
+// and the same number of chunks for every thread (measured: 3 chunks on 2 threads cost 1.3x),
+// their rows as even as they come, so that each thread's run of chunks has as many rows as the
+// others' but one (14 rows in 4 chunks: 3, 4, 3, 4; as 4, 4, 4, 2 one thread had taken 8 rows,
+// the other 6).
 struct Chunks {
-  int64_t tile_rows, rows_per_chunk, count;
+  int64_t tile_rows, rows_per_chunk, count;  // rows_per_chunk: the most rows of a chunk
   Chunks(const Conv2dGeometry& g, const TileGrid& grid) : tile_rows(g.batch * grid.rows) {
     const int64_t channels = g.in_channels + g.out_channels;
     const int64_t wanted_tiles = std::max(kMinChunk, kChunkElements / (kElements * channels));
     const int64_t threads = at::get_num_threads();
     const int64_t wanted_rows = std::max<int64_t>(1, wanted_tiles / grid.cols);
     const int64_t balanced = threads * ((tile_rows + threads * wanted_rows - 1) / (threads * wanted_rows));
-    rows_per_chunk = (tile_rows + balanced - 1) / balanced;
-    count = (tile_rows + rows_per_chunk - 1) / rows_per_chunk;
+    count = std::max<int64_t>(1, std::min(balanced, tile_rows));
+    rows_per_chunk = (tile_rows + count - 1) / count;
   }
-  int64_t first_row(int64_t chunk) const { return chunk * rows_per_chunk; }
-  int64_t rows(int64_t chunk) const { return std::min(rows_per_chunk, tile_rows - first_row(chunk)); }
+  int64_t first_row(int64_t chunk) const { return chunk * tile_rows / count; }
+  int64_t rows(int64_t chunk) const { return first_row(chunk + 1) - first_row(chunk); }
 };
 
 // Pointers to tile t's 36 elements in a transformed buffer (36, count, channels), from
