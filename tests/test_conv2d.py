@@ -1045,6 +1045,17 @@ def test_channels_last_gemm_layers(conv, dtype, path):
     assert output.is_contiguous(memory_format=torch.channels_last) == (conv.layout == "channels_last")
 
 
+# At batch 1 the channels-last GEMM cuts each image into as many bands of rows as give every
+# thread the same share, their rows as even as they come (Bands): on 2 threads, 23 output rows
+# whose bands hold at most 10 (a dilated 3x3, 96 -> 64 channels, rows 120 wide) are 4 bands of 5
+# and 6 rows (3 bands of 8, 8 and 7 had left one thread 16 rows, the other 7), forward and both
+# gradients.
+@pytest.mark.parametrize("path", [p for p in FORCED_CPU_PATHS if p.startswith("gemm")])
+def test_channels_last_gemm_bands_share_rows_evenly(path):
+    with num_threads(2):
+        check_layer_on_path(Conv(1, 96, 64, (23, 120), (3, 3), (1, 1), (2, 2), (2, 2), 1, True), torch.float32, path)
+
+
 # The weight gradient of few input channels (1 to 15, with at least 16 output channels) runs on
 # the channels-last GEMM at any stride, its products' rows a kernel row's taps times the
 # channels: a 5x5 kernel with dilation (1, 2) (one tap per run), output channels in three panels

@@ -32,20 +32,33 @@ namespace {
 // to the output.
 constexpr int64_t kBandBytes = int64_t{1} << 20;
 
-// Bands of `rows` rows (of the output, or of the input gradient), `per_image` of them per image
-// of `height` rows: the most rows, up to max_rows, whose band takes at most kBandBytes
-// (bytes_per_row per row, on top of fixed_bytes), then as even as they come with at least one
-// band per thread.
+// Bands of at most `rows` rows (of the output, or of the input gradient), `per_image` of them per
+// image of `height` rows: the most rows, up to max_rows, whose band takes at most kBandBytes
+// (bytes_per_row per row, on top of fixed_bytes), with at least one band per thread; where the
+// batch has few bands, as many per image as make every thread's share the same (at batch 1 on 2
+// threads, 3 bands had left one thread twice the other's rows); and their rows as even as they
+// come (first).
 struct Bands {
-  int64_t rows, per_image;
+  int64_t height_, rows, per_image;
 
-  Bands(int64_t height, int64_t batch, int64_t max_rows, int64_t bytes_per_row, int64_t fixed_bytes) {
+  Bands(int64_t height, int64_t batch, int64_t max_rows, int64_t bytes_per_row, int64_t fixed_bytes) : height_(height) {
     rows = std::clamp<int64_t>(max_rows, 1, height);
     while (rows > 1 && rows * bytes_per_row + fixed_bytes > kBandBytes) --rows;
-    const int64_t wanted = std::max((height + rows - 1) / rows, (at::get_num_threads() + batch - 1) / batch);
-    rows = (height + wanted - 1) / wanted;
-    per_image = (height + rows - 1) / rows;
+    const int64_t threads = at::get_num_threads();
+    per_image = std::min(height, std::max((height + rows - 1) / rows, (threads + batch - 1) / batch));
+    if (batch * per_image < 4 * threads) {
+      for (int64_t more = per_image; more <= std::min(height, 2 * per_image); ++more) {
+        if (batch * more % threads == 0) {
+          per_image = more;
+          break;
+        }
+      }
+    }
+    rows = (height + per_image - 1) / per_image;
   }
+  // The first row of band b of an image, and its rows.
+  int64_t first(int64_t b) const { return b * height_ / per_image; }
+  int64_t rows_of(int64_t b) const { return first(b + 1) - first(b); }
   // Bands of output rows whose input rows (channels-innermost) and output rows (out_pixel
   // values per pixel) stay in L2.
   static Bands of_output(const Conv2dGeometry& g, int64_t out_pixel, int64_t element_size) {
@@ -440,8 +453,8 @@ at::Tensor channels_last_gemm_conv2d_forward(const at::Tensor& input, const at::
     at::parallel_for(0, one.batch * bands_per_image, 1, [&](int64_t begin, int64_t end) {
       AlignedVector<scalar_t> in_band(input_rows(rows) * band_w * C), out_band(rows * one.out_w * out_pixel);
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t p = task / bands_per_image, oh0 = task % bands_per_image * rows, group = x_layout.group(p);
-        const int64_t band_rows = std::min(rows, one.out_h - oh0);
+        const int64_t p = task / bands_per_image, oh0 = bands.first(task % bands_per_image), group = x_layout.group(p);
+        const int64_t band_rows = bands.rows_of(task % bands_per_image);
         fill_band(read_x, x + x_layout.offset(p), x_layout.layout, x_layout.image(p), oh0 * one.stride_h - one.pad_h,
                   input_rows(band_rows), -one.pad_w, band_w, in_band.data());
         forward_band(kernel, in_band.data(), band_w, w + group * panels * C * filter * W, panels, offsets.data(),
@@ -553,8 +566,8 @@ at::Tensor channels_last_gemm_conv2d_grad_input(const at::Tensor& grad_output, c
     at::parallel_for(0, one.batch * bands_per_image, 1, [&](int64_t begin, int64_t end) {
       AlignedVector<scalar_t> gy_band(((rows - 1) / sh + top + 2) * band_row), out_band(rows * g.in_w * in_pixel);
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t p = task / bands_per_image, ih0 = task % bands_per_image * rows, group = gy_layout.group(p);
-        const int64_t band_rows = std::min(rows, g.in_h - ih0);
+        const int64_t p = task / bands_per_image, ih0 = bands.first(task % bands_per_image), group = gy_layout.group(p);
+        const int64_t band_rows = bands.rows_of(task % bands_per_image);
         const int64_t q0 = (ih0 + g.pad_h) / sh - top, q1 = (ih0 + band_rows - 1 + g.pad_h) / sh;  // grad_output rows
         fill_band(read_gy, gy + gy_layout.offset(p), gy_layout.layout, gy_layout.image(p), q0, q1 - q0 + 1, -left, band_w,
                   gy_band.data());
@@ -644,8 +657,8 @@ at::Tensor channels_last_gemm_conv2d_grad_weight(const at::Tensor& input, const 
       AlignedVector<scalar_t> gy_band(panels * rows * g.out_w * W);  // [panel][pixel][column]; zero past K
       std::vector<int64_t> offsets(rows * g.out_w);
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t p = task / bands_per_image, oh0 = task % bands_per_image * rows;
-        const int64_t band_rows = std::min(rows, g.out_h - oh0), pixels = band_rows * g.out_w;
+        const int64_t p = task / bands_per_image, oh0 = bands.first(task % bands_per_image);
+        const int64_t band_rows = bands.rows_of(task % bands_per_image), pixels = band_rows * g.out_w;
         fill_band(read, x + x_layout.offset(p), x_layout.layout, x_layout.image(p), oh0 * g.stride_h - g.pad_h,
                   input_rows(band_rows), -g.pad_w, band_w, in_band.data());
         for (int64_t q = 0; q < pixels; ++q) offsets[q] = ((q / g.out_w * g.stride_h) * band_w + q % g.out_w * g.stride_w) * C;
