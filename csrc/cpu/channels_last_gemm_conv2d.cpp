@@ -39,9 +39,9 @@ constexpr int64_t kBandBytes = int64_t{1} << 20;
 // threads, 3 bands had left one thread twice the other's rows); and their rows as even as they
 // come (first).
 struct Bands {
-  int64_t height_, rows, per_image;
+  int64_t height, rows, per_image;
 
-  Bands(int64_t height, int64_t batch, int64_t max_rows, int64_t bytes_per_row, int64_t fixed_bytes) : height_(height) {
+  Bands(int64_t height, int64_t batch, int64_t max_rows, int64_t bytes_per_row, int64_t fixed_bytes) : height(height) {
     rows = std::clamp<int64_t>(max_rows, 1, height);
     while (rows > 1 && rows * bytes_per_row + fixed_bytes > kBandBytes) --rows;
     const int64_t threads = at::get_num_threads();
@@ -57,7 +57,7 @@ struct Bands {
     rows = (height + per_image - 1) / per_image;
   }
   // The first row of band b of an image, and its rows.
-  int64_t first(int64_t b) const { return b * height_ / per_image; }
+  int64_t first(int64_t b) const { return b * height / per_image; }
   int64_t rows_of(int64_t b) const { return first(b + 1) - first(b); }
   // Bands of output rows whose input rows (channels-innermost) and output rows (out_pixel
   // values per pixel) stay in L2.

@@ -363,6 +363,12 @@ bool channels_last_gemm_pays_off(const Conv2dGeometry& g) {
   return strided_channels_last_gemm_pays_off(g) || grouped_channels_last_pays_off(g) || stride_one;
 }
 
+// Whether g's forward (or, at strides above 1, its input gradient) runs on the channels-last
+// GEMM: the GEMM path chosen, or forced, and the GEMM's rules met.
+bool channels_last_gemm_chosen(const Conv2dGeometry& g) {
+  return choose_algorithm(g) == Algorithm::gemm && channels_last_gemm_pays_off(g);
+}
+
 // The weight gradient runs there too for few input channels (up to 15) and at least 16 output
 // channels, at any stride: its products' rows are a kernel row's taps times the channels, which
 // the stem's 7 x 3 fill where the other paths' panels of its 3 channels stay mostly empty
@@ -621,7 +627,7 @@ Tensor forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
   }
   const Algorithm algorithm = choose_algorithm(g);
   if (algorithm == Algorithm::winograd) return winograd_forward(input, weight, FilterOrder::as_given, bias, g, result_format);
-  if (algorithm == Algorithm::gemm && channels_last_gemm_pays_off(g)) {
+  if (channels_last_gemm_chosen(g)) {
     return channels_last_gemm_forward(input, weight, FilterOrder::as_given, bias, g, result_format);
   }
   const bool reads_reduced = algorithm == Algorithm::direct && direct_forward_reads_reduced(g);
@@ -828,7 +834,7 @@ Tensor conv2d_grad_input_cpu(const Tensor& grad_output, const Tensor& weight,
     }
     if (flipping_pays_off(g)) {
       // The channels-last GEMM packs the filters flipped as it reads them: no copy first.
-      if (choose_algorithm(t) == Algorithm::gemm && channels_last_gemm_pays_off(t)) {
+      if (channels_last_gemm_chosen(t)) {
         return channels_last_gemm_forward(grad_output, weight, FilterOrder::flipped_transposed, Tensor(), t, result_format);
       }
       return forward(grad_output, flipped_transposed_filters(weight, g), Tensor(), t, result_format);
@@ -842,7 +848,7 @@ Tensor conv2d_grad_input_cpu(const Tensor& grad_output, const Tensor& weight,
   // Not at stride 1: grouped layers reach here then with fewer pixels than output channels per
   // group (flipping_pays_off), where col2im measured faster (64 channels per group @7 at batch
   // 1: 1.2x).
-  if (!g.unit_stride() && choose_algorithm(g) == Algorithm::gemm && channels_last_gemm_pays_off(g)) {
+  if (!g.unit_stride() && channels_last_gemm_chosen(g)) {
     const Tensor gy = band_operand(grad_output);
     return finish(channels_last_gemm_conv2d_grad_input(gy, compute_operand(weight), g, result_format),
                   grad_output.scalar_type(), result_format);
