@@ -387,13 +387,36 @@ def test_winograd_output_channel_slices(path):
         assert_scaled_close(a, e, tol, name, scale)
 
 
+@pytest.mark.parametrize("path", ["winograd", "winograd-avx2-isa"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_winograd_by_panels_in_channel_blocks(dtype):
+def test_winograd_by_panels_in_channel_blocks(dtype, path):
     """4 tiles run by panels of output channels; 260 input channels' transformed filters (and
-    250 for the input gradient) outgrow half an L2 and are multiplied in blocks (with a 1 MiB L2
-    on up to four threads three, of 87 or 84 channels, on more two; with 2 MiB two, of 130 or
-    125): no whole number of the transpose's 16."""
+    250 for the input gradient) are multiplied in blocks, no whole number of the transpose's 16:
+    on the AVX2 build's GEMMs, whose filters outgrow half an L2 (with a 1 MiB L2 on up to four
+    threads three blocks, of 87 or 84 channels, on more two; with 2 MiB two, of 130 or 125); on
+    AVX-512, with the filters' rows made in registers, blocks of 32 (the last 4, or 26)."""
     conv = Conv(1, 260, 250, (7, 6), (3, 3), (1, 1), (1, 1), (1, 1), 1, True)
+    check_layer_on_path(conv, dtype, path)
+
+
+# Up to 8 tiles, where the build has the registers (AVX-512), Winograd's forward and input
+# gradient make each row of the transformed filters in registers as the products use it
+# (multiply_by_filter_rows): whole rows of 6 elements for up to 4 tiles, half rows of 3 for 5 to
+# 8. 70 input channels in blocks of 32 (the last 6; the transposes' blocks of 16 not whole
+# either), 40 output channels (the last panel half full).
+FILTER_ROW_LAYERS = {
+    "1-tile": Conv(1, 70, 40, (4, 4), (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
+    "4-tiles": Conv(1, 70, 40, (7, 7), (3, 3), (1, 1), (1, 1), (1, 1), 1, True, "channels_last"),
+    "5-tiles": Conv(1, 70, 40, (4, 20), (3, 3), (1, 1), (1, 1), (1, 1), 1, False),
+    "8-tiles": Conv(2, 70, 40, (7, 7), (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
+    "5x5-4-tiles": Conv(1, 70, 40, (4, 4), (5, 5), (1, 1), (2, 2), (1, 1), 1, True),
+    "5x5-6-tiles": Conv(1, 70, 40, (6, 4), (5, 5), (1, 1), (2, 2), (1, 1), 1, False),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("conv", FILTER_ROW_LAYERS.values(), ids=FILTER_ROW_LAYERS.keys())
+def test_winograd_few_tiles_make_filter_rows_in_registers(conv, dtype):
     check_layer_on_path(conv, dtype, "winograd")
 
 

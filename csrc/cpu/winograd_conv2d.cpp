@@ -13,16 +13,18 @@
 //
 // Interpolation points 0, +-sqrt(2)/2, +-sqrt(2) (and infinity) rather than the usual 0, +-1,
 // +-2: the smaller spread of the transform entries keeps the float32 error at ~1-2e-6 of the
-// result's scale instead of ~7e-6. B^T's rows are rescaled to entries of magnitude <= 2.5 and
-// G's rows divided by the same factors. B^T depends only on the points, so both kernel sizes
-// share it; A^T[i][e] = p_e^i and G[e][k] = s_e p_e^k (with the infinite point's row and column
-// the unit vector at the end).
+// result's scale instead of ~7e-6. B^T's rows are rescaled to entries of magnitude <= 2.5, and
+// A^T's columns take the inverse factors. B^T depends only on the points, so both kernel sizes
+// share it; A^T[i][e] = s_e p_e^i and G[e][k] = p_e^k (with the infinite point's row and column
+// the unit vector at the end): G's rows start with 1, which spares the filter transforms a
+// multiplication per pair of rows.
 #include "winograd_conv2d.h"
 
 #include "aligned_vector.h"
 #include "bands.h"
 #include "cpu_features.h"
 #include "micro_kernel.h"
+#include "vec.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -53,17 +55,17 @@ struct Matrices;
 template <>
 struct Matrices<3> {
   static constexpr double output[4][6] = {  // A^T
-      {1, 1, 1, 1, 1, 0},
-      {0, r, -r, 2 * r, -2 * r, 0},
-      {0, 0.5, 0.5, 2, 2, 0},
-      {0, r / 2, -r / 2, 4 * r, -4 * r, 1},
+      {1, 4.0 / 3, 4.0 / 3, 1.0 / 6, 1.0 / 6, 0},
+      {0, 4 * r / 3, -4 * r / 3, r / 3, -r / 3, 0},
+      {0, 2.0 / 3, 2.0 / 3, 1.0 / 3, 1.0 / 3, 0},
+      {0, 2 * r / 3, -2 * r / 3, 2 * r / 3, -2 * r / 3, 1},
   };
   static constexpr double filter[6][3] = {  // G
       {1, 0, 0},
-      {4.0 / 3, 4 * r / 3, 2.0 / 3},
-      {4.0 / 3, -4 * r / 3, 2.0 / 3},
-      {1.0 / 6, r / 3, 1.0 / 3},
-      {1.0 / 6, -r / 3, 1.0 / 3},
+      {1, r, 0.5},
+      {1, -r, 0.5},
+      {1, 2 * r, 2},
+      {1, -2 * r, 2},
       {0, 0, 1},
   };
 };
@@ -71,21 +73,22 @@ struct Matrices<3> {
 template <>
 struct Matrices<5> {
   static constexpr double output[2][6] = {  // A^T
-      {1, 1, 1, 1, 1, 0},
-      {0, r, -r, 2 * r, -2 * r, 1},
+      {1, 4.0 / 3, 4.0 / 3, 1.0 / 6, 1.0 / 6, 0},
+      {0, 4 * r / 3, -4 * r / 3, r / 3, -r / 3, 1},
   };
   static constexpr double filter[6][5] = {  // G
       {1, 0, 0, 0, 0},
-      {4.0 / 3, 4 * r / 3, 2.0 / 3, 2 * r / 3, 1.0 / 3},
-      {4.0 / 3, -4 * r / 3, 2.0 / 3, -2 * r / 3, 1.0 / 3},
-      {1.0 / 6, r / 3, 1.0 / 3, 2 * r / 3, 2.0 / 3},
-      {1.0 / 6, -r / 3, 1.0 / 3, -2 * r / 3, 2.0 / 3},
+      {1, r, 0.5, r / 2, 0.25},
+      {1, -r, 0.5, -r / 2, 0.25},
+      {1, 2 * r, 2, 4 * r, 4},
+      {1, -2 * r, 2, -4 * r, 4},
       {0, 0, 0, 0, 1},
   };
 };
 
 // The structure apply_filter_matrix relies on: G's first and last rows pick the first and last
-// tap, and rows 1 and 2, and 3 and 4, are equal but for the sign of their odd columns.
+// tap, and rows 1 and 2, and 3 and 4, are equal but for the sign of their odd columns and start
+// with 1 (their even parts one multiplication short).
 template <int R>
 constexpr bool filter_rows_pair_up() {
   constexpr auto& G = Matrices<R>::filter;
@@ -94,11 +97,14 @@ constexpr bool filter_rows_pair_up() {
     pairs = pairs && G[0][i] == (i == 0) && G[5][i] == (i == R - 1);
     for (int p = 1; p < 5; p += 2) pairs = pairs && G[p + 1][i] == (i % 2 == 0 ? G[p][i] : -G[p][i]);
   }
+  for (int p = 1; p < 5; ++p) pairs = pairs && G[p][0] == 1;
   return pairs;
 }
 static_assert(filter_rows_pair_up<3>() && filter_rows_pair_up<5>());
 
-// Pointers to the transforms of one instruction set (the .inc fills them in).
+// Pointers to the transforms of one instruction set (the .inc fills them in). The few-tile
+// forward's kernels (filter_rows, multiply_by_filter_rows) only where filter_row_tiles > 0: up
+// to that many tiles at a time.
 template <int R, typename scalar_t>
 struct Transforms {
   static constexpr int M = 7 - R;
@@ -108,9 +114,20 @@ struct Transforms {
   void (*output)(const scalar_t* const (&)[36], const scalar_t*, scalar_t* const (&)[M][M], scalar_t*, int64_t);
   void (*grad_output)(const scalar_t* const (&)[M][M], scalar_t* const (&)[36], scalar_t*, int64_t);
   Transpose<scalar_t> transpose;
+  void (*filter_rows)(const scalar_t*, int64_t, scalar_t*, int64_t) = nullptr;
+  void (*multiply_by_filter_rows)(const scalar_t*, int64_t, int64_t, const scalar_t*, int64_t, int64_t, scalar_t*, int64_t,
+                                  bool) = nullptr;
+  int filter_row_tiles = 0;
 };
 
+// The sums multiply_by_filter_row keeps in registers (the elements of a row or half a row of U
+// times the tiles): 24 of AVX-512's 32 registers. The AVX2 and baseline builds have none: with
+// AVX2's 16 registers the few-tile forward lost to the GEMMs (measured, 3x3 512 @7 at batch 1:
+// 1.13x -> 1.06x torch).
 namespace generic {
+constexpr int kFilterRowSums = 0;
+template <typename scalar_t>
+struct Vec;  // none: the baseline build runs no kernel on vectors
 using ::conv_ext::generic::transpose;
 #include "winograd_transforms.inc"
 }  // namespace generic
@@ -118,7 +135,9 @@ using ::conv_ext::generic::transpose;
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace avx2 {
+constexpr int kFilterRowSums = 0;
 using ::conv_ext::avx2::transpose;
+using ::conv_ext::avx2::Vec;
 #include "winograd_transforms.inc"
 }  // namespace avx2
 #pragma GCC pop_options
@@ -126,7 +145,9 @@ using ::conv_ext::avx2::transpose;
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx2,fma,prefer-vector-width=512")
 namespace avx512 {
+constexpr int kFilterRowSums = 24;
 using ::conv_ext::avx512::transpose;
+using ::conv_ext::avx512::Vec;
 #include "winograd_transforms.inc"
 }  // namespace avx512
 #pragma GCC pop_options
@@ -248,17 +269,18 @@ struct FilterSource {
         c_stride(weight.stride(reversed ? 0 : 1)) {}
 };
 
-// The transforms of one panel's filters (output channels panel * width + j, j < width) of input
-// channels c_first + c, c < C, packed as the B operand of the forward's GEMMs:
-// u[e * e_stride + c * width + j] = (G w[k, c_first + c] G^T)[e], zero past the last channel.
-// The filters are regrouped by input channel and tap first, by block transposes in L1 (a few
-// channels at a time where their taps are contiguous), so that each transform runs across the
-// panel's output channels and writes rows of u whole. (Element by element, into one buffer for
-// all channels, the regrouping took longer than the transforms: 512 channels at 7x7.)
-template <int R, typename scalar_t>
-void transform_filter_panel(const Transforms<R, scalar_t>& transforms, const FilterSource<scalar_t>& f, int64_t c_first,
-                            int64_t C, int64_t K, int64_t panel, int64_t width, scalar_t* u, int64_t e_stride,
-                            AlignedVector<scalar_t>& grouped) {
+// The filters of one panel (output channels panel * width + j, j < width) of input channels
+// c_first + c, c < C, a block of channels at a time: per_block(c0, n, wt) for channels c0 + c, c
+// < n, with wt[c][tap][j] = w[panel * width + j, c_first + c0 + c][tap], zero past the last
+// filter. The filters are regrouped by input channel
+// and tap by block transposes in L1 (a few channels at a time where their taps are contiguous),
+// so that the transforms run across the panel's output channels and write whole rows. (Element
+// by element, into one buffer for all channels, the regrouping took longer than the transforms:
+// 512 channels at 7x7.)
+template <int R, typename scalar_t, typename PerBlock>
+void for_each_filter_block(const Transforms<R, scalar_t>& transforms, const FilterSource<scalar_t>& f,
+                           int64_t c_first, int64_t C, int64_t K, int64_t panel, int64_t width,
+                           AlignedVector<scalar_t>& grouped, PerBlock&& per_block) {
   constexpr int64_t taps = R * R;
   const int64_t filters = std::min(width, K - panel * width);
   const int64_t block = f.c_stride == taps ? 16 : 1;  // channels regrouped at a time
@@ -284,8 +306,20 @@ void transform_filter_panel(const Transforms<R, scalar_t>& transforms, const Fil
     } else {  // grouped[c][tap][j] = w[panel * width + j][c0 + c][tap]
       transforms.transpose(w_block, f.k_stride, filters, channels * taps, grouped.data(), width, false);
     }
-    for (int64_t c = 0; c < channels; ++c) transforms.filter(&grouped[c * taps * width], u + (c0 + c) * width, e_stride);
+    per_block(c0, channels, grouped.data());
   }
+}
+
+// The transforms of one panel's filters of input channels c_first + c, c < C, packed as the B
+// operand of the forward's GEMMs: u[e * e_stride + c * width + j] = (G w[k, c_first + c] G^T)[e]
+// for output channel k = panel * width + j, zero past the last channel.
+template <int R, typename scalar_t>
+void transform_filter_panel(const Transforms<R, scalar_t>& transforms, const FilterSource<scalar_t>& f, int64_t c_first,
+                            int64_t C, int64_t K, int64_t panel, int64_t width, scalar_t* u, int64_t e_stride,
+                            AlignedVector<scalar_t>& grouped) {
+  for_each_filter_block(transforms, f, c_first, C, K, panel, width, grouped, [&](int64_t c0, int64_t channels, const scalar_t* wt) {
+    for (int64_t c = 0; c < channels; ++c) transforms.filter(wt + c * R * R * width, u + (c0 + c) * width, e_stride);
+  });
 }
 
 // The distance between the 36 elements' planes of transformed filters: a cache line more than a
@@ -520,11 +554,34 @@ struct BatchTiles {
         transforms(transforms_for_this_cpu<R, scalar_t>()), v(transform_batch_input<R, scalar_t, io_t>(transforms, input, g, grid)) {}
 };
 
+// V (36, tiles, C) regrouped by rows of elements for multiply_by_filter_rows: (6, C, 6, tiles),
+// element 6a + b's tile t of channel c at [a][c][b][t].
+template <int R, typename scalar_t>
+Tensor elements_by_rows(const Transforms<R, scalar_t>& transforms, const Tensor& v) {
+  const int64_t tiles = v.size(1), C = v.size(2);
+  Tensor rows = at::empty({6, C, 6, tiles}, v.options());
+  for (int64_t a = 0; a < 6; ++a) {
+    transforms.transpose(v.const_data_ptr<scalar_t>() + a * 6 * tiles * C, C, 6 * tiles, C,
+                         rows.mutable_data_ptr<scalar_t>() + a * C * 6 * tiles, 6 * tiles, false);
+  }
+  return rows;
+}
+
+// Input channels whose filters multiply_by_filter_rows takes at a time: their first-pass
+// transforms (6 x R runs of a panel each, 36 KiB at 3x3) stay in L1 while the six rows of
+// elements are made from them (measured, 3x3 512 @7 at batch 1: blocks of 16 channels 1.42x
+// torch, 32 1.50x, 64 1.47x).
+constexpr int64_t kFilterRowChannels = 32;
+
 // The forward for few tiles (a small batch of small images, deep layers): chunks of tiles would
 // leave each thread one chunk too small for its GEMMs, and every chunk reads all the
 // transformed filters from memory. Here the input is transformed once, whole, and the threads
 // split the output channels a panel at a time: each panel's filters are transformed in cache,
-// multiplied by every tile and transformed back into the output.
+// multiplied by every tile and transformed back into the output. With as few tiles as the
+// build's filter_row_tiles, the filters' second transform pass is made in registers as the
+// products use it (multiply_by_filter_rows), from their first pass in L1: there each filter's
+// 36 transformed elements serve only a few products, and storing them to L2 and reading them
+// back had cost more than the products (3x3 512 @7 at batch 1: forward 1.30x -> 1.50x torch).
 template <int R, typename scalar_t, typename io_t>
 void winograd_forward_by_panels(const Tensor& input, const Tensor& weight, FilterOrder order, const Tensor& bias,
                                 Tensor& output, const Conv2dGeometry& g) {
@@ -534,6 +591,8 @@ void winograd_forward_by_panels(const Tensor& input, const Tensor& weight, Filte
   const auto& [grid, tile_rows, tiles, band_w, transforms, v] = batch;
   const int64_t C = g.in_channels, K = g.out_channels;
   const scalar_t* v_data = v.template const_data_ptr<scalar_t>();
+  const bool filter_rows = tiles <= transforms.filter_row_tiles;
+  const Tensor v_rows = filter_rows ? elements_by_rows(transforms, v) : Tensor();
 
   const FilterSource<scalar_t> filters(weight, order);
   const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
@@ -543,21 +602,31 @@ void winograd_forward_by_panels(const Tensor& input, const Tensor& weight, Filte
   const BandMoves<scalar_t, io_t> write_y;
   // Units of the micro-kernel's panels, when there are enough to share evenly, else single ones.
   const int64_t panels = (K + width - 1) / width, kernel_panels = micro_kernel_for_this_cpu<scalar_t>().panels;
-  const int64_t step = panels >= 2 * at::get_num_threads() * kernel_panels ? kernel_panels : 1;
+  const int64_t step = !filter_rows && panels >= 2 * at::get_num_threads() * kernel_panels ? kernel_panels : 1;
   // Even blocks of input channels whose transformed filters (of a unit's panels) stay in L2
   // while the tiles are multiplied by them (all 512 channels' at once had come back from L3:
   // Zen 5, 512 @7 at batch 1 1.2x faster).
   const int64_t block_bytes = kElements * step * width * C * int64_t{sizeof(scalar_t)};
   const int64_t c_blocks = (block_bytes + filter_block_bytes() - 1) / filter_block_bytes();
-  const int64_t c_block = (C + c_blocks - 1) / c_blocks;
+  const int64_t c_block = filter_rows ? kFilterRowChannels : (C + c_blocks - 1) / c_blocks;
   at::parallel_for(0, (panels + step - 1) / step, 1, [&](int64_t begin, int64_t end) {
     const int64_t u_stride = filter_element_stride<scalar_t>(step * c_block * width);
-    AlignedVector<scalar_t> u(kElements * u_stride), p(kElements * tiles * step * width), band(M * band_w * width);
+    AlignedVector<scalar_t> u(filter_rows ? 6 * R * c_block * width : kElements * u_stride);
+    AlignedVector<scalar_t> p(kElements * tiles * step * width), band(M * band_w * width);
     AlignedVector<scalar_t> grouped, output_tmp(kElements * kLanes);
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t first = unit * step, count = std::min(step, panels - first);
       for (int64_t c0 = 0; c0 < C; c0 += c_block) {
         const int64_t channels = std::min(c_block, C - c0);
+        if (filter_rows) {  // one panel: gw (6, channels, R, width)
+          for_each_filter_block(transforms, filters, c0, channels, K, first, width, grouped,
+                                [&](int64_t c, int64_t n, const scalar_t* wt) {
+                                  transforms.filter_rows(wt, n, u.data() + c * R * width, channels * R * width);
+                                });
+          transforms.multiply_by_filter_rows(u.data(), channels, width, v_rows.const_data_ptr<scalar_t>() + c0 * 6 * tiles,
+                                             C * 6 * tiles, tiles, p.data(), width, c0 > 0);
+          continue;
+        }
         for (int64_t i = 0; i < count; ++i) {
           transform_filter_panel(transforms, filters, c0, channels, K, first + i, width, u.data() + i * channels * width,
                                  u_stride, grouped);
