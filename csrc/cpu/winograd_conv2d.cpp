@@ -270,13 +270,12 @@ struct FilterSource {
 };
 
 // The filters of one panel (output channels panel * width + j, j < width) of input channels
-// c_first + c, c < C, a block of channels at a time: per_block(c0, n, wt) for channels c0 + c, c
-// < n, with wt[c][tap][j] = w[panel * width + j, c_first + c0 + c][tap], zero past the last
-// filter. The filters are regrouped by input channel
-// and tap by block transposes in L1 (a few channels at a time where their taps are contiguous),
-// so that the transforms run across the panel's output channels and write whole rows. (Element
-// by element, into one buffer for all channels, the regrouping took longer than the transforms:
-// 512 channels at 7x7.)
+// c_first + c, c < C, a block of channels at a time: per_block(c0, n, wt) for channels c0 + c,
+// c < n, with wt[c][tap][j] = w[panel * width + j, c_first + c0 + c][tap], zero past the last
+// filter. The filters are regrouped by input channel and tap by block transposes in L1 (a few
+// channels at a time where their taps are contiguous), so that the transforms run across the
+// panel's output channels and write whole rows. (Element by element, into one buffer for all
+// channels, the regrouping took longer than the transforms: 512 channels at 7x7.)
 template <int R, typename scalar_t, typename PerBlock>
 void for_each_filter_block(const Transforms<R, scalar_t>& transforms, const FilterSource<scalar_t>& f,
                            int64_t c_first, int64_t C, int64_t K, int64_t panel, int64_t width,
