@@ -609,10 +609,14 @@ void winograd_forward_by_panels(const Tensor& input, const Tensor& weight, Filte
   const int64_t c_blocks = (block_bytes + filter_block_bytes() - 1) / filter_block_bytes();
   const int64_t c_block = filter_rows ? kFilterRowChannels : (C + c_blocks - 1) / c_blocks;
   at::parallel_for(0, (panels + step - 1) / step, 1, [&](int64_t begin, int64_t end) {
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;  // not inherited by workers
     const int64_t u_stride = filter_element_stride<scalar_t>(step * c_block * width);
-    AlignedVector<scalar_t> u(filter_rows ? 6 * R * c_block * width : kElements * u_stride);
-    AlignedVector<scalar_t> p(kElements * tiles * step * width), band(M * band_w * width);
-    AlignedVector<scalar_t> grouped, output_tmp(kElements * kLanes);
+    // The transformed filters and their products, written before they are read: uncleared.
+    Tensor u_buffer = at::empty({filter_rows ? 6 * R * c_block * width : kElements * u_stride}, compute_options<scalar_t>(input));
+    Tensor p_buffer = at::empty({kElements * tiles * step * width}, compute_options<scalar_t>(input));
+    scalar_t* u = u_buffer.mutable_data_ptr<scalar_t>();
+    scalar_t* p = p_buffer.mutable_data_ptr<scalar_t>();
+    AlignedVector<scalar_t> band(M * band_w * width), grouped, output_tmp(kElements * kLanes);
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t first = unit * step, count = std::min(step, panels - first);
       for (int64_t c0 = 0; c0 < C; c0 += c_block) {
@@ -620,17 +624,17 @@ void winograd_forward_by_panels(const Tensor& input, const Tensor& weight, Filte
         if (filter_rows) {  // one panel: gw (6, channels, R, width)
           for_each_filter_block(transforms, filters, c0, channels, K, first, width, grouped,
                                 [&](int64_t c, int64_t n, const scalar_t* wt) {
-                                  transforms.filter_rows(wt, n, u.data() + c * R * width, channels * R * width);
+                                  transforms.filter_rows(wt, n, u + c * R * width, channels * R * width);
                                 });
-          transforms.multiply_by_filter_rows(u.data(), channels, width, v_rows.const_data_ptr<scalar_t>() + c0 * 6 * tiles,
-                                             C * 6 * tiles, tiles, p.data(), width, c0 > 0);
+          transforms.multiply_by_filter_rows(u, channels, width, v_rows.const_data_ptr<scalar_t>() + c0 * 6 * tiles,
+                                             C * 6 * tiles, tiles, p, width, c0 > 0);
           continue;
         }
         for (int64_t i = 0; i < count; ++i) {
-          transform_filter_panel(transforms, filters, c0, channels, K, first + i, width, u.data() + i * channels * width,
+          transform_filter_panel(transforms, filters, c0, channels, K, first + i, width, u + i * channels * width,
                                  u_stride, grouped);
         }
-        multiply_by_filters(v_data + c0, C, u.data(), u_stride, p.data(), tiles, channels, count, c0 > 0);
+        multiply_by_filters(v_data + c0, C, u, u_stride, p, tiles, channels, count, c0 > 0);
       }
       for (int64_t i = 0; i < count; ++i) {
         const int64_t k0 = (first + i) * width, lanes = std::min(width, K - k0);
@@ -639,7 +643,7 @@ void winograd_forward_by_panels(const Tensor& input, const Tensor& weight, Filte
         for (int64_t r = 0; r < tile_rows; ++r) {
           for (int64_t col = 0; col < grid.cols; ++col) {
             const scalar_t* pt[36];
-            element_pointers(static_cast<const scalar_t*>(p.data()), tiles, r * grid.cols + col, count * width, i * width, pt);
+            element_pointers(static_cast<const scalar_t*>(p), tiles, r * grid.cols + col, count * width, i * width, pt);
             scalar_t* yt[M][M];
             block_pointers<M>(band.data(), band_w, col, M, lanes, 0, yt);
             transforms.output(pt, b != nullptr ? b + k0 : nullptr, yt, output_tmp.data(), lanes);
