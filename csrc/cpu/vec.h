@@ -24,7 +24,6 @@ struct Vec<float> {
   static type fma(type a, type b, type c) { return _mm256_fmadd_ps(a, b, c); }
   static type mul(type a, type b) { return _mm256_mul_ps(a, b); }
   static type add(type a, type b) { return _mm256_add_ps(a, b); }
-  static type sub(type a, type b) { return _mm256_sub_ps(a, b); }
   static float sum(type v) {  // of the lanes
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_hadd_ps(s, s);
@@ -53,7 +52,6 @@ struct Vec<double> {
   static type fma(type a, type b, type c) { return _mm256_fmadd_pd(a, b, c); }
   static type mul(type a, type b) { return _mm256_mul_pd(a, b); }
   static type add(type a, type b) { return _mm256_add_pd(a, b); }
-  static type sub(type a, type b) { return _mm256_sub_pd(a, b); }
   static double sum(type v) {  // of the lanes
     const __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
     return _mm_cvtsd_f64(_mm_hadd_pd(s, s));
@@ -90,7 +88,6 @@ struct Vec<float> {
   static type fma(type a, type b, type c) { return _mm512_fmadd_ps(a, b, c); }
   static type mul(type a, type b) { return _mm512_mul_ps(a, b); }
   static type add(type a, type b) { return _mm512_add_ps(a, b); }
-  static type sub(type a, type b) { return _mm512_sub_ps(a, b); }
   static float sum(type v) { return _mm512_reduce_add_ps(v); }  // of the lanes
   static type load_first(const float* p, int n) { return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p); }  // zero past n
   using mask = __mmask16;
@@ -114,7 +111,6 @@ struct Vec<double> {
   static type fma(type a, type b, type c) { return _mm512_fmadd_pd(a, b, c); }
   static type mul(type a, type b) { return _mm512_mul_pd(a, b); }
   static type add(type a, type b) { return _mm512_add_pd(a, b); }
-  static type sub(type a, type b) { return _mm512_sub_pd(a, b); }
   static double sum(type v) { return _mm512_reduce_add_pd(v); }  // of the lanes
   static type load_first(const double* p, int n) { return _mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1), p); }  // zero past n
   using mask = __mmask8;
