@@ -460,6 +460,59 @@ def test_weight_gradient_takes_winograd_from_eight_tiles(paths):
         assert not torch.equal(results[chosen], results[other]), f"batch {batch}"
 
 
+# Dilated stride-1 layers of 64 channels or more run as Winograd over their dilation phases
+# (dilation_phases.h), the zero-padded input's phases one batch of undilated images, forward and
+# both gradients: dilation 4 on 14 x 14 (a 4 x 4 tile per phase, the outputs past 14 thrown
+# away); dilations (2, 3) with paddings (3, 1), no multiples of them, on an odd-sized NHWC input;
+# a dilation along one dimension only; a 5x5 kernel; padding (4, 3), more than the kernel's
+# half reach (outputs larger than the input); float16 in NHWC, widened as Winograd reads it.
+DILATION_PHASE_LAYERS = {
+    "by-4-float32": (Conv(2, 64, 72, (14, 14), (3, 3), (1, 1), (4, 4), (4, 4), 1, True), torch.float32),
+    "by-2-3-nhwc-float64": (Conv(1, 64, 64, (17, 23), (3, 3), (1, 1), (3, 1), (2, 3), 1, True, "channels_last"), torch.float64),
+    "by-1-2-float64": (Conv(2, 72, 64, (9, 20), (3, 3), (1, 1), (1, 2), (1, 2), 1, False), torch.float64),
+    "5x5-by-2-float32": (Conv(1, 64, 64, (16, 16), (5, 5), (1, 1), (4, 3), (2, 2), 1, True), torch.float32),
+    "wide-padding-float64": (Conv(2, 64, 64, (12, 11), (3, 3), (1, 1), (4, 3), (2, 2), 1, True), torch.float64),
+    "nhwc-float16": (Conv(2, 64, 64, (16, 16), (3, 3), (1, 1), (2, 2), (2, 2), 1, True, "channels_last"), torch.float16),
+}
+
+
+@pytest.mark.parametrize("conv,dtype", DILATION_PHASE_LAYERS.values(), ids=DILATION_PHASE_LAYERS.keys())
+def test_dilated_layers_run_on_winograd_by_phases(conv, dtype):
+    """Right (float64 as F.conv2d's, the others within their bounds of the float64 result), in
+    the input's layout, and on Winograd: in float32 and float64 bit for bit the forced Winograd
+    path's results (which takes the phases too), not the GEMM path's."""
+    output = check_layer_on_path(conv, dtype, "auto")[0]
+    assert output.is_contiguous(memory_format=torch.channels_last) == (conv.layout == "channels_last")
+    if dtype == torch.float16:
+        return
+    x, w, b = conv.tensors(dtype, "cpu", requires_grad=True)
+    with torch.no_grad():
+        x[:, 0] *= 1e6  # sums in another order round away other small terms
+    gy = torch.randn_like(F.conv2d(x, w, b, **conv.kwargs()))
+    results = results_on_paths(conv, x, w, b, gy, ("auto", "winograd", "gemm"))
+    for name in NAMES[:3]:
+        assert torch.equal(results["auto"][name], results["winograd"][name]), name
+        assert not torch.equal(results["auto"][name], results["gemm"][name]), name
+
+
+@pytest.mark.parametrize("conv", [
+    Conv(2, 32, 64, (28, 28), (3, 3), (1, 1), (2, 2), (2, 2), 1, True),
+    Conv(2, 64, 64, (14, 14), (3, 3), (1, 1), (6, 6), (6, 6), 1, True),
+], ids=["32-channels", "by-6-on-14"])
+def test_dilated_layers_off_the_phases(conv):
+    """Dilated layers stay on the GEMM path (bit for bit its results) with fewer than 64 input
+    channels, whose copies of the phases cost what Winograd saves, and where the phases' tiles
+    would not save half the products of the layer's own outputs (dilation 6 on 14 pixels: 36
+    phases of 3 x 3 outputs, a 4 x 4 tile each)."""
+    x, w, b = conv.tensors(torch.float32, "cpu", requires_grad=True)
+    with torch.no_grad():
+        x[:, 0] *= 1e6
+    gy = torch.randn_like(F.conv2d(x, w, b, **conv.kwargs()))
+    results = results_on_paths(conv, x, w, b, gy, ("auto", "gemm"))
+    for name in NAMES[:3]:
+        assert torch.equal(results["auto"][name], results["gemm"][name]), name
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_workspace_tiles_cover_large_images(device):
     """An image whose im2col matrix exceeds one tile is computed in several row tiles."""
@@ -653,24 +706,25 @@ def test_grouped_layers_take_the_channels_last_gemm(conv):
     (Conv(2, 168, 168, (25, 25), (2, 2), (1, 1), (0, 0), (1, 1), 1, False), NAMES[:2], []),
     (Conv(1, 40, 36, (20, 22), (7, 7), (1, 1), (3, 3), (1, 1), 1, True), NAMES[:3], []),
     (Conv(1, 256, 160, (8, 8), (1, 3), (1, 1), (0, 1), (1, 1), 1, True), [], ["output"]),
-    (Conv(1, 160, 160, (20, 20), (3, 3), (1, 1), (2, 2), (2, 2), 1, False), ["output"], ["grad_weight"]),
+    (Conv(1, 48, 160, (13, 13), (3, 3), (1, 1), (2, 2), (2, 2), 1, False), ["output"], ["grad_weight"]),
     (Conv(1, 64, 40, (28, 26), (3, 3), (2, 2), (1, 1), (1, 1), 1, True), NAMES[:3], []),
     (Conv(1, 120, 64, (24, 24), (3, 3), (2, 2), (1, 1), (1, 1), 1, True), [], ["output"]),
     (Conv(4, 192, 192, (17, 17), (7, 1), (1, 1), (3, 0), (1, 1), 1, True), NAMES[:3], []),
     (Conv(2, 192, 192, (17, 17), (7, 1), (1, 1), (3, 0), (1, 1), 1, True), NAMES[:2], ["grad_weight"]),
-    (Conv(8, 320, 320, (14, 14), (3, 3), (1, 1), (2, 2), (2, 2), 1, True), NAMES[:2], ["grad_weight"]),
+    (Conv(8, 320, 320, (14, 14), (3, 3), (1, 1), (6, 6), (6, 6), 1, True), NAMES[:2], ["grad_weight"]),
 ], ids=["dilated-33-channels", "dilated-16-channels", "7x7", "1x7", "2x2", "7x7-batch-1", "1x3-few-pixels",
         "dilated-many-channels", "strided-batch-1", "strided-long-patch", "7x1-192-channels", "7x1-few-pixels",
         "dilated-320-channels"])
 def test_channels_last_gemm_takes_layers_by_shape(conv, on_channels_last_gemm, on_mkl):
-    """Stride-1 layers which Winograd does not take (dilated ones, kernels other than 3x3 and
-    5x5) run on the channels-last GEMM (stride_one_channels_last_gemm_may_pay_off) from 32 input
-    channels, with more than 1024 output pixels in the batch or at least as many as output
-    channels (pixels_repay_packed_filters; at batch 1: 440 pixels for 36 channels, but not 64
-    for 160); and their weight gradients from 16 channels, with 32 pixels in the batch per input
-    channel or at most 128 output channels (not 160 channels with 400 pixels), or up to 256 input
-    channels with 4 pixels per channel (192 channels with 1156 pixels, not 578; not 320 channels
-    with 1568). Strided layers
+    """Stride-1 layers which Winograd does not take (kernels other than 3x3 and 5x5, and dilated
+    ones off its dilation phases: fewer than 64 channels, or dilation 6 on 14 pixels) run on the
+    channels-last GEMM (stride_one_channels_last_gemm_may_pay_off) from 32 input channels, with
+    more than 1024 output pixels in the batch or at least as many as output channels
+    (pixels_repay_packed_filters; at batch 1: 440 pixels for 36 channels and 169 for 160, but
+    not 64 for 160); and their weight gradients from 16 channels, with 32 pixels in the batch per
+    input channel or at most 128 output channels (not 160 output channels with 169 pixels for
+    48 input channels), or up to 256 input channels with 4 pixels per channel (192 channels with
+    1156 pixels, not 578; not 320 channels with 1568). Strided layers
     of few pixels too where those repay the filters and the patch is shorter than 1024 (182
     pixels for 40 channels with 576-long patches, but not 1080-long ones). No BLAS call there,
     where im2col+MKL had been (mutation-checked: without the rules each of them calls baddbmm_

@@ -802,20 +802,19 @@ void for_each_output_slice(const Conv2dGeometry& g, Fn&& fn) {
   }
 }
 
+int64_t batch_tiles(const Conv2dGeometry& g) {
+  const TileGrid grid(g);
+  return g.batch * grid.rows * grid.cols;
+}
+
 // The conditions both directions share: with few channels the transforms cost about as much
-// as the GEMMs save, and partial tiles on small images waste work (ask for at most half the
-// multiplications of a direct convolution).
+// as the GEMMs save, and partial tiles on small images waste work.
 bool winograd_may_pay_off(const Conv2dGeometry& g) {
   const TileGrid grid(g);
   // The transformed blocks of one row of tiles, the smallest chunk.
   const int64_t row_workspace = grid.cols * kElements * (g.in_channels + g.out_channels);
   return g.in_channels >= 16 && g.out_channels >= 16 && row_workspace <= kMaxFilterElements &&
-         2 * kElements * grid.rows * grid.cols <= g.kernel_h * g.kernel_w * g.out_h * g.out_w;
-}
-
-int64_t batch_tiles(const Conv2dGeometry& g) {
-  const TileGrid grid(g);
-  return g.batch * grid.rows * grid.cols;
+         winograd_saves_products(g, g.batch * g.out_h * g.out_w);
 }
 
 // Few tiles for the threads' chunks (each wants kMinChunk), and the whole batch's transformed
@@ -845,6 +844,10 @@ void dispatch(const Conv2dGeometry& g, at::ScalarType dtype, Fn&& fn) {
 }
 
 }  // namespace
+
+bool winograd_saves_products(const Conv2dGeometry& g, int64_t outputs) {
+  return 2 * kElements * batch_tiles(g) <= g.kernel_h * g.kernel_w * outputs;
+}
 
 bool winograd_applies(const Conv2dGeometry& g) {
   return g.kernel_h == g.kernel_w && (g.kernel_h == 3 || g.kernel_h == 5) && g.unit_stride() &&

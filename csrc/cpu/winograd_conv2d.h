@@ -17,6 +17,10 @@ bool winograd_applies(const Conv2dGeometry& g);
 bool winograd_pays_off(const Conv2dGeometry& g);
 bool winograd_grad_weight_pays_off(const Conv2dGeometry& g);
 
+// Whether g's tiles, of which `outputs` outputs are wanted (g's own, or fewer where the others
+// are thrown away), take at most half the multiplications of a direct convolution's outputs.
+bool winograd_saves_products(const Conv2dGeometry& g, int64_t outputs);
+
 // Input and grad_output float64, float32, float16 or bfloat16, dense in NCHW or NHWC order; the
 // weight and bias contiguous, in the type the kernels compute in (float32 for float16 and
 // bfloat16, which are widened as read). The forward's result comes in the input's dtype and the
