@@ -534,14 +534,19 @@ Tensor gemm_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
     return at::bmm(gy, batch_im2col(input, g).transpose(1, 2))
         .view({g.out_channels, g.in_channels_per_group(), g.kernel_h, g.kernel_w});
   }
-  Tensor grad_weight = at::zeros({g.groups, g.out_channels_per_group(), g.patch_size()},
-                                 input.options());
+  // The first tile's product written over grad_weight, the others added: zeroing it first, and
+  // MKL's reading it back to add to, had taken a fifth of the time where the product is one
+  // (3x3 512 @7 at batch 1, 9.4 MB of filters: 1.27-1.39 -> 1.04-1.06 ms, A/B).
+  Tensor grad_weight = at::empty({g.groups, g.out_channels_per_group(), g.patch_size()}, input.options());
+  bool written = false;
   for (int64_t n = 0; n < g.batch; ++n) {
     for_each_row_tile(g, [&](RowTile tile) {
-      grad_weight.baddbmm_(output_tile(grad_output[n], g, tile),
-                           im2col(input[n], g, tile).transpose(1, 2));
+      const Tensor gy = output_tile(grad_output[n], g, tile), cols = im2col(input[n], g, tile).transpose(1, 2);
+      written ? grad_weight.baddbmm_(gy, cols) : at::bmm_out(grad_weight, gy, cols);
+      written = true;
     });
   }
+  if (!written) grad_weight.zero_();
   return grad_weight.view({g.out_channels, g.in_channels_per_group(), g.kernel_h, g.kernel_w});
 }
 
