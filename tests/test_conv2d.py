@@ -465,7 +465,8 @@ def test_weight_gradient_takes_winograd_from_eight_tiles(paths):
 # both gradients: dilation 4 on 14 x 14 (a 4 x 4 tile per phase, the outputs past 14 thrown
 # away); dilations (2, 3) with paddings (3, 1), no multiples of them, on an odd-sized NHWC input;
 # a dilation along one dimension only; a 5x5 kernel; padding (4, 3), more than the kernel's
-# half reach (outputs larger than the input); float16 in NHWC, widened as Winograd reads it.
+# half reach (outputs larger than the input); float16 in NHWC, widened as Winograd reads it; and
+# 5 images whose phases exceed the 32 MiB one pass copies (8.6 MB each: passes of 3 and 2).
 DILATION_PHASE_LAYERS = {
     "by-4-float32": (Conv(2, 64, 72, (14, 14), (3, 3), (1, 1), (4, 4), (4, 4), 1, True), torch.float32),
     "by-2-3-nhwc-float64": (Conv(1, 64, 64, (17, 23), (3, 3), (1, 1), (3, 1), (2, 3), 1, True, "channels_last"), torch.float64),
@@ -473,6 +474,7 @@ DILATION_PHASE_LAYERS = {
     "5x5-by-2-float32": (Conv(1, 64, 64, (16, 16), (5, 5), (1, 1), (4, 3), (2, 2), 1, True), torch.float32),
     "wide-padding-float64": (Conv(2, 64, 64, (12, 11), (3, 3), (1, 1), (4, 3), (2, 2), 1, True), torch.float64),
     "nhwc-float16": (Conv(2, 64, 64, (16, 16), (3, 3), (1, 1), (2, 2), (2, 2), 1, True, "channels_last"), torch.float16),
+    "passes-float32": (Conv(5, 64, 64, (128, 128), (3, 3), (1, 1), (2, 2), (2, 2), 1, True), torch.float32),
 }
 
 

@@ -614,6 +614,26 @@ Tensor winograd_forward(const Tensor& input, const Tensor& weight, FilterOrder o
 // 8: forward 1.02x -> 0.83x torch, input gradient 1.12x -> 0.86x).
 constexpr int64_t kDilationPhasesChannels = 64;
 
+// The most bytes of the input's and the output's phases one pass over a batch's images copies:
+// the workspace the dilation phases add stays bounded, however large the batch.
+constexpr int64_t kMaxPhaseBytes = int64_t{32} << 20;
+
+// fn(first image, geometry of the pass's images) over passes of as many images as the bound
+// allows (at least one).
+template <typename Fn>
+void for_each_phase_pass(const Conv2dGeometry& g, int64_t element_size, Fn&& fn) {
+  Conv2dGeometry image = g;
+  image.batch = 1;
+  const Conv2dGeometry u = undilated_geometry(image);
+  const int64_t image_bytes = u.batch * (g.in_channels * u.in_h * u.in_w + g.out_channels * u.out_h * u.out_w) * element_size;
+  const int64_t step = std::clamp<int64_t>(kMaxPhaseBytes / std::max<int64_t>(1, image_bytes), 1, g.batch);
+  for (int64_t first = 0; first < g.batch; first += step) {
+    Conv2dGeometry pass = g;
+    pass.batch = std::min(step, g.batch - first);
+    fn(first, pass);
+  }
+}
+
 // Dilated stride-1 layers run on their dilation phases (dilation_phases.h) where `choose` gives
 // the phases' undilated convolution Winograd and its tiles save products against the layer's
 // own outputs (the phases' outputs past the layer's are thrown away): see
@@ -638,9 +658,14 @@ bool by_dilation_phases(const Conv2dGeometry& g, Algorithm (*choose)(const Conv2
 // mostly padding, which the GEMM paths skip).
 Tensor forward_by_dilation_phases(const Tensor& input, const Tensor& weight, FilterOrder order, const Tensor& bias,
                                   const Conv2dGeometry& g, at::MemoryFormat result_format) {
-  const Conv2dGeometry u = undilated_geometry(g);
-  const Tensor phases = split_into_dilation_phases(input, g, g.pad_h, g.pad_w, u.in_h, u.in_w);
-  return join_dilation_phases(winograd_forward(phases, weight, order, bias, u, result_format), g, result_format);
+  Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options().memory_format(result_format));
+  for_each_phase_pass(g, input.element_size(), [&](int64_t first, const Conv2dGeometry& pass) {
+    const Conv2dGeometry u = undilated_geometry(pass);
+    const Tensor phases = split_into_dilation_phases(input.narrow(0, first, pass.batch), pass, g.pad_h, g.pad_w, u.in_h, u.in_w);
+    Tensor images = output.narrow(0, first, pass.batch);
+    join_dilation_phases(winograd_forward(phases, weight, order, bias, u, result_format), pass, images);
+  });
+  return output;
 }
 
 // The forward on the channels-last GEMM, reading the weight in the given order.
@@ -933,11 +958,17 @@ Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
   const Algorithm algorithm = choose_grad_weight_algorithm(g);
   const at::MemoryFormat format = conv2d_memory_format(input, grad_output);
   if (by_dilation_phases(g, choose_grad_weight_algorithm)) {
-    // The phases' products summed over the batch of their images (see forward_by_dilation_phases).
-    const Conv2dGeometry u = undilated_geometry(g);
-    const Tensor x = split_into_dilation_phases(input, g, g.pad_h, g.pad_w, u.in_h, u.in_w);
-    const Tensor gy = split_into_dilation_phases(grad_output, g, 0, 0, u.out_h, u.out_w);
-    return finish(winograd_conv2d_grad_weight(x, gy, u), input.scalar_type(), format);
+    // The phases' products summed over the batch of their images (see forward_by_dilation_phases),
+    // and over the passes.
+    Tensor grad_weight;
+    for_each_phase_pass(g, input.element_size(), [&](int64_t first, const Conv2dGeometry& pass) {
+      const Conv2dGeometry u = undilated_geometry(pass);
+      const Tensor x = split_into_dilation_phases(input.narrow(0, first, pass.batch), pass, g.pad_h, g.pad_w, u.in_h, u.in_w);
+      const Tensor gy = split_into_dilation_phases(grad_output.narrow(0, first, pass.batch), pass, 0, 0, u.out_h, u.out_w);
+      const Tensor sum = winograd_conv2d_grad_weight(x, gy, u);
+      grad_weight = grad_weight.defined() ? grad_weight.add_(sum) : sum;
+    });
+    return finish(grad_weight, input.scalar_type(), format);
   }
   const bool channels_last_gemm = algorithm == Algorithm::gemm && channels_last_gemm_grad_weight_pays_off(g);
   if (algorithm == Algorithm::winograd || channels_last_gemm) {

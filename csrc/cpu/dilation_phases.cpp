@@ -134,11 +134,11 @@ Tensor split_into_dilation_phases(const Tensor& t, const Conv2dGeometry& g, int6
   return phases;
 }
 
-Tensor join_dilation_phases(const Tensor& phases, const Conv2dGeometry& g, at::MemoryFormat format) {
+void join_dilation_phases(const Tensor& phases, const Conv2dGeometry& g, Tensor& out) {
+  const auto format = out.suggest_memory_format();
   const Tensor src_t = phases.contiguous(format);
   const int64_t K = phases.size(1), rows = phases.size(2), cols = phases.size(3);
   const int64_t dh = g.dilation_h, dw = g.dilation_w, H = g.out_h, W = g.out_w;
-  Tensor out = at::empty({g.batch, K, H, W}, phases.options().memory_format(format));
   const bool channels_last = format == at::MemoryFormat::ChannelsLast;
   std::vector<int64_t> row_length(dw);  // of column phase q's rows in the output
   for (int64_t q = 0; q < dw; ++q) row_length[q] = ceil_div(W - q, dw);
@@ -174,7 +174,6 @@ Tensor join_dilation_phases(const Tensor& phases, const Conv2dGeometry& g, at::M
       }
     });
   });
-  return out;
 }
 
 }  // namespace conv_ext

@@ -21,7 +21,7 @@ at::Tensor split_into_dilation_phases(const at::Tensor& t, const Conv2dGeometry&
                                       int64_t rows, int64_t cols);
 
 // The inverse for the output: out[n, k, i, j] = phases[(n, i % dh, j % dw), k, i / dh, j / dw]
-// for i < out_h and j < out_w (g's output), in the given layout.
-at::Tensor join_dilation_phases(const at::Tensor& phases, const Conv2dGeometry& g, at::MemoryFormat format);
+// for i < out_h and j < out_w (g's output); out dense in NCHW or NHWC (images of a larger batch).
+void join_dilation_phases(const at::Tensor& phases, const Conv2dGeometry& g, at::Tensor& out);
 
 }  // namespace conv_ext
