@@ -37,6 +37,18 @@ def results_on_paths(conv, x, w, b, gy, paths):
     return results
 
 
+def results_with_a_large_channel(conv, dtype, paths):
+    """results_on_paths for conv's tensors, the input's channel 0 a million times the others:
+    sums in another order then round away other small terms, so that paths differ in their
+    bits."""
+    x, w, b = conv.tensors(dtype, "cpu")
+    x[:, 0] *= 1e6
+    x.requires_grad_()
+    w.requires_grad_()
+    gy = torch.randn_like(F.conv2d(x, w, b, **conv.kwargs()))
+    return results_on_paths(conv, x, w, b, gy, paths)
+
+
 # torch's matrix products, which call its BLAS (MKL on x86 CPUs).
 BLAS_OPS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::baddbmm_"}
 
@@ -487,11 +499,7 @@ def test_dilated_layers_run_on_winograd_by_phases(conv, dtype):
     assert output.is_contiguous(memory_format=torch.channels_last) == (conv.layout == "channels_last")
     if dtype == torch.float16:
         return
-    x, w, b = conv.tensors(dtype, "cpu", requires_grad=True)
-    with torch.no_grad():
-        x[:, 0] *= 1e6  # sums in another order round away other small terms
-    gy = torch.randn_like(F.conv2d(x, w, b, **conv.kwargs()))
-    results = results_on_paths(conv, x, w, b, gy, ("auto", "winograd", "gemm"))
+    results = results_with_a_large_channel(conv, dtype, ("auto", "winograd", "gemm"))
     for name in NAMES[:3]:
         assert torch.equal(results["auto"][name], results["winograd"][name]), name
         assert not torch.equal(results["auto"][name], results["gemm"][name]), name
@@ -506,11 +514,7 @@ def test_dilated_layers_off_the_phases(conv):
     channels, whose copies of the phases cost what Winograd saves, and where the phases' tiles
     would not save half the products of the layer's own outputs (dilation 6 on 14 pixels: 36
     phases of 3 x 3 outputs, a 4 x 4 tile each)."""
-    x, w, b = conv.tensors(torch.float32, "cpu", requires_grad=True)
-    with torch.no_grad():
-        x[:, 0] *= 1e6
-    gy = torch.randn_like(F.conv2d(x, w, b, **conv.kwargs()))
-    results = results_on_paths(conv, x, w, b, gy, ("auto", "gemm"))
+    results = results_with_a_large_channel(conv, torch.float32, ("auto", "gemm"))
     for name in NAMES[:3]:
         assert torch.equal(results["auto"][name], results["gemm"][name]), name
 

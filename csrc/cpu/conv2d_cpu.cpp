@@ -955,7 +955,6 @@ Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
     return finish(bf16_pairs_conv2d_grad_weight(input.contiguous(), grad_output.contiguous(), g), input.scalar_type(),
                   conv2d_memory_format(input, grad_output));
   }
-  const Algorithm algorithm = choose_grad_weight_algorithm(g);
   const at::MemoryFormat format = conv2d_memory_format(input, grad_output);
   if (by_dilation_phases(g, choose_grad_weight_algorithm)) {
     // The phases' products summed over the batch of their images (see forward_by_dilation_phases),
@@ -970,6 +969,7 @@ Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
     });
     return finish(grad_weight, input.scalar_type(), format);
   }
+  const Algorithm algorithm = choose_grad_weight_algorithm(g);
   const bool channels_last_gemm = algorithm == Algorithm::gemm && channels_last_gemm_grad_weight_pays_off(g);
   if (algorithm == Algorithm::winograd || channels_last_gemm) {
     const Tensor x = band_operand(input), gy = band_operand(grad_output);

@@ -1,6 +1,7 @@
 #include "dilation_phases.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ceil_div.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 
@@ -13,9 +14,8 @@
 namespace conv_ext {
 namespace {
 
+using at::ceil_div;
 using at::Tensor;
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // fn(bits) with bits a value of the unsigned type of the tensor's element size: the copies move
 // elements without looking at them, whatever their dtype.
