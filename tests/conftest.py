@@ -53,6 +53,10 @@ CPU_PATHS = {
     "slow-blas": {"CONV_EXT_CPU_BLAS": "slow", "CONV_EXT_CPU_ISA": "avx512"},
     "gemm-slow-blas": {"CONV_EXT_CPU_ALGORITHM": "gemm", "CONV_EXT_CPU_BLAS": "slow", "CONV_EXT_CPU_ISA": "avx512"},
     "winograd-slow-blas": {"CONV_EXT_CPU_ALGORITHM": "winograd", "CONV_EXT_CPU_BLAS": "slow", "CONV_EXT_CPU_ISA": "avx512"},
+    # The paths chosen where it keeps up (Intel's CPUs with AVX-512), on any CPU, in its widest build.
+    "fast-blas": {"CONV_EXT_CPU_BLAS": "fast", "CONV_EXT_CPU_ISA": "avx512"},
+    "gemm-fast-blas": {"CONV_EXT_CPU_ALGORITHM": "gemm", "CONV_EXT_CPU_BLAS": "fast", "CONV_EXT_CPU_ISA": "avx512"},
+    "winograd-fast-blas": {"CONV_EXT_CPU_ALGORITHM": "winograd", "CONV_EXT_CPU_BLAS": "fast", "CONV_EXT_CPU_ISA": "avx512"},
     # bfloat16 on the pair kernels (bf16_pairs_conv2d.h): AMX's tiles where the CPU has them,
     # AVX512_BF16's vectors wherever they apply (even where Winograd is chosen for them).
     "bf16-tiles": {},

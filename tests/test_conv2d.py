@@ -449,15 +449,15 @@ def test_few_tiles_take_winograd(paths):
     assert torch.equal(results[chosen], results[winograd]) and not torch.equal(results[chosen], results[gemm])
 
 
-@pytest.mark.parametrize("paths", [("auto", "winograd", "gemm"), ("slow-blas", "winograd-slow-blas", "gemm-slow-blas")],
-                         ids=["mkl", "slow-blas"])
+@pytest.mark.parametrize("paths", [("fast-blas", "winograd-fast-blas", "gemm-fast-blas"),
+                                   ("slow-blas", "winograd-slow-blas", "gemm-slow-blas")], ids=["mkl", "slow-blas"])
 def test_weight_gradient_takes_winograd_from_eight_tiles(paths):
     """The weight gradient of 3x3 layers runs on Winograd from 8 tiles in the batch (two 7x7
     images) on, and with fewer (4: one image), whose 36 sums of 4 products per filter cost more
     to transform than they save, on im2col's GEMM where MKL keeps up (else still on Winograd):
     bit for bit the one path's, not the other's."""
     chosen, winograd, gemm = paths
-    few_tiles = gemm if chosen == "auto" else winograd
+    few_tiles = gemm if chosen == "fast-blas" else winograd
     for batch, expected in ((1, few_tiles), (2, winograd)):
         other = gemm if expected == winograd else winograd
         conv = Conv(batch, 64, 48, (7, 7), (3, 3), (1, 1), (1, 1), (1, 1), 1, False)
@@ -722,22 +722,21 @@ def test_grouped_layers_take_the_channels_last_gemm(conv):
         "dilated-many-channels", "strided-batch-1", "strided-long-patch", "7x1-192-channels", "7x1-few-pixels",
         "dilated-320-channels"])
 def test_channels_last_gemm_takes_layers_by_shape(conv, on_channels_last_gemm, on_mkl):
-    """Stride-1 layers which Winograd does not take (kernels other than 3x3 and 5x5, and dilated
-    ones off its dilation phases: fewer than 64 channels, or dilation 6 on 14 pixels) run on the
-    channels-last GEMM (stride_one_channels_last_gemm_may_pay_off) from 32 input channels, with
-    more than 1024 output pixels in the batch or at least as many as output channels
-    (pixels_repay_packed_filters; at batch 1: 440 pixels for 36 channels and 169 for 160, but
-    not 64 for 160); and their weight gradients from 16 channels, with 32 pixels in the batch per
-    input channel or at most 128 output channels (not 160 output channels with 169 pixels for
-    48 input channels), or up to 256 input channels with 4 pixels per channel (192 channels with
-    1156 pixels, not 578; not 320 channels with 1568). Strided layers
-    of few pixels too where those repay the filters and the patch is shorter than 1024 (182
-    pixels for 40 channels with 576-long patches, but not 1080-long ones). No BLAS call there,
-    where im2col+MKL had been (mutation-checked: without the rules each of them calls baddbmm_
-    or bmm)."""
+    """Where MKL keeps up (Intel's CPUs with AVX-512; fast-blas on any CPU), stride-1 layers which
+    Winograd does not take (kernels other than 3x3 and 5x5, and dilated ones off its dilation phases:
+    fewer than 64 channels, or dilation 6 on 14 pixels) run on the channels-last GEMM
+    (stride_one_channels_last_gemm_may_pay_off) from 32 input channels, with more than 1024 output
+    pixels in the batch or at least as many as output channels (pixels_repay_packed_filters; at batch 1:
+    440 pixels for 36 channels and 169 for 160, but not 64 for 160); and their weight gradients from 16
+    channels, with 32 pixels in the batch per input channel or at most 128 output channels (not 160
+    output channels with 169 pixels for 48 input channels), or up to 256 input channels with 4 pixels
+    per channel (192 channels with 1156 pixels, not 578; not 320 channels with 1568). Strided layers of
+    few pixels too where those repay the filters and the patch is shorter than 1024 (182 pixels for 40
+    channels with 576-long patches, but not 1080-long ones). No BLAS call there, where im2col+MKL had
+    been (mutation-checked: without the rules each of them calls baddbmm_ or bmm)."""
     x, w, b = conv.tensors(torch.float32, "cpu")
     gy = torch.randn_like(F.conv2d(x, w, b, **conv.kwargs()))
-    calls = blas_calls_on_path("auto", conv, x, w, b, gy)
+    calls = blas_calls_on_path("fast-blas", conv, x, w, b, gy)
     for name in on_channels_last_gemm:
         assert not calls[name], (name, calls)
     for name in on_mkl:
