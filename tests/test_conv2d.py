@@ -744,6 +744,23 @@ def test_channels_last_gemm_takes_layers_by_shape(conv, on_channels_last_gemm, o
 
 
 @pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the channels-last GEMM needs AVX2")
+@pytest.mark.parametrize("conv,on_channels_last_gemm", [
+    (Conv(1, 48, 160, (5, 6), (1, 3), (1, 1), (0, 1), (1, 1), 1, True), True),
+    (Conv(1, 160, 144, (5, 6), (3, 1), (1, 1), (1, 0), (1, 1), 1, False), False),
+], ids=["pixel-per-4-channels", "fewer-pixels"])
+def test_channels_last_gemm_weight_gradients_where_blas_is_slow(conv, on_channels_last_gemm):
+    """Where MKL does not keep up, the channels-last GEMM takes the weight gradient of stride-1
+    layers Winograd does not take with a pixel per 4 input channels or more (30 pixels for 48
+    input channels, which MKL takes where it keeps up), and leaves it to MKL with fewer (30 for
+    160); right on either path."""
+    x, w, b = conv.tensors(torch.float32, "cpu")
+    gy = torch.randn_like(F.conv2d(x, w, b, **conv.kwargs()))
+    assert bool(blas_calls_on_path("fast-blas", conv, x, w, b, gy)["grad_weight"])
+    assert bool(blas_calls_on_path("slow-blas", conv, x, w, b, gy)["grad_weight"]) != on_channels_last_gemm
+    check_layer_on_path(conv, torch.float32, "slow-blas")
+
+
+@pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the channels-last GEMM needs AVX2")
 @pytest.mark.parametrize("path", ["auto", "auto-avx2-isa"])
 @pytest.mark.parametrize("conv,dtype", [
     (Conv(2, 64, 64, (30, 31), (3, 3), (2, 2), (1, 1), (1, 1), 4, True), torch.float32),  # 16 channels per group

@@ -404,11 +404,18 @@ bool channels_last_gemm_grad_weight_pays_off(const Conv2dGeometry& g) {
   // alone, against im2col+MKL): 3x3 dilated by 2 256 @28 and @14 at batch 8 1.12x and 1.07x
   // faster, Inception's 7x1 192 @17 at batch 8 and 4 1.23x and 1.17x, 1x7 160 @17 1.14x, 7x7 256
   // @14 1.04x; 3 per channel alike (256 @14 at batch 4, @28 at batch 1). More channels lose
-  // (dilated 384 @14 and 512 @14 at batch 8 0.93x and 0.73x, 1x3 and 3x1 384 @8 0.79x).
+  // (dilated 384 @14 and 512 @14 at batch 8 0.93x and 0.73x, 1x3 and 3x1 384 @8 0.79x). Where
+  // MKL does not keep up, a pixel for every 4 input channels is enough (Zen 4, weight gradient
+  // alone, in-process A/B against im2col+MKL: 1x3 384 @8 at batch 8, 4 and 2 2.8 against 3.1
+  // ms, 1.8 against 2.9, 1.35 against 1.7; 1x3 256 @8 at batch 1 0.50 against 0.58; 7x1 192
+  // @17 and 1x7 160 @17 at batch 1 0.79 against 1.04 and 0.89 against 1.79; 1x7 512 @17 8.1
+  // against 9.6); with fewer MKL's is faster (1x3 384 @8 at batch 1 0.57 against 0.47 ms, 512
+  // @7 at batch 2 2.3 against 2.0).
   const bool stride_one = stride_one_channels_last_gemm_may_pay_off(g) &&
                           std::min(g.in_channels, g.out_channels) >= kChannelsLastGemmChannels &&
                           (pixels >= 32 * g.in_channels || g.out_channels <= 128 ||
-                           (g.in_channels <= 256 && pixels >= 4 * g.in_channels));
+                           (g.in_channels <= 256 && pixels >= 4 * g.in_channels) ||
+                           (!blas_keeps_up() && 4 * pixels >= g.in_channels));
   return few_channels || grouped || pointwise || stride_one || strided_channels_last_gemm_pays_off(g);
 }
 
