@@ -957,8 +957,11 @@ Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
   }
   // The vectors' weight gradient beats Winograd's with at least 1024 output pixels in the batch
   // (Zen 5, 3x3 at batch 8: 64 @56 1.1-1.7x, 128 @28 1.0-1.3x, 256 @14 1.2-1.3x faster; with
-  // fewer, level at 128 @28 at batch 1, 1.5x slower at 512 @7 at batch 8).
-  if (bf16_pairs_chosen(g, input.scalar_type(), /*over_winograd=*/g.batch * g.out_h * g.out_w >= 1024)) {
+  // fewer, level at 128 @28 at batch 1, 1.5x slower at 512 @7 at batch 8), but not on Zen 4
+  // (3x3 at batch 8: Winograd's 1.15-1.2x faster at 64 @56, 128 @28 and 256 @14, alike at 512
+  // @7; forward+backward 5-10% faster).
+  const bool over_winograd = !cpu_halves_avx512() && g.batch * g.out_h * g.out_w >= 1024;
+  if (bf16_pairs_chosen(g, input.scalar_type(), over_winograd)) {
     return finish(bf16_pairs_conv2d_grad_weight(input.contiguous(), grad_output.contiguous(), g), input.scalar_type(),
                   conv2d_memory_format(input, grad_output));
   }

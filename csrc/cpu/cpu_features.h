@@ -47,6 +47,13 @@ inline bool cpu_is_intel() {
   return intel;
 }
 
+// AMD's Zen 4 (family 19h; Zen 3, the family's other cores, has no AVX-512) issues each 512-bit
+// instruction as two 256-bit halves, Zen 5 (1Ah) at full width.
+inline bool cpu_halves_avx512() {
+  static const bool zen4 = __builtin_cpu_is("amd") && __builtin_cpu_is("amdfam19h");
+  return zen4;
+}
+
 inline bool use_avx2() { return cpu_isa() >= Isa::avx2; }
 inline bool use_avx512() { return cpu_isa() == Isa::avx512; }
 
