@@ -48,15 +48,14 @@ CPU_PATHS = {
     # elsewhere.
     "winograd": {"CONV_EXT_CPU_ALGORITHM": "winograd"},
     "winograd-generic-isa": {"CONV_EXT_CPU_ALGORITHM": "winograd", "CONV_EXT_CPU_ISA": "generic"},
-    # The paths chosen where torch's BLAS runs narrower kernels than ours (AMD CPUs with
-    # AVX-512; cpu_features.h, blas_keeps_up), on any CPU, in its widest build.
-    "slow-blas": {"CONV_EXT_CPU_BLAS": "slow", "CONV_EXT_CPU_ISA": "avx512"},
-    "gemm-slow-blas": {"CONV_EXT_CPU_ALGORITHM": "gemm", "CONV_EXT_CPU_BLAS": "slow", "CONV_EXT_CPU_ISA": "avx512"},
-    "winograd-slow-blas": {"CONV_EXT_CPU_ALGORITHM": "winograd", "CONV_EXT_CPU_BLAS": "slow", "CONV_EXT_CPU_ISA": "avx512"},
-    # The paths chosen where it keeps up (Intel's CPUs with AVX-512), on any CPU, in its widest build.
-    "fast-blas": {"CONV_EXT_CPU_BLAS": "fast", "CONV_EXT_CPU_ISA": "avx512"},
-    "gemm-fast-blas": {"CONV_EXT_CPU_ALGORITHM": "gemm", "CONV_EXT_CPU_BLAS": "fast", "CONV_EXT_CPU_ISA": "avx512"},
-    "winograd-fast-blas": {"CONV_EXT_CPU_ALGORITHM": "winograd", "CONV_EXT_CPU_BLAS": "fast", "CONV_EXT_CPU_ISA": "avx512"},
+    # The paths chosen where torch's BLAS runs narrower kernels than ours (slow: AMD CPUs with
+    # AVX-512; cpu_features.h, blas_keeps_up) and where it keeps up (fast: Intel's), on any CPU, in
+    # its widest build; by shape, or the GEMM or Winograd forced.
+    **{
+        "-".join(filter(None, (algorithm, blas, "blas"))):
+            {"CONV_EXT_CPU_BLAS": blas, "CONV_EXT_CPU_ISA": "avx512", **({"CONV_EXT_CPU_ALGORITHM": algorithm} if algorithm else {})}
+        for blas in ("slow", "fast") for algorithm in (None, "gemm", "winograd")
+    },
     # bfloat16 on the pair kernels (bf16_pairs_conv2d.h): AMX's tiles where the CPU has them,
     # AVX512_BF16's vectors wherever they apply (even where Winograd is chosen for them).
     "bf16-tiles": {},
