@@ -51,6 +51,7 @@ def results_with_a_large_channel(conv, dtype, paths):
 
 
 # torch's matrix products, which call its BLAS (MKL on x86 CPUs).
+HAS_AVX512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 BLAS_OPS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::baddbmm_"}
 
 
@@ -584,7 +585,7 @@ def test_forced_cpu_paths_take_effect(kernel):
         assert not torch.equal(results["winograd"][1], results[other][1]), ("weight gradient", other)
 
 
-@pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX512"), reason="an AVX-512 rule")
+@pytest.mark.skipif(not HAS_AVX512, reason="an AVX-512 rule")
 def test_wide_groups_take_the_direct_forward():
     """In the AVX-512 build, stride-1 layers of 9 to 16 channels per group run on the direct group
     kernel (forward, and the input gradient as the forward of the flipped filters), bit for bit
@@ -735,6 +736,8 @@ def test_channels_last_gemm_takes_layers_by_shape(conv, on_channels_last_gemm, o
     few pixels too where those repay the filters and the patch is shorter than 1024 (182 pixels for 40
     channels with 576-long patches, but not 1080-long ones). No BLAS call there, where im2col+MKL had
     been (mutation-checked: without the rules each of them calls baddbmm_ or bmm)."""
+    if not HAS_AVX512:  # fast-blas runs the AVX2 build, which gives MKL no forward of a kernel larger than 1x1
+        on_channels_last_gemm, on_mkl = [*on_channels_last_gemm] + ["output"] * ("output" in on_mkl), [n for n in on_mkl if n != "output"]
     x, w, b = conv.tensors(torch.float32, "cpu")
     gy = torch.randn_like(F.conv2d(x, w, b, **conv.kwargs()))
     calls = blas_calls_on_path("fast-blas", conv, x, w, b, gy)
@@ -742,6 +745,31 @@ def test_channels_last_gemm_takes_layers_by_shape(conv, on_channels_last_gemm, o
         assert not calls[name], (name, calls)
     for name in on_mkl:
         assert calls[name], (name, calls)
+
+
+@pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the channels-last GEMM needs AVX2")
+@pytest.mark.parametrize("conv,on_channels_last_gemm", [
+    (Conv(1, 120, 64, (24, 24), (3, 3), (2, 2), (1, 1), (1, 1), 1, True), NAMES[:3]),
+    (Conv(1, 64, 160, (20, 20), (3, 3), (2, 2), (1, 1), (1, 1), 1, False), NAMES[:2]),
+    (Conv(2, 64, 420, (14, 14), (3, 3), (2, 2), (1, 1), (1, 1), 1, True), []),
+], ids=["long-patch", "half-as-many-pixels", "fewer-pixels"])
+def test_strided_layers_take_the_channels_last_gemm_in_the_avx2_build(conv, on_channels_last_gemm):
+    """The AVX2 build (the only one where the CPU lacks AVX-512) runs strided layers of few pixels
+    on the channels-last GEMM where its implicit GEMM and col2im+MKL lose: whatever the patch's
+    length with at least as many pixels in the batch as output channels, all three results (144
+    pixels of 64 channels, 1080-long patches, which the AVX-512 build gives MKL's one GEMM where it
+    keeps up); forward and input gradient from half as many (100 pixels for 160 channels: the
+    weight gradient stays on MKL); fewer stay off it (98 pixels for 420 channels). Checked by the
+    input gradient's BLAS calls (col2im's bmm off the GEMM; its forward's alternative, the
+    implicit GEMM, calls none either) and the weight gradient's (mutation-checked: each of the
+    rules removed, a row fails); results right on that path."""
+    check_layer_on_path(conv, torch.float64, "auto-avx2-isa")
+    x, w, b = conv.tensors(torch.float32, "cpu")
+    gy = torch.randn_like(F.conv2d(x, w, b, **conv.kwargs()))
+    calls = blas_calls_on_path("auto-avx2-isa", conv, x, w, b, gy)
+    assert not calls["output"], calls
+    for name in NAMES[1:3]:
+        assert bool(calls[name]) != (name in on_channels_last_gemm), (name, calls)
 
 
 @pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the channels-last GEMM needs AVX2")
@@ -1294,7 +1322,7 @@ def test_depthwise_backward_in_one_pass(conv, dtype, path):
     in registers) with AVX-512, 3x3 kernels with rows padded by 1 and undilated; elsewhere the
     three ops' calls."""
     avx512 = path.endswith("avx512-isa")
-    if avx512 and not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+    if avx512 and not HAS_AVX512:
         pytest.skip("needs AVX-512")
     rows_3x3 = conv.kernel == (3, 3) and conv.padding[0] == 1 and conv.dilation[0] == 1
     one_pass = dtype in (torch.float32, torch.float64) or (avx512 and rows_3x3)
@@ -1339,6 +1367,6 @@ def test_square_kernels_by_blocks_of_rows(conv, dtype, path):
     forward, and at stride 1 their input gradient, by blocks of 8 output rows
     (forward_plane_rows_square), the blocks inside the plane unmasked: right against float64 in
     both vector builds."""
-    if path.endswith("avx512-isa") and not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+    if path.endswith("avx512-isa") and not HAS_AVX512:
         pytest.skip("needs AVX-512")
     check_layer_on_path(conv, dtype, path)

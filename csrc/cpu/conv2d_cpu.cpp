@@ -269,11 +269,11 @@ Tensor batch_im2col(const Tensor& input, const Conv2dGeometry& g) {
 // (measured: 1x1 256->64 @56 1.6x at batch 8 and 2.6x at batch 1, 1024->256 @14 1.9x, 3x3/2
 // 128->256 @28 and 3x3 512 @7 at batch 1 1.8x and 2.5x).
 bool implicit_gemm_pays_off(const Conv2dGeometry& g) {
+  if (!blas_keeps_up()) return true;
   if (!use_avx512()) {
     return !is_pointwise(g) || (!batch_in_one_gemm(g) && (g.out_channels > g.in_channels || g.batch == 1));
   }
-  return !blas_keeps_up() || g.patch_size() <= kThinPatch ||
-         (g.unit_stride() && !is_pointwise(g) && g.patch_size() <= kStrideOnePatch);
+  return g.patch_size() <= kThinPatch || (g.unit_stride() && !is_pointwise(g) && g.patch_size() <= kStrideOnePatch);
 }
 
 // Thin pointwise layers (which implicit_gemm_pays_off gives the implicit GEMM) of more pixels
@@ -337,10 +337,25 @@ bool pixels_repay_packed_filters(const Conv2dGeometry& g) {
 // implicit GEMM: its output, 21 times its input, is moved from the band). Its weight gradient,
 // the same products summed the other way, beats im2col+MKL on those layers too (measured at
 // batch 8: 3x3/2 64->128 @56 1.4x, 32->64 @112 1.9x, 128->256 @28 alike), and its input
-// gradient, by stride phase, col2im (1.1-1.4x, 1.35-2x, 1.1-1.4x).
+// gradient, by stride phase, col2im (1.1-1.4x, 1.35-2x, 1.1-1.4x). Long patches lose only to
+// MKL's one GEMM (image_in_one_gemm), which the AVX2 build does not take (implicit_gemm_pays_off):
+// against its implicit GEMM they win (Zen 3, batch 1, forward, input and weight gradients, ms:
+// 3x3/2 120->64 @24 0.31 -> 0.15, 0.22 -> 0.19, 0.30 -> 0.19; 128 @56 1.9 -> 1.4, 1.8 -> 1.45, 1.9
+// -> 1.7).
 bool strided_channels_last_gemm_pays_off(const Conv2dGeometry& g) {
-  const bool repaid = channels_last_gemm_may_pay_off(g) || (pixels_repay_packed_filters(g) && g.patch_size() < kLongPatch);
+  const bool repaid = channels_last_gemm_may_pay_off(g) ||
+                      (pixels_repay_packed_filters(g) && (g.patch_size() < kLongPatch || !use_avx512()));
   return repaid && !g.unit_stride() && g.in_channels >= kChannelsLastGemmChannels;
+}
+
+// In the AVX2 build, the forward and input gradient of strided layers with half as many pixels
+// as output channels (which do not repay the weight gradient's packed filters) win against the
+// implicit GEMM as well (Zen 3, batch 1, ms: 3x3/2 128->256 @28 0.98 -> 0.72 and 0.84 -> 0.81,
+// 256 @28 1.88 -> 1.53 and 1.62 -> 1.72; weight gradients 0.9 -> 1.0 and 1.76 -> 2.37); fewer
+// lose (256->512 @14 at batch 2, 98 pixels: input gradient 1.76 -> 2.04 ms).
+bool strided_avx2_channels_last_gemm_pays_off(const Conv2dGeometry& g) {
+  return !use_avx512() && channels_last_gemm_applies(g) && !g.unit_stride() &&
+         g.in_channels >= kChannelsLastGemmChannels && 2 * g.batch * g.out_h * g.out_w >= g.out_channels;
 }
 
 // Stride-1 layers which Winograd does not take (dilated ones, and kernels other than 3x3 and
@@ -362,7 +377,8 @@ bool stride_one_channels_last_gemm_may_pay_off(const Conv2dGeometry& g) {
 
 bool channels_last_gemm_pays_off(const Conv2dGeometry& g) {
   const bool stride_one = stride_one_channels_last_gemm_may_pay_off(g) && g.in_channels >= 2 * kChannelsLastGemmChannels;
-  return strided_channels_last_gemm_pays_off(g) || grouped_channels_last_pays_off(g) || stride_one;
+  return strided_channels_last_gemm_pays_off(g) || strided_avx2_channels_last_gemm_pays_off(g) ||
+         grouped_channels_last_pays_off(g) || stride_one;
 }
 
 // Whether g's forward (or, at strides above 1, its input gradient) runs on the channels-last
