@@ -1075,6 +1075,22 @@ def test_pointwise_in_one_call(conv, dtype, path):
         check_layer_on_path(conv, dtype, path)
 
 
+@pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the implicit GEMM needs AVX2")
+@pytest.mark.parametrize("conv,on_mkl", [
+    (Conv(2, 128, 256, (24, 24), (1, 1), (1, 1), (0, 0), (1, 1), 1, True), True),
+    (Conv(2, 64, 256, (24, 24), (1, 1), (1, 1), (0, 0), (1, 1), 1, True), False),
+    (Conv(1, 128, 256, (36, 36), (1, 1), (1, 1), (0, 0), (1, 1), 1, False), False),
+], ids=["from-128-channels", "from-64-channels", "one-image"])
+def test_pointwise_expansions_in_the_avx2_build(conv, on_mkl):
+    """The AVX2 build gives a batch's pointwise expansions beyond one GEMM (1152 pixels) from 128
+    channels to MKL's one call per batch, and keeps those from fewer channels, and single images,
+    on the implicit GEMM (implicit_gemm_pays_off): the forward's BLAS calls say which; right there."""
+    check_layer_on_path(conv, torch.float64, "auto-avx2-isa")
+    x, w, b = conv.tensors(torch.float32, "cpu")
+    gy = torch.randn_like(F.conv2d(x, w, b, **conv.kwargs()))
+    assert bool(blas_calls_on_path("auto-avx2-isa", conv, x, w, b, gy)["output"]) == on_mkl
+
+
 # A single image of long patches (1024 elements or more) and 64 pixels or more runs its forward
 # as one GEMM over its im2col, written in place, on the paths that take MKL (image_in_one_gemm):
 # a 3x3/2 130->70 (patch 1170, 117 pixels) with a bias, a 3x3 dilated by 2, 120->140 (patch

@@ -258,8 +258,10 @@ Tensor batch_im2col(const Tensor& input, const Conv2dGeometry& g) {
 
 // A pointwise kernel's im2col matrix is the image itself, which MKL multiplies in place. With
 // AVX2, that is faster for the channel reductions of a batch and for small images in one GEMM;
-// the implicit GEMM wins for expansions and for single images (measured: 64->256 @56 1.15x,
-// 256->64 @56 at batch 1 1.2x, 256->64 at batch 8 0.85x). With AVX-512, MKL's kernels (in
+// the implicit GEMM wins for expansions of few channels and for single images (measured: 64->256
+// @56 1.15x, 256->64 @56 at batch 1 1.2x, 256->64 at batch 8 0.85x). Expansions from 128 channels
+// run faster on MKL too (Zen 3, batch 8: 128->512 @28 4.95 -> 4.73 ms, 256->1024 @14 5.9 -> 5.0,
+// 512->2048 @7 5.1 -> 4.9; 64->256 @56 alike). With AVX-512, MKL's kernels (in
 // place, or on tiles of im2col) win on long patches and pointwise kernels (measured: 1x1 1.2-1.3x,
 // 3x3/2 128->256 1.1-1.25x and 256->512 1.5x for MKL), the implicit GEMM on thin patches, where
 // MKL's packing costs more than it saves (but see one_call_beats_implicit_gemm), and on stride-1
@@ -268,10 +270,12 @@ Tensor batch_im2col(const Tensor& input, const Conv2dGeometry& g) {
 // MKL runs only its AVX2 kernels (AMD's Zen 5), the AVX-512 implicit GEMM wins on every layer
 // (measured: 1x1 256->64 @56 1.6x at batch 8 and 2.6x at batch 1, 1024->256 @14 1.9x, 3x3/2
 // 128->256 @28 and 3x3 512 @7 at batch 1 1.8x and 2.5x).
+constexpr int64_t kWideExpansionChannels = 128;
 bool implicit_gemm_pays_off(const Conv2dGeometry& g) {
   if (!blas_keeps_up()) return true;
   if (!use_avx512()) {
-    return !is_pointwise(g) || (!batch_in_one_gemm(g) && (g.out_channels > g.in_channels || g.batch == 1));
+    const bool narrow_expansion = g.out_channels > g.in_channels && g.in_channels < kWideExpansionChannels;
+    return !is_pointwise(g) || (!batch_in_one_gemm(g) && (narrow_expansion || g.batch == 1));
   }
   return g.patch_size() <= kThinPatch || (g.unit_stride() && !is_pointwise(g) && g.patch_size() <= kStrideOnePatch);
 }
