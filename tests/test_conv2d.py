@@ -1380,9 +1380,10 @@ def test_depthwise_backward_in_one_pass(conv, dtype, path):
 ], ids=["depthwise", "grouped-dilated-columns", "depthwise-7x7"])
 def test_square_kernels_by_blocks_of_rows(conv, dtype, path):
     """5x5 and 7x7 kernels with undilated rows and one output channel per group run their
-    forward, and at stride 1 their input gradient, by blocks of 8 output rows
-    (forward_plane_rows_square), the blocks inside the plane unmasked: right against float64 in
-    both vector builds."""
+    forward, and at stride 1 their input gradient, by blocks of output rows (8 rows of a vector
+    with AVX-512, 4 of two vectors with AVX2: forward_plane_rows_square), the blocks inside the
+    plane unmasked, the last ones partial or past the rows' end: right against float64 in both
+    vector builds."""
     if path.endswith("avx512-isa") and not HAS_AVX512:
         pytest.skip("needs AVX-512")
     check_layer_on_path(conv, dtype, path)
