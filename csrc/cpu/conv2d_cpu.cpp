@@ -261,7 +261,10 @@ Tensor batch_im2col(const Tensor& input, const Conv2dGeometry& g) {
 // the implicit GEMM wins for expansions of few channels and for single images (measured: 64->256
 // @56 1.15x, 256->64 @56 at batch 1 1.2x, 256->64 at batch 8 0.85x). Expansions from 128 channels
 // run faster on MKL too (Zen 3, batch 8: 128->512 @28 4.95 -> 4.73 ms, 256->1024 @14 5.9 -> 5.0,
-// 512->2048 @7 5.1 -> 4.9; 64->256 @56 alike). With AVX-512, MKL's kernels (in
+// 512->2048 @7 5.1 -> 4.9; 64->256 @56 alike), and so do single images whose filters fill a
+// core's L2, which the implicit GEMM packs per call (Zen 3, 1 MiB L2, batch 1: 1024->256 @14
+// 0.84 -> 0.66 ms, 1024->512 @14 1.6 -> 1.3-1.5, 2048->512 @7 alike; 512->256 @14 and 512->128
+// @28, half and a quarter of it, alike). With AVX-512, MKL's kernels (in
 // place, or on tiles of im2col) win on long patches and pointwise kernels (measured: 1x1 1.2-1.3x,
 // 3x3/2 128->256 1.1-1.25x and 256->512 1.5x for MKL), the implicit GEMM on thin patches, where
 // MKL's packing costs more than it saves (but see one_call_beats_implicit_gemm), and on stride-1
@@ -275,7 +278,8 @@ bool implicit_gemm_pays_off(const Conv2dGeometry& g) {
   if (!blas_keeps_up()) return true;
   if (!use_avx512()) {
     const bool narrow_expansion = g.out_channels > g.in_channels && g.in_channels < kWideExpansionChannels;
-    return !is_pointwise(g) || (!batch_in_one_gemm(g) && (narrow_expansion || g.batch == 1));
+    const bool filters_fill_l2 = g.out_channels * g.in_channels_per_group() * int64_t{sizeof(float)} >= core_l2_bytes();
+    return !is_pointwise(g) || (!batch_in_one_gemm(g) && (narrow_expansion || (g.batch == 1 && !filters_fill_l2)));
   }
   return g.patch_size() <= kThinPatch || (g.unit_stride() && !is_pointwise(g) && g.patch_size() <= kStrideOnePatch);
 }
