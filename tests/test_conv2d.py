@@ -1081,12 +1081,16 @@ def test_pointwise_in_one_call(conv, dtype, path):
     (Conv(2, 64, 256, (24, 24), (1, 1), (1, 1), (0, 0), (1, 1), 1, True), False),
     (Conv(1, 128, 256, (36, 36), (1, 1), (1, 1), (0, 0), (1, 1), 1, False), False),
     (Conv(1, 2048, 1024, (5, 3), (1, 1), (1, 1), (0, 0), (1, 1), 1, True), True),
-], ids=["from-128-channels", "from-64-channels", "one-image", "one-image-8-mib-filters"])
+    (Conv(2, 64, 96, (20, 19), (1, 1), (2, 2), (0, 0), (1, 1), 1, True), True),
+    (Conv(1, 64, 96, (20, 19), (1, 1), (2, 2), (0, 0), (1, 1), 1, True), False),
+], ids=["from-128-channels", "from-64-channels", "one-image", "one-image-8-mib-filters", "strided-200-pixels",
+        "strided-100-pixels"])
 def test_pointwise_layers_on_mkl_in_the_avx2_build(conv, on_mkl):
     """The AVX2 build gives a batch's pointwise expansions beyond one GEMM (1152 pixels) from 128
     channels to MKL's one call per batch, and keeps those from fewer channels, and single images,
     on the implicit GEMM (implicit_gemm_pays_off); but for single images whose filters fill a
-    core's L2 (8 MiB, beyond every core's): the forward's BLAS calls say which; right there."""
+    core's L2 (8 MiB, beyond every core's). Strided 1x1 kernels go to MKL from 128 output pixels
+    in the batch (200), not with fewer (100). The forward's BLAS calls say which; right there."""
     check_layer_on_path(conv, torch.float64, "auto-avx2-isa")
     x, w, b = conv.tensors(torch.float32, "cpu")
     gy = torch.randn_like(F.conv2d(x, w, b, **conv.kwargs()))

@@ -264,7 +264,11 @@ Tensor batch_im2col(const Tensor& input, const Conv2dGeometry& g) {
 // 512->2048 @7 5.1 -> 4.9; 64->256 @56 alike), and so do single images whose filters fill a
 // core's L2, which the implicit GEMM packs per call (Zen 3, 1 MiB L2, batch 1: 1024->256 @14
 // 0.84 -> 0.66 ms, 1024->512 @14 1.6 -> 1.3-1.5, 2048->512 @7 alike; 512->256 @14 and 512->128
-// @28, half and a quarter of it, alike). With AVX-512, MKL's kernels (in
+// @28, half and a quarter of it, alike). Strided 1x1 kernels, whose im2col is a strided view,
+// run faster on MKL from 128 output pixels in the batch (Zen 3: 1x1/2 at batch 8 64->128 @56 1.09
+// -> 0.82 ms, 128->256 @56 3.6 -> 2.9, 512->1024 @28 12.7 -> 10.7, 1024->2048 @14 14.6 -> 9.9; at
+// batch 1 256->512 @56 1.56 -> 1.30, 512->1024 @28 alike); with fewer, on the implicit GEMM (1024->2048
+// @14 at batch 1, 49 pixels, 2.6 -> 1.67 ms; at batch 2 alike). With AVX-512, MKL's kernels (in
 // place, or on tiles of im2col) win on long patches and pointwise kernels (measured: 1x1 1.2-1.3x,
 // 3x3/2 128->256 1.1-1.25x and 256->512 1.5x for MKL), the implicit GEMM on thin patches, where
 // MKL's packing costs more than it saves (but see one_call_beats_implicit_gemm), and on stride-1
@@ -273,10 +277,11 @@ Tensor batch_im2col(const Tensor& input, const Conv2dGeometry& g) {
 // MKL runs only its AVX2 kernels (AMD's Zen 5), the AVX-512 implicit GEMM wins on every layer
 // (measured: 1x1 256->64 @56 1.6x at batch 8 and 2.6x at batch 1, 1024->256 @14 1.9x, 3x3/2
 // 128->256 @28 and 3x3 512 @7 at batch 1 1.8x and 2.5x).
-constexpr int64_t kWideExpansionChannels = 128;
+constexpr int64_t kWideExpansionChannels = 128, kStridedPointwisePixels = 128;
 bool implicit_gemm_pays_off(const Conv2dGeometry& g) {
   if (!blas_keeps_up()) return true;
   if (!use_avx512()) {
+    if (g.kernel_h * g.kernel_w == 1 && !g.unit_stride()) return g.batch * g.out_h * g.out_w < kStridedPointwisePixels;
     const bool narrow_expansion = g.out_channels > g.in_channels && g.in_channels < kWideExpansionChannels;
     const bool filters_fill_l2 = g.out_channels * g.in_channels_per_group() * int64_t{sizeof(float)} >= core_l2_bytes();
     return !is_pointwise(g) || (!batch_in_one_gemm(g) && (narrow_expansion || (g.batch == 1 && !filters_fill_l2)));
