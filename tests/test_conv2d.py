@@ -1342,12 +1342,14 @@ def test_depthwise_backward_in_one_pass(conv, dtype, path):
     summing in the same order), the bias gradient grad_output's sum; and conv_ext.conv2d's
     gradients within float64's bound of F.conv2d's. float16 and bfloat16 read in place (widened
     in registers) with AVX-512, 3x3 kernels with rows padded by 1 and undilated; elsewhere the
-    three ops' calls."""
+    three ops' calls, and so does float32 in the AVX2 build where its input gradient runs by
+    channel blocks (undilated, 16 or 24 channels: depthwise_by_channel_blocks)."""
     avx512 = path.endswith("avx512-isa")
     if avx512 and not HAS_AVX512:
         pytest.skip("needs AVX-512")
     rows_3x3 = conv.kernel == (3, 3) and conv.padding[0] == 1 and conv.dilation[0] == 1
-    one_pass = dtype in (torch.float32, torch.float64) or (avx512 and rows_3x3)
+    by_channel_blocks = not avx512 and dtype == torch.float32 and conv.dilation == (1, 1)
+    one_pass = (dtype in (torch.float32, torch.float64) and not by_channel_blocks) or (avx512 and rows_3x3)
     ops = torch.ops.conv_ext
     x, w, b = conv.tensors(dtype, "cpu")
     args = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
@@ -1374,6 +1376,30 @@ def test_depthwise_backward_in_one_pass(conv, dtype, path):
             theirs, _ = forward_and_grads(F.conv2d, conv, x, w, b, gy)
             for name, a, t in zip(NAMES, ours, theirs):
                 assert_scaled_close(a, t, 1e-12, f"{name} vs F.conv2d")
+
+
+@pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the AVX2 build")
+@pytest.mark.parametrize("kernel,padding,size", [
+    (3, (1, 1), (28, 30)), (5, (2, 1), (13, 21)), (7, (3, 0), (9, 17)), (7, (0, 3), (20, 9)),
+], ids=["3x3", "5x5", "7x7", "7x7-unpadded-rows"])
+def test_depthwise_by_channel_blocks_in_the_avx2_build(kernel, padding, size):
+    """Depthwise 3x3, 5x5 and 7x7 float32 layers at stride 1 with a multiple of 8 channels run 8
+    channels at a time in the AVX2 build (depthwise_by_channel_blocks), forward and input
+    gradient: right within float32's bounds of the float64 result, on rows of every width against
+    its blocks of 8 pixels, whatever the padding (float64 there as F.conv2d). The 3x3 layer's sums
+    differ in their bits from the planes' kernel's (17 channels, no multiple of 8; mutation-checked)."""
+    conv = Conv(2, 16, 16, size, (kernel, kernel), (1, 1), padding, (1, 1), 16, True)
+    for dtype in (torch.float32, torch.float64):
+        check_layer_on_path(conv, dtype, "auto-avx2-isa")
+    if kernel == 3:
+        x, w, b = torch.randn(2, 17, *size), torch.randn(17, 1, 3, 3), torch.randn(17)
+        x[:, :, 0] *= 1000  # sums in another order differ in their bits
+        args = ([1, 1], list(padding), [1, 1])
+        with cpu_path("auto-avx2-isa"):
+            blocks = torch.ops.conv_ext.conv2d(x[:, :16], w[:16], b[:16], *args, 16)
+            planes = torch.ops.conv_ext.conv2d(x, w, b, *args, 17)[:, :16]
+        assert_scaled_close(blocks, planes, 1e-6, "output")
+        assert not torch.equal(blocks, planes)
 
 
 @pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the row kernels need AVX2")
