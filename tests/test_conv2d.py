@@ -1380,26 +1380,28 @@ def test_depthwise_backward_in_one_pass(conv, dtype, path):
 
 @pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the AVX2 build")
 @pytest.mark.parametrize("kernel,padding,size", [
-    (3, (1, 1), (28, 30)), (5, (2, 1), (13, 21)), (7, (3, 0), (9, 17)), (7, (0, 3), (20, 9)),
-], ids=["3x3", "5x5", "7x7", "7x7-unpadded-rows"])
+    (3, (1, 1), (28, 30)), (5, (2, 1), (13, 21)), (7, (3, 0), (9, 17)), (7, (0, 3), (20, 9)), (3, (1, 1), (370, 370)),
+], ids=["3x3", "5x5", "7x7", "7x7-unpadded-rows", "3x3-band-over-4-mib"])
 def test_depthwise_by_channel_blocks_in_the_avx2_build(kernel, padding, size):
     """Depthwise 3x3, 5x5 and 7x7 float32 layers at stride 1 with a multiple of 8 channels run 8
     channels at a time in the AVX2 build (depthwise_by_channel_blocks), forward and input
     gradient: right within float32's bounds of the float64 result, on rows of every width against
-    its blocks of 8 pixels, whatever the padding (float64 there as F.conv2d). The 3x3 layer's sums
-    differ in their bits from the planes' kernel's (17 channels, no multiple of 8; mutation-checked)."""
-    conv = Conv(2, 16, 16, size, (kernel, kernel), (1, 1), padding, (1, 1), 16, True)
+    its blocks of 8 pixels, whatever the padding (float64 there as F.conv2d). A 3x3 layer's sums
+    differ in their bits from the planes' kernel's (17 channels, no multiple of 8; mutation-checked),
+    but where a task's band of 8 padded planes would outgrow 4 MiB (370 x 370), which stay on it."""
+    on_blocks = size[0] < 370
+    conv = Conv(2 if on_blocks else 1, 16, 16, size, (kernel, kernel), (1, 1), padding, (1, 1), 16, True)
     for dtype in (torch.float32, torch.float64):
         check_layer_on_path(conv, dtype, "auto-avx2-isa")
     if kernel == 3:
-        x, w, b = torch.randn(2, 17, *size), torch.randn(17, 1, 3, 3), torch.randn(17)
+        x, w, b = torch.randn(conv.batch, 17, *size), torch.randn(17, 1, 3, 3), torch.randn(17)
         x[:, :, 0] *= 1000  # sums in another order differ in their bits
         args = ([1, 1], list(padding), [1, 1])
         with cpu_path("auto-avx2-isa"):
             blocks = torch.ops.conv_ext.conv2d(x[:, :16], w[:16], b[:16], *args, 16)
             planes = torch.ops.conv_ext.conv2d(x, w, b, *args, 17)[:, :16]
         assert_scaled_close(blocks, planes, 1e-6, "output")
-        assert not torch.equal(blocks, planes)
+        assert torch.equal(blocks, planes) != on_blocks
 
 
 @pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the row kernels need AVX2")

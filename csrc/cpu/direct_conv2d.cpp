@@ -218,20 +218,31 @@ bool direct_pays_off(const Conv2dGeometry& g) {
 // peak or less (Zen 3, forward, A/B at batch 8: 7x7 96 @56 4.9 -> 1.8 ms, 384 @14 1.25 -> 0.62,
 // 5x5 240 @28 1.3 -> 0.85-0.91, 3x3 256 @28 0.90-0.95 -> 0.53-0.58, 144 @56 1.4-2.2 -> 1.0-1.2,
 // 512 @14 0.59-0.79 -> 0.38-0.55; at batch 1 7x7 384 @14 0.16 -> 0.09, 3x3 256 @28 0.12-0.14 ->
-// 0.075).
+// 0.075). A task's band holds its 8 whole padded planes: up to 4 MiB (planes of about 350 x 350).
+constexpr int64_t kMaxChannelBlockBand = int64_t{4} << 20;
+
+// The band's width: the padded rows, and past them the zeros that the row kernel's blocks of 8
+// output pixels read.
+int64_t channel_block_band_width(const Conv2dGeometry& g) {
+  return std::max(g.in_w + 2 * g.pad_w, (g.out_w + 7) / 8 * 8 + g.kernel_w - 1);
+}
+
 bool depthwise_by_channel_blocks(const Conv2dGeometry& g, at::ScalarType dtype) {
+  const int64_t band_bytes = (g.in_h + 2 * g.pad_h) * channel_block_band_width(g) * 8 * int64_t{sizeof(float)};
   return dtype == at::kFloat && use_avx2() && !use_avx512() && g.groups == g.in_channels &&
          g.out_channels == g.groups && g.in_channels % 8 == 0 && g.unit_stride() && g.dilation_h == 1 &&
-         g.dilation_w == 1 && g.kernel_h == g.kernel_w && (g.kernel_h == 3 || g.kernel_h == 5 || g.kernel_h == 7);
+         g.dilation_w == 1 && g.kernel_h == g.kernel_w && (g.kernel_h == 3 || g.kernel_h == 5 || g.kernel_h == 7) &&
+         band_bytes <= kMaxChannelBlockBand;
 }
 
 void depthwise_forward_by_channel_blocks(const Tensor& input, const Tensor& weight, const Tensor& bias,
                                          const Conv2dGeometry& g, Tensor& output) {
   const int64_t K = g.kernel_h, plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
-  const int64_t out_w8 = (g.out_w + 7) / 8 * 8;  // the row kernel's blocks read (zeros) past the row
-  const int64_t band_w = std::max(g.in_w + 2 * g.pad_w, out_w8 + K - 1), band_h = g.in_h + 2 * g.pad_h;
+  const int64_t band_w = channel_block_band_width(g), band_h = g.in_h + 2 * g.pad_h, out_w8 = (g.out_w + 7) / 8 * 8;
   const auto transpose = transpose_for_this_cpu<float>();
-  const auto row_kernel = K == 3 ? &avx2::depthwise_row_8_channels<3> : K == 5 ? &avx2::depthwise_row_8_channels<5> : &avx2::depthwise_row_8_channels<7>;
+  const auto row_kernel = K == 3   ? &avx2::depthwise_row_8_channels<3>
+                          : K == 5 ? &avx2::depthwise_row_8_channels<5>
+                                   : &avx2::depthwise_row_8_channels<7>;
   const float* x = input.const_data_ptr<float>();
   const float* w = weight.const_data_ptr<float>();
   const float* b = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
