@@ -1329,7 +1329,7 @@ def test_direct_rows_layers(conv, dtype, path):
 @pytest.mark.parametrize("path", ["auto-avx2-isa", "auto-avx512-isa"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("conv", [
-    Conv(3, 16, 16, (13, 11), (3, 3), (1, 1), (1, 1), (1, 1), 16, True),  # odd sizes
+    Conv(3, 15, 15, (13, 11), (3, 3), (1, 1), (1, 1), (1, 1), 15, True),  # odd sizes, channels no multiple of 8
     Conv(2, 24, 24, (9, 20), (3, 3), (1, 1), (1, 0), (1, 1), 24, True),  # columns unpadded
     Conv(2, 16, 16, (6, 23), (3, 3), (1, 1), (1, 3), (1, 2), 16, True),  # columns dilated
     Conv(2, 16, 16, (11, 12), (5, 5), (1, 1), (2, 2), (1, 1), 16, True),  # 5x5, on padded copies
@@ -1343,12 +1343,12 @@ def test_depthwise_backward_in_one_pass(conv, dtype, path):
     gradients within float64's bound of F.conv2d's. float16 and bfloat16 read in place (widened
     in registers) with AVX-512, 3x3 kernels with rows padded by 1 and undilated; elsewhere the
     three ops' calls, and so does float32 in the AVX2 build where its input gradient runs by
-    channel blocks (undilated, 16 or 24 channels: depthwise_by_channel_blocks)."""
+    channel blocks (undilated, a multiple of 8 channels: depthwise_by_channel_blocks)."""
     avx512 = path.endswith("avx512-isa")
     if avx512 and not HAS_AVX512:
         pytest.skip("needs AVX-512")
     rows_3x3 = conv.kernel == (3, 3) and conv.padding[0] == 1 and conv.dilation[0] == 1
-    by_channel_blocks = not avx512 and dtype == torch.float32 and conv.dilation == (1, 1)
+    by_channel_blocks = not avx512 and dtype == torch.float32 and conv.dilation == (1, 1) and conv.in_channels % 8 == 0
     one_pass = (dtype in (torch.float32, torch.float64) and not by_channel_blocks) or (avx512 and rows_3x3)
     ops = torch.ops.conv_ext
     x, w, b = conv.tensors(dtype, "cpu")
@@ -1408,16 +1408,17 @@ def test_depthwise_by_channel_blocks_in_the_avx2_build(kernel, padding, size):
 @pytest.mark.parametrize("path", ["auto-avx2-isa", "auto-avx512-isa"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("conv", [
-    Conv(2, 16, 16, (37, 40), (5, 5), (1, 1), (2, 2), (1, 1), 16, True),  # blocks inside and on every edge
+    Conv(2, 15, 15, (37, 40), (5, 5), (1, 1), (2, 2), (1, 1), 15, True),  # blocks inside and on every edge
     Conv(2, 6, 2, (21, 35), (5, 5), (1, 1), (1, 3), (1, 2), 2, True),  # 3 channels per group, columns dilated
-    Conv(2, 16, 16, (37, 40), (7, 7), (1, 1), (3, 3), (1, 1), 16, True),  # ConvNeXt's 7x7
+    Conv(2, 15, 15, (37, 40), (7, 7), (1, 1), (3, 3), (1, 1), 15, True),  # ConvNeXt's 7x7
 ], ids=["depthwise", "grouped-dilated-columns", "depthwise-7x7"])
 def test_square_kernels_by_blocks_of_rows(conv, dtype, path):
     """5x5 and 7x7 kernels with undilated rows and one output channel per group run their
     forward, and at stride 1 their input gradient, by blocks of output rows (8 rows of a vector
     with AVX-512, 4 of two vectors with AVX2: forward_plane_rows_square), the blocks inside the
     plane unmasked, the last ones partial or past the rows' end: right against float64 in both
-    vector builds."""
+    vector builds. 15 channels: the AVX2 build takes float32 depthwise layers of a multiple of 8
+    to its channel blocks instead (depthwise_by_channel_blocks)."""
     if path.endswith("avx512-isa") and not HAS_AVX512:
         pytest.skip("needs AVX-512")
     check_layer_on_path(conv, dtype, path)
