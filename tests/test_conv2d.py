@@ -932,6 +932,22 @@ def test_direct_plane_rows_inside_and_edges(conv, dtype, path):
     check_layer_on_path(conv, dtype, path)
 
 
+# The AVX2 build's depthwise 3x3 planes padded by 1 column and wider than a vector shift the
+# padding into their first and last vectors of columns (depthwise_3x3_shifts_edges), the last
+# overlapping the one before it: rows a lane wider than a vector (the two overlap but for a
+# column), two vectors wide (none between), a lane wider (one between, overlapped but for a
+# column), and wider, in float32 (8 lanes) and float64 (4); planes of 8 KiB or more (46 x 45,
+# 35 x 31) prefetch their rows as they go. 6 channels: not the channel blocks.
+@pytest.mark.parametrize("path", DIRECT_PATHS)
+@pytest.mark.parametrize("dtype,size", [
+    (torch.float32, (7, 9)), (torch.float32, (4, 16)), (torch.float32, (5, 17)), (torch.float32, (46, 45)),
+    (torch.float64, (6, 5)), (torch.float64, (3, 8)), (torch.float64, (7, 9)), (torch.float64, (35, 31)),
+], ids=["float32-9", "float32-16", "float32-17", "float32-rows-prefetched", "float64-5", "float64-8", "float64-9",
+        "float64-rows-prefetched"])
+def test_depthwise_3x3_edges_shifted_in(dtype, size, path):
+    check_layer_on_path(Conv(2, 6, 6, size, (3, 3), (1, 1), (1, 1), (1, 1), 6, True), dtype, path)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("path", DIRECT_PATHS)
 @pytest.mark.parametrize("conv", [
@@ -1379,18 +1395,20 @@ def test_depthwise_backward_in_one_pass(conv, dtype, path):
 
 
 @pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the AVX2 build")
-@pytest.mark.parametrize("kernel,padding,size", [
-    (3, (1, 1), (28, 30)), (5, (2, 1), (13, 21)), (7, (3, 0), (9, 17)), (7, (0, 3), (20, 9)), (3, (1, 1), (370, 370)),
-], ids=["3x3", "5x5", "7x7", "7x7-unpadded-rows", "3x3-band-over-4-mib"])
-def test_depthwise_by_channel_blocks_in_the_avx2_build(kernel, padding, size):
+@pytest.mark.parametrize("kernel,padding,size,on_blocks", [
+    (3, (1, 1), (19, 21), True), (5, (2, 1), (13, 21), True), (7, (3, 0), (9, 17), True), (7, (0, 3), (20, 9), True),
+    (3, (1, 1), (183, 181), True), (3, (1, 1), (20, 20), False), (3, (1, 1), (370, 370), False),
+], ids=["3x3", "5x5", "7x7", "7x7-unpadded-rows", "3x3-over-128-kib", "3x3-planes-faster", "3x3-band-over-4-mib"])
+def test_depthwise_by_channel_blocks_in_the_avx2_build(kernel, padding, size, on_blocks):
     """Depthwise 3x3, 5x5 and 7x7 float32 layers at stride 1 with a multiple of 8 channels run 8
     channels at a time in the AVX2 build (depthwise_by_channel_blocks), forward and input
     gradient: right within float32's bounds of the float64 result, on rows of every width against
     its blocks of 8 pixels, whatever the padding (float64 there as F.conv2d). A 3x3 layer's sums
     differ in their bits from the planes' kernel's (17 channels, no multiple of 8; mutation-checked),
-    but where a task's band of 8 padded planes would outgrow 4 MiB (370 x 370), which stay on it."""
-    on_blocks = size[0] < 370
-    conv = Conv(2 if on_blocks else 1, 16, 16, size, (kernel, kernel), (1, 1), padding, (1, 1), 16, True)
+    but on the planes that kernel takes from the blocks: of 400 pixels up to 128 KiB, padded by
+    1 (20 x 20; 19 x 21 and 183 x 181, 129 KiB, stay on the blocks), and where a task's band of
+    8 padded planes would outgrow 4 MiB (370 x 370)."""
+    conv = Conv(2 if size[0] < 370 else 1, 16, 16, size, (kernel, kernel), (1, 1), padding, (1, 1), 16, True)
     for dtype in (torch.float32, torch.float64):
         check_layer_on_path(conv, dtype, "auto-avx2-isa")
     if kernel == 3:

@@ -38,6 +38,26 @@ inline bool depthwise_3x3_rows_apply(const Conv2dGeometry& g) {
   return g.kernel_h == 3 && g.kernel_w == 3 && g.dilation_h == 1 && g.pad_h == 1 && g.in_channels_per_group() == 1;
 }
 
+// Of those, the planes whose columns are padded by 1 and undilated, wider than a vector of `lanes`:
+// the AVX2 build shifts the padding column into their first and last vectors of columns rather
+// than loading those under masks, which cost Zen 3 twice as long per row as plain loads (one
+// thread, planes in cache: 28 x 28 1.15x faster, 56 x 56 1.15x; float64 alike).
+inline bool depthwise_3x3_shifts_edges(const Conv2dGeometry& g, int64_t lanes) {
+  return depthwise_3x3_rows_apply(g) && g.pad_w == 1 && g.dilation_w == 1 && g.out_w > lanes;
+}
+
+// Those planes of 8 KiB or more prefetch their rows as the first vector of columns walks down
+// them, the output's above all: the walk writes each output line first, row after row, which
+// the prefetchers do not follow. In place of the next plane ahead (prefetch_plane); Zen 3,
+// forward at batch 8: 144 @56 1.02-1.15 -> 0.83-0.86 ms, 96 @56 0.60 -> 0.52, 32 @112 0.89-1.14
+// -> 0.68-0.85, 16 @160 0.95 -> 0.81, float64 144 @56 3.6 -> 2.9; 28 x 28 planes (3 KiB) 4%
+// slower. Not on Intel's, whose prefetchers follow such walks (see prefetch_plane).
+constexpr int64_t kRowPrefetchPlaneBytes = int64_t{8} << 10;
+inline bool depthwise_3x3_prefetches_rows(const Conv2dGeometry& g, int64_t element_bytes) {
+  return depthwise_3x3_shifts_edges(g, 32 / element_bytes) && g.in_h * g.in_w * element_bytes >= kRowPrefetchPlaneBytes &&
+         !cpu_is_intel();
+}
+
 // A plane into L2 ahead of its kernel, which walks it in strips of columns (or blocks of rows),
 // from 2 KiB, up to 64 KiB of it, where the hardware prefetchers do not follow such walks: on
 // AMD's (Zen 5, depthwise 3x3 at batch 8 with AVX-512: forwards alone 144 channels @56 1.5x
@@ -221,6 +241,19 @@ bool direct_pays_off(const Conv2dGeometry& g) {
 // 0.075). A task's band holds its 8 whole padded planes: up to 4 MiB (planes of about 350 x 350).
 constexpr int64_t kMaxChannelBlockBand = int64_t{4} << 20;
 
+// But 3x3 planes of 400 pixels (20 x 20) up to 128 KiB whose edges shift in their padding
+// (depthwise_3x3_shifts_edges) run faster on the planes' kernel, which needs no transposes (Zen 3,
+// forward, A/B at batch 8: 256 @28 0.53 -> 0.47-0.49 ms, 512 @28 1.45 -> 1.24, 256 @20 0.52 ->
+// 0.40-0.42, 144 @56 0.96 -> 0.86, 32 @112 0.83 -> 0.68; at batch 1 256 @28 0.073 -> 0.065, 144
+// @56 0.117 -> 0.093, 32 @128 0.18 -> 0.12). Smaller planes spend more on each plane's set-up
+// (512 @14 0.36 -> 0.47, 512 @16 0.47 -> 0.61, 512 @18 0.54 -> 0.62), larger ones on walking
+// their columns down more than L1 holds (64 @224 at batch 1 1.0 -> 1.05).
+constexpr int64_t kMinPlanesPixels = 400, kMaxPlanesBytes = int64_t{128} << 10;
+bool depthwise_3x3_planes_faster(const Conv2dGeometry& g) {
+  return depthwise_3x3_shifts_edges(g, avx2::Vec<float>::kLanes) && g.out_h * g.out_w >= kMinPlanesPixels &&
+         g.in_h * g.in_w * int64_t{sizeof(float)} <= kMaxPlanesBytes;
+}
+
 // The band's width: the padded rows, and past them the zeros that the row kernel's blocks of 8
 // output pixels read.
 int64_t channel_block_band_width(const Conv2dGeometry& g) {
@@ -232,7 +265,7 @@ bool depthwise_by_channel_blocks(const Conv2dGeometry& g, at::ScalarType dtype) 
   return dtype == at::kFloat && use_avx2() && !use_avx512() && g.groups == g.in_channels &&
          g.out_channels == g.groups && g.in_channels % 8 == 0 && g.unit_stride() && g.dilation_h == 1 &&
          g.dilation_w == 1 && g.kernel_h == g.kernel_w && (g.kernel_h == 3 || g.kernel_h == 5 || g.kernel_h == 7) &&
-         band_bytes <= kMaxChannelBlockBand;
+         band_bytes <= kMaxChannelBlockBand && !depthwise_3x3_planes_faster(g);
 }
 
 void depthwise_forward_by_channel_blocks(const Tensor& input, const Tensor& weight, const Tensor& bias,
@@ -297,6 +330,7 @@ Tensor direct_conv2d_forward(const Tensor& input, const Tensor& weight, const Te
         const bool rows = unit_stride && io_kernels.forward_rows != nullptr &&
                           (std::is_same_v<io_t, scalar_t> ? g.kernel_w <= kMaxRowsKernelWidth : depthwise_3x3_rows_apply(g));
         const int64_t work_size = unit_stride && !rows ? generic::unit_stride_work_size(g) : 0;
+        const bool rows_prefetched = rows && cpu_isa() == Isa::avx2 && depthwise_3x3_prefetches_rows(g, sizeof(io_t));
         const io_t* x = input.const_data_ptr<io_t>();
         io_t* y = output.mutable_data_ptr<io_t>();
         const auto group_input = [&](int64_t plane) {  // of output plane (n, k)
@@ -307,7 +341,9 @@ Tensor direct_conv2d_forward(const Tensor& input, const Tensor& weight, const Te
           for (int64_t plane = begin; plane < end; ++plane) {
             const int64_t k = plane % g.out_channels;
             const io_t* x_group = group_input(plane);
-            if (plane + 1 < end) prefetch_plane(group_input(plane + 1), cg * g.in_h * g.in_w * int64_t{sizeof(io_t)});
+            if (plane + 1 < end && !rows_prefetched) {
+              prefetch_plane(group_input(plane + 1), cg * g.in_h * g.in_w * int64_t{sizeof(io_t)});
+            }
             const scalar_t bias_k = b != nullptr ? b[k] : scalar_t(0);
             io_t* y_plane = y + plane * g.out_h * g.out_w;
             if (rows) {

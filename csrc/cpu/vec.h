@@ -39,6 +39,12 @@ struct Vec<float> {
     const __m256 s = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
     return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), _MM_SHUFFLE(3, 1, 2, 0)));
   }
+  static type lanes_up(type v) {  // lane i + 1 takes lane i; lane 0 zero
+    return _mm256_blend_ps(_mm256_permutevar8x32_ps(v, _mm256_setr_epi32(0, 0, 1, 2, 3, 4, 5, 6)), zero(), 0x01);
+  }
+  static type lanes_down(type v) {  // lane i takes lane i + 1; the last lane zero
+    return _mm256_blend_ps(_mm256_permutevar8x32_ps(v, _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 7)), zero(), 0x80);
+  }
 };
 template <>
 struct Vec<double> {
@@ -64,6 +70,12 @@ struct Vec<double> {
   static void store_first(double* p, type v, int n) { _mm256_maskstore_pd(p, first_lanes(n), v); }
   static type even_lanes(type lo, type hi) {  // lanes 0, 2, ..., 6 of lo followed by hi
     return _mm256_permute4x64_pd(_mm256_unpacklo_pd(lo, hi), _MM_SHUFFLE(3, 1, 2, 0));
+  }
+  static type lanes_up(type v) {  // lane i + 1 takes lane i; lane 0 zero
+    return _mm256_blend_pd(_mm256_permute4x64_pd(v, _MM_SHUFFLE(2, 1, 0, 0)), zero(), 0x1);
+  }
+  static type lanes_down(type v) {  // lane i takes lane i + 1; the last lane zero
+    return _mm256_blend_pd(_mm256_permute4x64_pd(v, _MM_SHUFFLE(3, 3, 2, 1)), zero(), 0x8);
   }
 };
 
