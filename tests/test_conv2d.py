@@ -953,7 +953,8 @@ def test_depthwise_3x3_edges_shifted_in(dtype, size, path):
                          ids=["float32", "float64"])
 def test_depthwise_3x3_planes_streamed(dtype, channels, size, path):
     """Those planes (up to 56 x 56) of an output larger than 2 MiB are summed in a scratch plane
-    and copied out by non-temporal stores (depthwise_3x3_streams_planes): float32 planes of 1680
+    and copied out by non-temporal stores (depthwise_3x3_streams_planes), and so are the input
+    gradient's planes in the one-pass backward (mutation-checked): float32 planes of 1680
     bytes, every other one off the stores' 32-byte alignment (copied element by element up to it
     and past the last whole vector); float64 ones of 3360 bytes."""
     check_layer_on_path(Conv(2, channels, channels, size, (3, 3), (1, 1), (1, 1), (1, 1), channels, True), dtype, path)

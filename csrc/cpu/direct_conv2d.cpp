@@ -226,6 +226,20 @@ bool grad_weight_reads_rows(const PlaneKernels<scalar_t, io_t>& kernels, const C
   return kernels.grad_weight_rows_3x3 != nullptr && g.kernel_h == 3 && g.kernel_w == 3 && g.dilation_h == 1;
 }
 
+// forward_rows of plane x into out, or, given a scratch plane (depthwise_3x3_streams_planes), into
+// it and from it into out by non-temporal stores.
+template <typename scalar_t, typename io_t>
+void forward_rows_into(const PlaneKernels<scalar_t, io_t>& kernels, const io_t* x, const scalar_t* w, scalar_t bias,
+                       io_t* out, const Conv2dGeometry& g, scalar_t* scratch) {
+  if constexpr (std::is_same_v<io_t, scalar_t>) {
+    if (scratch != nullptr) {
+      kernels.forward_rows(x, w, bias, scratch, g);
+      return avx2::stream_copy(scratch, g.out_h * g.out_w, out);
+    }
+  }
+  kernels.forward_rows(x, w, bias, out, g);
+}
+
 // fn(io) with a value of the tensor's element type: float16 or bfloat16 (computed in float32),
 // or scalar_t.
 template <typename scalar_t, typename Fn>
@@ -372,14 +386,8 @@ Tensor direct_conv2d_forward(const Tensor& input, const Tensor& weight, const Te
             const scalar_t bias_k = b != nullptr ? b[k] : scalar_t(0);
             io_t* y_plane = y + plane * g.out_h * g.out_w;
             if (rows) {
-              if constexpr (std::is_same_v<io_t, scalar_t>) {
-                if (streamed) {  // summed in L1, then copied out (depthwise_3x3_streams_planes)
-                  io_kernels.forward_rows(x_group, w + k * g.patch_size(), bias_k, scratch.data(), g);
-                  avx2::stream_copy(scratch.data(), g.out_h * g.out_w, y_plane);
-                  continue;
-                }
-              }
-              io_kernels.forward_rows(x_group, w + k * g.patch_size(), bias_k, y_plane, g);
+              forward_rows_into(io_kernels, x_group, w + k * g.patch_size(), bias_k, y_plane, g,
+                                streamed ? scratch.data() : nullptr);
               continue;
             }
             if constexpr (std::is_same_v<io_t, scalar_t>) {  // float16 and bfloat16 are read only at stride 1
@@ -569,6 +577,7 @@ std::array<Tensor, 3> direct_conv2d_backward(const Tensor& input, const Tensor& 
       scalar_t* gb = want_bias ? grad_bias.mutable_data_ptr<scalar_t>() : nullptr;
       const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w, area = g.kernel_h * g.kernel_w;
       const bool rows_3x3 = grad_weight_reads_rows(kernels, g);
+      const bool streamed = gx != nullptr && cpu_isa() == Isa::avx2 && depthwise_3x3_streams_planes(t, grad_input);
       // Tasks over channels, images summed in order (as direct_conv2d_grad_weight sums them), each
       // image's planes of a task's channels in turn: consecutive planes, which the hardware
       // prefetchers follow (a channel's planes image by image, apart by the image's size, ran the
@@ -577,6 +586,7 @@ std::array<Tensor, 3> direct_conv2d_backward(const Tensor& input, const Tensor& 
         std::vector<double> bias_sums(want_bias ? end - begin : 0);  // float32 would lose digits to a large batch
         std::vector<scalar_t> flipped(area);  // the input gradient's filter: the layer's rotated by 180 degrees
         AlignedVector<scalar_t> work(rows_3x3 || gw == nullptr ? 0 : generic::unit_stride_work_size(g, 2), scalar_t(0));
+        AlignedVector<scalar_t> scratch(streamed ? in_plane : 0);  // the streamed plane (backward of 256 @28 at batch 8 1.05x faster)
         if (gw != nullptr) std::fill(gw + begin * area, gw + end * area, scalar_t(0));
         for (int64_t n = 0; n < g.batch; ++n) {
           for (int64_t c = begin; c < end; ++c) {
@@ -584,7 +594,8 @@ std::array<Tensor, 3> direct_conv2d_backward(const Tensor& input, const Tensor& 
             const io_t* const gy_planes[2] = {gy + plane * out_plane, nullptr};
             if (gx != nullptr) {
               std::reverse_copy(w + c * area, w + (c + 1) * area, flipped.begin());
-              kernels.forward_rows(gy_planes[0], flipped.data(), scalar_t(0), gx + plane * in_plane, t);
+              forward_rows_into(kernels, gy_planes[0], flipped.data(), scalar_t(0), gx + plane * in_plane, t,
+                                streamed ? scratch.data() : nullptr);
             }
             if (gw != nullptr) {
               scalar_t* const filters[2] = {gw + c * area, nullptr};
@@ -598,6 +609,7 @@ std::array<Tensor, 3> direct_conv2d_backward(const Tensor& input, const Tensor& 
           }
         }
         for (int64_t c = begin; c < end && gb != nullptr; ++c) gb[c] = static_cast<scalar_t>(bias_sums[c - begin]);
+        if (streamed) _mm_sfence();
       });
     });
   });
