@@ -937,7 +937,9 @@ def test_direct_plane_rows_inside_and_edges(conv, dtype, path):
 # overlapping the one before it: rows a lane wider than a vector (the two overlap but for a
 # column), two vectors wide (none between), a lane wider (one between, overlapped but for a
 # column), and wider, in float32 (8 lanes) and float64 (4); planes of 8 KiB or more (46 x 45,
-# 35 x 31) prefetch their rows as they go. 6 channels: not the channel blocks.
+# 35 x 31) prefetch their rows as they go. 6 channels: not the channel blocks. The weight
+# gradient's 3x3 kernel (grad_weight_rows_3x3) shifts the padding into whole first and last
+# vectors likewise (mutation-checked), and loads those inside the rows unmasked.
 @pytest.mark.parametrize("path", DIRECT_PATHS)
 @pytest.mark.parametrize("dtype,size", [
     (torch.float32, (7, 9)), (torch.float32, (4, 16)), (torch.float32, (5, 17)), (torch.float32, (46, 45)),
