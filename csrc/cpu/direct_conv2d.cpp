@@ -586,7 +586,7 @@ std::array<Tensor, 3> direct_conv2d_backward(const Tensor& input, const Tensor& 
         std::vector<double> bias_sums(want_bias ? end - begin : 0);  // float32 would lose digits to a large batch
         std::vector<scalar_t> flipped(area);  // the input gradient's filter: the layer's rotated by 180 degrees
         AlignedVector<scalar_t> work(rows_3x3 || gw == nullptr ? 0 : generic::unit_stride_work_size(g, 2), scalar_t(0));
-        AlignedVector<scalar_t> scratch(streamed ? in_plane : 0);  // the streamed plane (backward of 256 @28 at batch 8 1.05x faster)
+        AlignedVector<scalar_t> scratch(streamed ? in_plane : 0);  // streamed (forward and backward of 256 @28 at batch 8 1.05x faster)
         if (gw != nullptr) std::fill(gw + begin * area, gw + end * area, scalar_t(0));
         for (int64_t n = 0; n < g.batch; ++n) {
           for (int64_t c = begin; c < end; ++c) {
