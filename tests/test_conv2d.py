@@ -1409,26 +1409,31 @@ def test_depthwise_backward_in_one_pass(conv, dtype, path):
 
 
 @pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the AVX2 build")
-@pytest.mark.parametrize("kernel,padding,size,on_blocks", [
-    (3, (1, 1), (19, 21), True), (5, (2, 1), (13, 21), True), (7, (3, 0), (9, 17), True), (7, (0, 3), (20, 9), True),
-    (3, (1, 1), (183, 181), True), (3, (1, 1), (20, 20), False), (3, (1, 1), (370, 370), False),
-], ids=["3x3", "5x5", "7x7", "7x7-unpadded-rows", "3x3-over-128-kib", "3x3-planes-faster", "3x3-band-over-4-mib"])
-def test_depthwise_by_channel_blocks_in_the_avx2_build(kernel, padding, size, on_blocks):
-    """Depthwise 3x3, 5x5 and 7x7 float32 layers at stride 1 with a multiple of 8 channels run 8
-    channels at a time in the AVX2 build (depthwise_by_channel_blocks), forward and input
-    gradient: right within float32's bounds of the float64 result, on rows of every width against
-    its blocks of 8 pixels, whatever the padding (float64 there as F.conv2d). A 3x3 layer's sums
+@pytest.mark.parametrize("kernel,padding,size,on_blocks,stride", [
+    (3, (1, 1), (19, 21), True, 1), (5, (2, 1), (13, 21), True, 1), (7, (3, 0), (9, 17), True, 1),
+    (7, (0, 3), (20, 9), True, 1), (3, (1, 1), (183, 181), True, 1), (3, (1, 1), (20, 20), False, 1),
+    (3, (1, 1), (370, 370), False, 1), (3, (1, 1), (28, 30), True, 2), (5, (2, 1), (13, 21), True, 2),
+    (7, (3, 3), (20, 17), True, 2),
+], ids=["3x3", "5x5", "7x7", "7x7-unpadded-rows", "3x3-over-128-kib", "3x3-planes-faster", "3x3-band-over-4-mib",
+        "3x3-stride-2", "5x5-stride-2", "7x7-stride-2"])
+def test_depthwise_by_channel_blocks_in_the_avx2_build(kernel, padding, size, on_blocks, stride):
+    """Depthwise 3x3, 5x5 and 7x7 float32 layers at stride 1 or 2 with a multiple of 8 channels
+    run 8 channels at a time in the AVX2 build (depthwise_by_channel_blocks), forward and, at
+    stride 1, input gradient: right within float32's bounds of the float64 result, on rows of
+    every width against its blocks of 8 pixels, whatever the padding (float64 there as
+    F.conv2d). A 3x3 layer's sums
     differ in their bits from the planes' kernel's (17 channels, no multiple of 8; mutation-checked),
     but on the planes that kernel takes from the blocks: of 400 pixels up to 128 KiB, padded by
     1 (20 x 20; 19 x 21 and 183 x 181, 129 KiB, stay on the blocks), and where a task's band of
-    8 padded planes would outgrow 4 MiB (370 x 370)."""
-    conv = Conv(2 if size[0] < 370 else 1, 16, 16, size, (kernel, kernel), (1, 1), padding, (1, 1), 16, True)
+    8 padded planes would outgrow 4 MiB (370 x 370). At stride 2 the blocks' results are checked
+    alone (mutation-checked: the row kernel's pixels read as at stride 1)."""
+    conv = Conv(2 if size[0] < 370 else 1, 16, 16, size, (kernel, kernel), (stride, stride), padding, (1, 1), 16, True)
     for dtype in (torch.float32, torch.float64):
         check_layer_on_path(conv, dtype, "auto-avx2-isa")
-    if kernel == 3:
+    if kernel == 3 and stride == 1:  # at stride 2 the planes' kernel sums in the blocks' order
         x, w, b = torch.randn(conv.batch, 17, *size), torch.randn(17, 1, 3, 3), torch.randn(17)
         x[:, :, 0] *= 1000  # sums in another order differ in their bits
-        args = ([1, 1], list(padding), [1, 1])
+        args = ([stride, stride], list(padding), [1, 1])
         with cpu_path("auto-avx2-isa"):
             blocks = torch.ops.conv_ext.conv2d(x[:, :16], w[:16], b[:16], *args, 16)
             planes = torch.ops.conv_ext.conv2d(x, w, b, *args, 17)[:, :16]

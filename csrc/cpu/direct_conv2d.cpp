@@ -109,11 +109,11 @@ constexpr int kGroupColumns = 8;
 #include "direct_conv2d_planes.inc"
 #include "direct_conv2d_rows.inc"
 
-// One output row of a depthwise K x K layer (stride 1, undilated) for 8 channels at once, from
+// One output row of a depthwise K x K layer (stride S, undilated) for 8 channels at once, from
 // a band of its input rows held channels-innermost ((rows, band_w, 8), zero-padded, read past
 // the row's end) and the channels' taps (K * K, 8): blocks of 8 pixels, each pixel's 8 channels
 // one vector, so every tap is one vector load for 8 FMAs into 8 independent sums.
-template <int K>
+template <int K, int S>
 void depthwise_row_8_channels(const float* band, int64_t band_w, const float* taps, const float* bias, int64_t out_w,
                               float* out) {
   using V = Vec<float>;
@@ -127,9 +127,9 @@ void depthwise_row_8_channels(const float* band, int64_t band_w, const float* ta
 #pragma GCC unroll 7
       for (int kj = 0; kj < K; ++kj) {
         const V::type tap = V::load(taps + (ki * K + kj) * 8);
-        const float* in = band + (ki * band_w + j + kj) * 8;
+        const float* in = band + (ki * band_w + j * S + kj) * 8;
 #pragma GCC unroll 8
-        for (int p = 0; p < 8; ++p) acc[p] = V::fma(tap, V::load(in + p * 8), acc[p]);
+        for (int p = 0; p < 8; ++p) acc[p] = V::fma(tap, V::load(in + p * S * 8), acc[p]);
       }
     }
 #pragma GCC unroll 8
@@ -268,14 +268,18 @@ bool direct_pays_off(const Conv2dGeometry& g) {
   return use_avx512() && g.groups > 1 && g.unit_stride() && cg <= 16 && kg <= 16;
 }
 
-// Depthwise 3x3, 5x5 and 7x7 float32 layers at stride 1 with a multiple of 8 channels, in the
-// AVX2 build, 8 channels at a time (depthwise_row_8_channels): each task moves its image's 8
+// Depthwise 3x3, 5x5 and 7x7 float32 layers at stride 1 or 2 with a multiple of 8 channels, in
+// the AVX2 build, 8 channels at a time (depthwise_row_8_channels): each task moves its image's 8
 // planes into a zero-padded band, channels innermost, and each output row back, by register
 // transposes. The planes' kernels, whose every tap is a broadcast, ran at a third of the FMA
 // peak or less (Zen 3, forward, A/B at batch 8: 7x7 96 @56 4.9 -> 1.8 ms, 384 @14 1.25 -> 0.62,
 // 5x5 240 @28 1.3 -> 0.85-0.91, 3x3 256 @28 0.90-0.95 -> 0.53-0.58, 144 @56 1.4-2.2 -> 1.0-1.2,
 // 512 @14 0.59-0.79 -> 0.38-0.55; at batch 1 7x7 384 @14 0.16 -> 0.09, 3x3 256 @28 0.12-0.14 ->
-// 0.075). A task's band holds its 8 whole padded planes: up to 4 MiB (planes of about 350 x 350).
+// 0.075). At stride 2 too, each output pixel reading every other band pixel (against the strided
+// planes' kernel, batch 8:
+// 3x3 144 @56 1.66 -> 0.65 ms, 256 @28 0.92 -> 0.31, 512 @14 0.77 -> 0.24, from 0.35-0.66x torch
+// to 1.26-2.01x). A task's band holds its 8 whole padded planes: up to 4 MiB (planes of
+// about 350 x 350).
 constexpr int64_t kMaxChannelBlockBand = int64_t{4} << 20;
 
 // But 3x3 planes of 400 pixels (20 x 20) up to 128 KiB whose edges shift in their padding
@@ -287,20 +291,21 @@ constexpr int64_t kMaxChannelBlockBand = int64_t{4} << 20;
 // their columns down more than L1 holds (64 @224 at batch 1 1.0 -> 1.05).
 constexpr int64_t kMinPlanesPixels = 400, kMaxPlanesBytes = int64_t{128} << 10;
 bool depthwise_3x3_planes_faster(const Conv2dGeometry& g) {
-  return depthwise_3x3_shifts_edges(g, avx2::Vec<float>::kLanes) && g.out_h * g.out_w >= kMinPlanesPixels &&
-         g.in_h * g.in_w * int64_t{sizeof(float)} <= kMaxPlanesBytes;
+  return g.unit_stride() && depthwise_3x3_shifts_edges(g, avx2::Vec<float>::kLanes) &&
+         g.out_h * g.out_w >= kMinPlanesPixels && g.in_h * g.in_w * int64_t{sizeof(float)} <= kMaxPlanesBytes;
 }
 
 // The band's width: the padded rows, and past them the zeros that the row kernel's blocks of 8
 // output pixels read.
 int64_t channel_block_band_width(const Conv2dGeometry& g) {
-  return std::max(g.in_w + 2 * g.pad_w, (g.out_w + 7) / 8 * 8 + g.kernel_w - 1);
+  return std::max(g.in_w + 2 * g.pad_w, ((g.out_w + 7) / 8 * 8 - 1) * g.stride_w + g.kernel_w);
 }
 
 bool depthwise_by_channel_blocks(const Conv2dGeometry& g, at::ScalarType dtype) {
   const int64_t band_bytes = (g.in_h + 2 * g.pad_h) * channel_block_band_width(g) * 8 * int64_t{sizeof(float)};
+  const bool strides = g.stride_h == g.stride_w && (g.stride_h == 1 || g.stride_h == 2);
   return dtype == at::kFloat && use_avx2() && !use_avx512() && g.groups == g.in_channels &&
-         g.out_channels == g.groups && g.in_channels % 8 == 0 && g.unit_stride() && g.dilation_h == 1 &&
+         g.out_channels == g.groups && g.in_channels % 8 == 0 && strides && g.dilation_h == 1 &&
          g.dilation_w == 1 && g.kernel_h == g.kernel_w && (g.kernel_h == 3 || g.kernel_h == 5 || g.kernel_h == 7) &&
          band_bytes <= kMaxChannelBlockBand && !depthwise_3x3_planes_faster(g);
 }
@@ -310,9 +315,13 @@ void depthwise_forward_by_channel_blocks(const Tensor& input, const Tensor& weig
   const int64_t K = g.kernel_h, plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
   const int64_t band_w = channel_block_band_width(g), band_h = g.in_h + 2 * g.pad_h, out_w8 = (g.out_w + 7) / 8 * 8;
   const auto transpose = transpose_for_this_cpu<float>();
-  const auto row_kernel = K == 3   ? &avx2::depthwise_row_8_channels<3>
-                          : K == 5 ? &avx2::depthwise_row_8_channels<5>
-                                   : &avx2::depthwise_row_8_channels<7>;
+  const int64_t S = g.stride_h;
+  const auto row_kernel = S == 1 ? (K == 3   ? &avx2::depthwise_row_8_channels<3, 1>
+                                    : K == 5 ? &avx2::depthwise_row_8_channels<5, 1>
+                                             : &avx2::depthwise_row_8_channels<7, 1>)
+                                 : (K == 3   ? &avx2::depthwise_row_8_channels<3, 2>
+                                    : K == 5 ? &avx2::depthwise_row_8_channels<5, 2>
+                                             : &avx2::depthwise_row_8_channels<7, 2>);
   const float* x = input.const_data_ptr<float>();
   const float* w = weight.const_data_ptr<float>();
   const float* b = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
@@ -329,7 +338,8 @@ void depthwise_forward_by_channel_blocks(const Tensor& input, const Tensor& weig
       transpose(w + c0 * K * K, K * K, 8, K * K, taps.data(), 8, false);
       float* y_block = y + (n * g.out_channels + c0) * out_plane;
       for (int64_t oh = 0; oh < g.out_h; ++oh) {
-        row_kernel(band.data() + oh * band_w * 8, band_w, taps.data(), b != nullptr ? b + c0 : nullptr, g.out_w, row.data());
+        row_kernel(band.data() + oh * S * band_w * 8, band_w, taps.data(), b != nullptr ? b + c0 : nullptr, g.out_w,
+                   row.data());
         transpose(row.data(), 8, g.out_w, 8, y_block + oh * g.out_w, out_plane, false);
       }
     }
