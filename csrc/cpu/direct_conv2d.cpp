@@ -276,10 +276,9 @@ bool direct_pays_off(const Conv2dGeometry& g) {
 // 5x5 240 @28 1.3 -> 0.85-0.91, 3x3 256 @28 0.90-0.95 -> 0.53-0.58, 144 @56 1.4-2.2 -> 1.0-1.2,
 // 512 @14 0.59-0.79 -> 0.38-0.55; at batch 1 7x7 384 @14 0.16 -> 0.09, 3x3 256 @28 0.12-0.14 ->
 // 0.075). At stride 2 too, each output pixel reading every other band pixel (against the strided
-// planes' kernel, batch 8:
-// 3x3 144 @56 1.66 -> 0.65 ms, 256 @28 0.92 -> 0.31, 512 @14 0.77 -> 0.24, from 0.35-0.66x torch
-// to 1.26-2.01x). A task's band holds its 8 whole padded planes: up to 4 MiB (planes of
-// about 350 x 350).
+// planes' kernel, batch 8: 3x3 144 @56 1.66 -> 0.65 ms, 256 @28 0.92 -> 0.31, 512 @14 0.77 ->
+// 0.24, from 0.35-0.66x torch to 1.26-2.01x). A task's band holds its 8 whole padded planes: up
+// to 4 MiB (planes of about 350 x 350).
 constexpr int64_t kMaxChannelBlockBand = int64_t{4} << 20;
 
 // But 3x3 planes of 400 pixels (20 x 20) up to 128 KiB whose edges shift in their padding
