@@ -108,7 +108,7 @@ static_assert(filter_rows_pair_up<3>() && filter_rows_pair_up<5>());
 template <int R, typename scalar_t>
 struct Transforms {
   static constexpr int M = 7 - R;
-  void (*filter)(const scalar_t*, scalar_t*, int64_t);
+  void (*filter)(const scalar_t*, int64_t, scalar_t*, int64_t);
   void (*grad_filter)(const scalar_t* const (&)[36], scalar_t*, scalar_t*, int64_t);
   void (*input)(const scalar_t* const (&)[6][6], scalar_t* const (&)[36], scalar_t*, int64_t);
   void (*output)(const scalar_t* const (&)[36], const scalar_t*, scalar_t* const (&)[M][M], scalar_t*, int64_t);
@@ -127,7 +127,12 @@ struct Transforms {
 namespace generic {
 constexpr int kFilterRowSums = 0;
 template <typename scalar_t>
-struct Vec;  // none: the baseline build runs no kernel on vectors
+struct Vec {  // the baseline build's vectors: single values, for the filter transforms
+  using type = scalar_t;
+  static constexpr int kLanes = 1;
+  static type load(const scalar_t* p) { return *p; }
+  static void store(scalar_t* p, type v) { *p = v; }
+};
 using ::conv_ext::generic::transpose;
 #include "winograd_transforms.inc"
 }  // namespace generic
@@ -317,7 +322,7 @@ void transform_filter_panel(const Transforms<R, scalar_t>& transforms, const Fil
                             int64_t C, int64_t K, int64_t panel, int64_t width, scalar_t* u, int64_t e_stride,
                             AlignedVector<scalar_t>& grouped) {
   for_each_filter_block(transforms, f, c_first, C, K, panel, width, grouped, [&](int64_t c0, int64_t channels, const scalar_t* wt) {
-    for (int64_t c = 0; c < channels; ++c) transforms.filter(wt + c * R * R * width, u + (c0 + c) * width, e_stride);
+    transforms.filter(wt, channels, u + c0 * width, e_stride);
   });
 }
 
