@@ -39,12 +39,17 @@ inline bool depthwise_3x3_rows_apply(const Conv2dGeometry& g) {
   return g.kernel_h == 3 && g.kernel_w == 3 && g.dilation_h == 1 && g.pad_h == 1 && g.in_channels_per_group() == 1;
 }
 
-// Of those, the planes whose columns are padded by 1 and undilated, wider than a vector of `lanes`:
-// the AVX2 build shifts the padding column into their first and last vectors of columns rather
-// than loading those under masks, which cost Zen 3 twice as long per row as plain loads (one
-// thread, planes in cache: 28 x 28 1.15x faster, 56 x 56 1.15x; float64 alike).
+// Rows padded by 1 column, undilated, wider than a vector of `lanes`: the AVX2 build's 3 x 3
+// kernels shift the padding column into their first and last vectors of columns rather than
+// loading those under masks, which cost Zen 3 twice as long per row as plain loads (one thread,
+// planes in cache: 28 x 28 1.15x faster, 56 x 56 1.15x; float64 alike).
+inline bool columns_shift_edges(const Conv2dGeometry& g, int64_t lanes) {
+  return g.pad_w == 1 && g.dilation_w == 1 && g.out_w > lanes;
+}
+
+// The planes of forward_plane_depthwise_3x3 whose rows shift their edges in.
 inline bool depthwise_3x3_shifts_edges(const Conv2dGeometry& g, int64_t lanes) {
-  return depthwise_3x3_rows_apply(g) && g.pad_w == 1 && g.dilation_w == 1 && g.out_w > lanes;
+  return depthwise_3x3_rows_apply(g) && columns_shift_edges(g, lanes);
 }
 
 // Those planes of 8 KiB or more prefetch their rows as the first vector of columns walks down
