@@ -962,6 +962,21 @@ def test_depthwise_3x3_planes_streamed(dtype, channels, size, path):
     check_layer_on_path(Conv(2, channels, channels, size, (3, 3), (1, 1), (1, 1), (1, 1), channels, True), dtype, path)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("conv", [
+    Conv(2, 16, 16, (13, 17), (3, 3), (2, 2), (1, 1), (1, 1), 16, True),
+    Conv(3, 8, 8, (20, 9), (5, 5), (2, 2), (2, 2), (1, 1), 8, False),
+    Conv(1, 12, 12, (14, 15), (7, 3), (2, 2), (3, 1), (1, 1), 12, True),
+    Conv(2, 8, 8, (12, 12), (3, 3), (2, 2), (0, 0), (1, 1), 8, True),
+], ids=["3x3-odd-sizes", "5x5", "7x3", "3x3-unpadded"])
+def test_depthwise_stride_2_backward_spread(conv, dtype):
+    """The gradients of a depthwise layer at stride 2 padded by half its odd kernel are the
+    stride-1 layer's, of grad_output spread out to the input's size (its pixels at even rows and
+    columns, ceil(in / 2) of them, zeros between): odd and even sizes, a rectangular kernel, and
+    an unpadded layer that keeps the strided kernels."""
+    check_layer_on_path(conv, dtype, "auto")
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("path", DIRECT_PATHS)
 @pytest.mark.parametrize("conv", [
