@@ -108,8 +108,8 @@ GPU_LAYERS = [
 ]
 
 # Beyond the suite (--suite beyond): Inception-v3's factorised 1x7, 7x1 and 1x3 kernels, DeepLab's
-# dilated 3x3, a dense 7x7, EfficientNet's depthwise 5x5, ConvNeXt's depthwise 7x7 and ResNet-50's
-# strided 1x1 projection.
+# dilated 3x3, a dense 7x7, EfficientNet's depthwise 5x5, ConvNeXt's depthwise 7x7, MobileNetV2's
+# strided depthwise 3x3 and ResNet-50's strided 1x1 projection.
 BEYOND_LAYERS = [
     Layer("Inception 1x7, 128 ch @17", 128, 128, 17, (1, 7), 1, (0, 3)),
     Layer("Inception 7x1, 192 ch @17", 192, 192, 17, (7, 1), 1, (3, 0)),
@@ -119,6 +119,7 @@ BEYOND_LAYERS = [
     Layer("7x7, 64 ch @28", 64, 64, 28, 7, 1, 3),
     Layer("depthwise 5x5, 240 ch @28", 240, 240, 28, 5, 1, 2, 240),
     Layer("depthwise 7x7, 384 ch @14", 384, 384, 14, 7, 1, 3, 384),
+    Layer("depthwise 3x3/2, 144 ch @56", 144, 144, 56, 3, 2, 1, 144),
     Layer("1x1/2, 256->512 @56", 256, 512, 56, 1, 2),
 ]
 
