@@ -962,19 +962,41 @@ def test_depthwise_3x3_planes_streamed(dtype, channels, size, path):
     check_layer_on_path(Conv(2, channels, channels, size, (3, 3), (1, 1), (1, 1), (1, 1), channels, True), dtype, path)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("conv", [
+SPREAD_LAYERS = [
     Conv(2, 16, 16, (13, 17), (3, 3), (2, 2), (1, 1), (1, 1), 16, True),
     Conv(3, 8, 8, (20, 9), (5, 5), (2, 2), (2, 2), (1, 1), 8, False),
     Conv(1, 12, 12, (14, 15), (7, 3), (2, 2), (3, 1), (1, 1), 12, True),
     Conv(2, 8, 8, (12, 12), (3, 3), (2, 2), (0, 0), (1, 1), 8, True),
-], ids=["3x3-odd-sizes", "5x5", "7x3", "3x3-unpadded"])
+]
+SPREAD_IDS = ["3x3-odd-sizes", "5x5", "7x3", "3x3-unpadded"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("conv", SPREAD_LAYERS, ids=SPREAD_IDS)
 def test_depthwise_stride_2_backward_spread(conv, dtype):
     """The gradients of a depthwise layer at stride 2 padded by half its odd kernel are the
     stride-1 layer's, of grad_output spread out to the input's size (its pixels at even rows and
     columns, ceil(in / 2) of them, zeros between): odd and even sizes, a rectangular kernel, and
     an unpadded layer that keeps the strided kernels."""
     check_layer_on_path(conv, dtype, "auto")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("conv", SPREAD_LAYERS, ids=SPREAD_IDS)
+def test_depthwise_stride_2_gradient_ops_spread(conv, dtype):
+    """The gradient ops alone (as a double backward or a direct caller runs them) spread
+    grad_output as conv2d_backward does."""
+    x, w, _ = conv.tensors(dtype, "cpu")
+    gen = torch.Generator().manual_seed(1)
+    gy = (torch.rand(F.conv2d(x, w, None, **conv.kwargs()).shape, generator=gen, dtype=torch.float64) * 2 - 1).to(dtype)
+    args = [list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups]
+    grad_input = torch.ops.conv_ext.conv2d_grad_input(gy, w, list(x.shape[2:]), *args)
+    grad_weight = torch.ops.conv_ext.conv2d_grad_weight(x, gy, list(conv.kernel), *args)
+    expected = torch.ops.aten.convolution_backward(gy.double(), x.double(), w.double(), None, *args[:3], False, [0, 0],
+                                                   conv.groups, [True, True, False])
+    tolerances = (1e-12, 1e-12) if dtype == torch.float64 else TOLERANCES[dtype][1:3]
+    for name, actual, exact, tol in zip(NAMES[1:3], (grad_input, grad_weight), expected[:2], tolerances):
+        assert_scaled_close(actual.double(), exact, tol, name)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)

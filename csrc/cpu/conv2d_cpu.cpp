@@ -907,6 +907,38 @@ Tensor grad_input_by_phases(const Tensor& grad_output, const Tensor& weight, con
   return grad_input;
 }
 
+// Depthwise layers at stride 2 padded by half their odd kernels (MobileNet's and EfficientNet's
+// downsampling) have the gradients of the stride-1 layer whose grad_output is theirs spread out
+// to the input's size, zeros between its pixels, in each gradient op and in conv2d_backward
+// alike (it then fuses them as at stride 1): the stride-1 kernels read whole vectors of
+// columns, where the strided planes' loops go value by value, and that repays the zeros' four
+// times the products (Zen 3, all three gradients, A/B: 3x3 144 @56 at batch 8 6.1 -> 3.0 ms,
+// 0.51x -> 1.04x torch; at batch 1 0.74 -> 0.29; 192 @28 2.35 -> 0.95, 576 @14 1.9 -> 1.05, 96
+// @112 at batch 4 8.9 -> 5.2; 5x5 240 @28 7.6 -> 4.5, 144 @56 15.7 -> 11.3; float64 144 @56
+// alike). Up to spreads of 32 MiB, glibc's largest mmap threshold: a larger one comes from mmap
+// on every call, and its page faults cost more than the spread saves (96 @112 at batch 8, 38.5
+// MB: 31.8 -> 35.9 ms).
+constexpr int64_t kMaxSpreadBytes = int64_t{32} << 20;
+constexpr int64_t kUnitStride[2] = {1, 1};
+// (The input, where a gradient reads it, dense as well.)
+bool depthwise_backward_spreads(const Conv2dGeometry& g, const Tensor& grad_output, const Tensor& input = Tensor()) {
+  const auto dtype = grad_output.scalar_type();
+  const int64_t spread_bytes = g.batch * g.in_channels * g.in_h * g.in_w * int64_t{grad_output.element_size()};
+  return (dtype == at::kFloat || dtype == at::kDouble) && g.groups == g.in_channels && g.groups == g.out_channels &&
+         g.stride_h == 2 && g.stride_w == 2 && g.dilation_h == 1 && g.dilation_w == 1 && g.kernel_h % 2 == 1 &&
+         g.kernel_w % 2 == 1 && 2 * g.pad_h + 1 == g.kernel_h && 2 * g.pad_w + 1 == g.kernel_w &&
+         grad_output.is_contiguous() && (!input.defined() || input.is_contiguous()) && grad_output.numel() > 0 &&
+         spread_bytes <= kMaxSpreadBytes && !forced_algorithm();
+}
+
+// Its grad_output spread out: row and column 2i hold grad_output's i (ceil(in / 2) of them, the
+// output's rows and columns), zeros the others.
+Tensor spread_grad_output(const Tensor& grad_output, const Conv2dGeometry& g) {
+  Tensor spread = at::zeros({g.batch, g.out_channels, g.in_h, g.in_w}, grad_output.options());
+  spread.slice(2, 0, g.in_h, 2).slice(3, 0, g.in_w, 2).copy_(grad_output);
+  return spread;
+}
+
 Tensor conv2d_grad_input_cpu(const Tensor& grad_output, const Tensor& weight,
                              at::IntArrayRef input_size, at::IntArrayRef stride,
                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
@@ -914,6 +946,10 @@ Tensor conv2d_grad_input_cpu(const Tensor& grad_output, const Tensor& weight,
       check_conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation, groups);
   if (grad_output.is_complex()) {
     return complex_conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation, groups);
+  }
+  if (depthwise_backward_spreads(g, grad_output)) {
+    return conv2d_grad_input_cpu(spread_grad_output(grad_output, g), weight, input_size, kUnitStride, padding, dilation,
+                                 groups);
   }
   const at::MemoryFormat result_format = conv2d_memory_format(grad_output, weight);
   if (pointwise_on_pixel_rows(g, grad_output)) {
@@ -976,6 +1012,10 @@ Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
   if (input.is_complex()) {
     return complex_conv2d_grad_weight(input, grad_output, kernel_size, stride, padding, dilation, groups);
   }
+  if (depthwise_backward_spreads(g, grad_output, input)) {
+    return conv2d_grad_weight_cpu(input, spread_grad_output(grad_output, g), kernel_size, kUnitStride, padding, dilation,
+                                  groups);
+  }
   // Where the channels-last GEMM takes these weight gradients (blas_keeps_up false), it runs alike
   // (Zen 4, 1x1 256->64 @56 at batch 8: 10.8 against 11.2 ms).
   if (pointwise_on_pixel_rows(g, input) && pointwise_on_pixel_rows(g, grad_output) &&
@@ -1022,26 +1062,6 @@ Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
   return finish(grad_weight, input.scalar_type(), format);
 }
 
-// Depthwise layers at stride 2 padded by half their odd kernels (MobileNet's and EfficientNet's
-// downsampling) have the gradients of the stride-1 layer whose grad_output is theirs spread out
-// to the input's size, zeros between its pixels: the stride-1 kernels read whole vectors of
-// columns, where the strided planes' loops go value by value, and that repays the zeros' four
-// times the products (Zen 3, all three gradients, A/B: 3x3 144 @56 at batch 8 6.1 -> 3.0 ms,
-// 0.51x -> 1.04x torch; at batch 1 0.74 -> 0.29; 192 @28 2.35 -> 0.95, 576 @14 1.9 -> 1.05, 96
-// @112 at batch 4 8.9 -> 5.2; 5x5 240 @28 7.6 -> 4.5, 144 @56 15.7 -> 11.3; float64 144 @56
-// alike). Up to spreads of 32 MiB, glibc's largest mmap threshold: a larger one comes from mmap
-// on every call, and its page faults cost more than the spread saves (96 @112 at batch 8, 38.5
-// MB: 31.8 -> 35.9 ms).
-constexpr int64_t kMaxSpreadBytes = int64_t{32} << 20;
-bool depthwise_backward_spreads(const Conv2dGeometry& g, const Tensor& grad_output, const Tensor& input) {
-  const auto dtype = grad_output.scalar_type();
-  return (dtype == at::kFloat || dtype == at::kDouble) && g.groups == g.in_channels && g.groups == g.out_channels &&
-         g.stride_h == 2 && g.stride_w == 2 && g.dilation_h == 1 && g.dilation_w == 1 && g.kernel_h % 2 == 1 &&
-         g.kernel_w % 2 == 1 && 2 * g.pad_h + 1 == g.kernel_h && 2 * g.pad_w + 1 == g.kernel_w &&
-         grad_output.is_contiguous() && input.is_contiguous() && grad_output.numel() > 0 &&
-         input.numel() * static_cast<int64_t>(input.element_size()) <= kMaxSpreadBytes && !forced_algorithm();
-}
-
 // Depthwise stride-1 layers' gradients in one pass over grad_output (direct_conv2d_backward)
 // where the three ops would each run their direct kernels (measured against them, Xeon with
 // AVX-512, 3x3: the three gradients of 256 @28 1.2x faster at batch 8 and 1, 144 @56, 32 @112
@@ -1055,11 +1075,8 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward_cpu(const Tensor& grad_output
                                                        int64_t groups, std::array<bool, 3> output_mask) {
   const auto g = check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups);
   if (depthwise_backward_spreads(g, grad_output, input)) {
-    // Row and column 2i of the spread hold grad_output's i (ceil(in / 2) of them: out_h, out_w).
-    Tensor spread = at::zeros(input.sizes(), grad_output.options());
-    spread.slice(2, 0, g.in_h, 2).slice(3, 0, g.in_w, 2).copy_(grad_output);
-    const int64_t unit[2] = {1, 1};
-    return conv2d_backward_cpu(spread, input, weight, unit, padding, dilation, groups, output_mask);
+    return conv2d_backward_cpu(spread_grad_output(grad_output, g), input, weight, kUnitStride, padding, dilation,
+                               groups, output_mask);
   }
   const Conv2dGeometry t = transposed_geometry(g);
   const bool one_pass = !grad_output.is_complex() && grad_output.is_contiguous() && input.is_contiguous() &&
