@@ -932,10 +932,31 @@ bool depthwise_backward_spreads(const Conv2dGeometry& g, const Tensor& grad_outp
 }
 
 // Its grad_output spread out: row and column 2i hold grad_output's i (ceil(in / 2) of them, the
-// output's rows and columns), zeros the others.
+// output's rows and columns), zeros the others. Written in one pass, row by row (zeroed whole,
+// then grad_output's values copied in, it had taken a fifth of the backward: 3x3 144 @56 at
+// batch 8 5.5 -> 4.4 ms, at batch 1 0.49 -> 0.36, 192 @28 1.03 -> 0.92).
 Tensor spread_grad_output(const Tensor& grad_output, const Conv2dGeometry& g) {
-  Tensor spread = at::zeros({g.batch, g.out_channels, g.in_h, g.in_w}, grad_output.options());
-  spread.slice(2, 0, g.in_h, 2).slice(3, 0, g.in_w, 2).copy_(grad_output);
+  Tensor spread = at::empty({g.batch, g.out_channels, g.in_h, g.in_w}, grad_output.options());
+  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "conv_ext_spread_grad_output", [&] {
+    const scalar_t* gy = grad_output.const_data_ptr<scalar_t>();
+    scalar_t* out = spread.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, g.batch * g.out_channels * g.in_h, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {  // row r % in_h of plane r / in_h
+        scalar_t* row = out + r * g.in_w;
+        const int64_t ih = r % g.in_h;
+        if (ih % 2 == 1) {
+          std::fill(row, row + g.in_w, scalar_t(0));
+          continue;
+        }
+        const scalar_t* values = gy + (r / g.in_h * g.out_h + ih / 2) * g.out_w;
+        for (int64_t j = 0; j < g.in_w / 2; ++j) {  // pairs of columns: both written, so they vectorise
+          row[2 * j] = values[j];
+          row[2 * j + 1] = scalar_t(0);
+        }
+        if (g.in_w % 2 == 1) row[g.in_w - 1] = values[g.out_w - 1];
+      }
+    });
+  });
   return spread;
 }
 
