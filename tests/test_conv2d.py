@@ -1401,7 +1401,9 @@ def test_direct_rows_layers(conv, dtype, path):
     Conv(2, 16, 16, (6, 23), (3, 3), (1, 1), (1, 3), (1, 2), 16, True),  # columns dilated
     Conv(2, 16, 16, (11, 12), (5, 5), (1, 1), (2, 2), (1, 1), 16, True),  # 5x5, on padded copies
     Conv(2, 16, 16, (9, 10), (3, 3), (1, 1), (0, 2), (2, 1), 16, False),  # rows unpadded, dilated
-], ids=["odd", "unpadded-columns", "dilated-columns", "5x5", "dilated-rows"])
+    Conv(2, 12, 12, (13, 17), (3, 3), (2, 2), (1, 1), (1, 1), 12, True),  # stride 2, odd sizes
+    Conv(1, 10, 10, (14, 15), (5, 3), (2, 2), (2, 1), (1, 1), 10, True),  # stride 2, 5x3
+], ids=["odd", "unpadded-columns", "dilated-columns", "5x5", "dilated-rows", "stride-2", "stride-2-5x3"])
 def test_depthwise_backward_in_one_pass(conv, dtype, path):
     """conv2d's backward of a depthwise stride-1 layer runs on the CPU as one pass over
     grad_output (conv2d_backward, direct_conv2d_backward), calling neither gradient op: for every
@@ -1410,13 +1412,16 @@ def test_depthwise_backward_in_one_pass(conv, dtype, path):
     gradients within float64's bound of F.conv2d's. float16 and bfloat16 read in place (widened
     in registers) with AVX-512, 3x3 kernels with rows padded by 1 and undilated; elsewhere the
     three ops' calls, and so does float32 in the AVX2 build where its input gradient runs by
-    channel blocks (undilated, a multiple of 8 channels: depthwise_by_channel_blocks)."""
+    channel blocks (undilated, a multiple of 8 channels: depthwise_by_channel_blocks). A stride-2
+    layer padded by half its odd kernel, float32 or float64, runs as its stride-1 layer on each
+    plane of grad_output spread out (the two ops spread all of it at once)."""
     avx512 = path.endswith("avx512-isa")
     if avx512 and not HAS_AVX512:
         pytest.skip("needs AVX-512")
     rows_3x3 = conv.kernel == (3, 3) and conv.padding[0] == 1 and conv.dilation[0] == 1
     by_channel_blocks = not avx512 and dtype == torch.float32 and conv.dilation == (1, 1) and conv.in_channels % 8 == 0
-    one_pass = (dtype in (torch.float32, torch.float64) and not by_channel_blocks) or (avx512 and rows_3x3)
+    strided = conv.stride != (1, 1)
+    one_pass = (dtype in (torch.float32, torch.float64) and not by_channel_blocks) or (avx512 and rows_3x3 and not strided)
     ops = torch.ops.conv_ext
     x, w, b = conv.tensors(dtype, "cpu")
     args = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)

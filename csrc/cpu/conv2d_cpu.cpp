@@ -909,26 +909,39 @@ Tensor grad_input_by_phases(const Tensor& grad_output, const Tensor& weight, con
 
 // Depthwise layers at stride 2 padded by half their odd kernels (MobileNet's and EfficientNet's
 // downsampling) have the gradients of the stride-1 layer whose grad_output is theirs spread out
-// to the input's size, zeros between its pixels, in each gradient op and in conv2d_backward
-// alike (it then fuses them as at stride 1): the stride-1 kernels read whole vectors of
+// to the input's size, zeros between its pixels (each gradient op all of it; conv2d_backward
+// plane by plane, in its one pass as at stride 1, where that applies): the stride-1 kernels read whole vectors of
 // columns, where the strided planes' loops go value by value, and that repays the zeros' four
 // times the products (Zen 3, all three gradients, A/B: 3x3 144 @56 at batch 8 6.1 -> 3.0 ms,
 // 0.51x -> 1.04x torch; at batch 1 0.74 -> 0.29; 192 @28 2.35 -> 0.95, 576 @14 1.9 -> 1.05, 96
 // @112 at batch 4 8.9 -> 5.2; 5x5 240 @28 7.6 -> 4.5, 144 @56 15.7 -> 11.3; float64 144 @56
-// alike). Up to spreads of 32 MiB, glibc's largest mmap threshold: a larger one comes from mmap
-// on every call, and its page faults cost more than the spread saves (96 @112 at batch 8, 38.5
-// MB: 31.8 -> 35.9 ms).
-constexpr int64_t kMaxSpreadBytes = int64_t{32} << 20;
-constexpr int64_t kUnitStride[2] = {1, 1};
-// (The input, where a gradient reads it, dense as well.)
-bool depthwise_backward_spreads(const Conv2dGeometry& g, const Tensor& grad_output, const Tensor& input = Tensor()) {
+// alike). (The input, where a gradient reads it, dense as well.)
+bool depthwise_gradients_spread(const Conv2dGeometry& g, const Tensor& grad_output, const Tensor& input = Tensor()) {
   const auto dtype = grad_output.scalar_type();
-  const int64_t spread_bytes = g.batch * g.in_channels * g.in_h * g.in_w * int64_t{grad_output.element_size()};
   return (dtype == at::kFloat || dtype == at::kDouble) && g.groups == g.in_channels && g.groups == g.out_channels &&
          g.stride_h == 2 && g.stride_w == 2 && g.dilation_h == 1 && g.dilation_w == 1 && g.kernel_h % 2 == 1 &&
          g.kernel_w % 2 == 1 && 2 * g.pad_h + 1 == g.kernel_h && 2 * g.pad_w + 1 == g.kernel_w &&
          grad_output.is_contiguous() && (!input.defined() || input.is_contiguous()) && grad_output.numel() > 0 &&
-         spread_bytes <= kMaxSpreadBytes && !forced_algorithm();
+         !forced_algorithm();
+}
+
+// Where the gradients are computed apart, all of grad_output is spread at once, into a tensor
+// of the input's size: up to 32 MiB, glibc's largest mmap threshold. A larger one comes from
+// mmap on every call, and its page faults cost more than the spread saves (96 @112 at batch 8,
+// 38.5 MB: 31.8 -> 35.9 ms). The one-pass backward spreads plane by plane instead (below).
+constexpr int64_t kMaxSpreadBytes = int64_t{32} << 20;
+constexpr int64_t kUnitStride[2] = {1, 1};
+bool depthwise_backward_spreads(const Conv2dGeometry& g, const Tensor& grad_output, const Tensor& input = Tensor()) {
+  const int64_t spread_bytes = g.batch * g.in_channels * g.in_h * g.in_w * int64_t{grad_output.element_size()};
+  return depthwise_gradients_spread(g, grad_output, input) && spread_bytes <= kMaxSpreadBytes;
+}
+
+// The stride-1 layer whose gradients it has: its output the input's size.
+Conv2dGeometry spread_geometry(const Conv2dGeometry& g) {
+  Conv2dGeometry u = g;
+  u.stride_h = u.stride_w = 1;
+  u.out_h = g.in_h, u.out_w = g.in_w;
+  return u;
 }
 
 // Its grad_output spread out: row and column 2i hold grad_output's i (ceil(in / 2) of them, the
@@ -1089,25 +1102,31 @@ Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
 // and 512 @14 at batch 8 1.15-1.3x, 1024 @7 1.08x; forward and backward of 256 @28 at batch 8
 // 1.36-1.41 -> 1.10-1.17 ms; in bfloat16, whose bias gradient had been torch's sum over
 // bfloat16, 256 @28 1.45x and 144 @56 1.65x; 5x5 240 @28 and 672 @14 1.1x); elsewhere the three
-// ops.
+// ops. Stride-2 layers that spread grad_output (depthwise_gradients_spread) spread each plane
+// into L1 there, where spreading all of it first had written, and the pass read, a tensor four
+// times grad_output's size (Zen 3, A/B, builds interleaved: 3x3 144 @56 at batch 8 2.8 -> 2.2
+// ms, 1.1x -> 1.6x torch, at batch 1 0.23 -> 0.19 ms; 96 @112 at batch 4 4.6 -> 3.1 ms, and at
+// batch 8, whose spread had been too large to make, 32 -> 21 ms; float64 144 @56 6.5 -> 4.5 ms,
+// 192 @28 1.5 -> 1.05 ms).
 std::tuple<Tensor, Tensor, Tensor> conv2d_backward_cpu(const Tensor& grad_output, const Tensor& input,
                                                        const Tensor& weight, at::IntArrayRef stride,
                                                        at::IntArrayRef padding, at::IntArrayRef dilation,
                                                        int64_t groups, std::array<bool, 3> output_mask) {
-  const auto g = check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups);
-  if (depthwise_backward_spreads(g, grad_output, input)) {
-    return conv2d_backward_cpu(spread_grad_output(grad_output, g), input, weight, kUnitStride, padding, dilation,
-                               groups, output_mask);
-  }
-  const Conv2dGeometry t = transposed_geometry(g);
+  const auto layer = check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups);
+  const bool spreads = depthwise_gradients_spread(layer, grad_output, input);
+  const Conv2dGeometry g = spreads ? spread_geometry(layer) : layer, t = transposed_geometry(g);
   const bool one_pass = !grad_output.is_complex() && grad_output.is_contiguous() && input.is_contiguous() &&
                         direct_backward_fuses(g, t, grad_output.scalar_type()) &&
                         choose_algorithm(t) == Algorithm::direct && choose_grad_weight_algorithm(g) == Algorithm::direct;
+  if (!one_pass && depthwise_backward_spreads(layer, grad_output, input)) {  // one spread for both ops
+    return conv2d_backward_by_three_ops(spread_grad_output(grad_output, layer), input, weight, kUnitStride, padding,
+                                        dilation, groups, output_mask);
+  }
   if (!one_pass) {
     return conv2d_backward_by_three_ops(grad_output, input, weight, stride, padding, dilation, groups, output_mask);
   }
   const auto [grad_input, grad_weight, grad_bias] =
-      direct_conv2d_backward(input, grad_output, compute_operand(weight), g, t, output_mask);
+      direct_conv2d_backward(input, grad_output, compute_operand(weight), g, t, output_mask, spreads);
   const auto dtype = grad_output.scalar_type();
   return {grad_input.defined() ? finish(grad_input, dtype, conv2d_memory_format(grad_output, weight)) : Tensor(),
           grad_weight.defined() ? finish(grad_weight, dtype, conv2d_memory_format(input, grad_output)) : Tensor(),

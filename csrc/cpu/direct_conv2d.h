@@ -38,9 +38,12 @@ bool direct_backward_fuses(const Conv2dGeometry& g, const Conv2dGeometry& t, at:
 // the weight gradient and the bias gradient's sum read its plane while it is in L1, where the
 // three ops read all of grad_output from memory each. Operands contiguous, the weight in the
 // type computed in (float32 for float16 and bfloat16); the input gradient in grad_output's
-// dtype, the others in the weight's.
+// dtype, the others in the weight's. Where it spreads, grad_output is that of a stride-2 layer
+// with g's gradients (its output ceil(in / 2) a side, conv2d_cpu.cpp's depthwise_backward_spreads),
+// each plane spread out to g's output in a scratch plane in L1, zeros between its pixels.
 std::array<at::Tensor, 3> direct_conv2d_backward(const at::Tensor& input, const at::Tensor& grad_output,
                                                  const at::Tensor& weight, const Conv2dGeometry& g,
-                                                 const Conv2dGeometry& t, std::array<bool, 3> output_mask);
+                                                 const Conv2dGeometry& t, std::array<bool, 3> output_mask,
+                                                 bool spreads = false);
 
 }  // namespace conv_ext
