@@ -961,12 +961,7 @@ Tensor spread_grad_output(const Tensor& grad_output, const Conv2dGeometry& g) {
           std::fill(row, row + g.in_w, scalar_t(0));
           continue;
         }
-        const scalar_t* values = gy + (r / g.in_h * g.out_h + ih / 2) * g.out_w;
-        for (int64_t j = 0; j < g.in_w / 2; ++j) {  // pairs of columns: both written, so they vectorise
-          row[2 * j] = values[j];
-          row[2 * j + 1] = scalar_t(0);
-        }
-        if (g.in_w % 2 == 1) row[g.in_w - 1] = values[g.out_w - 1];
+        spread_row(gy + (r / g.in_h * g.out_h + ih / 2) * g.out_w, g.in_w, row);
       }
     });
   });

@@ -573,12 +573,10 @@ bool direct_backward_fuses(const Conv2dGeometry& g, const Conv2dGeometry& t, at:
 }
 
 // A stride-2 layer's grad_output plane (h x w) spread into the stride-1 layer's (row_length
-// wide): its values to the even rows and columns, the zeros between left as they are.
+// wide) rows 2i; its odd rows, zeros, are left as they are.
 template <typename io_t>
 void spread_plane(const io_t* plane, int64_t h, int64_t w, io_t* spread, int64_t row_length) {
-  for (int64_t i = 0; i < h; ++i) {
-    for (int64_t j = 0; j < w; ++j) spread[2 * i * row_length + 2 * j] = plane[i * w + j];
-  }
+  for (int64_t i = 0; i < h; ++i) spread_row(plane + i * w, row_length, spread + 2 * i * row_length);
 }
 
 // The one-pass backward prefetches the next input plane into L2 where it is of 6 KiB or more

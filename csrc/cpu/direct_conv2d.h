@@ -28,6 +28,18 @@ at::Tensor direct_conv2d_grad_input(const at::Tensor& grad_output, const at::Ten
 at::Tensor direct_conv2d_grad_weight(const at::Tensor& input, const at::Tensor& grad_output,
                                      const Conv2dGeometry& g);
 
+// A row of a stride-2 layer's grad_output (ceil(length / 2) values) spread out to the stride-1
+// layer's (length): the values at the even columns, zeros between. Both columns of a pair are
+// written, so that the loop vectorises.
+template <typename scalar_t>
+void spread_row(const scalar_t* values, int64_t length, scalar_t* row) {
+  for (int64_t j = 0; j < length / 2; ++j) {
+    row[2 * j] = values[j];
+    row[2 * j + 1] = scalar_t(0);
+  }
+  if (length % 2 == 1) row[length - 1] = values[length / 2];
+}
+
 // Whether direct_conv2d_backward takes a layer (g; t, its input gradient's geometry as a forward
 // convolution): depthwise of stride 1, where the build has the kernels that read planes in place
 // (float32 and float64; float16 and bfloat16 with AVX-512, 3x3 kernels padded by 1), and with
