@@ -232,17 +232,17 @@ bool grad_weight_reads_rows(const PlaneKernels<scalar_t, io_t>& kernels, const C
 }
 
 // forward_rows of plane x into out, or, given a scratch plane (depthwise_3x3_streams_planes), into
-// it and from it into out by non-temporal stores.
+// it and from it into out by non-temporal stores. x_even_rows: x's odd rows are zeros.
 template <typename scalar_t, typename io_t>
 void forward_rows_into(const PlaneKernels<scalar_t, io_t>& kernels, const io_t* x, const scalar_t* w, scalar_t bias,
-                       io_t* out, const Conv2dGeometry& g, scalar_t* scratch) {
+                       io_t* out, const Conv2dGeometry& g, scalar_t* scratch, bool x_even_rows = false) {
   if constexpr (std::is_same_v<io_t, scalar_t>) {
     if (scratch != nullptr) {
-      kernels.forward_rows(x, w, bias, scratch, g);
+      kernels.forward_rows(x, w, bias, scratch, g, x_even_rows);
       return avx2::stream_copy(scratch, g.out_h * g.out_w, out);
     }
   }
-  kernels.forward_rows(x, w, bias, out, g);
+  kernels.forward_rows(x, w, bias, out, g, x_even_rows);
 }
 
 // fn(io) with a value of the tensor's element type: float16 or bfloat16 (computed in float32),
@@ -543,7 +543,7 @@ Tensor direct_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
             }
             if (rows) {
               const io_t* const planes[2] = {gy_k, u.filters[1] == nullptr ? nullptr : gy_k + g.out_h * g.out_w};
-              io_kernels.grad_weight_rows_3x3(x_c, planes, u.filters, g);
+              io_kernels.grad_weight_rows_3x3(x_c, planes, u.filters, g, false);
               continue;
             }
             const bool same_pair = unit > begin && (unit - 1) / cg == unit / cg;
@@ -629,12 +629,12 @@ std::array<Tensor, 3> direct_conv2d_backward(const Tensor& input, const Tensor& 
             if (gx != nullptr) {
               std::reverse_copy(w + c * area, w + (c + 1) * area, flipped.begin());
               forward_rows_into(kernels, gy_planes[0], flipped.data(), scalar_t(0), gx + plane * in_plane, t,
-                                streamed ? scratch.data() : nullptr);
+                                streamed ? scratch.data() : nullptr, spreads);
             }
             if (gw != nullptr) {
               scalar_t* const filters[2] = {gw + c * area, nullptr};
               if (rows_3x3) {
-                kernels.grad_weight_rows_3x3(x + plane * in_plane, gy_planes, filters, g);
+                kernels.grad_weight_rows_3x3(x + plane * in_plane, gy_planes, filters, g, spreads);
               } else {
                 kernels.grad_weight_unit_stride(x + plane * in_plane, gy_planes, filters, g, work.data());
               }
