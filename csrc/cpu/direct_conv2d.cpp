@@ -39,6 +39,13 @@ inline bool depthwise_3x3_rows_apply(const Conv2dGeometry& g) {
   return g.kernel_h == 3 && g.kernel_w == 3 && g.dilation_h == 1 && g.pad_h == 1 && g.in_channels_per_group() == 1;
 }
 
+// The planes forward_plane_depthwise_stride_2_3x3 (direct_conv2d_rows.inc) takes: one input
+// channel, a 3 x 3 kernel at stride 2, padded by 1 and undilated.
+inline bool depthwise_3x3_stride_2_applies(const Conv2dGeometry& g) {
+  return g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == 2 && g.stride_w == 2 && g.pad_h == 1 && g.pad_w == 1 &&
+         g.dilation_h == 1 && g.dilation_w == 1 && g.in_channels_per_group() == 1;
+}
+
 // Rows padded by 1 column, undilated, wider than a vector of `lanes`: the AVX2 build's 3 x 3
 // kernels shift the padding column into their first and last vectors of columns rather than
 // loading those under masks, which cost Zen 3 twice as long per row as plain loads (one thread,
@@ -299,6 +306,19 @@ bool depthwise_3x3_planes_faster(const Conv2dGeometry& g) {
          g.out_h * g.out_w >= kMinPlanesPixels && g.in_h * g.in_w * int64_t{sizeof(float)} <= kMaxPlanesBytes;
 }
 
+// And so do 3x3 layers at stride 2 padded by 1 (forward_plane_depthwise_stride_2_3x3, which
+// splits each input row into its even and odd columns) with output planes of 400 pixels or more
+// and input planes up to 16 KiB (Zen 3, forward, A/B: 144 @56 at batch 8 0.73-0.8x the time, at
+// batch 1 0.8x; 256 @40 0.77x; 192 @28, 196 output pixels, alike; 576 @14 1.9x and 960 @7 3.7x
+// slower; 96 @112, 49 KiB planes, 0.73x at batch 1 but 1.2-1.5x slower at batch 8). float64,
+// which has no channel blocks, runs it wherever it applies, against the strided planes' loops
+// 1.85-2.3x faster (144 @56, 192 @28, 576 @14; 960 @7 1.1x).
+constexpr int64_t kMaxStride2PlaneBytes = int64_t{16} << 10;
+bool depthwise_3x3_stride_2_planes_faster(const Conv2dGeometry& g) {
+  return depthwise_3x3_stride_2_applies(g) && g.out_h * g.out_w >= kMinPlanesPixels &&
+         g.in_h * g.in_w * int64_t{sizeof(float)} <= kMaxStride2PlaneBytes;
+}
+
 // The band's width: the padded rows, and past them the zeros that the row kernel's blocks of 8
 // output pixels read.
 int64_t channel_block_band_width(const Conv2dGeometry& g) {
@@ -311,7 +331,7 @@ bool depthwise_by_channel_blocks(const Conv2dGeometry& g, at::ScalarType dtype) 
   return dtype == at::kFloat && use_avx2() && !use_avx512() && g.groups == g.in_channels &&
          g.out_channels == g.groups && g.in_channels % 8 == 0 && strides && g.dilation_h == 1 &&
          g.dilation_w == 1 && g.kernel_h == g.kernel_w && (g.kernel_h == 3 || g.kernel_h == 5 || g.kernel_h == 7) &&
-         band_bytes <= kMaxChannelBlockBand && !depthwise_3x3_planes_faster(g);
+         band_bytes <= kMaxChannelBlockBand && !depthwise_3x3_planes_faster(g) && !depthwise_3x3_stride_2_planes_faster(g);
 }
 
 void depthwise_forward_by_channel_blocks(const Tensor& input, const Tensor& weight, const Tensor& bias,
@@ -378,10 +398,13 @@ Tensor direct_conv2d_forward(const Tensor& input, const Tensor& weight, const Te
         // float16 and bfloat16 3x3 planes widened and rounded in registers (measured against the
         // padded copies, bfloat16 with AVX-512: 256 @28 1.5x faster at batch 8, 1.3x at batch 1,
         // 512 @14 1.75x, 144 @56 1.5x; float16 256 @28 1.65x).
-        const bool rows = unit_stride && io_kernels.forward_rows != nullptr &&
-                          (std::is_same_v<io_t, scalar_t> ? g.kernel_w <= kMaxRowsKernelWidth : depthwise_3x3_rows_apply(g));
+        const bool rows = io_kernels.forward_rows != nullptr &&
+                          (std::is_same_v<io_t, scalar_t>
+                               ? (unit_stride ? g.kernel_w <= kMaxRowsKernelWidth
+                                              : cpu_isa() == Isa::avx2 && depthwise_3x3_stride_2_applies(g))
+                               : unit_stride && depthwise_3x3_rows_apply(g));
         const int64_t work_size = unit_stride && !rows ? generic::unit_stride_work_size(g) : 0;
-        const bool rows_prefetched = rows && cpu_isa() == Isa::avx2 && depthwise_3x3_prefetches_rows(g, sizeof(io_t));
+        const bool rows_prefetched = rows && unit_stride && cpu_isa() == Isa::avx2 && depthwise_3x3_prefetches_rows(g, sizeof(io_t));
         const bool streamed = rows && cpu_isa() == Isa::avx2 && depthwise_3x3_streams_planes(g, output);
         const io_t* x = input.const_data_ptr<io_t>();
         io_t* y = output.mutable_data_ptr<io_t>();

@@ -35,10 +35,15 @@ struct Vec<float> {
   static mask lanes(int lo, int hi) { return _mm256_andnot_si256(first_lanes(lo), first_lanes(hi)); }  // [lo, hi)
   static type load(const float* p, mask m) { return _mm256_maskload_ps(p, m); }  // zero (and read nothing) outside m
   static void store_first(float* p, type v, int n) { _mm256_maskstore_ps(p, first_lanes(n), v); }
-  static type even_lanes(type lo, type hi) {  // lanes 0, 2, ..., 14 of lo followed by hi
-    const __m256 s = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
-    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), _MM_SHUFFLE(3, 1, 2, 0)));
+  // The even (odd) lanes of lo followed by hi, in the order of `ordered`'s operand: within each
+  // 128-bit half, so that kernels which split many vectors put them in order once, at the end
+  // (a lane-crossing permute each had bound Zen 3).
+  static type even_lanes_unordered(type lo, type hi) { return _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0)); }
+  static type odd_lanes_unordered(type lo, type hi) { return _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1)); }
+  static type ordered(type v) {
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), _MM_SHUFFLE(3, 1, 2, 0)));
   }
+  static type even_lanes(type lo, type hi) { return ordered(even_lanes_unordered(lo, hi)); }  // lanes 0, 2, ..., 14 of lo followed by hi
   static type lanes_up(type v) {  // lane i + 1 takes lane i; lane 0 zero
     return _mm256_blend_ps(_mm256_permutevar8x32_ps(v, _mm256_setr_epi32(0, 0, 1, 2, 3, 4, 5, 6)), zero(), 0x01);
   }
@@ -68,9 +73,10 @@ struct Vec<double> {
   static mask lanes(int lo, int hi) { return _mm256_andnot_si256(first_lanes(lo), first_lanes(hi)); }  // [lo, hi)
   static type load(const double* p, mask m) { return _mm256_maskload_pd(p, m); }  // zero (and read nothing) outside m
   static void store_first(double* p, type v, int n) { _mm256_maskstore_pd(p, first_lanes(n), v); }
-  static type even_lanes(type lo, type hi) {  // lanes 0, 2, ..., 6 of lo followed by hi
-    return _mm256_permute4x64_pd(_mm256_unpacklo_pd(lo, hi), _MM_SHUFFLE(3, 1, 2, 0));
-  }
+  static type even_lanes_unordered(type lo, type hi) { return _mm256_unpacklo_pd(lo, hi); }  // as Vec<float>'s
+  static type odd_lanes_unordered(type lo, type hi) { return _mm256_unpackhi_pd(lo, hi); }
+  static type ordered(type v) { return _mm256_permute4x64_pd(v, _MM_SHUFFLE(3, 1, 2, 0)); }
+  static type even_lanes(type lo, type hi) { return ordered(even_lanes_unordered(lo, hi)); }  // lanes 0, 2, 4, 6 of lo followed by hi
   static type lanes_up(type v) {  // lane i + 1 takes lane i; lane 0 zero
     return _mm256_blend_pd(_mm256_permute4x64_pd(v, _MM_SHUFFLE(2, 1, 0, 0)), zero(), 0x1);
   }
