@@ -910,7 +910,10 @@ Tensor grad_input_by_phases(const Tensor& grad_output, const Tensor& weight, con
 // Depthwise layers at stride 2 padded by half their odd kernels (MobileNet's and EfficientNet's
 // downsampling) have the gradients of the stride-1 layer whose grad_output is theirs spread out
 // to the input's size, zeros between its pixels (each gradient op all of it; conv2d_backward
-// plane by plane, in its one pass as at stride 1, where that applies): the stride-1 kernels read whole vectors of
+// plane by plane, in its one pass as at stride 1, where that applies; 3x3 weight gradients in
+// the AVX2 build read the strided planes in place instead,
+// depthwise_stride_2_grad_weight_splits_rows: 144 @56 alone at batch 8 1.4-2.1 -> 0.5-0.9 ms,
+// at batch 1 0.14 -> 0.06-0.07, the one-pass backward 0.9-0.95x the time): the stride-1 kernels read whole vectors of
 // columns, where the strided planes' loops go value by value, and that repays the zeros' four
 // times the products (Zen 3, all three gradients, A/B: 3x3 144 @56 at batch 8 6.1 -> 3.0 ms,
 // 0.51x -> 1.04x torch; at batch 1 0.74 -> 0.29; 192 @28 2.35 -> 0.95, 576 @14 1.9 -> 1.05, 96
@@ -1041,7 +1044,8 @@ Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
   if (input.is_complex()) {
     return complex_conv2d_grad_weight(input, grad_output, kernel_size, stride, padding, dilation, groups);
   }
-  if (depthwise_backward_spreads(g, grad_output, input)) {
+  if (depthwise_backward_spreads(g, grad_output, input) &&
+      !depthwise_stride_2_grad_weight_splits_rows(g, input.scalar_type())) {
     return conv2d_grad_weight_cpu(input, spread_grad_output(grad_output, g), kernel_size, kUnitStride, padding, dilation,
                                   groups);
   }
