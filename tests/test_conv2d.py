@@ -1414,7 +1414,8 @@ def test_depthwise_backward_in_one_pass(conv, dtype, path):
     three ops' calls, and so does float32 in the AVX2 build where its input gradient runs by
     channel blocks (undilated, a multiple of 8 channels: depthwise_by_channel_blocks). A stride-2
     layer padded by half its odd kernel, float32 or float64, runs as its stride-1 layer on each
-    plane of grad_output spread out (the two ops spread all of it at once)."""
+    plane of grad_output spread out (the two ops spread all of it at once), but for a 3x3
+    weight gradient in the AVX2 build, which reads the strided planes in place in both."""
     avx512 = path.endswith("avx512-isa")
     if avx512 and not HAS_AVX512:
         pytest.skip("needs AVX-512")
@@ -1495,8 +1496,10 @@ def test_depthwise_3x3_stride_2_planes(conv, dtype):
     """Depthwise 3x3 layers at stride 2 padded by 1 run in the AVX2 build on a planes' kernel that
     splits each input row into its even and odd columns (forward_plane_depthwise_stride_2_3x3):
     float32 where the channel blocks are not faster (depthwise_3x3_stride_2_planes_faster) or
-    do not apply, float64 wherever. Right against F.conv2d on rows that are whole vectors, end
-    past the row on odd sizes, or are narrower than a vector (mutation-checked)."""
+    do not apply, float64 wherever; their weight gradient splits the rows alike
+    (grad_weight_depthwise_stride_2_3x3). Right against F.conv2d, forward and gradients, on rows
+    that are whole vectors, end past the row on odd sizes, or are narrower than a vector
+    (mutation-checked)."""
     check_layer_on_path(conv, dtype, "auto-avx2-isa")
 
 
