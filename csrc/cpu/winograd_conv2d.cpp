@@ -121,9 +121,11 @@ struct Transforms {
 };
 
 // The sums multiply_by_filter_row keeps in registers (the elements of a row or half a row of U
-// times the tiles): 24 of AVX-512's 32 registers. The AVX2 and baseline builds have none: with
-// AVX2's 16 registers the few-tile forward lost to the GEMMs (measured, 3x3 512 @7 at batch 1:
-// 1.13x -> 1.06x torch).
+// times the tiles): 24 of AVX-512's 32 registers, 9 of AVX2's 16 (up to 3 tiles). With AVX2, 1
+// to 3 tiles ran 1.03-1.5x faster than on the GEMMs (Zen 3: 128 to 512 channels, 3 x 3 and 4 x 4
+// images at batch 1 to 3); 4 tiles, as pairs of elements in 8 registers, ran level at 512 channels
+// and up to 1.18x slower at 64 to 128 (each pair's 8 products take 11 loads). The baseline
+// build has none.
 namespace generic {
 constexpr int kFilterRowSums = 0;
 template <typename scalar_t>
@@ -140,7 +142,7 @@ using ::conv_ext::generic::transpose;
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace avx2 {
-constexpr int kFilterRowSums = 0;
+constexpr int kFilterRowSums = 9;
 using ::conv_ext::avx2::transpose;
 using ::conv_ext::avx2::Vec;
 #include "winograd_transforms.inc"
