@@ -416,8 +416,8 @@ def test_winograd_by_panels_in_channel_blocks(dtype, path):
 # Up to 8 tiles with AVX-512's registers, 3 with AVX2's, Winograd's forward and input gradient
 # make each row of the transformed filters in registers as the products use it
 # (multiply_by_filter_rows): whole rows of 6 elements for up to 4 tiles (1 with AVX2), half rows
-# of 3 for 5 to 8 (2 and 3). 70 input channels in blocks of 32 (the last 6; the transposes' blocks of 16 not whole
-# either), 40 output channels (the last panel half full).
+# of 3 for 5 to 8 (2 and 3). 70 input channels in blocks of 32 (the last 6; the transposes'
+# blocks of 16 not whole either), 40 output channels (the last panel half full).
 FILTER_ROW_LAYERS = {
     "1-tile": Conv(1, 70, 40, (4, 4), (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
     "2-tiles": Conv(2, 70, 40, (3, 4), (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
