@@ -1489,19 +1489,23 @@ def test_depthwise_by_channel_blocks_in_the_avx2_build(kernel, padding, size, on
 @pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the AVX2 build")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("conv", [
-    Conv(2, 16, 16, (41, 44), (3, 3), (2, 2), (1, 1), (1, 1), 16, True),  # 462 output pixels: off the channel blocks
+    Conv(2, 16, 16, (41, 48), (3, 3), (2, 2), (1, 1), (1, 1), 16, True),  # 504 output pixels: off the channel blocks
     Conv(1, 8, 8, (57, 43), (3, 3), (2, 2), (1, 1), (1, 1), 8, False),  # odd sizes, rows prefetched
     Conv(2, 5, 5, (9, 7), (3, 3), (2, 2), (1, 1), (1, 1), 5, True),  # rows narrower than a vector
+    Conv(2, 16, 16, (30, 41), (3, 3), (2, 2), (1, 1), (1, 1), 16, False),  # even height; 41 = 2 x 16 + 9 columns
     Conv(1, 6, 12, (20, 36), (3, 3), (2, 2), (1, 1), (1, 1), 6, True),  # two output channels per group
-], ids=["even", "odd", "narrow", "multiplier"])
+], ids=["even", "odd", "narrow", "even-height", "multiplier"])
 def test_depthwise_3x3_stride_2_planes(conv, dtype):
     """Depthwise 3x3 layers at stride 2 padded by 1 run in the AVX2 build on a planes' kernel that
     splits each input row into its even and odd columns (forward_plane_depthwise_stride_2_3x3):
     float32 where the channel blocks are not faster (depthwise_3x3_stride_2_planes_faster) or
     do not apply, float64 wherever; their weight gradient splits the rows alike
-    (grad_weight_depthwise_stride_2_3x3). Right against F.conv2d, forward and gradients, on rows
-    that are whole vectors, end past the row on odd sizes, or are narrower than a vector
-    (mutation-checked)."""
+    (grad_weight_depthwise_stride_2_3x3), and with one output channel per group their input
+    gradient makes each pair of input rows' even and odd columns from grad_output's rows in place
+    (grad_input_depthwise_stride_2_3x3; in the one-pass backward where the layer has channels for
+    every thread, else the op). Right against F.conv2d, forward and gradients, on rows that are
+    whole vectors, end past the row on odd sizes, are narrower than a vector, or end a column
+    into the next vector, on odd and even heights (mutation-checked)."""
     check_layer_on_path(conv, dtype, "auto-avx2-isa")
 
 

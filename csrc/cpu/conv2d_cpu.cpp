@@ -910,10 +910,10 @@ Tensor grad_input_by_phases(const Tensor& grad_output, const Tensor& weight, con
 // Depthwise layers at stride 2 padded by half their odd kernels (MobileNet's and EfficientNet's
 // downsampling) have the gradients of the stride-1 layer whose grad_output is theirs spread out
 // to the input's size, zeros between its pixels (each gradient op all of it; conv2d_backward
-// plane by plane, in its one pass as at stride 1, where that applies; 3x3 weight gradients in
-// the AVX2 build read the strided planes in place instead,
-// depthwise_stride_2_grad_weight_splits_rows: 144 @56 alone at batch 8 1.4-2.1 -> 0.5-0.9 ms,
-// at batch 1 0.14 -> 0.06-0.07, the one-pass backward 0.9-0.95x the time): the stride-1 kernels read whole vectors of
+// plane by plane, in its one pass as at stride 1, where that applies; 3x3 layers' gradients in
+// the AVX2 build read the strided planes in place instead, depthwise_stride_2_reads_planes: the
+// weight gradient of 144 @56 alone at batch 8 1.4-2.1 -> 0.5-0.9 ms, at batch 1 0.14 ->
+// 0.06-0.07, the one-pass backward 0.9-0.95x the time): the stride-1 kernels read whole vectors of
 // columns, where the strided planes' loops go value by value, and that repays the zeros' four
 // times the products (Zen 3, all three gradients, A/B: 3x3 144 @56 at batch 8 6.1 -> 3.0 ms,
 // 0.51x -> 1.04x torch; at batch 1 0.74 -> 0.29; 192 @28 2.35 -> 0.95, 576 @14 1.9 -> 1.05, 96
@@ -978,6 +978,10 @@ Tensor conv2d_grad_input_cpu(const Tensor& grad_output, const Tensor& weight,
       check_conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation, groups);
   if (grad_output.is_complex()) {
     return complex_conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation, groups);
+  }
+  if (depthwise_gradients_spread(g, grad_output) && depthwise_stride_2_reads_planes(g, grad_output.scalar_type())) {
+    return finish(direct_conv2d_grad_input(grad_output, compute_operand(weight), g), grad_output.scalar_type(),
+                  conv2d_memory_format(grad_output, weight));
   }
   if (depthwise_backward_spreads(g, grad_output)) {
     return conv2d_grad_input_cpu(spread_grad_output(grad_output, g), weight, input_size, kUnitStride, padding, dilation,
@@ -1045,7 +1049,7 @@ Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
     return complex_conv2d_grad_weight(input, grad_output, kernel_size, stride, padding, dilation, groups);
   }
   if (depthwise_backward_spreads(g, grad_output, input) &&
-      !depthwise_stride_2_grad_weight_splits_rows(g, input.scalar_type())) {
+      !depthwise_stride_2_reads_planes(g, input.scalar_type())) {
     return conv2d_grad_weight_cpu(input, spread_grad_output(grad_output, g), kernel_size, kUnitStride, padding, dilation,
                                   groups);
   }
@@ -1117,11 +1121,9 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward_cpu(const Tensor& grad_output
   const bool one_pass = !grad_output.is_complex() && grad_output.is_contiguous() && input.is_contiguous() &&
                         direct_backward_fuses(g, t, grad_output.scalar_type()) &&
                         choose_algorithm(t) == Algorithm::direct && choose_grad_weight_algorithm(g) == Algorithm::direct;
-  // One spread for both ops, but where the weight gradient reads the strided planes in place
-  // (there the input gradient spreads for itself: 3x3/2 576 @14 at batch 8, off the one pass, 0.79x
-  // the time, at batch 1 0.82x, 960 @7 0.9x).
+  // One spread for both ops, but where they read the strided planes in place.
   if (!one_pass && depthwise_backward_spreads(layer, grad_output, input) &&
-      !depthwise_stride_2_grad_weight_splits_rows(layer, input.scalar_type())) {
+      !depthwise_stride_2_reads_planes(layer, input.scalar_type())) {
     return conv2d_backward_by_three_ops(spread_grad_output(grad_output, layer), input, weight, kUnitStride, padding,
                                         dilation, groups, output_mask);
   }

@@ -194,18 +194,22 @@ struct PlaneKernels {
   decltype(&generic::grad_weight_planes<scalar_t>) grad_weight;
   decltype(&generic::grad_weight_planes_unit_stride<scalar_t, io_t>) grad_weight_unit_stride;
   decltype(&avx512::grad_weight_rows_3x3<scalar_t, io_t>) grad_weight_rows_3x3;
-  // The AVX2 build's weight gradient of depthwise_3x3_stride_2_applies planes, float32 and float64.
+  // The AVX2 build's gradients of depthwise_3x3_stride_2_applies planes, float32 and float64, read
+  // in place (depthwise_stride_2_reads_planes).
   void (*grad_weight_stride_2_3x3)(const io_t*, const io_t*, scalar_t*, const Conv2dGeometry&);
+  void (*grad_input_stride_2_3x3)(const io_t*, const scalar_t*, io_t*, const Conv2dGeometry&);
   decltype(&generic::sum_plane<scalar_t, io_t>) sum_plane;
 };
 
 // The plane loops of one build.
-#define CONV_EXT_PLANE_KERNELS(isa, forward_rows, grad_weight_rows_3x3, grad_weight_stride_2_3x3)     \
+#define CONV_EXT_PLANE_KERNELS(isa, forward_rows, grad_weight_rows_3x3, grad_weight_stride_2_3x3,    \
+                               grad_input_stride_2_3x3)                                              \
   PlaneKernels<scalar_t, io_t> {                                                                      \
     &isa::forward_plane<scalar_t>, &isa::forward_plane_unit_stride<scalar_t, io_t>, forward_rows,     \
         &isa::forward_group_unit_stride_for<scalar_t>, &isa::grad_input_plane<scalar_t>,              \
         &isa::grad_weight_planes<scalar_t>, &isa::grad_weight_planes_unit_stride<scalar_t, io_t>,     \
-        grad_weight_rows_3x3, grad_weight_stride_2_3x3, &isa::sum_plane<scalar_t, io_t>               \
+        grad_weight_rows_3x3, grad_weight_stride_2_3x3, grad_input_stride_2_3x3,                      \
+        &isa::sum_plane<scalar_t, io_t>                                                               \
   }
 
 template <typename scalar_t, typename io_t = scalar_t>
@@ -214,20 +218,21 @@ PlaneKernels<scalar_t, io_t> plane_kernels() {
     case Isa::avx512:
       if constexpr (std::is_same_v<scalar_t, io_t>) {
         return CONV_EXT_PLANE_KERNELS(avx512, &avx512::forward_plane_rows<scalar_t>, &avx512::grad_weight_rows_3x3<scalar_t>,
-                                      nullptr);
+                                      nullptr, nullptr);
       } else {
         return CONV_EXT_PLANE_KERNELS(avx512, (&avx512::forward_plane_depthwise_3x3<scalar_t, io_t>),
-                                      (&avx512::grad_weight_rows_3x3<scalar_t, io_t>), nullptr);
+                                      (&avx512::grad_weight_rows_3x3<scalar_t, io_t>), nullptr, nullptr);
       }
     case Isa::avx2:
       if constexpr (std::is_same_v<scalar_t, io_t>) {
         return CONV_EXT_PLANE_KERNELS(avx2, &avx2::forward_plane_rows<scalar_t>, &avx2::grad_weight_rows_3x3<scalar_t>,
-                                      &avx2::grad_weight_depthwise_stride_2_3x3<scalar_t>);
+                                      &avx2::grad_weight_depthwise_stride_2_3x3<scalar_t>,
+                                      &avx2::grad_input_depthwise_stride_2_3x3<scalar_t>);
       } else {
-        return CONV_EXT_PLANE_KERNELS(avx2, nullptr, nullptr, nullptr);
+        return CONV_EXT_PLANE_KERNELS(avx2, nullptr, nullptr, nullptr, nullptr);
       }
     default:
-      return CONV_EXT_PLANE_KERNELS(generic, nullptr, nullptr, nullptr);
+      return CONV_EXT_PLANE_KERNELS(generic, nullptr, nullptr, nullptr, nullptr);
   }
 }
 #undef CONV_EXT_PLANE_KERNELS
@@ -485,6 +490,15 @@ Tensor direct_conv2d_grad_input(const Tensor& grad_output, const Tensor& weight,
     scalar_t* gx = grad_input.mutable_data_ptr<scalar_t>();
     const int64_t cg = g.in_channels_per_group(), kg = g.out_channels_per_group();
     const int64_t kernel_area = g.kernel_h * g.kernel_w;
+    if (depthwise_stride_2_reads_planes(g, grad_output.scalar_type()) && kg == 1) {
+      at::parallel_for(0, g.batch * g.in_channels, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t plane = begin; plane < end; ++plane) {
+          kernels.grad_input_stride_2_3x3(gy + plane * g.out_h * g.out_w, w + plane % g.in_channels * kernel_area,
+                                          gx + plane * g.in_h * g.in_w, g);
+        }
+      });
+      return;
+    }
     at::parallel_for(0, g.batch * g.in_channels, 1, [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
         const int64_t n = plane / g.in_channels, c = plane % g.in_channels;
@@ -512,7 +526,7 @@ Tensor direct_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
     if (!unit_stride) {
       const scalar_t* x = input.const_data_ptr<scalar_t>();
       const scalar_t* gy = grad_output.const_data_ptr<scalar_t>();
-      const auto plane_kernel = depthwise_stride_2_grad_weight_splits_rows(g, input.scalar_type())
+      const auto plane_kernel = depthwise_stride_2_reads_planes(g, input.scalar_type())
                                     ? kernels.grad_weight_stride_2_3x3
                                     : kernels.grad_weight;
       // Tasks over the (output channel, input channel) filters, images summed in order.
@@ -588,7 +602,7 @@ Tensor direct_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
   return grad_weight;
 }
 
-bool depthwise_stride_2_grad_weight_splits_rows(const Conv2dGeometry& g, at::ScalarType dtype) {
+bool depthwise_stride_2_reads_planes(const Conv2dGeometry& g, at::ScalarType dtype) {
   return cpu_isa() == Isa::avx2 && (dtype == at::kFloat || dtype == at::kDouble) && depthwise_3x3_stride_2_applies(g);
 }
 
@@ -644,7 +658,7 @@ std::array<Tensor, 3> direct_conv2d_backward(const Tensor& input, const Tensor& 
       const bool streamed = gx != nullptr && cpu_isa() == Isa::avx2 && depthwise_3x3_streams_planes(t, grad_input);
       Conv2dGeometry strided = g;  // the stride-2 layer, where it spreads
       strided.stride_h = strided.stride_w = 2, strided.out_h = gy_h, strided.out_w = gy_w;
-      const bool gw_strided = spreads && depthwise_stride_2_grad_weight_splits_rows(strided, weight.scalar_type());
+      const bool in_place = spreads && depthwise_stride_2_reads_planes(strided, weight.scalar_type());  // no spread
       // Tasks over channels, images summed in order (as direct_conv2d_grad_weight sums them), each
       // image's planes of a task's channels in turn: consecutive planes, which the hardware
       // prefetchers follow (a channel's planes image by image, apart by the image's size, ran the
@@ -661,16 +675,18 @@ std::array<Tensor, 3> direct_conv2d_backward(const Tensor& input, const Tensor& 
             const int64_t plane = n * g.in_channels + c;
             const io_t* own = gy + plane * gy_h * gy_w;
             if (prefetch_input && c + 1 < end) prefetch_plane(x + (plane + 1) * in_plane, in_plane * int64_t{sizeof(io_t)});
-            if (spreads && (gx != nullptr || !gw_strided)) spread_plane(own, gy_h, gy_w, spread.data(), g.out_w);
+            if (spreads && !in_place) spread_plane(own, gy_h, gy_w, spread.data(), g.out_w);
             const io_t* const gy_planes[2] = {spreads ? spread.data() : own, nullptr};
-            if (gx != nullptr) {
+            if (gx != nullptr && in_place) {
+              kernels.grad_input_stride_2_3x3(own, w + c * area, gx + plane * in_plane, strided);
+            } else if (gx != nullptr) {
               std::reverse_copy(w + c * area, w + (c + 1) * area, flipped.begin());
               forward_rows_into(kernels, gy_planes[0], flipped.data(), scalar_t(0), gx + plane * in_plane, t,
                                 streamed ? scratch.data() : nullptr, spreads);
             }
             if (gw != nullptr) {
               scalar_t* const filters[2] = {gw + c * area, nullptr};
-              if (gw_strided) {
+              if (in_place) {
                 kernels.grad_weight_stride_2_3x3(x + plane * in_plane, own, filters[0], strided);
               } else if (rows_3x3) {
                 kernels.grad_weight_rows_3x3(x + plane * in_plane, gy_planes, filters, g, spreads);

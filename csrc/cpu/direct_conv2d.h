@@ -40,11 +40,12 @@ void spread_row(const scalar_t* values, int64_t length, scalar_t* row) {
   if (length % 2 == 1) row[length - 1] = values[length / 2];
 }
 
-// Whether the weight gradient of a depthwise 3x3 layer at stride 2 padded by 1 reads its planes
-// in place, each input row split into its even and odd columns (the AVX2 build, float32 and
-// float64: direct_conv2d_grad_weight, and direct_conv2d_backward where it spreads), rather than
-// grad_output spread out as the stride-1 layer's.
-bool depthwise_stride_2_grad_weight_splits_rows(const Conv2dGeometry& g, at::ScalarType dtype);
+// Whether the gradients of a depthwise 3x3 layer at stride 2 padded by 1 read its planes in
+// place (the AVX2 build, float32 and float64: direct_conv2d_grad_input and _grad_weight, and
+// direct_conv2d_backward where it spreads), rather than grad_output spread out as the stride-1
+// layer's: the weight gradient with each input row split into its even and odd columns, the
+// input gradient making them from grad_output's rows.
+bool depthwise_stride_2_reads_planes(const Conv2dGeometry& g, at::ScalarType dtype);
 
 // Whether direct_conv2d_backward takes a layer (g; t, its input gradient's geometry as a forward
 // convolution): depthwise of stride 1, where the build has the kernels that read planes in place

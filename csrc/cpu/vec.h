@@ -44,6 +44,13 @@ struct Vec<float> {
     return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), _MM_SHUFFLE(3, 1, 2, 0)));
   }
   static type even_lanes(type lo, type hi) { return ordered(even_lanes_unordered(lo, hi)); }  // lanes 0, 2, ..., 14 of lo followed by hi
+  // even's and odd's lanes taken in turn (even[0], odd[0], even[1], ...): the first 8 of them in
+  // first, the others in second.
+  static void interleave(type even, type odd, type& first, type& second) {
+    const type lo = _mm256_unpacklo_ps(even, odd), hi = _mm256_unpackhi_ps(even, odd);
+    first = _mm256_permute2f128_ps(lo, hi, 0x20);
+    second = _mm256_permute2f128_ps(lo, hi, 0x31);
+  }
   static type lanes_up(type v) {  // lane i + 1 takes lane i; lane 0 zero
     return _mm256_blend_ps(_mm256_permutevar8x32_ps(v, _mm256_setr_epi32(0, 0, 1, 2, 3, 4, 5, 6)), zero(), 0x01);
   }
@@ -77,6 +84,11 @@ struct Vec<double> {
   static type odd_lanes_unordered(type lo, type hi) { return _mm256_unpackhi_pd(lo, hi); }
   static type ordered(type v) { return _mm256_permute4x64_pd(v, _MM_SHUFFLE(3, 1, 2, 0)); }
   static type even_lanes(type lo, type hi) { return ordered(even_lanes_unordered(lo, hi)); }  // lanes 0, 2, 4, 6 of lo followed by hi
+  static void interleave(type even, type odd, type& first, type& second) {  // as Vec<float>'s
+    const type lo = _mm256_unpacklo_pd(even, odd), hi = _mm256_unpackhi_pd(even, odd);
+    first = _mm256_permute2f128_pd(lo, hi, 0x20);
+    second = _mm256_permute2f128_pd(lo, hi, 0x31);
+  }
   static type lanes_up(type v) {  // lane i + 1 takes lane i; lane 0 zero
     return _mm256_blend_pd(_mm256_permute4x64_pd(v, _MM_SHUFFLE(2, 1, 0, 0)), zero(), 0x1);
   }
