@@ -655,10 +655,10 @@ std::array<Tensor, 3> direct_conv2d_backward(const Tensor& input, const Tensor& 
       const int64_t gy_h = grad_output.size(2), gy_w = grad_output.size(3);  // g's output, or the strided layer's
       const bool prefetch_input = gw != nullptr && in_plane * int64_t{sizeof(io_t)} >= kPrefetchedInputPlaneBytes && streams(input);
       const bool rows_3x3 = grad_weight_reads_rows(kernels, g);
-      const bool streamed = gx != nullptr && cpu_isa() == Isa::avx2 && depthwise_3x3_streams_planes(t, grad_input);
       Conv2dGeometry strided = g;  // the stride-2 layer, where it spreads
       strided.stride_h = strided.stride_w = 2, strided.out_h = gy_h, strided.out_w = gy_w;
       const bool in_place = spreads && depthwise_stride_2_reads_planes(strided, weight.scalar_type());  // no spread
+      const bool streamed = gx != nullptr && !in_place && cpu_isa() == Isa::avx2 && depthwise_3x3_streams_planes(t, grad_input);
       // Tasks over channels, images summed in order (as direct_conv2d_grad_weight sums them), each
       // image's planes of a task's channels in turn: consecutive planes, which the hardware
       // prefetchers follow (a channel's planes image by image, apart by the image's size, ran the
@@ -668,7 +668,7 @@ std::array<Tensor, 3> direct_conv2d_backward(const Tensor& input, const Tensor& 
         std::vector<scalar_t> flipped(area);  // the input gradient's filter: the layer's rotated by 180 degrees
         AlignedVector<scalar_t> work(rows_3x3 || gw == nullptr ? 0 : generic::unit_stride_work_size(g, 2), scalar_t(0));
         AlignedVector<scalar_t> scratch(streamed ? in_plane : 0);  // streamed (forward and backward of 256 @28 at batch 8 1.05x faster)
-        AlignedVector<io_t> spread(spreads ? out_plane : 0, io_t(0));  // zeros but where each plane is spread
+        AlignedVector<io_t> spread(spreads && !in_place ? out_plane : 0, io_t(0));  // zeros but where each plane is spread
         if (gw != nullptr) std::fill(gw + begin * area, gw + end * area, scalar_t(0));
         for (int64_t n = 0; n < g.batch; ++n) {
           for (int64_t c = begin; c < end; ++c) {

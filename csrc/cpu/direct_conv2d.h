@@ -60,7 +60,8 @@ bool direct_backward_fuses(const Conv2dGeometry& g, const Conv2dGeometry& t, at:
 // dtype, the others in the weight's. Where it spreads, grad_output is that of a stride-2 layer
 // with g's gradients (its output ceil(in / 2) a side, conv2d_cpu.cpp's depthwise_backward_spreads),
 // each plane spread out to g's output in a scratch plane in L1, zeros between its pixels (the
-// depthwise 3x3 kernels skip its rows of zeros).
+// depthwise 3x3 kernels skip its rows of zeros), but where depthwise_stride_2_reads_planes,
+// whose kernels read the strided planes in place.
 std::array<at::Tensor, 3> direct_conv2d_backward(const at::Tensor& input, const at::Tensor& grad_output,
                                                  const at::Tensor& weight, const Conv2dGeometry& g,
                                                  const Conv2dGeometry& t, std::array<bool, 3> output_mask,
