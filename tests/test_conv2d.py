@@ -1416,8 +1416,10 @@ def test_depthwise_backward_in_one_pass(conv, dtype, path):
     three ops' calls, and so does float32 in the AVX2 build where its input gradient runs by
     channel blocks (undilated, a multiple of 8 channels: depthwise_by_channel_blocks). A stride-2
     layer padded by half its odd kernel, float32 or float64, runs as its stride-1 layer on each
-    plane of grad_output spread out (the two ops spread all of it at once), but for a 3x3
-    weight gradient in the AVX2 build, which reads the strided planes in place in both."""
+    plane of grad_output spread out (the two ops spread all of it at once), but for 3x3
+    gradients in the AVX2 build, which read the strided planes in place in both, and the weight
+    gradients of other kernels (and of 3x3 ones in the baseline build), which sum over the
+    input's four stride phases in both."""
     avx512 = path.endswith("avx512-isa")
     if avx512 and not HAS_AVX512:
         pytest.skip("needs AVX-512")
@@ -1507,6 +1509,25 @@ def test_depthwise_3x3_stride_2_planes(conv, dtype):
     whole vectors, end past the row on odd sizes, are narrower than a vector, or end a column
     into the next vector, on odd and even heights (mutation-checked)."""
     check_layer_on_path(conv, dtype, "auto-avx2-isa")
+
+
+@pytest.mark.parametrize("path", ["auto", "direct-generic-isa"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("conv", [
+    Conv(2, 16, 16, (23, 30), (5, 5), (2, 2), (2, 2), (1, 1), 16, True),  # MobileNet's and EfficientNet's
+    Conv(1, 8, 8, (28, 27), (7, 7), (2, 2), (3, 3), (1, 1), 8, False),
+    Conv(2, 6, 6, (15, 16), (3, 3), (2, 2), (1, 1), (1, 1), 6, True),  # by phases in the baseline build
+    Conv(1, 4, 8, (17, 18), (5, 3), (2, 2), (1, 2), (1, 1), 4, True),  # two output channels per group
+], ids=["5x5", "7x7", "3x3", "5x3-multiplier"])
+def test_stride_2_weight_gradients_by_phases(conv, dtype, path):
+    """The direct weight gradient of layers at stride 2 (undilated) sums over the input's four
+    stride phases, each tap one long dot product over grad_output's rows and a phase
+    (grad_weight_planes_stride_2), wherever no kernel of the build reads 3x3 rows: depthwise 5x5
+    and 7x7 layers padded by half their kernel (which had spread grad_output out), a 3x3 layer
+    in the baseline build, and a layer of two output channels per group with other padding
+    (which had taken the strided planes' loops); forward and gradients right against F.conv2d on
+    even and odd sizes (mutation-checked)."""
+    check_layer_on_path(conv, dtype, path)
 
 
 @pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the row kernels need AVX2")

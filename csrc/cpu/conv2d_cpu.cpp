@@ -910,8 +910,9 @@ Tensor grad_input_by_phases(const Tensor& grad_output, const Tensor& weight, con
 // Depthwise layers at stride 2 padded by half their odd kernels (MobileNet's and EfficientNet's
 // downsampling) have the gradients of the stride-1 layer whose grad_output is theirs spread out
 // to the input's size, zeros between its pixels (each gradient op all of it; conv2d_backward
-// plane by plane, in its one pass as at stride 1, where that applies; 3x3 layers' gradients in
-// the AVX2 build read the strided planes in place instead, depthwise_stride_2_reads_planes: the
+// plane by plane, in its one pass as at stride 1, where that applies; weight gradients where no
+// kernel reads 3x3 rows sum over the input's stride phases instead, stride_2_grad_weight_by_phases,
+// and 3x3 layers' gradients in the AVX2 build read the strided planes in place, depthwise_stride_2_reads_planes: the
 // weight gradient of 144 @56 alone at batch 8 1.4-2.1 -> 0.5-0.9 ms, at batch 1 0.14 ->
 // 0.06-0.07, the one-pass backward 0.9-0.95x the time): the stride-1 kernels read whole vectors of
 // columns, where the strided planes' loops go value by value, and that repays the zeros' four
@@ -1048,8 +1049,8 @@ Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
   if (input.is_complex()) {
     return complex_conv2d_grad_weight(input, grad_output, kernel_size, stride, padding, dilation, groups);
   }
-  if (depthwise_backward_spreads(g, grad_output, input) &&
-      !depthwise_stride_2_reads_planes(g, input.scalar_type())) {
+  if (depthwise_backward_spreads(g, grad_output, input) && !depthwise_stride_2_reads_planes(g, input.scalar_type()) &&
+      !stride_2_grad_weight_by_phases(g)) {
     return conv2d_grad_weight_cpu(input, spread_grad_output(grad_output, g), kernel_size, kUnitStride, padding, dilation,
                                   groups);
   }
@@ -1123,7 +1124,7 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward_cpu(const Tensor& grad_output
                         choose_algorithm(t) == Algorithm::direct && choose_grad_weight_algorithm(g) == Algorithm::direct;
   // One spread for both ops, but where they read the strided planes in place.
   if (!one_pass && depthwise_backward_spreads(layer, grad_output, input) &&
-      !depthwise_stride_2_reads_planes(layer, input.scalar_type())) {
+      !depthwise_stride_2_reads_planes(layer, input.scalar_type()) && !stride_2_grad_weight_by_phases(layer)) {
     return conv2d_backward_by_three_ops(spread_grad_output(grad_output, layer), input, weight, kUnitStride, padding,
                                         dilation, groups, output_mask);
   }

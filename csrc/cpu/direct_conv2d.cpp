@@ -198,6 +198,7 @@ struct PlaneKernels {
   // in place (depthwise_stride_2_reads_planes).
   void (*grad_weight_stride_2_3x3)(const io_t*, const io_t*, scalar_t*, const Conv2dGeometry&);
   void (*grad_input_stride_2_3x3)(const io_t*, const scalar_t*, io_t*, const Conv2dGeometry&);
+  decltype(&generic::grad_weight_planes_stride_2<scalar_t, io_t>) grad_weight_stride_2;
   decltype(&generic::sum_plane<scalar_t, io_t>) sum_plane;
 };
 
@@ -209,7 +210,7 @@ struct PlaneKernels {
         &isa::forward_group_unit_stride_for<scalar_t>, &isa::grad_input_plane<scalar_t>,              \
         &isa::grad_weight_planes<scalar_t>, &isa::grad_weight_planes_unit_stride<scalar_t, io_t>,     \
         grad_weight_rows_3x3, grad_weight_stride_2_3x3, grad_input_stride_2_3x3,                      \
-        &isa::sum_plane<scalar_t, io_t>                                                               \
+        &isa::grad_weight_planes_stride_2<scalar_t, io_t>, &isa::sum_plane<scalar_t, io_t>            \
   }
 
 template <typename scalar_t, typename io_t = scalar_t>
@@ -526,17 +527,24 @@ Tensor direct_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
     if (!unit_stride) {
       const scalar_t* x = input.const_data_ptr<scalar_t>();
       const scalar_t* gy = grad_output.const_data_ptr<scalar_t>();
+      const bool by_phases = stride_2_grad_weight_by_phases(g);
       const auto plane_kernel = depthwise_stride_2_reads_planes(g, input.scalar_type())
                                     ? kernels.grad_weight_stride_2_3x3
                                     : kernels.grad_weight;
       // Tasks over the (output channel, input channel) filters, images summed in order.
       at::parallel_for(0, g.out_channels * cg, 1, [&](int64_t begin, int64_t end) {
+        AlignedVector<scalar_t> work(by_phases ? generic::stride_2_work_size(g) : 0, scalar_t(0));
         std::fill(gw + begin * kernel_area, gw + end * kernel_area, scalar_t(0));
         for (int64_t n = 0; n < g.batch; ++n) {
           for (int64_t filter = begin; filter < end; ++filter) {
             const int64_t k = filter / cg, channel = k / kg * cg + filter % cg;
-            plane_kernel(x + (n * g.in_channels + channel) * g.in_h * g.in_w,
-                         gy + (n * g.out_channels + k) * g.out_h * g.out_w, gw + filter * kernel_area, g);
+            const scalar_t* x_plane = x + (n * g.in_channels + channel) * g.in_h * g.in_w;
+            const scalar_t* gy_plane = gy + (n * g.out_channels + k) * g.out_h * g.out_w;
+            if (by_phases) {
+              kernels.grad_weight_stride_2(x_plane, gy_plane, gw + filter * kernel_area, g, work.data());
+            } else {
+              plane_kernel(x_plane, gy_plane, gw + filter * kernel_area, g);
+            }
           }
         }
       });
@@ -606,6 +614,11 @@ bool depthwise_stride_2_reads_planes(const Conv2dGeometry& g, at::ScalarType dty
   return cpu_isa() == Isa::avx2 && (dtype == at::kFloat || dtype == at::kDouble) && depthwise_3x3_stride_2_applies(g);
 }
 
+bool stride_2_grad_weight_by_phases(const Conv2dGeometry& g) {
+  const bool rows_3x3 = g.kernel_h == 3 && g.kernel_w == 3 && cpu_isa() != Isa::generic;  // grad_weight_rows_3x3's, or in place
+  return g.stride_h == 2 && g.stride_w == 2 && g.dilation_h == 1 && g.dilation_w == 1 && !rows_3x3;
+}
+
 bool direct_backward_fuses(const Conv2dGeometry& g, const Conv2dGeometry& t, at::ScalarType dtype) {
   // The kernels that read planes in place: for float32 and float64 in the vector builds, kernels
   // up to kMaxRowsKernelWidth wide; for float16 and bfloat16 (widened in registers) in the
@@ -658,6 +671,7 @@ std::array<Tensor, 3> direct_conv2d_backward(const Tensor& input, const Tensor& 
       Conv2dGeometry strided = g;  // the stride-2 layer, where it spreads
       strided.stride_h = strided.stride_w = 2, strided.out_h = gy_h, strided.out_w = gy_w;
       const bool in_place = spreads && depthwise_stride_2_reads_planes(strided, weight.scalar_type());  // no spread
+      const bool gw_by_phases = gw != nullptr && spreads && !in_place && stride_2_grad_weight_by_phases(strided);
       const bool streamed = gx != nullptr && !in_place && cpu_isa() == Isa::avx2 && depthwise_3x3_streams_planes(t, grad_input);
       // Tasks over channels, images summed in order (as direct_conv2d_grad_weight sums them), each
       // image's planes of a task's channels in turn: consecutive planes, which the hardware
@@ -666,9 +680,11 @@ std::array<Tensor, 3> direct_conv2d_backward(const Tensor& input, const Tensor& 
       at::parallel_for(0, g.in_channels, 1, [&](int64_t begin, int64_t end) {
         std::vector<double> bias_sums(want_bias ? end - begin : 0);  // float32 would lose digits to a large batch
         std::vector<scalar_t> flipped(area);  // the input gradient's filter: the layer's rotated by 180 degrees
-        AlignedVector<scalar_t> work(rows_3x3 || gw == nullptr ? 0 : generic::unit_stride_work_size(g, 2), scalar_t(0));
+        AlignedVector<scalar_t> work(rows_3x3 || gw == nullptr || in_place || gw_by_phases ? 0 : generic::unit_stride_work_size(g, 2),
+                                     scalar_t(0));
         AlignedVector<scalar_t> scratch(streamed ? in_plane : 0);  // streamed (forward and backward of 256 @28 at batch 8 1.05x faster)
         AlignedVector<io_t> spread(spreads && !in_place ? out_plane : 0, io_t(0));  // zeros but where each plane is spread
+        AlignedVector<scalar_t> phases(gw_by_phases ? generic::stride_2_work_size(strided) : 0, scalar_t(0));
         if (gw != nullptr) std::fill(gw + begin * area, gw + end * area, scalar_t(0));
         for (int64_t n = 0; n < g.batch; ++n) {
           for (int64_t c = begin; c < end; ++c) {
@@ -688,6 +704,8 @@ std::array<Tensor, 3> direct_conv2d_backward(const Tensor& input, const Tensor& 
               scalar_t* const filters[2] = {gw + c * area, nullptr};
               if (in_place) {
                 kernels.grad_weight_stride_2_3x3(x + plane * in_plane, own, filters[0], strided);
+              } else if (gw_by_phases) {
+                kernels.grad_weight_stride_2(x + plane * in_plane, own, filters[0], strided, phases.data());
               } else if (rows_3x3) {
                 kernels.grad_weight_rows_3x3(x + plane * in_plane, gy_planes, filters, g, spreads);
               } else {

@@ -47,6 +47,11 @@ void spread_row(const scalar_t* values, int64_t length, scalar_t* row) {
 // input gradient making them from grad_output's rows.
 bool depthwise_stride_2_reads_planes(const Conv2dGeometry& g, at::ScalarType dtype);
 
+// Whether the direct weight gradient of a layer at stride 2 (undilated) sums over its input's
+// four stride phases (grad_weight_planes_stride_2), as direct_conv2d_grad_weight and
+// direct_conv2d_backward do where it applies: where no kernel of the build reads 3x3 rows.
+bool stride_2_grad_weight_by_phases(const Conv2dGeometry& g);
+
 // Whether direct_conv2d_backward takes a layer (g; t, its input gradient's geometry as a forward
 // convolution): depthwise of stride 1, where the build has the kernels that read planes in place
 // (float32 and float64; float16 and bfloat16 with AVX-512, 3x3 kernels padded by 1), and with
