@@ -940,6 +940,12 @@ bool depthwise_backward_spreads(const Conv2dGeometry& g, const Tensor& grad_outp
   return depthwise_gradients_spread(g, grad_output, input) && spread_bytes <= kMaxSpreadBytes;
 }
 
+// Whether such a layer's weight gradient reads the strided grad_output (its planes in place, or
+// over the input's stride phases) rather than the spread one.
+bool grad_weight_reads_strided(const Conv2dGeometry& g, at::ScalarType dtype) {
+  return depthwise_stride_2_reads_planes(g, dtype) || stride_2_grad_weight_by_phases(g);
+}
+
 // The stride-1 layer whose gradients it has: its output the input's size.
 Conv2dGeometry spread_geometry(const Conv2dGeometry& g) {
   Conv2dGeometry u = g;
@@ -1049,8 +1055,7 @@ Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
   if (input.is_complex()) {
     return complex_conv2d_grad_weight(input, grad_output, kernel_size, stride, padding, dilation, groups);
   }
-  if (depthwise_backward_spreads(g, grad_output, input) && !depthwise_stride_2_reads_planes(g, input.scalar_type()) &&
-      !stride_2_grad_weight_by_phases(g)) {
+  if (depthwise_backward_spreads(g, grad_output, input) && !grad_weight_reads_strided(g, input.scalar_type())) {
     return conv2d_grad_weight_cpu(input, spread_grad_output(grad_output, g), kernel_size, kUnitStride, padding, dilation,
                                   groups);
   }
@@ -1122,9 +1127,9 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward_cpu(const Tensor& grad_output
   const bool one_pass = !grad_output.is_complex() && grad_output.is_contiguous() && input.is_contiguous() &&
                         direct_backward_fuses(g, t, grad_output.scalar_type()) &&
                         choose_algorithm(t) == Algorithm::direct && choose_grad_weight_algorithm(g) == Algorithm::direct;
-  // One spread for both ops, but where they read the strided planes in place.
+  // One spread for both ops, but where the weight gradient reads the strided grad_output.
   if (!one_pass && depthwise_backward_spreads(layer, grad_output, input) &&
-      !depthwise_stride_2_reads_planes(layer, input.scalar_type()) && !stride_2_grad_weight_by_phases(layer)) {
+      !grad_weight_reads_strided(layer, input.scalar_type())) {
     return conv2d_backward_by_three_ops(spread_grad_output(grad_output, layer), input, weight, kUnitStride, padding,
                                         dilation, groups, output_mask);
   }
