@@ -691,8 +691,8 @@ def test_pointwise_channels_last_on_the_micro_kernel(dtype, channels):
 ], ids=["strided", "wide", "few-pixels"])
 def test_grouped_layers_take_the_channels_last_gemm(conv):
     """Grouped layers of 4 or more channels per group run on the channels-last GEMM where their
-    direct kernels lose (grouped_channels_last_pays_off): at stride 2, and above 16 channels per
-    group at stride 1; their weight gradients of any number of output pixels, with MKL or not
+    direct kernels lose (grouped_channels_last_pays_off): at stride 2, and at stride 1 beyond the
+    channels per group the direct kernels take; their weight gradients of any number of output pixels, with MKL or not
     (calling no BLAS). Bit for bit the forced GEMM's results there (whose grouped layers take the
     channels-last GEMM by the same rules), not the direct kernels', forward and both gradients."""
     x, w, b = conv.tensors(torch.float32, "cpu")
@@ -705,6 +705,30 @@ def test_grouped_layers_take_the_channels_last_gemm(conv):
         assert torch.equal(results["auto"][what], results["gemm"][what]), what
         assert not torch.equal(results["auto"][what], results["direct"][what]), what
     assert not blas_calls_on_path("auto", conv, x.detach(), w.detach(), b, gy)["grad_weight"]
+
+
+@pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the channels-last GEMM needs AVX2")
+@pytest.mark.parametrize("conv,on_channels_last_gemm", [
+    (Conv(2, 128, 128, (14, 14), (3, 3), (1, 1), (1, 1), (1, 1), 8, True), NAMES[:3]),  # 16 per group
+    (Conv(2, 64, 64, (20, 18), (5, 5), (1, 1), (2, 2), (1, 1), 8, True), ["grad_weight"]),  # 8 per group
+    (Conv(2, 32, 32, (15, 17), (7, 7), (1, 1), (3, 3), (1, 1), 8, False), ["grad_weight"]),  # 4 per group
+    (Conv(2, 64, 64, (20, 18), (3, 3), (1, 1), (1, 1), (1, 1), 8, True), []),  # 8 per group, 3x3 rows
+], ids=["16-per-group", "5x5-8-per-group", "7x7-4-per-group", "3x3-8-per-group"])
+def test_grouped_layers_beyond_the_avx2_direct_kernels(conv, on_channels_last_gemm):
+    """In the AVX2 build, grouped layers at stride 1 run on the channels-last GEMM beyond the 8
+    channels per group its direct kernels take (grouped_channels_last_pays_off), and so do their
+    weight gradients of kernels other than 3x3, whose direct kernel sums over padded planes
+    rather than reading rows in place: bit for bit the forced GEMM's results there (not the
+    direct kernels'), the forced direct kernels' elsewhere."""
+    paths = ("auto-avx2-isa", "gemm-avx2-isa", "direct-avx2-isa")
+    results = results_with_a_large_channel(conv, torch.float32, paths)
+    auto = results["auto-avx2-isa"]
+    for what in NAMES[:3]:
+        if what in on_channels_last_gemm:
+            assert torch.equal(auto[what], results["gemm-avx2-isa"][what]), what
+            assert not torch.equal(auto[what], results["direct-avx2-isa"][what]), what
+        else:
+            assert torch.equal(auto[what], results["direct-avx2-isa"][what]), what
 
 
 @pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the channels-last GEMM needs AVX2")

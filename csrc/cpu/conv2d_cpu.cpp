@@ -314,21 +314,24 @@ bool channels_last_gemm_may_pay_off(const Conv2dGeometry& g) {
 }
 
 // Grouped layers (ResNeXt's, 4 to 64 channels per group) whose direct kernels lose, forward and
-// input gradient: every stride above 1, and groups wider than 16 channels at stride 1. Measured
-// against the paths they took (32 groups; ratios to torch): at batch 8, 3x3/2 with 4, 8, 16, 32
-// and 64 channels per group 0.29x -> 0.66x, 0.14x -> 0.92x, 0.39x -> 0.87x, 0.32x -> 0.90x and
-// 0.34x -> 0.90x forward, and 3x3 @7 with 32 and 64 0.41x -> 0.82x and 0.38x -> 0.76x; at
-// batch 1 faster too (3x3/2 512 ch @28 0.40x -> 1.0-1.2x, 3x3 1024 ch @7 1.09x -> 1.24-1.40x);
-// input gradients alike or faster. The direct group kernel keeps fewer than 4 channels per
-// group, and up to 16 at stride 1 (8 @28: 1.1x against 0.6x; 16 @14: 0.8x either way).
+// input gradient: every stride above 1, and at stride 1 groups wider than the direct kernels
+// take (direct_pays_off: 8 channels, 16 in the AVX-512 build). Measured against the paths they
+// took (32 groups; ratios to torch): at batch 8, 3x3/2 with 4, 8, 16, 32 and 64 channels per
+// group 0.29x -> 0.66x, 0.14x -> 0.92x, 0.39x -> 0.87x, 0.32x -> 0.90x and 0.34x -> 0.90x
+// forward, and 3x3 @7 with 32 and 64 0.41x -> 0.82x and 0.38x -> 0.76x; at batch 1 faster too
+// (3x3/2 512 ch @28 0.40x -> 1.0-1.2x, 3x3 1024 ch @7 1.09x -> 1.24-1.40x); input gradients
+// alike or faster. In the AVX2 build (Zen 3), ResNeXt's 16 channels per group at stride 1 had
+// fallen to im2col+MKL: 3x3 512 ch @14 forward 0.46x -> 1.4x, input gradient 0.33x -> 1.0x at
+// batch 8, at batch 1 0.46x -> 1.55x and 0.36x -> 1.2x; 256 ch @28 0.75x -> 1.3x. The direct
+// group kernel keeps fewer than 4 channels per group, and its own at stride 1 (AVX2, 8 @28:
+// 1.15-1.2x faster than here; AVX-512, 8 @28: 1.1x against 0.6x; 16 @14: 0.8x either way).
 bool grouped_channels_last_may_pay_off(const Conv2dGeometry& g) {
   return channels_last_gemm_available() && g.groups > 1 && g.kernel_h * g.kernel_w > 1 &&
          std::min(g.in_channels_per_group(), g.out_channels_per_group()) >= 4;
 }
 
 bool grouped_channels_last_pays_off(const Conv2dGeometry& g) {
-  return grouped_channels_last_may_pay_off(g) &&
-         (!g.unit_stride() || std::max(g.in_channels_per_group(), g.out_channels_per_group()) > 16);
+  return grouped_channels_last_may_pay_off(g) && (!g.unit_stride() || !direct_pays_off(g));
 }
 
 // Whether fewer pixels than channels_last_gemm_may_pay_off asks for still repay the filters the
@@ -407,7 +410,9 @@ bool channels_last_gemm_chosen(const Conv2dGeometry& g) {
 // 3->64 @224 2.2x, 3x3/2 3->32 @224 and 8->32 @112 1.8-2.1x, 5x5 3->16 and 10->32 @64 2.1-2.3x;
 // 8 output channels, half a panel, 2x slower). Grouped layers' weight gradients run there at
 // strides above 1 and, at stride 1, beyond the direct kernel's 64 channel pairs (see
-// choose_grad_weight_algorithm), of any number of pixels: at batch 8, 16 channels per group @14
+// choose_grad_weight_algorithm) or where it does not read 3x3 rows in place (its padded planes
+// took 3.6-6.6x as long on 5x5 and 7x7 with 8 channels per group, 1.5-2.3x with 4: Zen 3,
+// AVX2, at batch 8 and 1), of any number of pixels: at batch 8, 16 channels per group @14
 // 0.32x -> 0.75x torch, 32 @7 0.17x -> 0.83x, 3x3/2 with 8 to 64 0.39x-0.65x -> 0.99x-1.14x; at
 // batch 1, 3x3/2 512 ch @28 (196 pixels) 0.53x -> 1.23x; with 49 pixels (3x3 @7 at batch 1, 32
 // groups) against im2col+MKL's per-image products: Zen 5, 32 channels per group 1.3x faster; an
@@ -419,8 +424,9 @@ bool channels_last_gemm_grad_weight_pays_off(const Conv2dGeometry& g) {
   const int64_t pixels = g.batch * g.out_h * g.out_w;
   const bool few_channels = channels_last_gemm_may_pay_off(g) && g.in_channels > 0 &&
                             g.in_channels < kChannelsLastGemmChannels && g.out_channels >= kChannelsLastGemmChannels;
+  const bool rows_3x3 = g.kernel_h == 3 && g.kernel_w == 3 && g.dilation_h == 1;
   const bool grouped = grouped_channels_last_may_pay_off(g) && pixels > 0 &&
-                       (!g.unit_stride() || g.in_channels_per_group() * g.out_channels_per_group() > 64);
+                       (!g.unit_stride() || g.in_channels_per_group() * g.out_channels_per_group() > 64 || !rows_3x3);
   const bool pointwise = !blas_keeps_up() && channels_last_gemm_available() && g.groups == 1 &&
                          g.kernel_h * g.kernel_w == 1 && g.in_channels > 0 && pixels > 0;
   // The weight gradients of stride-1 layers Winograd does not take (stride_one_channels_last_gemm_may_pay_off)
