@@ -61,7 +61,7 @@ inline bool depthwise_3x3_shifts_edges(const Conv2dGeometry& g, int64_t lanes) {
 
 // Those planes of 8 KiB or more prefetch their rows as the first vector of columns walks down
 // them, the output's above all: the walk writes each output line first, row after row, which
-// the prefetchers do not follow. In place of the next plane ahead (prefetch_plane); Zen 3,
+// the prefetchers do not follow (the AVX2 build prefetches no plane ahead, prefetch_plane); Zen 3,
 // forward at batch 8: 144 @56 1.02-1.15 -> 0.83-0.86 ms, 96 @56 0.60 -> 0.52, 32 @112 0.89-1.14
 // -> 0.68-0.85, 16 @160 0.95 -> 0.81, float64 144 @56 3.6 -> 2.9; 28 x 28 planes (3 KiB) 4%
 // slower. Not on Intel's, whose prefetchers follow such walks (see prefetch_plane).
@@ -89,10 +89,15 @@ inline bool depthwise_3x3_streams_planes(const Conv2dGeometry& g, const at::Tens
 // faster, 32 @112 1.15-1.3x, 256 @28 alike; forward and backward of 256 @28, whose tensors
 // outgrow the caches, 1.6x faster; 7 x 7 planes alike or slower). Intel's do: there the same
 // prefetches cost (Xeon with AMX: 144 @56 and 32 @112 forwards 1.15-1.25x slower, forward and
-// backward of 256 @28 1.2x slower).
+// backward of 256 @28 1.2x slower). So do the AVX2 build's, on Zen 3 (A/B in one process, at
+// batch 8: depthwise 3x3 forwards 256 @28 0.91-0.97x the time, 384 @36 0.82x, 512 @28
+// 0.85-0.88x, 3x3/2 144 @56 0.8x, float64 256 @28 0.77x and 3x3/2 144 @56 0.72x; weight
+// gradients 256 @28 0.86x, 144 @56 and 32 @112 0.75x, 8 channels per group @28 0.9x; all three
+// gradients of 256 @28 0.88x; 5x5 and 7x7 alike), where the row kernels prefetch their own rows
+// from 8 KiB planes up (depthwise_3x3_prefetches_rows).
 constexpr int64_t kPrefetchedPlaneBytes = int64_t{2} << 10, kMaxPrefetchBytes = int64_t{64} << 10;
 inline void prefetch_plane(const void* plane, int64_t bytes) {
-  if (bytes < kPrefetchedPlaneBytes || cpu_is_intel()) return;
+  if (bytes < kPrefetchedPlaneBytes || cpu_is_intel() || cpu_isa() == Isa::avx2) return;
   const char* p = static_cast<const char*>(plane);
   for (int64_t b = 0; b < std::min(bytes, kMaxPrefetchBytes); b += 64) __builtin_prefetch(p + b, 0, 2);
 }
@@ -414,7 +419,6 @@ Tensor direct_conv2d_forward(const Tensor& input, const Tensor& weight, const Te
                                               : cpu_isa() == Isa::avx2 && depthwise_3x3_stride_2_applies(g))
                                : unit_stride && depthwise_3x3_rows_apply(g));
         const int64_t work_size = unit_stride && !rows ? generic::unit_stride_work_size(g) : 0;
-        const bool rows_prefetched = rows && unit_stride && cpu_isa() == Isa::avx2 && depthwise_3x3_prefetches_rows(g, sizeof(io_t));
         const bool streamed = rows && cpu_isa() == Isa::avx2 && depthwise_3x3_streams_planes(g, output);
         const io_t* x = input.const_data_ptr<io_t>();
         io_t* y = output.mutable_data_ptr<io_t>();
@@ -427,7 +431,7 @@ Tensor direct_conv2d_forward(const Tensor& input, const Tensor& weight, const Te
           for (int64_t plane = begin; plane < end; ++plane) {
             const int64_t k = plane % g.out_channels;
             const io_t* x_group = group_input(plane);
-            if (plane + 1 < end && !rows_prefetched) {
+            if (plane + 1 < end) {
               prefetch_plane(group_input(plane + 1), cg * g.in_h * g.in_w * int64_t{sizeof(io_t)});
             }
             const scalar_t bias_k = b != nullptr ? b[k] : scalar_t(0);
