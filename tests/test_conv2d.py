@@ -1176,18 +1176,36 @@ def test_pointwise_in_one_call(conv, dtype, path):
     (Conv(1, 2048, 1024, (5, 3), (1, 1), (1, 1), (0, 0), (1, 1), 1, True), True),
     (Conv(2, 64, 96, (20, 19), (1, 1), (2, 2), (0, 0), (1, 1), 1, True), True),
     (Conv(1, 64, 96, (20, 19), (1, 1), (2, 2), (0, 0), (1, 1), 1, True), False),
+    (Conv(8, 96, 320, (7, 7), (1, 1), (1, 1), (0, 0), (1, 1), 1, True), True),
+    (Conv(8, 96, 48, (7, 7), (1, 1), (1, 1), (0, 0), (1, 1), 1, True), False),
+    (Conv(8, 300, 400, (1, 1), (1, 1), (1, 1), (0, 0), (1, 1), 1, True), False),
 ], ids=["from-128-channels", "from-64-channels", "one-image", "one-image-8-mib-filters", "strided-200-pixels",
-        "strided-100-pixels"])
+        "strided-100-pixels", "one-gemm-320-channels", "one-gemm-48-channels", "one-gemm-8-pixels"])
 def test_pointwise_layers_on_mkl_in_the_avx2_build(conv, on_mkl):
     """The AVX2 build gives a batch's pointwise expansions beyond one GEMM (1152 pixels) from 128
     channels to MKL's one call per batch, and keeps those from fewer channels, and single images,
     on the implicit GEMM (implicit_gemm_pays_off); but for single images whose filters fill a
-    core's L2 (8 MiB, beyond every core's). Strided 1x1 kernels go to MKL from 128 output pixels
-    in the batch (200), not with fewer (100). The forward's BLAS calls say which; right there."""
+    core's L2 (8 MiB, beyond every core's). Batches within one GEMM go to MKL's with more than
+    256 pixels and 256 output channels (392 pixels of 320 channels), not with fewer of either (48
+    channels; 8 pixels, squeeze-and-excitation's pooled images). Strided 1x1 kernels go to MKL
+    from 128 output pixels in the batch (200), not with fewer (100). The forward's BLAS calls say
+    which; right there."""
     check_layer_on_path(conv, torch.float64, "auto-avx2-isa")
     x, w, b = conv.tensors(torch.float32, "cpu")
     gy = torch.randn_like(F.conv2d(x, w, b, **conv.kwargs()))
     assert bool(blas_calls_on_path("auto-avx2-isa", conv, x, w, b, gy)["output"]) == on_mkl
+
+
+@pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the implicit GEMM needs AVX2")
+def test_pointwise_input_gradient_of_few_pixels_flips_the_filters_in_the_avx2_build():
+    """The AVX2 build's input gradient of a pointwise layer with fewer pixels in the batch than
+    output channels (8 pooled images, 400 channels) runs as the forward of its transposed filters
+    (flipping_pays_off) on the implicit GEMM, where col2im's product had called MKL; right there."""
+    conv = Conv(8, 300, 400, (1, 1), (1, 1), (1, 1), (0, 0), (1, 1), 1, True)
+    check_layer_on_path(conv, torch.float64, "auto-avx2-isa")
+    x, w, b = conv.tensors(torch.float32, "cpu")
+    gy = torch.randn_like(F.conv2d(x, w, b, **conv.kwargs()))
+    assert not blas_calls_on_path("auto-avx2-isa", conv, x, w, b, gy)["grad_input"]
 
 
 # A single image of long patches (1024 elements or more) and 64 pixels or more runs its forward

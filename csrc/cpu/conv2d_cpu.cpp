@@ -276,15 +276,24 @@ Tensor batch_im2col(const Tensor& input, const Conv2dGeometry& g) {
 // 1.5-2x, 5x5 10->32 to 24->32 1.5x; the 3-channel 7x7/2 stem 1.1x, 3x3/2 layers alike). Where
 // MKL runs only its AVX2 kernels (AMD's Zen 5), the AVX-512 implicit GEMM wins on every layer
 // (measured: 1x1 256->64 @56 1.6x at batch 8 and 2.6x at batch 1, 1024->256 @14 1.9x, 3x3/2
-// 128->256 @28 and 3x3 512 @7 at batch 1 1.8x and 2.5x).
-constexpr int64_t kWideExpansionChannels = 128, kStridedPointwisePixels = 128;
+// 128->256 @28 and 3x3 512 @7 at batch 1 1.8x and 2.5x). But with AVX2 the implicit GEMM beats
+// MKL's one GEMM over the batch where the batch has at most 256 pixels, or the layer at most 256
+// output channels (Zen 3, forward at batch 8, A/B in one process: squeeze-and-excitation's 1x1
+// on pooled images 960->240 and 1280->320 0.41x and 0.39x the time, 2048->1000 0.31x; @2 and
+// @4 0.51-0.57x, 1024->2048 @4 0.91x; @7 576->160 0.78x, 960->160 0.83x, 768->192 0.60x,
+// 1024->256 0.71x, at batch 4 1024->512 and 512->2048 0.81x, at batch 16 576->160 0.70x;
+// wider ones lose: @7 960->320 alike, 1024->384 1.06x, 1024->512 1.15x, 512->2048 1.25x).
+constexpr int64_t kWideExpansionChannels = 128, kStridedPointwisePixels = 128, kFewPointwisePixels = 256,
+                  kFewPointwiseOutputs = 256;
 bool implicit_gemm_pays_off(const Conv2dGeometry& g) {
   if (!blas_keeps_up()) return true;
   if (!use_avx512()) {
     if (g.kernel_h * g.kernel_w == 1 && !g.unit_stride()) return g.batch * g.out_h * g.out_w < kStridedPointwisePixels;
     const bool narrow_expansion = g.out_channels > g.in_channels && g.in_channels < kWideExpansionChannels;
     const bool filters_fill_l2 = g.out_channels * g.in_channels_per_group() * int64_t{sizeof(float)} >= core_l2_bytes();
-    return !is_pointwise(g) || (!batch_in_one_gemm(g) && (narrow_expansion || (g.batch == 1 && !filters_fill_l2)));
+    const bool few_columns = g.batch * g.out_h * g.out_w <= kFewPointwisePixels || g.out_channels <= kFewPointwiseOutputs;
+    return !is_pointwise(g) ||
+           (batch_in_one_gemm(g) ? few_columns : narrow_expansion || (g.batch == 1 && !filters_fill_l2));
   }
   return g.patch_size() <= kThinPatch || (g.unit_stride() && !is_pointwise(g) && g.patch_size() <= kStrideOnePatch);
 }
@@ -770,10 +779,13 @@ bool grad_input_is_forward(const Conv2dGeometry& g, const Conv2dGeometry& t) {
 // 1.8 -> 1.3 ms, 1x1 1024->256 @14 2.0 -> 0.9 ms; at batch 8 512x512 @7 alike, 256x256 @14 1.7x
 // slower). Where MKL, which col2im's GEMM runs on, does not keep up (blas_keeps_up), flipping
 // 1x1 filters, a transpose, pays off whatever the pixels (Zen 5: 1x1 1024->256 @14 at batch 1
-// 0.70 -> 0.36 ms).
+// 0.70 -> 0.36 ms), and so it does in the AVX2 build, where col2im's product with the filters
+// transposed in place crawls on few pixels (Zen 3, A/B in one process: 1x1 on pooled images at
+// batch 8, 2048->1000 8.8 -> 1.1 ms, 960->240 and 240->960 0.30x and 0.41x the time; at batch 1
+// 1024->256 @14 and 2048->512 @7 0.86-0.9x; 512->2048 @7 and 1024->2048 @7 at batch 2 alike).
 bool flipping_pays_off(const Conv2dGeometry& g) {
   return g.batch * g.out_h * g.out_w >= g.out_channels_per_group() ||
-         (!blas_keeps_up() && g.kernel_h * g.kernel_w == 1);
+         ((!blas_keeps_up() || cpu_isa() == Isa::avx2) && g.kernel_h * g.kernel_w == 1);
 }
 
 // Whether the stride-1 input gradient's forward convolution t runs on Winograd, which reads the
