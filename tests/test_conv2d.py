@@ -1196,6 +1196,22 @@ def test_pointwise_layers_on_mkl_in_the_avx2_build(conv, on_mkl):
     assert bool(blas_calls_on_path("auto-avx2-isa", conv, x, w, b, gy)["output"]) == on_mkl
 
 
+@pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the channels-last GEMM needs AVX2")
+@pytest.mark.parametrize("conv,on_mkl", [
+    (Conv(8, 96, 48, (7, 7), (1, 1), (1, 1), (0, 0), (1, 1), 1, True), False),
+    (Conv(8, 96, 320, (7, 7), (1, 1), (1, 1), (0, 0), (1, 1), 1, True), True),
+    (Conv(8, 300, 200, (1, 1), (1, 1), (1, 1), (0, 0), (1, 1), 1, True), True),
+], ids=["392-pixels-48-channels", "392-pixels-320-channels", "8-pixels-200-channels"])
+def test_pointwise_weight_gradient_within_one_gemm_in_the_avx2_build(conv, on_mkl):
+    """The AVX2 build's pointwise weight gradient of a batch within one GEMM runs on the
+    channels-last GEMM with more than 256 pixels and at most 256 output channels, on MKL with
+    more channels or fewer pixels (channels_last_gemm_grad_weight_pays_off); right there."""
+    check_layer_on_path(conv, torch.float64, "auto-avx2-isa")
+    x, w, b = conv.tensors(torch.float32, "cpu")
+    gy = torch.randn_like(F.conv2d(x, w, b, **conv.kwargs()))
+    assert bool(blas_calls_on_path("auto-avx2-isa", conv, x, w, b, gy)["grad_weight"]) == on_mkl
+
+
 @pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the implicit GEMM needs AVX2")
 def test_pointwise_input_gradient_of_few_pixels_flips_the_filters_in_the_avx2_build():
     """The AVX2 build's input gradient of a pointwise layer with fewer pixels in the batch than

@@ -436,7 +436,14 @@ bool channels_last_gemm_grad_weight_pays_off(const Conv2dGeometry& g) {
   const bool rows_3x3 = g.kernel_h == 3 && g.kernel_w == 3 && g.dilation_h == 1;
   const bool grouped = grouped_channels_last_may_pay_off(g) && pixels > 0 &&
                        (!g.unit_stride() || g.in_channels_per_group() * g.out_channels_per_group() > 64 || !rows_3x3);
-  const bool pointwise = !blas_keeps_up() && channels_last_gemm_available() && g.groups == 1 &&
+  // And in the AVX2 build for a batch within one GEMM of more than 256 pixels and at most 256
+  // output channels, where MKL's product runs slower (Zen 3, A/B in one process, weight gradient
+  // alone: @7 at batch 8 960->160 0.61x the time, 768->192 0.69x, 1024->256 0.79x, 96->48 0.44x,
+  // at batch 16 576->160 0.47x; wider or fewer lose: 2048->512 @7 1.19x slower, 1024->512 @7 at
+  // batch 4 1.19x, 2048->1000 on 8 pooled images 6.7x, 960->160 @7 at batch 1 1.76x).
+  const bool one_gemm_narrow = cpu_isa() == Isa::avx2 && is_pointwise(g) && batch_in_one_gemm(g) &&
+                               pixels > kFewPointwisePixels && g.out_channels <= kFewPointwiseOutputs;
+  const bool pointwise = (!blas_keeps_up() || one_gemm_narrow) && channels_last_gemm_available() && g.groups == 1 &&
                          g.kernel_h * g.kernel_w == 1 && g.in_channels > 0 && pixels > 0;
   // The weight gradients of stride-1 layers Winograd does not take (stride_one_channels_last_gemm_may_pay_off)
   // with 32 pixels in the batch per input channel or more, or at most 128 output channels (the
