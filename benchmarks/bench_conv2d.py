@@ -109,7 +109,8 @@ GPU_LAYERS = [
 
 # Beyond the suite (--suite beyond): Inception-v3's factorised 1x7, 7x1 and 1x3 kernels, DeepLab's
 # dilated 3x3, a dense 7x7, EfficientNet's depthwise 5x5, ConvNeXt's depthwise 7x7, MobileNetV2's
-# strided depthwise 3x3 and ResNet-50's strided 1x1 projection.
+# strided depthwise 3x3, ResNet-50's strided 1x1 projection, ResNeXt-50's grouped 3x3 of 16
+# channels per group and a squeeze-and-excitation 1x1 on pooled images (EfficientNet's).
 BEYOND_LAYERS = [
     Layer("Inception 1x7, 128 ch @17", 128, 128, 17, (1, 7), 1, (0, 3)),
     Layer("Inception 7x1, 192 ch @17", 192, 192, 17, (7, 1), 1, (3, 0)),
@@ -121,6 +122,8 @@ BEYOND_LAYERS = [
     Layer("depthwise 7x7, 384 ch @14", 384, 384, 14, 7, 1, 3, 384),
     Layer("depthwise 3x3/2, 144 ch @56", 144, 144, 56, 3, 2, 1, 144),
     Layer("1x1/2, 256->512 @56", 256, 512, 56, 1, 2),
+    Layer("grouped 3x3 g=32, 512 ch @14", 512, 512, 14, 3, 1, 1, 32),
+    Layer("squeeze-excitation 1x1, 960->240 @1", 960, 240, 1, 1),
 ]
 
 # Precision names: a dtype, or "tf32" (float32 tensors, TF32 allowed on both sides).

@@ -473,6 +473,15 @@ bool channels_last_gemm_grad_weight_pays_off(const Conv2dGeometry& g) {
 // out (n, K, pixels) = the n products a b, each output row k plus bias[k] (bias undefined, or K
 // values, or n times K: the tiles' groups).
 void multiply_into(Tensor& out, const Tensor& a, const Tensor& b, const Tensor& bias) {
+  if (out.size(0) == 1) {  // a single product as at::mm's: 4-5 us less per call than at::bmm's (Zen 3)
+    Tensor out_matrix = out[0];
+    if (bias.defined()) {
+      at::addmm_out(out_matrix, bias.view({out.size(1), 1}).expand_as(out_matrix), a[0], b[0]);
+    } else {
+      at::mm_out(out_matrix, a[0], b[0]);
+    }
+    return;
+  }
   if (bias.defined()) {
     at::baddbmm_out(out, bias.view({-1, out.size(1), 1}).expand_as(out), a, b);
   } else {
