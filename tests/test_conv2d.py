@@ -707,6 +707,22 @@ def test_grouped_layers_take_the_channels_last_gemm(conv):
     assert not blas_calls_on_path("auto", conv, x.detach(), w.detach(), b, gy)["grad_weight"]
 
 
+@pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the AVX2 build needs AVX2")
+@pytest.mark.parametrize("conv,on_winograd", [
+    (Conv(3, 48, 40, (5, 5), (3, 3), (1, 1), (1, 1), (1, 1), 1, True), True),
+    (Conv(8, 48, 40, (2, 2), (3, 3), (1, 1), (1, 1), (1, 1), 1, True), False),
+], ids=["5x5-image", "2x2-image"])
+def test_small_images_on_winograd_in_the_avx2_build(conv, on_winograd):
+    """The AVX2 build takes Winograd for 3x3 layers wherever its tiles take fewer multiplications
+    than a direct convolution (winograd_may_pay_off): 5x5 images, 4 tiles of 36 products for 25
+    outputs of 9, all three results; not 2x2 images, one tile for 4 outputs, as many."""
+    results = results_with_a_large_channel(conv, torch.float32, ("auto-avx2-isa", "winograd-avx2-isa"))
+    for what in NAMES[:3]:
+        same = torch.equal(results["auto-avx2-isa"][what], results["winograd-avx2-isa"][what])
+        assert same == on_winograd, what
+    check_layer_on_path(conv, torch.float64, "auto-avx2-isa")
+
+
 @pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the channels-last GEMM needs AVX2")
 @pytest.mark.parametrize("conv,on_channels_last_gemm", [
     (Conv(2, 128, 128, (14, 14), (3, 3), (1, 1), (1, 1), (1, 1), 8, True), NAMES[:3]),  # 16 per group
