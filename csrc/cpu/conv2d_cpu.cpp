@@ -291,9 +291,9 @@ bool implicit_gemm_pays_off(const Conv2dGeometry& g) {
     if (g.kernel_h * g.kernel_w == 1 && !g.unit_stride()) return g.batch * g.out_h * g.out_w < kStridedPointwisePixels;
     const bool narrow_expansion = g.out_channels > g.in_channels && g.in_channels < kWideExpansionChannels;
     const bool filters_fill_l2 = g.out_channels * g.in_channels_per_group() * int64_t{sizeof(float)} >= core_l2_bytes();
-    const bool few_columns = g.batch * g.out_h * g.out_w <= kFewPointwisePixels || g.out_channels <= kFewPointwiseOutputs;
+    const bool small_product = g.batch * g.out_h * g.out_w <= kFewPointwisePixels || g.out_channels <= kFewPointwiseOutputs;
     return !is_pointwise(g) ||
-           (batch_in_one_gemm(g) ? few_columns : narrow_expansion || (g.batch == 1 && !filters_fill_l2));
+           (batch_in_one_gemm(g) ? small_product : narrow_expansion || (g.batch == 1 && !filters_fill_l2));
   }
   return g.patch_size() <= kThinPatch || (g.unit_stride() && !is_pointwise(g) && g.patch_size() <= kStrideOnePatch);
 }
