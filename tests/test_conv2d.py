@@ -805,10 +805,7 @@ def test_strided_layers_take_the_channels_last_gemm_in_the_avx2_build(conv, on_c
     input gradient's BLAS calls (col2im's bmm off the GEMM; its forward's alternative, the
     implicit GEMM, calls none either) and the weight gradient's (mutation-checked: each of the
     rules removed, a row fails); results right on that path."""
-    check_layer_on_path(conv, torch.float64, "auto-avx2-isa")
-    x, w, b = conv.tensors(torch.float32, "cpu")
-    gy = torch.randn_like(F.conv2d(x, w, b, **conv.kwargs()))
-    calls = blas_calls_on_path("auto-avx2-isa", conv, x, w, b, gy)
+    calls = checked_avx2_blas_calls(conv)
     assert not calls["output"], calls
     for name in NAMES[1:3]:
         assert bool(calls[name]) != (name in on_channels_last_gemm), (name, calls)
@@ -1143,6 +1140,15 @@ def check_layer_on_path(conv, dtype, path):
     return ours
 
 
+def checked_avx2_blas_calls(conv):
+    """blas_calls_on_path of the AVX2 build's choice by shape for conv's float32 tensors, after
+    checking its float64 results there (check_layer_on_path)."""
+    check_layer_on_path(conv, torch.float64, "auto-avx2-isa")
+    x, w, b = conv.tensors(torch.float32, "cpu")
+    gy = torch.randn_like(F.conv2d(x, w, b, **conv.kwargs()))
+    return blas_calls_on_path("auto-avx2-isa", conv, x, w, b, gy)
+
+
 # The implicit GEMM reads panels of whole output-row runs in place from the input's stride
 # phases, and streams outputs larger than a core's L2 to memory: a 7x7/2 stem with 112-wide
 # output rows (runs of 16 float32), its output of 2.4 MB streamed; grouped, dilated and strided
@@ -1206,10 +1212,7 @@ def test_pointwise_layers_on_mkl_in_the_avx2_build(conv, on_mkl):
     channels; 8 pixels, squeeze-and-excitation's pooled images). Strided 1x1 kernels go to MKL
     from 128 output pixels in the batch (200), not with fewer (100). The forward's BLAS calls say
     which; right there."""
-    check_layer_on_path(conv, torch.float64, "auto-avx2-isa")
-    x, w, b = conv.tensors(torch.float32, "cpu")
-    gy = torch.randn_like(F.conv2d(x, w, b, **conv.kwargs()))
-    assert bool(blas_calls_on_path("auto-avx2-isa", conv, x, w, b, gy)["output"]) == on_mkl
+    assert bool(checked_avx2_blas_calls(conv)["output"]) == on_mkl
 
 
 @pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the channels-last GEMM needs AVX2")
@@ -1222,10 +1225,7 @@ def test_pointwise_weight_gradient_within_one_gemm_in_the_avx2_build(conv, on_mk
     """The AVX2 build's pointwise weight gradient of a batch within one GEMM runs on the
     channels-last GEMM with more than 256 pixels and at most 256 output channels, on MKL with
     more channels or fewer pixels (channels_last_gemm_grad_weight_pays_off); right there."""
-    check_layer_on_path(conv, torch.float64, "auto-avx2-isa")
-    x, w, b = conv.tensors(torch.float32, "cpu")
-    gy = torch.randn_like(F.conv2d(x, w, b, **conv.kwargs()))
-    assert bool(blas_calls_on_path("auto-avx2-isa", conv, x, w, b, gy)["grad_weight"]) == on_mkl
+    assert bool(checked_avx2_blas_calls(conv)["grad_weight"]) == on_mkl
 
 
 @pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the implicit GEMM needs AVX2")
@@ -1234,10 +1234,7 @@ def test_pointwise_input_gradient_of_few_pixels_flips_the_filters_in_the_avx2_bu
     output channels (8 pooled images, 400 channels) runs as the forward of its transposed filters
     (flipping_pays_off) on the implicit GEMM, where col2im's product had called MKL; right there."""
     conv = Conv(8, 300, 400, (1, 1), (1, 1), (1, 1), (0, 0), (1, 1), 1, True)
-    check_layer_on_path(conv, torch.float64, "auto-avx2-isa")
-    x, w, b = conv.tensors(torch.float32, "cpu")
-    gy = torch.randn_like(F.conv2d(x, w, b, **conv.kwargs()))
-    assert not blas_calls_on_path("auto-avx2-isa", conv, x, w, b, gy)["grad_input"]
+    assert not checked_avx2_blas_calls(conv)["grad_input"]
 
 
 # A single image of long patches (1024 elements or more) and 64 pixels or more runs its forward

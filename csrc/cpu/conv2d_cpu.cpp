@@ -433,9 +433,9 @@ bool channels_last_gemm_grad_weight_pays_off(const Conv2dGeometry& g) {
   const int64_t pixels = g.batch * g.out_h * g.out_w;
   const bool few_channels = channels_last_gemm_may_pay_off(g) && g.in_channels > 0 &&
                             g.in_channels < kChannelsLastGemmChannels && g.out_channels >= kChannelsLastGemmChannels;
-  const bool rows_3x3 = g.kernel_h == 3 && g.kernel_w == 3 && g.dilation_h == 1;
   const bool grouped = grouped_channels_last_may_pay_off(g) && pixels > 0 &&
-                       (!g.unit_stride() || g.in_channels_per_group() * g.out_channels_per_group() > 64 || !rows_3x3);
+                       (!g.unit_stride() || g.in_channels_per_group() * g.out_channels_per_group() > 64 ||
+                        !grad_weight_rows_3x3_apply(g));
   // And in the AVX2 build for a batch within one GEMM of more than 256 pixels and at most 256
   // output channels, where MKL's product runs slower (Zen 3, A/B in one process, weight gradient
   // alone: @7 at batch 8 960->160 0.61x the time, 768->192 0.69x, 1024->256 0.79x, 96->48 0.44x,

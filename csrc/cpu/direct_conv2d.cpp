@@ -250,7 +250,7 @@ PlaneKernels<scalar_t, io_t> plane_kernels() {
 // direct_conv2d_grad_weight and direct_conv2d_backward both ask, so that they sum alike.
 template <typename scalar_t, typename io_t>
 bool grad_weight_reads_rows(const PlaneKernels<scalar_t, io_t>& kernels, const Conv2dGeometry& g) {
-  return kernels.grad_weight_rows_3x3 != nullptr && g.kernel_h == 3 && g.kernel_w == 3 && g.dilation_h == 1;
+  return kernels.grad_weight_rows_3x3 != nullptr && grad_weight_rows_3x3_apply(g);
 }
 
 // forward_rows of plane x into out, or, given a scratch plane (depthwise_3x3_streams_planes), into
@@ -614,12 +614,16 @@ Tensor direct_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
   return grad_weight;
 }
 
+bool grad_weight_rows_3x3_apply(const Conv2dGeometry& g) {
+  return g.kernel_h == 3 && g.kernel_w == 3 && g.dilation_h == 1;
+}
+
 bool depthwise_stride_2_reads_planes(const Conv2dGeometry& g, at::ScalarType dtype) {
   return cpu_isa() == Isa::avx2 && (dtype == at::kFloat || dtype == at::kDouble) && depthwise_3x3_stride_2_applies(g);
 }
 
 bool stride_2_grad_weight_by_phases(const Conv2dGeometry& g) {
-  const bool rows_3x3 = g.kernel_h == 3 && g.kernel_w == 3 && cpu_isa() != Isa::generic;  // grad_weight_rows_3x3's, or in place
+  const bool rows_3x3 = grad_weight_rows_3x3_apply(g) && cpu_isa() != Isa::generic;  // grad_weight_rows_3x3's, or in place
   return g.stride_h == 2 && g.stride_w == 2 && g.dilation_h == 1 && g.dilation_w == 1 && !rows_3x3;
 }
 

@@ -47,6 +47,10 @@ void spread_row(const scalar_t* values, int64_t length, scalar_t* row) {
 // input gradient making them from grad_output's rows.
 bool depthwise_stride_2_reads_planes(const Conv2dGeometry& g, at::ScalarType dtype);
 
+// The kernels the vector builds' direct weight gradient reads as rows in place, float32 and
+// float64 (grad_weight_rows_3x3): 3 x 3 with undilated rows; others sum over padded planes.
+bool grad_weight_rows_3x3_apply(const Conv2dGeometry& g);
+
 // Whether the direct weight gradient of a layer at stride 2 (undilated) sums over its input's
 // four stride phases (grad_weight_planes_stride_2), as direct_conv2d_grad_weight and
 // direct_conv2d_backward do where it applies: where no kernel of the build reads 3x3 rows.
