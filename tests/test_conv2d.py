@@ -976,7 +976,9 @@ def test_direct_plane_rows_inside_and_edges(conv, dtype, path):
 # overlapping the one before it: rows a lane wider than a vector (the two overlap but for a
 # column), two vectors wide (none between), a lane wider (one between, overlapped but for a
 # column), and wider, in float32 (8 lanes) and float64 (4); planes of 8 KiB or more (46 x 45,
-# 35 x 31) prefetch their rows as they go. 6 channels: not the channel blocks. The weight
+# 35 x 31) prefetch their rows as they go. Each of these outputs, under 2 MiB, is summed plane by
+# plane in a scratch plane and copied out (depthwise_3x3_plane_copy, mutation-checked).
+# 6 channels: not the channel blocks. The weight
 # gradient's 3x3 kernel (grad_weight_rows_3x3) shifts the padding into whole first and last
 # vectors likewise (mutation-checked), and loads those inside the rows unmasked.
 @pytest.mark.parametrize("path", DIRECT_PATHS)
@@ -994,7 +996,7 @@ def test_depthwise_3x3_edges_shifted_in(dtype, size, path):
                          ids=["float32", "float64"])
 def test_depthwise_3x3_planes_streamed(dtype, channels, size, path):
     """Those planes (up to 56 x 56) of an output larger than 2 MiB are summed in a scratch plane
-    and copied out by non-temporal stores (depthwise_3x3_streams_planes), and so are the input
+    and copied out by non-temporal stores (depthwise_3x3_plane_copy), and so are the input
     gradient's planes in the one-pass backward (mutation-checked): float32 planes of 1680
     bytes, every other one off the stores' 32-byte alignment (copied element by element up to it
     and past the last whole vector); float64 ones of 3360 bytes."""

@@ -155,15 +155,19 @@ enum class Algorithm { gemm, direct, winograd };
 // CONV_EXT_CPU_ALGORITHM (gemm, direct, winograd; default: by shape) forces a path, so the tests
 // can run each one; Winograd only where it applies. The forced GEMM or direct path, if any:
 std::optional<Algorithm> forced_algorithm() {
-  if (env_is("CONV_EXT_CPU_ALGORITHM", "gemm")) return Algorithm::gemm;
-  if (env_is("CONV_EXT_CPU_ALGORITHM", "direct")) return Algorithm::direct;
-  return std::nullopt;
+  switch (cpu_switches().algorithm) {
+    case CpuSwitches::Algorithm::gemm: return Algorithm::gemm;
+    case CpuSwitches::Algorithm::direct: return Algorithm::direct;
+    default: return std::nullopt;
+  }
 }
+
+bool winograd_forced() { return cpu_switches().algorithm == CpuSwitches::Algorithm::winograd; }
 
 // pays_off (winograd_pays_off, or the weight gradient's) is asked only where Winograd applies
 // (its tiles exist only for 3x3 and 5x5).
 bool winograd_chosen(const Conv2dGeometry& g, bool (*pays_off)(const Conv2dGeometry&) = winograd_pays_off) {
-  return winograd_applies(g) && (env_is("CONV_EXT_CPU_ALGORITHM", "winograd") || pays_off(g));
+  return winograd_applies(g) && (winograd_forced() || pays_off(g));
 }
 
 bool implicit_gemm_pays_off(const Conv2dGeometry& g);
@@ -625,7 +629,7 @@ Tensor gemm_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
 // and with 16 per group half of every pair block is zeros (ResNeXt's 3x3/2 512 @28, g=32:
 // forward 1.3x faster widened). over_winograd: the vectors where Winograd is chosen too.
 bool bf16_pairs_chosen(const Conv2dGeometry& g, at::ScalarType dtype, bool over_winograd = false) {
-  if (dtype != at::kBFloat16 || forced_algorithm() || env_is("CONV_EXT_CPU_ALGORITHM", "winograd") ||
+  if (dtype != at::kBFloat16 || forced_algorithm() || winograd_forced() ||
       !bf16_pairs_conv2d_applies(g)) {
     return false;
   }
@@ -869,6 +873,7 @@ Tensor flipped_transposed_filters(const Tensor& weight, const Conv2dGeometry& g)
 Tensor conv2d_cpu(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                   int64_t groups) {
+  read_cpu_switches();
   const auto g = check_conv2d(input, weight, bias, stride, padding, dilation, groups);
   if (input.is_complex()) return complex_conv2d(input, weight, bias, stride, padding, dilation, groups);
   return forward(input, weight, bias.value_or(Tensor()), g, conv2d_memory_format(input, weight));
@@ -1015,6 +1020,7 @@ Tensor spread_grad_output(const Tensor& grad_output, const Conv2dGeometry& g) {
 Tensor conv2d_grad_input_cpu(const Tensor& grad_output, const Tensor& weight,
                              at::IntArrayRef input_size, at::IntArrayRef stride,
                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  read_cpu_switches();
   const auto g =
       check_conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation, groups);
   if (grad_output.is_complex()) {
@@ -1084,6 +1090,7 @@ Tensor conv2d_grad_input_cpu(const Tensor& grad_output, const Tensor& weight,
 Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
                               at::IntArrayRef kernel_size, at::IntArrayRef stride,
                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  read_cpu_switches();
   const auto g =
       check_conv2d_grad_weight(input, grad_output, kernel_size, stride, padding, dilation, groups);
   if (input.is_complex()) {
@@ -1155,6 +1162,7 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward_cpu(const Tensor& grad_output
                                                        const Tensor& weight, at::IntArrayRef stride,
                                                        at::IntArrayRef padding, at::IntArrayRef dilation,
                                                        int64_t groups, std::array<bool, 3> output_mask) {
+  read_cpu_switches();
   const auto layer = check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups);
   const bool spreads = depthwise_gradients_spread(layer, grad_output, input);
   const Conv2dGeometry g = spreads ? spread_geometry(layer) : layer, t = transposed_geometry(g);

@@ -71,16 +71,25 @@ inline bool depthwise_3x3_prefetches_rows(const Conv2dGeometry& g, int64_t eleme
          !cpu_is_intel();
 }
 
-// Where streams() sends the output to memory, those planes up to 56 x 56 are summed into a
-// scratch plane in L1, which non-temporal stores then copy out, sparing the reads of the
-// output's lines that the walks down the columns had waited on (Zen 3, forward at batch 8, A/B:
-// 256 @28 0.47 -> 0.34 ms, 512 @28 1.04 -> 0.72, 128 @40 0.39 -> 0.33, 144 @56 0.84 -> 0.78;
-// float64 256 @28 0.95 -> 0.62, 144 @56 2.3 -> 1.7). Larger planes, whose scratch and input
-// outgrow L1, ran slower (float32 64 x 64 alike, 80 x 80 1.23x slower; float64 64 x 64 1.38x).
-constexpr int64_t kMaxStreamedPlanePixels = 56 * 56;
-inline bool depthwise_3x3_streams_planes(const Conv2dGeometry& g, const at::Tensor& output) {
-  return depthwise_3x3_shifts_edges(g, 32 / output.element_size()) && g.out_h * g.out_w <= kMaxStreamedPlanePixels &&
-         streams(output);
+// How the AVX2 build's depthwise 3x3 planes whose edges shift in reach the output: summed into a
+// scratch plane in L1 and copied out from it, sparing the reads of the output's lines that the
+// walks down the columns had waited on.
+// - Where streams() sends the output to memory, planes up to 56 x 56, by non-temporal stores
+//   (Zen 3, forward at batch 8, A/B: 256 @28 0.47 -> 0.34 ms, 512 @28 1.04 -> 0.72, 128 @40 0.39
+//   -> 0.33, 144 @56 0.84 -> 0.78; float64 256 @28 0.95 -> 0.62, 144 @56 2.3 -> 1.7). Larger
+//   planes, whose scratch and input outgrow L1, ran slower (float32 64 x 64 alike, 80 x 80 1.23x
+//   slower; float64 64 x 64 1.38x).
+// - Elsewhere planes up to 48 x 48, by plain stores (forward, A/B: 256 @20 at batch 1 and 2
+//   0.67-0.71x the time, 256 @28 and 512 @28 0.82x, 128 @40 0.88-0.9x, 96 @48 0.98x; 144 @56
+//   1.03x. The one-pass backward's input gradient alike: both gradients of 256 @20 at batch 1
+//   0.84x, 256 @28 at batch 1 and 2 0.92x).
+enum class PlaneCopy { none, streamed, stored };
+constexpr int64_t kMaxStreamedPlanePixels = 56 * 56, kMaxStoredPlanePixels = 48 * 48;
+inline PlaneCopy depthwise_3x3_plane_copy(const Conv2dGeometry& g, const at::Tensor& output) {
+  if (cpu_isa() != Isa::avx2 || !depthwise_3x3_shifts_edges(g, 32 / output.element_size())) return PlaneCopy::none;
+  const int64_t pixels = g.out_h * g.out_w;
+  if (streams(output)) return pixels <= kMaxStreamedPlanePixels ? PlaneCopy::streamed : PlaneCopy::none;
+  return pixels <= kMaxStoredPlanePixels ? PlaneCopy::stored : PlaneCopy::none;
 }
 
 // A plane into L2 ahead of its kernel, which walks it in strips of columns (or blocks of rows),
@@ -253,14 +262,15 @@ bool grad_weight_reads_rows(const PlaneKernels<scalar_t, io_t>& kernels, const C
   return kernels.grad_weight_rows_3x3 != nullptr && grad_weight_rows_3x3_apply(g);
 }
 
-// forward_rows of plane x into out, or, given a scratch plane (depthwise_3x3_streams_planes), into
-// it and from it into out by non-temporal stores. x_even_rows: x's odd rows are zeros.
+// forward_rows of plane x into out, or, given a scratch plane (depthwise_3x3_plane_copy), into it
+// and from it into out as `copy` says. x_even_rows: x's odd rows are zeros.
 template <typename scalar_t, typename io_t>
 void forward_rows_into(const PlaneKernels<scalar_t, io_t>& kernels, const io_t* x, const scalar_t* w, scalar_t bias,
-                       io_t* out, const Conv2dGeometry& g, scalar_t* scratch, bool x_even_rows = false) {
+                       io_t* out, const Conv2dGeometry& g, scalar_t* scratch, PlaneCopy copy, bool x_even_rows = false) {
   if constexpr (std::is_same_v<io_t, scalar_t>) {
-    if (scratch != nullptr) {
+    if (copy != PlaneCopy::none) {
       kernels.forward_rows(x, w, bias, scratch, g, x_even_rows);
+      if (copy == PlaneCopy::stored) return static_cast<void>(std::copy(scratch, scratch + g.out_h * g.out_w, out));
       return avx2::stream_copy(scratch, g.out_h * g.out_w, out);
     }
   }
@@ -349,6 +359,14 @@ bool depthwise_by_channel_blocks(const Conv2dGeometry& g, at::ScalarType dtype) 
          band_bytes <= kMaxChannelBlockBand && !depthwise_3x3_planes_faster(g) && !depthwise_3x3_stride_2_planes_faster(g);
 }
 
+// The output pixels a task's block of 8 channels moves to their planes at a time: whole rows,
+// adjacent in its buffer (8 KiB), so that the transposes' edges come once per buffer rather than
+// once per row (Zen 3, forward, A/B: 3x3 1024 @7 at batch 8 0.215 -> 0.181 ms, at batch 1 0.034
+// -> 0.030; 3x3 512 @14 0.30 -> 0.26; 7x7 384 @14 0.555 -> 0.52; 5x5 240 @28 0.78 -> 0.76).
+// The tasks go by block, its images in turn, so that each thread moves a block's taps once
+// (1024 @7 and 512 @14 at batch 8 2-4% faster).
+constexpr int64_t kTransposedOutputPixels = 256;
+
 void depthwise_forward_by_channel_blocks(const Tensor& input, const Tensor& weight, const Tensor& bias,
                                          const Conv2dGeometry& g, Tensor& output) {
   const int64_t K = g.kernel_h, plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
@@ -365,21 +383,25 @@ void depthwise_forward_by_channel_blocks(const Tensor& input, const Tensor& weig
   const float* w = weight.const_data_ptr<float>();
   const float* b = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
   float* y = output.mutable_data_ptr<float>();
-  const int64_t blocks = g.in_channels / 8;
+  const int64_t blocks = g.in_channels / 8, rows_at_once = std::max<int64_t>(1, kTransposedOutputPixels / g.out_w);
   at::parallel_for(0, g.batch * blocks, 1, [&](int64_t begin, int64_t end) {
-    AlignedVector<float> band(band_h * band_w * 8, 0.0f), taps(K * K * 8), row(out_w8 * 8);  // band's border stays zero
+    AlignedVector<float> band(band_h * band_w * 8, 0.0f), taps(K * K * 8);  // band's border stays zero
+    AlignedVector<float> rows(((rows_at_once - 1) * g.out_w + out_w8) * 8);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / blocks, c0 = task % blocks * 8;
+      const int64_t n = task % g.batch, c0 = task / g.batch * 8;
       const float* x_block = x + (n * g.in_channels + c0) * plane;
       for (int64_t ih = 0; ih < g.in_h; ++ih) {
         transpose(x_block + ih * g.in_w, plane, 8, g.in_w, band.data() + ((ih + g.pad_h) * band_w + g.pad_w) * 8, 8, false);
       }
-      transpose(w + c0 * K * K, K * K, 8, K * K, taps.data(), 8, false);
+      if (task == begin || n == 0) transpose(w + c0 * K * K, K * K, 8, K * K, taps.data(), 8, false);
       float* y_block = y + (n * g.out_channels + c0) * out_plane;
-      for (int64_t oh = 0; oh < g.out_h; ++oh) {
-        row_kernel(band.data() + oh * S * band_w * 8, band_w, taps.data(), b != nullptr ? b + c0 : nullptr, g.out_w,
-                   row.data());
-        transpose(row.data(), 8, g.out_w, 8, y_block + oh * g.out_w, out_plane, false);
+      for (int64_t oh0 = 0; oh0 < g.out_h; oh0 += rows_at_once) {
+        const int64_t count = std::min(rows_at_once, g.out_h - oh0);
+        for (int64_t r = 0; r < count; ++r) {  // each row's last block of 8 pixels may write into the next row, written after it
+          row_kernel(band.data() + (oh0 + r) * S * band_w * 8, band_w, taps.data(), b != nullptr ? b + c0 : nullptr,
+                     g.out_w, rows.data() + r * g.out_w * 8);
+        }
+        transpose(rows.data(), 8, count * g.out_w, 8, y_block + oh0 * g.out_w, out_plane, false);
       }
     }
   });
@@ -419,7 +441,7 @@ Tensor direct_conv2d_forward(const Tensor& input, const Tensor& weight, const Te
                                               : cpu_isa() == Isa::avx2 && depthwise_3x3_stride_2_applies(g))
                                : unit_stride && depthwise_3x3_rows_apply(g));
         const int64_t work_size = unit_stride && !rows ? generic::unit_stride_work_size(g) : 0;
-        const bool streamed = rows && cpu_isa() == Isa::avx2 && depthwise_3x3_streams_planes(g, output);
+        const PlaneCopy copy = rows ? depthwise_3x3_plane_copy(g, output) : PlaneCopy::none;
         const io_t* x = input.const_data_ptr<io_t>();
         io_t* y = output.mutable_data_ptr<io_t>();
         const auto group_input = [&](int64_t plane) {  // of output plane (n, k)
@@ -427,7 +449,7 @@ Tensor direct_conv2d_forward(const Tensor& input, const Tensor& weight, const Te
         };
         at::parallel_for(0, g.batch * g.out_channels, 1, [&](int64_t begin, int64_t end) {
           AlignedVector<scalar_t> work(work_size, scalar_t(0));  // per task: the padded plane's border
-          AlignedVector<scalar_t> scratch(streamed ? g.out_h * g.out_w : 0);  // per task: the streamed plane
+          AlignedVector<scalar_t> scratch(copy != PlaneCopy::none ? g.out_h * g.out_w : 0);  // per task: the copied plane
           for (int64_t plane = begin; plane < end; ++plane) {
             const int64_t k = plane % g.out_channels;
             const io_t* x_group = group_input(plane);
@@ -437,8 +459,7 @@ Tensor direct_conv2d_forward(const Tensor& input, const Tensor& weight, const Te
             const scalar_t bias_k = b != nullptr ? b[k] : scalar_t(0);
             io_t* y_plane = y + plane * g.out_h * g.out_w;
             if (rows) {
-              forward_rows_into(io_kernels, x_group, w + k * g.patch_size(), bias_k, y_plane, g,
-                                streamed ? scratch.data() : nullptr);
+              forward_rows_into(io_kernels, x_group, w + k * g.patch_size(), bias_k, y_plane, g, scratch.data(), copy);
               continue;
             }
             if constexpr (std::is_same_v<io_t, scalar_t>) {  // float16 and bfloat16 are read only at stride 1
@@ -449,7 +470,7 @@ Tensor direct_conv2d_forward(const Tensor& input, const Tensor& weight, const Te
             }
             io_kernels.forward_unit_stride(x_group, w + k * g.patch_size(), bias_k, y_plane, g, work.data());
           }
-          if (streamed) _mm_sfence();
+          if (copy == PlaneCopy::streamed) _mm_sfence();
         });
       });
       return;
@@ -680,7 +701,7 @@ std::array<Tensor, 3> direct_conv2d_backward(const Tensor& input, const Tensor& 
       strided.stride_h = strided.stride_w = 2, strided.out_h = gy_h, strided.out_w = gy_w;
       const bool in_place = spreads && depthwise_stride_2_reads_planes(strided, weight.scalar_type());  // no spread
       const bool gw_by_phases = gw != nullptr && spreads && !in_place && stride_2_grad_weight_by_phases(strided);
-      const bool streamed = gx != nullptr && !in_place && cpu_isa() == Isa::avx2 && depthwise_3x3_streams_planes(t, grad_input);
+      const PlaneCopy copy = gx != nullptr && !in_place ? depthwise_3x3_plane_copy(t, grad_input) : PlaneCopy::none;
       // Tasks over channels, images summed in order (as direct_conv2d_grad_weight sums them), each
       // image's planes of a task's channels in turn: consecutive planes, which the hardware
       // prefetchers follow (a channel's planes image by image, apart by the image's size, ran the
@@ -690,7 +711,7 @@ std::array<Tensor, 3> direct_conv2d_backward(const Tensor& input, const Tensor& 
         std::vector<scalar_t> flipped(area);  // the input gradient's filter: the layer's rotated by 180 degrees
         AlignedVector<scalar_t> work(rows_3x3 || gw == nullptr || in_place || gw_by_phases ? 0 : generic::unit_stride_work_size(g, 2),
                                      scalar_t(0));
-        AlignedVector<scalar_t> scratch(streamed ? in_plane : 0);  // streamed (forward and backward of 256 @28 at batch 8 1.05x faster)
+        AlignedVector<scalar_t> scratch(copy != PlaneCopy::none ? in_plane : 0);  // streamed: forward and backward of 256 @28 at batch 8 1.05x faster
         AlignedVector<io_t> spread(spreads && !in_place ? out_plane : 0, io_t(0));  // zeros but where each plane is spread
         AlignedVector<scalar_t> phases(gw_by_phases ? generic::stride_2_work_size(strided) : 0, scalar_t(0));
         if (gw != nullptr) std::fill(gw + begin * area, gw + end * area, scalar_t(0));
@@ -705,8 +726,8 @@ std::array<Tensor, 3> direct_conv2d_backward(const Tensor& input, const Tensor& 
               kernels.grad_input_stride_2_3x3(own, w + c * area, gx + plane * in_plane, strided);
             } else if (gx != nullptr) {
               std::reverse_copy(w + c * area, w + (c + 1) * area, flipped.begin());
-              forward_rows_into(kernels, gy_planes[0], flipped.data(), scalar_t(0), gx + plane * in_plane, t,
-                                streamed ? scratch.data() : nullptr, spreads);
+              forward_rows_into(kernels, gy_planes[0], flipped.data(), scalar_t(0), gx + plane * in_plane, t, scratch.data(),
+                                copy, spreads);
             }
             if (gw != nullptr) {
               scalar_t* const filters[2] = {gw + c * area, nullptr};
@@ -724,7 +745,7 @@ std::array<Tensor, 3> direct_conv2d_backward(const Tensor& input, const Tensor& 
           }
         }
         for (int64_t c = begin; c < end && gb != nullptr; ++c) gb[c] = static_cast<scalar_t>(bias_sums[c - begin]);
-        if (streamed) _mm_sfence();
+        if (copy == PlaneCopy::streamed) _mm_sfence();
       });
     });
   });
