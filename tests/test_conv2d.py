@@ -1529,14 +1529,14 @@ def test_depthwise_backward_in_one_pass(conv, dtype, path):
 
 
 @pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the AVX2 build")
-@pytest.mark.parametrize("kernel,padding,size,on_blocks,stride", [
-    (3, (1, 1), (19, 21), True, 1), (5, (2, 1), (13, 21), True, 1), (7, (3, 0), (9, 17), True, 1),
-    (7, (0, 3), (20, 9), True, 1), (3, (1, 1), (183, 181), True, 1), (3, (1, 1), (20, 20), False, 1),
-    (3, (1, 1), (370, 370), False, 1), (3, (1, 1), (28, 30), True, 2), (5, (2, 1), (13, 21), True, 2),
-    (7, (3, 3), (20, 17), True, 2),
+@pytest.mark.parametrize("kernel,padding,size,on_blocks,stride,grad_weight_on_blocks", [
+    (3, (1, 1), (19, 21), True, 1, True), (5, (2, 1), (13, 21), True, 1, True), (7, (3, 0), (9, 17), True, 1, True),
+    (7, (0, 3), (20, 9), True, 1, True), (3, (1, 1), (183, 181), True, 1, False), (3, (1, 1), (20, 20), False, 1, False),
+    (3, (1, 1), (370, 370), False, 1, False), (3, (1, 1), (260, 256), True, 1, True), (3, (1, 1), (28, 30), True, 2, False),
+    (5, (2, 1), (13, 21), True, 2, True), (7, (3, 3), (20, 17), True, 2, True),
 ], ids=["3x3", "5x5", "7x7", "7x7-unpadded-rows", "3x3-over-128-kib", "3x3-planes-faster", "3x3-band-over-4-mib",
-        "3x3-stride-2", "5x5-stride-2", "7x7-stride-2"])
-def test_depthwise_by_channel_blocks_in_the_avx2_build(kernel, padding, size, on_blocks, stride):
+        "3x3-input-over-8-mib", "3x3-stride-2", "5x5-stride-2", "7x7-stride-2"])
+def test_depthwise_by_channel_blocks_in_the_avx2_build(kernel, padding, size, on_blocks, stride, grad_weight_on_blocks):
     """Depthwise 3x3, 5x5 and 7x7 float32 layers at stride 1 or 2 with a multiple of 8 channels
     run 8 channels at a time in the AVX2 build (depthwise_by_channel_blocks), forward and, at
     stride 1, input gradient: right within float32's bounds of the float64 result, on rows of
@@ -1546,7 +1546,10 @@ def test_depthwise_by_channel_blocks_in_the_avx2_build(kernel, padding, size, on
     but on the planes that kernel takes from the blocks: of 400 pixels up to 128 KiB, padded by
     1 (20 x 20; 19 x 21 and 183 x 181, 129 KiB, stay on the blocks), and where a task's band of
     8 padded planes would outgrow 4 MiB (370 x 370). At stride 2 the blocks' results are checked
-    alone (mutation-checked: the row kernel's pixels read as at stride 1)."""
+    alone (mutation-checked: the row kernel's pixels read as at stride 1). Their weight gradients
+    (channel_blocks_take_grad_weight): 5x5 and 7x7 ones, and 3x3 ones of stride-1 planes under
+    400 output pixels or of inputs over 8 MiB (260 x 256), differ in their bits from the planes'
+    kernels' (mutation-checked); the others' are those kernels'."""
     conv = Conv(2 if size[0] < 370 else 1, 16, 16, size, (kernel, kernel), (stride, stride), padding, (1, 1), 16, True)
     for dtype in (torch.float32, torch.float64):
         check_layer_on_path(conv, dtype, "auto-avx2-isa")
@@ -1559,6 +1562,17 @@ def test_depthwise_by_channel_blocks_in_the_avx2_build(kernel, padding, size, on
             planes = torch.ops.conv_ext.conv2d(x, w, b, *args, 17)[:, :16]
         assert_scaled_close(blocks, planes, 1e-6, "output")
         assert torch.equal(blocks, planes) != on_blocks
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(conv.batch, 17, *size, generator=generator)
+    x[:, :, 0] *= 1000
+    gy = torch.randn(conv.batch, 17, *[(n + 2 * p - kernel) // stride + 1 for n, p in zip(size, padding)],
+                     generator=generator)
+    args = ([kernel, kernel], [stride, stride], list(padding), [1, 1])
+    with cpu_path("auto-avx2-isa"):
+        blocks = torch.ops.conv_ext.conv2d_grad_weight(x[:, :16], gy[:, :16], *args, 16)
+        planes = torch.ops.conv_ext.conv2d_grad_weight(x, gy, *args, 17)[:16]
+    assert_scaled_close(blocks, planes, 1e-5, "weight gradient")  # two float32 sums, each up to ~2e-6 off here
+    assert torch.equal(blocks, planes) != grad_weight_on_blocks
 
 
 @pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the AVX2 build")

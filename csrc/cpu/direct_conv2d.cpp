@@ -163,6 +163,60 @@ void depthwise_row_8_channels(const float* band, int64_t band_w, const float* ta
   }
 }
 
+// The weight gradient of a depthwise K x K layer (stride S) over one output row, 8 channels at
+// once: sums[tap] += the sum of band[ki][j * S + kj] * gy[j] over the row's pixels j, the band as
+// depthwise_row_8_channels reads it, gy the row's pixels channels-innermost (out_w, 8). The
+// row's sums of 3 x 3's nine taps, or of one kernel row's taps for every other pixel (5 x 5 and
+// 7 x 7, 10 and 14 of the 16 registers), each a chain of FMAs: as many chains as keep both FMA
+// units busy, none longer than a row (one chain across all rows had summed 3x3 16 @260x256 at
+// batch 2 to 1.3e-5 of the exact result's scale, rows apart to 7.8e-7; the planes' kernels 1.6e-6).
+template <int K, int S>
+void depthwise_grad_weight_row_8_channels(const float* band, int64_t band_w, const float* gy, int64_t out_w,
+                                          float* sums) {
+  using V = Vec<float>;
+  constexpr int kRows = K == 3 ? 3 : 1, kPixels = K == 3 ? 1 : 2;  // kernel rows, pixels at a time
+  for (int ki0 = 0; ki0 < K; ki0 += kRows) {
+    V::type acc[kRows][K][kPixels];
+#pragma GCC unroll 3
+    for (int r = 0; r < kRows; ++r) {
+#pragma GCC unroll 7
+      for (int kj = 0; kj < K; ++kj) {
+#pragma GCC unroll 2
+        for (int p = 0; p < kPixels; ++p) acc[r][kj][p] = V::zero();
+      }
+    }
+    int64_t j = 0;
+    for (; j + kPixels <= out_w; j += kPixels) {
+#pragma GCC unroll 2
+      for (int p = 0; p < kPixels; ++p) {
+        const V::type d = V::load(gy + (j + p) * 8);
+#pragma GCC unroll 3
+        for (int r = 0; r < kRows; ++r) {
+          const float* in = band + ((ki0 + r) * band_w + (j + p) * S) * 8;
+#pragma GCC unroll 7
+          for (int kj = 0; kj < K; ++kj) acc[r][kj][p] = V::fma(d, V::load(in + kj * 8), acc[r][kj][p]);
+        }
+      }
+    }
+    for (; j < out_w; ++j) {  // the last pixel of an odd row
+      const V::type d = V::load(gy + j * 8);
+      const float* in = band + (ki0 * band_w + j * S) * 8;
+#pragma GCC unroll 7
+      for (int kj = 0; kj < K; ++kj) acc[0][kj][0] = V::fma(d, V::load(in + kj * 8), acc[0][kj][0]);
+    }
+#pragma GCC unroll 3
+    for (int r = 0; r < kRows; ++r) {
+#pragma GCC unroll 7
+      for (int kj = 0; kj < K; ++kj) {
+        V::type sum = acc[r][kj][0];
+        if constexpr (kPixels == 2) sum = V::add(sum, acc[r][kj][1]);
+        float* at = sums + ((ki0 + r) * K + kj) * 8;
+        V::store(at, V::add(V::load(at), sum));
+      }
+    }
+  }
+}
+
 // dst[0, n) = src[0, n), with non-temporal stores from dst's first 32-byte boundary on.
 template <typename scalar_t>
 void stream_copy(const scalar_t* src, int64_t n, scalar_t* dst) {
@@ -350,13 +404,43 @@ int64_t channel_block_band_width(const Conv2dGeometry& g) {
   return std::max(g.in_w + 2 * g.pad_w, ((g.out_w + 7) / 8 * 8 - 1) * g.stride_w + g.kernel_w);
 }
 
-bool depthwise_by_channel_blocks(const Conv2dGeometry& g, at::ScalarType dtype) {
+// The layers the channel blocks can take.
+bool channel_blocks_apply(const Conv2dGeometry& g, at::ScalarType dtype) {
   const int64_t band_bytes = (g.in_h + 2 * g.pad_h) * channel_block_band_width(g) * 8 * int64_t{sizeof(float)};
   const bool strides = g.stride_h == g.stride_w && (g.stride_h == 1 || g.stride_h == 2);
   return dtype == at::kFloat && use_avx2() && !use_avx512() && g.groups == g.in_channels &&
          g.out_channels == g.groups && g.in_channels % 8 == 0 && strides && g.dilation_h == 1 &&
          g.dilation_w == 1 && g.kernel_h == g.kernel_w && (g.kernel_h == 3 || g.kernel_h == 5 || g.kernel_h == 7) &&
-         band_bytes <= kMaxChannelBlockBand && !depthwise_3x3_planes_faster(g) && !depthwise_3x3_stride_2_planes_faster(g);
+         band_bytes <= kMaxChannelBlockBand;
+}
+
+bool depthwise_by_channel_blocks(const Conv2dGeometry& g, at::ScalarType dtype) {
+  return channel_blocks_apply(g, dtype) && !depthwise_3x3_planes_faster(g) && !depthwise_3x3_stride_2_planes_faster(g);
+}
+
+// The weight gradients the channel blocks take (depthwise_grad_weight_by_channel_blocks): 5 x 5
+// and 7 x 7 ones (against the planes' kernels, Zen 3, A/B: at batch 8 5x5 960 @7, 672 @14 and 240
+// @28 and 7x7 384 @14 and 32 @112 0.2-0.37x the time, at batch 1 5x5 960 @7 to 32 @112, 3x3/2 144
+// @56 and 7x7 96 @56 0.2-0.28x); 3 x 3 ones of stride-1 planes under 400 output pixels (1024 @7
+// at batch 8 and 1 0.66x, 512 @14 0.92x; 256 @20 and @28 1.14-1.22x slower), and of inputs
+// over 8 MiB, which the planes' kernels read from memory (batch 8: 32 @112 0.67x, 96 @112 at
+// stride 2 0.6x, 144 @56 at stride 2 0.73x, 64 @80 0.72x, 512 @28 at stride 2 0.89x, 128 @56
+// 0.93x; at 6.4 MiB 256 @28 at stride 2 and 1024 @14 at stride 2 1.1-1.2x slower, and inputs in
+// cache at batch 1, fewer blocks than planes to share among the threads, 1.2-1.55x slower).
+constexpr int64_t kMinChannelBlocksGradWeightInputBytes = int64_t{8} << 20;
+bool channel_blocks_take_grad_weight(const Conv2dGeometry& g, at::ScalarType dtype) {
+  if (!channel_blocks_apply(g, dtype)) return false;
+  const int64_t input_bytes = g.batch * g.in_channels * g.in_h * g.in_w * int64_t{sizeof(float)};
+  return g.kernel_h > 3 || (g.unit_stride() && g.out_h * g.out_w < kMinPlanesPixels) ||
+         input_bytes > kMinChannelBlocksGradWeightInputBytes;
+}
+
+// A task's 8 planes x_block (of an image, from its block's first channel) into its band, channels
+// innermost, inside the band's zero border.
+void move_into_band(Transpose<float> transpose, const float* x_block, const Conv2dGeometry& g, int64_t band_w, float* band) {
+  for (int64_t ih = 0; ih < g.in_h; ++ih) {
+    transpose(x_block + ih * g.in_w, g.in_h * g.in_w, 8, g.in_w, band + ((ih + g.pad_h) * band_w + g.pad_w) * 8, 8, false);
+  }
 }
 
 // The output pixels a task's block of 8 channels moves to their planes at a time: whole rows,
@@ -389,10 +473,7 @@ void depthwise_forward_by_channel_blocks(const Tensor& input, const Tensor& weig
     AlignedVector<float> rows(((rows_at_once - 1) * g.out_w + out_w8) * 8);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task % g.batch, c0 = task / g.batch * 8;
-      const float* x_block = x + (n * g.in_channels + c0) * plane;
-      for (int64_t ih = 0; ih < g.in_h; ++ih) {
-        transpose(x_block + ih * g.in_w, plane, 8, g.in_w, band.data() + ((ih + g.pad_h) * band_w + g.pad_w) * 8, 8, false);
-      }
+      move_into_band(transpose, x + (n * g.in_channels + c0) * plane, g, band_w, band.data());
       if (task == begin || n == 0) transpose(w + c0 * K * K, K * K, 8, K * K, taps.data(), 8, false);
       float* y_block = y + (n * g.out_channels + c0) * out_plane;
       for (int64_t oh0 = 0; oh0 < g.out_h; oh0 += rows_at_once) {
@@ -403,6 +484,46 @@ void depthwise_forward_by_channel_blocks(const Tensor& input, const Tensor& weig
         }
         transpose(rows.data(), 8, count * g.out_w, 8, y_block + oh0 * g.out_w, out_plane, false);
       }
+    }
+  });
+}
+
+// The weight gradient of those layers by the same blocks: a task per block of 8 channels, its
+// images summed in order, each image's 8 input planes moved into the band and its 8 gradient
+// planes, channels innermost, into a buffer; every tap's sums across the block's channels in
+// vectors (depthwise_grad_weight_row_8_channels), moved to the filters at the end.
+void depthwise_grad_weight_by_channel_blocks(const Tensor& input, const Tensor& grad_output, const Conv2dGeometry& g,
+                                             Tensor& grad_weight) {
+  const int64_t K = g.kernel_h, plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+  const int64_t band_w = channel_block_band_width(g), band_h = g.in_h + 2 * g.pad_h;
+  const auto transpose = transpose_for_this_cpu<float>();
+  const int64_t S = g.stride_h;
+  const auto row_kernel = S == 1 ? (K == 3   ? &avx2::depthwise_grad_weight_row_8_channels<3, 1>
+                                    : K == 5 ? &avx2::depthwise_grad_weight_row_8_channels<5, 1>
+                                             : &avx2::depthwise_grad_weight_row_8_channels<7, 1>)
+                                 : (K == 3   ? &avx2::depthwise_grad_weight_row_8_channels<3, 2>
+                                    : K == 5 ? &avx2::depthwise_grad_weight_row_8_channels<5, 2>
+                                             : &avx2::depthwise_grad_weight_row_8_channels<7, 2>);
+  const float* x = input.const_data_ptr<float>();
+  const float* gy = grad_output.const_data_ptr<float>();
+  float* gw = grad_weight.mutable_data_ptr<float>();
+  at::parallel_for(0, g.in_channels / 8, 1, [&](int64_t begin, int64_t end) {
+    AlignedVector<float> band(band_h * band_w * 8, 0.0f), gy_pixels(out_plane * 8);  // band's border stays zero
+    AlignedVector<float> image_sums(K * K * 8), sums(K * K * 8);
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t c0 = block * 8;
+      std::fill(sums.begin(), sums.end(), 0.0f);
+      for (int64_t n = 0; n < g.batch; ++n) {
+        move_into_band(transpose, x + (n * g.in_channels + c0) * plane, g, band_w, band.data());
+        transpose(gy + (n * g.out_channels + c0) * out_plane, out_plane, 8, out_plane, gy_pixels.data(), 8, false);
+        std::fill(image_sums.begin(), image_sums.end(), 0.0f);
+        for (int64_t oh = 0; oh < g.out_h; ++oh) {
+          row_kernel(band.data() + oh * S * band_w * 8, band_w, gy_pixels.data() + oh * g.out_w * 8, g.out_w,
+                     image_sums.data());
+        }
+        for (int64_t i = 0; i < K * K * 8; ++i) sums[i] += image_sums[i];
+      }
+      transpose(sums.data(), 8, K * K, 8, gw + c0 * K * K, K * K, false);
     }
   });
 }
@@ -543,6 +664,10 @@ Tensor direct_conv2d_grad_weight(const Tensor& input, const Tensor& grad_output,
   TORCH_INTERNAL_ASSERT(!at::isReducedFloatingType(input.scalar_type()) || direct_grad_weight_reads_reduced(g));
   Tensor grad_weight = at::empty({g.out_channels, g.in_channels_per_group(), g.kernel_h, g.kernel_w},
                                  input.options().dtype(at::toOpMathType(input.scalar_type())));
+  if (channel_blocks_take_grad_weight(g, input.scalar_type())) {
+    depthwise_grad_weight_by_channel_blocks(input, grad_output, g, grad_weight);
+    return grad_weight;
+  }
   AT_DISPATCH_FLOATING_TYPES(grad_weight.scalar_type(), "conv_ext_direct_grad_weight", [&] {
     const auto kernels = plane_kernels<scalar_t>();
     scalar_t* gw = grad_weight.mutable_data_ptr<scalar_t>();
