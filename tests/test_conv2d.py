@@ -647,6 +647,35 @@ def test_pointwise_channels_last_is_one_matrix_product(dtype):
     assert_pointwise_bounds(conv, x, w, b, gy, (y, gx, gw, gb))
 
 
+@pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the AVX2 build")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_single_pixel_pointwise_layers_as_matrix_vector_products(dtype):
+    """A 1x1 layer over one image's single pixel (a squeeze-excitation's on pooled features) runs
+    in the AVX2 build as matrix-vector products (single_pixel_product), mutation-checked: its
+    forward bit for bit torch.addmv's (torch.mv's without a bias), its input gradient torch.mv's
+    with the transposed filters, its weight gradient torch.outer's; within the bounds of the
+    exact results. With two pixels, or two images, the products go their former ways."""
+    conv = Conv(1, 960, 40, (1, 1), (1, 1), (1, 1), (0, 0), (1, 1), 1, True)
+    x, w, b = conv.tensors(dtype, "cpu")
+    x[:, ::7] *= 1000  # sums in another order differ in their bits
+    x.requires_grad_()
+    w.requires_grad_()
+    b.requires_grad_()
+    gy = torch.rand(1, 40, 1, 1, dtype=torch.float64).to(dtype)
+    with cpu_path("auto-avx2-isa"):
+        (y, gx, gw, gb), _ = forward_and_grads(conv_ext.conv2d, conv, x, w, b, gy)
+        unbiased = torch.ops.conv_ext.conv2d(x.detach(), w.detach(), None, [1, 1], [0, 0], [1, 1], 1)
+        two = [torch.ops.conv_ext.conv2d(t, w.detach(), None, [1, 1], [0, 0], [1, 1], 1)
+               for t in (x.detach().expand(2, -1, -1, -1).contiguous(), x.detach().expand(-1, -1, 1, 2).contiguous())]
+    w2, x1 = w.detach().reshape(40, 960), x.detach().reshape(960)
+    assert torch.equal(y.reshape(40), torch.addmv(b.detach(), w2, x1))
+    assert torch.equal(unbiased.reshape(40), torch.mv(w2, x1))
+    assert torch.equal(gx.reshape(960), torch.mv(w2.t(), gy.reshape(40)))
+    assert torch.equal(gw.reshape(40, 960), torch.outer(gy.reshape(40), x1))
+    assert all(not torch.equal(t[0, :, 0, 0], torch.mv(w2, x1)) for t in two)
+    assert_pointwise_bounds(conv, x, w, b, gy, (y, gx, gw, gb))
+
+
 @pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the micro-kernel needs AVX2")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=str)
 @pytest.mark.parametrize("channels", [

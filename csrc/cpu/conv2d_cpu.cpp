@@ -649,6 +649,18 @@ bool pointwise_on_pixel_rows(const Conv2dGeometry& g, const Tensor& t) {
          t.suggest_memory_format() == at::MemoryFormat::ChannelsLast && !forced_algorithm();
 }
 
+// A 1x1 layer over a single pixel (a squeeze-excitation's or a classifier's on one image's pooled
+// features) is a matrix-vector product in each direction, where MKL's GEMV reads the filters
+// once: the implicit GEMM packs them first, then fills one of each panel's 16 columns. float32
+// and float64 in the AVX2 build (Zen 3, A/B: forward 576->144 44 -> 17 us, 960->240 53 -> 46,
+// 2048->1000 and 1280->1000 1.02-1.06x faster; input gradient 960->240 82 -> 33 us, 2048->1000
+// 1.43 -> 0.26 ms; weight gradient, an outer product, 1.35-2.3x faster).
+bool single_pixel_product(const Conv2dGeometry& g, const Tensor& t) {
+  const auto dtype = t.scalar_type();
+  return is_pointwise(g) && g.groups == 1 && g.batch == 1 && g.in_h == 1 && g.in_w == 1 &&
+         (dtype == at::kFloat || dtype == at::kDouble) && cpu_isa() == Isa::avx2 && !forced_algorithm();
+}
+
 // An operand of those products: float16 widened to float32 in its own layout (rows stay rows).
 Tensor product_operand(const Tensor& t) { return t.defined() && t.scalar_type() == at::kHalf ? t.to(at::kFloat) : t; }
 
@@ -752,6 +764,11 @@ Tensor forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
   if (bf16_pairs_chosen(g, input.scalar_type())) {
     const Tensor output = bf16_pairs_conv2d_forward(input.contiguous(), weight.contiguous(), FilterOrder::as_given, bias, g);
     return finish(output, input.scalar_type(), result_format);
+  }
+  if (single_pixel_product(g, input)) {
+    const Tensor w = weight.reshape({g.out_channels, g.in_channels}), x = input.reshape({g.in_channels});
+    const Tensor y = bias.defined() ? at::addmv(bias, w, x) : at::mv(w, x);
+    return finish(y.view({1, g.out_channels, 1, 1}), input.scalar_type(), result_format);
   }
   if (pointwise_on_pixel_rows(g, input)) {
     const Tensor x = product_operand(input), w = product_operand(weight), b = product_operand(bias);
@@ -1035,6 +1052,10 @@ Tensor conv2d_grad_input_cpu(const Tensor& grad_output, const Tensor& weight,
                                  groups);
   }
   const at::MemoryFormat result_format = conv2d_memory_format(grad_output, weight);
+  if (single_pixel_product(g, grad_output)) {
+    const Tensor gx = at::mv(weight.reshape({g.out_channels, g.in_channels}).t(), grad_output.reshape({g.out_channels}));
+    return finish(gx.view({1, g.in_channels, 1, 1}), grad_output.scalar_type(), result_format);
+  }
   if (pointwise_on_pixel_rows(g, grad_output)) {
     const Tensor gy = product_operand(grad_output), w = product_operand(weight);
     if (pointwise_on_micro_kernel(g.in_channels, gy)) {
@@ -1099,6 +1120,11 @@ Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
   if (depthwise_backward_spreads(g, grad_output, input) && !grad_weight_reads_strided(g, input.scalar_type())) {
     return conv2d_grad_weight_cpu(input, spread_grad_output(grad_output, g), kernel_size, kUnitStride, padding, dilation,
                                   groups);
+  }
+  if (single_pixel_product(g, input)) {
+    const Tensor grad_weight = at::outer(grad_output.reshape({g.out_channels}), input.reshape({g.in_channels}));
+    return finish(grad_weight.view({g.out_channels, g.in_channels, 1, 1}), input.scalar_type(),
+                  conv2d_memory_format(input, grad_output));
   }
   // Where the channels-last GEMM takes these weight gradients (blas_keeps_up false), it runs alike
   // (Zen 4, 1x1 256->64 @56 at batch 8: 10.8 against 11.2 ms).
