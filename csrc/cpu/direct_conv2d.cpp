@@ -435,6 +435,18 @@ bool channel_blocks_take_grad_weight(const Conv2dGeometry& g, at::ScalarType dty
          input_bytes > kMinChannelBlocksGradWeightInputBytes;
 }
 
+// fn(K, S) with the channel blocks' kernel size (3, 5 or 7) and stride (1 or 2) as compile-time
+// constants (std::integral_constant): the row kernels' instance for the layer.
+template <typename Fn>
+auto for_kernel_and_stride(const Conv2dGeometry& g, Fn&& fn) {
+  const auto with_stride = [&](auto k) {
+    return g.stride_h == 1 ? fn(k, std::integral_constant<int, 1>{}) : fn(k, std::integral_constant<int, 2>{});
+  };
+  return g.kernel_h == 3   ? with_stride(std::integral_constant<int, 3>{})
+         : g.kernel_h == 5 ? with_stride(std::integral_constant<int, 5>{})
+                           : with_stride(std::integral_constant<int, 7>{});
+}
+
 // A task's 8 planes x_block (of an image, from its block's first channel) into its band, channels
 // innermost, inside the band's zero border.
 void move_into_band(Transpose<float> transpose, const float* x_block, const Conv2dGeometry& g, int64_t band_w, float* band) {
@@ -457,12 +469,7 @@ void depthwise_forward_by_channel_blocks(const Tensor& input, const Tensor& weig
   const int64_t band_w = channel_block_band_width(g), band_h = g.in_h + 2 * g.pad_h, out_w8 = (g.out_w + 7) / 8 * 8;
   const auto transpose = transpose_for_this_cpu<float>();
   const int64_t S = g.stride_h;
-  const auto row_kernel = S == 1 ? (K == 3   ? &avx2::depthwise_row_8_channels<3, 1>
-                                    : K == 5 ? &avx2::depthwise_row_8_channels<5, 1>
-                                             : &avx2::depthwise_row_8_channels<7, 1>)
-                                 : (K == 3   ? &avx2::depthwise_row_8_channels<3, 2>
-                                    : K == 5 ? &avx2::depthwise_row_8_channels<5, 2>
-                                             : &avx2::depthwise_row_8_channels<7, 2>);
+  const auto row_kernel = for_kernel_and_stride(g, [](auto k, auto s) { return &avx2::depthwise_row_8_channels<k, s>; });
   const float* x = input.const_data_ptr<float>();
   const float* w = weight.const_data_ptr<float>();
   const float* b = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
@@ -498,12 +505,8 @@ void depthwise_grad_weight_by_channel_blocks(const Tensor& input, const Tensor& 
   const int64_t band_w = channel_block_band_width(g), band_h = g.in_h + 2 * g.pad_h;
   const auto transpose = transpose_for_this_cpu<float>();
   const int64_t S = g.stride_h;
-  const auto row_kernel = S == 1 ? (K == 3   ? &avx2::depthwise_grad_weight_row_8_channels<3, 1>
-                                    : K == 5 ? &avx2::depthwise_grad_weight_row_8_channels<5, 1>
-                                             : &avx2::depthwise_grad_weight_row_8_channels<7, 1>)
-                                 : (K == 3   ? &avx2::depthwise_grad_weight_row_8_channels<3, 2>
-                                    : K == 5 ? &avx2::depthwise_grad_weight_row_8_channels<5, 2>
-                                             : &avx2::depthwise_grad_weight_row_8_channels<7, 2>);
+  const auto row_kernel =
+      for_kernel_and_stride(g, [](auto k, auto s) { return &avx2::depthwise_grad_weight_row_8_channels<k, s>; });
   const float* x = input.const_data_ptr<float>();
   const float* gy = grad_output.const_data_ptr<float>();
   float* gw = grad_weight.mutable_data_ptr<float>();
