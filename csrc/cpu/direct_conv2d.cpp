@@ -455,12 +455,14 @@ void move_into_band(Transpose<float> transpose, const float* x_block, const Conv
   }
 }
 
-// The output pixels a task's block of 8 channels moves to their planes at a time: whole rows,
-// adjacent in its buffer (8 KiB), so that the transposes' edges come once per buffer rather than
-// once per row (Zen 3, forward, A/B: 3x3 1024 @7 at batch 8 0.215 -> 0.181 ms, at batch 1 0.034
-// -> 0.030; 3x3 512 @14 0.30 -> 0.26; 7x7 384 @14 0.555 -> 0.52; 5x5 240 @28 0.78 -> 0.76).
-// The tasks go by block, its images in turn, so that each thread moves a block's taps once
-// (1024 @7 and 512 @14 at batch 8 2-4% faster).
+// The output pixels a task's block of 8 channels moves to their planes at a time, where rows are
+// no multiple of 8 pixels: whole rows, adjacent in its buffer (8 KiB), so that the transposes'
+// edges come once per buffer rather than once per row (Zen 3, forward, A/B: 3x3 1024 @7 at batch
+// 8 0.215 -> 0.181 ms, at batch 1 0.034 -> 0.030; 3x3 512 @14 0.30 -> 0.26; 7x7 384 @14 0.555 ->
+// 0.52; 5x5 240 @28 0.78 -> 0.76). Rows of whole squares, which have no edges, go one at a time
+// (buffers of 4 rows of 56 had measured 3x3/2 96 @112 at batch 8 1.12-1.18x as long, near this
+// VM's noise there). The tasks go by block, its images in turn, so that each thread moves a
+// block's taps once (alike in time).
 constexpr int64_t kTransposedOutputPixels = 256;
 
 void depthwise_forward_by_channel_blocks(const Tensor& input, const Tensor& weight, const Tensor& bias,
@@ -474,7 +476,7 @@ void depthwise_forward_by_channel_blocks(const Tensor& input, const Tensor& weig
   const float* w = weight.const_data_ptr<float>();
   const float* b = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
   float* y = output.mutable_data_ptr<float>();
-  const int64_t blocks = g.in_channels / 8, rows_at_once = std::max<int64_t>(1, kTransposedOutputPixels / g.out_w);
+  const int64_t blocks = g.in_channels / 8, rows_at_once = g.out_w % 8 == 0 ? 1 : std::max<int64_t>(1, kTransposedOutputPixels / g.out_w);
   at::parallel_for(0, g.batch * blocks, 1, [&](int64_t begin, int64_t end) {
     AlignedVector<float> band(band_h * band_w * 8, 0.0f), taps(K * K * 8);  // band's border stays zero
     AlignedVector<float> rows(((rows_at_once - 1) * g.out_w + out_w8) * 8);
