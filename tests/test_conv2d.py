@@ -404,12 +404,12 @@ def test_winograd_output_channel_slices(path):
 @pytest.mark.parametrize("path", ["winograd", "winograd-avx2-isa"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_winograd_by_panels_in_channel_blocks(dtype, path):
-    """4 tiles run by panels of output channels; 260 input channels' transformed filters (and
-    250 for the input gradient) are multiplied in blocks, no whole number of the transpose's 16:
-    on the AVX2 build's GEMMs, whose filters outgrow half an L2 (with a 1 MiB L2 on up to four
-    threads three blocks, of 87 or 84 channels, on more two; with 2 MiB two, of 130 or 125); on
-    AVX-512, with the filters' rows made in registers, blocks of 32 (the last 4, or 26)."""
-    conv = Conv(1, 260, 250, (7, 6), (3, 3), (1, 1), (1, 1), (1, 1), 1, True)
+    """4 tiles run by panels of output channels; 500 input channels' transformed filters (and
+    470 for the input gradient) are multiplied in blocks, no whole number of the transpose's 16:
+    on the AVX2 build's GEMMs, whose filters outgrow filter_block_bytes (with an L2 of 512 KiB
+    or of 2 MiB two blocks, of 250 or 235 channels; of 1 MiB three, of 167 or 157); on AVX-512,
+    with the filters' rows made in registers, blocks of 32 (the last 20, or 22)."""
+    conv = Conv(1, 500, 470, (7, 6), (3, 3), (1, 1), (1, 1), (1, 1), 1, True)
     check_layer_on_path(conv, dtype, path)
 
 

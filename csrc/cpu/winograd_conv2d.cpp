@@ -188,8 +188,14 @@ constexpr int64_t kMinChunk = 64;
 // whole row of tiles.
 constexpr int64_t kMaxFilterElements = int64_t{1} << 22;
 // The transformed filters the forward by panels multiplies at a time: half a core's L2 (with 2
-// MiB rather than 1, blocks of 1 MiB ran 256 @14 at batch 8 1.07x faster, 512 @7 1.03x).
-int64_t filter_block_bytes() { return core_l2_bytes() / 2; }
+// MiB rather than 1, blocks of 1 MiB ran 256 @14 at batch 8 1.07x faster, 512 @7 1.03x). Twice
+// an L2 under 1 MiB: on Zen 3 (512 KiB) blocks of a quarter of that, the shallower GEMMs and
+// more of them, had run every layer measured slower (3x3 128 to 512 channels @7 to @28, batch 1
+// to 8: forward 1.03-1.13x the time, input gradient 1.04-1.10x, float64 1.03-1.2x).
+int64_t filter_block_bytes() {
+  const int64_t l2 = core_l2_bytes();
+  return l2 < (int64_t{1} << 20) ? 2 * l2 : l2 / 2;
+}
 
 // Channels ahead whose filters transform_filter_panel prefetches when it reads the weight rotated.
 constexpr int64_t kPrefetchChannels = 4;
