@@ -1570,11 +1570,11 @@ def test_depthwise_by_channel_blocks_in_the_avx2_build(kernel, padding, size, on
     run 8 channels at a time in the AVX2 build (depthwise_by_channel_blocks), forward and, at
     stride 1, input gradient: right within float32's bounds of the float64 result, on rows of
     every width against its blocks of 8 pixels, whatever the padding (float64 there as
-    F.conv2d). A 3x3 layer's sums
-    differ in their bits from the planes' kernel's (17 channels, no multiple of 8; mutation-checked),
-    but on the planes that kernel takes from the blocks: of 400 pixels up to 128 KiB, padded by
-    1 (20 x 20; 19 x 21 and 183 x 181, 129 KiB, stay on the blocks), and where a task's band of
-    8 padded planes would outgrow 4 MiB (370 x 370). At stride 2 the blocks' results are checked
+    F.conv2d). A 3x3 layer runs on the blocks (told apart from the planes' kernel, 17 channels, no
+    multiple of 8, by the NaN their products with the padding make of an infinite tap) but on
+    the planes that kernel takes from the blocks: of 400 pixels up to 128 KiB, padded by 1 (20 x
+    20; 19 x 21 and 183 x 181, 129 KiB, stay on the blocks), and where a task's band of 8 padded
+    planes would outgrow 4 MiB (370 x 370). At stride 2 the blocks' results are checked
     alone (mutation-checked: the row kernel's pixels read as at stride 1). Their weight gradients
     (channel_blocks_take_grad_weight): 5x5 and 7x7 ones, and 3x3 ones of stride-1 planes under
     400 output pixels or of inputs over 8 MiB (260 x 256), differ in their bits from the planes'
@@ -1582,15 +1582,19 @@ def test_depthwise_by_channel_blocks_in_the_avx2_build(kernel, padding, size, on
     conv = Conv(2 if size[0] < 370 else 1, 16, 16, size, (kernel, kernel), (stride, stride), padding, (1, 1), 16, True)
     for dtype in (torch.float32, torch.float64):
         check_layer_on_path(conv, dtype, "auto-avx2-isa")
-    if kernel == 3 and stride == 1:  # at stride 2 the planes' kernel sums in the blocks' order
+    if kernel == 3 and stride == 1:
+        # Both kernels sum the taps in one order, but the blocks multiply the zero rows that pad
+        # the plane and the planes' kernel skips them: with an infinite tap in kernel row 0, the
+        # blocks' first output row is NaN (inf x 0), the planes' (as F.conv2d's) finite.
         x, w, b = torch.randn(conv.batch, 17, *size), torch.randn(17, 1, 3, 3), torch.randn(17)
-        x[:, :, 0] *= 1000  # sums in another order differ in their bits
         args = ([stride, stride], list(padding), [1, 1])
         with cpu_path("auto-avx2-isa"):
             blocks = torch.ops.conv_ext.conv2d(x[:, :16], w[:16], b[:16], *args, 16)
             planes = torch.ops.conv_ext.conv2d(x, w, b, *args, 17)[:, :16]
+            w[:, 0, 0, 1] = float("inf")
+            first_row = torch.ops.conv_ext.conv2d(x[:, :16], w[:16], b[:16], *args, 16)[:, :, 0]
         assert_scaled_close(blocks, planes, 1e-6, "output")
-        assert torch.equal(blocks, planes) != on_blocks
+        assert bool(torch.isnan(first_row).all()) == on_blocks and bool(torch.isnan(first_row).any()) == on_blocks
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(conv.batch, 17, *size, generator=generator)
     x[:, :, 0] *= 1000
