@@ -178,6 +178,9 @@ def _ddp_worker(rank, world_size, data, out_dir):
         model(shard).square().mean().backward()
         if rank == 0:
             torch.save([p.grad for p in model.parameters()], os.path.join(out_dir, "grads.pt"))
+        # DDP's reducer, which holds the group's pending work, goes before the group does (a rank
+        # once aborted in teardown in a full run: "terminate called without an active exception").
+        del model
         dist.barrier()  # nobody leaves while another still talks to it
     finally:
         dist.destroy_process_group()
