@@ -1005,7 +1005,10 @@ def test_direct_plane_rows_inside_and_edges(conv, dtype, path):
 # overlapping the one before it: rows a lane wider than a vector (the two overlap but for a
 # column), two vectors wide (none between), a lane wider (one between, overlapped but for a
 # column), and wider, in float32 (8 lanes) and float64 (4); planes of 8 KiB or more (46 x 45,
-# 35 x 31) prefetch their rows as they go. Each of these outputs, under 2 MiB, is summed plane by
+# 35 x 31) prefetch their rows as they go. Rows of half a vector or less past their whole
+# vectors end in a half strip two rows at a time (depthwise_half_strip_3x3): past 1 to 5 whole
+# vectors, planes of odd and even heights, of 1 and 2 rows (mutation-checked: the bottom
+# padding row added). Each of these outputs, under 2 MiB, is summed plane by
 # plane in a scratch plane and copied out (depthwise_3x3_plane_copy, mutation-checked).
 # 6 channels: not the channel blocks. The weight
 # gradient's 3x3 kernel (grad_weight_rows_3x3) shifts the padding into whole first and last
@@ -1013,9 +1016,12 @@ def test_direct_plane_rows_inside_and_edges(conv, dtype, path):
 @pytest.mark.parametrize("path", DIRECT_PATHS)
 @pytest.mark.parametrize("dtype,size", [
     (torch.float32, (7, 9)), (torch.float32, (4, 16)), (torch.float32, (5, 17)), (torch.float32, (46, 45)),
+    (torch.float32, (2, 28)), (torch.float32, (1, 12)), (torch.float32, (48, 44)),
     (torch.float64, (6, 5)), (torch.float64, (3, 8)), (torch.float64, (7, 9)), (torch.float64, (35, 31)),
-], ids=["float32-9", "float32-16", "float32-17", "float32-rows-prefetched", "float64-5", "float64-8", "float64-9",
-        "float64-rows-prefetched"])
+    (torch.float64, (1, 14)), (torch.float64, (8, 18)),
+], ids=["float32-9", "float32-16", "float32-17", "float32-rows-prefetched", "float32-28-two-rows", "float32-12-one-row",
+        "float32-44-rows-prefetched", "float64-5", "float64-8", "float64-9", "float64-rows-prefetched", "float64-14-one-row",
+        "float64-18"])
 def test_depthwise_3x3_edges_shifted_in(dtype, size, path):
     check_layer_on_path(Conv(2, 6, 6, size, (3, 3), (1, 1), (1, 1), (1, 1), 6, True), dtype, path)
 

@@ -66,6 +66,19 @@ struct Vec<float> {
   static type lanes_down(type v) {  // lane i takes lane i + 1; the last lane zero
     return _mm256_blend_ps(_mm256_permutevar8x32_ps(v, _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 7)), zero(), 0x80);
   }
+  // Halves: 4 lanes from lo in the low half, 4 from hi in the high one.
+  static type load_halves(const float* lo, const float* hi) {
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(lo)), _mm_loadu_ps(hi), 1);
+  }
+  static void store_halves(float* lo, float* hi, type v) {
+    _mm_storeu_ps(lo, _mm256_castps256_ps128(v));
+    _mm_storeu_ps(hi, _mm256_extractf128_ps(v, 1));
+  }
+  static void store_low_half(float* p, type v) { _mm_storeu_ps(p, _mm256_castps256_ps128(v)); }
+  static type low_high(type lo, type hi) { return _mm256_blend_ps(lo, hi, 0xf0); }  // lo's low half, hi's high one
+  static type halves_lanes_down(type v) {  // lanes_down within each half
+    return _mm256_castsi256_ps(_mm256_alignr_epi8(_mm256_setzero_si256(), _mm256_castps_si256(v), 4));
+  }
 };
 template <>
 struct Vec<double> {
@@ -108,6 +121,18 @@ struct Vec<double> {
   }
   static type lanes_down(type v) {  // lane i takes lane i + 1; the last lane zero
     return _mm256_blend_pd(_mm256_permute4x64_pd(v, _MM_SHUFFLE(3, 3, 2, 1)), zero(), 0x8);
+  }
+  static type load_halves(const double* lo, const double* hi) {  // as Vec<float>'s, 2 lanes each
+    return _mm256_insertf128_pd(_mm256_castpd128_pd256(_mm_loadu_pd(lo)), _mm_loadu_pd(hi), 1);
+  }
+  static void store_halves(double* lo, double* hi, type v) {
+    _mm_storeu_pd(lo, _mm256_castpd256_pd128(v));
+    _mm_storeu_pd(hi, _mm256_extractf128_pd(v, 1));
+  }
+  static void store_low_half(double* p, type v) { _mm_storeu_pd(p, _mm256_castpd256_pd128(v)); }
+  static type low_high(type lo, type hi) { return _mm256_blend_pd(lo, hi, 0xc); }
+  static type halves_lanes_down(type v) {
+    return _mm256_castsi256_pd(_mm256_alignr_epi8(_mm256_setzero_si256(), _mm256_castpd_si256(v), 8));
   }
 };
 
