@@ -647,11 +647,13 @@ def test_pointwise_channels_last_is_one_matrix_product(dtype):
     assert_pointwise_bounds(conv, x, w, b, gy, (y, gx, gw, gb))
 
 
-@pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the AVX2 build")
+@pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the vector builds")
+@pytest.mark.parametrize("path", ["auto", "auto-avx2-isa"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_single_pixel_pointwise_layers_as_matrix_vector_products(dtype):
+def test_single_pixel_pointwise_layers_as_matrix_vector_products(dtype, path):
     """A 1x1 layer over one image's single pixel (a squeeze-excitation's on pooled features) runs
-    in the AVX2 build as matrix-vector products (single_pixel_product), mutation-checked: its
+    in the vector builds (the best the CPU has, and AVX2) as matrix-vector products
+    (single_pixel_product), mutation-checked: its
     forward bit for bit torch.addmv's (torch.mv's without a bias), its input gradient torch.mv's
     with the transposed filters, its weight gradient torch.outer's; within the bounds of the
     exact results. With two pixels, or two images, the products go their former ways."""
@@ -662,7 +664,7 @@ def test_single_pixel_pointwise_layers_as_matrix_vector_products(dtype):
     w.requires_grad_()
     b.requires_grad_()
     gy = torch.rand(1, 40, 1, 1, dtype=torch.float64).to(dtype)
-    with cpu_path("auto-avx2-isa"):
+    with cpu_path(path):
         (y, gx, gw, gb), _ = forward_and_grads(conv_ext.conv2d, conv, x, w, b, gy)
         unbiased = torch.ops.conv_ext.conv2d(x.detach(), w.detach(), None, [1, 1], [0, 0], [1, 1], 1)
         two = [torch.ops.conv_ext.conv2d(t, w.detach(), None, [1, 1], [0, 0], [1, 1], 1)
