@@ -1523,19 +1523,21 @@ def test_depthwise_backward_in_one_pass(conv, dtype, path):
     summing in the same order), the bias gradient grad_output's sum; and conv_ext.conv2d's
     gradients within float64's bound of F.conv2d's. float16 and bfloat16 read in place (widened
     in registers) with AVX-512, 3x3 kernels with rows padded by 1 and undilated; elsewhere the
-    three ops' calls, and so does float32 in the AVX2 build where its input gradient runs by
-    channel blocks (undilated, a multiple of 8 channels: depthwise_by_channel_blocks). A stride-2
+    three ops' calls, and so does float32 where its input gradient runs by channel blocks
+    (undilated, a multiple of 8 channels: depthwise_by_channel_blocks; with AVX-512 not 3x3
+    kernels at stride 1). A stride-2
     layer padded by half its odd kernel, float32 or float64, runs as its stride-1 layer on each
     plane of grad_output spread out (the two ops spread all of it at once), but for 3x3
-    gradients in the AVX2 build, which read the strided planes in place in both, and the weight
+    gradients in the vector builds, which read the strided planes in place in both, and the weight
     gradients of other kernels (and of 3x3 ones in the baseline build), which sum over the
     input's four stride phases in both."""
     avx512 = path.endswith("avx512-isa")
     if avx512 and not HAS_AVX512:
         pytest.skip("needs AVX-512")
     rows_3x3 = conv.kernel == (3, 3) and conv.padding[0] == 1 and conv.dilation[0] == 1
-    by_channel_blocks = not avx512 and dtype == torch.float32 and conv.dilation == (1, 1) and conv.in_channels % 8 == 0
     strided = conv.stride != (1, 1)
+    by_channel_blocks = (dtype == torch.float32 and conv.dilation == (1, 1) and conv.in_channels % 8 == 0 and
+                         not (avx512 and conv.kernel == (3, 3) and not strided))
     one_pass = (dtype in (torch.float32, torch.float64) and not by_channel_blocks) or (avx512 and rows_3x3 and not strided)
     ops = torch.ops.conv_ext
     x, w, b = conv.tensors(dtype, "cpu")
@@ -1566,6 +1568,7 @@ def test_depthwise_backward_in_one_pass(conv, dtype, path):
 
 
 @pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the AVX2 build")
+@pytest.mark.parametrize("path", ["auto-avx2-isa", "auto-avx512-isa"])
 @pytest.mark.parametrize("kernel,padding,size,on_blocks,stride,grad_weight_on_blocks", [
     (3, (1, 1), (19, 21), True, 1, True), (5, (2, 1), (13, 21), True, 1, True), (7, (3, 0), (9, 17), True, 1, True),
     (7, (0, 3), (20, 9), True, 1, True), (3, (1, 1), (183, 181), True, 1, False), (3, (1, 1), (20, 20), False, 1, False),
@@ -1573,7 +1576,8 @@ def test_depthwise_backward_in_one_pass(conv, dtype, path):
     (5, (2, 1), (13, 21), True, 2, True), (7, (3, 3), (20, 17), True, 2, True),
 ], ids=["3x3", "5x5", "7x7", "7x7-unpadded-rows", "3x3-over-128-kib", "3x3-planes-faster", "3x3-band-over-4-mib",
         "3x3-input-over-8-mib", "3x3-stride-2", "5x5-stride-2", "7x7-stride-2"])
-def test_depthwise_by_channel_blocks_in_the_avx2_build(kernel, padding, size, on_blocks, stride, grad_weight_on_blocks):
+def test_depthwise_by_channel_blocks_in_the_avx2_build(kernel, padding, size, on_blocks, stride, grad_weight_on_blocks,
+                                                       path):
     """Depthwise 3x3, 5x5 and 7x7 float32 layers at stride 1 or 2 with a multiple of 8 channels
     run 8 channels at a time in the AVX2 build (depthwise_by_channel_blocks), forward and, at
     stride 1, input gradient: right within float32's bounds of the float64 result, on rows of
@@ -1586,17 +1590,24 @@ def test_depthwise_by_channel_blocks_in_the_avx2_build(kernel, padding, size, on
     alone (mutation-checked: the row kernel's pixels read as at stride 1). Their weight gradients
     (channel_blocks_take_grad_weight): 5x5 and 7x7 ones, and 3x3 ones of stride-1 planes under
     400 output pixels or of inputs over 8 MiB (260 x 256), differ in their bits from the planes'
-    kernels' (mutation-checked); the others' are those kernels'."""
+    kernels' (mutation-checked); the others' are those kernels'. AVX-512 CPUs run the AVX2
+    build's blocks too, but for 3x3 layers at stride 1, forward and weight gradient, which keep
+    to the AVX-512 build's planes' kernels."""
+    if path == "auto-avx512-isa":
+        if not HAS_AVX512:
+            pytest.skip("needs AVX-512")
+        if kernel == 3 and stride == 1:
+            on_blocks = grad_weight_on_blocks = False
     conv = Conv(2 if size[0] < 370 else 1, 16, 16, size, (kernel, kernel), (stride, stride), padding, (1, 1), 16, True)
     for dtype in (torch.float32, torch.float64):
-        check_layer_on_path(conv, dtype, "auto-avx2-isa")
+        check_layer_on_path(conv, dtype, path)
     if kernel == 3 and stride == 1:
         # Both kernels sum the taps in one order, but the blocks multiply the zero rows that pad
         # the plane and the planes' kernel skips them: with an infinite tap in kernel row 0, the
         # blocks' first output row is NaN (inf x 0), the planes' (as F.conv2d's) finite.
         x, w, b = torch.randn(conv.batch, 17, *size), torch.randn(17, 1, 3, 3), torch.randn(17)
         args = ([stride, stride], list(padding), [1, 1])
-        with cpu_path("auto-avx2-isa"):
+        with cpu_path(path):
             blocks = torch.ops.conv_ext.conv2d(x[:, :16], w[:16], b[:16], *args, 16)
             planes = torch.ops.conv_ext.conv2d(x, w, b, *args, 17)[:, :16]
             w[:, 0, 0, 1] = float("inf")
@@ -1609,7 +1620,7 @@ def test_depthwise_by_channel_blocks_in_the_avx2_build(kernel, padding, size, on
     gy = torch.randn(conv.batch, 17, *[(n + 2 * p - kernel) // stride + 1 for n, p in zip(size, padding)],
                      generator=generator)
     args = ([kernel, kernel], [stride, stride], list(padding), [1, 1])
-    with cpu_path("auto-avx2-isa"):
+    with cpu_path(path):
         blocks = torch.ops.conv_ext.conv2d_grad_weight(x[:, :16], gy[:, :16], *args, 16)
         planes = torch.ops.conv_ext.conv2d_grad_weight(x, gy, *args, 17)[:16]
     assert_scaled_close(blocks, planes, 1e-5, "weight gradient")  # two float32 sums, each up to ~2e-6 off here
@@ -1617,6 +1628,7 @@ def test_depthwise_by_channel_blocks_in_the_avx2_build(kernel, padding, size, on
 
 
 @pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the AVX2 build")
+@pytest.mark.parametrize("path", ["auto-avx2-isa", "auto-avx512-isa"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("conv", [
     Conv(2, 16, 16, (41, 48), (3, 3), (2, 2), (1, 1), (1, 1), 16, True),  # 504 output pixels: off the channel blocks
@@ -1625,7 +1637,7 @@ def test_depthwise_by_channel_blocks_in_the_avx2_build(kernel, padding, size, on
     Conv(2, 16, 16, (30, 41), (3, 3), (2, 2), (1, 1), (1, 1), 16, False),  # even height; 41 = 2 x 16 + 9 columns
     Conv(1, 6, 12, (20, 36), (3, 3), (2, 2), (1, 1), (1, 1), 6, True),  # two output channels per group
 ], ids=["even", "odd", "narrow", "even-height", "multiplier"])
-def test_depthwise_3x3_stride_2_planes(conv, dtype):
+def test_depthwise_3x3_stride_2_planes(conv, dtype, path):
     """Depthwise 3x3 layers at stride 2 padded by 1 run in the AVX2 build on a planes' kernel that
     splits each input row into its even and odd columns (forward_plane_depthwise_stride_2_3x3):
     float32 where the channel blocks are not faster (depthwise_3x3_stride_2_planes_faster) or
@@ -1635,8 +1647,11 @@ def test_depthwise_3x3_stride_2_planes(conv, dtype):
     (grad_input_depthwise_stride_2_3x3; in the one-pass backward where the layer has channels for
     every thread, else the op). Right against F.conv2d, forward and gradients, on rows that are
     whole vectors, end past the row on odd sizes, are narrower than a vector, or end a column
-    into the next vector, on odd and even heights (mutation-checked)."""
-    check_layer_on_path(conv, dtype, "auto-avx2-isa")
+    into the next vector, on odd and even heights (mutation-checked). AVX-512 CPUs run the same
+    kernels."""
+    if path == "auto-avx512-isa" and not HAS_AVX512:
+        pytest.skip("needs AVX-512")
+    check_layer_on_path(conv, dtype, path)
 
 
 @pytest.mark.parametrize("path", ["auto", "direct-generic-isa"])

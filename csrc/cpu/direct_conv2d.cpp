@@ -262,8 +262,9 @@ struct PlaneKernels {
   decltype(&generic::grad_weight_planes<scalar_t>) grad_weight;
   decltype(&generic::grad_weight_planes_unit_stride<scalar_t, io_t>) grad_weight_unit_stride;
   decltype(&avx512::grad_weight_rows_3x3<scalar_t, io_t>) grad_weight_rows_3x3;
-  // The AVX2 build's gradients of depthwise_3x3_stride_2_applies planes, float32 and float64, read
-  // in place (depthwise_stride_2_reads_planes).
+  // The AVX2 build's kernels of depthwise_3x3_stride_2_applies planes, float32 and float64, which
+  // read them in place (depthwise_stride_2_reads_planes): the AVX-512 build runs them too.
+  void (*forward_stride_2_3x3)(const io_t*, const scalar_t*, scalar_t, io_t*, const Conv2dGeometry&);
   void (*grad_weight_stride_2_3x3)(const io_t*, const io_t*, scalar_t*, const Conv2dGeometry&);
   void (*grad_input_stride_2_3x3)(const io_t*, const scalar_t*, io_t*, const Conv2dGeometry&);
   decltype(&generic::grad_weight_planes_stride_2<scalar_t, io_t>) grad_weight_stride_2;
@@ -271,15 +272,18 @@ struct PlaneKernels {
 };
 
 // The plane loops of one build.
-#define CONV_EXT_PLANE_KERNELS(isa, forward_rows, grad_weight_rows_3x3, grad_weight_stride_2_3x3,    \
-                               grad_input_stride_2_3x3)                                              \
+#define CONV_EXT_PLANE_KERNELS(isa, forward_rows, grad_weight_rows_3x3, stride_2_3x3)                   \
   PlaneKernels<scalar_t, io_t> {                                                                      \
     &isa::forward_plane<scalar_t>, &isa::forward_plane_unit_stride<scalar_t, io_t>, forward_rows,     \
         &isa::forward_group_unit_stride_for<scalar_t>, &isa::grad_input_plane<scalar_t>,              \
         &isa::grad_weight_planes<scalar_t>, &isa::grad_weight_planes_unit_stride<scalar_t, io_t>,     \
-        grad_weight_rows_3x3, grad_weight_stride_2_3x3, grad_input_stride_2_3x3,                      \
+        grad_weight_rows_3x3, CONV_EXT_STRIDE_2_3X3_##stride_2_3x3,                                   \
         &isa::grad_weight_planes_stride_2<scalar_t, io_t>, &isa::sum_plane<scalar_t, io_t>            \
   }
+#define CONV_EXT_STRIDE_2_3X3_none nullptr, nullptr, nullptr
+#define CONV_EXT_STRIDE_2_3X3_avx2                                                                    \
+  &avx2::forward_plane_depthwise_stride_2_3x3<scalar_t>, &avx2::grad_weight_depthwise_stride_2_3x3<scalar_t>, \
+      &avx2::grad_input_depthwise_stride_2_3x3<scalar_t>
 
 template <typename scalar_t, typename io_t = scalar_t>
 PlaneKernels<scalar_t, io_t> plane_kernels() {
@@ -287,24 +291,24 @@ PlaneKernels<scalar_t, io_t> plane_kernels() {
     case Isa::avx512:
       if constexpr (std::is_same_v<scalar_t, io_t>) {
         return CONV_EXT_PLANE_KERNELS(avx512, &avx512::forward_plane_rows<scalar_t>, &avx512::grad_weight_rows_3x3<scalar_t>,
-                                      nullptr, nullptr);
+                                      avx2);
       } else {
         return CONV_EXT_PLANE_KERNELS(avx512, (&avx512::forward_plane_depthwise_3x3<scalar_t, io_t>),
-                                      (&avx512::grad_weight_rows_3x3<scalar_t, io_t>), nullptr, nullptr);
+                                      (&avx512::grad_weight_rows_3x3<scalar_t, io_t>), none);
       }
     case Isa::avx2:
       if constexpr (std::is_same_v<scalar_t, io_t>) {
-        return CONV_EXT_PLANE_KERNELS(avx2, &avx2::forward_plane_rows<scalar_t>, &avx2::grad_weight_rows_3x3<scalar_t>,
-                                      &avx2::grad_weight_depthwise_stride_2_3x3<scalar_t>,
-                                      &avx2::grad_input_depthwise_stride_2_3x3<scalar_t>);
+        return CONV_EXT_PLANE_KERNELS(avx2, &avx2::forward_plane_rows<scalar_t>, &avx2::grad_weight_rows_3x3<scalar_t>, avx2);
       } else {
-        return CONV_EXT_PLANE_KERNELS(avx2, nullptr, nullptr, nullptr, nullptr);
+        return CONV_EXT_PLANE_KERNELS(avx2, nullptr, nullptr, none);
       }
     default:
-      return CONV_EXT_PLANE_KERNELS(generic, nullptr, nullptr, nullptr, nullptr);
+      return CONV_EXT_PLANE_KERNELS(generic, nullptr, nullptr, none);
   }
 }
 #undef CONV_EXT_PLANE_KERNELS
+#undef CONV_EXT_STRIDE_2_3X3_none
+#undef CONV_EXT_STRIDE_2_3X3_avx2
 
 }  // namespace
 
@@ -378,9 +382,14 @@ constexpr int64_t kMaxChannelBlockBand = int64_t{4} << 20;
 // 0.40-0.42, 144 @56 0.96 -> 0.86, 32 @112 0.83 -> 0.68; at batch 1 256 @28 0.073 -> 0.065, 144
 // @56 0.117 -> 0.093, 32 @128 0.18 -> 0.12). Smaller planes spend more on each plane's set-up
 // (512 @14 0.36 -> 0.47, 512 @16 0.47 -> 0.61, 512 @18 0.54 -> 0.62), larger ones on walking
-// their columns down more than L1 holds (64 @224 at batch 1 1.0 -> 1.05).
+// their columns down more than L1 holds (64 @224 at batch 1 1.0 -> 1.05). On AVX-512 CPUs, the
+// AVX-512 build's planes' kernel, all stride-1 3x3 planes: against the channel blocks (Zen 4, A/B,
+// batch 8, forward and forward+backward): 512 @14 0.62x and 0.53x the time, 256 @28 0.55x and
+// 0.58x, 144 @56 0.66x and 0.91x, 512 @10 0.83x and 1.09x; 32 @112 1.09x and 0.98x, 1024 @7
+// 1.25x and 0.8x; at batch 1 0.59-0.92x, but 1024 @7 forward 1.1x.
 constexpr int64_t kMinPlanesPixels = 400, kMaxPlanesBytes = int64_t{128} << 10;
 bool depthwise_3x3_planes_faster(const Conv2dGeometry& g) {
+  if (use_avx512()) return g.unit_stride() && g.kernel_h == 3 && g.kernel_w == 3;
   return g.unit_stride() && depthwise_3x3_shifts_edges(g, avx2::Vec<float>::kLanes) &&
          g.out_h * g.out_w >= kMinPlanesPixels && g.in_h * g.in_w * int64_t{sizeof(float)} <= kMaxPlanesBytes;
 }
@@ -391,10 +400,15 @@ bool depthwise_3x3_planes_faster(const Conv2dGeometry& g) {
 // batch 1 0.8x; 256 @40 0.77x; 192 @28, 196 output pixels, alike; 576 @14 1.9x and 960 @7 3.7x
 // slower; 96 @112, 49 KiB planes, 0.73x at batch 1 but 1.2-1.5x slower at batch 8). float64,
 // which has no channel blocks, runs it wherever it applies, against the strided planes' loops
-// 1.85-2.3x faster (144 @56, 192 @28, 576 @14; 960 @7 1.1x).
+// 1.85-2.3x faster (144 @56, 192 @28, 576 @14; 960 @7 1.1x). On AVX-512 CPUs (which run this
+// AVX2 kernel: the AVX-512 build has only the strided planes' loops, 3-5x slower on Zen 4), from
+// any output plane (Zen 4, A/B against the channel blocks, batch 8, forward and
+// forward+backward: 144 @56 0.54x and 0.96x the time, 256 @40 0.56x and 0.78x, 256 @28 0.61x and
+// 0.82x, 512 @14 0.74x and 0.86x; at batch 1 0.66-0.74x and 0.56-0.9x; 96 @112 at batch 8 1.4x
+// and 1.2x slower).
 constexpr int64_t kMaxStride2PlaneBytes = int64_t{16} << 10;
 bool depthwise_3x3_stride_2_planes_faster(const Conv2dGeometry& g) {
-  return depthwise_3x3_stride_2_applies(g) && g.out_h * g.out_w >= kMinPlanesPixels &&
+  return depthwise_3x3_stride_2_applies(g) && (use_avx512() || g.out_h * g.out_w >= kMinPlanesPixels) &&
          g.in_h * g.in_w * int64_t{sizeof(float)} <= kMaxStride2PlaneBytes;
 }
 
@@ -404,11 +418,15 @@ int64_t channel_block_band_width(const Conv2dGeometry& g) {
   return std::max(g.in_w + 2 * g.pad_w, ((g.out_w + 7) / 8 * 8 - 1) * g.stride_w + g.kernel_w);
 }
 
-// The layers the channel blocks can take.
+// The layers the channel blocks can take: on AVX-512 CPUs too, whose build has none of its own
+// (Zen 4, against the AVX-512 build's planes, A/B, forward and forward+backward, batch 8: 5x5 240
+// @28 0.86x and 0.69x the time, 672 @14 0.91x and 0.84x, 7x7 96 @56 0.61x and 0.55x, 384 @14 0.8x
+// and 0.61x, 768 @7 0.52x and 0.35x; batch 1 0.56-0.95x and 0.5-0.7x; the strided planes' loops
+// they replace at stride 2, 3x3 96 @112 and 5x5 240 @28, 0.12-0.3x forward).
 bool channel_blocks_apply(const Conv2dGeometry& g, at::ScalarType dtype) {
   const int64_t band_bytes = (g.in_h + 2 * g.pad_h) * channel_block_band_width(g) * 8 * int64_t{sizeof(float)};
   const bool strides = g.stride_h == g.stride_w && (g.stride_h == 1 || g.stride_h == 2);
-  return dtype == at::kFloat && use_avx2() && !use_avx512() && g.groups == g.in_channels &&
+  return dtype == at::kFloat && use_avx2() && g.groups == g.in_channels &&
          g.out_channels == g.groups && g.in_channels % 8 == 0 && strides && g.dilation_h == 1 &&
          g.dilation_w == 1 && g.kernel_h == g.kernel_w && (g.kernel_h == 3 || g.kernel_h == 5 || g.kernel_h == 7) &&
          band_bytes <= kMaxChannelBlockBand;
@@ -429,7 +447,9 @@ bool depthwise_by_channel_blocks(const Conv2dGeometry& g, at::ScalarType dtype) 
 // cache at batch 1, fewer blocks than planes to share among the threads, 1.2-1.55x slower).
 constexpr int64_t kMinChannelBlocksGradWeightInputBytes = int64_t{8} << 20;
 bool channel_blocks_take_grad_weight(const Conv2dGeometry& g, at::ScalarType dtype) {
-  if (!channel_blocks_apply(g, dtype)) return false;
+  // Not the stride-1 3x3 ones on AVX-512 CPUs, whose forward keeps to the planes too
+  // (depthwise_3x3_planes_faster).
+  if (!channel_blocks_apply(g, dtype) || (use_avx512() && depthwise_3x3_planes_faster(g))) return false;
   const int64_t input_bytes = g.batch * g.in_channels * g.in_h * g.in_w * int64_t{sizeof(float)};
   return g.kernel_h > 3 || (g.unit_stride() && g.out_h * g.out_w < kMinPlanesPixels) ||
          input_bytes > kMinChannelBlocksGradWeightInputBytes;
@@ -561,11 +581,9 @@ Tensor direct_conv2d_forward(const Tensor& input, const Tensor& weight, const Te
         // float16 and bfloat16 3x3 planes widened and rounded in registers (measured against the
         // padded copies, bfloat16 with AVX-512: 256 @28 1.5x faster at batch 8, 1.3x at batch 1,
         // 512 @14 1.75x, 144 @56 1.5x; float16 256 @28 1.65x).
-        const bool rows = io_kernels.forward_rows != nullptr &&
-                          (std::is_same_v<io_t, scalar_t>
-                               ? (unit_stride ? g.kernel_w <= kMaxRowsKernelWidth
-                                              : cpu_isa() == Isa::avx2 && depthwise_3x3_stride_2_applies(g))
-                               : unit_stride && depthwise_3x3_rows_apply(g));
+        const bool rows = io_kernels.forward_rows != nullptr && unit_stride &&
+                          (std::is_same_v<io_t, scalar_t> ? g.kernel_w <= kMaxRowsKernelWidth : depthwise_3x3_rows_apply(g));
+        const bool stride_2_planes = io_kernels.forward_stride_2_3x3 != nullptr && depthwise_3x3_stride_2_applies(g);
         const int64_t work_size = unit_stride && !rows ? generic::unit_stride_work_size(g) : 0;
         const PlaneCopy copy = rows ? depthwise_3x3_plane_copy(g, output) : PlaneCopy::none;
         const io_t* x = input.const_data_ptr<io_t>();
@@ -590,7 +608,8 @@ Tensor direct_conv2d_forward(const Tensor& input, const Tensor& weight, const Te
             }
             if constexpr (std::is_same_v<io_t, scalar_t>) {  // float16 and bfloat16 are read only at stride 1
               if (!unit_stride) {
-                io_kernels.forward(x_group, w + k * g.patch_size(), bias_k, y_plane, g);
+                (stride_2_planes ? io_kernels.forward_stride_2_3x3 : io_kernels.forward)(x_group, w + k * g.patch_size(),
+                                                                                          bias_k, y_plane, g);
                 continue;
               }
             }
@@ -770,7 +789,7 @@ bool grad_weight_rows_3x3_apply(const Conv2dGeometry& g) {
 }
 
 bool depthwise_stride_2_reads_planes(const Conv2dGeometry& g, at::ScalarType dtype) {
-  return cpu_isa() == Isa::avx2 && (dtype == at::kFloat || dtype == at::kDouble) && depthwise_3x3_stride_2_applies(g);
+  return use_avx2() && (dtype == at::kFloat || dtype == at::kDouble) && depthwise_3x3_stride_2_applies(g);
 }
 
 bool stride_2_grad_weight_by_phases(const Conv2dGeometry& g) {
