@@ -826,13 +826,16 @@ int64_t batch_tiles(const Conv2dGeometry& g) {
 // build fewer (Zen 3, 3x3 @5 in 4 tiles, 36 x 4 products for 9 x 25, against the implicit GEMM
 // at batch 8 with 64 to 512 channels: forward 0.37-0.73x the time, input gradient 0.38-0.81x,
 // weight gradient 0.45-0.90x; at batch 1 0.85-1.0x; @2, one tile for 4 outputs, as many
-// products: the input and weight gradients at batch 8 1.24x and 1.34x slower).
+// products: the input and weight gradients at batch 8 1.24x and 1.34x slower), and so on Zen 4,
+// whose AVX-512 runs at AVX2's rate (3x3 @5 at batch 8 with 128 to 512 channels, against the
+// implicit GEMM: forward 0.52-0.66x the time, input gradient 0.45-0.55x, weight gradient
+// 0.63-0.74x; 256 @5 at batch 1 forward 0.76x, input gradient 0.56x, weight gradient 1.18x).
 bool winograd_may_pay_off(const Conv2dGeometry& g) {
   const TileGrid grid(g);
   // The transformed blocks of one row of tiles, the smallest chunk.
   const int64_t row_workspace = grid.cols * kElements * (g.in_channels + g.out_channels);
   const int64_t outputs = g.batch * g.out_h * g.out_w;
-  const bool saves = cpu_isa() == Isa::avx2 ? kElements * batch_tiles(g) < g.kernel_h * g.kernel_w * outputs
+  const bool saves = cpu_isa() == Isa::avx2 || cpu_halves_avx512() ? kElements * batch_tiles(g) < g.kernel_h * g.kernel_w * outputs
                                             : winograd_saves_products(g, outputs);
   return g.in_channels >= 16 && g.out_channels >= 16 && row_workspace <= kMaxFilterElements && saves;
 }
