@@ -282,8 +282,8 @@ struct PlaneKernels {
   }
 #define CONV_EXT_STRIDE_2_3X3_none nullptr, nullptr, nullptr
 #define CONV_EXT_STRIDE_2_3X3_avx2                                                                    \
-  &avx2::forward_plane_depthwise_stride_2_3x3<scalar_t>, &avx2::grad_weight_depthwise_stride_2_3x3<scalar_t>, \
-      &avx2::grad_input_depthwise_stride_2_3x3<scalar_t>
+  &avx2::forward_plane_depthwise_stride_2_3x3<scalar_t>,                                              \
+      &avx2::grad_weight_depthwise_stride_2_3x3<scalar_t>, &avx2::grad_input_depthwise_stride_2_3x3<scalar_t>
 
 template <typename scalar_t, typename io_t = scalar_t>
 PlaneKernels<scalar_t, io_t> plane_kernels() {
@@ -320,19 +320,24 @@ bool grad_weight_reads_rows(const PlaneKernels<scalar_t, io_t>& kernels, const C
   return kernels.grad_weight_rows_3x3 != nullptr && grad_weight_rows_3x3_apply(g);
 }
 
-// forward_rows of plane x into out, or, given a scratch plane (depthwise_3x3_plane_copy), into it
-// and from it into out as `copy` says. x_even_rows: x's odd rows are zeros.
+// forward_rows of plane x (forward_stride_2_3x3 of a strided one) into out, or, given a scratch
+// plane (depthwise_3x3_plane_copy), into it and from it into out as `copy` says. x_even_rows:
+// x's odd rows are zeros.
 template <typename scalar_t, typename io_t>
 void forward_rows_into(const PlaneKernels<scalar_t, io_t>& kernels, const io_t* x, const scalar_t* w, scalar_t bias,
                        io_t* out, const Conv2dGeometry& g, scalar_t* scratch, PlaneCopy copy, bool x_even_rows = false) {
+  const auto rows_into = [&](io_t* y) {
+    if (!g.unit_stride()) return kernels.forward_stride_2_3x3(x, w, bias, y, g);
+    kernels.forward_rows(x, w, bias, y, g, x_even_rows);
+  };
   if constexpr (std::is_same_v<io_t, scalar_t>) {
     if (copy != PlaneCopy::none) {
-      kernels.forward_rows(x, w, bias, scratch, g, x_even_rows);
+      rows_into(scratch);
       if (copy == PlaneCopy::stored) return static_cast<void>(std::copy(scratch, scratch + g.out_h * g.out_w, out));
       return avx2::stream_copy(scratch, g.out_h * g.out_w, out);
     }
   }
-  kernels.forward_rows(x, w, bias, out, g, x_even_rows);
+  rows_into(out);
 }
 
 // fn(io) with a value of the tensor's element type: float16 or bfloat16 (computed in float32),
@@ -581,9 +586,11 @@ Tensor direct_conv2d_forward(const Tensor& input, const Tensor& weight, const Te
         // float16 and bfloat16 3x3 planes widened and rounded in registers (measured against the
         // padded copies, bfloat16 with AVX-512: 256 @28 1.5x faster at batch 8, 1.3x at batch 1,
         // 512 @14 1.75x, 144 @56 1.5x; float16 256 @28 1.65x).
-        const bool rows = io_kernels.forward_rows != nullptr && unit_stride &&
-                          (std::is_same_v<io_t, scalar_t> ? g.kernel_w <= kMaxRowsKernelWidth : depthwise_3x3_rows_apply(g));
-        const bool stride_2_planes = io_kernels.forward_stride_2_3x3 != nullptr && depthwise_3x3_stride_2_applies(g);
+        const bool rows = io_kernels.forward_rows != nullptr &&
+                          (std::is_same_v<io_t, scalar_t>
+                               ? (unit_stride ? g.kernel_w <= kMaxRowsKernelWidth
+                                              : io_kernels.forward_stride_2_3x3 != nullptr && depthwise_3x3_stride_2_applies(g))
+                               : unit_stride && depthwise_3x3_rows_apply(g));
         const int64_t work_size = unit_stride && !rows ? generic::unit_stride_work_size(g) : 0;
         const PlaneCopy copy = rows ? depthwise_3x3_plane_copy(g, output) : PlaneCopy::none;
         const io_t* x = input.const_data_ptr<io_t>();
@@ -608,8 +615,7 @@ Tensor direct_conv2d_forward(const Tensor& input, const Tensor& weight, const Te
             }
             if constexpr (std::is_same_v<io_t, scalar_t>) {  // float16 and bfloat16 are read only at stride 1
               if (!unit_stride) {
-                (stride_2_planes ? io_kernels.forward_stride_2_3x3 : io_kernels.forward)(x_group, w + k * g.patch_size(),
-                                                                                          bias_k, y_plane, g);
+                io_kernels.forward(x_group, w + k * g.patch_size(), bias_k, y_plane, g);
                 continue;
               }
             }
