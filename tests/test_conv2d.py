@@ -50,8 +50,16 @@ def results_with_a_large_channel(conv, dtype, paths):
     return results_on_paths(conv, x, w, b, gy, paths)
 
 
-# torch's matrix products, which call its BLAS (MKL on x86 CPUs).
 HAS_AVX512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def skip_without_avx512(path):
+    """Skips a test on a path of the AVX-512 build where the CPU has no AVX-512."""
+    if path.endswith("avx512-isa") and not HAS_AVX512:
+        pytest.skip("needs AVX-512")
+
+
+# torch's matrix products, which call its BLAS (MKL on x86 CPUs).
 BLAS_OPS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::baddbmm_"}
 
 
@@ -750,11 +758,10 @@ def test_small_images_on_winograd(conv, on_winograd, isa):
     outputs of 9, all three results; not 2x2 images, one tile for 4 outputs, as many. So does the
     AVX-512 build on Zen 4, whose AVX-512 runs at AVX2's rate (HALVES_AVX512); on other CPUs it
     takes Winograd from half the multiplications, not on 5x5 images."""
-    if isa == "avx512":
-        if not HAS_AVX512:
-            pytest.skip("needs AVX-512")
-        on_winograd = on_winograd and HALVES_AVX512
     auto, winograd = f"auto-{isa}-isa", f"winograd-{isa}-isa"
+    skip_without_avx512(auto)
+    if isa == "avx512":
+        on_winograd = on_winograd and HALVES_AVX512
     results = results_with_a_large_channel(conv, torch.float32, (auto, winograd))
     for what in NAMES[:3]:
         same = torch.equal(results[auto][what], results[winograd][what])
@@ -1539,9 +1546,8 @@ def test_depthwise_backward_in_one_pass(conv, dtype, path):
     gradients in the vector builds, which read the strided planes in place in both, and the weight
     gradients of other kernels (and of 3x3 ones in the baseline build), which sum over the
     input's four stride phases in both."""
+    skip_without_avx512(path)
     avx512 = path.endswith("avx512-isa")
-    if avx512 and not HAS_AVX512:
-        pytest.skip("needs AVX-512")
     rows_3x3 = conv.kernel == (3, 3) and conv.padding[0] == 1 and conv.dilation[0] == 1
     strided = conv.stride != (1, 1)
     by_channel_blocks = (dtype == torch.float32 and conv.dilation == (1, 1) and conv.in_channels % 8 == 0 and
@@ -1601,11 +1607,9 @@ def test_depthwise_by_channel_blocks_in_the_avx2_build(kernel, padding, size, on
     kernels' (mutation-checked); the others' are those kernels'. AVX-512 CPUs run the AVX2
     build's blocks too, but for 3x3 layers at stride 1, forward and weight gradient, which keep
     to the AVX-512 build's planes' kernels."""
-    if path == "auto-avx512-isa":
-        if not HAS_AVX512:
-            pytest.skip("needs AVX-512")
-        if kernel == 3 and stride == 1:
-            on_blocks = grad_weight_on_blocks = False
+    skip_without_avx512(path)
+    if path == "auto-avx512-isa" and kernel == 3 and stride == 1:
+        on_blocks = grad_weight_on_blocks = False
     conv = Conv(2 if size[0] < 370 else 1, 16, 16, size, (kernel, kernel), (stride, stride), padding, (1, 1), 16, True)
     for dtype in (torch.float32, torch.float64):
         check_layer_on_path(conv, dtype, path)
@@ -1657,8 +1661,7 @@ def test_depthwise_3x3_stride_2_planes(conv, dtype, path):
     whole vectors, end past the row on odd sizes, are narrower than a vector, or end a column
     into the next vector, on odd and even heights (mutation-checked). AVX-512 CPUs run the same
     kernels."""
-    if path == "auto-avx512-isa" and not HAS_AVX512:
-        pytest.skip("needs AVX-512")
+    skip_without_avx512(path)
     check_layer_on_path(conv, dtype, path)
 
 
@@ -1696,6 +1699,5 @@ def test_square_kernels_by_blocks_of_rows(conv, dtype, path):
     plane unmasked, the last ones partial or past the rows' end: right against float64 in both
     vector builds. 15 channels: the AVX2 build takes float32 depthwise layers of a multiple of 8
     to its channel blocks instead (depthwise_by_channel_blocks)."""
-    if path.endswith("avx512-isa") and not HAS_AVX512:
-        pytest.skip("needs AVX-512")
+    skip_without_avx512(path)
     check_layer_on_path(conv, dtype, path)
