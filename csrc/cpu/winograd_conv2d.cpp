@@ -835,8 +835,9 @@ bool winograd_may_pay_off(const Conv2dGeometry& g) {
   // The transformed blocks of one row of tiles, the smallest chunk.
   const int64_t row_workspace = grid.cols * kElements * (g.in_channels + g.out_channels);
   const int64_t outputs = g.batch * g.out_h * g.out_w;
-  const bool saves = cpu_isa() == Isa::avx2 || cpu_halves_avx512() ? kElements * batch_tiles(g) < g.kernel_h * g.kernel_w * outputs
-                                            : winograd_saves_products(g, outputs);
+  const bool avx2_rate = cpu_isa() == Isa::avx2 || (use_avx512() && cpu_halves_avx512());
+  const bool saves = avx2_rate ? kElements * batch_tiles(g) < g.kernel_h * g.kernel_w * outputs
+                               : winograd_saves_products(g, outputs);
   return g.in_channels >= 16 && g.out_channels >= 16 && row_workspace <= kMaxFilterElements && saves;
 }
 
