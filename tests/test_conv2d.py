@@ -655,34 +655,61 @@ def test_pointwise_channels_last_is_one_matrix_product(dtype):
     assert_pointwise_bounds(conv, x, w, b, gy, (y, gx, gw, gb))
 
 
+def lane_sums_of_fmas(w, x, lanes):
+    """w @ x in float32 as AVX2's matrix_times_vector sums each row: `lanes` sums, lane l's of
+    the columns l, l + lanes, ... by fused multiply-adds in order (each rounded once: the
+    product is exact in float64), then lane l + 4 added to lane l, and the four sums pairwise."""
+    w = F.pad(w.double(), (0, -w.shape[1] % lanes)).view(w.shape[0], -1, lanes)
+    x = F.pad(x.double(), (0, -x.shape[0] % lanes)).view(-1, lanes)
+    sums = torch.zeros(w.shape[0], lanes, dtype=torch.float32)
+    for step in range(x.shape[0]):
+        sums = (sums.double() + w[:, step] * x[step]).float()
+    s = sums[:, :4] + sums[:, 4:]
+    return (s[:, 0] + s[:, 1]) + (s[:, 2] + s[:, 3])
+
+
+def column_sums_of_fmas(w, y):
+    """w^T @ y in float32 as matrix_transposed_times_vector sums each column: fused multiply-adds
+    over the rows in order."""
+    sums = torch.zeros(w.shape[1], dtype=torch.float32)
+    for r in range(w.shape[0]):
+        sums = (sums.double() + w[r].double() * y[r].double()).float()
+    return sums
+
+
 @pytest.mark.skipif(not torch.backends.cpu.get_cpu_capability().startswith("AVX"), reason="the vector builds")
 @pytest.mark.parametrize("path", ["auto", "auto-avx2-isa"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_single_pixel_pointwise_layers_as_matrix_vector_products(dtype, path):
-    """A 1x1 layer over one image's single pixel (a squeeze-excitation's on pooled features) runs
-    in the vector builds (the best the CPU has, and AVX2) as matrix-vector products
-    (single_pixel_product), mutation-checked: its
-    forward bit for bit torch.addmv's (torch.mv's without a bias), its input gradient torch.mv's
-    with the transposed filters, its weight gradient torch.outer's; within the bounds of the
-    exact results. With two pixels, or two images, the products go their former ways."""
-    conv = Conv(1, 960, 40, (1, 1), (1, 1), (1, 1), (0, 0), (1, 1), 1, True)
+@pytest.mark.parametrize("channels", [(960, 40), (1001, 9), (7, 1003), (1, 1)], ids=lambda c: f"{c[0]}->{c[1]}")
+def test_single_pixel_pointwise_layers_as_matrix_vector_products(dtype, path, channels):
+    """A 1x1 layer over one image's single pixel (a squeeze-excitation's on pooled features, a
+    classifier head) runs in the vector builds (the best the CPU has, and AVX2) as matrix-vector
+    products (single_pixel_product, matrix_vector.cpp), mutation-checked: in float32 its forward
+    and input gradient bit for bit those kernels' sums (lane_sums_of_fmas, column_sums_of_fmas),
+    the forward with a bias that plus the bias; its weight gradient torch.outer's; any number of
+    channels (masked columns, blocks of rows and strips of columns cut short), within the bounds
+    of the exact results. With two pixels, or two images, the products go their former ways."""
+    c, k = channels
+    conv = Conv(1, c, k, (1, 1), (1, 1), (1, 1), (0, 0), (1, 1), 1, True)
     x, w, b = conv.tensors(dtype, "cpu")
     x[:, ::7] *= 1000  # sums in another order differ in their bits
     x.requires_grad_()
     w.requires_grad_()
     b.requires_grad_()
-    gy = torch.rand(1, 40, 1, 1, dtype=torch.float64).to(dtype)
+    gy = torch.rand(1, k, 1, 1, dtype=torch.float64).to(dtype)
     with cpu_path(path):
         (y, gx, gw, gb), _ = forward_and_grads(conv_ext.conv2d, conv, x, w, b, gy)
         unbiased = torch.ops.conv_ext.conv2d(x.detach(), w.detach(), None, [1, 1], [0, 0], [1, 1], 1)
         two = [torch.ops.conv_ext.conv2d(t, w.detach(), None, [1, 1], [0, 0], [1, 1], 1)
                for t in (x.detach().expand(2, -1, -1, -1).contiguous(), x.detach().expand(-1, -1, 1, 2).contiguous())]
-    w2, x1 = w.detach().reshape(40, 960), x.detach().reshape(960)
-    assert torch.equal(y.reshape(40), torch.addmv(b.detach(), w2, x1))
-    assert torch.equal(unbiased.reshape(40), torch.mv(w2, x1))
-    assert torch.equal(gx.reshape(960), torch.mv(w2.t(), gy.reshape(40)))
-    assert torch.equal(gw.reshape(40, 960), torch.outer(gy.reshape(40), x1))
-    assert all(not torch.equal(t[0, :, 0, 0], torch.mv(w2, x1)) for t in two)
+    w2, x1 = w.detach().reshape(k, c), x.detach().reshape(c)
+    assert torch.equal(gw.reshape(k, c), torch.outer(gy.reshape(k), x1))
+    if dtype == torch.float32:
+        assert torch.equal(unbiased.reshape(k), lane_sums_of_fmas(w2, x1, 8))
+        assert torch.equal(y.reshape(k), b.detach() + lane_sums_of_fmas(w2, x1, 8))
+        assert torch.equal(gx.reshape(c), column_sums_of_fmas(w2, gy.reshape(k)))
+        if c > 7:
+            assert all(not torch.equal(t[0, :, 0, 0], unbiased.reshape(k)) for t in two)
     assert_pointwise_bounds(conv, x, w, b, gy, (y, gx, gw, gb))
 
 

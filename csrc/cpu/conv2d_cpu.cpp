@@ -25,6 +25,7 @@
 #include "dilation_phases.h"
 #include "direct_conv2d.h"
 #include "implicit_gemm_conv2d.h"
+#include "matrix_vector.h"
 #include "winograd_conv2d.h"
 
 #include <ATen/ATen.h>
@@ -650,14 +651,19 @@ bool pointwise_on_pixel_rows(const Conv2dGeometry& g, const Tensor& t) {
 }
 
 // A 1x1 layer over a single pixel (a squeeze-excitation's or a classifier's on one image's pooled
-// features) is a matrix-vector product in each direction, where MKL's GEMV reads the filters
-// once: the implicit GEMM packs them first, then fills one of each panel's 16 columns. float32
-// and float64 in the AVX2 build (Zen 3, A/B: forward 576->144 44 -> 17 us, 960->240 53 -> 46,
-// 2048->1000 and 1280->1000 1.02-1.06x faster; input gradient 960->240 82 -> 33 us, 2048->1000
-// 1.43 -> 0.26 ms; weight gradient, an outer product, 1.35-2.3x faster) and the AVX-512 build
-// (Zen 4, fresh processes alternated: forward 960->240 92-101 -> 27 us, 576->144 37 -> 16,
-// 2048->1000 0.46 -> 0.16 ms; forward and backward 960->240 0.42-0.70 -> 0.14 ms, 2048->1000
-// 4.5-4.8 -> 1.1-1.3 ms; float64 960->240 forward 67 -> 44 us, with backward 0.94-1.0 -> 0.2 ms).
+// features) is a matrix-vector product in each direction, which reads the filters once: the
+// implicit GEMM packs them first, then fills one of each panel's 16 columns. float32 and float64
+// in the vector builds. MKL's GEMV against the implicit GEMM: in the AVX2 build (Zen 3, A/B:
+// forward 576->144 44 -> 17 us, 960->240 53 -> 46, 2048->1000 and 1280->1000 1.02-1.06x faster;
+// input gradient 960->240 82 -> 33 us, 2048->1000 1.43 -> 0.26 ms; weight gradient, an outer
+// product, 1.35-2.3x faster) and the AVX-512 build (Zen 4, fresh processes alternated: forward
+// 960->240 92-101 -> 27 us, 576->144 37 -> 16, 2048->1000 0.46 -> 0.16 ms; forward and backward
+// 960->240 0.42-0.70 -> 0.14 ms, 2048->1000 4.5-4.8 -> 1.1-1.3 ms; float64 960->240 forward 67 ->
+// 44 us, with backward 0.94-1.0 -> 0.2 ms). Our kernels (matrix_vector.cpp) against MKL's GEMV,
+// which runs its generic code on AMD's CPUs (mkl_blas_def_xsgemv), on one thread (Zen 4, A/B,
+// fresh processes: forward 960->240 22-23 -> 12 us, 576->144 11 -> 8, 2048->1000 0.15 ->
+// 0.06-0.07 ms; input gradient 960->240 26 -> 15-16 us, 2048->1000 0.15-0.16 -> 0.10-0.11 ms;
+// float64 960->240 forward 37-41 -> 19-25 us, input gradient 41-44 -> 29-35).
 bool single_pixel_product(const Conv2dGeometry& g, const Tensor& t) {
   const auto dtype = t.scalar_type();
   return is_pointwise(g) && g.groups == 1 && g.batch == 1 && g.in_h == 1 && g.in_w == 1 &&
@@ -769,8 +775,7 @@ Tensor forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
     return finish(output, input.scalar_type(), result_format);
   }
   if (single_pixel_product(g, input)) {
-    const Tensor w = weight.reshape({g.out_channels, g.in_channels}), x = input.reshape({g.in_channels});
-    const Tensor y = bias.defined() ? at::addmv(bias, w, x) : at::mv(w, x);
+    const Tensor y = matrix_times_vector(weight.reshape({g.out_channels, g.in_channels}), input.reshape({g.in_channels}), bias);
     return finish(y.view({1, g.out_channels, 1, 1}), input.scalar_type(), result_format);
   }
   if (pointwise_on_pixel_rows(g, input)) {
@@ -1056,7 +1061,7 @@ Tensor conv2d_grad_input_cpu(const Tensor& grad_output, const Tensor& weight,
   }
   const at::MemoryFormat result_format = conv2d_memory_format(grad_output, weight);
   if (single_pixel_product(g, grad_output)) {
-    const Tensor gx = at::mv(weight.reshape({g.out_channels, g.in_channels}).t(), grad_output.reshape({g.out_channels}));
+    const Tensor gx = matrix_transposed_times_vector(weight.reshape({g.out_channels, g.in_channels}), grad_output.reshape({g.out_channels}));
     return finish(gx.view({1, g.in_channels, 1, 1}), grad_output.scalar_type(), result_format);
   }
   if (pointwise_on_pixel_rows(g, grad_output)) {
