@@ -90,9 +90,11 @@ at::Tensor complex_conv2d_grad_weight(const at::Tensor& input, const at::Tensor&
 // CPU, and on CUDA where cuDNN computes it.
 at::MemoryFormat conv2d_memory_format(const at::Tensor& input, const at::Tensor& weight);
 
-// The result with exactly the strides of a fresh tensor in the given layout (itself when it has
-// them). Not Tensor::contiguous(format), which keeps the strides of a tensor that is "contiguous"
-// in both layouts (size-1 or empty dimensions), where the fake kernels promise the fresh ones.
+// Whether t has exactly the strides of a fresh tensor in the given layout; the result with them
+// (itself when it has them). Not Tensor::contiguous(format), which keeps the strides of a tensor
+// that is "contiguous" in both layouts (size-1 or empty dimensions), where the fake kernels
+// promise the fresh ones.
+bool has_fresh_strides(const at::Tensor& t, at::MemoryFormat format);
 at::Tensor in_memory_format(const at::Tensor& result, at::MemoryFormat format);
 
 }  // namespace conv_ext

@@ -302,11 +302,14 @@ at::MemoryFormat conv2d_memory_format(const at::Tensor& input, const at::Tensor&
   return cudnn_runs_it ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
+bool has_fresh_strides(const at::Tensor& t, at::MemoryFormat format) {
+  return format == at::MemoryFormat::ChannelsLast
+             ? t.strides() == at::IntArrayRef(c10::get_channels_last_strides_2d(t.sizes()))
+             : t.strides() == at::IntArrayRef(c10::contiguous_strides(t.sizes()));
+}
+
 at::Tensor in_memory_format(const at::Tensor& result, at::MemoryFormat format) {
-  const bool fresh_strides = format == at::MemoryFormat::ChannelsLast
-      ? result.strides() == at::IntArrayRef(c10::get_channels_last_strides_2d(result.sizes()))
-      : result.strides() == at::IntArrayRef(c10::contiguous_strides(result.sizes()));
-  if (fresh_strides) return result;
+  if (has_fresh_strides(result, format)) return result;
   return at::empty(result.sizes(), result.options().memory_format(format)).copy_(result);
 }
 

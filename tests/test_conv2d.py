@@ -226,6 +226,34 @@ def test_result_layout_follows_f_conv2d(device, dtype, cudnn):
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("conv", [
+    Conv(2, 19, 19, (17, 23), (3, 3), (1, 1), (1, 1), (1, 1), 19, True),  # depthwise: the direct kernels
+    Conv(2, 24, 20, (17, 23), (3, 3), (2, 2), (1, 1), (1, 1), 4, True),   # grouped
+    Conv(2, 3, 20, (17, 23), (5, 5), (2, 2), (2, 2), (1, 1), 1, True),    # a stem's 3 channels
+], ids=["depthwise", "grouped", "stem"])
+def test_channels_last_moves_between_layouts_by_transposes(conv, dtype):
+    """A model in channels_last whose layers compute on NCHW copies (the direct kernels, and any
+    path of float16 and bfloat16 where they widen) gets its operands and results moved between
+    the layouts by our transposes (relayout; 391 pixels an image: a block of 256 and the rest,
+    odd channels): its output and input and weight gradients bit for bit those of the same NCHW
+    tensors, in channels_last, on every path and in the AVX2 build (the bias gradient, summed
+    in another order where the depthwise layer's NCHW gradients take their one pass, close)."""
+    x, w, b = conv.tensors(dtype, "cpu")
+    x_last, w_last = (t.contiguous(memory_format=torch.channels_last).requires_grad_() for t in (x, w))
+    x, w, b = (t.contiguous().requires_grad_() for t in (x, w, b))
+    for path in ["auto", "auto-avx2-isa", "direct", "gemm"]:
+        with cpu_path(path):
+            expected, gy = forward_and_grads(conv_ext.conv2d, conv, x, w, b)
+            gy_last = gy.contiguous(memory_format=torch.channels_last)
+            results, _ = forward_and_grads(conv_ext.conv2d, conv, x_last, w_last, b, gy_last)
+        for name, a, e in zip(NAMES[:3], results, expected):
+            assert torch.equal(a, e), (path, name)
+        torch.testing.assert_close(results[3], expected[3])
+        assert results[0].is_contiguous(memory_format=torch.channels_last), path
+        assert results[1].is_contiguous(memory_format=torch.channels_last), path
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_complex_without_autograd(device):
     """Under inference_mode the backends get the complex operands themselves, each op on its
