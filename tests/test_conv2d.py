@@ -1,6 +1,7 @@
 """Forward and every gradient against F.conv2d and the reference, over randomized configurations
 (sizes, stride, padding incl. 'same'/'valid', dilation, groups, bias, batch 0..3, unbatched,
 channels_last and non-contiguous inputs)."""
+import dataclasses
 import itertools
 import re
 from pathlib import Path
@@ -227,22 +228,23 @@ def test_result_layout_follows_f_conv2d(device, dtype, cudnn):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("conv", [
-    Conv(2, 19, 19, (17, 23), (3, 3), (1, 1), (1, 1), (1, 1), 19, True),  # depthwise: the direct kernels
-    Conv(2, 24, 20, (17, 23), (3, 3), (2, 2), (1, 1), (1, 1), 4, True),   # grouped
-    Conv(2, 3, 20, (17, 23), (5, 5), (2, 2), (2, 2), (1, 1), 1, True),    # a stem's 3 channels
+@pytest.mark.parametrize("conv, paths", [
+    # depthwise on the NCHW kernels: the GEMM forced, or no vector build (no NHWC kernel)
+    (Conv(2, 19, 19, (17, 23), (3, 3), (1, 1), (1, 1), (1, 1), 19, True), ["gemm", "direct-generic-isa"]),
+    (Conv(2, 24, 20, (17, 23), (3, 3), (2, 2), (1, 1), (1, 1), 4, True), ["auto", "auto-avx2-isa", "direct", "gemm"]),
+    (Conv(2, 3, 20, (17, 23), (5, 5), (2, 2), (2, 2), (1, 1), 1, True), ["auto", "auto-avx2-isa", "direct", "gemm"]),
 ], ids=["depthwise", "grouped", "stem"])
-def test_channels_last_moves_between_layouts_by_transposes(conv, dtype):
-    """A model in channels_last whose layers compute on NCHW copies (the direct kernels, and any
-    path of float16 and bfloat16 where they widen) gets its operands and results moved between
-    the layouts by our transposes (relayout; 391 pixels an image: a block of 256 and the rest,
-    odd channels): its output and input and weight gradients bit for bit those of the same NCHW
-    tensors, in channels_last, on every path and in the AVX2 build (the bias gradient, summed
+def test_channels_last_moves_between_layouts_by_transposes(conv, paths, dtype):
+    """A model in channels_last whose layers compute on NCHW copies (the direct kernels but the
+    depthwise NHWC ones, and any path of float16 and bfloat16 where they widen) gets its operands
+    and results moved between the layouts by our transposes (relayout; 391 pixels an image: a
+    block of 256 and the rest, odd channels): its output and input and weight gradients bit for
+    bit those of the same NCHW tensors, in channels_last, on each path (the bias gradient, summed
     in another order where the depthwise layer's NCHW gradients take their one pass, close)."""
     x, w, b = conv.tensors(dtype, "cpu")
     x_last, w_last = (t.contiguous(memory_format=torch.channels_last).requires_grad_() for t in (x, w))
     x, w, b = (t.contiguous().requires_grad_() for t in (x, w, b))
-    for path in ["auto", "auto-avx2-isa", "direct", "gemm"]:
+    for path in paths:
         with cpu_path(path):
             expected, gy = forward_and_grads(conv_ext.conv2d, conv, x, w, b)
             gy_last = gy.contiguous(memory_format=torch.channels_last)
@@ -252,6 +254,38 @@ def test_channels_last_moves_between_layouts_by_transposes(conv, dtype):
         torch.testing.assert_close(results[3], expected[3])
         assert results[0].is_contiguous(memory_format=torch.channels_last), path
         assert results[1].is_contiguous(memory_format=torch.channels_last), path
+
+
+@pytest.mark.parametrize("path", ["auto", "auto-avx2-isa", "direct"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("conv", [
+    Conv(2, 19, 19, (9, 29), (3, 3), (1, 1), (1, 1), (1, 1), 19, True),   # blocks of 8, 4, 2, 1 and edges
+    Conv(2, 33, 33, (8, 23), (3, 3), (2, 2), (1, 1), (1, 1), 33, False),  # stride 2
+    Conv(1, 16, 16, (7, 12), (3, 3), (1, 2), (0, 2), (1, 1), 16, True),   # strides and paddings apart
+    Conv(2, 24, 24, (11, 13), (5, 5), (1, 1), (2, 2), (1, 1), 24, True),  # 5x5
+    Conv(1, 20, 20, (15, 15), (7, 7), (2, 2), (3, 3), (1, 1), 20, True),  # 7x7 at stride 2
+    Conv(1, 9, 9, (10, 11), (3, 3), (1, 1), (2, 2), (2, 2), 9, True),     # dilated
+    Conv(2, 8, 8, (3, 4), (3, 3), (3, 3), (4, 4), (1, 1), 8, True),       # padding past the kernel
+], ids=["3x3", "3x3-stride-2", "stride-1x2", "5x5", "7x7-stride-2", "dilated", "padded"])
+def test_depthwise_channels_last_reads_nhwc_in_place(conv, dtype, path):
+    """Depthwise layers on channels_last inputs run on the NHWC kernel (depthwise_channels_last.cpp:
+    vectors of channels, 3 x 3 filters in registers over a row, other filters tap by tap, pixels
+    near the edges one at a time), forward and the stride-1 input gradient, in the AVX-512 and
+    AVX2 builds: within float32's bounds of the exact results (float64's, and bfloat16's), odd
+    channels and widths included; results channels_last."""
+    conv = dataclasses.replace(conv, layout="channels_last")
+    x, w, b = conv.tensors(dtype, "cpu", requires_grad=True)
+    gen = torch.Generator().manual_seed(1)
+    with cpu_path(path):
+        shape = conv_ext.conv2d(x, w, b, **conv.kwargs()).shape
+        gy = (torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1).to(dtype)
+        ours, _ = forward_and_grads(conv_ext.conv2d, conv, x, w, b, gy.contiguous(memory_format=torch.channels_last))
+    assert ours[0].is_contiguous(memory_format=torch.channels_last)
+    assert ours[1].is_contiguous(memory_format=torch.channels_last)
+    tolerances = {torch.float32: TOLERANCES[torch.float32], torch.float64: (1e-12,) * 4, torch.bfloat16: TOLERANCES[torch.bfloat16]}
+    for name, a, e, scale, tol in zip(NAMES, ours, *float64_results(conv, x, w, b, gy), tolerances[dtype]):
+        assert a.dtype == dtype, name
+        assert_scaled_close(a, e, tol, f"{name} ({dtype})", scale)
 
 
 @pytest.mark.parametrize("device", DEVICES)

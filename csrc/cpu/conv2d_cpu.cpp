@@ -22,6 +22,7 @@
 #include "bands.h"
 #include "channels_last_gemm_conv2d.h"
 #include "cpu_features.h"
+#include "depthwise_channels_last.h"
 #include "dilation_phases.h"
 #include "direct_conv2d.h"
 #include "implicit_gemm_conv2d.h"
@@ -857,6 +858,11 @@ Tensor forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
   if (channels_last_gemm_chosen(g)) {
     return channels_last_gemm_forward(input, weight, FilterOrder::as_given, bias, g, result_format);
   }
+  if (algorithm == Algorithm::direct && depthwise_channels_last_applies(g, input)) {
+    const Tensor output = depthwise_channels_last_forward(compute_operand(input, at::MemoryFormat::ChannelsLast),
+                                                          compute_operand(weight), compute_operand(bias), g);
+    return finish(output, input.scalar_type(), result_format);
+  }
   const bool reads_reduced = algorithm == Algorithm::direct && direct_forward_reads_reduced(g);
   const Tensor x = reads_reduced ? dense(input) : compute_operand(input);
   const Tensor w = compute_operand(weight), b = compute_operand(bias);
@@ -1190,6 +1196,12 @@ Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
   if (depthwise_backward_spreads(g, grad_output, input) && !grad_weight_reads_strided(g, input.scalar_type())) {
     return conv2d_grad_weight_cpu(input, spread_grad_output(grad_output, g), kernel_size, kUnitStride, padding, dilation,
                                   groups);
+  }
+  if (choose_grad_weight_algorithm(g) == Algorithm::direct && depthwise_channels_last_grad_weight_applies(g, input)) {
+    const auto format = at::MemoryFormat::ChannelsLast;
+    const Tensor grad_weight = depthwise_channels_last_grad_weight(compute_operand(input, format),
+                                                                   compute_operand(grad_output, format), g);
+    return finish(grad_weight, input.scalar_type(), conv2d_memory_format(input, grad_output));
   }
   if (single_pixel_product(g, input)) {
     const Tensor grad_weight = at::outer(grad_output.reshape({g.out_channels}), input.reshape({g.in_channels}));
