@@ -27,6 +27,7 @@
 #include "direct_conv2d.h"
 #include "implicit_gemm_conv2d.h"
 #include "matrix_vector.h"
+#include "micro_kernel.h"
 #include "winograd_conv2d.h"
 
 #include <ATen/ATen.h>
@@ -211,16 +212,18 @@ void transpose_images(const Tensor& t, const Tensor& out, bool to_channels_last)
   const int64_t blocks = (pixels + kRelayoutPixels - 1) / kRelayoutPixels;
   const from_t* src = t.const_data_ptr<from_t>();
   to_t* dst = out.mutable_data_ptr<to_t>();
+  const bool stream = streams(out);
   at::parallel_for(0, t.size(0) * blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t image = task / blocks * channels * pixels, p = task % blocks * kRelayoutPixels;
       const int64_t count = std::min(kRelayoutPixels, pixels - p);
       if (to_channels_last) {
-        transpose(src + image + p, pixels, channels, count, dst + image + p * channels, channels, false);
+        transpose(src + image + p, pixels, channels, count, dst + image + p * channels, channels, stream);
       } else {
-        transpose(src + image + p * channels, channels, count, channels, dst + image + p, pixels, false);
+        transpose(src + image + p * channels, channels, count, channels, dst + image + p, pixels, stream);
       }
     }
+    if (stream) _mm_sfence();  // the non-temporal stores reach memory before the threads join
   });
 }
 
