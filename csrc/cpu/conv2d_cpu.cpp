@@ -1167,6 +1167,11 @@ Tensor conv2d_grad_input_cpu(const Tensor& grad_output, const Tensor& weight,
       return forward(grad_output, flipped_transposed_filters(weight, g), Tensor(), t, result_format);
     }
   }
+  if (!g.unit_stride() && choose_algorithm(g) == Algorithm::direct && depthwise_channels_last_applies(g, grad_output)) {
+    const Tensor grad_input = depthwise_channels_last_grad_input(
+        compute_operand(grad_output, at::MemoryFormat::ChannelsLast), compute_operand(weight), g);
+    return finish(grad_input, grad_output.scalar_type(), result_format);
+  }
   // Per stride phase on the tiles; on the vectors the phases' small forwards lose to the widened
   // paths (Zen 5, 3x3/2 128->256 @28 at batch 1: 1.0 against 0.68 ms; level at batch 8).
   if (!g.unit_stride() && bf16_pairs_chosen(g, grad_output.scalar_type()) && (bf16_pairs_on_tiles() || bf16_vectors_forced())) {

@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <vector>
 
 namespace conv_ext {
 
@@ -63,6 +64,31 @@ at::Tensor depthwise_channels_last_forward(const at::Tensor& input, const at::Te
     });
   });
   return output;
+}
+
+at::Tensor depthwise_channels_last_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
+                                              const Conv2dGeometry& g) {
+  const int64_t C = g.in_channels, taps_count = g.kernel_h * g.kernel_w;
+  const at::Tensor taps = weight.reshape({C, taps_count}).t().contiguous();
+  at::Tensor grad_input =
+      at::empty({g.batch, C, g.in_h, g.in_w}, grad_output.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (grad_input.numel() == 0) return grad_input;
+  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "depthwise_channels_last_grad_input", [&] {
+    const auto row_kernel = use_avx512() ? &avx512::depthwise_grad_input_row_channels_last<scalar_t>
+                                         : &avx2::depthwise_grad_input_row_channels_last<scalar_t>;
+    const scalar_t* gy = grad_output.const_data_ptr<scalar_t>();
+    const scalar_t* t = taps.const_data_ptr<scalar_t>();
+    scalar_t* out = grad_input.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, g.batch * g.in_h, 1, [&](int64_t begin, int64_t end) {
+      std::vector<int64_t> offsets(2 * taps_count);
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t n = r / g.in_h, iy = r % g.in_h;
+        row_kernel(gy + n * g.out_h * g.out_w * C, t, g, iy, offsets.data(), offsets.data() + taps_count,
+                   out + r * g.in_w * C);
+      }
+    });
+  });
+  return grad_input;
 }
 
 bool depthwise_channels_last_grad_weight_applies(const Conv2dGeometry& g, const at::Tensor& input) {

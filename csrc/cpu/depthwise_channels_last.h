@@ -21,6 +21,12 @@ bool depthwise_channels_last_applies(const Conv2dGeometry& g, const at::Tensor& 
 at::Tensor depthwise_channels_last_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                                            const Conv2dGeometry& g);
 
+// The input gradient of a depthwise layer, any kernel, stride, padding and dilation (where the
+// stride-1 ones run as the forward of the flipped filters): grad_output dense NHWC of float32 or
+// float64, weight (channels, 1, R, S) of its dtype; the result NHWC.
+at::Tensor depthwise_channels_last_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
+                                              const Conv2dGeometry& g);
+
 // Whether depthwise_channels_last_grad_weight takes this layer: as above, 3 x 3 filters,
 // undilated, at column stride 1 or 2 (other layers' weight gradients compute on NCHW copies).
 bool depthwise_channels_last_grad_weight_applies(const Conv2dGeometry& g, const at::Tensor& input);
