@@ -50,7 +50,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 @dataclass(frozen=True)
 class Layer:
-    """A layer on square images: kernel and padding an int or (height, width)."""
+    """A layer on square images: kernel and padding an int or (height, width); its input
+    channels_last where asked (a model converted to channels_last; on a GPU every layer's is)."""
     name: str
     in_channels: int
     out_channels: int
@@ -60,6 +61,7 @@ class Layer:
     padding: int | tuple[int, int] = 0
     groups: int = 1
     dilation: int = 1
+    channels_last: bool = False
 
     def kwargs(self):
         return dict(stride=self.stride, padding=_pair(self.padding), dilation=self.dilation, groups=self.groups)
@@ -110,7 +112,9 @@ GPU_LAYERS = [
 # Beyond the suite (--suite beyond): Inception-v3's factorised 1x7, 7x1 and 1x3 kernels, DeepLab's
 # dilated 3x3, a dense 7x7, EfficientNet's depthwise 5x5, ConvNeXt's depthwise 7x7, MobileNetV2's
 # strided depthwise 3x3, ResNet-50's strided 1x1 projection, ResNeXt-50's grouped 3x3 of 16
-# channels per group and a squeeze-and-excitation 1x1 on pooled images (EfficientNet's).
+# channels per group and a squeeze-and-excitation 1x1 on pooled images (EfficientNet's); and
+# layers of a model in channels_last (MobileNet's depthwise 3x3, ResNet's 3x3 and 1x1, ResNeXt's
+# grouped 3x3).
 BEYOND_LAYERS = [
     Layer("Inception 1x7, 128 ch @17", 128, 128, 17, (1, 7), 1, (0, 3)),
     Layer("Inception 7x1, 192 ch @17", 192, 192, 17, (7, 1), 1, (3, 0)),
@@ -124,6 +128,11 @@ BEYOND_LAYERS = [
     Layer("1x1/2, 256->512 @56", 256, 512, 56, 1, 2),
     Layer("grouped 3x3 g=32, 512 ch @14", 512, 512, 14, 3, 1, 1, 32),
     Layer("squeeze-excitation 1x1, 960->240 @1", 960, 240, 1, 1),
+    Layer("channels_last depthwise 3x3, 256 ch @28", 256, 256, 28, 3, 1, 1, 256, channels_last=True),
+    Layer("channels_last depthwise 3x3/2, 144 ch @56", 144, 144, 56, 3, 2, 1, 144, channels_last=True),
+    Layer("channels_last 3x3, 128 ch @28", 128, 128, 28, 3, 1, 1, channels_last=True),
+    Layer("channels_last 1x1, 256->64 @56", 256, 64, 56, 1, channels_last=True),
+    Layer("channels_last grouped 3x3 g=32, 256 ch @28", 256, 256, 28, 3, 1, 1, 32, channels_last=True),
 ]
 
 # Precision names: a dtype, or "tf32" (float32 tensors, TF32 allowed on both sides).
@@ -143,6 +152,8 @@ def make_inputs(layer, batch, device, dtype):
     x = torch.randn(batch, layer.in_channels, layer.size, layer.size, generator=gen)
     w = torch.randn(*shape_w, generator=gen) / (shape_w[1] * shape_w[2] * shape_w[3]) ** 0.5
     b = torch.randn(layer.out_channels, generator=gen)
+    if layer.channels_last:
+        x, w = (t.contiguous(memory_format=torch.channels_last) for t in (x, w))
     return [t.to(device, dtype).requires_grad_() for t in (x, w, b)]
 
 
