@@ -269,13 +269,14 @@ def test_channels_last_moves_between_layouts_by_transposes(conv, paths, dtype):
     Conv(1, 20, 20, (15, 15), (7, 7), (2, 2), (3, 3), (1, 1), 20, True),  # 7x7 at stride 2
     Conv(1, 9, 9, (10, 11), (3, 3), (1, 1), (2, 2), (2, 2), 9, True),     # dilated
     Conv(2, 8, 8, (3, 4), (3, 3), (3, 3), (4, 4), (1, 1), 8, True),       # padding past the kernel
-], ids=["3x3", "3x3-stride-2", "stride-1x2", "5x5", "7x7-stride-2", "dilated", "padded"])
+    Conv(2, 64, 64, (66, 64), (3, 3), (1, 1), (1, 1), (1, 1), 64, True),  # over 2 MiB out: streamed
+], ids=["3x3", "3x3-stride-2", "stride-1x2", "5x5", "7x7-stride-2", "dilated", "padded", "streamed"])
 def test_depthwise_channels_last_reads_nhwc_in_place(conv, dtype, path):
     """Depthwise layers on channels_last inputs run on the NHWC kernel (depthwise_channels_last.cpp:
     vectors of channels, 3 x 3 filters in registers over a row, other filters tap by tap, pixels
-    near the edges one at a time), forward and the stride-1 input gradient, in the AVX-512 and
-    AVX2 builds: within float32's bounds of the exact results (float64's, and bfloat16's), odd
-    channels and widths included; results channels_last."""
+    near the edges one at a time, outputs over 2 MiB by non-temporal stores), forward and input
+    and weight gradients, in the AVX-512 and AVX2 builds: within float32's bounds of the exact
+    results (float64's, and bfloat16's), odd channels and widths included; results channels_last."""
     conv = dataclasses.replace(conv, layout="channels_last")
     x, w, b = conv.tensors(dtype, "cpu", requires_grad=True)
     gen = torch.Generator().manual_seed(1)

@@ -1,6 +1,7 @@
 #include "depthwise_channels_last.h"
 
 #include "cpu_features.h"
+#include "micro_kernel.h"
 #include "vec.h"
 
 #include <ATen/ATen.h>
@@ -56,11 +57,15 @@ at::Tensor depthwise_channels_last_forward(const at::Tensor& input, const at::Te
     const scalar_t* t = taps.const_data_ptr<scalar_t>();
     const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* out = output.mutable_data_ptr<scalar_t>();
+    // Outputs larger than the caches by non-temporal stores, where each pixel's channels are
+    // whole vectors (and so 64-byte aligned, as the allocation is).
+    const bool stream = streams(output) && C * int64_t{sizeof(scalar_t)} % (use_avx512() ? 64 : 32) == 0;
     at::parallel_for(0, g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n = r / g.out_h, oy = r % g.out_h;
-        row_kernel(in + n * g.in_h * g.in_w * C, t, b, g, oy, out + r * g.out_w * C);
+        row_kernel(in + n * g.in_h * g.in_w * C, t, b, g, oy, stream, out + r * g.out_w * C);
       }
+      if (stream) _mm_sfence();  // the non-temporal stores reach memory before the threads join
     });
   });
   return output;
