@@ -43,11 +43,15 @@ bool depthwise_channels_last_applies(const Conv2dGeometry& g, const at::Tensor& 
          (dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16);
 }
 
+// The filters as (R * S, C): a tap's filter values are a vector of channels.
+at::Tensor taps_by_channel(const at::Tensor& weight, const Conv2dGeometry& g) {
+  return weight.reshape({g.in_channels, g.kernel_h * g.kernel_w}).t().contiguous();
+}
+
 at::Tensor depthwise_channels_last_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                                            const Conv2dGeometry& g) {
-  const int64_t C = g.in_channels, R = g.kernel_h, S = g.kernel_w;
-  // The filters as (R * S, C): a tap's filter values are a vector of channels.
-  const at::Tensor taps = weight.reshape({C, R * S}).t().contiguous();
+  const int64_t C = g.in_channels;
+  const at::Tensor taps = taps_by_channel(weight, g);
   at::Tensor output = at::empty({g.batch, C, g.out_h, g.out_w}, input.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (output.numel() == 0) return output;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "depthwise_channels_last_forward", [&] {
@@ -74,7 +78,7 @@ at::Tensor depthwise_channels_last_forward(const at::Tensor& input, const at::Te
 at::Tensor depthwise_channels_last_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
                                               const Conv2dGeometry& g) {
   const int64_t C = g.in_channels, taps_count = g.kernel_h * g.kernel_w;
-  const at::Tensor taps = weight.reshape({C, taps_count}).t().contiguous();
+  const at::Tensor taps = taps_by_channel(weight, g);
   at::Tensor grad_input =
       at::empty({g.batch, C, g.in_h, g.in_w}, grad_output.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (grad_input.numel() == 0) return grad_input;
