@@ -15,7 +15,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 import conv_ext
 from conv_ext import reference
 
-from configs import Conv, bf16_pairs_convs, convs
+from configs import Conv, bf16_pairs_convs, convs, make_layout
 from conftest import DEVICES, FORCED_CPU_PATHS, cpu_path, num_threads
 
 
@@ -52,6 +52,7 @@ def results_with_a_large_channel(conv, dtype, paths):
 
 
 HAS_AVX512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+CPU_HAS_AVX2 = torch.backends.cpu.get_cpu_capability().startswith("AVX")
 
 
 def skip_without_avx512(path):
@@ -259,6 +260,25 @@ def test_channels_last_moves_between_layouts_by_transposes(conv, paths, dtype):
         assert results[1].is_contiguous(memory_format=torch.channels_last), path
 
 
+def channels_last_results_within_bounds(conv, x, w, b, path):
+    """conv_ext's output and gradients (for a channels_last grad_output) on `path`, checked
+    channels_last and within float32's bounds of the exact results (float64's, bfloat16's); and
+    the grad_output."""
+    dtype = x.dtype
+    gen = torch.Generator().manual_seed(1)
+    with cpu_path(path):
+        shape = conv_ext.conv2d(x, w, b, **conv.kwargs()).shape
+        gy = (torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1).to(dtype)
+        ours, _ = forward_and_grads(conv_ext.conv2d, conv, x, w, b, gy.contiguous(memory_format=torch.channels_last))
+    assert ours[0].is_contiguous(memory_format=torch.channels_last)
+    assert ours[1].is_contiguous(memory_format=torch.channels_last)
+    tolerances = {torch.float32: TOLERANCES[torch.float32], torch.float64: (1e-12,) * 4, torch.bfloat16: TOLERANCES[torch.bfloat16]}
+    for name, a, e, scale, tol in zip(NAMES, ours, *float64_results(conv, x, w, b, gy), tolerances[dtype]):
+        assert a.dtype == dtype, name
+        assert_scaled_close(a, e, tol, f"{name} ({dtype})", scale)
+    return ours, gy
+
+
 @pytest.mark.parametrize("path", ["auto", "auto-avx2-isa", "direct"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("conv", [
@@ -278,18 +298,94 @@ def test_depthwise_channels_last_reads_nhwc_in_place(conv, dtype, path):
     and weight gradients, in the AVX-512 and AVX2 builds: within float32's bounds of the exact
     results (float64's, and bfloat16's), odd channels and widths included; results channels_last."""
     conv = dataclasses.replace(conv, layout="channels_last")
-    x, w, b = conv.tensors(dtype, "cpu", requires_grad=True)
-    gen = torch.Generator().manual_seed(1)
-    with cpu_path(path):
-        shape = conv_ext.conv2d(x, w, b, **conv.kwargs()).shape
-        gy = (torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1).to(dtype)
-        ours, _ = forward_and_grads(conv_ext.conv2d, conv, x, w, b, gy.contiguous(memory_format=torch.channels_last))
-    assert ours[0].is_contiguous(memory_format=torch.channels_last)
-    assert ours[1].is_contiguous(memory_format=torch.channels_last)
-    tolerances = {torch.float32: TOLERANCES[torch.float32], torch.float64: (1e-12,) * 4, torch.bfloat16: TOLERANCES[torch.bfloat16]}
-    for name, a, e, scale, tol in zip(NAMES, ours, *float64_results(conv, x, w, b, gy), tolerances[dtype]):
-        assert a.dtype == dtype, name
-        assert_scaled_close(a, e, tol, f"{name} ({dtype})", scale)
+    channels_last_results_within_bounds(conv, *conv.tensors(dtype, "cpu", requires_grad=True), path)
+
+
+def nhwc_group_sums(x, w, b, padding, dilation):
+    """The float32 forward of a grouped layer at stride 1 (as many input as output channels a
+    group) summed as grouped_channels_last.inc sums it: each output from its bias, then tap by tap
+    (row-major), each tap the group's input channels in turn, one fused multiply-add a term
+    (emulated in float64, where the product of two float32 values is exact, then rounded)."""
+    (n, c, h, width), k = x.shape, w.shape[1]
+    (kh, kw), (ph, pw), (dh, dw) = w.shape[2:], padding, dilation
+    oh, ow = h + 2 * ph - dh * (kh - 1), width + 2 * pw - dw * (kw - 1)
+    groups = c // k
+    xp = F.pad(x.double(), (pw, pw, ph, ph)).view(n, groups, k, h + 2 * ph, width + 2 * pw)
+    wg = w.double().view(groups, k, k, kh, kw)  # [group][output][input][i][j]
+    sums = torch.zeros(n, groups, k, oh, ow, dtype=torch.float64)
+    if b is not None:
+        sums += b.double().view(1, groups, k, 1, 1)
+    for i, j in itertools.product(range(kh), range(kw)):
+        tap = xp[..., i * dh:i * dh + oh, j * dw:j * dw + ow]
+        for channel in range(k):
+            sums = (sums + tap[:, :, channel:channel + 1] * wg[:, :, channel, i, j].view(1, groups, k, 1, 1)).float().double()
+    return sums.view(n, c, oh, ow).float()
+
+
+def nhwc_group_weight_sums(x, gy, groups, kernel, padding, dilation):
+    """The float32 weight gradient of such a layer summed as grouped_channels_last.cpp sums it:
+    tasks of the output rows in bands of up to 8 and of the images in chunks (as many as make 8
+    tasks, at most one an image), each summing its images' rows' pixels in order, one fused
+    multiply-add a term (emulated as nhwc_group_sums does), then the tasks' sums in order."""
+    (n, c, h, width), (oh, ow) = x.shape, gy.shape[2:]
+    (kh, kw), (ph, pw), (dh, dw) = kernel, padding, dilation
+    k = c // groups
+    xp = F.pad(x.double(), (pw, pw, ph, ph))
+    # taps[n, y, x][group, tap, channel] and grads[n, y, x][group, output channel]
+    taps = torch.stack([xp[..., i * dh:i * dh + oh, j * dw:j * dw + ow] for i in range(kh) for j in range(kw)], 2)
+    taps = taps.view(n, groups, k, kh * kw, oh, ow).permute(0, 4, 5, 1, 3, 2)
+    grads = gy.double().view(n, groups, k, oh, ow).permute(0, 3, 4, 1, 2)
+    bands = -(-oh // 8)
+    rows = -(-oh // bands)
+    chunks = min(n, -(-8 // bands))
+    chunk = -(-n // chunks)
+    total = None
+    for first, y0 in itertools.product(range(0, n, chunk), range(0, oh, rows)):
+        sums = torch.zeros(groups, kh * kw, k, k, dtype=torch.float64)
+        for image, y, x_ in itertools.product(range(first, min(first + chunk, n)), range(y0, min(y0 + rows, oh)), range(ow)):
+            sums = (sums + taps[image, y, x_][..., None] * grads[image, y, x_][:, None, None, :]).float().double()
+        total = sums if total is None else (total + sums).float().double()
+    return total.permute(0, 3, 2, 1).reshape(c, k, kh, kw).float()
+
+
+@pytest.mark.parametrize("path", ["auto", "auto-avx2-isa", "direct"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("conv", [
+    Conv(2, 64, 64, (9, 29), (3, 3), (1, 1), (1, 1), (1, 1), 8, True),    # 8 a group, blocks moved back
+    Conv(1, 64, 64, (7, 12), (3, 3), (1, 1), (1, 1), (1, 1), 4, True),    # 16 a group
+    Conv(2, 32, 32, (11, 13), (5, 5), (1, 1), (2, 2), (1, 1), 4, False),  # 5x5
+    Conv(1, 48, 48, (10, 11), (3, 3), (1, 1), (2, 2), (2, 2), 3, True),   # dilated, 16 a group
+    Conv(2, 16, 16, (3, 4), (3, 3), (1, 1), (4, 3), (1, 1), 2, True),     # padding past the kernel
+    Conv(3, 32, 32, (6, 40), (1, 3), (1, 1), (0, 1), (1, 1), 4, True),    # 1x3, 40 columns
+], ids=["3x3", "16-a-group", "5x5", "dilated", "padded", "1x3"])
+@pytest.mark.parametrize("weight_layout", ["contiguous", "channels_last"])
+def test_grouped_channels_last_reads_nhwc_in_place(conv, dtype, path, weight_layout):
+    """Grouped layers of 8 or 16 channels a group at stride 1 on channels_last inputs run on the
+    NHWC group kernels (grouped_channels_last.cpp: a group's output channels in vectors, its input
+    channels broadcast from a zero-padded band), forward, input gradient (through the flipped
+    filters) and weight gradient, where the direct kernels are chosen, reading NCHW and NHWC
+    weights as they lie: float32 bit for bit the kernels' order of sums (nhwc_group_sums,
+    nhwc_group_weight_sums), all three results within
+    float32's bounds of the exact ones (float64's, bfloat16's), channels_last. The AVX2 build
+    takes 16 channels a group to the channels-last GEMM (grouped_channels_last_pays_off) unless
+    the direct kernels are forced."""
+    conv = dataclasses.replace(conv, layout="channels_last")
+    x, w, b = conv.tensors(dtype, "cpu")
+    w = make_layout(w, weight_layout)
+    for t in (x, w, b):
+        if t is not None:
+            t.requires_grad_()
+    ours, gy = channels_last_results_within_bounds(conv, x, w, b, path)
+    k = conv.in_channels // conv.groups
+    on_kernel = CPU_HAS_AVX2 and (k == 8 or path == "direct" or (path == "auto" and HAS_AVX512))
+    if dtype == torch.float32 and on_kernel:
+        kh, kw = conv.kernel
+        flipped = w.detach().view(conv.groups, k, k, kh, kw).transpose(1, 2).flip(3, 4).reshape(w.shape)
+        back = [d * (size - 1) - p for d, size, p in zip(conv.dilation, conv.kernel, conv.padding)]
+        assert torch.equal(ours[0], nhwc_group_sums(x.detach(), w.detach(), b, conv.padding, conv.dilation))
+        if min(back) >= 0:  # padding past the kernel: the input gradient is no forward
+            assert torch.equal(ours[1], nhwc_group_sums(gy, flipped, None, back, conv.dilation))
+        assert torch.equal(ours[2], nhwc_group_weight_sums(x.detach(), gy, conv.groups, conv.kernel, conv.padding, conv.dilation))
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -23,6 +23,7 @@
 #include "channels_last_gemm_conv2d.h"
 #include "cpu_features.h"
 #include "depthwise_channels_last.h"
+#include "grouped_channels_last.h"
 #include "dilation_phases.h"
 #include "direct_conv2d.h"
 #include "implicit_gemm_conv2d.h"
@@ -834,6 +835,15 @@ Tensor channels_last_gemm_forward(const Tensor& input, const Tensor& weight, Fil
   return finish(output, input.scalar_type(), result_format);
 }
 
+// The forward on the NHWC group kernel, reading the weight in the given order in its own layout.
+Tensor grouped_channels_last(const Tensor& input, const Tensor& weight, FilterOrder order, const Tensor& bias,
+                             const Conv2dGeometry& g, at::MemoryFormat result_format) {
+  const Tensor output = grouped_channels_last_forward(compute_operand(input, at::MemoryFormat::ChannelsLast),
+                                                      compute_operand(weight, weight.suggest_memory_format()), order,
+                                                      compute_operand(bias), g);
+  return finish(output, input.scalar_type(), result_format);
+}
+
 Tensor forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
                const Conv2dGeometry& g, at::MemoryFormat result_format) {
   if (bf16_pairs_chosen(g, input.scalar_type())) {
@@ -860,6 +870,9 @@ Tensor forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
   }
   if (channels_last_gemm_chosen(g)) {
     return channels_last_gemm_forward(input, weight, FilterOrder::as_given, bias, g, result_format);
+  }
+  if (algorithm == Algorithm::direct && grouped_channels_last_applies(g, input)) {
+    return grouped_channels_last(input, weight, FilterOrder::as_given, bias, g, result_format);
   }
   if (algorithm == Algorithm::direct && depthwise_channels_last_applies(g, input)) {
     const Tensor output = depthwise_channels_last_forward(compute_operand(input, at::MemoryFormat::ChannelsLast),
@@ -1159,6 +1172,9 @@ Tensor conv2d_grad_input_cpu(const Tensor& grad_output, const Tensor& weight,
     if (by_dilation_phases(t, choose_algorithm)) {
       return forward_by_dilation_phases(grad_output, weight, FilterOrder::flipped_transposed, Tensor(), t, result_format);
     }
+    if (choose_algorithm(t) == Algorithm::direct && grouped_channels_last_applies(t, grad_output)) {
+      return grouped_channels_last(grad_output, weight, FilterOrder::flipped_transposed, Tensor(), t, result_format);
+    }
     if (flipping_pays_off(g)) {
       // The channels-last GEMM packs the filters flipped as it reads them: no copy first.
       if (channels_last_gemm_chosen(t)) {
@@ -1209,6 +1225,12 @@ Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
     const auto format = at::MemoryFormat::ChannelsLast;
     const Tensor grad_weight = depthwise_channels_last_grad_weight(compute_operand(input, format),
                                                                    compute_operand(grad_output, format), g);
+    return finish(grad_weight, input.scalar_type(), conv2d_memory_format(input, grad_output));
+  }
+  if (choose_algorithm(g) == Algorithm::direct && grouped_channels_last_applies(g, input)) {
+    const auto format = at::MemoryFormat::ChannelsLast;
+    const Tensor grad_weight = grouped_channels_last_grad_weight(compute_operand(input, format),
+                                                                 compute_operand(grad_output, format), g);
     return finish(grad_weight, input.scalar_type(), conv2d_memory_format(input, grad_output));
   }
   if (single_pixel_product(g, input)) {

@@ -1,0 +1,196 @@
+#include "grouped_channels_last.h"
+
+#include "bands.h"
+#include "cpu_features.h"
+#include "vec.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace conv_ext {
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+constexpr int kAccumulators = 12, kGradWeightAccumulators = 12;
+#include "grouped_channels_last.inc"
+}  // namespace avx2
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx2,fma")
+namespace avx512 {
+constexpr int kAccumulators = 16, kGradWeightAccumulators = 24;
+#include "grouped_channels_last.inc"
+}  // namespace avx512
+#pragma GCC pop_options
+
+namespace {
+
+// Stride 1: a band row holds an input row's pixels and the padding on both sides.
+int64_t band_columns(const Conv2dGeometry& g) { return g.in_w + 2 * g.pad_w; }
+
+// Where each tap of the band's first output pixel reads (in elements from the band's start).
+std::vector<int64_t> band_tap_offsets(const Conv2dGeometry& g) {
+  std::vector<int64_t> offsets(g.kernel_h * g.kernel_w);
+  for (int64_t i = 0; i < g.kernel_h; ++i) {
+    for (int64_t j = 0; j < g.kernel_w; ++j) {
+      offsets[i * g.kernel_w + j] = (i * g.dilation_h * band_columns(g) + j * g.dilation_w) * g.in_channels_per_group();
+    }
+  }
+  return offsets;
+}
+
+// A task's band: its output rows' input rows, each group's channels apart and zero-padded,
+// at most half a core's L2, and no fewer bands than threads.
+int64_t band_rows(const Conv2dGeometry& g, int64_t columns, int64_t element_size) {
+  const int64_t halo = (g.kernel_h - 1) * g.dilation_h;
+  const int64_t row_bytes = g.groups * columns * g.in_channels_per_group() * element_size;
+  const int64_t fit = std::max<int64_t>(1, core_l2_bytes() / 2 / std::max<int64_t>(row_bytes, 1) - halo);
+  const int64_t per_image = (at::get_num_threads() + g.batch - 1) / g.batch;
+  const int64_t bands = std::min(g.out_h, std::max((g.out_h + fit - 1) / fit, per_image));
+  return (g.out_h + bands - 1) / bands;
+}
+
+// Where group_band reads a group's filter vectors (of its K output channels, one per tap and
+// input channel): at first + group * K * K taps + tap * tap_stride + channel * channel_stride.
+template <typename scalar_t>
+struct FilterVectors {
+  at::Tensor packed;  // where they are not the weight's own
+  const scalar_t* first;
+  int64_t tap_stride, channel_stride;
+};
+
+// The filter vectors of a dense NCHW or NHWC weight, as given or (order) flipped and transposed,
+// each group's a transpose of its filters or the weight itself: in an NCHW weight a group's
+// filters are a (K x K taps) matrix of rows over channels then taps, in an NHWC one over taps then
+// channels; flipped and transposed, the vectors are the NHWC weight's own runs of channels, a tap's
+// K x K values a row. (torch's permuted copy took 20-60 us, a third of the forward at batch 1, the
+// NHWC weight's move to NCHW another 20.)
+template <typename scalar_t>
+FilterVectors<scalar_t> filter_vectors(const at::Tensor& weight, FilterOrder order, const Conv2dGeometry& g) {
+  const int64_t K = g.in_channels_per_group(), taps = g.kernel_h * g.kernel_w, group_size = K * K * taps;
+  const bool nhwc = weight.is_contiguous(at::MemoryFormat::ChannelsLast) && !weight.is_contiguous();
+  const bool flipped = order == FilterOrder::flipped_transposed;
+  const scalar_t* w = weight.const_data_ptr<scalar_t>();
+  if (flipped && nhwc) return {at::Tensor(), w + (taps - 1) * K, -K, taps * K};
+  at::Tensor packed = at::empty({g.groups * group_size}, weight.options());
+  const auto transpose = transpose_for_this_cpu<scalar_t>();
+  scalar_t* p = packed.mutable_data_ptr<scalar_t>();
+  at::parallel_for(0, g.groups, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t group = begin; group < end; ++group) {
+      if (flipped) {
+        transpose(w + group * group_size, taps, K * K, taps, p + group * group_size, K * K, false);
+      } else {
+        transpose(w + group * group_size, K * taps, K, K * taps, p + group * group_size, K, false);
+      }
+    }
+  });
+  if (flipped) return {packed, p + (taps - 1) * K * K, -K * K, K};
+  return {packed, p, nhwc ? K * K : K, nhwc ? K : taps * K};
+}
+
+}  // namespace
+
+bool grouped_channels_last_applies(const Conv2dGeometry& g, const at::Tensor& input) {
+  const auto dtype = input.scalar_type();
+  const int64_t channels = g.in_channels_per_group();
+  return g.groups > 1 && g.unit_stride() && channels == g.out_channels_per_group() && (channels == 8 || channels == 16) &&
+         use_avx2() && input.suggest_memory_format() == at::MemoryFormat::ChannelsLast &&
+         (dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16);
+}
+
+at::Tensor grouped_channels_last_forward(const at::Tensor& input, const at::Tensor& weight, FilterOrder order,
+                                         const at::Tensor& bias, const Conv2dGeometry& g) {
+  const int64_t K = g.in_channels_per_group();
+  at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w},
+                                input.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (output.numel() == 0) return output;
+  const int64_t columns = band_columns(g), halo = (g.kernel_h - 1) * g.dilation_h;
+  const std::vector<int64_t> tap_offsets = band_tap_offsets(g);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "grouped_channels_last_forward", [&] {
+    const FilterVectors<scalar_t> filters = filter_vectors<scalar_t>(weight, order, g);
+    const bool avx512 = use_avx512(), eight = K == 8;
+    const auto band_kernel = avx512 ? (eight ? &avx512::group_band<scalar_t, 8> : &avx512::group_band<scalar_t, 16>)
+                                    : (eight ? &avx2::group_band<scalar_t, 8> : &avx2::group_band<scalar_t, 16>);
+    const int64_t rows = band_rows(g, columns, sizeof(scalar_t)), bands = (g.out_h + rows - 1) / rows;
+    const scalar_t* in = input.const_data_ptr<scalar_t>();
+    const scalar_t* b = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* out = output.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, g.batch * bands, 1, [&](int64_t begin, int64_t end) {
+      const at::Tensor band = at::empty({g.groups * (rows + halo) * columns * K}, input.options());
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t n = task / bands, oy = task % bands * rows;
+        band_kernel(in + n * g.in_h * g.in_w * g.in_channels, filters.first, filters.tap_stride, filters.channel_stride, b, g, oy,
+                    std::min(rows, g.out_h - oy), rows + halo, columns, tap_offsets.data(),
+                    band.mutable_data_ptr<scalar_t>(), out + (n * g.out_h + oy) * g.out_w * g.out_channels);
+      }
+    });
+  });
+  return output;
+}
+
+// Output rows per task of the weight gradient, and the tasks it aims for: set by the layer, not
+// the threads, whose sums (each task's over its images in order, then the tasks' in order) are
+// then the same whatever the threads.
+constexpr int64_t kGradWeightRows = 8, kGradWeightTasks = 8;
+
+at::Tensor grouped_channels_last_grad_weight(const at::Tensor& input, const at::Tensor& grad_output,
+                                             const Conv2dGeometry& g) {
+  const int64_t K = g.in_channels_per_group(), taps = g.kernel_h * g.kernel_w, group_size = K * K * taps;
+  at::Tensor grad_weight = at::empty({g.out_channels, K, g.kernel_h, g.kernel_w},
+                                     input.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (g.batch * g.out_h * g.out_w == 0) return grad_weight.zero_();
+  const int64_t columns = band_columns(g), halo = (g.kernel_h - 1) * g.dilation_h;
+  const std::vector<int64_t> tap_offsets = band_tap_offsets(g);
+  const int64_t bands = (g.out_h + kGradWeightRows - 1) / kGradWeightRows, rows = (g.out_h + bands - 1) / bands;
+  const int64_t chunks = std::min(g.batch, (kGradWeightTasks + bands - 1) / bands);
+  const int64_t chunk = (g.batch + chunks - 1) / chunks;  // images a task
+  const int64_t tasks = (g.batch + chunk - 1) / chunk * bands;
+  // sums[task][group][tap][c][k]: each task's over its images and rows.
+  at::Tensor sums = at::empty({tasks, g.groups * group_size}, input.options());
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "grouped_channels_last_grad_weight", [&] {
+    const bool avx512 = use_avx512(), eight = K == 8;
+    const auto band_kernel = avx512 ? (eight ? &avx512::group_grad_weight_band<scalar_t, 8> : &avx512::group_grad_weight_band<scalar_t, 16>)
+                                    : (eight ? &avx2::group_grad_weight_band<scalar_t, 8> : &avx2::group_grad_weight_band<scalar_t, 16>);
+    const scalar_t* in = input.const_data_ptr<scalar_t>();
+    const scalar_t* gy = grad_output.const_data_ptr<scalar_t>();
+    scalar_t* s = sums.mutable_data_ptr<scalar_t>();
+    const int64_t size = g.groups * group_size;
+    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+      const int64_t band_size = g.groups * (rows + halo) * columns * K;
+      const at::Tensor bands_of_task = at::empty({band_size + rows * g.out_w * g.out_channels}, input.options());
+      scalar_t* band = bands_of_task.mutable_data_ptr<scalar_t>();
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t first = task / bands * chunk, oy = task % bands * rows;
+        for (int64_t n = first; n < std::min(first + chunk, g.batch); ++n) {
+          band_kernel(in + n * g.in_h * g.in_w * g.in_channels, gy + n * g.out_h * g.out_w * g.out_channels, g, oy,
+                      std::min(rows, g.out_h - oy), rows + halo, columns, tap_offsets.data(), band, band + band_size,
+                      n == first, s + task * size);
+        }
+      }
+    });
+    at::parallel_for(0, size, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t task = 1; task < tasks; ++task) {
+        for (int64_t i = begin; i < end; ++i) s[i] += s[task * size + i];
+      }
+    });
+    // grad_weight[group * K + k][tap][c] (NHWC) = sums[group][tap][c][k].
+    const auto transpose = transpose_for_this_cpu<scalar_t>();
+    scalar_t* out = grad_weight.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, g.groups, 8, [&](int64_t begin, int64_t end) {
+      for (int64_t group = begin; group < end; ++group) {
+        transpose(s + group * group_size, K, taps * K, K, out + group * group_size, taps * K, false);
+      }
+    });
+  });
+  return grad_weight;
+}
+
+}  // namespace conv_ext
