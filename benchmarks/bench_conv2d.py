@@ -114,7 +114,7 @@ GPU_LAYERS = [
 # strided depthwise 3x3, ResNet-50's strided 1x1 projection, ResNeXt-50's grouped 3x3 of 16
 # channels per group and a squeeze-and-excitation 1x1 on pooled images (EfficientNet's); and
 # layers of a model in channels_last (MobileNet's depthwise 3x3, ResNet's 3x3 and 1x1, ResNeXt's
-# grouped 3x3).
+# grouped 3x3 of 4, 8 and 16 channels per group).
 BEYOND_LAYERS = [
     Layer("Inception 1x7, 128 ch @17", 128, 128, 17, (1, 7), 1, (0, 3)),
     Layer("Inception 7x1, 192 ch @17", 192, 192, 17, (7, 1), 1, (3, 0)),
@@ -132,7 +132,9 @@ BEYOND_LAYERS = [
     Layer("channels_last depthwise 3x3/2, 144 ch @56", 144, 144, 56, 3, 2, 1, 144, channels_last=True),
     Layer("channels_last 3x3, 128 ch @28", 128, 128, 28, 3, 1, 1, channels_last=True),
     Layer("channels_last 1x1, 256->64 @56", 256, 64, 56, 1, channels_last=True),
+    Layer("channels_last grouped 3x3 g=32, 128 ch @56", 128, 128, 56, 3, 1, 1, 32, channels_last=True),
     Layer("channels_last grouped 3x3 g=32, 256 ch @28", 256, 256, 28, 3, 1, 1, 32, channels_last=True),
+    Layer("channels_last grouped 3x3 g=32, 512 ch @14", 512, 512, 14, 3, 1, 1, 32, channels_last=True),
 ]
 
 # Precision names: a dtype, or "tf32" (float32 tensors, TF32 allowed on both sides).

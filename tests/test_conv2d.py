@@ -357,7 +357,9 @@ def nhwc_group_weight_sums(x, gy, groups, kernel, padding, dilation):
     Conv(1, 48, 48, (10, 11), (3, 3), (1, 1), (2, 2), (2, 2), 3, True),   # dilated, 16 a group
     Conv(2, 16, 16, (3, 4), (3, 3), (1, 1), (4, 3), (1, 1), 2, True),     # padding past the kernel
     Conv(3, 32, 32, (6, 40), (1, 3), (1, 1), (0, 1), (1, 1), 4, True),    # 1x3, 40 columns
-], ids=["3x3", "16-a-group", "5x5", "dilated", "padded", "1x3"])
+    Conv(2, 32, 32, (9, 17), (3, 3), (1, 1), (1, 1), (1, 1), 8, True),    # 4 a group: pairs of groups
+    Conv(1, 12, 12, (7, 5), (3, 3), (1, 1), (2, 1), (2, 1), 3, False),    # 4 a group, odd groups
+], ids=["3x3", "16-a-group", "5x5", "dilated", "padded", "1x3", "4-a-group", "4-a-group-odd"])
 @pytest.mark.parametrize("weight_layout", ["contiguous", "channels_last"])
 def test_grouped_channels_last_reads_nhwc_in_place(conv, dtype, path, weight_layout):
     """Grouped layers of 8 or 16 channels a group at stride 1 on channels_last inputs run on the
@@ -368,7 +370,8 @@ def test_grouped_channels_last_reads_nhwc_in_place(conv, dtype, path, weight_lay
     nhwc_group_weight_sums), all three results within
     float32's bounds of the exact ones (float64's, bfloat16's), channels_last. The AVX2 build
     takes 16 channels a group to the channels-last GEMM (grouped_channels_last_pays_off) unless
-    the direct kernels are forced."""
+    the direct kernels are forced; 4 float32 channels a group run two groups a vector, and so an
+    even number of groups (an odd one computes on NCHW copies)."""
     conv = dataclasses.replace(conv, layout="channels_last")
     x, w, b = conv.tensors(dtype, "cpu")
     w = make_layout(w, weight_layout)
@@ -377,7 +380,9 @@ def test_grouped_channels_last_reads_nhwc_in_place(conv, dtype, path, weight_lay
             t.requires_grad_()
     ours, gy = channels_last_results_within_bounds(conv, x, w, b, path)
     k = conv.in_channels // conv.groups
-    on_kernel = CPU_HAS_AVX2 and (k == 8 or path == "direct" or (path == "auto" and HAS_AVX512))
+    paired = k == 4 and dtype != torch.float64  # 4 float32 channels a group: groups in pairs
+    on_kernel = CPU_HAS_AVX2 and (k <= 8 or path == "direct" or (path == "auto" and HAS_AVX512))
+    on_kernel = on_kernel and not (paired and conv.groups % 2)
     if dtype == torch.float32 and on_kernel:
         kh, kw = conv.kernel
         flipped = w.detach().view(conv.groups, k, k, kh, kw).transpose(1, 2).flip(3, 4).reshape(w.shape)

@@ -79,6 +79,13 @@ struct Vec<float> {
   static type halves_lanes_down(type v) {  // lanes_down within each half
     return _mm256_castsi256_ps(_mm256_alignr_epi8(_mm256_setzero_si256(), _mm256_castps_si256(v), 4));
   }
+  // p[0] in the even lanes, p[1] in the odd ones (one 64-bit broadcast).
+  static type broadcast_pair(const float* p) {
+    return _mm256_castpd_ps(_mm256_broadcast_sd(reinterpret_cast<const double*>(p)));
+  }
+  // The halves' lanes taken in turn (lo[0], hi[0], lo[1], ...), and back.
+  static type interleave_halves(type v) { return _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)); }
+  static type deinterleave_halves(type v) { return _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7)); }
 };
 template <>
 struct Vec<double> {
