@@ -304,8 +304,10 @@ def test_depthwise_channels_last_reads_nhwc_in_place(conv, dtype, path):
 def nhwc_group_sums(x, w, b, padding, dilation):
     """The float32 forward of a grouped layer at stride 1 (as many input as output channels a
     group) summed as grouped_channels_last.inc sums it: each output from its bias, then tap by tap
-    (row-major), each tap the group's input channels in turn, one fused multiply-add a term
-    (emulated in float64, where the product of two float32 values is exact, then rounded)."""
+    (row-major), each tap the group's input channels in turn; filters 3 wide and undilated along
+    the row filter row by filter row, each over the channels, each channel over the row's 3 taps;
+    one fused multiply-add a term (emulated in float64, where the product of two float32 values
+    is exact, then rounded)."""
     (n, c, h, width), k = x.shape, w.shape[1]
     (kh, kw), (ph, pw), (dh, dw) = w.shape[2:], padding, dilation
     oh, ow = h + 2 * ph - dh * (kh - 1), width + 2 * pw - dw * (kw - 1)
@@ -315,18 +317,20 @@ def nhwc_group_sums(x, w, b, padding, dilation):
     sums = torch.zeros(n, groups, k, oh, ow, dtype=torch.float64)
     if b is not None:
         sums += b.double().view(1, groups, k, 1, 1)
-    for i, j in itertools.product(range(kh), range(kw)):
-        tap = xp[..., i * dh:i * dh + oh, j * dw:j * dw + ow]
-        for channel in range(k):
-            sums = (sums + tap[:, :, channel:channel + 1] * wg[:, :, channel, i, j].view(1, groups, k, 1, 1)).float().double()
+    window = kw == 3 and dw == 1
+    terms = ((i, channel, j) for i in range(kh) for channel in range(k) for j in range(kw)) if window else \
+            ((i, channel, j) for i in range(kh) for j in range(kw) for channel in range(k))
+    for i, channel, j in terms:
+        tap = xp[:, :, channel:channel + 1, i * dh:i * dh + oh, j * dw:j * dw + ow]
+        sums = (sums + tap * wg[:, :, channel, i, j].view(1, groups, k, 1, 1)).float().double()
     return sums.view(n, c, oh, ow).float()
 
 
 def nhwc_group_weight_sums(x, gy, groups, kernel, padding, dilation):
     """The float32 weight gradient of such a layer summed as grouped_channels_last.cpp sums it:
-    tasks of the output rows in bands of up to 8 and of the images in chunks (as many as make 8
-    tasks, at most one an image), each summing its images' rows' pixels in order, one fused
-    multiply-add a term (emulated as nhwc_group_sums does), then the tasks' sums in order."""
+    the output rows in bands of up to 8 (all alike), the images' bands in order in at most 8
+    runs of as many, each run's pixels summed in order, one fused multiply-add a term (emulated
+    as nhwc_group_sums does), then the runs' sums in order."""
     (n, c, h, width), (oh, ow) = x.shape, gy.shape[2:]
     (kh, kw), (ph, pw), (dh, dw) = kernel, padding, dilation
     k = c // groups
@@ -337,13 +341,15 @@ def nhwc_group_weight_sums(x, gy, groups, kernel, padding, dilation):
     grads = gy.double().view(n, groups, k, oh, ow).permute(0, 3, 4, 1, 2)
     bands = -(-oh // 8)
     rows = -(-oh // bands)
-    chunks = min(n, -(-8 // bands))
-    chunk = -(-n // chunks)
+    items = n * bands
+    tasks = min(items, 8)
     total = None
-    for first, y0 in itertools.product(range(0, n, chunk), range(0, oh, rows)):
+    for task in range(tasks):
         sums = torch.zeros(groups, kh * kw, k, k, dtype=torch.float64)
-        for image, y, x_ in itertools.product(range(first, min(first + chunk, n)), range(y0, min(y0 + rows, oh)), range(ow)):
-            sums = (sums + taps[image, y, x_][..., None] * grads[image, y, x_][:, None, None, :]).float().double()
+        for item in range(task * items // tasks, (task + 1) * items // tasks):
+            image, y0 = item // bands, item % bands * rows
+            for y, x_ in itertools.product(range(y0, min(y0 + rows, oh)), range(ow)):
+                sums = (sums + taps[image, y, x_][..., None] * grads[image, y, x_][:, None, None, :]).float().double()
         total = sums if total is None else (total + sums).float().double()
     return total.permute(0, 3, 2, 1).reshape(c, k, kh, kw).float()
 
@@ -359,7 +365,8 @@ def nhwc_group_weight_sums(x, gy, groups, kernel, padding, dilation):
     Conv(3, 32, 32, (6, 40), (1, 3), (1, 1), (0, 1), (1, 1), 4, True),    # 1x3, 40 columns
     Conv(2, 32, 32, (9, 17), (3, 3), (1, 1), (1, 1), (1, 1), 8, True),    # 4 a group: pairs of groups
     Conv(1, 12, 12, (7, 5), (3, 3), (1, 1), (2, 1), (2, 1), 3, False),    # 4 a group, odd groups
-], ids=["3x3", "16-a-group", "5x5", "dilated", "padded", "1x3", "4-a-group", "4-a-group-odd"])
+    Conv(3, 16, 16, (50, 6), (3, 3), (1, 1), (1, 1), (1, 1), 2, True),    # 21 bands: runs of 2 or 3
+], ids=["3x3", "16-a-group", "5x5", "dilated", "padded", "1x3", "4-a-group", "4-a-group-odd", "tall"])
 @pytest.mark.parametrize("weight_layout", ["contiguous", "channels_last"])
 def test_grouped_channels_last_reads_nhwc_in_place(conv, dtype, path, weight_layout):
     """Grouped layers of 8 or 16 channels a group at stride 1 on channels_last inputs run on the
@@ -367,7 +374,7 @@ def test_grouped_channels_last_reads_nhwc_in_place(conv, dtype, path, weight_lay
     channels broadcast from a zero-padded band), forward, input gradient (through the flipped
     filters) and weight gradient, where the direct kernels are chosen, reading NCHW and NHWC
     weights as they lie: float32 bit for bit the kernels' order of sums (nhwc_group_sums,
-    nhwc_group_weight_sums), all three results within
+    nhwc_group_weight_sums, whatever the threads), all three results within
     float32's bounds of the exact ones (float64's, bfloat16's), channels_last. The AVX2 build
     takes 16 channels a group to the channels-last GEMM (grouped_channels_last_pays_off) unless
     the direct kernels are forced; 4 float32 channels a group run two groups a vector, and so an
@@ -391,6 +398,10 @@ def test_grouped_channels_last_reads_nhwc_in_place(conv, dtype, path, weight_lay
         if min(back) >= 0:  # padding past the kernel: the input gradient is no forward
             assert torch.equal(ours[1], nhwc_group_sums(gy, flipped, None, back, conv.dilation))
         assert torch.equal(ours[2], nhwc_group_weight_sums(x.detach(), gy, conv.groups, conv.kernel, conv.padding, conv.dilation))
+        with num_threads(1), cpu_path(path):
+            serial, _ = forward_and_grads(conv_ext.conv2d, conv, x, w, b, gy.contiguous(memory_format=torch.channels_last))
+        for name, a, e in zip(NAMES[:3], serial, ours):
+            assert torch.equal(a, e), f"{name} on one thread"
 
 
 @pytest.mark.parametrize("device", DEVICES)

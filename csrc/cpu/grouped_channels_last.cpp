@@ -18,7 +18,7 @@ namespace conv_ext {
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace avx2 {
-constexpr int kAccumulators = 12, kGradWeightAccumulators = 12;
+constexpr int kVectorRegisters = 16, kAccumulators = 12, kGradWeightAccumulators = 12;
 #include "grouped_channels_last.inc"
 }  // namespace avx2
 #pragma GCC pop_options
@@ -26,7 +26,7 @@ constexpr int kAccumulators = 12, kGradWeightAccumulators = 12;
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx2,fma")
 namespace avx512 {
-constexpr int kAccumulators = 16, kGradWeightAccumulators = 24;
+constexpr int kVectorRegisters = 32, kAccumulators = 16, kGradWeightAccumulators = 24;
 #include "grouped_channels_last.inc"
 }  // namespace avx512
 #pragma GCC pop_options
@@ -182,9 +182,10 @@ at::Tensor grouped_channels_last_forward(const at::Tensor& input, const at::Tens
   return output;
 }
 
-// Output rows per task of the weight gradient, and the tasks it aims for: set by the layer, not
-// the threads, whose sums (each task's over its images in order, then the tasks' in order) are
-// then the same whatever the threads.
+// The weight gradient's bands of output rows (at most kGradWeightRows, all alike), and tasks:
+// the images' bands in order, in at most kGradWeightTasks runs of as many, each summed by a task
+// into its own part, the parts added in order. Both set by the layer, not the threads, the sums
+// are the same whatever the threads; and the parts, each as large as the weight, are bounded.
 constexpr int64_t kGradWeightRows = 8, kGradWeightTasks = 8;
 
 at::Tensor grouped_channels_last_grad_weight(const at::Tensor& input, const at::Tensor& grad_output,
@@ -195,10 +196,8 @@ at::Tensor grouped_channels_last_grad_weight(const at::Tensor& input, const at::
   if (g.batch * g.out_h * g.out_w == 0) return grad_weight.zero_();
   const int64_t columns = band_columns(g), halo = (g.kernel_h - 1) * g.dilation_h;
   const int64_t bands = (g.out_h + kGradWeightRows - 1) / kGradWeightRows, rows = (g.out_h + bands - 1) / bands;
-  const int64_t chunks = std::min(g.batch, (kGradWeightTasks + bands - 1) / bands);
-  const int64_t chunk = (g.batch + chunks - 1) / chunks;  // images a task
-  const int64_t tasks = (g.batch + chunk - 1) / chunk * bands;
-  // sums[task][block][tap][c][k][group of the block]: each task's over its images and rows.
+  const int64_t items = g.batch * bands, tasks = std::min(items, kGradWeightTasks);
+  // sums[task][block][tap][c][k][group of the block]: each task's over its run of bands.
   at::Tensor sums = at::empty({tasks, g.groups * group_size}, input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "grouped_channels_last_grad_weight", [&] {
     with_group_channels(K, [&](auto channels) {
@@ -216,11 +215,11 @@ at::Tensor grouped_channels_last_grad_weight(const at::Tensor& input, const at::
         const at::Tensor bands_of_task = at::empty({band_size + rows * g.out_w * g.out_channels}, input.options());
         scalar_t* band = bands_of_task.mutable_data_ptr<scalar_t>();
         for (int64_t task = begin; task < end; ++task) {
-          const int64_t first = task / bands * chunk, oy = task % bands * rows;
-          for (int64_t n = first; n < std::min(first + chunk, g.batch); ++n) {
+          for (int64_t item = task * items / tasks; item < (task + 1) * items / tasks; ++item) {
+            const int64_t n = item / bands, oy = item % bands * rows;
             band_kernel(in + n * g.in_h * g.in_w * g.in_channels, gy + n * g.out_h * g.out_w * g.out_channels, g, oy,
                         std::min(rows, g.out_h - oy), rows + halo, columns, tap_offsets.data(), band,
-                        band + band_size, n == first, s + task * size);
+                        band + band_size, item == task * items / tasks, s + task * size);
           }
         }
       });

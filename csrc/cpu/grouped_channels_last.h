@@ -25,8 +25,8 @@ at::Tensor grouped_channels_last_forward(const at::Tensor& input, const at::Tens
                                          const at::Tensor& bias, const Conv2dGeometry& g);
 
 // The weight gradient of such a layer (NHWC, channels_last): input and grad_output dense NHWC of
-// float32 or float64. Tasks of rows and images set by the layer sum their own parts, added in
-// order after: the same sums whatever the threads.
+// float32 or float64. Tasks set by the layer (runs of the images' bands of rows) sum their own
+// parts, added in order after: the same sums whatever the threads.
 at::Tensor grouped_channels_last_grad_weight(const at::Tensor& input, const at::Tensor& grad_output,
                                              const Conv2dGeometry& g);
 
