@@ -369,7 +369,7 @@ def nhwc_group_weight_sums(x, gy, groups, kernel, padding, dilation):
 ], ids=["3x3", "16-a-group", "5x5", "dilated", "padded", "1x3", "4-a-group", "4-a-group-odd", "tall"])
 @pytest.mark.parametrize("weight_layout", ["contiguous", "channels_last"])
 def test_grouped_channels_last_reads_nhwc_in_place(conv, dtype, path, weight_layout):
-    """Grouped layers of 8 or 16 channels a group at stride 1 on channels_last inputs run on the
+    """Grouped layers of 4, 8 or 16 channels a group at stride 1 on channels_last inputs run on the
     NHWC group kernels (grouped_channels_last.cpp: a group's output channels in vectors, its input
     channels broadcast from a zero-padded band), forward, input gradient (through the flipped
     filters) and weight gradient, where the direct kernels are chosen, reading NCHW and NHWC

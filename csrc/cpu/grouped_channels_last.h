@@ -1,7 +1,8 @@
-// Grouped layers of 8 or 16 channels a group (ResNeXt's) at stride 1 on NHWC tensors, as a model
-// in channels_last holds them. The NCHW group kernel needs the input moved to NCHW and its output
-// back, each a transpose of the whole tensor; here a group's output channels are whole vectors and
-// each input channel of a pixel a broadcast, read from a zero-padded band of the group's channels.
+// Grouped layers of 4, 8 or 16 channels a group (ResNeXt's) at stride 1 on NHWC tensors, as a
+// model in channels_last holds them. The NCHW group kernel needs the input moved to NCHW and its
+// output back, each a transpose of the whole tensor; here a group's output channels are whole
+// vectors (two groups a vector with 4 float32 channels) and each input channel of a pixel a
+// broadcast, read from a zero-padded band of the group's channels.
 #pragma once
 
 #include "../conv2d.h"
@@ -11,9 +12,9 @@
 namespace conv_ext {
 
 // Whether grouped_channels_last_forward takes this layer and input: more than one group, as many
-// input as output channels a group, 8 or 16 of them, stride 1, an NHWC input (suggested
-// channels_last) of float32 or float64 (float16 and bfloat16 widened to float32 first), in the
-// vector builds.
+// input as output channels a group, 4, 8 or 16 of them (4 float32 ones in an even number of
+// groups), stride 1, an NHWC input (suggested channels_last) of float32 or float64 (float16 and
+// bfloat16 widened to float32 first), in the vector builds.
 bool grouped_channels_last_applies(const Conv2dGeometry& g, const at::Tensor& input);
 
 // The forward of such a layer, any kernel, padding and dilation: input dense NHWC of float32 or
