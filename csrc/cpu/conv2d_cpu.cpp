@@ -835,6 +835,12 @@ Tensor channels_last_gemm_forward(const Tensor& input, const Tensor& weight, Fil
   return finish(output, input.scalar_type(), result_format);
 }
 
+// Whether a layer's forward (or the stride-1 input gradient's, t) runs on the NHWC group kernels:
+// where the direct kernels are chosen and they apply; the weight gradient's too.
+bool grouped_channels_last_chosen(const Conv2dGeometry& g, const Tensor& input) {
+  return choose_algorithm(g) == Algorithm::direct && grouped_channels_last_applies(g, input);
+}
+
 // The forward on the NHWC group kernel, reading the weight in the given order in its own layout.
 Tensor grouped_channels_last(const Tensor& input, const Tensor& weight, FilterOrder order, const Tensor& bias,
                              const Conv2dGeometry& g, at::MemoryFormat result_format) {
@@ -871,7 +877,7 @@ Tensor forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
   if (channels_last_gemm_chosen(g)) {
     return channels_last_gemm_forward(input, weight, FilterOrder::as_given, bias, g, result_format);
   }
-  if (algorithm == Algorithm::direct && grouped_channels_last_applies(g, input)) {
+  if (grouped_channels_last_chosen(g, input)) {
     return grouped_channels_last(input, weight, FilterOrder::as_given, bias, g, result_format);
   }
   if (algorithm == Algorithm::direct && depthwise_channels_last_applies(g, input)) {
@@ -1172,7 +1178,7 @@ Tensor conv2d_grad_input_cpu(const Tensor& grad_output, const Tensor& weight,
     if (by_dilation_phases(t, choose_algorithm)) {
       return forward_by_dilation_phases(grad_output, weight, FilterOrder::flipped_transposed, Tensor(), t, result_format);
     }
-    if (choose_algorithm(t) == Algorithm::direct && grouped_channels_last_applies(t, grad_output)) {
+    if (grouped_channels_last_chosen(t, grad_output)) {
       return grouped_channels_last(grad_output, weight, FilterOrder::flipped_transposed, Tensor(), t, result_format);
     }
     if (flipping_pays_off(g)) {
@@ -1227,7 +1233,7 @@ Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
                                                                    compute_operand(grad_output, format), g);
     return finish(grad_weight, input.scalar_type(), conv2d_memory_format(input, grad_output));
   }
-  if (choose_algorithm(g) == Algorithm::direct && grouped_channels_last_applies(g, input)) {
+  if (grouped_channels_last_chosen(g, input)) {
     const auto format = at::MemoryFormat::ChannelsLast;
     const Tensor grad_weight = grouped_channels_last_grad_weight(compute_operand(input, format),
                                                                  compute_operand(grad_output, format), g);

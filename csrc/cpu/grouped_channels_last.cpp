@@ -52,6 +52,9 @@ static_assert(kGroups<double, 4> == avx512::GroupLayout<double, 4>::kGroups);
 // Stride 1: a band row holds an input row's pixels and the padding on both sides.
 int64_t band_columns(const Conv2dGeometry& g) { return g.in_w + 2 * g.pad_w; }
 
+// The input rows a band holds beyond its output rows.
+int64_t band_halo(const Conv2dGeometry& g) { return (g.kernel_h - 1) * g.dilation_h; }
+
 // Where each tap of the band's first output pixel reads (in elements from the band's start),
 // width channels a pixel.
 std::vector<int64_t> band_tap_offsets(const Conv2dGeometry& g, int64_t width) {
@@ -67,9 +70,8 @@ std::vector<int64_t> band_tap_offsets(const Conv2dGeometry& g, int64_t width) {
 // A task's band: its output rows' input rows, each block's channels apart and zero-padded,
 // at most half a core's L2, and no fewer bands than threads.
 int64_t band_rows(const Conv2dGeometry& g, int64_t columns, int64_t element_size) {
-  const int64_t halo = (g.kernel_h - 1) * g.dilation_h;
   const int64_t row_bytes = columns * g.in_channels * element_size;
-  const int64_t fit = std::max<int64_t>(1, core_l2_bytes() / 2 / std::max<int64_t>(row_bytes, 1) - halo);
+  const int64_t fit = std::max<int64_t>(1, core_l2_bytes() / 2 / std::max<int64_t>(row_bytes, 1) - band_halo(g));
   const int64_t per_image = (at::get_num_threads() + g.batch - 1) / g.batch;
   const int64_t bands = std::min(g.out_h, std::max((g.out_h + fit - 1) / fit, per_image));
   return (g.out_h + bands - 1) / bands;
@@ -156,7 +158,7 @@ at::Tensor grouped_channels_last_forward(const at::Tensor& input, const at::Tens
   at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w},
                                 input.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (output.numel() == 0) return output;
-  const int64_t columns = band_columns(g), halo = (g.kernel_h - 1) * g.dilation_h;
+  const int64_t columns = band_columns(g), halo = band_halo(g);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "grouped_channels_last_forward", [&] {
     with_group_channels(g.in_channels_per_group(), [&](auto channels) {
       constexpr int K = decltype(channels)::value;
@@ -194,7 +196,7 @@ at::Tensor grouped_channels_last_grad_weight(const at::Tensor& input, const at::
   at::Tensor grad_weight = at::empty({g.out_channels, K, g.kernel_h, g.kernel_w},
                                      input.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (g.batch * g.out_h * g.out_w == 0) return grad_weight.zero_();
-  const int64_t columns = band_columns(g), halo = (g.kernel_h - 1) * g.dilation_h;
+  const int64_t columns = band_columns(g), halo = band_halo(g);
   const int64_t bands = (g.out_h + kGradWeightRows - 1) / kGradWeightRows, rows = (g.out_h + bands - 1) / bands;
   const int64_t items = g.batch * bands, tasks = std::min(items, kGradWeightTasks);
   // sums[task][block][tap][c][k][group of the block]: each task's over its run of bands.
@@ -243,7 +245,7 @@ at::Tensor grouped_channels_last_grad_weight(const at::Tensor& input, const at::
       const auto transpose = transpose_for_this_cpu<scalar_t>();
       at::parallel_for(0, g.groups, 8, [&](int64_t begin, int64_t end) {
         for (int64_t group = begin; group < end; ++group) {
-          transpose(s + group * group_size, K, taps * K, K, out + group * group_size, taps * K, false);
+          transpose(s + group * group_size, k, taps * k, k, out + group * group_size, taps * k, false);
         }
       });
     });
