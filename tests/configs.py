@@ -70,12 +70,15 @@ def fitting_size(draw, kernel, pad, dilation, max_size):
 
 @st.composite
 def convs(draw, max_batch=3, max_size=9, layouts=LAYOUTS):
-    # A third of the draws are the 3x3 and 5x5 stride-1 layers Winograd computes, with channel
-    # counts that cover its blocks of 64 channels and their remainders.
+    # A third of the draws are the stride-1 layers Winograd computes, with channel counts that
+    # cover its blocks of 64 channels and their remainders: 3x3 and 5x5, and along one dimension
+    # 1 x R and R x 1 for R 3, 5 and 7.
     winograd = draw(st.integers(0, 2)) == 0
     groups = 1 if winograd else draw(st.integers(1, 3))
     square = draw(st.sampled_from([3, 5]))
-    kernel = (square, square) if winograd else (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    taps = draw(st.sampled_from([3, 5, 7]))
+    winograd_kernel = draw(st.sampled_from([(square, square), (square, square), (1, taps), (taps, 1)]))
+    kernel = winograd_kernel if winograd else (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
     dilation = (1, 1) if winograd else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     mode = draw(st.sampled_from(["ints", "ints", "ints", "same", "valid"]))
     unit_stride = mode == "same" or winograd

@@ -44,8 +44,8 @@ CPU_PATHS = {
     "gemm-generic-isa": {"CONV_EXT_CPU_ALGORITHM": "gemm", "CONV_EXT_CPU_ISA": "generic"},
     "direct": {"CONV_EXT_CPU_ALGORITHM": "direct", "CONV_EXT_CUDA_ALGORITHM": "direct"},
     "direct-generic-isa": {"CONV_EXT_CPU_ALGORITHM": "direct", "CONV_EXT_CPU_ISA": "generic"},
-    # Winograd where it applies (3x3 or 5x5, stride 1, dilation 1, one group), the choice by shape
-    # elsewhere.
+    # Winograd where it applies (3x3 or 5x5, or along one dimension 1 x R and R x 1 for R 3, 5 and 7;
+    # stride 1, dilation 1, one group), the choice by shape elsewhere.
     "winograd": {"CONV_EXT_CPU_ALGORITHM": "winograd"},
     "winograd-generic-isa": {"CONV_EXT_CPU_ALGORITHM": "winograd", "CONV_EXT_CPU_ISA": "generic"},
     # The paths chosen where torch's BLAS runs narrower kernels than ours (slow: AMD CPUs with

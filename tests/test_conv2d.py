@@ -695,6 +695,53 @@ def test_dilated_layers_run_on_winograd_by_phases(conv, dtype):
         assert not torch.equal(results["auto"][name], results["gemm"][name]), name
 
 
+# The 1 x R and R x 1 layers Winograd computes along one dimension (winograd_1d_conv2d.h), R 3,
+# 5 and 7: by bands of the input where the batch has many tiles (1x7 on 17 rows, 1x5 whose
+# padding rows give outputs of the bias alone, a 7x1 output of 2.2 MB stored by non-temporal
+# stores; 2048 x 272 filters, whose transforms exceed 16 MiB: two slices of output channels, 144
+# and 128), by panels of output channels where it has few (1x3 on an 8 x 8 image, 70 output
+# channels, the last block of panels one, the last panel part full; 300 input channels, two blocks
+# of the products' depth; a float64 3x1 of 512 channels, whose transformed rows, 4 KiB long,
+# are padded); NHWC inputs; float16 widened as read.
+WINOGRAD_1D_LAYERS = {
+    "1x7-bands": (Conv(2, 40, 36, (17, 13), (1, 7), (1, 1), (0, 3), (1, 1), 1, True), torch.float32),
+    "1x5-padding-rows-nhwc": (Conv(3, 48, 48, (13, 10), (1, 5), (1, 1), (2, 2), (1, 1), 1, False, "channels_last"),
+                              torch.float32),
+    "7x1-streamed": (Conv(2, 32, 72, (60, 64), (7, 1), (1, 1), (3, 0), (1, 1), 1, True), torch.float32),
+    "7x1-slices": (Conv(1, 2048, 272, (4, 66), (7, 1), (1, 1), (3, 0), (1, 1), 1, True), torch.float32),
+    "3x1-128-bands": (Conv(2, 128, 144, (9, 11), (3, 1), (1, 1), (1, 0), (1, 1), 1, True), torch.float32),
+    "1x3-panels": (Conv(1, 96, 70, (8, 8), (1, 3), (1, 1), (0, 1), (1, 1), 1, True), torch.float32),
+    "1x3-deep-nhwc": (Conv(2, 300, 40, (6, 9), (1, 3), (1, 1), (0, 1), (1, 1), 1, True, "channels_last"), torch.float64),
+    "3x1-512-float64": (Conv(1, 512, 32, (8, 4), (3, 1), (1, 1), (1, 0), (1, 1), 1, False), torch.float64),
+    "7x1-valid": (Conv(3, 36, 40, (13, 7), (7, 1), (1, 1), (0, 0), (1, 1), 1, True), torch.float64),
+    "5x1-float16-nhwc": (Conv(2, 32, 40, (20, 6), (5, 1), (1, 1), (1, 0), (1, 1), 1, True, "channels_last"), torch.float16),
+}
+
+
+@pytest.mark.parametrize("conv,dtype", WINOGRAD_1D_LAYERS.values(), ids=WINOGRAD_1D_LAYERS.keys())
+def test_factorised_layers_run_on_winograd_along_one_dimension(conv, dtype):
+    """Right (float64 as F.conv2d's, the others within their bounds of the float64 result), in
+    the input's layout, and on Winograd along one dimension: the forward and the input gradient
+    (a forward of the rotated filters, where the padding is at most the kernel's reach) in
+    float32 and float64 bit for bit the forced Winograd path's, not the GEMM path's; so the weight
+    gradient with at least 128 channels in and out where MKL does not keep up (slow-blas)."""
+    if not CPU_HAS_AVX2:
+        pytest.skip("the vector builds only")
+    output = check_layer_on_path(conv, dtype, "auto")[0]
+    assert output.is_contiguous(memory_format=torch.channels_last) == (conv.layout == "channels_last")
+    if dtype == torch.float16:
+        return
+    results = results_with_a_large_channel(conv, dtype, ("auto", "winograd", "gemm"))
+    grad_input_is_forward = all(p <= k - 1 for p, k in zip(conv.padding, conv.kernel))
+    for name in NAMES[:2] if grad_input_is_forward else NAMES[:1]:
+        assert torch.equal(results["auto"][name], results["winograd"][name]), name
+        assert not torch.equal(results["auto"][name], results["gemm"][name]), name
+    if min(conv.in_channels, conv.out_channels) >= 128 and HAS_AVX512:
+        results = results_with_a_large_channel(conv, dtype, ("slow-blas", "winograd-slow-blas", "gemm-slow-blas"))
+        assert torch.equal(results["slow-blas"]["grad_weight"], results["winograd-slow-blas"]["grad_weight"])
+        assert not torch.equal(results["slow-blas"]["grad_weight"], results["gemm-slow-blas"]["grad_weight"])
+
+
 @pytest.mark.parametrize("conv", [
     Conv(2, 32, 64, (28, 28), (3, 3), (1, 1), (2, 2), (2, 2), 1, True),
     Conv(2, 64, 64, (14, 14), (3, 3), (1, 1), (6, 6), (6, 6), 1, True),
@@ -1006,14 +1053,14 @@ def test_grouped_layers_beyond_the_avx2_direct_kernels(conv, on_channels_last_ge
     (Conv(4, 96, 96, (17, 17), (1, 7), (1, 1), (0, 3), (1, 1), 1, True), NAMES[:2], []),
     (Conv(2, 168, 168, (25, 25), (2, 2), (1, 1), (0, 0), (1, 1), 1, False), NAMES[:2], []),
     (Conv(1, 40, 36, (20, 22), (7, 7), (1, 1), (3, 3), (1, 1), 1, True), NAMES[:3], []),
-    (Conv(1, 256, 160, (8, 8), (1, 3), (1, 1), (0, 1), (1, 1), 1, True), [], ["output"]),
+    (Conv(1, 256, 160, (8, 8), (1, 4), (1, 1), (0, 2), (1, 1), 1, True), [], ["output"]),
     (Conv(1, 48, 160, (13, 13), (3, 3), (1, 1), (2, 2), (2, 2), 1, False), ["output"], ["grad_weight"]),
     (Conv(1, 64, 40, (28, 26), (3, 3), (2, 2), (1, 1), (1, 1), 1, True), NAMES[:3], []),
     (Conv(1, 120, 64, (24, 24), (3, 3), (2, 2), (1, 1), (1, 1), 1, True), [], ["output"]),
     (Conv(4, 192, 192, (17, 17), (7, 1), (1, 1), (3, 0), (1, 1), 1, True), NAMES[:3], []),
     (Conv(2, 192, 192, (17, 17), (7, 1), (1, 1), (3, 0), (1, 1), 1, True), NAMES[:2], ["grad_weight"]),
     (Conv(8, 320, 320, (14, 14), (3, 3), (1, 1), (6, 6), (6, 6), 1, True), NAMES[:2], ["grad_weight"]),
-], ids=["dilated-33-channels", "dilated-16-channels", "7x7", "1x7", "2x2", "7x7-batch-1", "1x3-few-pixels",
+], ids=["dilated-33-channels", "dilated-16-channels", "7x7", "1x7", "2x2", "7x7-batch-1", "1x4-few-pixels",
         "dilated-many-channels", "strided-batch-1", "strided-long-patch", "7x1-192-channels", "7x1-few-pixels",
         "dilated-320-channels"])
 def test_channels_last_gemm_takes_layers_by_shape(conv, on_channels_last_gemm, on_mkl):
@@ -1022,13 +1069,15 @@ def test_channels_last_gemm_takes_layers_by_shape(conv, on_channels_last_gemm, o
     fewer than 64 channels, or dilation 6 on 14 pixels) run on the channels-last GEMM
     (stride_one_channels_last_gemm_may_pay_off) from 32 input channels, with more than 1024 output
     pixels in the batch or at least as many as output channels (pixels_repay_packed_filters; at batch 1:
-    440 pixels for 36 channels and 169 for 160, but not 64 for 160); and their weight gradients from 16
+    440 pixels for 36 channels and 169 for 160, but not 72 for 160); and their weight gradients from 16
     channels, with 32 pixels in the batch per input channel or at most 128 output channels (not 160
     output channels with 169 pixels for 48 input channels), or up to 256 input channels with 4 pixels
     per channel (192 channels with 1156 pixels, not 578; not 320 channels with 1568). Strided layers of
     few pixels too where those repay the filters and the patch is shorter than 1024 (182 pixels for 40
     channels with 576-long patches, but not 1080-long ones). No BLAS call there, where im2col+MKL had
-    been (mutation-checked: without the rules each of them calls baddbmm_ or bmm)."""
+    been (mutation-checked: without the rules each of them calls baddbmm_ or bmm). The forwards and
+    input gradients of the 1x7 and 7x1 layers run on Winograd along one dimension since, which
+    calls no BLAS either."""
     if not HAS_AVX512:  # fast-blas runs the AVX2 build, which gives MKL no forward of a kernel larger than 1x1
         on_channels_last_gemm, on_mkl = [*on_channels_last_gemm] + ["output"] * ("output" in on_mkl), [n for n in on_mkl if n != "output"]
     x, w, b = conv.tensors(torch.float32, "cpu")

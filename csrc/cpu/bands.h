@@ -414,18 +414,26 @@ void scatter_channels(const BandMoves<scalar_t, io_t>& moves, const scalar_t* sr
 
 // band[a][b][c] = x[n, c, row0 + a, col0 + b] for a < rows and b < band_w, zero outside the
 // image: the tiles' blocks read it channels-innermost, whatever x's layout (NHWC or NCHW), x's
-// float16 or bfloat16 (io_t) widened to the band's float32.
+// float16 or bfloat16 (io_t) widened to the band's float32. The band's pixels band_c values
+// apart (the channels, unless given more: the values past them zero).
 template <typename io_t, typename scalar_t>
 void fill_band(const BandMoves<io_t, scalar_t>& moves, const io_t* x, const Layout& l, int64_t n, int64_t row0, int64_t rows,
-               int64_t col0, int64_t band_w, scalar_t* band) {
-  const int64_t C = l.channels;
-  std::fill(band, band + rows * band_w * C, scalar_t(0));
+               int64_t col0, int64_t band_w, scalar_t* band, int64_t band_c = 0) {
+  const int64_t C = l.channels, pixel = std::max(band_c, C);
   const int64_t b_begin = std::max<int64_t>(0, -col0), b_end = std::min(band_w, l.width - col0);
   for (int64_t a = 0; a < rows; ++a) {
+    scalar_t* row = band + a * band_w * pixel;
     const int64_t ih = row0 + a;
-    if (ih < 0 || ih >= l.height || b_end <= b_begin) continue;
-    gather_channels(moves, x + n * l.n + ih * l.h + (col0 + b_begin) * l.w, l, b_end - b_begin, C,
-                    band + (a * band_w + b_begin) * C, C);
+    if (ih < 0 || ih >= l.height || b_end <= b_begin) {
+      std::fill(row, row + band_w * pixel, scalar_t(0));
+      continue;
+    }
+    // Zero only what the gather leaves: the columns outside the image, the values past C.
+    std::fill(row, row + b_begin * pixel, scalar_t(0));
+    std::fill(row + b_end * pixel, row + band_w * pixel, scalar_t(0));
+    for (int64_t b = b_begin; b < b_end && pixel > C; ++b) std::fill(row + b * pixel + C, row + (b + 1) * pixel, scalar_t(0));
+    gather_channels(moves, x + n * l.n + ih * l.h + (col0 + b_begin) * l.w, l, b_end - b_begin, C, row + b_begin * pixel,
+                    pixel);
   }
 }
 

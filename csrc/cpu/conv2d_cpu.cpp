@@ -30,6 +30,7 @@
 #include "matrix_vector.h"
 #include "micro_kernel.h"
 #include "winograd_conv2d.h"
+#include "winograd_1d_conv2d.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -835,6 +836,21 @@ Tensor channels_last_gemm_forward(const Tensor& input, const Tensor& weight, Fil
   return finish(output, input.scalar_type(), result_format);
 }
 
+// Whether a layer's forward (or the stride-1 input gradient's, t; given its pays_off, the weight
+// gradient) runs on Winograd along one dimension (1 x R and R x 1 kernels): where it applies and
+// pays off, or Winograd is forced.
+bool winograd_1d_chosen(const Conv2dGeometry& g, bool (*pays_off)(const Conv2dGeometry&) = winograd_1d_pays_off) {
+  return winograd_1d_applies(g) && !forced_algorithm() && (winograd_forced() || pays_off(g));
+}
+
+// Its forward, reading the weight in the given order.
+Tensor winograd_1d_forward(const Tensor& input, const Tensor& weight, FilterOrder order, const Tensor& bias,
+                           const Conv2dGeometry& g, at::MemoryFormat result_format) {
+  const Tensor output = winograd_1d_conv2d_forward(band_operand(input), compute_operand(weight), order,
+                                                   compute_operand(bias), g, result_format);
+  return finish(output, input.scalar_type(), result_format);
+}
+
 // Whether a layer's forward (or the stride-1 input gradient's, t) runs on the NHWC group kernels:
 // where the direct kernels are chosen and they apply; the weight gradient's too.
 bool grouped_channels_last_chosen(const Conv2dGeometry& g, const Tensor& input) {
@@ -871,6 +887,7 @@ Tensor forward(const Tensor& input, const Tensor& weight, const Tensor& bias,
   }
   const Algorithm algorithm = choose_algorithm(g);
   if (algorithm == Algorithm::winograd) return winograd_forward(input, weight, FilterOrder::as_given, bias, g, result_format);
+  if (winograd_1d_chosen(g)) return winograd_1d_forward(input, weight, FilterOrder::as_given, bias, g, result_format);
   if (by_dilation_phases(g, choose_algorithm)) {
     return forward_by_dilation_phases(input, weight, FilterOrder::as_given, bias, g, result_format);
   }
@@ -1170,6 +1187,9 @@ Tensor conv2d_grad_input_cpu(const Tensor& grad_output, const Tensor& weight,
     // The pair kernels read the filters flipped as they pack them, and beat col2im's widened GEMM
     // whatever the pixels (Zen 5, 3x3 dilated by 2, 512 @7: at batch 8 17 -> 6.7 ms, at batch 1
     // 3.7 -> 2.2 ms).
+    if (!bf16_pairs_chosen(t, grad_output.scalar_type()) && winograd_1d_chosen(t)) {
+      return winograd_1d_forward(grad_output, weight, FilterOrder::flipped_transposed, Tensor(), t, result_format);
+    }
     if (bf16_pairs_chosen(t, grad_output.scalar_type())) {
       const Tensor grad_input = bf16_pairs_conv2d_forward(dense(grad_output), dense(weight),
                                                           FilterOrder::flipped_transposed, Tensor(), t);
@@ -1263,6 +1283,10 @@ Tensor conv2d_grad_weight_cpu(const Tensor& input, const Tensor& grad_output,
                   conv2d_memory_format(input, grad_output));
   }
   const at::MemoryFormat format = conv2d_memory_format(input, grad_output);
+  if (winograd_1d_chosen(g, winograd_1d_grad_weight_pays_off)) {
+    return finish(winograd_1d_conv2d_grad_weight(band_operand(input), band_operand(grad_output), g), input.scalar_type(),
+                  format);
+  }
   if (by_dilation_phases(g, choose_grad_weight_algorithm)) {
     // The phases' products summed over the batch of their images (see forward_by_dilation_phases),
     // and over the passes.

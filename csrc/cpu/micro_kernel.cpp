@@ -3,7 +3,9 @@
 #include "cpu_features.h"
 #include "vec.h"
 
+#include <algorithm>
 #include <type_traits>
+#include <vector>
 
 namespace conv_ext {
 
@@ -71,5 +73,83 @@ MicroKernel<scalar_t> micro_kernel_for_this_cpu() {
 
 template MicroKernel<float> micro_kernel_for_this_cpu<float>();
 template MicroKernel<double> micro_kernel_for_this_cpu<double>();
+
+// Blocks of kDepth input channels keep the kernel's panels in L1 while the tiles pass over them.
+template <typename scalar_t>
+void multiply_by_filters(int64_t elements, const scalar_t* v, int64_t v_row, const scalar_t* u, int64_t u_stride,
+                         scalar_t* p, int64_t count, int64_t C, int64_t panels, bool add) {
+  constexpr int64_t W = kPanelWidth<scalar_t>, kDepth = 256;
+  const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
+  const int64_t tile_rows = kernel.rows;
+  for (int64_t e = 0; e < elements; ++e) {
+    const scalar_t* ve = v + e * count * v_row;
+    scalar_t* pe = p + e * count * panels * W;
+    for (int64_t c0 = 0; c0 < C; c0 += kDepth) {
+      const int64_t depth = std::min(kDepth, C - c0);
+      for (int64_t panel = 0; panel < panels; panel += kernel.panels) {
+        const int n = static_cast<int>(std::min<int64_t>(kernel.panels, panels - panel));
+        const scalar_t* b = u + e * u_stride + (panel * C + c0) * W;
+        for (int64_t t = 0; t < count; t += tile_rows) {
+          const int rows = static_cast<int>(std::min(tile_rows, count - t));
+          const scalar_t* a = ve + t * v_row + c0;
+          scalar_t* y = pe + t * panels * W + panel * W;
+          kernel.run(rows, n, depth, a, v_row, b, C * W, nullptr, {}, add || c0 > 0 ? Write::add : Write::store, y, panels * W);
+        }
+      }
+    }
+  }
+}
+
+template <typename scalar_t>
+void pack_tile_panels(int64_t elements, const scalar_t* v, int64_t v_row, int64_t count, int64_t C, scalar_t* packed) {
+  constexpr int64_t W = kPanelWidth<scalar_t>;
+  const int64_t panels = (C + W - 1) / W;
+  for (int64_t e = 0; e < elements; ++e) {
+    for (int64_t p = 0; p < panels; ++p) {
+      const int64_t lanes = std::min(W, C - p * W);
+      for (int64_t t = 0; t < count; ++t) {
+        const scalar_t* src = v + (e * count + t) * v_row + p * W;
+        scalar_t* dst = packed + ((e * panels + p) * count + t) * W;
+        std::copy(src, src + lanes, dst);
+        std::fill(dst + lanes, dst + W, scalar_t(0));
+      }
+    }
+  }
+}
+
+template <typename scalar_t>
+void multiply_tiles_transposed(int64_t elements, const scalar_t* w, int64_t w_row, int64_t rows, const scalar_t* packed_v,
+                               int64_t C, int64_t count, Write write, scalar_t* s, int64_t s_row) {
+  constexpr int64_t W = kPanelWidth<scalar_t>;
+  const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
+  const int64_t panels = (C + W - 1) / W;
+  std::vector<int64_t> taps(std::min(count, kernel.depth));  // step k of W's columns: row k of W
+  for (int64_t k = 0; k < static_cast<int64_t>(taps.size()); ++k) taps[k] = k * w_row;
+  for (int64_t e = 0; e < elements; ++e) {
+    for (int64_t t0 = 0; t0 < count; t0 += kernel.depth) {
+      const int64_t depth = std::min(kernel.depth, count - t0);
+      const Write block_write = t0 == 0 ? write : Write::add;
+      for (int64_t p = 0; p < panels; p += kernel.panels) {
+        const int n = static_cast<int>(std::min<int64_t>(kernel.panels, panels - p));
+        const scalar_t* panel = packed_v + ((e * panels + p) * count + t0) * W;
+        for (int64_t r0 = 0; r0 < rows; r0 += kernel.rows) {
+          kernel.run(static_cast<int>(std::min<int64_t>(kernel.rows, rows - r0)), n, depth,
+                     w + (e * count + t0) * w_row + r0, 1, panel, count * W, taps.data(), {}, block_write,
+                     s + (e * rows + r0) * s_row + p * W, s_row);
+        }
+      }
+    }
+  }
+}
+
+#define CONV_EXT_WINOGRAD_PRODUCTS(scalar_t)                                                                          \
+  template void multiply_by_filters<scalar_t>(int64_t, const scalar_t*, int64_t, const scalar_t*, int64_t, scalar_t*,  \
+                                              int64_t, int64_t, int64_t, bool);                                        \
+  template void pack_tile_panels<scalar_t>(int64_t, const scalar_t*, int64_t, int64_t, int64_t, scalar_t*);           \
+  template void multiply_tiles_transposed<scalar_t>(int64_t, const scalar_t*, int64_t, int64_t, const scalar_t*,       \
+                                                    int64_t, int64_t, Write, scalar_t*, int64_t);
+CONV_EXT_WINOGRAD_PRODUCTS(float)
+CONV_EXT_WINOGRAD_PRODUCTS(double)
+#undef CONV_EXT_WINOGRAD_PRODUCTS
 
 }  // namespace conv_ext

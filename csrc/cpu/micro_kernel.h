@@ -82,4 +82,22 @@ struct MicroKernel {
 template <typename scalar_t>
 MicroKernel<scalar_t> micro_kernel_for_this_cpu();
 
+// Winograd's products, on this CPU's micro-kernel: P[e] (+)= V[e] U[e] for the transforms'
+// `elements` elements of a chunk of `count` tiles, (count x C) times (C x K), V's rows (v_row
+// apart) read in place, U in packed panels (element planes u_stride apart); P's rows are padded
+// to whole panels. Adding to P, or over it.
+template <typename scalar_t>
+void multiply_by_filters(int64_t elements, const scalar_t* v, int64_t v_row, const scalar_t* u, int64_t u_stride,
+                         scalar_t* p, int64_t count, int64_t C, int64_t panels, bool add);
+
+// The weight gradient's: V (elements, count, v_row: C values a row) as (elements, C's panels,
+// count, W), zero past C; then S[e] (+)= W[e]^T V[e] for the elements: `rows` columns of W
+// (count x w_row) times V (count x C, so packed); S is (elements, rows, s_row), s_row at least
+// C's panels times W.
+template <typename scalar_t>
+void pack_tile_panels(int64_t elements, const scalar_t* v, int64_t v_row, int64_t count, int64_t C, scalar_t* packed);
+template <typename scalar_t>
+void multiply_tiles_transposed(int64_t elements, const scalar_t* w, int64_t w_row, int64_t rows, const scalar_t* packed_v,
+                               int64_t C, int64_t count, Write write, scalar_t* s, int64_t s_row);
+
 }  // namespace conv_ext

@@ -356,35 +356,6 @@ void transform_filters(const Transforms<R, scalar_t>& transforms, const FilterSo
   });
 }
 
-// P[e] (+)= V[e] U[e] for the 36 elements of a chunk of `count` tiles: (count x C) times
-// (C x K), V's rows (v_row apart) read in place, U in packed panels (element planes u_stride
-// apart); P's rows are padded to whole panels. Adding to P, or over it.
-// Blocks of kDepth input channels keep the kernel's panels in L1 while the tiles pass over them.
-template <typename scalar_t>
-void multiply_by_filters(const scalar_t* v, int64_t v_row, const scalar_t* u, int64_t u_stride, scalar_t* p, int64_t count,
-                         int64_t C, int64_t panels, bool add) {
-  constexpr int64_t W = kPanelWidth<scalar_t>, kDepth = 256;
-  const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
-  const int64_t tile_rows = kernel.rows;
-  for (int64_t e = 0; e < kElements; ++e) {
-    const scalar_t* ve = v + e * count * v_row;
-    scalar_t* pe = p + e * count * panels * W;
-    for (int64_t c0 = 0; c0 < C; c0 += kDepth) {
-      const int64_t depth = std::min(kDepth, C - c0);
-      for (int64_t panel = 0; panel < panels; panel += kernel.panels) {
-        const int n = static_cast<int>(std::min<int64_t>(kernel.panels, panels - panel));
-        const scalar_t* b = u + e * u_stride + (panel * C + c0) * W;
-        for (int64_t t = 0; t < count; t += tile_rows) {
-          const int rows = static_cast<int>(std::min(tile_rows, count - t));
-          const scalar_t* a = ve + t * v_row + c0;
-          scalar_t* y = pe + t * panels * W + panel * W;
-          kernel.run(rows, n, depth, a, v_row, b, C * W, nullptr, {}, add || c0 > 0 ? Write::add : Write::store, y, panels * W);
-        }
-      }
-    }
-  }
-}
-
 // The weight gradient's products S[e] = W[e]^T V[e] (output channels x input channels, summed
 // over tiles) on the micro-kernel, for where MKL, which at::bmm calls, runs narrower kernels than
 // ours (blas_keeps_up): on Zen 5 the weight gradients of the suite's 3x3 and 5x5 layers ran
@@ -397,51 +368,6 @@ template <typename scalar_t>
 int64_t product_sum_row(int64_t C, bool on_micro_kernel) {
   constexpr int64_t W = kPanelWidth<scalar_t>;
   return on_micro_kernel ? (C + W - 1) / W * W : C;
-}
-
-// V (36, count, C) as (36, C's panels, count, W), zero past C.
-template <typename scalar_t>
-void pack_tile_panels(const scalar_t* v, int64_t count, int64_t C, scalar_t* packed) {
-  constexpr int64_t W = kPanelWidth<scalar_t>;
-  const int64_t panels = (C + W - 1) / W;
-  for (int64_t e = 0; e < kElements; ++e) {
-    for (int64_t p = 0; p < panels; ++p) {
-      const int64_t lanes = std::min(W, C - p * W);
-      for (int64_t t = 0; t < count; ++t) {
-        const scalar_t* src = v + (e * count + t) * C + p * W;
-        scalar_t* dst = packed + ((e * panels + p) * count + t) * W;
-        std::copy(src, src + lanes, dst);
-        std::fill(dst + lanes, dst + W, scalar_t(0));
-      }
-    }
-  }
-}
-
-// S[e] (+)= W[e]^T V[e] for the 36 elements: `rows` columns of W (count x w_row) times V (count x
-// C, packed by pack_tile_panels); S is (36, rows, s_row), s_row at least C's panels times W.
-template <typename scalar_t>
-void multiply_tiles_transposed(const scalar_t* w, int64_t w_row, int64_t rows, const scalar_t* packed_v, int64_t C,
-                               int64_t count, Write write, scalar_t* s, int64_t s_row) {
-  constexpr int64_t W = kPanelWidth<scalar_t>;
-  const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
-  const int64_t panels = (C + W - 1) / W;
-  std::vector<int64_t> taps(std::min(count, kernel.depth));  // step k of W's columns: row k of W
-  for (int64_t k = 0; k < static_cast<int64_t>(taps.size()); ++k) taps[k] = k * w_row;
-  for (int64_t e = 0; e < kElements; ++e) {
-    for (int64_t t0 = 0; t0 < count; t0 += kernel.depth) {
-      const int64_t depth = std::min(kernel.depth, count - t0);
-      const Write block_write = t0 == 0 ? write : Write::add;
-      for (int64_t p = 0; p < panels; p += kernel.panels) {
-        const int n = static_cast<int>(std::min<int64_t>(kernel.panels, panels - p));
-        const scalar_t* panel = packed_v + ((e * panels + p) * count + t0) * W;
-        for (int64_t r0 = 0; r0 < rows; r0 += kernel.rows) {
-          kernel.run(static_cast<int>(std::min<int64_t>(kernel.rows, rows - r0)), n, depth,
-                     w + (e * count + t0) * w_row + r0, 1, panel, count * W, taps.data(), {}, block_write,
-                     s + (e * rows + r0) * s_row + p * W, s_row);
-        }
-      }
-    }
-  }
 }
 
 // The part of a task that the forward and the weight gradient share: for each chunk in
@@ -506,7 +432,7 @@ void winograd_forward_kernel(const Tensor& input, const Tensor& weight, FilterOr
     // P = V U per element, then each row's output blocks y = A^T P A, stored a row at a time.
     const auto multiply_and_store = [&](const Tensor& v, Tensor& p, int64_t first_row, int64_t rows) {
       const int64_t count = rows * grid.cols;
-      multiply_by_filters(v.const_data_ptr<scalar_t>(), C, u_data, u_stride, p.mutable_data_ptr<scalar_t>(), count, C, panels, false);
+      multiply_by_filters(kElements, v.const_data_ptr<scalar_t>(), C, u_data, u_stride, p.mutable_data_ptr<scalar_t>(), count, C, panels, false);
       const scalar_t* p_data = p.const_data_ptr<scalar_t>();
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t n = (first_row + r) / grid.rows, row = (first_row + r) % grid.rows;
@@ -647,7 +573,7 @@ void winograd_forward_by_panels(const Tensor& input, const Tensor& weight, Filte
           transform_filter_panel(transforms, filters, c0, channels, K, first + i, width, u + i * channels * width,
                                  u_stride, grouped);
         }
-        multiply_by_filters(v_data + c0, C, u, u_stride, p, tiles, channels, count, c0 > 0);
+        multiply_by_filters(kElements, v_data + c0, C, u, u_stride, p, tiles, channels, count, c0 > 0);
       }
       for (int64_t i = 0; i < count; ++i) {
         const int64_t k0 = (first + i) * width, lanes = std::min(width, K - k0);
@@ -689,7 +615,7 @@ void winograd_grad_weight_by_panels(const Tensor& input, const Tensor& grad_outp
   const bool on_micro_kernel = !blas_keeps_up();
   const int64_t s_row = product_sum_row<scalar_t>(C, on_micro_kernel);
   AlignedVector<scalar_t> packed_v(on_micro_kernel ? kElements * tiles * s_row : 0);
-  if (on_micro_kernel) pack_tile_panels(v.template const_data_ptr<scalar_t>(), tiles, C, packed_v.data());
+  if (on_micro_kernel) pack_tile_panels(kElements, v.template const_data_ptr<scalar_t>(), C, tiles, C, packed_v.data());
   at::parallel_for(0, (K + width - 1) / width, 1, [&](int64_t begin, int64_t end) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;  // not inherited by workers
     Tensor w = at::empty({kElements, tiles, width}, compute_options<scalar_t>(input));
@@ -712,7 +638,7 @@ void winograd_grad_weight_by_panels(const Tensor& input, const Tensor& grad_outp
       }
       Tensor sum = sum_buffer.narrow(0, 0, kElements * lanes * s_row).view({kElements, lanes, s_row});
       if (on_micro_kernel) {
-        multiply_tiles_transposed(static_cast<const scalar_t*>(w_data), width, lanes, packed_v.data(), C, tiles,
+        multiply_tiles_transposed(kElements, static_cast<const scalar_t*>(w_data), width, lanes, packed_v.data(), C, tiles,
                                   Write::store, sum.mutable_data_ptr<scalar_t>(), s_row);
       } else {
         at::bmm_out(sum, w.narrow(2, 0, lanes).transpose(1, 2), v);
@@ -773,8 +699,8 @@ void winograd_grad_weight_kernel(const Tensor& input, const Tensor& grad_output,
         return;
       }
       const int64_t count = v.size(1);
-      pack_tile_panels(v.const_data_ptr<scalar_t>(), count, C, packed_v.data());
-      multiply_tiles_transposed(w.const_data_ptr<scalar_t>(), K, K, packed_v.data(), C, count, Write::add,
+      pack_tile_panels(kElements, v.const_data_ptr<scalar_t>(), C, count, C, packed_v.data());
+      multiply_tiles_transposed(kElements, w.const_data_ptr<scalar_t>(), K, K, packed_v.data(), C, count, Write::add,
                                 sum.mutable_data_ptr<scalar_t>(), s_row);
     };
     for_each_chunk<R, scalar_t, io_t>(transforms, input, g, grid, chunks, begin, end, K, transform_grad_output_row,
