@@ -131,9 +131,8 @@ struct Transforms1d {
                      int64_t panel_step);
   void (*output_tile)(const scalar_t* p, int64_t e_stride, const scalar_t* bias, int64_t columns, scalar_t* out,
                       int64_t step);
-  void (*filter_channel)(const scalar_t* taps, int64_t columns, scalar_t* u, int64_t e_stride, int64_t panel_step);
-  void (*flipped_filter_channel)(const scalar_t* taps, int64_t columns, scalar_t* u, int64_t e_stride,
-                                 int64_t panel_step);
+  void (*filter_panel)(const scalar_t* taps, int64_t tap_row, int64_t count, scalar_t* u, int64_t e_stride);
+  void (*flipped_filter_panel)(const scalar_t* taps, int64_t tap_row, int64_t count, scalar_t* u, int64_t e_stride);
   void (*grad_output_tile)(const scalar_t* gy, int64_t step, int64_t columns, scalar_t* wg, int64_t e_stride);
   void (*weight_gradient_row)(const scalar_t* s, int64_t e_stride, int64_t columns, scalar_t* out, int64_t out_row);
 };
@@ -240,8 +239,8 @@ void transform_filters(const Transforms1d<scalar_t>& transforms, const at::Tenso
     } else {  // w[k][c][t]: the block's columns of the (filters x C * R) matrix
       transpose(w + (k0 * C + c0) * R, C * R, filters, count * R, taps, columns, false);
     }
-    const auto channel = flipped ? transforms.flipped_filter_channel : transforms.filter_channel;
-    for (int64_t c = 0; c < count; ++c) channel(taps + c * R * columns, columns, u + (c0 + c) * W, u_stride, C * W);
+    const auto panel = flipped ? transforms.flipped_filter_panel : transforms.filter_panel;
+    for (int64_t p = 0; p < panels; ++p) panel(taps + p * W, columns, count, u + (p * C + c0) * W, u_stride);
   }
 }
 
