@@ -234,8 +234,17 @@ void transform_filters(const Transforms1d<scalar_t>& transforms, const at::Tenso
   const bool flipped = order == FilterOrder::flipped_transposed;
   for (int64_t c0 = c_begin; c0 < c_end; c0 += kFilterChannels) {
     const int64_t count = std::min(kFilterChannels, c_end - c0);
-    if (flipped) {  // w[c][k][t]: each channel's (filters x R) block
-      for (int64_t c = 0; c < count; ++c) transpose(w + ((c0 + c) * K + k0) * R, R, filters, R, taps + c * R * columns, columns, false);
+    if (flipped) {
+      // w[c][k][t]: each channel's (filters x R) block, value by value (the register transposes'
+      // partial squares, R columns wide, had taken a quarter of 1x3 384 @8's input gradient at
+      // batch 1).
+      for (int64_t c = 0; c < count; ++c) {
+        const scalar_t* src = w + ((c0 + c) * K + k0) * R;
+        scalar_t* dst = taps + c * R * columns;
+        for (int64_t k = 0; k < filters; ++k) {
+          for (int64_t t = 0; t < R; ++t) dst[t * columns + k] = src[k * R + t];
+        }
+      }
     } else {  // w[k][c][t]: the block's columns of the (filters x C * R) matrix
       transpose(w + (k0 * C + c0) * R, C * R, filters, count * R, taps, columns, false);
     }
