@@ -1187,13 +1187,13 @@ Tensor conv2d_grad_input_cpu(const Tensor& grad_output, const Tensor& weight,
     // The pair kernels read the filters flipped as they pack them, and beat col2im's widened GEMM
     // whatever the pixels (Zen 5, 3x3 dilated by 2, 512 @7: at batch 8 17 -> 6.7 ms, at batch 1
     // 3.7 -> 2.2 ms).
-    if (!bf16_pairs_chosen(t, grad_output.scalar_type()) && winograd_1d_chosen(t)) {
-      return winograd_1d_forward(grad_output, weight, FilterOrder::flipped_transposed, Tensor(), t, result_format);
-    }
     if (bf16_pairs_chosen(t, grad_output.scalar_type())) {
       const Tensor grad_input = bf16_pairs_conv2d_forward(dense(grad_output), dense(weight),
                                                           FilterOrder::flipped_transposed, Tensor(), t);
       return finish(grad_input, grad_output.scalar_type(), result_format);
+    }
+    if (winograd_1d_chosen(t)) {
+      return winograd_1d_forward(grad_output, weight, FilterOrder::flipped_transposed, Tensor(), t, result_format);
     }
     if (by_dilation_phases(t, choose_algorithm)) {
       return forward_by_dilation_phases(grad_output, weight, FilterOrder::flipped_transposed, Tensor(), t, result_format);

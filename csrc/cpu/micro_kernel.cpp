@@ -101,23 +101,6 @@ void multiply_by_filters(int64_t elements, const scalar_t* v, int64_t v_row, con
 }
 
 template <typename scalar_t>
-void pack_tile_panels(int64_t elements, const scalar_t* v, int64_t v_row, int64_t count, int64_t C, scalar_t* packed) {
-  constexpr int64_t W = kPanelWidth<scalar_t>;
-  const int64_t panels = (C + W - 1) / W;
-  for (int64_t e = 0; e < elements; ++e) {
-    for (int64_t p = 0; p < panels; ++p) {
-      const int64_t lanes = std::min(W, C - p * W);
-      for (int64_t t = 0; t < count; ++t) {
-        const scalar_t* src = v + (e * count + t) * v_row + p * W;
-        scalar_t* dst = packed + ((e * panels + p) * count + t) * W;
-        std::copy(src, src + lanes, dst);
-        std::fill(dst + lanes, dst + W, scalar_t(0));
-      }
-    }
-  }
-}
-
-template <typename scalar_t>
 void multiply_tiles_transposed(int64_t elements, const scalar_t* w, int64_t w_row, int64_t rows, const scalar_t* packed_v,
                                int64_t C, int64_t count, Write write, scalar_t* s, int64_t s_row) {
   constexpr int64_t W = kPanelWidth<scalar_t>;
@@ -145,7 +128,6 @@ void multiply_tiles_transposed(int64_t elements, const scalar_t* w, int64_t w_ro
 #define CONV_EXT_WINOGRAD_PRODUCTS(scalar_t)                                                                          \
   template void multiply_by_filters<scalar_t>(int64_t, const scalar_t*, int64_t, const scalar_t*, int64_t, scalar_t*,  \
                                               int64_t, int64_t, int64_t, bool);                                        \
-  template void pack_tile_panels<scalar_t>(int64_t, const scalar_t*, int64_t, int64_t, int64_t, scalar_t*);           \
   template void multiply_tiles_transposed<scalar_t>(int64_t, const scalar_t*, int64_t, int64_t, const scalar_t*,       \
                                                     int64_t, int64_t, Write, scalar_t*, int64_t);
 CONV_EXT_WINOGRAD_PRODUCTS(float)

@@ -90,12 +90,9 @@ template <typename scalar_t>
 void multiply_by_filters(int64_t elements, const scalar_t* v, int64_t v_row, const scalar_t* u, int64_t u_stride,
                          scalar_t* p, int64_t count, int64_t C, int64_t panels, bool add);
 
-// The weight gradient's: V (elements, count, v_row: C values a row) as (elements, C's panels,
-// count, W), zero past C; then S[e] (+)= W[e]^T V[e] for the elements: `rows` columns of W
-// (count x w_row) times V (count x C, so packed); S is (elements, rows, s_row), s_row at least
-// C's panels times W.
-template <typename scalar_t>
-void pack_tile_panels(int64_t elements, const scalar_t* v, int64_t v_row, int64_t count, int64_t C, scalar_t* packed);
+// The weight gradient's: S[e] (+)= W[e]^T V[e] for the elements: `rows` columns of W (count x
+// w_row) times V (count x C) in packed panels, (elements, C's panels, count, W), zero past C; S
+// is (elements, rows, s_row), s_row at least C's panels times W.
 template <typename scalar_t>
 void multiply_tiles_transposed(int64_t elements, const scalar_t* w, int64_t w_row, int64_t rows, const scalar_t* packed_v,
                                int64_t C, int64_t count, Write write, scalar_t* s, int64_t s_row);

@@ -186,7 +186,14 @@ struct Tiling {
   int64_t output_step() const { return along_rows ? 1 : output_w; }
 };
 
-int64_t outputs_per_tile(int64_t R) { return R == 7 ? 2 : 4; }
+// M of the algorithm for R taps (Minimal's).
+int64_t outputs_per_tile(int64_t R) {
+  switch (R) {
+    case 3: return Minimal<3>::f.kOutputs;
+    case 5: return Minimal<5>::f.kOutputs;
+    default: return Minimal<7>::f.kOutputs;
+  }
+}
 
 int64_t round_up(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
 

@@ -370,6 +370,24 @@ int64_t product_sum_row(int64_t C, bool on_micro_kernel) {
   return on_micro_kernel ? (C + W - 1) / W * W : C;
 }
 
+// V (36, count, C) as (36, C's panels, count, W), zero past C.
+template <typename scalar_t>
+void pack_tile_panels(const scalar_t* v, int64_t count, int64_t C, scalar_t* packed) {
+  constexpr int64_t W = kPanelWidth<scalar_t>;
+  const int64_t panels = (C + W - 1) / W;
+  for (int64_t e = 0; e < kElements; ++e) {
+    for (int64_t p = 0; p < panels; ++p) {
+      const int64_t lanes = std::min(W, C - p * W);
+      for (int64_t t = 0; t < count; ++t) {
+        const scalar_t* src = v + (e * count + t) * C + p * W;
+        scalar_t* dst = packed + ((e * panels + p) * count + t) * W;
+        std::copy(src, src + lanes, dst);
+        std::fill(dst + lanes, dst + W, scalar_t(0));
+      }
+    }
+  }
+}
+
 // The part of a task that the forward and the weight gradient share: for each chunk in
 // [begin, end), V (36, count, C) of its tiles, transformed from the input row by row, and a
 // (36, count, K) buffer for the output side. per_row(r, n, row, other) runs after row r's
@@ -615,7 +633,7 @@ void winograd_grad_weight_by_panels(const Tensor& input, const Tensor& grad_outp
   const bool on_micro_kernel = !blas_keeps_up();
   const int64_t s_row = product_sum_row<scalar_t>(C, on_micro_kernel);
   AlignedVector<scalar_t> packed_v(on_micro_kernel ? kElements * tiles * s_row : 0);
-  if (on_micro_kernel) pack_tile_panels(kElements, v.template const_data_ptr<scalar_t>(), C, tiles, C, packed_v.data());
+  if (on_micro_kernel) pack_tile_panels(v.template const_data_ptr<scalar_t>(), tiles, C, packed_v.data());
   at::parallel_for(0, (K + width - 1) / width, 1, [&](int64_t begin, int64_t end) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;  // not inherited by workers
     Tensor w = at::empty({kElements, tiles, width}, compute_options<scalar_t>(input));
@@ -699,7 +717,7 @@ void winograd_grad_weight_kernel(const Tensor& input, const Tensor& grad_output,
         return;
       }
       const int64_t count = v.size(1);
-      pack_tile_panels(kElements, v.const_data_ptr<scalar_t>(), C, count, C, packed_v.data());
+      pack_tile_panels(v.const_data_ptr<scalar_t>(), count, C, packed_v.data());
       multiply_tiles_transposed(kElements, w.const_data_ptr<scalar_t>(), K, K, packed_v.data(), C, count, Write::add,
                                 sum.mutable_data_ptr<scalar_t>(), s_row);
     };
