@@ -713,6 +713,7 @@ WINOGRAD_1D_LAYERS = {
     "1x3-panels": (Conv(1, 96, 70, (8, 8), (1, 3), (1, 1), (0, 1), (1, 1), 1, True), torch.float32),
     "1x3-deep-nhwc": (Conv(2, 300, 40, (6, 9), (1, 3), (1, 1), (0, 1), (1, 1), 1, True, "channels_last"), torch.float64),
     "3x1-512-float64": (Conv(1, 512, 32, (8, 4), (3, 1), (1, 1), (1, 0), (1, 1), 1, False), torch.float64),
+    "7x1-uneven-bands": (Conv(1, 64, 48, (17, 15), (7, 1), (1, 1), (3, 0), (1, 1), 1, True), torch.float32),
     "7x1-valid": (Conv(3, 36, 40, (13, 7), (7, 1), (1, 1), (0, 0), (1, 1), 1, True), torch.float64),
     "5x1-float16-nhwc": (Conv(2, 32, 40, (20, 6), (5, 1), (1, 1), (1, 0), (1, 1), 1, True, "channels_last"), torch.float16),
 }

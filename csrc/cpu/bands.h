@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
 
 #include <immintrin.h>
 
@@ -17,6 +18,35 @@
 #include <cstdint>
 
 namespace conv_ext {
+
+// An image's `height` rows in bands for a batch's tasks, `per_image` bands of at most `rows` rows:
+// the most rows, up to max_rows, whose band takes at most budget bytes (bytes_per_row per row, on
+// top of fixed_bytes), with at least one band per thread; where the batch has few bands, as many
+// per image as make every thread's share the same (at batch 1 on 2 threads, 3 bands had left one
+// thread twice the other's rows); and their rows as even as they come (first).
+struct Bands {
+  int64_t height, rows, per_image;
+
+  Bands(int64_t height, int64_t batch, int64_t max_rows, int64_t bytes_per_row, int64_t fixed_bytes, int64_t budget)
+      : height(height) {
+    rows = std::clamp<int64_t>(max_rows, 1, height);
+    while (rows > 1 && rows * bytes_per_row + fixed_bytes > budget) --rows;
+    const int64_t threads = at::get_num_threads();
+    per_image = std::min(height, std::max((height + rows - 1) / rows, (threads + batch - 1) / batch));
+    if (batch * per_image < 4 * threads) {
+      for (int64_t more = per_image; more <= std::min(height, 2 * per_image); ++more) {
+        if (batch * more % threads == 0) {
+          per_image = more;
+          break;
+        }
+      }
+    }
+    rows = (height + per_image - 1) / per_image;
+  }
+  // The first row of band b of an image, and its rows.
+  int64_t first(int64_t b) const { return b * height / per_image; }
+  int64_t rows_of(int64_t b) const { return first(b + 1) - first(b); }
+};
 
 // dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < cols: between NCHW rows and
 // the bands' channels-innermost order, float16 or bfloat16 widened to float32 or float32 rounded

@@ -32,46 +32,19 @@ namespace {
 // to the output.
 constexpr int64_t kBandBytes = int64_t{1} << 20;
 
-// Bands of at most `rows` rows (of the output, or of the input gradient), `per_image` of them per
-// image of `height` rows: the most rows, up to max_rows, whose band takes at most kBandBytes
-// (bytes_per_row per row, on top of fixed_bytes), with at least one band per thread; where the
-// batch has few bands, as many per image as make every thread's share the same (at batch 1 on 2
-// threads, 3 bands had left one thread twice the other's rows); and their rows as even as they
-// come (first).
-struct Bands {
-  int64_t height, rows, per_image;
+// Input columns that a row of output reads, and input rows that output_rows rows read.
+int64_t band_input_width(const Conv2dGeometry& g) { return (g.out_w - 1) * g.stride_w + (g.kernel_w - 1) * g.dilation_w + 1; }
+int64_t band_input_rows(const Conv2dGeometry& g, int64_t output_rows) {
+  return (output_rows - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1;
+}
 
-  Bands(int64_t height, int64_t batch, int64_t max_rows, int64_t bytes_per_row, int64_t fixed_bytes) : height(height) {
-    rows = std::clamp<int64_t>(max_rows, 1, height);
-    while (rows > 1 && rows * bytes_per_row + fixed_bytes > kBandBytes) --rows;
-    const int64_t threads = at::get_num_threads();
-    per_image = std::min(height, std::max((height + rows - 1) / rows, (threads + batch - 1) / batch));
-    if (batch * per_image < 4 * threads) {
-      for (int64_t more = per_image; more <= std::min(height, 2 * per_image); ++more) {
-        if (batch * more % threads == 0) {
-          per_image = more;
-          break;
-        }
-      }
-    }
-    rows = (height + per_image - 1) / per_image;
-  }
-  // The first row of band b of an image, and its rows.
-  int64_t first(int64_t b) const { return b * height / per_image; }
-  int64_t rows_of(int64_t b) const { return first(b + 1) - first(b); }
-  // Bands of output rows whose input rows (channels-innermost) and output rows (out_pixel
-  // values per pixel) stay in L2.
-  static Bands of_output(const Conv2dGeometry& g, int64_t out_pixel, int64_t element_size) {
-    const int64_t input_row = input_width(g) * g.in_channels;  // elements of a band's input row
-    return Bands(g.out_h, g.batch, g.out_h, (g.stride_h * input_row + g.out_w * out_pixel) * element_size,
-                 input_rows(g, 1) * input_row * element_size);
-  }
-  // Input columns that a row of output reads, and input rows that output_rows rows read.
-  static int64_t input_width(const Conv2dGeometry& g) { return (g.out_w - 1) * g.stride_w + (g.kernel_w - 1) * g.dilation_w + 1; }
-  static int64_t input_rows(const Conv2dGeometry& g, int64_t output_rows) {
-    return (output_rows - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1;
-  }
-};
+// Bands of output rows whose input rows (channels-innermost) and output rows (out_pixel values
+// per pixel) stay in L2.
+Bands output_bands(const Conv2dGeometry& g, int64_t out_pixel, int64_t element_size) {
+  const int64_t input_row = band_input_width(g) * g.in_channels;  // elements of a band's input row
+  return Bands(g.out_h, g.batch, g.out_h, (g.stride_h * input_row + g.out_w * out_pixel) * element_size,
+               band_input_rows(g, 1) * input_row * element_size, kBandBytes);
+}
 
 // A group's packed filters larger than a core's L2 (every thread on the group's problems reads
 // them all) are written with non-temporal stores, sparing the reads of the lines they overwrite:
@@ -437,9 +410,9 @@ at::Tensor channels_last_gemm_conv2d_forward(const at::Tensor& input, const at::
     if (flipped) std::reverse(taps.begin(), taps.end());
     const at::Tensor packed = pack_panels<scalar_t>(weight, g.groups, K * C * filter, K, flipped ? filter : C * filter, C,
                                                     flipped ? K * filter : filter, taps);
-    const Bands bands = Bands::of_output(one, out_pixel, sizeof(scalar_t));
-    const int64_t band_w = Bands::input_width(one), rows = bands.rows, bands_per_image = bands.per_image;
-    const auto input_rows = [&](int64_t r) { return Bands::input_rows(one, r); };
+    const Bands bands = output_bands(one, out_pixel, sizeof(scalar_t));
+    const int64_t band_w = band_input_width(one), rows = bands.rows, bands_per_image = bands.per_image;
+    const auto input_rows = [&](int64_t r) { return band_input_rows(one, r); };
     const std::vector<int64_t> offsets = patch_offsets(one, band_w);
     const std::vector<ColumnTile> tiles = column_tiles(one, kernel.rows_in_place(panels));
     const GroupedLayout x_layout(input, g), y_layout(output, g);
@@ -561,7 +534,7 @@ at::Tensor channels_last_gemm_conv2d_grad_input(const at::Tensor& grad_output, c
     const at::Tensor packed = pack_panels<scalar_t>(weight, g.groups, K * C * filter, C, filter, K, C * filter, taps);
     // Bands of grad_input rows whose output and grad_output rows stay in L2.
     const Bands bands(g.in_h, one.batch, g.in_h, (g.in_w * in_pixel + band_row / sh) * int64_t{sizeof(scalar_t)},
-                      (top + 2) * band_row * int64_t{sizeof(scalar_t)});
+                      (top + 2) * band_row * int64_t{sizeof(scalar_t)}, kBandBytes);
     const int64_t rows = bands.rows, bands_per_image = bands.per_image;
     const GroupedLayout gy_layout(grad_output, g), gx_layout(grad_input, g);
     const io_t* gy = grad_output.const_data_ptr<io_t>();
@@ -645,9 +618,9 @@ at::Tensor channels_last_gemm_conv2d_grad_weight(const at::Tensor& input, const 
     const int64_t panels = (K + W - 1) / W, padded = panels * W;
     // Bands whose input and packed grad_output stay in L2, multiplied in blocks of pixels as
     // deep as the kernel takes.
-    const Bands bands = Bands::of_output(one, padded, sizeof(scalar_t));
-    const int64_t band_w = Bands::input_width(one), rows = bands.rows, bands_per_image = bands.per_image;
-    const auto input_rows = [&](int64_t r) { return Bands::input_rows(one, r); };
+    const Bands bands = output_bands(one, padded, sizeof(scalar_t));
+    const int64_t band_w = band_input_width(one), rows = bands.rows, bands_per_image = bands.per_image;
+    const auto input_rows = [&](int64_t r) { return band_input_rows(one, r); };
     // Where each pixel's input values lie a cache line or more past the last pixel's, a block's
     // input lines take as much of L1 as its grad_output panel (a line a pixel): the blocks are
     // then at most kLineBlockPixels deep, so that both stay in L1 while every run's entries pass
