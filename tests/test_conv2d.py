@@ -1795,7 +1795,7 @@ def test_depthwise_backward_in_one_pass(conv, dtype, path):
     in registers) with AVX-512, 3x3 kernels with rows padded by 1 and undilated; elsewhere the
     three ops' calls, and so does float32 where its input gradient runs by channel blocks
     (undilated, a multiple of 8 channels: depthwise_by_channel_blocks; with AVX-512 not 3x3
-    kernels at stride 1). A stride-2
+    kernels at stride 1, but for planes up to 16 x 16 where AVX-512 runs at full width). A stride-2
     layer padded by half its odd kernel, float32 or float64, runs as its stride-1 layer on each
     plane of grad_output spread out (the two ops spread all of it at once), but for 3x3
     gradients in the vector builds, which read the strided planes in place in both, and the weight
@@ -1805,9 +1805,10 @@ def test_depthwise_backward_in_one_pass(conv, dtype, path):
     avx512 = path.endswith("avx512-isa")
     rows_3x3 = conv.kernel == (3, 3) and conv.padding[0] == 1 and conv.dilation[0] == 1
     strided = conv.stride != (1, 1)
+    planes_3x3 = conv.kernel == (3, 3) and not strided and (HALVES_AVX512 or conv.size[0] * conv.size[1] > 256)
     by_channel_blocks = (dtype == torch.float32 and conv.dilation == (1, 1) and conv.in_channels % 8 == 0 and
-                         not (avx512 and conv.kernel == (3, 3) and not strided))
-    one_pass = (dtype in (torch.float32, torch.float64) and not by_channel_blocks) or (avx512 and rows_3x3 and not strided)
+                         not (avx512 and planes_3x3))
+    one_pass = (not by_channel_blocks if dtype in (torch.float32, torch.float64) else avx512 and rows_3x3 and not strided)
     ops = torch.ops.conv_ext
     x, w, b = conv.tensors(dtype, "cpu")
     args = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
@@ -1842,13 +1843,13 @@ def test_depthwise_backward_in_one_pass(conv, dtype, path):
     (3, (1, 1), (19, 21), True, 1, True), (5, (2, 1), (13, 21), True, 1, True), (7, (3, 0), (9, 17), True, 1, True),
     (7, (0, 3), (20, 9), True, 1, True), (3, (1, 1), (183, 181), True, 1, False), (3, (1, 1), (20, 20), False, 1, False),
     (3, (1, 1), (370, 370), False, 1, False), (3, (1, 1), (260, 256), True, 1, True), (3, (1, 1), (28, 30), True, 2, False),
-    (5, (2, 1), (13, 21), True, 2, True), (7, (3, 3), (20, 17), True, 2, True),
+    (5, (2, 1), (13, 21), True, 2, True), (7, (3, 3), (20, 17), True, 2, True), (3, (1, 1), (16, 15), True, 1, True),
 ], ids=["3x3", "5x5", "7x7", "7x7-unpadded-rows", "3x3-over-128-kib", "3x3-planes-faster", "3x3-band-over-4-mib",
-        "3x3-input-over-8-mib", "3x3-stride-2", "5x5-stride-2", "7x7-stride-2"])
-def test_depthwise_by_channel_blocks_in_the_avx2_build(kernel, padding, size, on_blocks, stride, grad_weight_on_blocks,
-                                                       path):
+        "3x3-input-over-8-mib", "3x3-stride-2", "5x5-stride-2", "7x7-stride-2", "3x3-up-to-16x16"])
+def test_depthwise_by_channel_blocks(kernel, padding, size, on_blocks, stride, grad_weight_on_blocks, path):
     """Depthwise 3x3, 5x5 and 7x7 float32 layers at stride 1 or 2 with a multiple of 8 channels
-    run 8 channels at a time in the AVX2 build (depthwise_by_channel_blocks), forward and, at
+    run a vector's channels at a time (8 in the AVX2 build, 16 in the AVX-512 one where the
+    channels come in sixteens: depthwise_by_channel_blocks), forward and, at
     stride 1, input gradient: right within float32's bounds of the float64 result, on rows of
     every width against its blocks of 8 pixels, whatever the padding (float64 there as
     F.conv2d). A 3x3 layer runs on the blocks (told apart from the planes' kernel, 17 channels, no
@@ -1859,15 +1860,19 @@ def test_depthwise_by_channel_blocks_in_the_avx2_build(kernel, padding, size, on
     alone (mutation-checked: the row kernel's pixels read as at stride 1). Their weight gradients
     (channel_blocks_take_grad_weight): 5x5 and 7x7 ones, and 3x3 ones of stride-1 planes under
     400 output pixels or of inputs over 8 MiB (260 x 256), differ in their bits from the planes'
-    kernels' (mutation-checked); the others' are those kernels'. AVX-512 CPUs run the AVX2
-    build's blocks too, but for 3x3 layers at stride 1, forward and weight gradient, which keep
-    to the AVX-512 build's planes' kernels."""
+    kernels' (mutation-checked); the others' are those kernels'. With AVX-512, 3x3 layers at
+    stride 1, forward and weight gradient, keep to the AVX-512 build's planes' kernels but for
+    planes up to 16 x 16 pixels where AVX-512 runs at full width (not Zen 4). 24 channels, no
+    multiple of 16, run in blocks of 8 in either build."""
     skip_without_avx512(path)
     if path == "auto-avx512-isa" and kernel == 3 and stride == 1:
-        on_blocks = grad_weight_on_blocks = False
+        on_blocks = grad_weight_on_blocks = not HALVES_AVX512 and size[0] * size[1] <= 256
     conv = Conv(2 if size[0] < 370 else 1, 16, 16, size, (kernel, kernel), (stride, stride), padding, (1, 1), 16, True)
     for dtype in (torch.float32, torch.float64):
         check_layer_on_path(conv, dtype, path)
+    if kernel > 3:
+        check_layer_on_path(Conv(1, 24, 24, size, (kernel, kernel), (stride, stride), padding, (1, 1), 24, False),
+                            torch.float32, path)
     if kernel == 3 and stride == 1:
         # Both kernels sum the taps in one order, but the blocks multiply the zero rows that pad
         # the plane and the planes' kernel skips them: with an infinite tap in kernel row 0, the

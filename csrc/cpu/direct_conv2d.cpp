@@ -135,88 +135,6 @@ constexpr int kGroupColumns = 8;
 #include "direct_conv2d_planes.inc"
 #include "direct_conv2d_rows.inc"
 
-// One output row of a depthwise K x K layer (stride S, undilated) for 8 channels at once, from
-// a band of its input rows held channels-innermost ((rows, band_w, 8), zero-padded, read past
-// the row's end) and the channels' taps (K * K, 8): blocks of 8 pixels, each pixel's 8 channels
-// one vector, so every tap is one vector load for 8 FMAs into 8 independent sums.
-template <int K, int S>
-void depthwise_row_8_channels(const float* band, int64_t band_w, const float* taps, const float* bias, int64_t out_w,
-                              float* out) {
-  using V = Vec<float>;
-  for (int64_t j = 0; j < out_w; j += 8) {
-    V::type acc[8];
-    const V::type b = bias != nullptr ? V::load(bias) : V::broadcast(0.0f);
-#pragma GCC unroll 8
-    for (int p = 0; p < 8; ++p) acc[p] = b;
-#pragma GCC unroll 7
-    for (int ki = 0; ki < K; ++ki) {
-#pragma GCC unroll 7
-      for (int kj = 0; kj < K; ++kj) {
-        const V::type tap = V::load(taps + (ki * K + kj) * 8);
-        const float* in = band + (ki * band_w + j * S + kj) * 8;
-#pragma GCC unroll 8
-        for (int p = 0; p < 8; ++p) acc[p] = V::fma(tap, V::load(in + p * S * 8), acc[p]);
-      }
-    }
-#pragma GCC unroll 8
-    for (int p = 0; p < 8; ++p) V::store(out + (j + p) * 8, acc[p]);
-  }
-}
-
-// The weight gradient of a depthwise K x K layer (stride S) over one output row, 8 channels at
-// once: sums[tap] += the sum of band[ki][j * S + kj] * gy[j] over the row's pixels j, the band as
-// depthwise_row_8_channels reads it, gy the row's pixels channels-innermost (out_w, 8). The
-// row's sums of 3 x 3's nine taps, or of one kernel row's taps for every other pixel (5 x 5 and
-// 7 x 7, 10 and 14 of the 16 registers), each a chain of FMAs: as many chains as keep both FMA
-// units busy, none longer than a row (one chain across all rows had summed 3x3 16 @260x256 at
-// batch 2 to 1.3e-5 of the exact result's scale, rows apart to 7.8e-7; the planes' kernels 1.6e-6).
-template <int K, int S>
-void depthwise_grad_weight_row_8_channels(const float* band, int64_t band_w, const float* gy, int64_t out_w,
-                                          float* sums) {
-  using V = Vec<float>;
-  constexpr int kRows = K == 3 ? 3 : 1, kPixels = K == 3 ? 1 : 2;  // kernel rows, pixels at a time
-  for (int ki0 = 0; ki0 < K; ki0 += kRows) {
-    V::type acc[kRows][K][kPixels];
-#pragma GCC unroll 3
-    for (int r = 0; r < kRows; ++r) {
-#pragma GCC unroll 7
-      for (int kj = 0; kj < K; ++kj) {
-#pragma GCC unroll 2
-        for (int p = 0; p < kPixels; ++p) acc[r][kj][p] = V::zero();
-      }
-    }
-    int64_t j = 0;
-    for (; j + kPixels <= out_w; j += kPixels) {
-#pragma GCC unroll 2
-      for (int p = 0; p < kPixels; ++p) {
-        const V::type d = V::load(gy + (j + p) * 8);
-#pragma GCC unroll 3
-        for (int r = 0; r < kRows; ++r) {
-          const float* in = band + ((ki0 + r) * band_w + (j + p) * S) * 8;
-#pragma GCC unroll 7
-          for (int kj = 0; kj < K; ++kj) acc[r][kj][p] = V::fma(d, V::load(in + kj * 8), acc[r][kj][p]);
-        }
-      }
-    }
-    for (; j < out_w; ++j) {  // the last pixel of an odd row
-      const V::type d = V::load(gy + j * 8);
-      const float* in = band + (ki0 * band_w + j * S) * 8;
-#pragma GCC unroll 7
-      for (int kj = 0; kj < K; ++kj) acc[0][kj][0] = V::fma(d, V::load(in + kj * 8), acc[0][kj][0]);
-    }
-#pragma GCC unroll 3
-    for (int r = 0; r < kRows; ++r) {
-#pragma GCC unroll 7
-      for (int kj = 0; kj < K; ++kj) {
-        V::type sum = acc[r][kj][0];
-        if constexpr (kPixels == 2) sum = V::add(sum, acc[r][kj][1]);
-        float* at = sums + ((ki0 + r) * K + kj) * 8;
-        V::store(at, V::add(V::load(at), sum));
-      }
-    }
-  }
-}
-
 // dst[0, n) = src[0, n), with non-temporal stores from dst's first 32-byte boundary on.
 template <typename scalar_t>
 void stream_copy(const scalar_t* src, int64_t n, scalar_t* dst) {
@@ -368,17 +286,21 @@ bool direct_pays_off(const Conv2dGeometry& g) {
   return use_avx512() && g.groups > 1 && g.unit_stride() && cg <= 16 && kg <= 16;
 }
 
-// Depthwise 3x3, 5x5 and 7x7 float32 layers at stride 1 or 2 with a multiple of 8 channels, in
-// the AVX2 build, 8 channels at a time (depthwise_row_8_channels): each task moves its image's 8
-// planes into a zero-padded band, channels innermost, and each output row back, by register
+// Depthwise 3x3, 5x5 and 7x7 float32 layers at stride 1 or 2 with a multiple of 8 channels, a
+// block of a vector's channels at a time (depthwise_row_channel_block: 8 in the AVX2 build, 16 in
+// the AVX-512 one where they come in sixteens): each task moves its image's block of planes into
+// a zero-padded band, channels innermost, and each output row back, by register
 // transposes. The planes' kernels, whose every tap is a broadcast, ran at a third of the FMA
 // peak or less (Zen 3, forward, A/B at batch 8: 7x7 96 @56 4.9 -> 1.8 ms, 384 @14 1.25 -> 0.62,
 // 5x5 240 @28 1.3 -> 0.85-0.91, 3x3 256 @28 0.90-0.95 -> 0.53-0.58, 144 @56 1.4-2.2 -> 1.0-1.2,
 // 512 @14 0.59-0.79 -> 0.38-0.55; at batch 1 7x7 384 @14 0.16 -> 0.09, 3x3 256 @28 0.12-0.14 ->
 // 0.075). At stride 2 too, each output pixel reading every other band pixel (against the strided
 // planes' kernel, batch 8: 3x3 144 @56 1.66 -> 0.65 ms, 256 @28 0.92 -> 0.31, 512 @14 0.77 ->
-// 0.24, from 0.35-0.66x torch to 1.26-2.01x). A task's band holds its 8 whole padded planes: up
-// to 4 MiB (planes of about 350 x 350).
+// 0.24, from 0.35-0.66x torch to 1.26-2.01x). With AVX-512, blocks of 16 channels against those
+// of 8 (Xeon, A/B, ratios to torch, forward, input gradient, weight gradient: batch 8 7x7 384 @14
+// 0.9x, 1.0x, 21x -> 1.4x, 1.5x, 44x; 5x5 240 @28 1.05x, 1.08x, 38x -> 1.5x, 1.5x, 58x; batch 1
+// 7x7 384 @14 1.55x, 1.2x, 20x -> 2.45x, 1.54x, 37x). A task's band holds its block's whole
+// padded planes: up to 4 MiB (planes of about 350 x 350 for 8 channels).
 constexpr int64_t kMaxChannelBlockBand = int64_t{4} << 20;
 
 // But 3x3 planes of 400 pixels (20 x 20) up to 128 KiB whose edges shift in their padding
@@ -391,10 +313,19 @@ constexpr int64_t kMaxChannelBlockBand = int64_t{4} << 20;
 // AVX-512 build's planes' kernel, all stride-1 3x3 planes: against the channel blocks (Zen 4, A/B,
 // batch 8, forward and forward+backward): 512 @14 0.62x and 0.53x the time, 256 @28 0.55x and
 // 0.58x, 144 @56 0.66x and 0.91x, 512 @10 0.83x and 1.09x; 32 @112 1.09x and 0.98x, 1024 @7
-// 1.25x and 0.8x; at batch 1 0.59-0.92x, but 1024 @7 forward 1.1x.
-constexpr int64_t kMinPlanesPixels = 400, kMaxPlanesBytes = int64_t{128} << 10;
+// 1.25x and 0.8x; at batch 1 0.59-0.92x, but 1024 @7 forward 1.1x. Where AVX-512 runs at full
+// width (Intel's Xeons), the AVX-512 build's blocks of 16 channels beat the planes up to 16 x 16
+// pixels (Xeon, A/B, ratios to torch, planes -> blocks, forward and input gradient: batch 8 1024
+// @7 0.31x and 0.36x -> 1.43x and 1.68x, 512 @14 1.01x and 0.98x -> 1.83x and 1.66x, 512 @16 1.2x
+// -> 2.2x; batch 1 1024 @7 0.8x and 0.65x -> 3.7x and 1.7x, 512 @14 1.65x and 1.32x -> 3.2x and
+// 2.2x), and lose from 17 x 17 on (batch 8: 384 @17 2.55x -> 1.63x, 256 @20 2.6x -> 1.9x, 256 @28
+// 3.1x -> 1.7x, 128 @56 2.2x -> 2.0x).
+constexpr int64_t kMinPlanesPixels = 400, kMaxPlanesBytes = int64_t{128} << 10, kMaxFullWidthBlocksPixels = 256;
 bool depthwise_3x3_planes_faster(const Conv2dGeometry& g) {
-  if (use_avx512()) return g.unit_stride() && g.kernel_h == 3 && g.kernel_w == 3;
+  if (use_avx512()) {
+    return g.unit_stride() && g.kernel_h == 3 && g.kernel_w == 3 &&
+           (cpu_halves_avx512() || g.out_h * g.out_w > kMaxFullWidthBlocksPixels);
+  }
   return g.unit_stride() && depthwise_3x3_shifts_edges(g, avx2::Vec<float>::kLanes) &&
          g.out_h * g.out_w >= kMinPlanesPixels && g.in_h * g.in_w * int64_t{sizeof(float)} <= kMaxPlanesBytes;
 }
@@ -410,11 +341,22 @@ bool depthwise_3x3_planes_faster(const Conv2dGeometry& g) {
 // any output plane (Zen 4, A/B against the channel blocks, batch 8, forward and
 // forward+backward: 144 @56 0.54x and 0.96x the time, 256 @40 0.56x and 0.78x, 256 @28 0.61x and
 // 0.82x, 512 @14 0.74x and 0.86x; at batch 1 0.66-0.74x and 0.56-0.9x; 96 @112 at batch 8 1.4x
-// and 1.2x slower).
+// and 1.2x slower). Where AVX-512 runs at full width, as at stride 1, from 17 x 17 output pixels
+// on: against the blocks of 16 channels (Xeon, A/B, ratios to torch, forward, planes -> blocks:
+// batch 8 1024 @8 0.27x -> 2.4x, 512 @14 0.74x -> 2.6x, at batch 1 1.5x -> 5.5x; 256 @28 1.65x
+// -> 1.74x; 144 @56 2.05x -> 1.93x).
 constexpr int64_t kMaxStride2PlaneBytes = int64_t{16} << 10;
 bool depthwise_3x3_stride_2_planes_faster(const Conv2dGeometry& g) {
-  return depthwise_3x3_stride_2_applies(g) && (use_avx512() || g.out_h * g.out_w >= kMinPlanesPixels) &&
-         g.in_h * g.in_w * int64_t{sizeof(float)} <= kMaxStride2PlaneBytes;
+  const int64_t pixels = g.out_h * g.out_w;
+  const bool planes_pay = use_avx512() ? cpu_halves_avx512() || pixels > kMaxFullWidthBlocksPixels : pixels >= kMinPlanesPixels;
+  return depthwise_3x3_stride_2_applies(g) && planes_pay && g.in_h * g.in_w * int64_t{sizeof(float)} <= kMaxStride2PlaneBytes;
+}
+
+// The channels of a block: a vector's, 16 where the AVX-512 build runs and the channels come in
+// sixteens, else the AVX2 build's 8.
+int64_t channel_block(const Conv2dGeometry& g) {
+  return use_avx512() && g.in_channels % avx512::Vec<float>::kLanes == 0 ? avx512::Vec<float>::kLanes
+                                                                          : avx2::Vec<float>::kLanes;
 }
 
 // The band's width: the padded rows, and past them the zeros that the row kernel's blocks of 8
@@ -423,13 +365,13 @@ int64_t channel_block_band_width(const Conv2dGeometry& g) {
   return std::max(g.in_w + 2 * g.pad_w, ((g.out_w + 7) / 8 * 8 - 1) * g.stride_w + g.kernel_w);
 }
 
-// The layers the channel blocks can take: on AVX-512 CPUs too, whose build has none of its own
-// (Zen 4, against the AVX-512 build's planes, A/B, forward and forward+backward, batch 8: 5x5 240
+// The layers the channel blocks can take: on AVX-512 CPUs too (Zen 4, blocks of 8 against the
+// AVX-512 build's planes, A/B, forward and forward+backward, batch 8: 5x5 240
 // @28 0.86x and 0.69x the time, 672 @14 0.91x and 0.84x, 7x7 96 @56 0.61x and 0.55x, 384 @14 0.8x
 // and 0.61x, 768 @7 0.52x and 0.35x; batch 1 0.56-0.95x and 0.5-0.7x; the strided planes' loops
 // they replace at stride 2, 3x3 96 @112 and 5x5 240 @28, 0.12-0.3x forward).
 bool channel_blocks_apply(const Conv2dGeometry& g, at::ScalarType dtype) {
-  const int64_t band_bytes = (g.in_h + 2 * g.pad_h) * channel_block_band_width(g) * 8 * int64_t{sizeof(float)};
+  const int64_t band_bytes = (g.in_h + 2 * g.pad_h) * channel_block_band_width(g) * channel_block(g) * int64_t{sizeof(float)};
   const bool strides = g.stride_h == g.stride_w && (g.stride_h == 1 || g.stride_h == 2);
   return dtype == at::kFloat && use_avx2() && g.groups == g.in_channels &&
          g.out_channels == g.groups && g.in_channels % 8 == 0 && strides && g.dilation_h == 1 &&
@@ -472,16 +414,17 @@ auto for_kernel_and_stride(const Conv2dGeometry& g, Fn&& fn) {
                            : with_stride(std::integral_constant<int, 7>{});
 }
 
-// A task's 8 planes x_block (of an image, from its block's first channel) into its band, channels
+// A task's B planes x_block (of an image, from its block's first channel) into its band, channels
 // innermost, inside the band's zero border.
-void move_into_band(Transpose<float> transpose, const float* x_block, const Conv2dGeometry& g, int64_t band_w, float* band) {
+void move_into_band(Transpose<float> transpose, const float* x_block, const Conv2dGeometry& g, int64_t B, int64_t band_w,
+                    float* band) {
   for (int64_t ih = 0; ih < g.in_h; ++ih) {
-    transpose(x_block + ih * g.in_w, g.in_h * g.in_w, 8, g.in_w, band + ((ih + g.pad_h) * band_w + g.pad_w) * 8, 8, false);
+    transpose(x_block + ih * g.in_w, g.in_h * g.in_w, B, g.in_w, band + ((ih + g.pad_h) * band_w + g.pad_w) * B, B, false);
   }
 }
 
-// The output pixels a task's block of 8 channels moves to their planes at a time, where rows are
-// no multiple of 8 pixels: whole rows, adjacent in its buffer (8 KiB), so that the transposes'
+// The output pixels a task's block of channels moves to their planes at a time, where rows are
+// no multiple of 8 pixels: whole rows, adjacent in its buffer (8 KiB of 8 channels), so that the transposes
 // edges come once per buffer rather than once per row (Zen 3, forward, A/B: 3x3 1024 @7 at batch
 // 8 0.215 -> 0.181 ms, at batch 1 0.034 -> 0.030; 3x3 512 @14 0.30 -> 0.26; 7x7 384 @14 0.555 ->
 // 0.52; 5x5 240 @28 0.78 -> 0.76). Rows of whole squares, which have no edges, go one at a time
@@ -495,65 +438,69 @@ void depthwise_forward_by_channel_blocks(const Tensor& input, const Tensor& weig
   const int64_t K = g.kernel_h, plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
   const int64_t band_w = channel_block_band_width(g), band_h = g.in_h + 2 * g.pad_h, out_w8 = (g.out_w + 7) / 8 * 8;
   const auto transpose = transpose_for_this_cpu<float>();
-  const int64_t S = g.stride_h;
-  const auto row_kernel = for_kernel_and_stride(g, [](auto k, auto s) { return &avx2::depthwise_row_8_channels<k, s>; });
+  const int64_t S = g.stride_h, B = channel_block(g);
+  const auto row_kernel = for_kernel_and_stride(g, [&](auto k, auto s) {
+    return B == avx2::Vec<float>::kLanes ? &avx2::depthwise_row_channel_block<k, s> : &avx512::depthwise_row_channel_block<k, s>;
+  });
   const float* x = input.const_data_ptr<float>();
   const float* w = weight.const_data_ptr<float>();
   const float* b = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
   float* y = output.mutable_data_ptr<float>();
-  const int64_t blocks = g.in_channels / 8, rows_at_once = g.out_w % 8 == 0 ? 1 : std::max<int64_t>(1, kTransposedOutputPixels / g.out_w);
+  const int64_t blocks = g.in_channels / B, rows_at_once = g.out_w % 8 == 0 ? 1 : std::max<int64_t>(1, kTransposedOutputPixels / g.out_w);
   at::parallel_for(0, g.batch * blocks, 1, [&](int64_t begin, int64_t end) {
-    AlignedVector<float> band(band_h * band_w * 8, 0.0f), taps(K * K * 8);  // band's border stays zero
-    AlignedVector<float> rows(((rows_at_once - 1) * g.out_w + out_w8) * 8);
+    AlignedVector<float> band(band_h * band_w * B, 0.0f), taps(K * K * B);  // band's border stays zero
+    AlignedVector<float> rows(((rows_at_once - 1) * g.out_w + out_w8) * B);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task % g.batch, c0 = task / g.batch * 8;
-      move_into_band(transpose, x + (n * g.in_channels + c0) * plane, g, band_w, band.data());
-      if (task == begin || n == 0) transpose(w + c0 * K * K, K * K, 8, K * K, taps.data(), 8, false);
+      const int64_t n = task % g.batch, c0 = task / g.batch * B;
+      move_into_band(transpose, x + (n * g.in_channels + c0) * plane, g, B, band_w, band.data());
+      if (task == begin || n == 0) transpose(w + c0 * K * K, K * K, B, K * K, taps.data(), B, false);
       float* y_block = y + (n * g.out_channels + c0) * out_plane;
       for (int64_t oh0 = 0; oh0 < g.out_h; oh0 += rows_at_once) {
         const int64_t count = std::min(rows_at_once, g.out_h - oh0);
         for (int64_t r = 0; r < count; ++r) {  // each row's last block of 8 pixels may write into the next row, written after it
-          row_kernel(band.data() + (oh0 + r) * S * band_w * 8, band_w, taps.data(), b != nullptr ? b + c0 : nullptr,
-                     g.out_w, rows.data() + r * g.out_w * 8);
+          row_kernel(band.data() + (oh0 + r) * S * band_w * B, band_w, taps.data(), b != nullptr ? b + c0 : nullptr,
+                     g.out_w, rows.data() + r * g.out_w * B);
         }
-        transpose(rows.data(), 8, count * g.out_w, 8, y_block + oh0 * g.out_w, out_plane, false);
+        transpose(rows.data(), B, count * g.out_w, B, y_block + oh0 * g.out_w, out_plane, false);
       }
     }
   });
 }
 
-// The weight gradient of those layers by the same blocks: a task per block of 8 channels, its
-// images summed in order, each image's 8 input planes moved into the band and its 8 gradient
-// planes, channels innermost, into a buffer; every tap's sums across the block's channels in
-// vectors (depthwise_grad_weight_row_8_channels), moved to the filters at the end.
+// The weight gradient of those layers by the same blocks: a task per block of channels, its
+// images summed in order, each image's input planes of the block moved into the band and its
+// gradient planes, channels innermost, into a buffer; every tap's sums across the block's
+// channels in vectors (depthwise_grad_weight_row_channel_block), moved to the filters at the end.
 void depthwise_grad_weight_by_channel_blocks(const Tensor& input, const Tensor& grad_output, const Conv2dGeometry& g,
                                              Tensor& grad_weight) {
   const int64_t K = g.kernel_h, plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
   const int64_t band_w = channel_block_band_width(g), band_h = g.in_h + 2 * g.pad_h;
   const auto transpose = transpose_for_this_cpu<float>();
-  const int64_t S = g.stride_h;
-  const auto row_kernel =
-      for_kernel_and_stride(g, [](auto k, auto s) { return &avx2::depthwise_grad_weight_row_8_channels<k, s>; });
+  const int64_t S = g.stride_h, B = channel_block(g);
+  const auto row_kernel = for_kernel_and_stride(g, [&](auto k, auto s) {
+    return B == avx2::Vec<float>::kLanes ? &avx2::depthwise_grad_weight_row_channel_block<k, s>
+                                         : &avx512::depthwise_grad_weight_row_channel_block<k, s>;
+  });
   const float* x = input.const_data_ptr<float>();
   const float* gy = grad_output.const_data_ptr<float>();
   float* gw = grad_weight.mutable_data_ptr<float>();
-  at::parallel_for(0, g.in_channels / 8, 1, [&](int64_t begin, int64_t end) {
-    AlignedVector<float> band(band_h * band_w * 8, 0.0f), gy_pixels(out_plane * 8);  // band's border stays zero
-    AlignedVector<float> image_sums(K * K * 8), sums(K * K * 8);
+  at::parallel_for(0, g.in_channels / B, 1, [&](int64_t begin, int64_t end) {
+    AlignedVector<float> band(band_h * band_w * B, 0.0f), gy_pixels(out_plane * B);  // band's border stays zero
+    AlignedVector<float> image_sums(K * K * B), sums(K * K * B);
     for (int64_t block = begin; block < end; ++block) {
-      const int64_t c0 = block * 8;
+      const int64_t c0 = block * B;
       std::fill(sums.begin(), sums.end(), 0.0f);
       for (int64_t n = 0; n < g.batch; ++n) {
-        move_into_band(transpose, x + (n * g.in_channels + c0) * plane, g, band_w, band.data());
-        transpose(gy + (n * g.out_channels + c0) * out_plane, out_plane, 8, out_plane, gy_pixels.data(), 8, false);
+        move_into_band(transpose, x + (n * g.in_channels + c0) * plane, g, B, band_w, band.data());
+        transpose(gy + (n * g.out_channels + c0) * out_plane, out_plane, B, out_plane, gy_pixels.data(), B, false);
         std::fill(image_sums.begin(), image_sums.end(), 0.0f);
         for (int64_t oh = 0; oh < g.out_h; ++oh) {
-          row_kernel(band.data() + oh * S * band_w * 8, band_w, gy_pixels.data() + oh * g.out_w * 8, g.out_w,
+          row_kernel(band.data() + oh * S * band_w * B, band_w, gy_pixels.data() + oh * g.out_w * B, g.out_w,
                      image_sums.data());
         }
-        for (int64_t i = 0; i < K * K * 8; ++i) sums[i] += image_sums[i];
+        for (int64_t i = 0; i < K * K * B; ++i) sums[i] += image_sums[i];
       }
-      transpose(sums.data(), 8, K * K, 8, gw + c0 * K * K, K * K, false);
+      transpose(sums.data(), B, K * K, B, gw + c0 * K * K, K * K, false);
     }
   });
 }
