@@ -725,7 +725,8 @@ def test_factorised_layers_run_on_winograd_along_one_dimension(conv, dtype):
     the input's layout, and on Winograd along one dimension: the forward and the input gradient
     (a forward of the rotated filters, where the padding is at most the kernel's reach) in
     float32 and float64 bit for bit the forced Winograd path's, not the GEMM path's; so the weight
-    gradient with at least 128 channels in and out where MKL does not keep up (slow-blas)."""
+    gradient with at least 128 channels in and out where MKL does not keep up (slow-blas), and
+    where it does (fast-blas) for 3 taps from 64 tiles (3x1 128 at batch 2: 66), not 7."""
     if not CPU_HAS_AVX2:
         pytest.skip("the vector builds only")
     output = check_layer_on_path(conv, dtype, "auto")[0]
@@ -741,6 +742,9 @@ def test_factorised_layers_run_on_winograd_along_one_dimension(conv, dtype):
         results = results_with_a_large_channel(conv, dtype, ("slow-blas", "winograd-slow-blas", "gemm-slow-blas"))
         assert torch.equal(results["slow-blas"]["grad_weight"], results["winograd-slow-blas"]["grad_weight"])
         assert not torch.equal(results["slow-blas"]["grad_weight"], results["gemm-slow-blas"]["grad_weight"])
+        results = results_with_a_large_channel(conv, dtype, ("fast-blas", "winograd-fast-blas"))
+        on_winograd = torch.equal(results["fast-blas"]["grad_weight"], results["winograd-fast-blas"]["grad_weight"])
+        assert on_winograd == (max(conv.kernel) == 3)
 
 
 @pytest.mark.parametrize("conv", [

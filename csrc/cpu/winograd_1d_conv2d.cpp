@@ -530,10 +530,17 @@ bool winograd_1d_pays_off(const Conv2dGeometry& g) {
 // Its weight gradient with at least 128 channels in and out, where MKL does not keep up (Zen 4,
 // in ratios to torch: 1x7 128 @17 at batch 8 1.0x -> 1.2x, at batch 1 1.09x -> 1.37x; 7x1 192 @17
 // at batch 8 0.92x -> 1.24x; 1x3 384 @8 at batch 8 0.90x -> 1.49x); with 32 or 64 channels the
-// channels-last GEMM's was faster (1x7 32 @17 at batch 8 1.2-1.44x against 0.42-1.07x), and where
-// MKL keeps up its GEMM was not measured against this one.
+// channels-last GEMM's was faster (1x7 32 @17 at batch 8 1.2-1.44x against 0.42-1.07x). Where MKL
+// keeps up, for 3 taps from 64 tiles (Xeon, against MKL's GEMM: 1x3 384 @8 at batch 8 0.97x ->
+// 1.39x, at batch 4 1.09x -> 1.41x, 3x1 384 @8 at batch 8 0.89x -> 1.27x, 1x3 256 @16 at batch 8
+// 0.99x -> 1.11x; but 1x3 384 @8 at batch 1, 16 tiles, 1.6x -> 1.15x, 1x5 160 @17 at batch 8
+// 1.07x -> 1.04x, 1x7 128 @17 0.99x -> 0.84x, 7x1 192 @17 1.08x -> 0.89x).
+constexpr int64_t kFewestGradWeightTiles = 64;
+
 bool winograd_1d_grad_weight_pays_off(const Conv2dGeometry& g) {
-  return winograd_1d_pays_off(g) && std::min(g.in_channels, g.out_channels) >= 128 && !blas_keeps_up();
+  if (!winograd_1d_pays_off(g) || std::min(g.in_channels, g.out_channels) < 128) return false;
+  const Tiling tiling(g, outputs_per_tile(g.kernel_h * g.kernel_w));
+  return !blas_keeps_up() || (tiling.R == 3 && g.batch * tiling.rows * tiling.across >= kFewestGradWeightTiles);
 }
 
 at::Tensor winograd_1d_conv2d_forward(const at::Tensor& input, const at::Tensor& weight, FilterOrder order,
