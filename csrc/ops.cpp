@@ -16,11 +16,14 @@
 
 #include "conv2d.h"
 
-#include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
-#include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/detail/CUDAHooksInterface.h>
+#include <ATen/ops/complex.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/imag.h>
+#include <ATen/ops/real.h>
 #include <c10/util/Exception.h>
 #include <c10/util/strides.h>
 #include <torch/library.h>

@@ -17,7 +17,8 @@
 #include "bands.h"
 #include "cpu_features.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
 
 // GCC 12's AVX-512 intrinsics start some results from a deliberately undefined vector, which

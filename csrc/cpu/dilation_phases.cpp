@@ -1,9 +1,9 @@
 #include "dilation_phases.h"
 
-#include <ATen/Parallel.h>
 #include <ATen/ceil_div.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstdint>
