@@ -1161,6 +1161,13 @@ BF16_UNITS = [
 ]
 
 
+def avx512_strips_take_3x3(size):
+    """Whether the AVX-512 build runs a stride-1 depthwise 3x3 layer of planes of `size` output
+    pixels on its strips' kernels rather than its channel blocks (depthwise_3x3_planes_faster):
+    on Zen 4 always, where AVX-512 runs at full width over 16 x 16 pixels."""
+    return HALVES_AVX512 or size[0] * size[1] > 256
+
+
 HALF_ULP = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
 
 
@@ -1809,7 +1816,7 @@ def test_depthwise_backward_in_one_pass(conv, dtype, path):
     avx512 = path.endswith("avx512-isa")
     rows_3x3 = conv.kernel == (3, 3) and conv.padding[0] == 1 and conv.dilation[0] == 1
     strided = conv.stride != (1, 1)
-    planes_3x3 = conv.kernel == (3, 3) and not strided and (HALVES_AVX512 or conv.size[0] * conv.size[1] > 256)
+    planes_3x3 = conv.kernel == (3, 3) and not strided and avx512_strips_take_3x3(conv.size)
     by_channel_blocks = (dtype == torch.float32 and conv.dilation == (1, 1) and conv.in_channels % 8 == 0 and
                          not (avx512 and planes_3x3))
     one_pass = (not by_channel_blocks if dtype in (torch.float32, torch.float64) else avx512 and rows_3x3 and not strided)
@@ -1870,7 +1877,7 @@ def test_depthwise_by_channel_blocks(kernel, padding, size, on_blocks, stride, g
     multiple of 16, run in blocks of 8 in either build."""
     skip_without_avx512(path)
     if path == "auto-avx512-isa" and kernel == 3 and stride == 1:
-        on_blocks = grad_weight_on_blocks = not HALVES_AVX512 and size[0] * size[1] <= 256
+        on_blocks = grad_weight_on_blocks = not avx512_strips_take_3x3(size)
     conv = Conv(2 if size[0] < 370 else 1, 16, 16, size, (kernel, kernel), (stride, stride), padding, (1, 1), 16, True)
     for dtype in (torch.float32, torch.float64):
         check_layer_on_path(conv, dtype, path)

@@ -425,8 +425,8 @@ void move_into_band(Transpose<float> transpose, const float* x_block, const Conv
 }
 
 // The output pixels a task's block of channels moves to their planes at a time, where rows are
-// no multiple of 8 pixels: whole rows, adjacent in its buffer (8 KiB of 8 channels), so that the transposes
-// edges come once per buffer rather than once per row (Zen 3, forward, A/B: 3x3 1024 @7 at batch
+// no multiple of 8 pixels: whole rows, adjacent in its buffer (8 KiB of 8 channels), so that the
+// transposes' edges come once per buffer rather than once per row (Zen 3, forward, A/B: 3x3 1024 @7 at batch
 // 8 0.215 -> 0.181 ms, at batch 1 0.034 -> 0.030; 3x3 512 @14 0.30 -> 0.26; 7x7 384 @14 0.555 ->
 // 0.52; 5x5 240 @28 0.78 -> 0.76). Rows of whole squares, which have no edges, go one at a time
 // (buffers of 4 rows of 56 had measured 3x3/2 96 @112 at batch 8 1.12-1.18x as long, near this

@@ -180,6 +180,8 @@ struct Tiling {
   // Output rows of a tile row, and input rows of a band of `tile_rows` of them.
   int64_t output_rows(int64_t tile_rows) const { return along_rows ? tile_rows : tile_rows * M; }
   int64_t input_rows(int64_t tile_rows) const { return along_rows ? tile_rows : tile_rows * M + R - 1; }
+  // An image's tiles.
+  int64_t tiles() const { return rows * across; }
   // Where tile (a, b) of a band starts, in pixels, and the pixels between its inputs (outputs).
   int64_t input_offset(int64_t a, int64_t b) const { return along_rows ? a * band_w + b * M : a * M * band_w + b; }
   int64_t output_offset(int64_t a, int64_t b) const { return along_rows ? a * output_w + b * M : a * M * output_w + b; }
@@ -372,7 +374,7 @@ struct Winograd1d {
   // image by image. Where the tiles are few, transforming all the filters first had cost as much
   // as the products, the transformed filters written out to memory and read back.
   void by_panels() const {
-    const int64_t tiles = tiling.rows * tiling.across, count = g.batch * tiles;
+    const int64_t tiles = tiling.tiles(), count = g.batch * tiles;
     const int64_t image_out = tiling.output_rows(tiling.rows) * tiling.output_w * columns;
     const at::Tensor v = buffer(N * count * v_row), y = buffer(g.batch * image_out);
     at::parallel_for(0, g.batch, 1, [&](int64_t begin, int64_t end) {
@@ -477,7 +479,7 @@ constexpr int64_t kMaxFilterElements = int64_t{1} << 22;
 // tiles: 0.34 -> 0.24 ms; at batch 8, 128 tiles, and 1x7 128 @17 at batch 1, 153 tiles, faster by
 // bands: 1.56x against 1.49x torch, and 1.42x against 1.14x).
 bool runs_by_panels(const Conv2dGeometry& g, const Tiling& tiling) {
-  return g.batch * tiling.rows * tiling.across <= at::get_num_threads() * 32;
+  return g.batch * tiling.tiles() <= at::get_num_threads() * 32;
 }
 
 // fn(k0, slice) for the slices of the output channels from k0 whose N * C * K values (transformed
@@ -523,7 +525,7 @@ constexpr int64_t kFewestMultiplyAdds = int64_t{1} << 20;
 
 bool winograd_1d_pays_off(const Conv2dGeometry& g) {
   const Tiling tiling(g, outputs_per_tile(g.kernel_h * g.kernel_w));
-  const int64_t outputs = g.out_h * g.out_w, products = (tiling.M + tiling.R - 1) * tiling.rows * tiling.across;
+  const int64_t outputs = g.out_h * g.out_w, products = (tiling.M + tiling.R - 1) * tiling.tiles();
   return std::min(g.in_channels, g.out_channels) >= 32 && 3 * products <= 2 * tiling.R * outputs &&
          g.batch * outputs * g.in_channels * g.out_channels * tiling.R >= kFewestMultiplyAdds;
 }
@@ -541,7 +543,7 @@ constexpr int64_t kFewestGradWeightTiles = 64;
 bool winograd_1d_grad_weight_pays_off(const Conv2dGeometry& g) {
   if (!winograd_1d_pays_off(g) || std::min(g.in_channels, g.out_channels) < 128) return false;
   const Tiling tiling(g, outputs_per_tile(g.kernel_h * g.kernel_w));
-  return !blas_keeps_up() || (tiling.R == 3 && g.batch * tiling.rows * tiling.across >= kFewestGradWeightTiles);
+  return !blas_keeps_up() || (tiling.R == 3 && g.batch * tiling.tiles() >= kFewestGradWeightTiles);
 }
 
 at::Tensor winograd_1d_conv2d_forward(const at::Tensor& input, const at::Tensor& weight, FilterOrder order,
