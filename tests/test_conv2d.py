@@ -1164,8 +1164,8 @@ BF16_UNITS = [
 def avx512_strips_take_3x3(size):
     """Whether the AVX-512 build runs a stride-1 depthwise 3x3 layer of planes of `size` output
     pixels on its strips' kernels rather than its channel blocks (depthwise_3x3_planes_faster):
-    on Zen 4 always, where AVX-512 runs at full width over 16 x 16 pixels."""
-    return HALVES_AVX512 or size[0] * size[1] > 256
+    on Zen 4 over 8 x 8 pixels, where AVX-512 runs at full width over 16 x 16."""
+    return size[0] * size[1] > (64 if HALVES_AVX512 else 256)
 
 
 HALF_ULP = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
@@ -1806,8 +1806,9 @@ def test_depthwise_backward_in_one_pass(conv, dtype, path):
     in registers) with AVX-512, 3x3 kernels with rows padded by 1 and undilated; elsewhere the
     three ops' calls, and so does float32 where its input gradient runs by channel blocks
     (undilated, a multiple of 8 channels: depthwise_by_channel_blocks; with AVX-512 not 3x3
-    kernels at stride 1, but for planes up to 16 x 16 where AVX-512 runs at full width). A stride-2
-    layer padded by half its odd kernel, float32 or float64, runs as its stride-1 layer on each
+    kernels at stride 1, but for planes up to 16 x 16 where AVX-512 runs at full width, 8 x 8 on
+    Zen 4). A stride-2 layer padded by half its odd kernel, float32 or float64, runs as its
+    stride-1 layer on each
     plane of grad_output spread out (the two ops spread all of it at once), but for 3x3
     gradients in the vector builds, which read the strided planes in place in both, and the weight
     gradients of other kernels (and of 3x3 ones in the baseline build), which sum over the
@@ -1855,8 +1856,9 @@ def test_depthwise_backward_in_one_pass(conv, dtype, path):
     (7, (0, 3), (20, 9), True, 1, True), (3, (1, 1), (183, 181), True, 1, False), (3, (1, 1), (20, 20), False, 1, False),
     (3, (1, 1), (370, 370), False, 1, False), (3, (1, 1), (260, 256), True, 1, True), (3, (1, 1), (28, 30), True, 2, False),
     (5, (2, 1), (13, 21), True, 2, True), (7, (3, 3), (20, 17), True, 2, True), (3, (1, 1), (16, 15), True, 1, True),
+    (3, (1, 1), (7, 9), True, 1, True),
 ], ids=["3x3", "5x5", "7x7", "7x7-unpadded-rows", "3x3-over-128-kib", "3x3-planes-faster", "3x3-band-over-4-mib",
-        "3x3-input-over-8-mib", "3x3-stride-2", "5x5-stride-2", "7x7-stride-2", "3x3-up-to-16x16"])
+        "3x3-input-over-8-mib", "3x3-stride-2", "5x5-stride-2", "7x7-stride-2", "3x3-up-to-16x16", "3x3-up-to-8x8"])
 def test_depthwise_by_channel_blocks(kernel, padding, size, on_blocks, stride, grad_weight_on_blocks, path):
     """Depthwise 3x3, 5x5 and 7x7 float32 layers at stride 1 or 2 with a multiple of 8 channels
     run a vector's channels at a time (8 in the AVX2 build, 16 in the AVX-512 one where the
@@ -1873,7 +1875,7 @@ def test_depthwise_by_channel_blocks(kernel, padding, size, on_blocks, stride, g
     400 output pixels or of inputs over 8 MiB (260 x 256), differ in their bits from the planes'
     kernels' (mutation-checked); the others' are those kernels'. With AVX-512, 3x3 layers at
     stride 1, forward and weight gradient, keep to the AVX-512 build's planes' kernels but for
-    planes up to 16 x 16 pixels where AVX-512 runs at full width (not Zen 4). 24 channels, no
+    planes up to 16 x 16 pixels where AVX-512 runs at full width, up to 8 x 8 on Zen 4. 24 channels, no
     multiple of 16, run in blocks of 8 in either build."""
     skip_without_avx512(path)
     if path == "auto-avx512-isa" and kernel == 3 and stride == 1:

@@ -320,12 +320,22 @@ constexpr int64_t kMaxChannelBlockBand = int64_t{4} << 20;
 // @7 0.31x and 0.36x -> 1.43x and 1.68x, 512 @14 1.01x and 0.98x -> 1.83x and 1.66x, 512 @16 1.2x
 // -> 2.2x; batch 1 1024 @7 0.8x and 0.65x -> 3.7x and 1.7x, 512 @14 1.65x and 1.32x -> 3.2x and
 // 2.2x), and lose from 17 x 17 on (batch 8: 384 @17 2.55x -> 1.63x, 256 @20 2.6x -> 1.9x, 256 @28
-// 3.1x -> 1.7x, 128 @56 2.2x -> 2.0x).
-constexpr int64_t kMinPlanesPixels = 400, kMaxPlanesBytes = int64_t{128} << 10, kMaxFullWidthBlocksPixels = 256;
+// 3.1x -> 1.7x, 128 @56 2.2x -> 2.0x). On Zen 4 the blocks of 16 beat the planes up to 8 x 8
+// pixels (A/B, ratios to torch, planes -> blocks, forward, input gradient, weight gradient:
+// batch 8 1024 @7 0.96x, 1.05x, 0.73x -> 1.45x, 1.4x, 1.25x; 768 @8 1.18x, 1.15x, 0.86x -> 1.34x,
+// 1.31x, 1.37x; batch 1 1024 @7 forward and weight gradient 2.8x and 2.1x -> 3.5x and 3.5x), and
+// lose from 10 x 10 on (batch 8 512 @10 forward 1.56x -> 1.33x, 512 @12 1.68x -> 1.2x, 512 @14
+// 2.2x -> 1.5x).
+constexpr int64_t kMinPlanesPixels = 400, kMaxPlanesBytes = int64_t{128} << 10;
+constexpr int64_t kMaxHalfWidthBlocksPixels = 64, kMaxFullWidthBlocksPixels = 256;
+// The largest output planes (in pixels) that the AVX-512 build's 3x3 layers run by channel blocks.
+int64_t max_avx512_blocks_pixels() {
+  return cpu_halves_avx512() ? kMaxHalfWidthBlocksPixels : kMaxFullWidthBlocksPixels;
+}
+
 bool depthwise_3x3_planes_faster(const Conv2dGeometry& g) {
   if (use_avx512()) {
-    return g.unit_stride() && g.kernel_h == 3 && g.kernel_w == 3 &&
-           (cpu_halves_avx512() || g.out_h * g.out_w > kMaxFullWidthBlocksPixels);
+    return g.unit_stride() && g.kernel_h == 3 && g.kernel_w == 3 && g.out_h * g.out_w > max_avx512_blocks_pixels();
   }
   return g.unit_stride() && depthwise_3x3_shifts_edges(g, avx2::Vec<float>::kLanes) &&
          g.out_h * g.out_w >= kMinPlanesPixels && g.in_h * g.in_w * int64_t{sizeof(float)} <= kMaxPlanesBytes;
@@ -345,11 +355,13 @@ bool depthwise_3x3_planes_faster(const Conv2dGeometry& g) {
 // and 1.2x slower). Where AVX-512 runs at full width, as at stride 1, from 17 x 17 output pixels
 // on: against the blocks of 16 channels (Xeon, A/B, ratios to torch, forward, planes -> blocks:
 // batch 8 1024 @8 0.27x -> 2.4x, 512 @14 0.74x -> 2.6x, at batch 1 1.5x -> 5.5x; 256 @28 1.65x
-// -> 1.74x; 144 @56 2.05x -> 1.93x).
+// -> 1.74x; 144 @56 2.05x -> 1.93x). On Zen 4, as at stride 1, up to 8 x 8 output pixels (A/B,
+// forward, planes -> blocks of 16: batch 8 1024 @8 0.2 -> 0.11 ms; 7 x 7, 512 and 576 @14 at
+// batch 8 and 1, alike).
 constexpr int64_t kMaxStride2PlaneBytes = int64_t{16} << 10;
 bool depthwise_3x3_stride_2_planes_faster(const Conv2dGeometry& g) {
   const int64_t pixels = g.out_h * g.out_w;
-  const bool planes_pay = use_avx512() ? cpu_halves_avx512() || pixels > kMaxFullWidthBlocksPixels : pixels >= kMinPlanesPixels;
+  const bool planes_pay = use_avx512() ? pixels > max_avx512_blocks_pixels() : pixels >= kMinPlanesPixels;
   return depthwise_3x3_stride_2_applies(g) && planes_pay && g.in_h * g.in_w * int64_t{sizeof(float)} <= kMaxStride2PlaneBytes;
 }
 
