@@ -587,14 +587,17 @@ def test_winograd_output_channel_slices(path):
         assert_scaled_close(a, e, tol, name, scale)
 
 
-@pytest.mark.parametrize("path", ["winograd", "winograd-avx2-isa"])
+@pytest.mark.parametrize("path", ["winograd", "winograd-avx2-isa", "winograd-slow-blas"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_winograd_by_panels_in_channel_blocks(dtype, path):
     """4 tiles run by panels of output channels; 500 input channels' transformed filters (and
     470 for the input gradient) are multiplied in blocks, no whole number of the transpose's 16:
     on the AVX2 build's GEMMs, whose filters outgrow filter_block_bytes (with an L2 of 512 KiB
     or of 2 MiB two blocks, of 250 or 235 channels; of 1 MiB three, of 167 or 157); on AVX-512,
-    with the filters' rows made in registers, blocks of 32 (the last 20, or 22)."""
+    with the filters' rows made in registers, blocks of 32 (the last 20, or 22). The weight
+    gradient's sums, where the micro-kernel makes them (slow-blas, and wherever MKL does not keep
+    up), come in blocks of input channels too: of 176, 176 and 148 float32, 168, 168 and 164
+    float64."""
     conv = Conv(1, 500, 470, (7, 6), (3, 3), (1, 1), (1, 1), (1, 1), 1, True)
     check_layer_on_path(conv, dtype, path)
 

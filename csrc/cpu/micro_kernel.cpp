@@ -102,7 +102,8 @@ void multiply_by_filters(int64_t elements, const scalar_t* v, int64_t v_row, con
 
 template <typename scalar_t>
 void multiply_tiles_transposed(int64_t elements, const scalar_t* w, int64_t w_row, int64_t rows, const scalar_t* packed_v,
-                               int64_t C, int64_t count, Write write, scalar_t* s, int64_t s_row) {
+                               int64_t v_element, int64_t C, int64_t count, Write write, scalar_t* s, int64_t s_row,
+                               int64_t s_element) {
   constexpr int64_t W = kPanelWidth<scalar_t>;
   const auto kernel = micro_kernel_for_this_cpu<scalar_t>();
   const int64_t panels = (C + W - 1) / W;
@@ -114,11 +115,11 @@ void multiply_tiles_transposed(int64_t elements, const scalar_t* w, int64_t w_ro
       const Write block_write = t0 == 0 ? write : Write::add;
       for (int64_t p = 0; p < panels; p += kernel.panels) {
         const int n = static_cast<int>(std::min<int64_t>(kernel.panels, panels - p));
-        const scalar_t* panel = packed_v + ((e * panels + p) * count + t0) * W;
+        const scalar_t* panel = packed_v + e * v_element + (p * count + t0) * W;
         for (int64_t r0 = 0; r0 < rows; r0 += kernel.rows) {
           kernel.run(static_cast<int>(std::min<int64_t>(kernel.rows, rows - r0)), n, depth,
                      w + (e * count + t0) * w_row + r0, 1, panel, count * W, taps.data(), {}, block_write,
-                     s + (e * rows + r0) * s_row + p * W, s_row);
+                     s + e * s_element + r0 * s_row + p * W, s_row);
         }
       }
     }
@@ -129,7 +130,7 @@ void multiply_tiles_transposed(int64_t elements, const scalar_t* w, int64_t w_ro
   template void multiply_by_filters<scalar_t>(int64_t, const scalar_t*, int64_t, const scalar_t*, int64_t, scalar_t*,  \
                                               int64_t, int64_t, int64_t, bool);                                        \
   template void multiply_tiles_transposed<scalar_t>(int64_t, const scalar_t*, int64_t, int64_t, const scalar_t*,       \
-                                                    int64_t, int64_t, Write, scalar_t*, int64_t);
+                                                    int64_t, int64_t, int64_t, Write, scalar_t*, int64_t, int64_t);
 CONV_EXT_WINOGRAD_PRODUCTS(float)
 CONV_EXT_WINOGRAD_PRODUCTS(double)
 #undef CONV_EXT_WINOGRAD_PRODUCTS

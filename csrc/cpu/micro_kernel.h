@@ -91,10 +91,12 @@ void multiply_by_filters(int64_t elements, const scalar_t* v, int64_t v_row, con
                          scalar_t* p, int64_t count, int64_t C, int64_t panels, bool add);
 
 // The weight gradient's: S[e] (+)= W[e]^T V[e] for the elements: `rows` columns of W (count x
-// w_row) times V (count x C) in packed panels, (elements, C's panels, count, W), zero past C; S
-// is (elements, rows, s_row), s_row at least C's panels times W.
+// w_row) times V (count x C) in packed panels, (elements, C's panels, count, W), zero past C,
+// its elements v_element apart; S is (elements, rows, s_row), s_row at least C's panels times W,
+// its elements s_element apart.
 template <typename scalar_t>
 void multiply_tiles_transposed(int64_t elements, const scalar_t* w, int64_t w_row, int64_t rows, const scalar_t* packed_v,
-                               int64_t C, int64_t count, Write write, scalar_t* s, int64_t s_row);
+                               int64_t v_element, int64_t C, int64_t count, Write write, scalar_t* s, int64_t s_row,
+                               int64_t s_element);
 
 }  // namespace conv_ext

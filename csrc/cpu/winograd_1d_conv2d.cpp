@@ -450,9 +450,9 @@ struct Winograd1d {
       at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
           const int64_t k0 = i * block, rows = std::min(block, K - k0);
-          multiply_tiles_transposed(N, wg.const_data_ptr<scalar_t>() + k0, columns, rows, v.const_data_ptr<scalar_t>(), C,
-                                    count, i0 == 0 ? Write::store : Write::add,
-                                    s.mutable_data_ptr<scalar_t>() + N * k0 * channels, channels);
+          multiply_tiles_transposed(N, wg.const_data_ptr<scalar_t>() + k0, columns, rows, v.const_data_ptr<scalar_t>(),
+                                    count * channels, C, count, i0 == 0 ? Write::store : Write::add,
+                                    s.mutable_data_ptr<scalar_t>() + N * k0 * channels, channels, rows * channels);
         }
       });
     }

@@ -240,6 +240,12 @@ void element_pointers(T* data, int64_t count, int64_t t, int64_t channels, int64
   for (int64_t e = 0; e < kElements; ++e) out[e] = data + (e * count + t) * channels + c0;
 }
 
+// The same in a buffer whose element planes lie `element` values apart.
+template <typename T>
+void element_pointers_apart(T* data, int64_t element, int64_t t, int64_t channels, int64_t c0, T* (&out)[36]) {
+  for (int64_t e = 0; e < kElements; ++e) out[e] = data + e * element + t * channels + c0;
+}
+
 // Pointers to the Size x Size pixels of tile column col's block in a band of `channels` values
 // per pixel (blocks `step` pixels apart), from channel c0 on.
 template <int Size, typename T>
@@ -372,6 +378,20 @@ int64_t product_sum_row(int64_t C, bool on_micro_kernel) {
   constexpr int64_t W = kPanelWidth<scalar_t>;
   return on_micro_kernel ? (C + W - 1) / W * W : C;
 }
+
+// The distance between the 36 planes of product sums (rows x s_row each): where the
+// micro-kernel writes them, a cache line more than a plane, as filter_element_stride's. Planes of
+// 16 x 256 float32, 16 KiB, had put the filter transforms' 36 reads of a channel's sums all into
+// one set of L1 (Zen 4, 3x3 256 @14 at batch 1, weight gradient: 1.25-1.43 -> 1.07-1.14 ms).
+// at::bmm's are dense.
+template <typename scalar_t>
+int64_t product_sum_element(int64_t rows, int64_t s_row, bool on_micro_kernel) {
+  return on_micro_kernel ? filter_element_stride<scalar_t>(rows * s_row) : rows * s_row;
+}
+
+// The bytes of a block of the few-tile weight gradient's sums (winograd_grad_weight_by_panels):
+// half a 1 MiB L2.
+constexpr int64_t kSumBlockBytes = int64_t{1} << 19;
 
 // V (36, count, C) as (36, C's panels, count, W), zero past C.
 template <typename scalar_t>
@@ -637,10 +657,19 @@ void winograd_grad_weight_by_panels(const Tensor& input, const Tensor& grad_outp
   const int64_t s_row = product_sum_row<scalar_t>(C, on_micro_kernel);
   AlignedVector<scalar_t> packed_v(on_micro_kernel ? kElements * tiles * s_row : 0);
   if (on_micro_kernel) pack_tile_panels(v.template const_data_ptr<scalar_t>(), tiles, C, packed_v.data());
+  // The micro-kernel's sums in even blocks of input channels, each transformed while it is in L2
+  // (at::bmm's all at once). All 512 channels' sums of a panel, 1.2 MB, had been read back from
+  // L3 (Zen 4, 3x3 512 @7 at batch 1, weight gradient, in a slow phase of the machine: 2.85-2.97
+  // -> 2.48-2.76 ms, 1.1x -> 1.2-1.3x torch).
+  const int64_t channel_sums = kElements * width * int64_t{sizeof(scalar_t)};  // bytes per input channel
+  const int64_t c_blocks = on_micro_kernel ? (s_row * channel_sums + kSumBlockBytes - 1) / kSumBlockBytes : 1;
+  const int64_t c_block = on_micro_kernel ? (s_row / width + c_blocks - 1) / c_blocks * width : C;
   at::parallel_for(0, (K + width - 1) / width, 1, [&](int64_t begin, int64_t end) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;  // not inherited by workers
     Tensor w = at::empty({kElements, tiles, width}, compute_options<scalar_t>(input));
-    Tensor sum_buffer = at::empty({kElements * width * s_row}, compute_options<scalar_t>(input));
+    const int64_t s_element = product_sum_element<scalar_t>(width, on_micro_kernel ? c_block : s_row, on_micro_kernel);
+    Tensor sum_buffer = at::empty({kElements * s_element}, compute_options<scalar_t>(input));
+    scalar_t* sum_data = sum_buffer.mutable_data_ptr<scalar_t>();
     AlignedVector<scalar_t> band(M * band_w * width), tmp(kElements * kLanes), filter_tmp((R * R + 6 * R) * kLanes);
     for (int64_t panel = begin; panel < end; ++panel) {
       const int64_t k0 = panel * width, lanes = std::min(width, K - k0);
@@ -657,19 +686,25 @@ void winograd_grad_weight_by_panels(const Tensor& input, const Tensor& grad_outp
           transforms.grad_output(gt, wt, tmp.data(), lanes);
         }
       }
-      Tensor sum = sum_buffer.narrow(0, 0, kElements * lanes * s_row).view({kElements, lanes, s_row});
-      if (on_micro_kernel) {
-        multiply_tiles_transposed(kElements, static_cast<const scalar_t*>(w_data), width, lanes, packed_v.data(), C, tiles,
-                                  Write::store, sum.mutable_data_ptr<scalar_t>(), s_row);
-      } else {
-        at::bmm_out(sum, w.narrow(2, 0, lanes).transpose(1, 2), v);
-      }
-      const scalar_t* sum_data = sum.const_data_ptr<scalar_t>();
-      for (int64_t j = 0; j < lanes; ++j) {
-        for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
-          const scalar_t* sj[36];
-          element_pointers(sum_data, lanes, j, s_row, c0, sj);
-          transforms.grad_filter(sj, gw + ((k0 + j) * C + c0) * R * R, filter_tmp.data(), std::min(kLanes, C - c0));
+      for (int64_t c_first = 0; c_first < C; c_first += c_block) {
+        const int64_t channels = std::min(c_block, C - c_first);
+        const int64_t row = on_micro_kernel ? product_sum_row<scalar_t>(channels, true) : s_row;
+        const int64_t element = on_micro_kernel ? s_element : lanes * s_row;
+        if (on_micro_kernel) {
+          multiply_tiles_transposed(kElements, static_cast<const scalar_t*>(w_data), width, lanes,
+                                    packed_v.data() + c_first * tiles, tiles * s_row, channels, tiles, Write::store,
+                                    sum_data, row, element);
+        } else {
+          Tensor sum = sum_buffer.narrow(0, 0, kElements * element).view({kElements, lanes, s_row});
+          at::bmm_out(sum, w.narrow(2, 0, lanes).transpose(1, 2), v);
+        }
+        for (int64_t j = 0; j < lanes; ++j) {
+          for (int64_t c0 = 0; c0 < channels; c0 += kLanes) {
+            const scalar_t* sj[36];
+            element_pointers_apart(static_cast<const scalar_t*>(sum_data), element, j, row, c0, sj);
+            transforms.grad_filter(sj, gw + ((k0 + j) * C + c_first + c0) * R * R, filter_tmp.data(),
+                                   std::min(kLanes, channels - c0));
+          }
         }
       }
     }
@@ -692,10 +727,12 @@ void winograd_grad_weight_kernel(const Tensor& input, const Tensor& grad_output,
   std::vector<Tensor> sums;  // per task: (36, K, s_row), the products summed over its tiles
   const bool on_micro_kernel = !blas_keeps_up();
   const int64_t s_row = product_sum_row<scalar_t>(C, on_micro_kernel);
+  const int64_t s_element = product_sum_element<scalar_t>(K, s_row, on_micro_kernel);
 
   at::parallel_for(0, chunks.count, 1, [&](int64_t begin, int64_t end) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    Tensor sum = at::zeros({kElements, K, s_row}, compute_options<scalar_t>(input));
+    Tensor sum = on_micro_kernel ? at::zeros({kElements * s_element}, compute_options<scalar_t>(input))
+                                 : at::zeros({kElements, K, s_row}, compute_options<scalar_t>(input));
     AlignedVector<scalar_t> packed_v(on_micro_kernel ? kElements * chunks.rows_per_chunk * grid.cols * s_row : 0);
     AlignedVector<scalar_t> tmp(kElements * kLanes), band(M * band_w * K);
     // W = A gy A^T for each tile of the row, from its rows of grad_output.
@@ -721,8 +758,8 @@ void winograd_grad_weight_kernel(const Tensor& input, const Tensor& grad_output,
       }
       const int64_t count = v.size(1);
       pack_tile_panels(v.const_data_ptr<scalar_t>(), count, C, packed_v.data());
-      multiply_tiles_transposed(kElements, w.const_data_ptr<scalar_t>(), K, K, packed_v.data(), C, count, Write::add,
-                                sum.mutable_data_ptr<scalar_t>(), s_row);
+      multiply_tiles_transposed(kElements, w.const_data_ptr<scalar_t>(), K, K, packed_v.data(), count * s_row, C, count,
+                                Write::add, sum.mutable_data_ptr<scalar_t>(), s_row, s_element);
     };
     for_each_chunk<R, scalar_t, io_t>(transforms, input, g, grid, chunks, begin, end, K, transform_grad_output_row,
                                       add_products);
@@ -739,7 +776,7 @@ void winograd_grad_weight_kernel(const Tensor& input, const Tensor& grad_output,
     for (int64_t k = begin; k < end; ++k) {
       for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
         const scalar_t* sk[36];
-        element_pointers(total_data, K, k, s_row, c0, sk);
+        element_pointers_apart(total_data, s_element, k, s_row, c0, sk);
         transforms.grad_filter(sk, gw + (k * C + c0) * R * R, tmp.data(), std::min(kLanes, C - c0));
       }
     }
