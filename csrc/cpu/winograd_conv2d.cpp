@@ -233,17 +233,17 @@ struct Chunks {
   int64_t rows(int64_t chunk) const { return first_row(chunk + 1) - first_row(chunk); }
 };
 
-// Pointers to tile t's 36 elements in a transformed buffer (36, count, channels), from
-// channel c0 on.
-template <typename T>
-void element_pointers(T* data, int64_t count, int64_t t, int64_t channels, int64_t c0, T* (&out)[36]) {
-  for (int64_t e = 0; e < kElements; ++e) out[e] = data + (e * count + t) * channels + c0;
-}
-
-// The same in a buffer whose element planes lie `element` values apart.
+// Pointers to tile t's 36 elements in a transformed buffer of element planes `element` values
+// apart, each (count, channels), from channel c0 on.
 template <typename T>
 void element_pointers_apart(T* data, int64_t element, int64_t t, int64_t channels, int64_t c0, T* (&out)[36]) {
   for (int64_t e = 0; e < kElements; ++e) out[e] = data + e * element + t * channels + c0;
+}
+
+// The same in a dense buffer (36, count, channels).
+template <typename T>
+void element_pointers(T* data, int64_t count, int64_t t, int64_t channels, int64_t c0, T* (&out)[36]) {
+  element_pointers_apart(data, count * channels, t, channels, c0, out);
 }
 
 // Pointers to the Size x Size pixels of tile column col's block in a band of `channels` values
