@@ -136,7 +136,9 @@ struct Vec {  // the baseline build's vectors: single values, for the filter tra
   using type = scalar_t;
   static constexpr int kLanes = 1;
   static type load(const scalar_t* p) { return *p; }
+  static type load_first(const scalar_t* p, int /*n: always 1*/) { return *p; }
   static void store(scalar_t* p, type v) { *p = v; }
+  static void store_first(scalar_t* p, type v, int /*n: always 1*/) { *p = v; }
 };
 using ::conv_ext::generic::transpose;
 #include "winograd_transforms.inc"
@@ -664,13 +666,13 @@ void winograd_grad_weight_by_panels(const Tensor& input, const Tensor& grad_outp
   const int64_t channel_sums = kElements * width * int64_t{sizeof(scalar_t)};  // bytes per input channel
   const int64_t c_blocks = on_micro_kernel ? (s_row * channel_sums + kSumBlockBytes - 1) / kSumBlockBytes : 1;
   const int64_t c_block = on_micro_kernel ? (s_row / width + c_blocks - 1) / c_blocks * width : C;
+  const int64_t s_element = product_sum_element<scalar_t>(width, on_micro_kernel ? c_block : s_row, on_micro_kernel);
   at::parallel_for(0, (K + width - 1) / width, 1, [&](int64_t begin, int64_t end) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;  // not inherited by workers
     Tensor w = at::empty({kElements, tiles, width}, compute_options<scalar_t>(input));
-    const int64_t s_element = product_sum_element<scalar_t>(width, on_micro_kernel ? c_block : s_row, on_micro_kernel);
     Tensor sum_buffer = at::empty({kElements * s_element}, compute_options<scalar_t>(input));
     scalar_t* sum_data = sum_buffer.mutable_data_ptr<scalar_t>();
-    AlignedVector<scalar_t> band(M * band_w * width), tmp(kElements * kLanes), filter_tmp((R * R + 6 * R) * kLanes);
+    AlignedVector<scalar_t> band(M * band_w * width), tmp(kElements * kLanes), filter_wt(R * R * kLanes);
     for (int64_t panel = begin; panel < end; ++panel) {
       const int64_t k0 = panel * width, lanes = std::min(width, K - k0);
       Layout panel_layout = gy_layout;  // the panel's output channels
@@ -686,10 +688,10 @@ void winograd_grad_weight_by_panels(const Tensor& input, const Tensor& grad_outp
           transforms.grad_output(gt, wt, tmp.data(), lanes);
         }
       }
+      const int64_t element = on_micro_kernel ? s_element : lanes * s_row;
       for (int64_t c_first = 0; c_first < C; c_first += c_block) {
         const int64_t channels = std::min(c_block, C - c_first);
         const int64_t row = on_micro_kernel ? product_sum_row<scalar_t>(channels, true) : s_row;
-        const int64_t element = on_micro_kernel ? s_element : lanes * s_row;
         if (on_micro_kernel) {
           multiply_tiles_transposed(kElements, static_cast<const scalar_t*>(w_data), width, lanes,
                                     packed_v.data() + c_first * tiles, tiles * s_row, channels, tiles, Write::store,
@@ -702,7 +704,7 @@ void winograd_grad_weight_by_panels(const Tensor& input, const Tensor& grad_outp
           for (int64_t c0 = 0; c0 < channels; c0 += kLanes) {
             const scalar_t* sj[36];
             element_pointers_apart(static_cast<const scalar_t*>(sum_data), element, j, row, c0, sj);
-            transforms.grad_filter(sj, gw + ((k0 + j) * C + c_first + c0) * R * R, filter_tmp.data(),
+            transforms.grad_filter(sj, gw + ((k0 + j) * C + c_first + c0) * R * R, filter_wt.data(),
                                    std::min(kLanes, channels - c0));
           }
         }
@@ -724,15 +726,14 @@ void winograd_grad_weight_kernel(const Tensor& input, const Tensor& grad_output,
   const Layout gy_layout(grad_output);
   const BandMoves<io_t, scalar_t> read_gy;
   std::mutex sums_mutex;
-  std::vector<Tensor> sums;  // per task: (36, K, s_row), the products summed over its tiles
+  std::vector<Tensor> sums;  // per task: 36 planes (K, s_row), s_element apart, the products summed over its tiles
   const bool on_micro_kernel = !blas_keeps_up();
   const int64_t s_row = product_sum_row<scalar_t>(C, on_micro_kernel);
   const int64_t s_element = product_sum_element<scalar_t>(K, s_row, on_micro_kernel);
 
   at::parallel_for(0, chunks.count, 1, [&](int64_t begin, int64_t end) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    Tensor sum = on_micro_kernel ? at::zeros({kElements * s_element}, compute_options<scalar_t>(input))
-                                 : at::zeros({kElements, K, s_row}, compute_options<scalar_t>(input));
+    Tensor sum = at::zeros({kElements * s_element}, compute_options<scalar_t>(input));
     AlignedVector<scalar_t> packed_v(on_micro_kernel ? kElements * chunks.rows_per_chunk * grid.cols * s_row : 0);
     AlignedVector<scalar_t> tmp(kElements * kLanes), band(M * band_w * K);
     // W = A gy A^T for each tile of the row, from its rows of grad_output.
@@ -753,7 +754,7 @@ void winograd_grad_weight_kernel(const Tensor& input, const Tensor& grad_output,
     };
     const auto add_products = [&](const Tensor& v, Tensor& w, int64_t, int64_t) {
       if (!on_micro_kernel) {
-        sum.baddbmm_(w.transpose(1, 2), v);
+        sum.view({kElements, K, s_row}).baddbmm_(w.transpose(1, 2), v);  // dense planes there
         return;
       }
       const int64_t count = v.size(1);
@@ -772,12 +773,12 @@ void winograd_grad_weight_kernel(const Tensor& input, const Tensor& grad_output,
   const scalar_t* total_data = total.const_data_ptr<scalar_t>();
   scalar_t* gw = grad_weight.mutable_data_ptr<scalar_t>();
   at::parallel_for(0, K, 1, [&](int64_t begin, int64_t end) {
-    AlignedVector<scalar_t> tmp((R * R + 6 * R) * kLanes);
+    AlignedVector<scalar_t> wt(R * R * kLanes);
     for (int64_t k = begin; k < end; ++k) {
       for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
         const scalar_t* sk[36];
         element_pointers_apart(total_data, s_element, k, s_row, c0, sk);
-        transforms.grad_filter(sk, gw + (k * C + c0) * R * R, tmp.data(), std::min(kLanes, C - c0));
+        transforms.grad_filter(sk, gw + (k * C + c0) * R * R, wt.data(), std::min(kLanes, C - c0));
       }
     }
   });
